@@ -1,0 +1,25 @@
+/* limits.h - the bound on every resource a detector, a capture file or a
+ * client can make roid allocate.  Checked before anything is allocated.
+ */
+#ifndef ROID_SERVICE_LIMITS_H
+#define ROID_SERVICE_LIMITS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+        size_t max_message_bytes; /* all parts of one message together */
+        size_t max_parts;         /* parts of one multipart message */
+        size_t max_json_bytes;    /* one JSON part (V1) */
+        uint64_t max_pixels;      /* pixels of one frame (rows x cols) */
+        uint64_t max_frame_bytes; /* decoded bytes of one frame and channel */
+        uint64_t max_images;      /* image_id bound for per-series tracking */
+        unsigned max_depth;       /* CBOR / JSON nesting */
+} roid_limits;
+
+/* Defaults fit an EIGER2 16M at 32 bit with room to spare:
+ * 512 MiB message, 32 parts, 4 MiB JSON, 64 Mi pixels, 256 MiB frame,
+ * 100,000,000 images, depth 32. */
+void roid_limits_default(roid_limits *l);
+
+#endif
