@@ -17,7 +17,7 @@
 #include <stdbool.h>
 
 #define ROID_MAX_CHANNELS 8
-#define ROID_NAME_MAX 64 /* channel names, series_unique_id, dates */
+#define ROID_NAME_MAX     64 /* channel names, series_unique_id, dates */
 
 typedef enum {
         ROID_DT_NONE = 0,

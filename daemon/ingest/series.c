@@ -1,1 +1,307 @@
-/* placeholder: being written */
+#include "ingest/series.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ingest/codec.h"
+#include "service/log.h"
+
+void roid_tracker_init(roid_tracker *t, const roid_limits *lim, roid_counters *ctr, bool implicit_series) {
+        *t = (roid_tracker){.lim = *lim, .ctr = ctr, .implicit_series = implicit_series};
+}
+
+static void series_free(roid_series *s) {
+        for (int i = 0; i < ROID_MAX_CHANNELS; i++) {
+                free(s->pixel_mask[i]);
+                free(s->flatfield[i]);
+        }
+        free(s->seen);
+        free(s->config_json);
+        free(s->ud_copy);
+        memset(s, 0, sizeof *s);
+}
+
+void roid_tracker_done(roid_tracker *t) {
+        if (t->open)
+                series_free(&t->cur);
+        t->open = false;
+}
+
+void roid_tracker_close_open(roid_tracker *t) {
+        if (!t->open)
+                return;
+        series_free(&t->cur);
+        t->open = false;
+}
+
+void roid_tracker_release(roid_tracker *t) {
+        roid_tracker_close_open(t);
+}
+
+int roid_series_channel_index(const roid_series *s, const char *name) {
+        for (unsigned i = 0; i < s->start.n_channels; i++)
+                if (strcmp(s->start.channels[i], name) == 0)
+                        return (int)i;
+        return -1;
+}
+
+/* Same series?  The unique id decides when both messages carry one (series_id
+ * restarts after a detector initialize); V1 only has series_id. */
+static bool same_series(const roid_series *s, const roid_msg *m) {
+        if (s->series_unique_id[0] && m->series_unique_id[0])
+                return strcmp(s->series_unique_id, m->series_unique_id) == 0;
+        return s->series_id == m->series_id;
+}
+
+bool roid_tracker_would_close(const roid_tracker *t, const roid_msg *m) {
+        if (!t->open)
+                return false;
+        if (m->type == ROID_MSG_START)
+                return true;
+        /* An implicit series gives way to the next one (replay of several files). */
+        return m->type == ROID_MSG_IMAGE && t->cur.implicit && t->implicit_series && !same_series(&t->cur, m);
+}
+
+static int copy_blob_decoded(const roid_blob *b, uint32_t rows, uint32_t cols, roid_dtype want, void **ret,
+                             const roid_limits *lim, roid_err *err) {
+        if (!b->data)
+                return 0;
+        if (b->dtype != want)
+                return roid_err_set(err, -EBADMSG, "%s array is %s", roid_dtype_name(want), roid_dtype_name(b->dtype));
+        if ((rows && b->rows != rows) || (cols && b->cols != cols))
+                return roid_err_set(err, -EBADMSG, "array is %u x %u, images are %u x %u", b->rows, b->cols, rows,
+                                    cols);
+        uint64_t n = (uint64_t)b->rows * b->cols;
+        if (n > lim->max_pixels)
+                return roid_err_set(err, -EMSGSIZE, "array of %u x %u exceeds max_pixels %llu", b->rows, b->cols,
+                                    (unsigned long long)lim->max_pixels);
+        size_t bytes = (size_t)n * roid_dtype_size(want);
+        void *p = malloc(bytes ? bytes : 1);
+        if (!p)
+                return -ENOMEM;
+        int r = roid_blob_decode(b, p, bytes, err);
+        if (r < 0) {
+                free(p);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+static int open_from_start(roid_tracker *t, const roid_msg *m, roid_err *err) {
+        roid_series *s = &t->cur;
+        const roid_start_info *st = &m->u.start;
+        int r;
+
+        memset(s, 0, sizeof *s);
+        s->format = m->format;
+        s->series_id = m->series_id;
+        memcpy(s->series_unique_id, m->series_unique_id, sizeof s->series_unique_id);
+        s->start = *st;
+        if (st->has_image_size) {
+                if (st->image_size_x > UINT32_MAX || st->image_size_y > UINT32_MAX ||
+                    st->image_size_x * st->image_size_y > t->lim.max_pixels) {
+                        r = roid_err_set(err, -EMSGSIZE, "start: image size %llu x %llu exceeds max_pixels %llu",
+                                         (unsigned long long)st->image_size_y, (unsigned long long)st->image_size_x,
+                                         (unsigned long long)t->lim.max_pixels);
+                        goto fail;
+                }
+                s->rows = (uint32_t)st->image_size_y;
+                s->cols = (uint32_t)st->image_size_x;
+        }
+        s->dtype = st->image_dtype;
+        for (unsigned c = 0; c < st->n_channels && c < ROID_MAX_CHANNELS; c++) {
+                r = copy_blob_decoded(&st->pixel_mask[c], s->rows, s->cols, ROID_DT_U32, (void **)&s->pixel_mask[c],
+                                      &t->lim, err);
+                if (r < 0) {
+                        roid_err_prefix(err, "start: pixel_mask of channel %s", st->channels[c]);
+                        goto fail;
+                }
+                r = copy_blob_decoded(&st->flatfield[c], s->rows, s->cols, ROID_DT_F32, (void **)&s->flatfield[c],
+                                      &t->lim, err);
+                if (r < 0) {
+                        roid_err_prefix(err, "start: flatfield of channel %s", st->channels[c]);
+                        goto fail;
+                }
+                if (s->pixel_mask[c] && !s->rows) {
+                        s->rows = st->pixel_mask[c].rows;
+                        s->cols = st->pixel_mask[c].cols;
+                }
+        }
+        /* The wire blobs die with the message; only the decoded copies remain. */
+        memset(s->start.pixel_mask, 0, sizeof s->start.pixel_mask);
+        memset(s->start.flatfield, 0, sizeof s->start.flatfield);
+        memset(&s->start.countrate_table, 0, sizeof s->start.countrate_table);
+        if (m->user_data.kind != ROID_UD_NONE && m->user_data.size) {
+                s->ud_copy = malloc(m->user_data.size + 1);
+                if (!s->ud_copy) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                memcpy(s->ud_copy, m->user_data.data, m->user_data.size);
+                s->ud_copy[m->user_data.size] = 0;
+                s->user_data = (roid_user_data){m->user_data.kind, s->ud_copy, m->user_data.size};
+        }
+        if (st->v1_config_json) {
+                s->config_json = strndup(st->v1_config_json, st->v1_config_json_len);
+                if (!s->config_json) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+        }
+        s->start.v1_config_json = s->config_json;
+        t->open = true;
+        return ROID_TR_STARTED;
+fail:
+        series_free(s);
+        return r;
+}
+
+static int open_implicit(roid_tracker *t, const roid_msg *m) {
+        roid_series *s = &t->cur;
+        memset(s, 0, sizeof *s);
+        s->format = m->format;
+        s->series_id = m->series_id;
+        memcpy(s->series_unique_id, m->series_unique_id, sizeof s->series_unique_id);
+        s->implicit = true;
+        const roid_image_info *im = &m->u.image;
+        s->start.n_channels = im->n_channels;
+        for (unsigned c = 0; c < im->n_channels; c++)
+                memcpy(s->start.channels[c], im->channel[c].name, ROID_NAME_MAX);
+        t->open = true;
+        roid_log(ROID_LOG_NOTICE, "series %llu: image %llu arrived without a start message: opened an implicit series",
+                 (unsigned long long)m->series_id, (unsigned long long)im->image_id);
+        return 0;
+}
+
+/* Marks image_id seen; -EEXIST if it was, -EMSGSIZE beyond max_images. */
+static int mark_seen(roid_tracker *t, uint64_t id) {
+        roid_series *s = &t->cur;
+        if (id >= t->lim.max_images)
+                return -EMSGSIZE;
+        if (id >= s->seen_bits) {
+                /* Grows geometrically, so only during the first images of a series. */
+                uint64_t want = s->seen_bits ? s->seen_bits : 4096;
+                if (s->start.has_number_of_images && s->start.number_of_images > want)
+                        want = s->start.number_of_images;
+                while (want <= id)
+                        want *= 2;
+                if (want > t->lim.max_images)
+                        want = t->lim.max_images;
+                uint8_t *n = realloc(s->seen, (size_t)((want + 7) / 8));
+                if (!n)
+                        return -ENOMEM;
+                memset(n + (s->seen_bits + 7) / 8, 0, (size_t)((want + 7) / 8 - (s->seen_bits + 7) / 8));
+                s->seen = n;
+                s->seen_bits = want;
+        }
+        uint8_t bit = (uint8_t)(1u << (id & 7));
+        if (s->seen[id >> 3] & bit)
+                return -EEXIST;
+        s->seen[id >> 3] |= bit;
+        return 0;
+}
+
+static int check_shape(roid_tracker *t, const roid_msg *m, roid_err *err) {
+        roid_series *s = &t->cur;
+        const roid_image_info *im = &m->u.image;
+        for (unsigned c = 0; c < im->n_channels; c++) {
+                const roid_blob *b = &im->channel[c].blob;
+                if (!s->rows) {
+                        s->rows = b->rows;
+                        s->cols = b->cols;
+                }
+                if (s->dtype == ROID_DT_NONE)
+                        s->dtype = b->dtype;
+                if (b->rows != s->rows || b->cols != s->cols)
+                        return roid_err_set(err, -EBADMSG, "channel %s is %u x %u, the series is %u x %u",
+                                            im->channel[c].name, b->rows, b->cols, s->rows, s->cols);
+                if (b->dtype != s->dtype)
+                        return roid_err_set(err, -EBADMSG, "channel %s is %s, the series is %s", im->channel[c].name,
+                                            roid_dtype_name(b->dtype), roid_dtype_name(s->dtype));
+        }
+        return 0;
+}
+
+int roid_tracker_feed(roid_tracker *t, const roid_msg *m, roid_err *err) {
+        int r;
+        switch (m->type) {
+        case ROID_MSG_START:
+                if (t->open) { /* the caller should have closed it; never leak it */
+                        roid_count(t->ctr, ROID_C_series_unterminated, 1);
+                        roid_tracker_close_open(t);
+                }
+                r = open_from_start(t, m, err);
+                if (r < 0) {
+                        roid_count(t->ctr, r == -EMSGSIZE ? ROID_C_messages_too_large : ROID_C_messages_malformed, 1);
+                        return r;
+                }
+                roid_count(t->ctr, ROID_C_series_started, 1);
+                return ROID_TR_STARTED;
+
+        case ROID_MSG_IMAGE: {
+                uint64_t id = m->u.image.image_id;
+                if (t->open && t->cur.implicit && t->implicit_series && !same_series(&t->cur, m))
+                        roid_tracker_close_open(t);
+                if (!t->open) {
+                        if (!t->implicit_series) {
+                                roid_count(t->ctr, ROID_C_images_before_start, 1);
+                                return roid_err_set(err, ROID_TR_IGNORED,
+                                                    "image %llu of series %llu arrived with no open series: dropped",
+                                                    (unsigned long long)id, (unsigned long long)m->series_id);
+                        }
+                        open_implicit(t, m);
+                }
+                if (!same_series(&t->cur, m)) {
+                        roid_count(t->ctr, ROID_C_images_other_series, 1);
+                        return roid_err_set(err, ROID_TR_IGNORED,
+                                            "image %llu of series %llu%s%s while series %llu%s%s is open: dropped",
+                                            (unsigned long long)id, (unsigned long long)m->series_id,
+                                            m->series_unique_id[0] ? " " : "", m->series_unique_id,
+                                            (unsigned long long)t->cur.series_id, t->cur.series_unique_id[0] ? " " : "",
+                                            t->cur.series_unique_id);
+                }
+                if (check_shape(t, m, err) < 0) {
+                        roid_count(t->ctr, ROID_C_images_bad_shape, 1);
+                        roid_err_prefix(err, "image %llu", (unsigned long long)id);
+                        return ROID_TR_IGNORED;
+                }
+                r = mark_seen(t, id);
+                if (r == -EEXIST) {
+                        roid_count(t->ctr, ROID_C_images_duplicate, 1);
+                        return roid_err_set(err, ROID_TR_IGNORED, "image %llu of series %llu is a duplicate: ignored",
+                                            (unsigned long long)id, (unsigned long long)m->series_id);
+                }
+                if (r < 0) {
+                        roid_count(t->ctr, ROID_C_images_out_of_range, 1);
+                        return roid_err_set(err, ROID_TR_IGNORED, "image_id %llu is beyond max_images %llu: dropped",
+                                            (unsigned long long)id, (unsigned long long)t->lim.max_images);
+                }
+                if (t->cur.start.has_number_of_images && id >= t->cur.start.number_of_images) {
+                        /* Kept: the data is real even if the count in the start was not. */
+                        roid_count(t->ctr, ROID_C_images_out_of_range, 1);
+                        roid_log(ROID_LOG_WARNING, "image_id %llu is beyond number_of_images %llu of series %llu",
+                                 (unsigned long long)id, (unsigned long long)t->cur.start.number_of_images,
+                                 (unsigned long long)t->cur.series_id);
+                }
+                if (!t->cur.images_accepted || id > t->cur.max_image_id)
+                        t->cur.max_image_id = id;
+                t->cur.images_accepted++;
+                return ROID_TR_IMAGE;
+        }
+
+        case ROID_MSG_END:
+                if (!t->open || !same_series(&t->cur, m)) {
+                        roid_count(t->ctr, ROID_C_ends_without_start, 1);
+                        return roid_err_set(err, ROID_TR_IGNORED, "end of series %llu with %s: ignored",
+                                            (unsigned long long)m->series_id,
+                                            t->open ? "another series open" : "no open series");
+                }
+                roid_count(t->ctr, ROID_C_series_ended, 1);
+                return ROID_TR_ENDED;
+
+        default:
+                roid_count(t->ctr, ROID_C_messages_unknown, 1);
+                return roid_err_set(err, ROID_TR_IGNORED, "message of unknown type: ignored");
+        }
+}

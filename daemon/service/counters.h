@@ -10,24 +10,24 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define ROID_COUNTERS(X)                                                                   \
-        X(messages_received, "ZeroMQ messages (or capture records) received")             \
-        X(bytes_received, "bytes of all parts received")                                  \
-        X(messages_malformed, "messages that could not be parsed (bad CBOR/JSON/tags)")   \
-        X(messages_too_large, "messages or arrays over a configured limit")               \
-        X(messages_unknown, "messages of an unknown type or htype")                       \
-        X(series_started, "start / dheader messages accepted")                            \
-        X(series_ended, "end / dseries_end messages accepted")                            \
-        X(series_unterminated, "series closed by a new start without an end")             \
-        X(ends_without_start, "end messages with no open series")                         \
-        X(images_received, "image messages parsed")                                       \
-        X(images_before_start, "images with no open series (dropped)")                    \
-        X(images_other_series, "images of a series other than the open one (dropped)")    \
-        X(images_duplicate, "images whose image_id was already seen (ignored)")           \
-        X(images_out_of_range, "images whose image_id is beyond number_of_images")        \
-        X(images_bad_shape, "images whose shape or dtype disagree with the series")      \
-        X(frames_decoded, "channel frames decoded")                                       \
-        X(frames_failed, "channel frames that failed to decode")                          \
+#define ROID_COUNTERS(X)                                                                                               \
+        X(messages_received, "ZeroMQ messages (or capture records) received")                                          \
+        X(bytes_received, "bytes of all parts received")                                                               \
+        X(messages_malformed, "messages that could not be parsed (bad CBOR/JSON/tags)")                                \
+        X(messages_too_large, "messages or arrays over a configured limit")                                            \
+        X(messages_unknown, "messages of an unknown type or htype")                                                    \
+        X(series_started, "start / dheader messages accepted")                                                         \
+        X(series_ended, "end / dseries_end messages accepted")                                                         \
+        X(series_unterminated, "series closed by a new start without an end")                                          \
+        X(ends_without_start, "end messages with no open series")                                                      \
+        X(images_received, "image messages parsed")                                                                    \
+        X(images_before_start, "images with no open series (dropped)")                                                 \
+        X(images_other_series, "images of a series other than the open one (dropped)")                                 \
+        X(images_duplicate, "images whose image_id was already seen (ignored)")                                        \
+        X(images_out_of_range, "images whose image_id is beyond number_of_images")                                     \
+        X(images_bad_shape, "images whose shape or dtype disagree with the series")                                    \
+        X(frames_decoded, "channel frames decoded")                                                                    \
+        X(frames_failed, "channel frames that failed to decode")                                                       \
         X(frames_dropped, "decoded frames dropped by a full queue")
 
 typedef enum {

@@ -16,7 +16,7 @@ typedef struct {
 } roid_err;
 
 /* Sets err->msg (if err is non-NULL) and returns r, so callers can write
- * "return roid_err_set(err, -EBADMSG, "...", ...);". r must be negative. */
+ * "return roid_err_set(err, -EBADMSG, "...", ...);". */
 int roid_err_set(roid_err *err, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Prepends "prefix: " to err->msg. */

@@ -33,8 +33,7 @@ static int stderr_is_journal(void) {
 }
 
 void roid_logv(int level, const char *fmt, va_list ap) {
-        static const char *const names[8] = {"emerg", "alert", "crit",   "error",
-                                             "warning", "notice", "info", "debug"};
+        static const char *const names[8] = {"emerg", "alert", "crit", "error", "warning", "notice", "info", "debug"};
         if (level > log_level)
                 return;
         if (log_prefix < 0)

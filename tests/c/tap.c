@@ -28,8 +28,7 @@ bool tap_ok(bool cond, const char *fmt, ...) {
 }
 
 bool tap_eq_u64(uint64_t got, uint64_t want, const char *what) {
-        return tap_ok(got == want, "%s: got %llu, want %llu", what, (unsigned long long)got,
-                      (unsigned long long)want);
+        return tap_ok(got == want, "%s: got %llu, want %llu", what, (unsigned long long)got, (unsigned long long)want);
 }
 
 bool tap_eq_i64(int64_t got, int64_t want, const char *what) {

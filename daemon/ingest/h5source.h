@@ -1,0 +1,30 @@
+/* h5source.h - EIGER HDF5 data files as an input: the frames of
+ * /entry/data/data (N x rows x cols, one frame per chunk) are read as raw
+ * chunks and decoded by roid's own codecs (HDF5 filter 32008 = bitshuffle-LZ4,
+ * 32004 = LZ4, or no filter), so no HDF5 filter plugin is needed.
+ *
+ * A file becomes one series: a synthetic start (shape, dtype, image count,
+ * the file name as series_unique_id), one image per frame with image_id
+ * image_nr_low - 1 + index (EIGER numbers images from 1 in its files), and
+ * an end.  A master file's external links data_000001, ... are followed.
+ *
+ * Threads: HDF5 is not thread-safe in Debian's serial build; call from one
+ * thread.
+ */
+#ifndef ROID_INGEST_H5SOURCE_H
+#define ROID_INGEST_H5SOURCE_H
+
+#include <stdbool.h>
+
+#include "ingest/ingest.h"
+#include "service/err.h"
+
+/* Is this file HDF5 (by its signature)? */
+bool roid_h5_is_hdf5(const char *path);
+
+/* Streams the file through the ingest.  Per-frame problems (a chunk that
+ * does not decode) are handled like any bad frame; a file that cannot be
+ * read at all returns a negative errno with err set. */
+int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err);
+
+#endif

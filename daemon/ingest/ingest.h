@@ -1,0 +1,76 @@
+/* ingest.h - from raw message parts to decoded frames: parse, series
+ * lifecycle, decode, and hand every event to a sink.
+ *
+ * Every failure is logged once with what was wrong, counted in the
+ * roid_counters given at creation, and never stops the next message from
+ * being processed.
+ *
+ * Ownership: the ingest owns its parser, tracker and decode buffers (one per
+ * channel, sized once per series shape: no allocation per frame in steady
+ * state).  Pointers in events are valid only during the callback.
+ *
+ * Threads: one thread at a time.  The sink callbacks run on that thread.
+ */
+#ifndef ROID_INGEST_INGEST_H
+#define ROID_INGEST_INGEST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ingest/message.h"
+#include "ingest/series.h"
+#include "service/counters.h"
+#include "service/limits.h"
+
+typedef struct {
+        const roid_series *series;
+        const roid_image_info *image;    /* times, all channel blobs */
+        const roid_user_data *user_data; /* the image's user data */
+        uint64_t image_id;
+        unsigned channel; /* index into the image's channels */
+        const char *channel_name;
+        roid_dtype dtype;
+        uint32_t rows, cols;
+        const void *pixels;         /* decoded, rows x cols, row-major */
+        const uint32_t *pixel_mask; /* the series' mask for this channel, or NULL */
+} roid_frame_event;
+
+typedef struct {
+        void *ctx;
+        void (*series_start)(void *ctx, const roid_series *s);
+        void (*frame)(void *ctx, const roid_frame_event *ev);
+        /* A frame that could not be decoded (msg says why). */
+        void (*frame_error)(void *ctx, const roid_series *s, uint64_t image_id, const char *channel, const char *msg);
+        /* terminated: an end message closed it; false when a new start, the end
+         * of the input or shutdown closed it. */
+        void (*series_end)(void *ctx, const roid_series *s, bool terminated);
+        /* A message rejected before any frame of it was known (index counts
+         * messages from 1). */
+        void (*message_error)(void *ctx, uint64_t index, const char *msg);
+} roid_sink;
+
+typedef struct {
+        roid_limits limits;
+        /* Which channel to decode: NULL or "" = every channel; otherwise a
+         * name, or "#N" for the N-th channel of the series (default "#0" in
+         * the daemon). */
+        const char *channel;
+        bool implicit_series; /* images without a start open a series (replay) */
+} roid_ingest_params;
+
+typedef struct roid_ingest roid_ingest;
+
+int roid_ingest_new(const roid_ingest_params *p, const roid_sink *sink, roid_counters *ctr, roid_ingest **ret);
+void roid_ingest_free(roid_ingest *in);
+
+/* One whole (multipart) message.  Returns 0, or a negative errno that has
+ * already been logged and counted (for callers that want to react). */
+int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts);
+/* An already parsed message (HDF5 files, tests). */
+int roid_ingest_msg(roid_ingest *in, const roid_msg *m);
+/* End of input: closes an open series (series_end with terminated=false). */
+void roid_ingest_flush(roid_ingest *in);
+
+const roid_tracker *roid_ingest_tracker(const roid_ingest *in);
+
+#endif

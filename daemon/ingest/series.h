@@ -1,0 +1,100 @@
+/* series.h - series lifecycle: which series is open, which images belong to
+ * it, what the start message said.
+ *
+ * The tracker is keyed on series identity (series_unique_id when both sides
+ * have one, series_id otherwise) and image_id, never on arrival order:
+ *   - an image with no open series is counted (images_before_start) and
+ *     dropped, unless the tracker was made with implicit_series (replay of
+ *     bare image files), where it opens an implicit series from the image;
+ *   - a start while a series is open closes that series first
+ *     (series_unterminated);
+ *   - an image of another series is counted (images_other_series) and
+ *     dropped; an image whose image_id was seen already is counted
+ *     (images_duplicate) and ignored;
+ *   - an end with no open series, or of another series, is counted
+ *     (ends_without_start) and ignored.
+ *
+ * Ownership: the tracker owns the open roid_series, including copies of
+ * everything of the start message it keeps (decoded pixel masks and
+ * flatfields, user data, V1 configuration text).  Pointers handed out stay
+ * valid until the next roid_tracker_* call that closes the series.
+ *
+ * Threads: one thread at a time (the ingest thread).
+ */
+#ifndef ROID_INGEST_SERIES_H
+#define ROID_INGEST_SERIES_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ingest/message.h"
+#include "service/counters.h"
+#include "service/err.h"
+#include "service/limits.h"
+
+typedef struct roid_series {
+        roid_format format;
+        uint64_t series_id;
+        char series_unique_id[ROID_NAME_MAX];
+        bool implicit; /* opened by an image or a file, not by a start message */
+
+        /* The start message as received; its blobs are replaced by the owned
+         * copies below (pixel_mask/flatfield blobs are not valid here). */
+        roid_start_info start;
+        roid_user_data user_data; /* owned copy */
+
+        /* Frame geometry: from the start message where it says, otherwise
+         * from the first image.  0 / ROID_DT_NONE until known. */
+        uint32_t rows, cols;
+        roid_dtype dtype;
+
+        /* Decoded per-channel pixel masks (rows*cols uint32, any bit set =
+         * excluded) and flatfields; NULL when the start message had none. */
+        uint32_t *pixel_mask[ROID_MAX_CHANNELS];
+        float *flatfield[ROID_MAX_CHANNELS];
+
+        uint64_t images_accepted;
+        uint64_t max_image_id; /* largest accepted, valid if images_accepted */
+
+        /* private */
+        uint8_t *seen;      /* bitmap of accepted image_ids */
+        uint64_t seen_bits; /* capacity of seen, in bits */
+        char *config_json;  /* V1 detector configuration text */
+        uint8_t *ud_copy;
+} roid_series;
+
+typedef struct roid_tracker {
+        roid_limits lim;
+        roid_counters *ctr;
+        bool implicit_series;
+        bool open;
+        roid_series cur;
+} roid_tracker;
+
+/* What a message did to the lifecycle. */
+typedef enum {
+        ROID_TR_IGNORED = 0, /* counted and dropped; err says why */
+        ROID_TR_STARTED,     /* a series opened (tracker->cur) */
+        ROID_TR_IMAGE,       /* an image of the open series, accepted */
+        ROID_TR_ENDED,       /* the open series ended; tracker->cur still valid
+                                until roid_tracker_release() */
+} roid_tr_result;
+
+void roid_tracker_init(roid_tracker *t, const roid_limits *lim, roid_counters *ctr, bool implicit_series);
+void roid_tracker_done(roid_tracker *t);
+
+/* A start arrives while a series is open: call roid_tracker_close_open()
+ * first (the caller tells its sinks the series ended unterminated), then
+ * roid_tracker_feed().  Returns a roid_tr_result, or a negative errno when
+ * the message was malformed for the lifecycle (e.g. a start whose pixel mask
+ * does not decode), with err set; the message is then dropped and counted. */
+bool roid_tracker_would_close(const roid_tracker *t, const roid_msg *m);
+void roid_tracker_close_open(roid_tracker *t);
+int roid_tracker_feed(roid_tracker *t, const roid_msg *m, roid_err *err);
+/* After ROID_TR_ENDED, once the sinks have seen the series. */
+void roid_tracker_release(roid_tracker *t);
+
+/* Index of channel `name` in the open series' start channels, -1 if absent. */
+int roid_series_channel_index(const roid_series *s, const char *name);
+
+#endif

@@ -1,0 +1,37 @@
+/* zsource.h - the detector socket: a ZeroMQ PULL socket connected to the
+ * detector's PUSH endpoint, receiving whole multipart messages.
+ *
+ * Bounds: one part may not exceed limits.max_message_bytes (ZMQ_MAXMSGSIZE:
+ * libzmq drops the connection of a peer that sends more), and a message may
+ * not have more than limits.max_parts parts: the excess parts are received
+ * and discarded, and the message is reported as too large.
+ *
+ * Ownership: the zsource owns the socket and the zmq_msg_t of the last
+ * message received; the parts handed out stay valid until the next
+ * roid_zsource_recv().  Threads: the socket belongs to the thread that
+ * created the zsource; use it from that thread only.
+ */
+#ifndef ROID_INGEST_ZSOURCE_H
+#define ROID_INGEST_ZSOURCE_H
+
+#include <stddef.h>
+
+#include "ingest/message.h"
+#include "service/err.h"
+#include "service/limits.h"
+
+typedef struct roid_zsource roid_zsource;
+
+/* ctx: a zmq context; endpoint: e.g. tcp://detector:31001 (connected). */
+int roid_zsource_new(void *ctx, const char *endpoint, const roid_limits *lim, int rcvhwm, roid_zsource **ret,
+                     roid_err *err);
+void roid_zsource_free(roid_zsource *z);
+/* For polling: the socket (zmq_poll) and its ZMQ_FD (edge-triggered: after a
+ * wake-up, receive until -EAGAIN). */
+void *roid_zsource_socket(roid_zsource *z);
+/* Receives one whole message without blocking: 1 and the parts, -EAGAIN when
+ * nothing is queued, -EMSGSIZE when it had too many parts (discarded; err
+ * says so), another negative errno on socket errors (-EINTR, -ETERM). */
+int roid_zsource_recv(roid_zsource *z, const roid_part **ret_parts, size_t *ret_n, roid_err *err);
+
+#endif
