@@ -193,7 +193,7 @@ int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts) {
         roid_err err = {""};
         int r = roid_parse(in->parser, parts, n_parts, &in->msg, &err);
         if (r < 0) {
-                roid_counter c = r == -EMSGSIZE  ? ROID_C_messages_too_large
+                roid_counter c = r == -EMSGSIZE  ? ROID_C_messages_bad_size
                                  : r == -ENOTSUP ? ROID_C_messages_unknown
                                                  : ROID_C_messages_malformed;
                 roid_count(in->ctr, c, 1);

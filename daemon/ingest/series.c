@@ -233,7 +233,7 @@ int roid_tracker_feed(roid_tracker *t, const roid_msg *m, roid_err *err) {
                 }
                 r = open_from_start(t, m, err);
                 if (r < 0) {
-                        roid_count(t->ctr, r == -EMSGSIZE ? ROID_C_messages_too_large : ROID_C_messages_malformed, 1);
+                        roid_count(t->ctr, r == -EMSGSIZE ? ROID_C_messages_bad_size : ROID_C_messages_malformed, 1);
                         return r;
                 }
                 roid_count(t->ctr, ROID_C_series_started, 1);

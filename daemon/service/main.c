@@ -222,7 +222,7 @@ static int pump(void *zctx, const char *endpoint, const roid_limits *lim, const 
                                 break;
                         last = now_s();
                         if (r == -EMSGSIZE) {
-                                roid_log(ROID_LOG_ERR, "%s [messages_too_large]", err.msg);
+                                roid_log(ROID_LOG_ERR, "%s [messages_bad_size]", err.msg);
                                 continue;
                         }
                         if (r < 0)
