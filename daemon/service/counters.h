@@ -14,7 +14,7 @@
         X(messages_received, "ZeroMQ messages (or capture records) received")                                          \
         X(bytes_received, "bytes of all parts received")                                                               \
         X(messages_malformed, "messages that could not be parsed (bad CBOR/JSON/tags)")                                \
-        X(messages_bad_size, "messages whose sizes disagree with their shape or exceed a limit")                                            \
+        X(messages_bad_size, "messages whose sizes disagree with their shape or exceed a limit")                       \
         X(messages_unknown, "messages of an unknown type or htype")                                                    \
         X(series_started, "start / dheader messages accepted")                                                         \
         X(series_ended, "end / dseries_end messages accepted")                                                         \

@@ -51,12 +51,12 @@ typedef struct {
         uint64_t series_id;
         const char *uid;
         uint64_t image_id;
-        uint64_t rows, cols;      /* dims written in tag 40 */
-        uint64_t typed_tag;       /* 69 for uint16 */
-        bool tag40_missing;       /* typed array directly, no tag 40 */
-        bool swap_tags;           /* tag 69 around tag 40 (nested wrong) */
-        const char *algo;         /* NULL = uncompressed */
-        const uint8_t *payload;   /* bytes inside the typed array */
+        uint64_t rows, cols;    /* dims written in tag 40 */
+        uint64_t typed_tag;     /* 69 for uint16 */
+        bool tag40_missing;     /* typed array directly, no tag 40 */
+        bool swap_tags;         /* tag 69 around tag 40 (nested wrong) */
+        const char *algo;       /* NULL = uncompressed */
+        const uint8_t *payload; /* bytes inside the typed array */
         size_t payload_len;
 } img_spec;
 
@@ -256,16 +256,15 @@ int main(void) {
         s = good_spec(1000 + (uint64_t)k);
         s.algo = NULL; /* uncompressed, but the bytes are the compressed ones */
         build_image(wb[k], &s);
-        bad_case c_size = {"declared size does not match the data", ROID_C_messages_bad_size, "", 1,
-                           {{wb[k]->b, wb[k]->n}}};
+        bad_case c_size = {
+                "declared size does not match the data", ROID_C_messages_bad_size, "", 1, {{wb[k]->b, wb[k]->n}}};
         k++;
 
         s = good_spec(1000 + (uint64_t)k);
         s.rows = 100000;
         s.cols = 100000;
         build_image(wb[k], &s);
-        bad_case c_huge = {"shape of 100000 x 100000", ROID_C_messages_bad_size, "100000", 1,
-                           {{wb[k]->b, wb[k]->n}}};
+        bad_case c_huge = {"shape of 100000 x 100000", ROID_C_messages_bad_size, "100000", 1, {{wb[k]->b, wb[k]->n}}};
         k++;
 
         static uint8_t corrupt[1 << 16];
@@ -307,26 +306,32 @@ int main(void) {
         s.series_id = 6;
         s.uid = "S6";
         build_image(wb[k], &s);
-        bad_case c_other = {"image of another series", ROID_C_images_other_series, "series 6", 1,
-                            {{wb[k]->b, wb[k]->n}}};
+        bad_case c_other = {
+                "image of another series", ROID_C_images_other_series, "series 6", 1, {{wb[k]->b, wb[k]->n}}};
         k++;
 
         static const char garbage[] = "{\"htype\": \"dimage-1.0\", \"series\": 5, \"frame\": ";
-        bad_case c_json = {"garbage JSON", ROID_C_messages_malformed, "JSON", 4,
+        bad_case c_json = {"garbage JSON",
+                           ROID_C_messages_malformed,
+                           "JSON",
+                           4,
                            {{(const uint8_t *)garbage, sizeof garbage - 1},
                             {(const uint8_t *)"{}", 2},
                             {(const uint8_t *)"xx", 2},
                             {(const uint8_t *)"{}", 2}}};
 
         static const char unk[] = "{\"htype\": \"dfancy-9.9\", \"series\": 5}";
-        bad_case c_htype = {"unknown htype", ROID_C_messages_unknown, "dfancy", 1,
-                            {{(const uint8_t *)unk, sizeof unk - 1}}};
+        bad_case c_htype = {
+                "unknown htype", ROID_C_messages_unknown, "dfancy", 1, {{(const uint8_t *)unk, sizeof unk - 1}}};
 
         static const char v1img[] = "{\"htype\":\"dimage-1.0\",\"series\":5,\"frame\":3,\"hash\":\"\"}";
         static const char v1d[] =
                 "{\"htype\":\"dimage_d-1.0\",\"shape\":[48,32],\"type\":\"uint16\",\"encoding\":\"<\",\"size\":3072}";
         static const char v1c[] = "{\"htype\":\"dconfig-1.0\",\"start_time\":0,\"stop_time\":1,\"real_time\":1}";
-        bad_case c_missing = {"missing multipart part", ROID_C_messages_malformed, "part", 2,
+        bad_case c_missing = {"missing multipart part",
+                              ROID_C_messages_malformed,
+                              "part",
+                              2,
                               {{(const uint8_t *)v1img, sizeof v1img - 1}, {(const uint8_t *)v1d, sizeof v1d - 1}}};
         bad_case c_extra = {"extra multipart parts",
                             ROID_C_messages_malformed,
@@ -343,9 +348,8 @@ int main(void) {
         static const uint8_t not_cbor_not_json[] = {0x00, 0x01, 0x02, 0x03};
         bad_case c_neither = {"neither CBOR nor JSON", ROID_C_messages_malformed, "", 1, {{not_cbor_not_json, 4}}};
 
-        bad_case *cases[] = {&c_trunc, &c_tag,     &c_nested, &c_size,    &c_huge,  &c_lz4,
-                             &c_liar,  &c_block,   &c_algo,   &c_other,   &c_json,  &c_htype,
-                             &c_missing, &c_extra, &c_neither};
+        bad_case *cases[] = {&c_trunc, &c_tag,   &c_nested, &c_size,  &c_huge,    &c_lz4,   &c_liar,   &c_block,
+                             &c_algo,  &c_other, &c_json,   &c_htype, &c_missing, &c_extra, &c_neither};
         size_t n_cases = sizeof cases / sizeof cases[0];
 
         log_since_last();
