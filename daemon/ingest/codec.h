@@ -40,11 +40,35 @@ int roid_blob_decode(const roid_blob *b, void *dst, size_t dst_size, roid_err *e
 void roid_bitunshuffle_block(const uint8_t *in, uint8_t *out, size_t n, size_t elem_size);
 void roid_bitshuffle_block(const uint8_t *in, uint8_t *out, size_t n, size_t elem_size);
 
+/* Largest bslz4 block accepted, in bytes: one block is staged in a per-thread
+ * buffer of this size (-EMSGSIZE above it). */
+#define ROID_BSLZ4_MAX_BLOCK ((size_t)1 << 20)
+/* Element sizes 1..16 are supported; 1, 2, 4 and 8 have SIMD paths. */
+#define ROID_BSLZ4_MAX_ELEM 16
+
+/* The bit transpose implementations, for tests and benchmarks.  BITWISE is
+ * the one-bit-at-a-time oracle, SWAR the portable 8x8 bit-matrix version, AUTO
+ * the fastest this CPU has (what roid_bit*shuffle_block use). */
+typedef enum {
+        ROID_BT_BITWISE,
+        ROID_BT_SWAR,
+        ROID_BT_SSE2,
+        ROID_BT_AVX2,
+        ROID_BT_AUTO,
+} roid_bt_impl;
+const char *roid_bt_impl_name(roid_bt_impl impl);
+/* As roid_bit*shuffle_block with the given implementation; -ENOTSUP when this
+ * build or CPU lacks it, -EINVAL for n not a multiple of 8 or a bad elem_size. */
+int roid_bitunshuffle_block_with(roid_bt_impl impl, const uint8_t *in, uint8_t *out, size_t n, size_t elem_size);
+int roid_bitshuffle_block_with(roid_bt_impl impl, const uint8_t *in, uint8_t *out, size_t n, size_t elem_size);
+
 /* bitshuffle's default block size in bytes for elem_size (8192 for 1, 2, 4). */
 size_t roid_bslz4_default_block(size_t elem_size);
 
-/* Encoders.  *_bound gives a dst capacity that always suffices.  block_bytes 0
- * means the default.  On success *ret_size is the encoded length. */
+/* Encoders.  *_bound gives a dst capacity that always suffices (0 for invalid
+ * arguments).  block_bytes 0 means the default (bitshuffle's for bslz4, 8192
+ * for lz4h5).  On success *ret_size is the encoded length; -EINVAL for bad
+ * arguments, -ENOBUFS when dst_cap is too small. */
 size_t roid_bslz4_bound(size_t src_size, size_t elem_size, size_t block_bytes);
 int roid_bslz4_encode(const void *src, size_t src_size, size_t elem_size, size_t block_bytes, uint8_t *dst,
                       size_t dst_cap, size_t *ret_size);
