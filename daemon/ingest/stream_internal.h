@@ -1,0 +1,35 @@
+/* stream_internal.h - the two message parsers behind parse.h; internal to
+ * daemon/ingest (parse.c dispatches, tests go through roid_parse()).
+ *
+ * Both fill a caller-provided roid_msg that the caller zeroed; on failure it
+ * may be half-filled and must be discarded (parse.c copies it out only on
+ * success).  Threads: one thread at a time per arena / message.
+ */
+#ifndef ROID_INGEST_STREAM_INTERNAL_H
+#define ROID_INGEST_STREAM_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ingest/message.h"
+#include "service/err.h"
+#include "service/limits.h"
+
+/* Stream V2: one CBOR buffer. */
+int stream2_parse_internal(const uint8_t *buf, size_t size, const roid_limits *lim, roid_msg *m, roid_err *err);
+
+/* Bump allocator that cJSON allocates from while a V1 message is parsed.
+ * Reset before every JSON part; grown (bounded by the part size, itself
+ * bounded by max_json_bytes) only when a part needs more than before. */
+typedef struct {
+        uint8_t *buf;
+        size_t cap, used;
+} stream1_arena;
+
+void stream1_arena_free_internal(stream1_arena *a);
+
+/* Stream V1: a multipart message. */
+int stream1_parse_internal(stream1_arena *a, const roid_part *parts, size_t n_parts, const roid_limits *lim,
+                           roid_msg *m, roid_err *err);
+
+#endif
