@@ -1,0 +1,51 @@
+/* analysis.h - the RoI analysis as a sink of the ingest pipeline: per series,
+ * the detector geometry, the scan grid and the RoI state; per frame the
+ * features, fed to the RoI state and kept as a per-frame record; at the end
+ * of the series the final RoI and the results file.
+ *
+ * Beam centre: the start message's, else the configured one, else estimated
+ * from the first frame (roid_estimate_beam_center).  Scan grid: see scan.h
+ * (series user data, else configured, else a 1 x N line).  Only one channel
+ * is analysed: the first channel index the series delivers.
+ *
+ * Ownership: the analysis owns its per-series state; it keeps it after the
+ * series ends (for roid_analysis_roi) until the next series starts or free.
+ * Threads: the ingest thread only.
+ */
+#ifndef ROID_ANALYSIS_ANALYSIS_H
+#define ROID_ANALYSIS_ANALYSIS_H
+
+#include <stdint.h>
+
+#include "analysis/roi.h"
+#include "analysis/scan.h"
+#include "ingest/ingest.h"
+
+#define ROID_PATH_MAX 4096
+
+typedef struct {
+        roid_roi_params roi;            /* segments 8, k 4, cadence 64, border 0, no hole fill, seed 1 */
+        double center_x, center_y;      /* configured beam centre; NaN = none */
+        double r_bf;                    /* bright-field radius, pixels; 0 = none */
+        double r_df_in, r_df_out;       /* dark-field annulus; r_df_out 0 = none */
+        roid_scan_grid scan;            /* configured grid; source ROID_SCAN_FROM_NONE = none */
+        char output_dir[ROID_PATH_MAX]; /* "" = no results file */
+        unsigned max_depth;             /* CBOR / JSON nesting of user data */
+} roid_analysis_params;
+
+typedef struct roid_analysis roid_analysis;
+
+void roid_analysis_params_default(roid_analysis_params *p);
+int roid_analysis_new(const roid_analysis_params *p, roid_analysis **ret, roid_err *err);
+void roid_analysis_free(roid_analysis *a);
+void roid_analysis_sink(roid_analysis *a, roid_sink *ret);
+
+/* The last series' RoI state (NULL if none). */
+const roid_roi *roid_analysis_roi(const roid_analysis *a);
+/* Path of the last results file written, "" if none. */
+const char *roid_analysis_last_output(const roid_analysis *a);
+/* Frames of the last series that could not be used (no grid point, bad
+ * frame, no geometry). */
+uint64_t roid_analysis_frames_dropped(const roid_analysis *a);
+
+#endif

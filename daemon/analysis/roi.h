@@ -1,0 +1,112 @@
+/* roi.h - the per-series region-of-interest state of the ptychography RoI
+ * method (Lin et al.): per scan point total intensity T and centre of mass,
+ * whole pattern and per azimuthal segment; the CoM standardised over the scan
+ * (eq. 2) and its magnitude; 3x3 mean-filtered log maps; a two-cluster k-means
+ * per modality; RoI = low-T cluster united with high-|CoM| cluster, united
+ * over the segments; border grow/shrink and optional hole fill.
+ *
+ * Modalities, m = 0 .. roid_roi_n_modalities()-1: 0 = T, 1 = |CoM| of the
+ * whole pattern; with S > 1 segments also 2 + 2s = T_s and 3 + 2s = |CoM_s|.
+ *
+ * Online: every frame is labelled on arrival from the current centres (its
+ * own unfiltered value; no centres yet -> not RoI).  Every `cadence` frames
+ * the filtered maps are recomputed over the points seen so far (3x3 mean over
+ * the neighbours seen), each modality's centres take one mini-batch step
+ * (Sculley's per-centre counts, halved before every step so the centres can
+ * follow the standardisation as it settles) on the whole map as the batch,
+ * and the whole map is relabelled.  roid_roi_finish() refines the centres by
+ * full-batch Lloyd from the online ones and builds the final mask.
+ *
+ * General clustering: k clusters over the standardised per-point vectors
+ * [filtered log T, log |CoM|, the same per segment, log(1 + BF), log(1 + DF)]
+ * (BF/DF only when the geometry has them): k-means++ seeding, a mini-batch
+ * step per cadence, Lloyd at the end.
+ *
+ * Several frames on one point (fly scans binned to the grid) are averaged.
+ *
+ * Memory: allocated once in roid_roi_new, about 8 * (3C + 2M + D + 4) + 3M + 10 bytes
+ * per point (C = 1 + S for S > 1, else 1; M = 2C; D = M + 2); nothing is
+ * allocated per frame or per refit.
+ *
+ * Ownership: the caller owns the roid_roi; accessor pointers stay valid until
+ * roid_roi_free.  Threads: one thread at a time.
+ */
+#ifndef ROID_ANALYSIS_ROI_H
+#define ROID_ANALYSIS_ROI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "features/features.h"
+#include "service/err.h"
+
+#define ROID_ROI_MAX_K      16
+#define ROID_ROI_MAX_BORDER 64
+#define ROID_ROI_UNSEEN     255 /* label of a point without a frame */
+
+typedef struct {
+        unsigned n_segments; /* 1..ROID_MAX_SEGMENTS */
+        unsigned k;          /* general clustering, 2..ROID_ROI_MAX_K */
+        unsigned cadence;    /* frames between online refits; 0 = only at the end */
+        int border;          /* grow (> 0) or shrink (< 0) by this many scan steps */
+        bool fill_holes;
+        bool use_bf, use_df; /* include BF / DF in the general clustering */
+        uint64_t seed;
+        unsigned max_iter; /* Lloyd iterations at the end */
+} roid_roi_params;
+
+typedef struct roid_roi roid_roi;
+
+/* segments 8, k 4, cadence 64, border 0, no hole fill, seed 1, 300 iterations. */
+void roid_roi_params_default(roid_roi_params *p);
+
+/* -EINVAL (err names the parameter) on bad parameters or grid, -ENOMEM. */
+int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err);
+void roid_roi_free(roid_roi *r);
+
+/* One frame at grid point (row, col).  f->n_segments must be the S of the
+ * parameters.  Returns its online RoI label (0/1), or -EINVAL on a bad point. */
+int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f);
+/* Online refit now (also done every `cadence` frames by roid_roi_add). */
+void roid_roi_refit(roid_roi *r);
+/* Full-batch refinement and final mask.  Idempotent. */
+void roid_roi_finish(roid_roi *r);
+
+uint32_t roid_roi_ny(const roid_roi *r);
+uint32_t roid_roi_nx(const roid_roi *r);
+uint64_t roid_roi_frames(const roid_roi *r);
+unsigned roid_roi_n_modalities(const roid_roi *r);
+/* "total", "com", "segment_total", "segment_com"; *ret_segment -1 or s. */
+const char *roid_roi_modality_name(const roid_roi *r, unsigned m, int *ret_segment);
+/* Frames per point (ny * nx). */
+const uint32_t *roid_roi_counts(const roid_roi *r);
+/* Unfiltered map of modality m as of the last refit: mean T, or |CoM|
+ * standardised with the scan-wide statistics (NaN = unseen). */
+const double *roid_roi_raw_map(const roid_roi *r, unsigned m);
+/* Filtered log map of modality m as of the last refit (NaN = unseen). */
+const double *roid_roi_filtered(const roid_roi *r, unsigned m);
+/* Labels of modality m: 1 = RoI side (low T / high |CoM|), 0 = other,
+ * ROID_ROI_UNSEEN.  Online labels until finish, the refined ones after. */
+const uint8_t *roid_roi_labels(const roid_roi *r, unsigned m);
+/* Online labels of modality m as they were at the last frame (kept by finish). */
+const uint8_t *roid_roi_online_labels(const roid_roi *r, unsigned m);
+/* Union of the online labels (0/1, unseen 0) at the last frame. */
+const uint8_t *roid_roi_online_mask(const roid_roi *r);
+/* Two centres of modality m: [RoI side, other]. */
+const double *roid_roi_centres(const roid_roi *r, unsigned m);
+/* Final mask after finish (border and holes applied); NULL before.  The
+ * unbordered union is roid_roi_raw_mask. */
+const uint8_t *roid_roi_mask(const roid_roi *r);
+const uint8_t *roid_roi_raw_mask(const roid_roi *r);
+/* General clustering: labels per point (ROID_ROI_UNSEEN = unseen), centroids
+ * k x d in standardised units. */
+const uint8_t *roid_roi_cluster_labels(const roid_roi *r);
+const double *roid_roi_cluster_centroids(const roid_roi *r, unsigned *ret_k, unsigned *ret_d);
+
+/* Border and hole fill on a mask (exposed for tests): grows (n > 0) or
+ * shrinks (n < 0) by |n| steps with a 3x3 structuring element (points outside
+ * the grid are ignored, not background); fill makes background that is not
+ * 4-connected to the grid edge RoI.  tmp: ny * nx bytes, queue: ny * nx words. */
+void roid_roi_morph(uint8_t *mask, uint32_t ny, uint32_t nx, int n, bool fill, uint8_t *tmp, uint32_t *queue);
+
+#endif

@@ -1,0 +1,449 @@
+#include "analysis/scan.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+#include "ingest/cborwalk.h"
+
+/* What a "scan" member said, before validation; shared by the CBOR and the
+ * JSON readers so that both apply the same rules. */
+typedef struct {
+        bool has_shape, has_snake, has_fast, has_origin, has_step, has_units;
+        double shape[2], origin[2], step[2];
+        bool snake;
+        char fast[4];
+        char units[ROID_SCAN_UNITS_MAX];
+} raw_scan;
+
+void roid_scan_grid_default(roid_scan_grid *g) {
+        memset(g, 0, sizeof *g);
+        g->ny = g->nx = 1;
+        g->step_x = g->step_y = 1.0;
+        g->fast_axis = ROID_SCAN_FAST_X;
+}
+
+int roid_scan_grid_set_shape(roid_scan_grid *g, uint64_t ny, uint64_t nx, const char *field, roid_err *err) {
+        if (ny < 1 || nx < 1)
+                return roid_err_set(err, -EINVAL, "%s: shape [%" PRIu64 ", %" PRIu64 "] has an empty axis", field, ny,
+                                    nx);
+        if (ny > ROID_SCAN_MAX_POINTS || nx > ROID_SCAN_MAX_POINTS || ny * nx > ROID_SCAN_MAX_POINTS)
+                return roid_err_set(err, -EMSGSIZE, "%s: shape [%" PRIu64 ", %" PRIu64 "] exceeds %" PRIu64 " points",
+                                    field, ny, nx, ROID_SCAN_MAX_POINTS);
+        g->ny = (uint32_t)ny;
+        g->nx = (uint32_t)nx;
+        return 0;
+}
+
+const char *roid_scan_source_name(roid_scan_source s) {
+        switch (s) {
+        case ROID_SCAN_FROM_SERIES:
+                return "series";
+        case ROID_SCAN_FROM_CONFIG:
+                return "config";
+        case ROID_SCAN_FROM_LINE:
+                return "line";
+        default:
+                return "none";
+        }
+}
+
+/* ------------------------------------------------------------------ CBOR */
+
+static bool key_is(const roid_cw_item *k, const char *s) {
+        size_t n = strlen(s);
+        return k->type == ROID_CW_TSTR && !k->indefinite && k->len == n && memcmp(k->ptr, s, n) == 0;
+}
+
+static int cbor_unexpected(roid_err *err, const char *field, const char *want, const roid_cw_item *it) {
+        char d[64];
+        return roid_err_set(err, -EBADMSG, "%s: expected %s, got %s", field, want, roid_cw_describe(it, d, sizeof d));
+}
+
+static int next_untagged(roid_cw_cursor *c, roid_cw_item *it, roid_err *err) {
+        for (;;) {
+                int r = roid_cw_next(c, it, err);
+                if (r < 0 || it->type != ROID_CW_TAG)
+                        return r < 0 ? r : 0;
+        }
+}
+
+static int cbor_number(roid_cw_cursor *c, const char *field, double *ret, roid_err *err) {
+        roid_cw_item it;
+        int r = next_untagged(c, &it, err);
+        if (r < 0)
+                return r;
+        if (it.type == ROID_CW_UINT)
+                *ret = (double)it.u;
+        else if (it.type == ROID_CW_NEGINT)
+                *ret = -1.0 - (double)it.u;
+        else if (it.type == ROID_CW_FLOAT)
+                *ret = it.f;
+        else
+                return cbor_unexpected(err, field, "number", &it);
+        return 0;
+}
+
+/* An array of exactly two numbers. */
+static int cbor_pair(roid_cw_cursor *c, const char *field, double ret[2], roid_err *err) {
+        roid_cw_item it;
+        int r = next_untagged(c, &it, err);
+        if (r < 0)
+                return r;
+        if (it.type != ROID_CW_ARRAY || (!it.indefinite && it.u != 2))
+                return cbor_unexpected(err, field, "array of 2 numbers", &it);
+        roid_cw_iter iter;
+        roid_cw_iter_init(&iter, &it);
+        double v[2];
+        for (int i = 0; i < 2; i++) {
+                r = roid_cw_iter_next(c, &iter, err);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        return roid_err_set(err, -EBADMSG, "%s: array of %d elements, 2 expected", field, i);
+                r = cbor_number(c, field, &v[i], err);
+                if (r < 0)
+                        return r;
+        }
+        r = roid_cw_iter_next(c, &iter, err);
+        if (r < 0)
+                return r;
+        if (r > 0)
+                return roid_err_set(err, -EBADMSG, "%s: array of more than 2 elements, 2 expected", field);
+        ret[0] = v[0];
+        ret[1] = v[1];
+        return 0;
+}
+
+static int cbor_text(roid_cw_cursor *c, const char *field, char *dst, size_t size, roid_err *err) {
+        roid_cw_item it;
+        int r = next_untagged(c, &it, err);
+        if (r < 0)
+                return r;
+        if (it.type != ROID_CW_TSTR || it.indefinite)
+                return cbor_unexpected(err, field, "text string", &it);
+        if (it.len >= size || memchr(it.ptr, '\0', it.len))
+                return roid_err_set(err, -EINVAL, "%s: text of %zu bytes, at most %zu without NUL allowed", field,
+                                    it.len, size - 1);
+        memcpy(dst, it.ptr, it.len);
+        dst[it.len] = '\0';
+        return 0;
+}
+
+/* Reads the map whose header is next; unknown keys are skipped. */
+static int cbor_scan_map(roid_cw_cursor *c, raw_scan *s, roid_err *err) {
+        roid_cw_item it;
+        int r = next_untagged(c, &it, err);
+        if (r < 0)
+                return r;
+        if (it.type != ROID_CW_MAP)
+                return cbor_unexpected(err, "user_data.scan", "map", &it);
+        roid_cw_iter iter;
+        roid_cw_iter_init(&iter, &it);
+        while ((r = roid_cw_iter_next(c, &iter, err)) > 0) {
+                roid_cw_item k;
+                r = roid_cw_next(c, &k, err);
+                if (r < 0)
+                        return r;
+                if (key_is(&k, "shape")) {
+                        r = cbor_pair(c, "user_data.scan.shape", s->shape, err);
+                        s->has_shape = true;
+                } else if (key_is(&k, "origin")) {
+                        r = cbor_pair(c, "user_data.scan.origin", s->origin, err);
+                        s->has_origin = true;
+                } else if (key_is(&k, "step")) {
+                        r = cbor_pair(c, "user_data.scan.step", s->step, err);
+                        s->has_step = true;
+                } else if (key_is(&k, "snake")) {
+                        roid_cw_item v = {0};
+                        r = next_untagged(c, &v, err);
+                        if (r == 0 && v.type != ROID_CW_BOOL)
+                                r = cbor_unexpected(err, "user_data.scan.snake", "boolean", &v);
+                        s->snake = v.b;
+                        s->has_snake = true;
+                } else if (key_is(&k, "fast_axis")) {
+                        r = cbor_text(c, "user_data.scan.fast_axis", s->fast, sizeof s->fast, err);
+                        s->has_fast = true;
+                } else if (key_is(&k, "units")) {
+                        r = cbor_text(c, "user_data.scan.units", s->units, sizeof s->units, err);
+                        s->has_units = true;
+                } else {
+                        r = roid_cw_skip_rest(c, &k, err);
+                        if (r >= 0)
+                                r = roid_cw_skip(c, err);
+                }
+                if (r < 0)
+                        return r;
+        }
+        return r;
+}
+
+/* Positions the cursor on the value of top-level key `key`: 1 found, 0 when
+ * the item is not a map or lacks the key. */
+static int cbor_find_key(roid_cw_cursor *c, const char *key, roid_err *err) {
+        roid_cw_item it;
+        int r = next_untagged(c, &it, err);
+        if (r < 0)
+                return r;
+        if (it.type != ROID_CW_MAP)
+                return 0;
+        roid_cw_iter iter;
+        roid_cw_iter_init(&iter, &it);
+        while ((r = roid_cw_iter_next(c, &iter, err)) > 0) {
+                roid_cw_item k;
+                r = roid_cw_next(c, &k, err);
+                if (r < 0)
+                        return r;
+                if (key_is(&k, key))
+                        return 1;
+                r = roid_cw_skip_rest(c, &k, err);
+                if (r >= 0)
+                        r = roid_cw_skip(c, err);
+                if (r < 0)
+                        return r;
+        }
+        return r;
+}
+
+/* ------------------------------------------------------------------ JSON */
+
+static int json_pair(const cJSON *v, const char *field, double ret[2], roid_err *err) {
+        if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
+                return roid_err_set(err, -EBADMSG, "%s: expected array of 2 numbers", field);
+        const cJSON *a = cJSON_GetArrayItem(v, 0), *b = cJSON_GetArrayItem(v, 1);
+        if (!cJSON_IsNumber(a) || !cJSON_IsNumber(b))
+                return roid_err_set(err, -EBADMSG, "%s: expected array of 2 numbers", field);
+        ret[0] = a->valuedouble;
+        ret[1] = b->valuedouble;
+        return 0;
+}
+
+static int json_text(const cJSON *v, const char *field, char *dst, size_t size, roid_err *err) {
+        if (!cJSON_IsString(v))
+                return roid_err_set(err, -EBADMSG, "%s: expected text string", field);
+        size_t n = strlen(v->valuestring);
+        if (n >= size)
+                return roid_err_set(err, -EINVAL, "%s: text of %zu bytes, at most %zu allowed", field, n, size - 1);
+        memcpy(dst, v->valuestring, n + 1);
+        return 0;
+}
+
+static int json_scan_map(const cJSON *m, raw_scan *s, roid_err *err) {
+        if (!cJSON_IsObject(m))
+                return roid_err_set(err, -EBADMSG, "user_data.scan: expected map");
+        int r = 0;
+        const cJSON *v;
+        cJSON_ArrayForEach(v, m) {
+                const char *k = v->string;
+                if (strcmp(k, "shape") == 0) {
+                        r = json_pair(v, "user_data.scan.shape", s->shape, err);
+                        s->has_shape = true;
+                } else if (strcmp(k, "origin") == 0) {
+                        r = json_pair(v, "user_data.scan.origin", s->origin, err);
+                        s->has_origin = true;
+                } else if (strcmp(k, "step") == 0) {
+                        r = json_pair(v, "user_data.scan.step", s->step, err);
+                        s->has_step = true;
+                } else if (strcmp(k, "snake") == 0) {
+                        if (!cJSON_IsBool(v))
+                                r = roid_err_set(err, -EBADMSG, "user_data.scan.snake: expected boolean");
+                        s->snake = cJSON_IsTrue(v);
+                        s->has_snake = true;
+                } else if (strcmp(k, "fast_axis") == 0) {
+                        r = json_text(v, "user_data.scan.fast_axis", s->fast, sizeof s->fast, err);
+                        s->has_fast = true;
+                } else if (strcmp(k, "units") == 0) {
+                        r = json_text(v, "user_data.scan.units", s->units, sizeof s->units, err);
+                        s->has_units = true;
+                }
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* Parses V1 appendix text; NULL (no error) when it is not JSON at all: the
+ * appendix is free-form and need not be ours. */
+static cJSON *json_parse(const roid_user_data *ud) {
+        return cJSON_ParseWithLength((const char *)ud->data, ud->size);
+}
+
+/* ------------------------------------------------------------ validation */
+
+static int to_count(double v, const char *field, uint64_t *ret, roid_err *err) {
+        if (!(v >= 1) || v != floor(v) || v > (double)ROID_SCAN_MAX_POINTS * 2)
+                return roid_err_set(err, v > 0 && v == floor(v) ? -EMSGSIZE : -EINVAL,
+                                    "%s: %g is not an integer in 1..%" PRIu64, field, v, ROID_SCAN_MAX_POINTS);
+        *ret = (uint64_t)v;
+        return 0;
+}
+
+static int validate(const raw_scan *s, roid_scan_grid *ret, roid_err *err) {
+        roid_scan_grid g;
+        roid_scan_grid_default(&g);
+        if (!s->has_shape)
+                return roid_err_set(err, -EINVAL, "user_data.scan.shape: missing (required)");
+        uint64_t ny, nx;
+        int r = to_count(s->shape[0], "user_data.scan.shape[0] (ny)", &ny, err);
+        if (r < 0)
+                return r;
+        r = to_count(s->shape[1], "user_data.scan.shape[1] (nx)", &nx, err);
+        if (r < 0)
+                return r;
+        r = roid_scan_grid_set_shape(&g, ny, nx, "user_data.scan.shape", err);
+        if (r < 0)
+                return r;
+        g.snake = s->has_snake && s->snake;
+        if (s->has_fast) {
+                if (strcmp(s->fast, "x") == 0)
+                        g.fast_axis = ROID_SCAN_FAST_X;
+                else if (strcmp(s->fast, "y") == 0)
+                        g.fast_axis = ROID_SCAN_FAST_Y;
+                else
+                        return roid_err_set(err, -EINVAL, "user_data.scan.fast_axis: \"%s\", expected \"x\" or \"y\"",
+                                            s->fast);
+        }
+        if (s->has_origin) {
+                if (!isfinite(s->origin[0]) || !isfinite(s->origin[1]))
+                        return roid_err_set(err, -EINVAL, "user_data.scan.origin: not finite");
+                g.origin_x = s->origin[0];
+                g.origin_y = s->origin[1];
+        }
+        if (s->has_step) {
+                if (!isfinite(s->step[0]) || !isfinite(s->step[1]) || s->step[0] == 0 || s->step[1] == 0)
+                        return roid_err_set(err, -EINVAL, "user_data.scan.step: [%g, %g], must be finite, non-zero",
+                                            s->step[0], s->step[1]);
+                g.step_x = s->step[0];
+                g.step_y = s->step[1];
+        }
+        if (s->has_units)
+                memcpy(g.units, s->units, sizeof g.units);
+        g.source = ROID_SCAN_FROM_SERIES;
+        *ret = g;
+        return 0;
+}
+
+int roid_scan_from_user_data(const roid_user_data *ud, unsigned max_depth, roid_scan_grid *ret, roid_err *err) {
+        raw_scan s;
+        memset(&s, 0, sizeof s);
+        if (!ud || !ud->data || ud->size == 0)
+                return 0;
+        if (ud->kind == ROID_UD_CBOR) {
+                roid_cw_cursor c;
+                roid_cw_init(&c, ud->data, ud->size, max_depth);
+                int r = cbor_find_key(&c, "scan", err);
+                if (r <= 0)
+                        return r;
+                r = cbor_scan_map(&c, &s, err);
+                if (r < 0)
+                        return r;
+        } else if (ud->kind == ROID_UD_JSON) {
+                cJSON *root = json_parse(ud);
+                const cJSON *m = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "scan") : NULL;
+                int r = m ? json_scan_map(m, &s, err) : 0;
+                cJSON_Delete(root);
+                if (r < 0 || !m)
+                        return r;
+        } else {
+                return 0;
+        }
+        int r = validate(&s, ret, err);
+        return r < 0 ? r : 1;
+}
+
+int roid_scan_position_from_user_data(const roid_user_data *ud, unsigned max_depth, double *ret_x, double *ret_y,
+                                      roid_err *err) {
+        double v[2];
+        if (!ud || !ud->data || ud->size == 0)
+                return 0;
+        if (ud->kind == ROID_UD_CBOR) {
+                roid_cw_cursor c;
+                roid_cw_init(&c, ud->data, ud->size, max_depth);
+                int r = cbor_find_key(&c, "position", err);
+                if (r <= 0)
+                        return r;
+                r = cbor_pair(&c, "user_data.position", v, err);
+                if (r < 0)
+                        return r;
+        } else if (ud->kind == ROID_UD_JSON) {
+                cJSON *root = json_parse(ud);
+                const cJSON *p = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "position") : NULL;
+                int r = p ? json_pair(p, "user_data.position", v, err) : 0;
+                cJSON_Delete(root);
+                if (r < 0 || !p)
+                        return r;
+        } else {
+                return 0;
+        }
+        *ret_x = v[0];
+        *ret_y = v[1];
+        return 1;
+}
+
+int roid_scan_resolve(const roid_user_data *series_ud, const roid_scan_grid *config, bool has_number_of_images,
+                      uint64_t number_of_images, unsigned max_depth, roid_scan_grid *ret, roid_err *err) {
+        roid_scan_grid g;
+        int r = roid_scan_from_user_data(series_ud, max_depth, &g, err);
+        if (r < 0)
+                return r;
+        if (r == 0) {
+                if (config && config->source != ROID_SCAN_FROM_NONE) {
+                        g = *config;
+                        g.source = ROID_SCAN_FROM_CONFIG;
+                } else {
+                        roid_scan_grid_default(&g);
+                        uint64_t n = has_number_of_images && number_of_images > 0 ? number_of_images : 1;
+                        r = roid_scan_grid_set_shape(&g, 1, n, "number_of_images", err);
+                        if (r < 0)
+                                return r;
+                        g.source = ROID_SCAN_FROM_LINE;
+                }
+        }
+        *ret = g;
+        return 0;
+}
+
+int roid_scan_index(const roid_scan_grid *g, uint64_t k, uint32_t *ret_row, uint32_t *ret_col) {
+        if (k >= (uint64_t)g->ny * g->nx)
+                return -ERANGE;
+        uint64_t slow, fast, nfast = g->fast_axis == ROID_SCAN_FAST_X ? g->nx : g->ny;
+        slow = k / nfast;
+        fast = k % nfast;
+        if (g->snake && (slow & 1))
+                fast = nfast - 1 - fast;
+        if (g->fast_axis == ROID_SCAN_FAST_X) {
+                *ret_row = (uint32_t)slow;
+                *ret_col = (uint32_t)fast;
+        } else {
+                *ret_row = (uint32_t)fast;
+                *ret_col = (uint32_t)slow;
+        }
+        return 0;
+}
+
+int roid_scan_bin(const roid_scan_grid *g, double x, double y, uint32_t *ret_row, uint32_t *ret_col, roid_err *err) {
+        double c = round((x - g->origin_x) / g->step_x), r = round((y - g->origin_y) / g->step_y);
+        if (!isfinite(c) || !isfinite(r))
+                return roid_err_set(err, -ERANGE, "position [%g, %g]: not finite", x, y);
+        if (c < 0 || c >= g->nx || r < 0 || r >= g->ny)
+                return roid_err_set(err, -ERANGE, "position [%g, %g]: grid point (row %.0f, col %.0f) outside %u x %u",
+                                    x, y, r, c, g->ny, g->nx);
+        *ret_row = (uint32_t)r;
+        *ret_col = (uint32_t)c;
+        return 0;
+}
+
+int roid_scan_locate(const roid_scan_grid *g, uint64_t k, const roid_user_data *image_ud, unsigned max_depth,
+                     uint32_t *ret_row, uint32_t *ret_col, roid_err *err) {
+        double x, y;
+        int r = roid_scan_position_from_user_data(image_ud, max_depth, &x, &y, err);
+        if (r < 0)
+                return r;
+        if (r > 0)
+                return roid_scan_bin(g, x, y, ret_row, ret_col, err);
+        r = roid_scan_index(g, k, ret_row, ret_col);
+        if (r < 0)
+                return roid_err_set(err, r, "image_id %" PRIu64 ": beyond the %u x %u scan grid", k, g->ny, g->nx);
+        return 0;
+}

@@ -1,0 +1,323 @@
+/* test_scan - image_id -> scan grid point: step scans (fast axis, snake)
+ * against an independent enumeration of the acquisition order, fly-scan
+ * binning, the "scan" user data convention in CBOR and JSON, bad inputs. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analysis/scan.h"
+#include "tap.h"
+
+/* ------------------------------------------------------ tiny CBOR writer */
+
+typedef struct {
+        uint8_t b[512];
+        size_t n;
+} cb;
+
+static void cb_head(cb *c, unsigned major, uint64_t v) {
+        if (v < 24) {
+                c->b[c->n++] = (uint8_t)(major << 5 | v);
+        } else if (v < 256) {
+                c->b[c->n++] = (uint8_t)(major << 5 | 24);
+                c->b[c->n++] = (uint8_t)v;
+        } else {
+                c->b[c->n++] = (uint8_t)(major << 5 | 26);
+                for (int i = 3; i >= 0; i--)
+                        c->b[c->n++] = (uint8_t)(v >> (8 * i));
+        }
+}
+
+static void cb_text(cb *c, const char *s) {
+        cb_head(c, 3, strlen(s));
+        memcpy(c->b + c->n, s, strlen(s));
+        c->n += strlen(s);
+}
+
+static void cb_f64(cb *c, double d) {
+        uint64_t u;
+        memcpy(&u, &d, 8);
+        c->b[c->n++] = 0xfb;
+        for (int i = 7; i >= 0; i--)
+                c->b[c->n++] = (uint8_t)(u >> (8 * i));
+}
+
+static void cb_bool(cb *c, bool v) {
+        c->b[c->n++] = v ? 0xf5 : 0xf4;
+}
+
+static roid_user_data ud_cbor(const cb *c) {
+        return (roid_user_data){.kind = ROID_UD_CBOR, .data = c->b, .size = c->n};
+}
+
+static roid_user_data ud_json(const char *s) {
+        return (roid_user_data){.kind = ROID_UD_JSON, .data = (const uint8_t *)s, .size = strlen(s)};
+}
+
+/* --------------------------------------------------------------- step scans */
+
+/* The acquisition order written out as the loops a scan controller runs. */
+static void check_order(uint32_t ny, uint32_t nx, bool snake, roid_scan_fast fast) {
+        roid_scan_grid g;
+        roid_scan_grid_default(&g);
+        roid_scan_grid_set_shape(&g, ny, nx, "t", NULL);
+        g.snake = snake;
+        g.fast_axis = fast;
+        uint64_t k = 0, bad = 0;
+        uint8_t *hit = calloc((size_t)ny * nx, 1);
+        uint32_t nslow = fast == ROID_SCAN_FAST_X ? ny : nx, nfast = fast == ROID_SCAN_FAST_X ? nx : ny;
+        for (uint32_t s = 0; s < nslow; s++) {
+                for (uint32_t f = 0; f < nfast; f++, k++) {
+                        uint32_t ff = snake && s % 2 == 1 ? nfast - 1 - f : f;
+                        uint32_t want_r = fast == ROID_SCAN_FAST_X ? s : ff;
+                        uint32_t want_c = fast == ROID_SCAN_FAST_X ? ff : s;
+                        uint32_t r, c;
+                        if (roid_scan_index(&g, k, &r, &c) < 0 || r != want_r || c != want_c)
+                                bad++;
+                        else
+                                hit[(size_t)r * nx + c]++;
+                }
+        }
+        uint64_t once = 0;
+        for (size_t i = 0; i < (size_t)ny * nx; i++)
+                once += hit[i] == 1;
+        uint32_t r, c;
+        tap_ok(bad == 0 && once == (uint64_t)ny * nx && roid_scan_index(&g, k, &r, &c) == -ERANGE,
+               "%ux%u snake=%d fast=%s: every point once in acquisition order, image %llu out of range", ny, nx, snake,
+               fast == ROID_SCAN_FAST_X ? "x" : "y", (unsigned long long)k);
+        free(hit);
+}
+
+static void test_orders(void) {
+        check_order(3, 4, false, ROID_SCAN_FAST_X);
+        check_order(3, 4, true, ROID_SCAN_FAST_X);
+        check_order(5, 3, false, ROID_SCAN_FAST_Y);
+        check_order(5, 3, true, ROID_SCAN_FAST_Y);
+        check_order(1, 7, true, ROID_SCAN_FAST_X);
+        /* spot values worked out by hand */
+        roid_scan_grid g;
+        roid_scan_grid_default(&g);
+        roid_scan_grid_set_shape(&g, 3, 4, "t", NULL);
+        g.snake = true;
+        uint32_t r, c;
+        roid_scan_index(&g, 5, &r, &c);
+        tap_ok(r == 1 && c == 2, "3x4 snake x: image 5 at (1, 2), got (%u, %u)", r, c);
+        g.fast_axis = ROID_SCAN_FAST_Y;
+        roid_scan_index(&g, 5, &r, &c);
+        tap_ok(r == 0 && c == 1, "3x4 snake y: image 5 at (0, 1), got (%u, %u)", r, c);
+}
+
+/* ------------------------------------------------------------ user data */
+
+static void build_scan_cbor(cb *c, bool with_other) {
+        c->n = 0;
+        cb_head(c, 5, with_other ? 2 : 1);
+        if (with_other) {
+                cb_text(c, "sample");
+                cb_head(c, 5, 1); /* nested map, skipped */
+                cb_text(c, "name");
+                cb_head(c, 4, 2);
+                cb_text(c, "a");
+                cb_head(c, 0, 7);
+        }
+        cb_text(c, "scan");
+        cb_head(c, 5, 6);
+        cb_text(c, "shape");
+        cb_head(c, 4, 2);
+        cb_head(c, 0, 40);
+        cb_head(c, 0, 300);
+        cb_text(c, "snake");
+        cb_bool(c, true);
+        cb_text(c, "fast_axis");
+        cb_text(c, "y");
+        cb_text(c, "origin");
+        cb_head(c, 4, 2);
+        cb_f64(c, -1.5);
+        cb_head(c, 1, 9); /* -10 */
+        cb_text(c, "step");
+        cb_head(c, 4, 2);
+        cb_f64(c, 0.05);
+        cb_f64(c, 0.1);
+        cb_text(c, "units");
+        cb_text(c, "um");
+}
+
+static bool grid_is_example(const roid_scan_grid *g) {
+        return g->ny == 40 && g->nx == 300 && g->snake && g->fast_axis == ROID_SCAN_FAST_Y && g->origin_x == -1.5 &&
+               g->origin_y == -10 && g->step_x == 0.05 && g->step_y == 0.1 && strcmp(g->units, "um") == 0 &&
+               g->source == ROID_SCAN_FROM_SERIES;
+}
+
+static void test_user_data(void) {
+        cb c;
+        roid_scan_grid g;
+        roid_err err = {{0}};
+
+        build_scan_cbor(&c, true);
+        roid_user_data u = ud_cbor(&c);
+        int r = roid_scan_from_user_data(&u, 32, &g, &err);
+        tap_ok(r == 1 && grid_is_example(&g), "CBOR scan map with a skipped nested key: r=%d %s", r, err.msg);
+
+        u = ud_json("{\"sample\":{\"name\":[\"a\",7]},\"scan\":{\"shape\":[40,300],\"snake\":true,\"fast_axis\":\"y\","
+                    "\"origin\":[-1.5,-10],\"step\":[0.05,0.1],\"units\":\"um\"}}");
+        memset(&g, 0, sizeof g);
+        r = roid_scan_from_user_data(&u, 32, &g, &err);
+        tap_ok(r == 1 && grid_is_example(&g), "JSON (V1 appendix) scan map: r=%d %s", r, err.msg);
+
+        u = ud_json("{\"scan\":{\"shape\":[2,3]}}");
+        r = roid_scan_from_user_data(&u, 32, &g, &err);
+        tap_ok(r == 1 && g.ny == 2 && g.nx == 3 && !g.snake && g.fast_axis == ROID_SCAN_FAST_X && g.step_x == 1 &&
+                       g.origin_x == 0,
+               "only shape: defaults for the rest");
+
+        /* absent / not ours */
+        roid_scan_grid keep;
+        roid_scan_grid_default(&keep);
+        keep.ny = 77;
+        g = keep;
+        u = ud_json("{\"other\":1}");
+        r = roid_scan_from_user_data(&u, 32, &g, &err);
+        tap_ok(r == 0 && g.ny == 77, "JSON without scan: 0, grid untouched");
+        u = ud_json("not json at all");
+        tap_ok(roid_scan_from_user_data(&u, 32, &g, &err) == 0, "free-form V1 appendix: 0");
+        c.n = 0;
+        cb_head(&c, 4, 1);
+        cb_head(&c, 0, 1);
+        u = ud_cbor(&c);
+        tap_ok(roid_scan_from_user_data(&u, 32, &g, &err) == 0 && g.ny == 77, "CBOR array: 0");
+        tap_ok(roid_scan_from_user_data(NULL, 32, &g, &err) == 0, "no user data: 0");
+}
+
+static void expect_bad(const char *json, int want, const char *needle) {
+        roid_user_data u = ud_json(json);
+        roid_scan_grid g;
+        roid_err err = {{0}};
+        roid_scan_grid_default(&g);
+        g.ny = 99;
+        int r = roid_scan_from_user_data(&u, 32, &g, &err);
+        tap_ok(r == want && strstr(err.msg, needle) && g.ny == 99, "%s -> %d naming '%s' (got %d: %s)", json, want,
+               needle, r, err.msg);
+}
+
+static void test_bad(void) {
+        expect_bad("{\"scan\":{\"shape\":\"40x300\"}}", -EBADMSG, "shape");
+        expect_bad("{\"scan\":{\"shape\":[40]}}", -EBADMSG, "shape");
+        expect_bad("{\"scan\":{\"shape\":[0,5]}}", -EINVAL, "shape[0]");
+        expect_bad("{\"scan\":{\"shape\":[4.5,5]}}", -EINVAL, "shape[0]");
+        expect_bad("{\"scan\":{\"shape\":[5,-1]}}", -EINVAL, "shape[1]");
+        expect_bad("{\"scan\":{\"shape\":[65536,65536]}}", -EMSGSIZE, "shape");
+        expect_bad("{\"scan\":{\"shape\":[1e300,2]}}", -EMSGSIZE, "shape[0]");
+        expect_bad("{\"scan\":{\"snake\":true}}", -EINVAL, "shape");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"snake\":1}}", -EBADMSG, "snake");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"fast_axis\":\"z\"}}", -EINVAL, "fast_axis");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"fast_axis\":3}}", -EBADMSG, "fast_axis");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"step\":[0,1]}}", -EINVAL, "step");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"origin\":[1,\"a\"]}}", -EBADMSG, "origin");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"units\":\"a-very-long-unit-name\"}}", -EINVAL, "units");
+        expect_bad("{\"scan\":[4,4]}", -EBADMSG, "scan");
+
+        /* CBOR: wrong type, truncated map, huge shape */
+        cb c;
+        roid_scan_grid g;
+        roid_err err = {{0}};
+        c.n = 0;
+        cb_head(&c, 5, 1);
+        cb_text(&c, "scan");
+        cb_head(&c, 5, 1);
+        cb_text(&c, "shape");
+        cb_text(&c, "big");
+        roid_user_data u = ud_cbor(&c);
+        int r = roid_scan_from_user_data(&u, 32, &g, &err);
+        tap_ok(r == -EBADMSG && strstr(err.msg, "shape"), "CBOR shape as text: %d %s", r, err.msg);
+        build_scan_cbor(&c, false);
+        int accepted = 0;
+        for (size_t cut = 1; cut < c.n; cut++) {
+                roid_user_data t = {.kind = ROID_UD_CBOR, .data = c.b, .size = cut};
+                accepted += roid_scan_from_user_data(&t, 32, &g, &err) >= 0;
+        }
+        tap_ok(accepted == 0, "CBOR cut at each of %zu bytes: always an error (%d accepted)", c.n, accepted);
+        c.n = 0;
+        cb_head(&c, 5, 1);
+        cb_text(&c, "scan");
+        cb_head(&c, 5, 1);
+        cb_text(&c, "shape");
+        cb_head(&c, 4, 2);
+        cb_head(&c, 0, 5000);
+        cb_head(&c, 0, 5000);
+        u = ud_cbor(&c);
+        r = roid_scan_from_user_data(&u, 32, &g, &err);
+        tap_ok(r == -EMSGSIZE && strstr(err.msg, "shape"), "CBOR 5000x5000 grid over the limit: %d %s", r, err.msg);
+}
+
+/* ------------------------------------------------------------ fly scans */
+
+static void test_fly(void) {
+        roid_scan_grid g;
+        roid_err err = {{0}};
+        roid_scan_grid_default(&g);
+        roid_scan_grid_set_shape(&g, 10, 20, "t", NULL);
+        g.origin_x = 100;
+        g.origin_y = -5;
+        g.step_x = 0.5;
+        g.step_y = 0.25;
+        uint32_t r = 0, c = 0;
+        /* x = 100 + 0.5 * 7.3 -> col 7; y = -5 + 0.25 * 3.6 -> row 4 */
+        roid_user_data u = ud_json("{\"position\":[103.65,-4.1]}");
+        int k = roid_scan_locate(&g, 0, &u, 32, &r, &c, &err);
+        tap_ok(k == 0 && r == 4 && c == 7, "JSON fly position binned to (4, 7), got %d (%u, %u)", k, r, c);
+        cb b;
+        b.n = 0;
+        cb_head(&b, 5, 1);
+        cb_text(&b, "position");
+        cb_head(&b, 4, 2);
+        cb_f64(&b, 100 + 0.5 * 19.4);
+        cb_f64(&b, -5 + 0.25 * 0.2);
+        u = ud_cbor(&b);
+        k = roid_scan_locate(&g, 150, &u, 32, &r, &c, &err);
+        tap_ok(k == 0 && r == 0 && c == 19, "CBOR position wins over the image index: (0, 19), got (%u, %u)", r, c);
+        u = ud_json("{\"position\":[111,0]}"); /* col 22 */
+        k = roid_scan_locate(&g, 0, &u, 32, &r, &c, &err);
+        tap_ok(k == -ERANGE && strstr(err.msg, "outside"), "position beyond the grid: -ERANGE (%s)", err.msg);
+        u = ud_json("{\"position\":[1]}");
+        k = roid_scan_locate(&g, 0, &u, 32, &r, &c, &err);
+        tap_ok(k == -EBADMSG && strstr(err.msg, "position"), "malformed position: %d (%s)", k, err.msg);
+        u = ud_json("{\"frame\":3}");
+        k = roid_scan_locate(&g, 45, &u, 32, &r, &c, &err);
+        tap_ok(k == 0 && r == 2 && c == 5, "no position: step index 45 -> (2, 5), got (%u, %u)", r, c);
+        k = roid_scan_locate(&g, 200, NULL, 32, &r, &c, &err);
+        tap_ok(k == -ERANGE && strstr(err.msg, "image_id 200"), "image beyond the grid: %s", err.msg);
+}
+
+static void test_resolve(void) {
+        roid_scan_grid g, cfg;
+        roid_err err = {{0}};
+        int r = roid_scan_resolve(NULL, NULL, true, 2500, 32, &g, &err);
+        tap_ok(r == 0 && g.ny == 1 && g.nx == 2500 && g.source == ROID_SCAN_FROM_LINE,
+               "nothing given: a 1 x number_of_images line");
+        r = roid_scan_resolve(NULL, NULL, false, 0, 32, &g, &err);
+        tap_ok(r == 0 && g.ny == 1 && g.nx == 1, "no number_of_images: 1 x 1");
+        r = roid_scan_resolve(NULL, NULL, true, UINT64_C(1) << 30, 32, &g, &err);
+        tap_ok(r == -EMSGSIZE && strstr(err.msg, "number_of_images"), "huge number_of_images: %s", err.msg);
+        roid_scan_grid_default(&cfg);
+        roid_scan_grid_set_shape(&cfg, 50, 50, "t", NULL);
+        cfg.source = ROID_SCAN_FROM_CONFIG;
+        roid_user_data u = ud_json("{\"foo\":1}");
+        r = roid_scan_resolve(&u, &cfg, true, 2500, 32, &g, &err);
+        tap_ok(r == 0 && g.ny == 50 && g.source == ROID_SCAN_FROM_CONFIG, "configured grid when the series has none");
+        u = ud_json("{\"scan\":{\"shape\":[7,9]}}");
+        r = roid_scan_resolve(&u, &cfg, true, 2500, 32, &g, &err);
+        tap_ok(r == 0 && g.ny == 7 && g.nx == 9 && g.source == ROID_SCAN_FROM_SERIES, "the series' grid wins");
+        u = ud_json("{\"scan\":{\"shape\":[7]}}");
+        r = roid_scan_resolve(&u, &cfg, true, 2500, 32, &g, &err);
+        tap_ok(r == -EBADMSG, "a malformed series grid is an error, not silently replaced");
+}
+
+int main(void) {
+        test_orders();
+        test_user_data();
+        test_bad();
+        test_fly();
+        test_resolve();
+        return tap_done();
+}
