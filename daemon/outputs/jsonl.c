@@ -3,9 +3,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "features/features.h"
+
 struct roid_jsonl {
         FILE *out;
+        roid_geometry geom[ROID_MAX_CHANNELS];
+        bool have[ROID_MAX_CHANNELS];
 };
+
+static void drop_geometries(roid_jsonl *j);
 
 int roid_jsonl_new(FILE *out, roid_jsonl **ret) {
         roid_jsonl *j = calloc(1, sizeof *j);
@@ -17,6 +23,9 @@ int roid_jsonl_new(FILE *out, roid_jsonl **ret) {
 }
 
 void roid_jsonl_free(roid_jsonl *j) {
+        if (!j)
+                return;
+        drop_geometries(j);
         free(j);
 }
 
@@ -40,45 +49,61 @@ static void put_series(FILE *f, const roid_series *s) {
         put_str(f, s->series_unique_id);
 }
 
-/* Sum of the pixels that count and the number that do not: excluded by the
- * series' pixel mask or at the type's maximum (EIGER's gap/masked value). */
-#define SUM_LOOP(T, MAX)                                                                                               \
-        do {                                                                                                           \
-                const T *p = ev->pixels;                                                                               \
-                for (size_t i = 0; i < n; i++) {                                                                       \
-                        if (p[i] == (MAX) || (mask && mask[i])) {                                                      \
-                                masked++;                                                                              \
-                                continue;                                                                              \
-                        }                                                                                              \
-                        sum += p[i];                                                                                   \
-                }                                                                                                      \
-        } while (0)
+/* The series' geometry per channel, built at the channel's first frame (the
+ * mask can differ per channel), dropped at the end of the series. */
+static roid_geometry *geometry_for(roid_jsonl *j, const roid_frame_event *ev, roid_err *err) {
+        if (ev->channel >= ROID_MAX_CHANNELS)
+                return NULL;
+        roid_geometry *g = &j->geom[ev->channel];
+        if (j->have[ev->channel] && g->rows == ev->rows && g->cols == ev->cols && g->dtype == ev->dtype)
+                return g;
+        if (j->have[ev->channel])
+                roid_geometry_free(g);
+        j->have[ev->channel] = false;
+        roid_geometry_params p;
+        roid_geometry_params_default(&p);
+        p.rows = ev->rows;
+        p.cols = ev->cols;
+        p.dtype = ev->dtype;
+        p.n_segments = 1;
+        const roid_start_info *st = &ev->series->start;
+        /* Only empty frames depend on the centre (their CoM is the centre). */
+        p.center_x = st->has_beam_center ? st->beam_center_x : (ev->cols - 1) / 2.0;
+        p.center_y = st->has_beam_center ? st->beam_center_y : (ev->rows - 1) / 2.0;
+        p.mask = ev->pixel_mask;
+        if (roid_geometry_init(g, &p, err) < 0)
+                return NULL;
+        j->have[ev->channel] = true;
+        return g;
+}
+
+static void drop_geometries(roid_jsonl *j) {
+        for (int c = 0; c < ROID_MAX_CHANNELS; c++)
+                if (j->have[c])
+                        roid_geometry_free(&j->geom[c]);
+        memset(j->have, 0, sizeof j->have);
+}
 
 static void on_frame(void *ctx, const roid_frame_event *ev) {
         roid_jsonl *j = ctx;
-        size_t n = (size_t)ev->rows * ev->cols;
-        const uint32_t *mask = ev->pixel_mask;
-        unsigned long long sum = 0, masked = 0;
-        switch (ev->dtype) {
-        case ROID_DT_U8:
-                SUM_LOOP(uint8_t, UINT8_MAX);
-                break;
-        case ROID_DT_U16:
-                SUM_LOOP(uint16_t, UINT16_MAX);
-                break;
-        case ROID_DT_U32:
-                SUM_LOOP(uint32_t, UINT32_MAX);
-                break;
-        default:
-                break;
-        }
+        roid_err err = {""};
+        roid_features ft;
+        roid_geometry *g = geometry_for(j, ev, &err);
+        roid_frame fr = {.dtype = ev->dtype, .rows = ev->rows, .cols = ev->cols, .pixels = ev->pixels};
         FILE *f = j->out;
         fputc('{', f);
         put_series(f, ev->series);
         fprintf(f, ",\"image_id\":%llu,\"channel\":", (unsigned long long)ev->image_id);
         put_str(f, ev->channel_name);
-        fprintf(f, ",\"height\":%u,\"width\":%u,\"dtype\":\"%s\",\"sum\":%llu,\"masked\":%llu}\n", ev->rows, ev->cols,
-                roid_dtype_name(ev->dtype), sum, masked);
+        fprintf(f, ",\"height\":%u,\"width\":%u,\"dtype\":\"%s\"", ev->rows, ev->cols, roid_dtype_name(ev->dtype));
+        if (!g || roid_features_compute(g, &fr, &ft, &err) < 0) {
+                fputs(",\"error\":", f);
+                put_str(f, err.msg);
+                fputs("}\n", f);
+                return;
+        }
+        fprintf(f, ",\"sum\":%llu,\"masked\":%llu,\"com_x\":%.17g,\"com_y\":%.17g}\n", (unsigned long long)ft.total_u64,
+                (unsigned long long)ft.masked, ft.com_x, ft.com_y);
 }
 
 static void on_frame_error(void *ctx, const roid_series *s, uint64_t image_id, const char *channel, const char *msg) {
@@ -116,6 +141,7 @@ static void on_start(void *ctx, const roid_series *s) {
 
 static void on_end(void *ctx, const roid_series *s, bool terminated) {
         roid_jsonl *j = ctx;
+        drop_geometries(j);
         fputs("{\"event\":\"end\",", j->out);
         put_series(j->out, s);
         fprintf(j->out, ",\"images\":%llu,\"terminated\":%s}\n", (unsigned long long)s->images_accepted,

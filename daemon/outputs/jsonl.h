@@ -1,6 +1,6 @@
 /* jsonl.h - a sink that prints one JSON object per line: per decoded frame
  * and channel {"series_id", "series_unique_id", "image_id", "channel",
- * "height", "width", "dtype", "sum", "masked", ...}, and {"image_id",
+ * "height", "width", "dtype", "sum", "masked", "com_x", "com_y"}, and {"image_id",
  * "error"} for every frame that could not be decoded; series start and end
  * lines carry "event".  Used by `roid replay --jsonl`.
  *

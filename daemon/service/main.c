@@ -1,5 +1,6 @@
 /* main.c - the roid command: the daemon (default), record and replay. */
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "analysis/analysis.h"
 #include "ingest/capture.h"
 #include "ingest/h5source.h"
 #include "ingest/ingest.h"
@@ -40,9 +42,11 @@ static double now_s(void) {
 }
 
 static void usage(FILE *f) {
-        fputs("usage: roid [--detector ENDPOINT] [--channel NAME] [--series N] [--idle-timeout S] [-v|-q]\n"
+        fputs("usage: roid [--detector ENDPOINT] [--output-dir DIR] [ANALYSIS OPTIONS] [--channel NAME]\n"
+              "            [--series N] [--idle-timeout S] [-v|-q]\n"
               "       roid record ENDPOINT FILE [--count N] [--series N] [--idle-timeout S]\n"
-              "       roid replay [--jsonl] [--strict] [--channel NAME] INPUT...\n"
+              "       roid replay [--jsonl] [--output-dir DIR] [ANALYSIS OPTIONS] [--strict] [--channel NAME]\n"
+              "            INPUT...\n"
               "\n"
               "The daemon connects a ZeroMQ PULL socket to the detector's stream endpoint (EIGER\n"
               "Stream V2 on port 31001 or V1 on port 9999; the format is recognised per message),\n"
@@ -54,6 +58,18 @@ static void usage(FILE *f) {
               "  --series N            exit after N series have ended (default: run until a signal)\n"
               "  --idle-timeout S      exit after S seconds without a message (default: never)\n"
               "  --count N             record: stop after N messages\n"
+              "  --output-dir DIR      run the RoI analysis and write one HDF5 results file per\n"
+              "                        series into DIR (roid_<series_unique_id>.h5)\n"
+              "Analysis options (with --output-dir):\n"
+              "  --segments S          azimuthal segments, 1..40 (default 8)\n"
+              "  --k K                 clusters of the general clustering map (default 4)\n"
+              "  --cadence N           relabel the whole map every N frames (default 64)\n"
+              "  --border N            grow (N > 0) or shrink (N < 0) the RoI by N scan steps\n"
+              "  --fill-holes          fill holes enclosed by the RoI\n"
+              "  --bf R                bright-field disk radius in pixels (adds BF to the features)\n"
+              "  --df RIN,ROUT         dark-field annulus radii in pixels (adds DF)\n"
+              "  --center X,Y          beam centre in pixels when the start message has none\n"
+              "                        (otherwise estimated from the first frame)\n"
               "  --jsonl               replay: one JSON object per decoded frame and channel on stdout\n"
               "  --strict              replay: drop images that arrive without a start message\n"
               "                        (default: open an implicit series, for bare image files)\n"
@@ -69,13 +85,59 @@ static void usage(FILE *f) {
 typedef struct {
         const char *detector;
         const char *channel;
+        bool analyse;
+        roid_analysis_params ap;
         long series;
         double idle_timeout;
         long count;
         bool jsonl, strict;
 } options;
 
-enum { OPT_VERSION = 256, OPT_DETECTOR, OPT_CHANNEL, OPT_SERIES, OPT_IDLE, OPT_COUNT, OPT_JSONL, OPT_STRICT };
+enum {
+        OPT_VERSION = 256,
+        OPT_DETECTOR,
+        OPT_CHANNEL,
+        OPT_SERIES,
+        OPT_IDLE,
+        OPT_COUNT,
+        OPT_JSONL,
+        OPT_STRICT,
+        OPT_OUTDIR,
+        OPT_SEGMENTS,
+        OPT_K,
+        OPT_CADENCE,
+        OPT_BORDER,
+        OPT_FILL,
+        OPT_BF,
+        OPT_DF,
+        OPT_CENTER,
+};
+
+/* A whole number in [lo, hi] for option `name`. */
+static int int_arg(const char *name, const char *s, long lo, long hi, long *ret) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || *end || end == s || v < lo || v > hi) {
+                roid_log(ROID_LOG_ERR, "--%s: '%s' is not a whole number in %ld..%ld", name, s, lo, hi);
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+/* Two non-negative numbers "A,B" for option `name`. */
+static int pair_arg(const char *name, const char *s, double *a, double *b) {
+        char *end;
+        *a = strtod(s, &end);
+        if (*end == ',') {
+                *b = strtod(end + 1, &end);
+                if (!*end && *a >= 0 && *b >= 0)
+                        return 0;
+        }
+        roid_log(ROID_LOG_ERR, "--%s: '%s' is not two non-negative numbers A,B", name, s);
+        return -EINVAL;
+}
 
 static int parse_options(int argc, char **argv, options *o) {
         static const struct option longopts[] = {
@@ -90,10 +152,21 @@ static int parse_options(int argc, char **argv, options *o) {
                 {"count", required_argument, NULL, OPT_COUNT},
                 {"jsonl", no_argument, NULL, OPT_JSONL},
                 {"strict", no_argument, NULL, OPT_STRICT},
+                {"output-dir", required_argument, NULL, OPT_OUTDIR},
+                {"segments", required_argument, NULL, OPT_SEGMENTS},
+                {"k", required_argument, NULL, OPT_K},
+                {"cadence", required_argument, NULL, OPT_CADENCE},
+                {"border", required_argument, NULL, OPT_BORDER},
+                {"fill-holes", no_argument, NULL, OPT_FILL},
+                {"bf", required_argument, NULL, OPT_BF},
+                {"df", required_argument, NULL, OPT_DF},
+                {"center", required_argument, NULL, OPT_CENTER},
                 {NULL, 0, NULL, 0},
         };
         int c;
         char *end;
+        long v;
+        roid_analysis_params *ap = &o->ap;
         while ((c = getopt_long(argc, argv, "hvq", longopts, NULL)) != -1) {
                 switch (c) {
                 case 'h':
@@ -116,13 +189,8 @@ static int parse_options(int argc, char **argv, options *o) {
                         break;
                 case OPT_SERIES:
                 case OPT_COUNT:
-                        errno = 0;
-                        long v = strtol(optarg, &end, 10);
-                        if (errno || *end || v < 1) {
-                                roid_log(ROID_LOG_ERR, "--%s: '%s' is not a positive integer",
-                                         c == OPT_SERIES ? "series" : "count", optarg);
+                        if (int_arg(c == OPT_SERIES ? "series" : "count", optarg, 1, LONG_MAX, &v) < 0)
                                 return -EINVAL;
-                        }
                         *(c == OPT_SERIES ? &o->series : &o->count) = v;
                         break;
                 case OPT_IDLE:
@@ -138,6 +206,57 @@ static int parse_options(int argc, char **argv, options *o) {
                         break;
                 case OPT_STRICT:
                         o->strict = true;
+                        break;
+                case OPT_OUTDIR:
+                        if (strlen(optarg) >= sizeof ap->output_dir) {
+                                roid_log(ROID_LOG_ERR, "--output-dir: path longer than %zu bytes",
+                                         sizeof ap->output_dir - 1);
+                                return -EINVAL;
+                        }
+                        snprintf(ap->output_dir, sizeof ap->output_dir, "%s", optarg);
+                        o->analyse = true;
+                        break;
+                case OPT_SEGMENTS:
+                        if (int_arg("segments", optarg, 1, ROID_MAX_SEGMENTS, &v) < 0)
+                                return -EINVAL;
+                        ap->roi.n_segments = (unsigned)v;
+                        break;
+                case OPT_K:
+                        if (int_arg("k", optarg, 2, 64, &v) < 0)
+                                return -EINVAL;
+                        ap->roi.k = (unsigned)v;
+                        break;
+                case OPT_CADENCE:
+                        if (int_arg("cadence", optarg, 1, 1000000000, &v) < 0)
+                                return -EINVAL;
+                        ap->roi.cadence = (unsigned)v;
+                        break;
+                case OPT_BORDER:
+                        if (int_arg("border", optarg, -1000, 1000, &v) < 0)
+                                return -EINVAL;
+                        ap->roi.border = (int)v;
+                        break;
+                case OPT_FILL:
+                        ap->roi.fill_holes = true;
+                        break;
+                case OPT_BF:
+                        ap->r_bf = strtod(optarg, &end);
+                        if (*end || !(ap->r_bf > 0)) {
+                                roid_log(ROID_LOG_ERR, "--bf: '%s' is not a positive radius in pixels", optarg);
+                                return -EINVAL;
+                        }
+                        ap->roi.use_bf = true;
+                        break;
+                case OPT_DF:
+                        if (pair_arg("df", optarg, &ap->r_df_in, &ap->r_df_out) < 0 || ap->r_df_out <= ap->r_df_in) {
+                                roid_log(ROID_LOG_ERR, "--df: needs RIN,ROUT with RIN < ROUT");
+                                return -EINVAL;
+                        }
+                        ap->roi.use_df = true;
+                        break;
+                case OPT_CENTER:
+                        if (pair_arg("center", optarg, &ap->center_x, &ap->center_y) < 0)
+                                return -EINVAL;
                         break;
                 default:
                         usage(stderr);
@@ -191,6 +310,62 @@ static void log_counters(const roid_counters *c) {
         }
         line[n] = 0;
         roid_log(ROID_LOG_NOTICE, "counters:%s", n ? line : " none");
+}
+
+/* ---- several sinks behind one (jsonl and analysis in one replay) ---- */
+
+typedef struct {
+        roid_sink s[3];
+        int n;
+} tee;
+
+#define TEE_EACH(call)                                                                                                 \
+        for (int i = 0; i < t->n; i++)                                                                                 \
+                if (t->s[i].call)
+
+static void tee_start(void *ctx, const roid_series *s) {
+        tee *t = ctx;
+        TEE_EACH(series_start) t->s[i].series_start(t->s[i].ctx, s);
+}
+static void tee_frame(void *ctx, const roid_frame_event *ev) {
+        tee *t = ctx;
+        TEE_EACH(frame) t->s[i].frame(t->s[i].ctx, ev);
+}
+static void tee_frame_error(void *ctx, const roid_series *s, uint64_t id, const char *ch, const char *msg) {
+        tee *t = ctx;
+        TEE_EACH(frame_error) t->s[i].frame_error(t->s[i].ctx, s, id, ch, msg);
+}
+static void tee_end(void *ctx, const roid_series *s, bool terminated) {
+        tee *t = ctx;
+        TEE_EACH(series_end) t->s[i].series_end(t->s[i].ctx, s, terminated);
+}
+static void tee_message_error(void *ctx, uint64_t index, const char *msg) {
+        tee *t = ctx;
+        TEE_EACH(message_error) t->s[i].message_error(t->s[i].ctx, index, msg);
+}
+
+static roid_sink tee_sink(tee *t) {
+        return (roid_sink){.ctx = t,
+                           .series_start = tee_start,
+                           .frame = tee_frame,
+                           .frame_error = tee_frame_error,
+                           .series_end = tee_end,
+                           .message_error = tee_message_error};
+}
+
+/* Adds the RoI analysis to the tee when --output-dir was given. */
+static int add_analysis(const options *o, tee *t, roid_analysis **ret) {
+        *ret = NULL;
+        if (!o->analyse)
+                return 0;
+        roid_err err = {""};
+        int r = roid_analysis_new(&o->ap, ret, &err);
+        if (r < 0) {
+                roid_log(ROID_LOG_ERR, "analysis: %s", err.msg);
+                return r;
+        }
+        roid_analysis_sink(*ret, &t->s[t->n++]);
+        return 0;
 }
 
 /* Receives until EAGAIN, feeding each message to fn. */
@@ -249,18 +424,26 @@ static int ingest_fn(void *ctx, const roid_part *parts, size_t n) {
 static int cmd_run(const options *o, const roid_limits *lim) {
         roid_counters ctr = {0};
         report rep = {.ctr = &ctr};
-        roid_sink sink = {.ctx = &rep, .series_start = rep_start, .series_end = rep_end};
-        roid_ingest_params ip = {.limits = *lim, .channel = o->channel ? o->channel : "#0"};
-        roid_ingest *in;
-        int r = roid_ingest_new(&ip, &sink, &ctr, &in);
+        tee t = {.n = 1, .s = {{.ctx = &rep, .series_start = rep_start, .series_end = rep_end}}};
+        roid_analysis *an;
+        int r = add_analysis(o, &t, &an);
         if (r < 0)
                 return r;
+        roid_sink sink = tee_sink(&t);
+        roid_ingest_params ip = {.limits = *lim, .channel = o->channel ? o->channel : "#0"};
+        roid_ingest *in;
+        r = roid_ingest_new(&ip, &sink, &ctr, &in);
+        if (r < 0) {
+                roid_analysis_free(an);
+                return r;
+        }
         void *zctx = zmq_ctx_new();
         r = pump(zctx, o->detector ? o->detector : DEFAULT_DETECTOR, lim, o, ingest_fn, in, &rep.series_ended,
                  o->series);
         roid_ingest_flush(in);
         log_counters(&ctr);
         roid_ingest_free(in);
+        roid_analysis_free(an);
         zmq_ctx_term(zctx);
         return r;
 }
@@ -333,17 +516,22 @@ static int replay_capture(const char *path, const roid_limits *lim, roid_ingest 
 static int cmd_replay(const options *o, const roid_limits *lim, int n_inputs, char **inputs) {
         roid_counters ctr = {0};
         roid_jsonl *j = NULL;
-        roid_sink sink = {0};
         report rep = {.ctr = &ctr};
+        tee t = {0};
+        roid_analysis *an = NULL;
         int r;
         if (o->jsonl) {
                 r = roid_jsonl_new(stdout, &j);
                 if (r < 0)
                         return r;
-                roid_jsonl_sink(j, &sink);
+                roid_jsonl_sink(j, &t.s[t.n++]);
         } else {
-                sink = (roid_sink){.ctx = &rep, .series_start = rep_start, .series_end = rep_end};
+                t.s[t.n++] = (roid_sink){.ctx = &rep, .series_start = rep_start, .series_end = rep_end};
         }
+        r = add_analysis(o, &t, &an);
+        if (r < 0)
+                goto out;
+        roid_sink sink = tee_sink(&t);
         roid_ingest_params ip = {
                 .limits = *lim, .channel = o->channel ? o->channel : "", .implicit_series = !o->strict};
         roid_ingest *in;
@@ -369,12 +557,14 @@ static int cmd_replay(const options *o, const roid_limits *lim, int n_inputs, ch
         roid_ingest_free(in);
         r = failed ? -EIO : 0;
 out:
+        roid_analysis_free(an);
         roid_jsonl_free(j);
         return r;
 }
 
 int main(int argc, char **argv) {
         options o = {0};
+        roid_analysis_params_default(&o.ap);
         roid_limits lim;
         roid_limits_default(&lim);
         const char *cmd = "run";
