@@ -471,20 +471,6 @@ static uint32_t pixel_at(const void *px, roid_dtype dt, size_t i) {
         }
 }
 
-static void set_pixel(void *px, roid_dtype dt, size_t i, uint32_t v) {
-        switch (dt) {
-        case ROID_DT_U8:
-                ((uint8_t *)px)[i] = (uint8_t)v;
-                break;
-        case ROID_DT_U16:
-                ((uint16_t *)px)[i] = (uint16_t)v;
-                break;
-        default:
-                ((uint32_t *)px)[i] = v;
-                break;
-        }
-}
-
 /* Gap pixels read the maximum, as with pixel_mask_applied; then the sums. */
 static void mask_and_sum(sim *s, void *px, uint64_t *ret_sum, uint64_t *ret_masked) {
         size_t n = (size_t)s->o.rows * s->o.cols;
@@ -493,7 +479,7 @@ static void mask_and_sum(sim *s, void *px, uint64_t *ret_sum, uint64_t *ret_mask
 
         for (size_t i = 0; i < n; i++) {
                 if (s->mask && (s->mask[i] & 1))
-                        set_pixel(px, s->o.dtype, i, max);
+                        sim_set_pixel(px, s->o.dtype, i, max);
                 uint32_t v = pixel_at(px, s->o.dtype, i);
                 if (v == max || (s->mask && s->mask[i])) {
                         masked++;
@@ -1194,13 +1180,13 @@ int main(int argc, char **argv) {
         uint64_t t_prep = now_ns(CLOCK_MONOTONIC);
         if (src->init(&sp, &src_state, &period, &err) < 0)
                 die("source %s: %s", src->name, err.msg);
-        if (sp.rows < 1 || sp.cols < 1 || (uint64_t)sp.rows * sp.cols > MAX_PIXELS || sim_dtype_size(sp.dtype) == 0 ||
+        if (sp.rows < 1 || sp.cols < 1 || (uint64_t)sp.rows * sp.cols > MAX_PIXELS || roid_dtype_size(sp.dtype) == 0 ||
             sp.dtype == ROID_DT_F32)
                 die("source %s: unusable geometry %" PRIu32 "x%" PRIu32, src->name, sp.rows, sp.cols);
         s.o.rows = sp.rows;
         s.o.cols = sp.cols;
         s.o.dtype = sp.dtype;
-        s.elem = sim_dtype_size(s.o.dtype);
+        s.elem = roid_dtype_size(s.o.dtype);
         channel_names(&s);
         if (s.o.mask)
                 make_mask(&s);

@@ -118,17 +118,7 @@ static int pattern_fill(void *state, uint64_t frame_index, unsigned channel, voi
         }
         for (size_t i = 0; i < n; i++) {
                 uint32_t v = p->lev[i] < sat ? p->lev[i] : sat;
-                switch (p->dtype) {
-                case ROID_DT_U8:
-                        ((uint8_t *)pixels)[i] = (uint8_t)v;
-                        break;
-                case ROID_DT_U16:
-                        ((uint16_t *)pixels)[i] = (uint16_t)v;
-                        break;
-                default:
-                        ((uint32_t *)pixels)[i] = v;
-                        break;
-                }
+                sim_set_pixel(pixels, p->dtype, i, v);
         }
         return 0;
 }

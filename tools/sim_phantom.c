@@ -570,7 +570,7 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
         if (params->nchannels < 1 || params->nchannels > ROID_MAX_CHANNELS)
                 return roid_err_set(err, -EINVAL, "source phantom: %u channels, expected 1..%u", params->nchannels,
                                     ROID_MAX_CHANNELS);
-        if (sim_dtype_size(params->dtype) == 0 || params->dtype == ROID_DT_F32)
+        if (roid_dtype_size(params->dtype) == 0 || params->dtype == ROID_DT_F32)
                 return roid_err_set(err, -EINVAL, "source phantom: unsupported pixel type");
         p = calloc(1, sizeof *p);
         if (!p)
@@ -704,17 +704,7 @@ static int phantom_fill(void *state, uint64_t frame_index, unsigned channel, voi
                 uint32_t v = b ? (a[i] > b[i] ? a[i] - b[i] : 0) : a[i];
                 if (v > sat)
                         v = sat;
-                switch (p->dtype) {
-                case ROID_DT_U8:
-                        ((uint8_t *)pixels)[i] = (uint8_t)v;
-                        break;
-                case ROID_DT_U16:
-                        ((uint16_t *)pixels)[i] = (uint16_t)v;
-                        break;
-                default:
-                        ((uint32_t *)pixels)[i] = v;
-                        break;
-                }
+                sim_set_pixel(pixels, p->dtype, i, v);
         }
         return 0;
 }

@@ -21,17 +21,17 @@ const sim_source_ops *sim_source_find(const char *spec, const char **ret_arg) {
         return NULL;
 }
 
-size_t sim_dtype_size(roid_dtype dt) {
+void sim_set_pixel(void *pixels, roid_dtype dt, size_t i, uint32_t v) {
         switch (dt) {
         case ROID_DT_U8:
-                return 1;
+                ((uint8_t *)pixels)[i] = (uint8_t)v;
+                break;
         case ROID_DT_U16:
-                return 2;
-        case ROID_DT_U32:
-        case ROID_DT_F32:
-                return 4;
+                ((uint16_t *)pixels)[i] = (uint16_t)v;
+                break;
         default:
-                return 0;
+                ((uint32_t *)pixels)[i] = v;
+                break;
         }
 }
 

@@ -66,7 +66,8 @@ extern const sim_source_ops sim_source_phantom; /* sim_phantom.c */
  * *ret_arg to ARG or NULL.  Returns NULL if no source has that name. */
 const sim_source_ops *sim_source_find(const char *spec, const char **ret_arg);
 
-size_t sim_dtype_size(roid_dtype dt);
+/* Stores v (already below the dtype maximum) as pixel i of a frame of dt. */
+void sim_set_pixel(void *pixels, roid_dtype dt, size_t i, uint32_t v);
 uint32_t sim_dtype_max(roid_dtype dt);
 
 #endif
