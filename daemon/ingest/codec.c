@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include <lz4.h>
+#include <zstd.h>
 #include <pthread.h>
 
 #if defined(__x86_64__)
@@ -578,39 +579,46 @@ static bs_layout bs_partition(size_t n, size_t blk) {
 }
 
 /* shape: "514 x 1030 x 4" when the caller knows it, for the messages. */
-static int bslz4_decode_internal(const uint8_t *src, size_t src_size, uint8_t *dst, size_t dst_size, size_t s,
-                                 const char *shape, roid_err *err) {
+/* Bitshuffle with LZ4 blocks (bslz4, HDF5 compression 2) or zstd blocks
+ * (bszstd, compression 3): the same framing, another block codec. */
+static size_t block_bound(bool zstd, size_t bytes) {
+        return zstd ? ZSTD_compressBound(bytes) : (size_t)LZ4_compressBound((int)bytes);
+}
+
+static int bs_decode_internal(const uint8_t *src, size_t src_size, uint8_t *dst, size_t dst_size, size_t s, bool zstd,
+                              const char *shape, roid_err *err) {
+        const char *name = zstd ? "bszstd" : "bslz4";
         if (s == 0 || s > ROID_BSLZ4_MAX_ELEM)
-                return roid_err_set(err, -EINVAL, "bslz4: element size %zu is not in 1..%d", s, ROID_BSLZ4_MAX_ELEM);
+                return roid_err_set(err, -EINVAL, "%s: element size %zu is not in 1..%d", name, s, ROID_BSLZ4_MAX_ELEM);
         if (!src && src_size)
-                return roid_err_set(err, -EINVAL, "bslz4: no input");
+                return roid_err_set(err, -EINVAL, "%s: no input", name);
         if (src_size < 12)
-                return roid_err_set(err, -EBADMSG, "bslz4: input is %zu bytes, shorter than the 12-byte header",
+                return roid_err_set(err, -EBADMSG, "%s: input is %zu bytes, shorter than the 12-byte header", name,
                                     src_size);
         uint64_t orig = get_be64(src);
         uint32_t bsize = get_be32(src + 8);
         if (orig != dst_size) {
                 if (shape)
-                        return roid_err_set(err, -EMSGSIZE, "bslz4: header says %llu bytes, frame needs %zu (%s)",
+                        return roid_err_set(err, -EMSGSIZE, "%s: header says %llu bytes, frame needs %zu (%s)", name,
                                             (unsigned long long)orig, dst_size, shape);
-                return roid_err_set(err, -EMSGSIZE, "bslz4: header says %llu bytes, expected %zu",
+                return roid_err_set(err, -EMSGSIZE, "%s: header says %llu bytes, expected %zu", name,
                                     (unsigned long long)orig, dst_size);
         }
         if (orig % s)
-                return roid_err_set(err, -EBADMSG, "bslz4: size %llu is not a multiple of the element size %zu",
+                return roid_err_set(err, -EBADMSG, "%s: size %llu is not a multiple of the element size %zu", name,
                                     (unsigned long long)orig, s);
         if (orig == 0) {
                 if (src_size != 12)
-                        return roid_err_set(err, -EBADMSG, "bslz4: %zu trailing bytes after the header of empty data",
-                                            src_size - 12);
+                        return roid_err_set(err, -EBADMSG, "%s: %zu trailing bytes after the header of empty data",
+                                            name, src_size - 12);
                 return 0;
         }
         if (bsize == 0 || bsize % (8 * s))
                 return roid_err_set(err, -EBADMSG,
-                                    "bslz4: block size %u is not a non-zero multiple of %zu (8 x element size)", bsize,
-                                    8 * s);
+                                    "%s: block size %u is not a non-zero multiple of %zu (8 x element size)", name,
+                                    bsize, 8 * s);
         if (bsize > ROID_BSLZ4_MAX_BLOCK)
-                return roid_err_set(err, -EMSGSIZE, "bslz4: block size %u exceeds the limit %zu", bsize,
+                return roid_err_set(err, -EMSGSIZE, "%s: block size %u exceeds the limit %zu", name, bsize,
                                     ROID_BSLZ4_MAX_BLOCK);
 
         bs_layout l = bs_partition(dst_size / s, bsize / s);
@@ -621,45 +629,48 @@ static int bslz4_decode_internal(const uint8_t *src, size_t src_size, uint8_t *d
                 size_t bytes = (k < l.nfull ? l.blk : l.last) * s;
                 if (src_size - pos < 4)
                         return roid_err_set(err, -EBADMSG,
-                                            "bslz4: input ends at byte %zu, inside the size of block %zu of %zu",
+                                            "%s: input ends at byte %zu, inside the size of block %zu of %zu", name,
                                             src_size, k, l.nblocks);
                 uint32_t csize = get_be32(src + pos);
                 pos += 4;
-                if (csize == 0 || csize > (uint32_t)LZ4_compressBound((int)bytes))
-                        return roid_err_set(
-                                err, -EBADMSG,
-                                "bslz4: block %zu of %zu: compressed size %u is outside 1..%d for %zu bytes", k,
-                                l.nblocks, csize, LZ4_compressBound((int)bytes), bytes);
+                if (csize == 0 || csize > block_bound(zstd, bytes))
+                        return roid_err_set(err, -EBADMSG,
+                                            "%s: block %zu of %zu: compressed size %u is outside 1..%zu for %zu bytes",
+                                            name, k, l.nblocks, csize, block_bound(zstd, bytes), bytes);
                 if (csize > src_size - pos)
                         return roid_err_set(err, -EBADMSG,
-                                            "bslz4: block %zu of %zu: compressed size %u exceeds the %zu bytes left", k,
-                                            l.nblocks, csize, src_size - pos);
+                                            "%s: block %zu of %zu: compressed size %u exceeds the %zu bytes left", name,
+                                            k, l.nblocks, csize, src_size - pos);
                 pos += csize;
         }
         size_t left = l.left * s;
         if (src_size - pos != left)
-                return roid_err_set(err, -EBADMSG,
-                                    "bslz4: %zu bytes follow the %zu blocks, expected %zu leftover bytes",
-                                    src_size - pos, l.nblocks, left);
+                return roid_err_set(err, -EBADMSG, "%s: %zu bytes follow the %zu blocks, expected %zu leftover bytes",
+                                    name, src_size - pos, l.nblocks, left);
 
         uint8_t *block_scratch = scratch(l.blk * s);
         if (!block_scratch)
-                return roid_err_set(err, -ENOMEM, "bslz4: no memory for a block of %zu bytes", l.blk * s);
+                return roid_err_set(err, -ENOMEM, "%s: no memory for a block of %zu bytes", name, l.blk * s);
         pos = 12;
         for (size_t k = 0; k < l.nblocks; k++) {
                 size_t m = k < l.nfull ? l.blk : l.last;
                 uint32_t csize = get_be32(src + pos);
-                int d = LZ4_decompress_safe((const char *)src + pos + 4, (char *)block_scratch, (int)csize,
-                                            (int)(m * s));
+                long long d;
+                if (zstd) {
+                        size_t z = ZSTD_decompress(block_scratch, m * s, src + pos + 4, csize);
+                        d = ZSTD_isError(z) ? -1 : (long long)z;
+                } else {
+                        d = LZ4_decompress_safe((const char *)src + pos + 4, (char *)block_scratch, (int)csize,
+                                                (int)(m * s));
+                }
                 if (d < 0)
-                        return roid_err_set(
-                                err, -EBADMSG,
-                                "bslz4: block %zu of %zu: corrupt LZ4 data or more than %zu bytes (liblz4 %d)", k,
-                                l.nblocks, m * s, d);
+                        return roid_err_set(err, -EBADMSG,
+                                            "%s: block %zu of %zu: corrupt %s data or more than %zu bytes (%lld)", name,
+                                            k, l.nblocks, zstd ? "zstd" : "LZ4", m * s, d);
                 if ((size_t)d != m * s)
                         return roid_err_set(err, -EBADMSG,
-                                            "bslz4: block %zu of %zu: LZ4 data decodes to %d bytes, expected %zu", k,
-                                            l.nblocks, d, m * s);
+                                            "%s: block %zu of %zu: %s data decodes to %lld bytes, expected %zu", name,
+                                            k, l.nblocks, zstd ? "zstd" : "LZ4", d, m * s);
                 roid_bitunshuffle_block(block_scratch, dst + k * l.blk * s, m, s);
                 pos += 4 + csize;
         }
@@ -669,7 +680,12 @@ static int bslz4_decode_internal(const uint8_t *src, size_t src_size, uint8_t *d
 
 int roid_bslz4_decode(const uint8_t *src, size_t src_size, void *dst, size_t dst_size, size_t elem_size,
                       roid_err *err) {
-        return bslz4_decode_internal(src, src_size, dst, dst_size, elem_size, NULL, err);
+        return bs_decode_internal(src, src_size, dst, dst_size, elem_size, false, NULL, err);
+}
+
+int roid_bszstd_decode(const uint8_t *src, size_t src_size, void *dst, size_t dst_size, size_t elem_size,
+                       roid_err *err) {
+        return bs_decode_internal(src, src_size, dst, dst_size, elem_size, true, NULL, err);
 }
 
 size_t roid_bslz4_bound(size_t src_size, size_t elem_size, size_t block_bytes) {
@@ -913,7 +929,7 @@ int roid_blob_decode(const roid_blob *b, void *dst, size_t dst_size, roid_err *e
                 if (b->comp_elem_size != ds)
                         return roid_err_set(err, -EBADMSG, "bslz4: element size %u does not match %s (%zu bytes)",
                                             b->comp_elem_size, roid_dtype_name(b->dtype), ds);
-                return bslz4_decode_internal(b->data, b->size, dst, dst_size, ds, shape, err);
+                return bs_decode_internal(b->data, b->size, dst, dst_size, ds, false, shape, err);
         case ROID_COMP_LZ4_H5:
                 r = roid_lz4h5_decode(b->data, b->size, dst, dst_size, err);
                 break;

@@ -26,8 +26,11 @@
 
 /* Decodes src into dst, which must be exactly dst_size bytes long (the frame
  * size the shape and type imply).  elem_size is the bitshuffle element size. */
-int roid_bslz4_decode(const uint8_t *src, size_t src_size, void *dst, size_t dst_size, size_t elem_size,
-                      roid_err *err);
+int roid_bslz4_decode(const uint8_t *src, size_t src_size, void *dst, size_t dst_size, size_t elem_size, roid_err *err);
+/* Bitshuffle with zstd blocks (HDF5 filter 32008 with compression 3; the
+ * "bszstd" of Jungfraujoch): the bslz4 framing with ZSTD frames as blocks. */
+int roid_bszstd_decode(const uint8_t *src, size_t src_size, void *dst, size_t dst_size, size_t elem_size,
+                       roid_err *err);
 int roid_lz4h5_decode(const uint8_t *src, size_t src_size, void *dst, size_t dst_size, roid_err *err);
 int roid_lz4raw_decode(const uint8_t *src, size_t src_size, void *dst, size_t dst_size, roid_err *err);
 
