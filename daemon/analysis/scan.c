@@ -56,6 +56,13 @@ static bool key_is(const roid_cw_item *k, const char *s) {
         return k->type == ROID_CW_TSTR && !k->indefinite && k->len == n && memcmp(k->ptr, s, n) == 0;
 }
 
+/* Steps over a map entry whose key was just read: the rest of the key (if it
+ * was not a plain string) and its value. */
+static int skip_entry(roid_cw_cursor *c, const roid_cw_item *key, roid_err *err) {
+        int r = roid_cw_skip_rest(c, key, err);
+        return r < 0 ? r : roid_cw_skip(c, err);
+}
+
 static int cbor_unexpected(roid_err *err, const char *field, const char *want, const roid_cw_item *it) {
         char d[64];
         return roid_err_set(err, -EBADMSG, "%s: expected %s, got %s", field, want, roid_cw_describe(it, d, sizeof d));
@@ -169,9 +176,7 @@ static int cbor_scan_map(roid_cw_cursor *c, raw_scan *s, roid_err *err) {
                         r = cbor_text(c, "user_data.scan.units", s->units, sizeof s->units, err);
                         s->has_units = true;
                 } else {
-                        r = roid_cw_skip_rest(c, &k, err);
-                        if (r >= 0)
-                                r = roid_cw_skip(c, err);
+                        r = skip_entry(c, &k, err);
                 }
                 if (r < 0)
                         return r;
@@ -197,9 +202,7 @@ static int cbor_find_key(roid_cw_cursor *c, const char *key, roid_err *err) {
                         return r;
                 if (key_is(&k, key))
                         return 1;
-                r = roid_cw_skip_rest(c, &k, err);
-                if (r >= 0)
-                        r = roid_cw_skip(c, err);
+                r = skip_entry(c, &k, err);
                 if (r < 0)
                         return r;
         }
