@@ -148,6 +148,52 @@ void roid_roi_free(roid_roi *r) {
         free(r);
 }
 
+/* Every per-point array with its size in bytes, so copy and clone cannot miss one. */
+#define ROI_ARRAYS(X, r)                                                                                               \
+        X(cnt, (r)->np * sizeof(uint32_t))                                                                             \
+        X(seen_list, (r)->np * sizeof(uint32_t))                                                                       \
+        X(queue, (r)->np * sizeof(uint32_t))                                                                           \
+        X(acc_t, (r)->nch * (r)->np * sizeof(double))                                                                  \
+        X(acc_x, (r)->nch * (r)->np * sizeof(double))                                                                  \
+        X(acc_y, (r)->nch * (r)->np * sizeof(double))                                                                  \
+        X(acc_bf, (r)->np * sizeof(double))                                                                            \
+        X(acc_df, (r)->np * sizeof(double))                                                                            \
+        X(raw, (r)->nmod * (r)->np * sizeof(double))                                                                   \
+        X(filt, (r)->nmod * (r)->np * sizeof(double))                                                                  \
+        X(feat, (r)->ndim * (r)->np * sizeof(double))                                                                  \
+        X(dist, (r)->np * sizeof(double))                                                                              \
+        X(lab, (r)->nmod * (r)->np)                                                                                    \
+        X(lab_online, (r)->nmod * (r)->np)                                                                             \
+        X(online, (r)->np)                                                                                             \
+        X(raw_mask, (r)->np)                                                                                           \
+        X(mask, (r)->np)                                                                                               \
+        X(tmp, (r)->np)                                                                                                \
+        X(glab, (r)->np)
+
+int roid_roi_copy(roid_roi *dst, const roid_roi *src) {
+        if (dst->ny != src->ny || dst->nx != src->nx || dst->nch != src->nch || dst->ndim != src->ndim)
+                return -EINVAL;
+        roid_roi keep = *dst;
+        *dst = *src;
+#define ROI_COPY(name, bytes)                                                                                          \
+        dst->name = keep.name;                                                                                         \
+        memcpy(dst->name, src->name, bytes);
+        ROI_ARRAYS(ROI_COPY, src)
+#undef ROI_COPY
+        return 0;
+}
+
+int roid_roi_clone(const roid_roi *src, roid_roi **ret) {
+        roid_roi *r;
+        roid_err err;
+        int e = roid_roi_new(&src->p, src->ny, src->nx, &r, &err);
+        if (e < 0)
+                return e;
+        roid_roi_copy(r, src);
+        *ret = r;
+        return 0;
+}
+
 /* ------------------------------------------------------------ modalities */
 
 static bool is_total(unsigned m) {

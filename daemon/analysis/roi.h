@@ -63,6 +63,11 @@ void roid_roi_params_default(roid_roi_params *p);
 /* -EINVAL (err names the parameter) on bad parameters or grid, -ENOMEM. */
 int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err);
 void roid_roi_free(roid_roi *r);
+/* A snapshot for another thread: clone allocates a copy (once per series),
+ * copy refreshes it without allocating (-EINVAL unless dst was cloned from an
+ * RoI state of the same grid and parameters). */
+int roid_roi_clone(const roid_roi *src, roid_roi **ret);
+int roid_roi_copy(roid_roi *dst, const roid_roi *src);
 
 /* One frame at grid point (row, col).  f->n_segments must be the S of the
  * parameters.  Returns its online RoI label (0/1), or -EINVAL on a bad point. */

@@ -1,0 +1,1 @@
+/* feedback.c - not written yet. */

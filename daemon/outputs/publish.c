@@ -1,0 +1,1 @@
+/* publish.c - not written yet. */

@@ -1,0 +1,1 @@
+/* writer.c - not written yet. */
