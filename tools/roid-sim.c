@@ -64,6 +64,7 @@ typedef struct {
         detail detail;
         const char *user_data, *image_user_data;
         sim_scan scan;
+        const char *fly; /* --fly KEY=VALUE,... or NULL */
         const char *source;
         bool mask;
         int hwm;             /* -1: ZeroMQ's default */
@@ -97,6 +98,8 @@ typedef struct {
         cJSON *user_data;       /* start user_data / V1 header appendix, or NULL */
         cJSON *image_ud;        /* per-image user data template, or NULL */
         cJSON *image_ud_pos;    /* its "position" array when a scan fills it in */
+        sim_visit *visits;      /* --fly: where each image was taken */
+        uint8_t *outside;       /* --fly: 1 where the position sent lies off the grid */
         uint8_t *image_ud_cbor; /* fixed per-image user data, encoded once */
         size_t image_ud_cbor_len;
         char *image_ud_text; /* V1 image appendix buffer */
@@ -168,6 +171,12 @@ static void usage(FILE *f) {
               "                           \"position\" member is set to the image's [x, y]\n"
               "  --scan NYxNX[,snake]     adds {\"scan\":{\"shape\":[ny,nx],\"snake\":b,\"fast_axis\":\"x\"}}\n"
               "                           to the start user_data\n"
+              "  --fly KEY=VALUE,...      fly scan over the --scan grid (needs --image-user-data with a\n"
+              "                           \"position\"): repeat=N images per point (1), order=grid|shuffle\n"
+              "                           (grid), jitter=F positions off the point by up to F steps in\n"
+              "                           x and y, uniformly (0, F < 0.5), outside=N images sent at x =\n"
+              "                           nx + 1.5 (+ jitter), off the grid (0), seed=U (1);\n"
+              "                           the phantom renders each image where it was taken\n"
               "  --source pattern|file:PATH.h5|phantom   frame source (default pattern)\n"
               "  --ring N                 distinct frames pre-rendered for sources without a\n"
               "                           period of their own (default 64)\n"
@@ -251,6 +260,7 @@ static void parse_args(int argc, char **argv, opts *o) {
                 O_UD,
                 O_IUD,
                 O_SCAN,
+                O_FLY,
                 O_SOURCE,
                 O_MASK,
                 O_HWM,
@@ -276,6 +286,7 @@ static void parse_args(int argc, char **argv, opts *o) {
                 {"user-data", required_argument, NULL, O_UD},
                 {"image-user-data", required_argument, NULL, O_IUD},
                 {"scan", required_argument, NULL, O_SCAN},
+                {"fly", required_argument, NULL, O_FLY},
                 {"source", required_argument, NULL, O_SOURCE},
                 {"mask", no_argument, NULL, O_MASK},
                 {"hwm", required_argument, NULL, O_HWM},
@@ -360,6 +371,9 @@ static void parse_args(int argc, char **argv, opts *o) {
                                 die("--scan: expected NYxNX or NYxNX,snake, got '%s'", optarg);
                         o->scan.active = true;
                         break;
+                case O_FLY:
+                        o->fly = optarg;
+                        break;
                 case O_SOURCE:
                         o->source = optarg;
                         break;
@@ -398,6 +412,8 @@ static void parse_args(int argc, char **argv, opts *o) {
                 die("unexpected argument '%s' (see --help)", argv[optind]);
         if (o->fmt == ROID_FMT_V1 && o->nchannels != 1)
                 die("--channels: Stream V1 carries one threshold only");
+        if (o->fly && !o->scan.active)
+                die("--fly needs --scan");
         if (o->scan.active && !o->frames_set)
                 o->frames = (uint64_t)o->scan.ny * o->scan.nx;
         if (!o->endpoint)
@@ -613,6 +629,90 @@ static void build_ring(sim *s, const sim_source_ops *src, void *src_state) {
         free(raw);
 }
 
+/* ---------------------------------------------------------------- fly scans */
+
+static uint64_t fly_next(uint64_t *st) {
+        uint64_t z = (*st += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        return z ^ (z >> 31);
+}
+
+static double fly_unit(uint64_t *st) {
+        return (double)(fly_next(st) >> 11) * 0x1.0p-53;
+}
+
+/* The visits of --fly: every grid point `repeat` times in acquisition order,
+ * shuffled if asked, each off its point by the jitter; `outside` of them
+ * (drawn at random) flagged to be sent off the grid. */
+static void make_visits(sim *s) {
+        double jitter = 0;
+        uint64_t repeat = 1, outside = 0, seed = 1;
+        bool shuffle = false;
+        char buf[256];
+        if (strlen(s->o.fly) >= sizeof buf)
+                die("--fly: too long");
+        strcpy(buf, s->o.fly);
+        for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+                char *eq = strchr(kv, '=');
+                if (!eq)
+                        die("--fly: '%s' is not KEY=VALUE", kv);
+                *eq = '\0';
+                const char *v = eq + 1;
+                if (strcmp(kv, "jitter") == 0)
+                        jitter = parse_double("--fly jitter", v, 0, 0.49);
+                else if (strcmp(kv, "repeat") == 0)
+                        repeat = parse_u64("--fly repeat", v, 1, 1000);
+                else if (strcmp(kv, "outside") == 0)
+                        outside = parse_u64("--fly outside", v, 0, UINT64_MAX);
+                else if (strcmp(kv, "seed") == 0)
+                        seed = parse_u64("--fly seed", v, 0, UINT64_MAX);
+                else if (strcmp(kv, "order") == 0)
+                        shuffle = pick("--fly order", v, (const char *const[]){"grid", "shuffle"}, 2) == 1;
+                else
+                        die("--fly: unknown key '%s' (jitter, repeat, order, outside, seed)", kv);
+        }
+        const sim_scan *sc = &s->o.scan;
+        uint64_t npts = (uint64_t)sc->ny * sc->nx, n = npts * repeat;
+        if (n > MAX_RING)
+                die("--fly: %" PRIu64 " images (%" PRIu64 " points x %" PRIu64 "), at most %u", n, npts, repeat,
+                    MAX_RING);
+        if (outside > n)
+                die("--fly: outside=%" PRIu64 " of %" PRIu64 " images", outside, n);
+        s->visits = xmalloc(n * sizeof *s->visits);
+        s->outside = calloc(n, 1);
+        if (!s->outside)
+                die("out of memory");
+        uint64_t st = seed ^ 0xf1e5ca4ULL;
+        for (uint64_t i = 0; i < n; i++) {
+                uint64_t k = i / repeat, row = k / sc->nx, col = k % sc->nx;
+                if (sc->snake && (row & 1))
+                        col = sc->nx - 1 - col;
+                s->visits[i] = (sim_visit){(uint32_t)row, (uint32_t)col, 0, 0};
+        }
+        for (uint64_t i = n - 1; shuffle && i > 0; i--) { /* Fisher-Yates */
+                uint64_t j = fly_next(&st) % (i + 1);
+                sim_visit t = s->visits[i];
+                s->visits[i] = s->visits[j];
+                s->visits[j] = t;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+                s->visits[i].dx = (2 * fly_unit(&st) - 1) * jitter;
+                s->visits[i].dy = (2 * fly_unit(&st) - 1) * jitter;
+        }
+        for (uint64_t m = 0; m < outside;) {
+                uint64_t i = fly_next(&st) % n;
+                if (!s->outside[i]) {
+                        s->outside[i] = 1;
+                        m++;
+                }
+        }
+        s->o.scan.visits = s->visits;
+        s->o.scan.nvisits = n;
+        if (!s->o.frames_set)
+                s->o.frames = n;
+}
+
 static cJSON *parse_json_opt(const char *opt, const char *text) {
         cJSON *j = cJSON_Parse(text);
 
@@ -650,6 +750,8 @@ static void prepare_user_data(sim *s) {
                 cJSON_ReplaceItemInObjectCaseSensitive(s->image_ud, "position", pos);
                 s->image_ud_pos = pos;
         }
+        if (s->visits && !s->image_ud_pos)
+                die("--fly: --image-user-data needs a \"position\" member for the positions");
         /* Sizes: CBOR of a JSON text is at most 9 bytes per character (a
          * 1-character number as float64); printed positions add digits. */
         size_t tlen = strlen(s->o.image_user_data);
@@ -679,13 +781,23 @@ static void scan_position(const sim_scan *sc, uint64_t i, uint64_t *ret_x, uint6
 
 /* Refreshes the image user data for image i if it carries a position. */
 static void update_image_ud(sim *s, uint64_t i) {
-        uint64_t x, y;
+        double px, py;
 
         if (!s->image_ud_pos)
                 return;
-        scan_position(&s->o.scan, i, &x, &y);
-        cJSON_SetNumberValue(cJSON_GetArrayItem(s->image_ud_pos, 0), (double)x);
-        cJSON_SetNumberValue(cJSON_GetArrayItem(s->image_ud_pos, 1), (double)y);
+        if (s->visits) {
+                uint64_t k = i % s->o.scan.nvisits;
+                const sim_visit *v = &s->visits[k];
+                px = s->outside[k] ? s->o.scan.nx + 0.5 + v->dx + 1 : v->col + v->dx;
+                py = v->row + v->dy;
+        } else {
+                uint64_t x, y;
+                scan_position(&s->o.scan, i, &x, &y);
+                px = (double)x;
+                py = (double)y;
+        }
+        cJSON_SetNumberValue(cJSON_GetArrayItem(s->image_ud_pos, 0), px);
+        cJSON_SetNumberValue(cJSON_GetArrayItem(s->image_ud_pos, 1), py);
         if (s->o.fmt == ROID_FMT_V2) {
                 sim_cw w;
                 sim_cw_init(&w, s->image_ud_cbor, 9 * strlen(s->o.image_user_data) + 64);
@@ -1165,6 +1277,8 @@ int main(int argc, char **argv) {
 
         parse_args(argc, argv, &s.o);
 
+        if (s.o.fly)
+                make_visits(&s);
         const sim_source_ops *src = sim_source_find(s.o.source, &arg);
         if (!src)
                 die("--source: unknown source '%s' (pattern, file:PATH.h5, phantom)", s.o.source);
@@ -1312,6 +1426,8 @@ int main(int argc, char **argv) {
         free(s.hdr);
         free(s.image_ud_cbor);
         free(s.image_ud_text);
+        free(s.visits);
+        free(s.outside);
         cJSON_Delete(s.user_data);
         cJSON_Delete(s.image_ud);
         return stop_requested ? 1 : 0;

@@ -43,6 +43,14 @@
  * ARG (--source phantom:ARG): comma-separated key=value, all optional:
  *   seed=U64 (1)  photons=X (1e6)  particles=0..32 (5)  pupil=PX (max(6, N/16),
  *   at most N/4)  defocus=RAD (0.5)  step=PX  truth=PATH (no commas in PATH)
+ *   small_radius=LO:HI (0.15:0.25; a single X is X:X) radii of the small
+ *   particles in probe diameters  small_phase=LO:HI (0.2:0.5) their phase, rad
+ *   main=0|1 (1) whether the main particle is there (0: small particles only;
+ *   its geometry is still drawn, so the small ones land where they would)
+ *
+ * Fly scans (sim_scan.visits, roid-sim --fly): frame k is rendered at grid
+ * point visits[k] moved by its jitter (rounded to object pixels, clamped to
+ * the scanned field); the period is the number of visits.
  *
  * Ground truth (truth=PATH): a JSON object with ny, nx, snake, rows, cols,
  * beam_center [x, y], probe_radius_px (R90), step_px, pupil_radius_px,
@@ -50,7 +58,8 @@
  * masks indexed [row][col]: a scan point is in main_mask (small_mask) when some
  * object pixel within R90 of its probe centre is inside the main particle (a
  * small particle), i.e. at least half-way across the softened edge;
- * object_mask = main_mask | small_mask.  frame_order[frame_index] = [row, col].
+ * object_mask = main_mask | small_mask.  frame_order[frame_index] = [row, col]
+ * (for a fly scan, the grid point of each visit).
  */
 #include "sim_source.h"
 
@@ -105,6 +114,10 @@ typedef struct {
         double mu0, phi0;
         disc small[MAX_PARTICLES];
         unsigned nsmall, nsmall_wanted;
+        double small_r[2], small_phi[2]; /* ranges: radius in probe diameters, phase in rad */
+        bool with_main;
+        const sim_visit *visits; /* fly scan: frame k is visits[k % nvisits]; NULL: grid order */
+        uint64_t nvisits;
 } phantom;
 
 typedef struct {
@@ -113,6 +126,8 @@ typedef struct {
         double pupil;  /* <= 0: default */
         uint32_t step; /* 0: default */
         unsigned particles;
+        double small_r[2], small_phi[2];
+        bool with_main;
         char truth[MAX_PATH];
 } popts;
 
@@ -183,8 +198,36 @@ static int parse_num(const char *key, const char *val, double min, double max, d
         return 0;
 }
 
+/* "LO:HI" or "X" (LO = HI = X) within min..max. */
+static int parse_range(const char *key, const char *val, double min, double max, double ret[2], roid_err *err) {
+        char lo[64];
+        const char *colon = strchr(val, ':');
+        size_t n = colon ? (size_t)(colon - val) : strlen(val);
+        if (n >= sizeof lo)
+                return roid_err_set(err, -EINVAL, "source phantom: %s='%s' is not LO:HI", key, val);
+        memcpy(lo, val, n);
+        lo[n] = '\0';
+        double v[2];
+        int r = parse_num(key, lo, min, max, &v[0], err);
+        if (r == 0)
+                r = parse_num(key, colon ? colon + 1 : lo, min, max, &v[1], err);
+        if (r == 0 && v[1] < v[0])
+                r = roid_err_set(err, -EINVAL, "source phantom: %s='%s': LO above HI", key, val);
+        if (r == 0) {
+                ret[0] = v[0];
+                ret[1] = v[1];
+        }
+        return r;
+}
+
 static int parse_opts(const char *arg, popts *o, roid_err *err) {
-        *o = (popts){.seed = 1, .photons = 1e6, .defocus = 0.5, .particles = 5};
+        *o = (popts){.seed = 1,
+                     .photons = 1e6,
+                     .defocus = 0.5,
+                     .particles = 5,
+                     .small_r = {0.15, 0.25},
+                     .small_phi = {0.2, 0.5},
+                     .with_main = true};
         if (!arg || !*arg)
                 return 0;
         const char *p = arg;
@@ -229,6 +272,14 @@ static int parse_opts(const char *arg, popts *o, roid_err *err) {
                                 r = roid_err_set(err, -EINVAL, "source phantom: step='%s' is not an integer", val);
                         if (r == 0)
                                 o->step = (uint32_t)v;
+                } else if (strcmp(key, "small_radius") == 0) {
+                        r = parse_range(key, val, 0.02, 1, o->small_r, err);
+                } else if (strcmp(key, "small_phase") == 0) {
+                        r = parse_range(key, val, 0, 2 * M_PI, o->small_phi, err);
+                } else if (strcmp(key, "main") == 0) {
+                        if (strcmp(val, "0") != 0 && strcmp(val, "1") != 0)
+                                return roid_err_set(err, -EINVAL, "source phantom: main='%s' is not 0 or 1", val);
+                        o->with_main = val[0] == '1';
                 } else if (strcmp(key, "truth") == 0) {
                         if (!val[0])
                                 return roid_err_set(err, -EINVAL, "source phantom: truth= needs a path");
@@ -236,7 +287,7 @@ static int parse_opts(const char *arg, popts *o, roid_err *err) {
                 } else {
                         return roid_err_set(err, -EINVAL,
                                             "source phantom: unknown key '%s' (known: seed, photons, particles, "
-                                            "pupil, defocus, step, truth)",
+                                            "small_radius, small_phase, main, pupil, defocus, step, truth)",
                                             key);
                 }
                 if (r < 0)
@@ -358,7 +409,7 @@ static void draw_main(phantom *p, rng *r, float *mm) {
                         for (uint32_t x = x0; x < x1; x++) {
                                 double dx = x - el->x, dy = y - el->y;
                                 double u = (dx * c + dy * s) / el->a, v = (-dx * s + dy * c) / el->b;
-                                float m = soft((sqrt(u * u + v * v) - 1) * reff);
+                                float m = p->with_main ? soft((sqrt(u * u + v * v) - 1) * reff) : 0;
                                 float *dst = &mm[(size_t)y * p->ow + x];
                                 if (m > *dst)
                                         *dst = m;
@@ -399,11 +450,11 @@ static void draw_small(phantom *p, rng *r, const float *mm, float *sm) {
 
         p->nsmall = 0;
         for (unsigned tries = 0; p->nsmall < p->nsmall_wanted && tries < 4000; tries++) {
-                double rad = rng_range(r, 0.15, 0.25) * diameter, margin = rad + p->step;
+                double rad = rng_range(r, p->small_r[0], p->small_r[1]) * diameter, margin = rad + p->step;
                 if (2 * margin >= lx || 2 * margin >= ly)
                         break;
                 disc d = {half + rng_range(r, margin, lx - margin), half + rng_range(r, margin, ly - margin), rad,
-                          rng_range(r, 0.2, 0.5)};
+                          rng_range(r, p->small_phi[0], p->small_phi[1])};
                 bool ok = clear_of_main(p, mm, d.x, d.y, rad + p->r90 + 2 * EDGE_PX + 1);
                 for (unsigned j = 0; ok && j < p->nsmall; j++)
                         ok = hypot(d.x - p->small[j].x, d.y - p->small[j].y) >
@@ -432,6 +483,12 @@ static void draw_small(phantom *p, rng *r, const float *mm, float *sm) {
 /* --------------------------------------------------------------------- scan */
 
 static void scan_point(const phantom *p, uint64_t frame, uint32_t *ret_row, uint32_t *ret_col) {
+        if (p->visits) {
+                const sim_visit *v = &p->visits[frame % p->nvisits];
+                *ret_row = v->row;
+                *ret_col = v->col;
+                return;
+        }
         uint64_t k = frame % ((uint64_t)p->ny * p->nx);
         uint32_t row = (uint32_t)(k / p->nx), col = (uint32_t)(k % p->nx);
 
@@ -510,7 +567,7 @@ static int write_truth(const phantom *p, const char *path, const float *mm, cons
         write_mask(f, "main_mask", p, mmask);
         write_mask(f, "small_mask", p, smask);
         fputs(",\n\"frame_order\":[", f);
-        for (size_t k = 0; k < npts; k++) {
+        for (size_t k = 0; k < (p->visits ? p->nvisits : npts); k++) {
                 uint32_t row, col;
                 scan_point(p, k, &row, &col);
                 fprintf(f, "%s[%" PRIu32 ",%" PRIu32 "]", k ? (k % 16 ? "," : ",\n") : "", row, col);
@@ -583,6 +640,9 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
         p->photons = o.photons;
         p->defocus = o.defocus;
         p->nsmall_wanted = o.particles;
+        memcpy(p->small_r, o.small_r, sizeof p->small_r);
+        memcpy(p->small_phi, o.small_phi, sizeof p->small_phi);
+        p->with_main = o.with_main;
         p->pupil = o.pupil > 0 ? o.pupil : fmin(p->n / 4.0, fmax(6.0, p->n / 16.0));
         if (p->pupil > p->n / 4.0) {
                 ret = roid_err_set(err, -EINVAL, "source phantom: pupil=%g is more than N/4 = %u pixels", p->pupil,
@@ -593,6 +653,8 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
                 p->ny = params->scan->ny;
                 p->nx = params->scan->nx;
                 p->snake = params->scan->snake;
+                p->visits = params->scan->visits;
+                p->nvisits = params->scan->nvisits;
         } else {
                 p->ny = p->nx = DEF_SCAN;
         }
@@ -650,13 +712,19 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
         free(mm);
         free(sm);
         *ret_state = p;
-        *ret_period = (uint64_t)p->ny * p->nx;
+        *ret_period = p->visits ? p->nvisits : (uint64_t)p->ny * p->nx;
         return 0;
 fail:
         free(mm);
         free(sm);
         phantom_free(p);
         return ret;
+}
+
+/* Object pixel o moved by d steps of `step` pixels, within 0..max. */
+static size_t offset_px(size_t o, double d, uint32_t step, size_t max) {
+        double v = (double)o + round(d * step);
+        return v < 0 ? 0 : v > (double)max ? max : (size_t)v;
 }
 
 /* Photon counts of every threshold for one frame into p->lev. */
@@ -666,7 +734,13 @@ static void render(phantom *p, uint64_t frame) {
         rng r = {p->seed * 0x9e3779b97f4a7c15ULL ^ (frame + 1) * 0xd1b54a32d192ed03ULL};
 
         scan_point(p, frame, &row, &col);
-        const fftw_complex *win = p->obj + (size_t)row * p->step * p->ow + (size_t)col * p->step;
+        size_t oy = (size_t)row * p->step, ox = (size_t)col * p->step;
+        if (p->visits) { /* a fly scan's jitter, clamped to the object */
+                const sim_visit *v = &p->visits[frame % p->nvisits];
+                oy = offset_px(oy, v->dy, p->step, (size_t)(p->ny - 1) * p->step);
+                ox = offset_px(ox, v->dx, p->step, (size_t)(p->nx - 1) * p->step);
+        }
+        const fftw_complex *win = p->obj + oy * p->ow + ox;
         for (uint32_t y = 0; y < n; y++)
                 for (uint32_t x = 0; x < n; x++)
                         p->buf[(size_t)y * n + x] = p->probe[(size_t)y * n + x] * win[(size_t)y * p->ow + x];

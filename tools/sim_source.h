@@ -25,11 +25,23 @@
 #include "ingest/message.h"
 #include "service/err.h"
 
-/* A raster scan: ny rows of nx points, x fast, optionally snake (odd rows reversed). */
+/* One image of a fly scan: the grid point it belongs to and how far from it
+ * the sample really was, in steps (x along columns, y along rows). */
+typedef struct {
+        uint32_t row, col;
+        double dx, dy;
+} sim_visit;
+
+/* A raster scan: ny rows of nx points, x fast, optionally snake (odd rows
+ * reversed).  A fly scan (--fly) adds visits: image k shows the sample at
+ * visits[k % nvisits], in any order, several images per point, off the grid
+ * by the jitter; NULL for a step scan in grid order. */
 typedef struct {
         bool active;
         uint32_t ny, nx;
         bool snake;
+        const sim_visit *visits;
+        uint64_t nvisits;
 } sim_scan;
 
 typedef struct {

@@ -39,9 +39,9 @@ double roid_rng_unit(roid_rng *r) {
         return (double)(roid_rng_next(r) >> 11) * 0x1.0p-53;
 }
 
-/* Uniform in [0, n), by the multiply-shift method. */
-static size_t rng_below(roid_rng *r, size_t n) {
-        return (size_t)(((unsigned __int128)roid_rng_next(r) * n) >> 64);
+/* By the multiply-shift method. */
+uint64_t roid_rng_below(roid_rng *r, uint64_t n) {
+        return (uint64_t)(((unsigned __int128)roid_rng_next(r) * n) >> 64);
 }
 
 /* ---- helpers ---- */
@@ -130,7 +130,7 @@ static size_t sample_weighted(const double *w, size_t n, double r) {
 static void seed_plusplus(roid_kmeans *km, const double *x, size_t n) {
         const unsigned k = km->k, d = km->d;
         const unsigned trials = 2 + (unsigned)log((double)k);
-        size_t first = rng_below(&km->rng, n);
+        size_t first = roid_rng_below(&km->rng, n);
         memcpy(km->centers, x + first * d, d * sizeof *x);
         double pot = 0;
         for (size_t i = 0; i < n; i++) {
@@ -197,7 +197,7 @@ static int reassign(roid_kmeans *km, const double *x, size_t n) {
                 return 0;
         /* m distinct points, uniformly: Floyd's sampling */
         for (size_t j = n - m, got = 0; j < n; j++) {
-                size_t t = rng_below(&km->rng, j + 1);
+                size_t t = roid_rng_below(&km->rng, j + 1);
                 for (size_t q = 0; q < got; q++)
                         if (km->pick[q] == t) {
                                 t = j;
@@ -217,6 +217,36 @@ static int reassign(roid_kmeans *km, const double *x, size_t n) {
         }
         km->n_reassigned += m;
         return (int)m;
+}
+
+/* Assigns each point to its nearest centre and moves every centre to the
+ * running mean of all it absorbed, c <- (c n + sum) / (n + m); labels and
+ * dist receive the assignment unless NULL. */
+static void update(roid_kmeans *km, const double *x, size_t n, unsigned *labels, double *dist) {
+        const unsigned k = km->k, d = km->d;
+        memset(km->sums, 0, (size_t)k * d * sizeof *km->sums);
+        memset(km->wsum, 0, k * sizeof *km->wsum);
+        for (size_t i = 0; i < n; i++) {
+                double dd;
+                unsigned l = nearest(km->centers, k, d, x + i * d, &dd);
+                if (labels) {
+                        labels[i] = l;
+                        dist[i] = dd;
+                }
+                km->wsum[l] += 1;
+                for (unsigned j = 0; j < d; j++)
+                        km->sums[(size_t)l * d + j] += x[i * d + j];
+        }
+        for (unsigned c = 0; c < k; c++) {
+                if (km->wsum[c] == 0)
+                        continue;
+                double *cc = km->centers + (size_t)c * d, nc = km->counts[c] + km->wsum[c];
+                for (unsigned j = 0; j < d; j++)
+                        cc[j] = (cc[j] * km->counts[c] + km->sums[(size_t)c * d + j]) / nc;
+                km->counts[c] = nc;
+        }
+        km->n_seen += n;
+        km->n_batches++;
 }
 
 int roid_kmeans_partial_fit(roid_kmeans *km, const double *x, size_t n, roid_err *err) {
@@ -243,27 +273,18 @@ int roid_kmeans_partial_fit(roid_kmeans *km, const double *x, size_t n, roid_err
                 km->since_reassign = 0;
                 check = true;
         }
-        memset(km->sums, 0, (size_t)k * d * sizeof *km->sums);
-        memset(km->wsum, 0, k * sizeof *km->wsum);
-        for (size_t i = 0; i < n; i++) {
-                unsigned l = nearest(km->centers, k, d, x + i * d, &km->dist[i]);
-                km->labels[i] = l;
-                km->wsum[l] += 1;
-                for (unsigned j = 0; j < d; j++)
-                        km->sums[(size_t)l * d + j] += x[i * d + j];
-        }
-        for (unsigned c = 0; c < k; c++) {
-                if (km->wsum[c] == 0)
-                        continue;
-                double *cc = km->centers + (size_t)c * d, nc = km->counts[c] + km->wsum[c];
-                for (unsigned j = 0; j < d; j++)
-                        cc[j] = (cc[j] * km->counts[c] + km->sums[(size_t)c * d + j]) / nc;
-                km->counts[c] = nc;
-        }
-        km->n_seen += n;
-        km->n_batches++;
+        update(km, x, n, km->labels, km->dist);
         if (check && km->reassignment_ratio > 0)
                 return reassign(km, x, n);
+        return 0;
+}
+
+int roid_kmeans_step(roid_kmeans *km, const double *x, size_t n, double decay) {
+        if (!km->initialized)
+                return -EINVAL;
+        for (unsigned c = 0; c < km->k; c++)
+                km->counts[c] *= decay;
+        update(km, x, n, NULL, NULL);
         return 0;
 }
 
@@ -273,6 +294,30 @@ unsigned roid_kmeans_predict(const roid_kmeans *km, const double *x, double *ret
         if (ret_dist2)
                 *ret_dist2 = dd;
         return l;
+}
+
+void roid_kmeans_predict_many(const roid_kmeans *km, const double *x, size_t n, unsigned *labels) {
+        double dd;
+        for (size_t i = 0; i < n; i++)
+                labels[i] = nearest(km->centers, km->k, km->d, x + i * km->d, &dd);
+}
+
+int roid_kmeans_copy(roid_kmeans *dst, const roid_kmeans *src) {
+        if (dst->k != src->k || dst->d != src->d || dst->max_batch != src->max_batch)
+                return -EINVAL;
+        roid_kmeans keep = *dst;
+        *dst = *src;
+        dst->centers = keep.centers;
+        dst->counts = keep.counts;
+        dst->labels = keep.labels;
+        dst->dist = keep.dist;
+        dst->sums = keep.sums;
+        dst->wsum = keep.wsum;
+        dst->pick = keep.pick;
+        dst->flag = keep.flag;
+        memcpy(dst->centers, src->centers, (size_t)src->k * src->d * sizeof *src->centers);
+        memcpy(dst->counts, src->counts, src->k * sizeof *src->counts);
+        return 0;
 }
 
 double roid_kmeans_inertia(const roid_kmeans *km, const double *x, size_t n) {

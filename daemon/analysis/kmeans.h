@@ -34,7 +34,7 @@
 #include "service/err.h"
 
 #define ROID_KMEANS_MAX_K     1024
-#define ROID_KMEANS_MAX_D     64
+#define ROID_KMEANS_MAX_D     96 /* the RoI's general map: 2 x (1 + 40 segments) + BF + DF */
 #define ROID_KMEANS_MAX_BATCH (1u << 24)
 
 typedef struct {
@@ -43,7 +43,8 @@ typedef struct {
 
 void roid_rng_seed(roid_rng *r, uint64_t seed);
 uint64_t roid_rng_next(roid_rng *r);
-double roid_rng_unit(roid_rng *r); /* [0, 1), 53 bits */
+double roid_rng_unit(roid_rng *r);                /* [0, 1), 53 bits */
+uint64_t roid_rng_below(roid_rng *r, uint64_t n); /* uniform in [0, n), n >= 1 */
 
 typedef struct {
         unsigned k, d;
@@ -79,9 +80,26 @@ void roid_kmeans_set_centers(roid_kmeans *km, const double *centers);
  * Returns the number of centres reassigned (>= 0) or -EINVAL. */
 int roid_kmeans_partial_fit(roid_kmeans *km, const double *x, size_t n, roid_err *err);
 
+/* One mini-batch update without seeding, reassignment or per-point storage,
+ * for a caller that refits on its whole, changing data set: the counts are
+ * first multiplied by `decay` (1: partial_fit's running mean; 0.5: the
+ * centres forget half of what they absorbed, so they follow data that drifts),
+ * then every point moves its nearest centre as in partial_fit.  Any n (not
+ * bounded by max_batch); the points must be finite.  -EINVAL if the centres
+ * do not exist. */
+int roid_kmeans_step(roid_kmeans *km, const double *x, size_t n, double decay);
+
 /* Nearest centre of one point; its squared distance in *ret_dist2 if not
  * NULL.  The centres must exist. */
 unsigned roid_kmeans_predict(const roid_kmeans *km, const double *x, double *ret_dist2);
+
+/* Nearest centre of each of n points into labels[0..n-1]. */
+void roid_kmeans_predict_many(const roid_kmeans *km, const double *x, size_t n, unsigned *labels);
+
+/* Copies the clustering state (centres, counts, progress, random state) of
+ * src into dst without allocating; scratch is not copied.  -EINVAL unless
+ * both have the same k, d and max_batch. */
+int roid_kmeans_copy(roid_kmeans *dst, const roid_kmeans *src);
 
 /* Lloyd iterations over n points started from the current centres, until no
  * label changes or max_iter updates; an empty cluster is moved to the point

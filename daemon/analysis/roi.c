@@ -4,17 +4,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "analysis/kmeans.h"
 #include "analysis/scan.h"
 
 #define MAX_CH    (ROID_MAX_SEGMENTS + 1)
 #define MAX_MOD   (2 * MAX_CH)
-#define MAX_DIM   (MAX_MOD + 2)
 #define LOG_FLOOR 1e-12 /* log of an exactly empty value stays finite */
 #define BATCH     1024  /* points per mini-batch step of the general clustering */
-
-typedef struct {
-        double n, mean, m2;
-} welford;
 
 struct roid_roi {
         roid_roi_params p;
@@ -23,25 +19,27 @@ struct roid_roi {
         unsigned nch, nmod, ndim;
         uint64_t frames, since_refit;
         bool finished;
-        uint64_t rng;
+        roid_rng rng; /* batch sampling of the general clustering */
 
         uint32_t *cnt;                 /* frames per point */
         uint32_t *seen_list, n_seen;   /* points with a frame, in arrival order */
         double *acc_t, *acc_x, *acc_y; /* per channel and point: sums over its frames */
         double *acc_bf, *acc_df;
-        welford st[MAX_CH][2]; /* CoM x, y per channel over all frames */
+        roid_running_stats st[MAX_CH]; /* CoM (x, y) per channel over all frames */
 
         double *raw, *filt; /* nmod * np */
         uint8_t *lab, *lab_online;
         uint8_t *online, *raw_mask, *mask, *tmp;
         uint32_t *queue;
-        double cen[MAX_MOD][2], ccount[MAX_MOD][2], cen_out[MAX_MOD][2];
-        bool have_cen[MAX_MOD];
+        roid_kmeans km[MAX_MOD];    /* two centres per modality, d = 1 */
+        double cen_out[MAX_MOD][2]; /* [RoI side, other] as of the last relabel */
 
-        double *feat, *dist; /* ndim * np standardised vectors; np scratch */
+        double *feat;   /* n_seen x ndim standardised vectors, in seen_list order */
+        double *gather; /* np: one modality's filtered values, in seen_list order */
+        double *batch;  /* BATCH x ndim: a sampled mini-batch of feat */
+        unsigned *klab; /* np: labels in seen_list order */
         uint8_t *glab;
-        double gcen[ROID_ROI_MAX_K * MAX_DIM], gcount[ROID_ROI_MAX_K];
-        bool have_gcen;
+        roid_kmeans gk; /* general clustering, k x ndim */
 };
 
 void roid_roi_params_default(roid_roi_params *p) {
@@ -51,17 +49,6 @@ void roid_roi_params_default(roid_roi_params *p) {
         p->cadence = 64;
         p->seed = 1;
         p->max_iter = 300;
-}
-
-static uint64_t rng_next(uint64_t *s) {
-        uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        return z ^ (z >> 31);
-}
-
-static double rng_unit(uint64_t *s) {
-        return (double)(rng_next(s) >> 11) * 0x1.0p-53;
 }
 
 int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err) {
@@ -85,7 +72,7 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
         r->nch = p->n_segments > 1 ? 1 + p->n_segments : 1;
         r->nmod = 2 * r->nch;
         r->ndim = r->nmod + (p->use_bf ? 1 : 0) + (p->use_df ? 1 : 0);
-        r->rng = p->seed;
+        roid_rng_seed(&r->rng, p->seed);
         size_t np = r->np, nc = r->nch * np, nm = r->nmod * np;
         r->cnt = calloc(np, sizeof *r->cnt);
         r->seen_list = calloc(np, sizeof *r->seen_list);
@@ -98,7 +85,9 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
         r->raw = malloc(nm * sizeof(double));
         r->filt = malloc(nm * sizeof(double));
         r->feat = calloc(r->ndim * np, sizeof(double));
-        r->dist = calloc(np, sizeof(double));
+        r->gather = calloc(np, sizeof(double));
+        r->batch = calloc((size_t)BATCH * r->ndim, sizeof(double));
+        r->klab = calloc(np, sizeof(unsigned));
         r->lab = malloc(nm);
         r->lab_online = malloc(nm);
         r->online = calloc(np, 1);
@@ -107,10 +96,22 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
         r->tmp = calloc(np, 1);
         r->glab = malloc(np);
         if (!r->cnt || !r->seen_list || !r->queue || !r->acc_t || !r->acc_x || !r->acc_y || !r->acc_bf || !r->acc_df ||
-            !r->raw || !r->filt || !r->feat || !r->dist || !r->lab || !r->lab_online || !r->online || !r->raw_mask ||
-            !r->mask || !r->tmp || !r->glab) {
+            !r->raw || !r->filt || !r->feat || !r->gather || !r->batch || !r->klab || !r->lab || !r->lab_online ||
+            !r->online || !r->raw_mask || !r->mask || !r->tmp || !r->glab) {
                 roid_roi_free(r);
                 return -ENOMEM;
+        }
+        int e = roid_kmeans_init(&r->gk, p->k, r->ndim, BATCH, p->seed, err);
+        for (unsigned m = 0; m < r->nmod && e == 0; m++) {
+                e = roid_kmeans_init(&r->km[m], 2, 1, 2, p->seed, err);
+                /* two centres on one line: no starved centre to re-seed */
+                r->km[m].reassignment_ratio = 0;
+        }
+        for (unsigned c = 0; c < r->nch && e == 0; c++)
+                e = roid_running_stats_init(&r->st[c], 2);
+        if (e < 0) {
+                roid_roi_free(r);
+                return e;
         }
         for (size_t i = 0; i < nm; i++)
                 r->raw[i] = r->filt[i] = NAN;
@@ -137,7 +138,9 @@ void roid_roi_free(roid_roi *r) {
         free(r->raw);
         free(r->filt);
         free(r->feat);
-        free(r->dist);
+        free(r->gather);
+        free(r->batch);
+        free(r->klab);
         free(r->lab);
         free(r->lab_online);
         free(r->online);
@@ -145,25 +148,31 @@ void roid_roi_free(roid_roi *r) {
         free(r->mask);
         free(r->tmp);
         free(r->glab);
+        roid_kmeans_free(&r->gk);
+        for (unsigned m = 0; m < MAX_MOD; m++)
+                roid_kmeans_free(&r->km[m]);
         free(r);
 }
 
-/* Every per-point array with its size in bytes, so copy and clone cannot miss one. */
+/* Every array with its size in bytes, so copy and clone cannot miss one (the
+ * k-means states are copied by roid_kmeans_copy). */
 #define ROI_ARRAYS(X, r)                                                                                               \
         X(cnt, (r)->np * sizeof(uint32_t))                                                                             \
         X(seen_list, (r)->np * sizeof(uint32_t))                                                                       \
         X(queue, (r)->np * sizeof(uint32_t))                                                                           \
-        X(acc_t, (r)->nch * (r)->np * sizeof(double))                                                                  \
-        X(acc_x, (r)->nch * (r)->np * sizeof(double))                                                                  \
-        X(acc_y, (r)->nch * (r)->np * sizeof(double))                                                                  \
+        X(acc_t, (r)->nch *(r)->np * sizeof(double))                                                                   \
+        X(acc_x, (r)->nch *(r)->np * sizeof(double))                                                                   \
+        X(acc_y, (r)->nch *(r)->np * sizeof(double))                                                                   \
         X(acc_bf, (r)->np * sizeof(double))                                                                            \
         X(acc_df, (r)->np * sizeof(double))                                                                            \
-        X(raw, (r)->nmod * (r)->np * sizeof(double))                                                                   \
-        X(filt, (r)->nmod * (r)->np * sizeof(double))                                                                  \
-        X(feat, (r)->ndim * (r)->np * sizeof(double))                                                                  \
-        X(dist, (r)->np * sizeof(double))                                                                              \
-        X(lab, (r)->nmod * (r)->np)                                                                                    \
-        X(lab_online, (r)->nmod * (r)->np)                                                                             \
+        X(raw, (r)->nmod *(r)->np * sizeof(double))                                                                    \
+        X(filt, (r)->nmod *(r)->np * sizeof(double))                                                                   \
+        X(feat, (r)->ndim *(r)->np * sizeof(double))                                                                   \
+        X(gather, (r)->np * sizeof(double))                                                                            \
+        X(batch, (size_t)BATCH *(r)->ndim * sizeof(double))                                                            \
+        X(klab, (r)->np * sizeof(unsigned))                                                                            \
+        X(lab, (r)->nmod *(r)->np)                                                                                     \
+        X(lab_online, (r)->nmod *(r)->np)                                                                              \
         X(online, (r)->np)                                                                                             \
         X(raw_mask, (r)->np)                                                                                           \
         X(mask, (r)->np)                                                                                               \
@@ -180,6 +189,12 @@ int roid_roi_copy(roid_roi *dst, const roid_roi *src) {
         memcpy(dst->name, src->name, bytes);
         ROI_ARRAYS(ROI_COPY, src)
 #undef ROI_COPY
+        dst->gk = keep.gk;
+        roid_kmeans_copy(&dst->gk, &src->gk);
+        for (unsigned m = 0; m < src->nmod; m++) {
+                dst->km[m] = keep.km[m];
+                roid_kmeans_copy(&dst->km[m], &src->km[m]);
+        }
         return 0;
 }
 
@@ -200,10 +215,6 @@ static bool is_total(unsigned m) {
         return m % 2 == 0;
 }
 
-static double sdev(const welford *w) {
-        return w->n > 1 ? sqrt(w->m2 / w->n) : 0;
-}
-
 /* Unfiltered value of modality m at seen point i: mean T, or the magnitude of
  * the point's mean CoM standardised with the scan-wide statistics (eq. 2). */
 static double raw_value(const roid_roi *r, unsigned m, size_t i) {
@@ -212,11 +223,9 @@ static double raw_value(const roid_roi *r, unsigned m, size_t i) {
         double n = r->cnt[i];
         if (is_total(m))
                 return r->acc_t[k] / n;
-        const welford *wx = &r->st[c][0], *wy = &r->st[c][1];
-        double sx = sdev(wx), sy = sdev(wy);
-        double zx = sx > 0 ? (r->acc_x[k] / n - wx->mean) / sx : 0;
-        double zy = sy > 0 ? (r->acc_y[k] / n - wy->mean) / sy : 0;
-        return sqrt(zx * zx + zy * zy);
+        double z[2] = {r->acc_x[k] / n, r->acc_y[k] / n};
+        roid_running_stats_standardize(&r->st[c], z, z);
+        return sqrt(z[0] * z[0] + z[1] * z[1]);
 }
 
 static double flog(double v) {
@@ -225,15 +234,14 @@ static double flog(double v) {
 
 /* Index 0/1 of the RoI-side centre: low T, high |CoM|. */
 static unsigned roi_side(const roid_roi *r, unsigned m) {
-        bool first_lower = r->cen[m][0] <= r->cen[m][1];
-        return is_total(m) == first_lower ? 0 : 1;
+        const double *c = r->km[m].centers;
+        return is_total(m) == (c[0] <= c[1]) ? 0 : 1;
 }
 
 static uint8_t label_of(const roid_roi *r, unsigned m, double v) {
-        if (!r->have_cen[m])
+        if (!r->km[m].initialized)
                 return 0;
-        unsigned near = fabs(v - r->cen[m][0]) <= fabs(v - r->cen[m][1]) ? 0 : 1;
-        return near == roi_side(r, m);
+        return roid_kmeans_predict(&r->km[m], &v, NULL) == roi_side(r, m);
 }
 
 /* Raw maps, then the 3x3 mean over the seen neighbours, then the log. */
@@ -267,67 +275,45 @@ static void compute_maps(roid_roi *r) {
         }
 }
 
-/* One mini-batch step on the whole current map of modality m. */
-static void km1_partial(roid_roi *r, unsigned m) {
+/* The filtered values of modality m in seen_list order, into r->gather. */
+static const double *gather_modality(roid_roi *r, unsigned m) {
         const double *v = r->filt + m * r->np;
-        if (!r->have_cen[m]) {
-                double lo = INFINITY, hi = -INFINITY;
+        for (uint32_t s = 0; s < r->n_seen; s++)
+                r->gather[s] = v[r->seen_list[s]];
+        return r->gather;
+}
+
+/* One mini-batch step on the whole current map of modality m, the counts
+ * halved first so the centres follow the standardisation as it settles;
+ * the first one starts from the map's extremes. */
+static void km1_partial(roid_roi *r, unsigned m) {
+        const double *x = gather_modality(r, m);
+        if (!r->km[m].initialized) {
+                double c[2] = {INFINITY, -INFINITY};
                 for (uint32_t s = 0; s < r->n_seen; s++) {
-                        double x = v[r->seen_list[s]];
-                        lo = x < lo ? x : lo;
-                        hi = x > hi ? x : hi;
+                        c[0] = x[s] < c[0] ? x[s] : c[0];
+                        c[1] = x[s] > c[1] ? x[s] : c[1];
                 }
-                if (!(hi > lo))
+                if (!(c[1] > c[0]))
                         return;
-                r->cen[m][0] = lo;
-                r->cen[m][1] = hi;
-                r->ccount[m][0] = r->ccount[m][1] = 0;
-                r->have_cen[m] = true;
+                roid_kmeans_set_centers(&r->km[m], c);
         }
-        double sum[2] = {0, 0}, n[2] = {0, 0};
-        for (uint32_t s = 0; s < r->n_seen; s++) {
-                double x = v[r->seen_list[s]];
-                unsigned j = fabs(x - r->cen[m][0]) <= fabs(x - r->cen[m][1]) ? 0 : 1;
-                sum[j] += x;
-                n[j]++;
-        }
-        for (unsigned j = 0; j < 2; j++) {
-                r->ccount[m][j] = r->ccount[m][j] / 2 + n[j];
-                if (n[j] > 0)
-                        r->cen[m][j] += n[j] / r->ccount[m][j] * (sum[j] / n[j] - r->cen[m][j]);
-        }
+        roid_kmeans_step(&r->km[m], x, r->n_seen, 0.5);
 }
 
 /* Full-batch Lloyd from the current centres. */
 static void km1_lloyd(roid_roi *r, unsigned m) {
-        const double *v = r->filt + m * r->np;
-        if (!r->have_cen[m])
-                return;
-        for (unsigned it = 0; it < r->p.max_iter; it++) {
-                double sum[2] = {0, 0}, n[2] = {0, 0};
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        double x = v[r->seen_list[s]];
-                        unsigned j = fabs(x - r->cen[m][0]) <= fabs(x - r->cen[m][1]) ? 0 : 1;
-                        sum[j] += x;
-                        n[j]++;
-                }
-                bool moved = false;
-                for (unsigned j = 0; j < 2; j++) {
-                        double c = n[j] > 0 ? sum[j] / n[j] : r->cen[m][j];
-                        moved |= c != r->cen[m][j];
-                        r->cen[m][j] = c;
-                }
-                if (!moved)
-                        break;
-        }
+        if (r->km[m].initialized)
+                roid_kmeans_refine(&r->km[m], gather_modality(r, m), r->n_seen, r->p.max_iter, r->klab, NULL, NULL);
 }
 
 static void relabel(roid_roi *r) {
         size_t np = r->np;
         for (unsigned m = 0; m < r->nmod; m++) {
                 unsigned s = roi_side(r, m);
-                r->cen_out[m][0] = r->have_cen[m] ? r->cen[m][s] : NAN;
-                r->cen_out[m][1] = r->have_cen[m] ? r->cen[m][1 - s] : NAN;
+                bool have = r->km[m].initialized;
+                r->cen_out[m][0] = have ? r->km[m].centers[s] : NAN;
+                r->cen_out[m][1] = have ? r->km[m].centers[1 - s] : NAN;
         }
         for (uint32_t s = 0; s < r->n_seen; s++)
                 r->online[r->seen_list[s]] = 0;
@@ -344,130 +330,65 @@ static void relabel(roid_roi *r) {
 
 /* ------------------------------------------------------ general clustering */
 
+/* The per-point vectors in seen_list order, standardised per dimension over
+ * the points seen. */
 static void build_features(roid_roi *r) {
         unsigned d = r->ndim;
-        for (unsigned k = 0; k < d; k++) {
-                double sum = 0, sum2 = 0;
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        size_t i = r->seen_list[s];
-                        double x;
-                        if (k < r->nmod)
-                                x = r->filt[k * r->np + i];
-                        else if (k == r->nmod && r->p.use_bf)
-                                x = log1p(r->acc_bf[i] / r->cnt[i]);
-                        else
-                                x = log1p(r->acc_df[i] / r->cnt[i]);
-                        r->feat[i * d + k] = x;
-                        sum += x;
-                        sum2 += x * x;
-                }
-                double n = r->n_seen, mean = sum / n, var = sum2 / n - mean * mean;
-                double sd = var > 0 ? sqrt(var) : 1;
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        size_t i = r->seen_list[s];
-                        r->feat[i * d + k] = (r->feat[i * d + k] - mean) / sd;
-                }
+        roid_running_stats st;
+        roid_running_stats_init(&st, d);
+        for (uint32_t s = 0; s < r->n_seen; s++) {
+                size_t i = r->seen_list[s];
+                double *x = r->feat + (size_t)s * d;
+                unsigned k = 0;
+                for (; k < r->nmod; k++)
+                        x[k] = r->filt[k * r->np + i];
+                if (r->p.use_bf)
+                        x[k++] = log1p(r->acc_bf[i] / r->cnt[i]);
+                if (r->p.use_df)
+                        x[k++] = log1p(r->acc_df[i] / r->cnt[i]);
+                roid_running_stats_update(&st, x);
         }
-}
-
-static double dist2(const double *a, const double *b, unsigned d) {
-        double s = 0;
-        for (unsigned k = 0; k < d; k++)
-                s += (a[k] - b[k]) * (a[k] - b[k]);
-        return s;
-}
-
-static unsigned nearest(const roid_roi *r, const double *x) {
-        unsigned best = 0, d = r->ndim;
-        double bd = INFINITY;
-        for (unsigned j = 0; j < r->p.k; j++) {
-                double e = dist2(x, r->gcen + j * d, d);
-                if (e < bd) {
-                        bd = e;
-                        best = j;
-                }
-        }
-        return best;
-}
-
-/* k-means++ over the seen points. */
-static void gk_seed(roid_roi *r) {
-        unsigned d = r->ndim;
-        uint32_t first = r->seen_list[rng_next(&r->rng) % r->n_seen];
-        memcpy(r->gcen, r->feat + (size_t)first * d, d * sizeof(double));
         for (uint32_t s = 0; s < r->n_seen; s++)
-                r->dist[s] = dist2(r->feat + (size_t)r->seen_list[s] * d, r->gcen, d);
-        for (unsigned j = 1; j < r->p.k; j++) {
-                double tot = 0;
-                for (uint32_t s = 0; s < r->n_seen; s++)
-                        tot += r->dist[s];
-                double u = rng_unit(&r->rng) * tot;
-                uint32_t pick = r->n_seen - 1;
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        u -= r->dist[s];
-                        if (u < 0) {
-                                pick = s;
-                                break;
-                        }
-                }
-                const double *c = r->feat + (size_t)r->seen_list[pick] * d;
-                memcpy(r->gcen + j * d, c, d * sizeof(double));
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        double e = dist2(r->feat + (size_t)r->seen_list[s] * d, c, d);
-                        r->dist[s] = e < r->dist[s] ? e : r->dist[s];
-                }
-        }
-        memset(r->gcount, 0, sizeof r->gcount);
-        r->have_gcen = true;
+                roid_running_stats_standardize(&st, r->feat + (size_t)s * d, r->feat + (size_t)s * d);
 }
 
+static void gk_store_labels(roid_roi *r) {
+        for (uint32_t s = 0; s < r->n_seen; s++)
+                r->glab[r->seen_list[s]] = (uint8_t)r->klab[s];
+}
+
+/* One mini-batch step on all seen points, or on BATCH of them drawn with
+ * replacement; k-means++ on the first batch. */
 static void gk_partial(roid_roi *r) {
+        unsigned d = r->ndim;
+        const double *x = r->feat;
+        size_t nb = r->n_seen;
+        if (nb > BATCH) {
+                nb = BATCH;
+                for (size_t b = 0; b < nb; b++)
+                        memcpy(r->batch + b * d, r->feat + roid_rng_below(&r->rng, r->n_seen) * d, d * sizeof(double));
+                x = r->batch;
+        }
+        roid_kmeans_partial_fit(&r->gk, x, nb, NULL);
+}
+
+static void gk_refit(roid_roi *r) {
         if (r->n_seen < r->p.k)
                 return;
         build_features(r);
-        if (!r->have_gcen)
-                gk_seed(r);
-        unsigned d = r->ndim, nb = r->n_seen < BATCH ? r->n_seen : BATCH;
-        for (unsigned b = 0; b < nb; b++) {
-                uint32_t i = nb == r->n_seen ? r->seen_list[b] : r->seen_list[rng_next(&r->rng) % r->n_seen];
-                const double *x = r->feat + (size_t)i * d;
-                unsigned j = nearest(r, x);
-                double *c = r->gcen + j * d, eta = 1.0 / ++r->gcount[j];
-                for (unsigned k = 0; k < d; k++)
-                        c[k] += eta * (x[k] - c[k]);
-        }
-        for (uint32_t s = 0; s < r->n_seen; s++) {
-                uint32_t i = r->seen_list[s];
-                r->glab[i] = (uint8_t)nearest(r, r->feat + (size_t)i * d);
-        }
+        gk_partial(r);
+        roid_kmeans_predict_many(&r->gk, r->feat, r->n_seen, r->klab);
+        gk_store_labels(r);
 }
 
-static void gk_lloyd(roid_roi *r) {
-        if (!r->have_gcen)
+static void gk_finish(roid_roi *r) {
+        if (r->n_seen < r->p.k)
                 return;
-        unsigned d = r->ndim, k = r->p.k;
-        double sum[ROID_ROI_MAX_K * MAX_DIM], n[ROID_ROI_MAX_K];
-        for (unsigned it = 0; it < r->p.max_iter; it++) {
-                memset(sum, 0, sizeof sum);
-                memset(n, 0, sizeof n);
-                bool changed = false;
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        uint32_t i = r->seen_list[s];
-                        const double *x = r->feat + (size_t)i * d;
-                        unsigned j = nearest(r, x);
-                        changed |= r->glab[i] != j;
-                        r->glab[i] = (uint8_t)j;
-                        n[j]++;
-                        for (unsigned q = 0; q < d; q++)
-                                sum[j * d + q] += x[q];
-                }
-                for (unsigned j = 0; j < k; j++)
-                        if (n[j] > 0)
-                                for (unsigned q = 0; q < d; q++)
-                                        r->gcen[j * d + q] = sum[j * d + q] / n[j];
-                if (!changed && it > 0)
-                        break;
-        }
+        build_features(r);
+        if (!r->gk.initialized)
+                gk_partial(r);
+        roid_kmeans_refine(&r->gk, r->feat, r->n_seen, r->p.max_iter, r->klab, NULL, NULL);
+        gk_store_labels(r);
 }
 
 /* ------------------------------------------------------------ public */
@@ -487,14 +408,7 @@ int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f
                 r->acc_t[k] += t;
                 r->acc_x[k] += x;
                 r->acc_y[k] += y;
-                double v[2] = {x, y};
-                for (unsigned a = 0; a < 2; a++) {
-                        welford *w = &r->st[c][a];
-                        w->n++;
-                        double dlt = v[a] - w->mean;
-                        w->mean += dlt / w->n;
-                        w->m2 += dlt * (v[a] - w->mean);
-                }
+                roid_running_stats_update(&r->st[c], (const double[2]){x, y});
         }
         r->acc_bf[i] += f->bf;
         r->acc_df[i] += f->df;
@@ -519,7 +433,7 @@ void roid_roi_refit(roid_roi *r) {
         for (unsigned m = 0; m < r->nmod; m++)
                 km1_partial(r, m);
         relabel(r);
-        gk_partial(r);
+        gk_refit(r);
 }
 
 void roid_roi_morph(uint8_t *mask, uint32_t ny, uint32_t nx, int n, bool fill, uint8_t *tmp, uint32_t *queue) {
@@ -579,7 +493,7 @@ void roid_roi_finish(roid_roi *r) {
         if (r->n_seen > 0) {
                 compute_maps(r);
                 for (unsigned m = 0; m < r->nmod; m++) {
-                        if (!r->have_cen[m])
+                        if (!r->km[m].initialized)
                                 km1_partial(r, m);
                         km1_lloyd(r, m);
                 }
@@ -590,12 +504,7 @@ void roid_roi_finish(roid_roi *r) {
                 memcpy(r->mask, r->online, r->np);
                 memcpy(r->online, r->raw_mask, r->np);
                 memcpy(r->raw_mask, r->mask, r->np);
-                if (r->n_seen >= r->p.k) {
-                        build_features(r);
-                        if (!r->have_gcen)
-                                gk_seed(r);
-                        gk_lloyd(r);
-                }
+                gk_finish(r);
         }
         roid_roi_morph(r->mask, r->ny, r->nx, r->p.border, r->p.fill_holes, r->tmp, r->queue);
         r->finished = true;
@@ -666,7 +575,7 @@ const uint8_t *roid_roi_cluster_labels(const roid_roi *r) {
 }
 
 const double *roid_roi_cluster_centroids(const roid_roi *r, unsigned *ret_k, unsigned *ret_d) {
-        *ret_k = r->have_gcen ? r->p.k : 0;
+        *ret_k = r->gk.initialized ? r->p.k : 0;
         *ret_d = r->ndim;
-        return r->gcen;
+        return r->gk.centers;
 }

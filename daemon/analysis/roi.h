@@ -24,7 +24,12 @@
  *
  * Several frames on one point (fly scans binned to the grid) are averaged.
  *
- * Memory: allocated once in roid_roi_new, about 8 * (3C + 2M + D + 4) + 3M + 10 bytes
+ * The clustering is kmeans.h's: per modality a two-centre roid_kmeans on the
+ * line (roid_kmeans_step with decay 0.5, roid_kmeans_refine at the end), the
+ * general map a roid_kmeans over D dimensions (partial_fit on at most 1024
+ * sampled points per refit); the CoM statistics are roid_running_stats.
+ *
+ * Memory: allocated once in roid_roi_new, about 8 * (3C + 2M + D + 4) + 3M + 14 bytes
  * per point (C = 1 + S for S > 1, else 1; M = 2C; D = M + 2); nothing is
  * allocated per frame or per refit.
  *

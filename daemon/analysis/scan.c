@@ -1,8 +1,10 @@
 #include "analysis/scan.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ingest/cborwalk.h"
@@ -266,6 +268,246 @@ static int json_scan_map(const cJSON *m, raw_scan *s, roid_err *err) {
         return 0;
 }
 
+/* ---------------------------------------------- JSON without allocation
+ *
+ * The per-image "position" is read on the hot path, so JSON image user data
+ * is not parsed into a tree: a bounded scanner walks the top-level object,
+ * steps over the members before "position" (checking their syntax, RFC 8259,
+ * with at most max_depth nested containers, the top object included, as the
+ * CBOR cursor counts them) and reads the first "position" member in place.
+ * Text that is not a JSON object is not ours: 0, as for a map without the
+ * key; what follows the member is not looked at. */
+
+#define JSON_NUM_MAX 64 /* characters of one number literal */
+
+typedef struct {
+        const char *p, *end;
+} jcur;
+
+static void jws(jcur *c) {
+        while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+                c->p++;
+}
+
+/* Consumes ch after white space. */
+static bool jeat(jcur *c, char ch) {
+        jws(c);
+        if (c->p >= c->end || *c->p != ch)
+                return false;
+        c->p++;
+        return true;
+}
+
+static int hexval(char ch) {
+        return ch >= '0' && ch <= '9'   ? ch - '0'
+               : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+               : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                        : -1;
+}
+
+/* Steps over a string whose opening quote is at c->p.  When want is not
+ * NULL, *ret_eq tells whether its decoded text equals want (ASCII). */
+static bool jstring(jcur *c, const char *want, bool *ret_eq) {
+        size_t k = 0;
+        bool eq = want != NULL;
+        c->p++;
+        while (c->p < c->end) {
+                unsigned char ch = (unsigned char)*c->p++;
+                unsigned v = ch;
+                if (ch == '"') {
+                        if (ret_eq)
+                                *ret_eq = eq && want[k] == '\0';
+                        return true;
+                }
+                if (ch < 0x20)
+                        return false;
+                if (ch == '\\') {
+                        if (c->p >= c->end)
+                                return false;
+                        ch = (unsigned char)*c->p++;
+                        if (ch == 'u') {
+                                v = 0;
+                                for (int i = 0; i < 4; i++) {
+                                        int h = c->p < c->end ? hexval(*c->p++) : -1;
+                                        if (h < 0)
+                                                return false;
+                                        v = v * 16 + (unsigned)h;
+                                }
+                        } else {
+                                static const char esc[] = "\"\\/bfnrt", val[] = "\"\\/\b\f\n\r\t";
+                                const char *e = ch ? strchr(esc, ch) : NULL;
+                                if (!e)
+                                        return false;
+                                v = (unsigned char)val[e - esc];
+                        }
+                }
+                if (eq) {
+                        eq = want[k] != '\0' && v == (unsigned char)want[k];
+                        k++;
+                }
+        }
+        return false;
+}
+
+static bool jdigits(jcur *c) {
+        const char *s = c->p;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+                c->p++;
+        return c->p > s;
+}
+
+/* Steps over a number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool jnumber(jcur *c) {
+        if (c->p < c->end && *c->p == '-')
+                c->p++;
+        if (c->p < c->end && *c->p == '0')
+                c->p++;
+        else if (!jdigits(c))
+                return false;
+        if (c->p < c->end && *c->p == '.') {
+                c->p++;
+                if (!jdigits(c))
+                        return false;
+        }
+        if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+                c->p++;
+                if (c->p < c->end && (*c->p == '+' || *c->p == '-'))
+                        c->p++;
+                if (!jdigits(c))
+                        return false;
+        }
+        return true;
+}
+
+static bool jliteral(jcur *c, const char *lit) {
+        size_t n = strlen(lit);
+        if ((size_t)(c->end - c->p) < n || memcmp(c->p, lit, n) != 0)
+                return false;
+        c->p += n;
+        return true;
+}
+
+/* A member's key and colon. */
+static bool jkey(jcur *c, const char *want, bool *ret_eq) {
+        jws(c);
+        return c->p < c->end && *c->p == '"' && jstring(c, want, ret_eq) && jeat(c, ':');
+}
+
+/* Steps over one value at nesting `depth` (containers already open) without
+ * recursion: open holds the kind of each container opened here.  1 done,
+ * 0 malformed, -ELOOP deeper than max_depth. */
+static int jskip(jcur *c, unsigned depth, unsigned max_depth) {
+        char open[ROID_CW_DEPTH_CAP];
+        unsigned top = 0;
+        for (;;) {
+                jws(c);
+                if (c->p >= c->end)
+                        return 0;
+                char ch = *c->p;
+                bool done = true;
+                if (ch == '{' || ch == '[') {
+                        if (depth + top >= max_depth)
+                                return -ELOOP;
+                        open[top++] = ch;
+                        c->p++;
+                        if (jeat(c, ch == '{' ? '}' : ']'))
+                                top--;
+                        else if (ch == '{' && !jkey(c, NULL, NULL))
+                                return 0;
+                        else
+                                done = false;
+                } else if (ch == '"') {
+                        if (!jstring(c, NULL, NULL))
+                                return 0;
+                } else if (ch == 't' || ch == 'f' || ch == 'n') {
+                        if (!jliteral(c, ch == 't' ? "true" : ch == 'f' ? "false" : "null"))
+                                return 0;
+                } else if (!jnumber(c)) {
+                        return 0;
+                }
+                /* after a value: close what ends here, or go on after a comma */
+                while (done) {
+                        if (top == 0)
+                                return 1;
+                        if (jeat(c, open[top - 1] == '{' ? '}' : ']')) {
+                                top--;
+                        } else if (jeat(c, ',')) {
+                                if (open[top - 1] == '{' && !jkey(c, NULL, NULL))
+                                        return 0;
+                                done = false;
+                        } else {
+                                return 0;
+                        }
+                }
+        }
+}
+
+/* Positions c on the value of the first top-level member `key`: 1 found,
+ * 0 when the text is not a JSON object or has no such member. */
+static int json_find_member(jcur *c, const char *key, unsigned max_depth, roid_err *err) {
+        if (max_depth == 0 || max_depth > ROID_CW_DEPTH_CAP)
+                max_depth = ROID_CW_DEPTH_CAP;
+        if (!jeat(c, '{') || jeat(c, '}'))
+                return 0;
+        for (;;) {
+                bool eq = false;
+                if (!jkey(c, key, &eq))
+                        return 0;
+                if (eq)
+                        return 1;
+                int r = jskip(c, 1, max_depth);
+                if (r == -ELOOP)
+                        return roid_err_set(err, -EBADMSG,
+                                            "user_data: JSON nested deeper than %u containers before "
+                                            "\"%s\"",
+                                            max_depth, key);
+                if (r == 0 || !jeat(c, ','))
+                        return 0;
+        }
+}
+
+/* A number of the pair `field` at c. */
+static int jpair_number(jcur *c, const char *field, int i, double *ret, roid_err *err) {
+        jws(c);
+        const char *s = c->p;
+        if (!jnumber(c))
+                return roid_err_set(err, -EBADMSG, "%s[%d]: expected a number", field, i);
+        size_t n = (size_t)(c->p - s);
+        char buf[JSON_NUM_MAX];
+        if (n >= sizeof buf)
+                return roid_err_set(err, -EBADMSG, "%s[%d]: number of %zu characters, at most %zu", field, i, n,
+                                    sizeof buf - 1);
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+        errno = 0;
+        double v = strtod(buf, NULL);
+        if (errno == ERANGE && isinf(v))
+                return roid_err_set(err, -EINVAL, "%s[%d]: %s is beyond the range of a double", field, i, buf);
+        *ret = v;
+        return 0;
+}
+
+/* An array of exactly two numbers at c. */
+static int jpair(jcur *c, const char *field, double ret[2], roid_err *err) {
+        double v[2];
+        if (!jeat(c, '['))
+                return roid_err_set(err, -EBADMSG, "%s: expected array of 2 numbers", field);
+        if (jeat(c, ']'))
+                return roid_err_set(err, -EBADMSG, "%s: array of 0 elements, 2 expected", field);
+        for (int i = 0; i < 2; i++) {
+                int r = jpair_number(c, field, i, &v[i], err);
+                if (r < 0)
+                        return r;
+                if (i == 0 && !jeat(c, ','))
+                        return roid_err_set(err, -EBADMSG, "%s: array of 1 element, 2 expected", field);
+        }
+        if (!jeat(c, ']'))
+                return roid_err_set(err, -EBADMSG, "%s: array of more than 2 elements, 2 expected", field);
+        ret[0] = v[0];
+        ret[1] = v[1];
+        return 0;
+}
+
 /* Parses V1 appendix text; NULL (no error) when it is not JSON at all: the
  * appendix is free-form and need not be ours. */
 static cJSON *json_parse(const roid_user_data *ud) {
@@ -357,7 +599,7 @@ int roid_scan_from_user_data(const roid_user_data *ud, unsigned max_depth, roid_
 
 int roid_scan_position_from_user_data(const roid_user_data *ud, unsigned max_depth, double *ret_x, double *ret_y,
                                       roid_err *err) {
-        double v[2];
+        double v[2] = {0, 0};
         if (!ud || !ud->data || ud->size == 0)
                 return 0;
         if (ud->kind == ROID_UD_CBOR) {
@@ -370,11 +612,12 @@ int roid_scan_position_from_user_data(const roid_user_data *ud, unsigned max_dep
                 if (r < 0)
                         return r;
         } else if (ud->kind == ROID_UD_JSON) {
-                cJSON *root = json_parse(ud);
-                const cJSON *p = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "position") : NULL;
-                int r = p ? json_pair(p, "user_data.position", v, err) : 0;
-                cJSON_Delete(root);
-                if (r < 0 || !p)
+                jcur c = {(const char *)ud->data, (const char *)ud->data + ud->size};
+                int r = json_find_member(&c, "position", max_depth, err);
+                if (r <= 0)
+                        return r;
+                r = jpair(&c, "user_data.position", v, err);
+                if (r < 0)
                         return r;
         } else {
                 return 0;

@@ -64,7 +64,12 @@ int roid_scan_grid_set_shape(roid_scan_grid *g, uint64_t ny, uint64_t nx, const 
 int roid_scan_from_user_data(const roid_user_data *ud, unsigned max_depth, roid_scan_grid *ret, roid_err *err);
 
 /* Reads {"position": [x, y]} from an image's user data: 1 and *ret_x, *ret_y,
- * 0 when absent, negative errno on a malformed value. */
+ * 0 when absent, negative errno on a malformed value (err names the key).
+ * Called per frame, so it never allocates: CBOR through the cursor, JSON (V1
+ * image appendix) through a bounded scanner that checks the syntax of the
+ * members before the first top-level "position" and reads that one in place;
+ * text that is not a JSON object gives 0.  Nesting beyond max_depth
+ * containers (0: 256) is -EBADMSG in both. */
 int roid_scan_position_from_user_data(const roid_user_data *ud, unsigned max_depth, double *ret_x, double *ret_y,
                                       roid_err *err);
 

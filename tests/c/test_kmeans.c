@@ -2,7 +2,8 @@
  * Gaussian blobs, against scikit-learn (tests/py/kmeans_ref.py): ARI with
  * KMeans, the same Lloyd fixed point from the same start, inertia;
  * online/final agreement, reproducibility, starved-centre reassignment,
- * Welford statistics against numpy, argument validation. */
+ * Welford statistics against numpy, argument validation; the decayed step,
+ * predict_many and copy used by the RoI state. */
 #include "tap.h"
 
 #include <errno.h>
@@ -340,7 +341,7 @@ static void validation(void) {
         } bad[] = {{1, 2, 10, "k ="},
                    {2000, 2, 3000, "k ="},
                    {3, 0, 10, "d ="},
-                   {3, 65, 10, "d ="},
+                   {3, ROID_KMEANS_MAX_D + 1, 10, "d ="},
                    {3, 2, 2, "max_batch"}};
         for (int i = 0; i < 5; i++) {
                 memset(&err, 0, sizeof err);
@@ -360,14 +361,88 @@ static void validation(void) {
         tap_ok(roid_kmeans_refine(&km, x, 8, 10, lab, NULL, NULL) == -EINVAL, "refine before any centre refused");
         roid_kmeans_free(&km);
         roid_running_stats st;
-        tap_ok(roid_running_stats_init(&st, 0) == -EINVAL && roid_running_stats_init(&st, 65) == -EINVAL,
-               "running stats: d outside 1..64 refused");
+        tap_ok(roid_running_stats_init(&st, 0) == -EINVAL &&
+                       roid_running_stats_init(&st, ROID_KMEANS_MAX_D + 1) == -EINVAL,
+               "running stats: d outside 1..%d refused", ROID_KMEANS_MAX_D);
         roid_running_stats_init(&st, 2);
         double p[2] = {3, -1}, q[2] = {5, -1}, z[2];
         roid_running_stats_update(&st, p);
         roid_running_stats_update(&st, q);
         roid_running_stats_standardize(&st, p, z);
         tap_ok(z[0] == -1 && z[1] == 0, "standardize: (3 - 4) / 1 = -1; a constant column gives 0");
+}
+
+/* roid_kmeans_step against the update written out here: counts scaled by the
+ * decay, then c <- (c n + sum) / (n + m) over the points nearest to c. */
+static void decayed_step(void) {
+        kcase c = {.name = "step"};
+        roid_rng_seed(&rng, 17);
+        blobs(&c, 5000, 3, 4, 10, 6);
+        roid_kmeans km;
+        tap_ok(roid_kmeans_init(&km, 4, 3, 4, 1, NULL) == 0, "init with a batch of 4, stepping over 5000 points");
+        tap_ok(roid_kmeans_step(&km, c.x, c.n, 0.5) == -EINVAL, "step before any centre refused");
+        double cen[12], cnt[4] = {0};
+        memcpy(cen, c.x, sizeof cen); /* the first four points */
+        roid_kmeans_set_centers(&km, cen);
+        double worst = 0;
+        for (int round = 0; round < 3; round++) {
+                double decay = round == 1 ? 1.0 : 0.5, sum[12] = {0}, m[4] = {0};
+                size_t n = round == 2 ? 700 : c.n;
+                for (size_t i = 0; i < n; i++) {
+                        unsigned best = 0;
+                        double bd = INFINITY;
+                        for (unsigned j = 0; j < 4; j++) {
+                                double dd = 0;
+                                for (unsigned q = 0; q < 3; q++)
+                                        dd += pow(c.x[i * 3 + q] - cen[j * 3 + q], 2);
+                                if (dd < bd)
+                                        bd = dd, best = j;
+                        }
+                        m[best]++;
+                        for (unsigned q = 0; q < 3; q++)
+                                sum[best * 3 + q] += c.x[i * 3 + q];
+                }
+                for (unsigned j = 0; j < 4; j++) {
+                        cnt[j] *= decay;
+                        if (m[j] > 0)
+                                for (unsigned q = 0; q < 3; q++)
+                                        cen[j * 3 + q] = (cen[j * 3 + q] * cnt[j] + sum[j * 3 + q]) / (cnt[j] + m[j]);
+                        cnt[j] += m[j];
+                }
+                roid_kmeans_step(&km, c.x, n, decay);
+                for (unsigned j = 0; j < 4; j++) {
+                        worst = fmax(worst, fabs(km.counts[j] - cnt[j]));
+                        for (unsigned q = 0; q < 3; q++)
+                                worst = fmax(worst, fabs(km.centers[j * 3 + q] - cen[j * 3 + q]) /
+                                                            fmax(1, fabs(cen[j * 3 + q])));
+                }
+        }
+        tap_ok(worst < 1e-12 && km.n_reassigned == 0,
+               "three steps (decay 0.5, 1, 0.5; 5000, 5000, 700 points) match the written-out update (worst %.2g)",
+               worst);
+        unsigned *many = malloc(c.n * sizeof *many);
+        roid_kmeans_predict_many(&km, c.x, c.n, many);
+        size_t same = 0;
+        for (size_t i = 0; i < c.n; i++)
+                same += many[i] == roid_kmeans_predict(&km, c.x + i * 3, NULL);
+        tap_ok(same == c.n, "predict_many equals predict on all %zu points", same);
+        roid_kmeans cp, other;
+        roid_kmeans_init(&cp, 4, 3, 4, 99, NULL);
+        roid_kmeans_init(&other, 4, 3, 5, 99, NULL);
+        tap_ok(roid_kmeans_copy(&other, &km) == -EINVAL, "copy into another shape refused");
+        tap_ok(roid_kmeans_copy(&cp, &km) == 0 && cp.centers != km.centers &&
+                       memcmp(cp.centers, km.centers, sizeof cen) == 0 && memcmp(cp.counts, km.counts, sizeof cnt) == 0,
+               "copy: same centres and counts in its own arrays");
+        /* the copy goes on like the original: same random state too */
+        roid_kmeans_partial_fit(&km, c.x, 4, NULL);
+        roid_kmeans_partial_fit(&cp, c.x, 4, NULL);
+        tap_ok(memcmp(cp.centers, km.centers, sizeof cen) == 0 && cp.n_seen == km.n_seen,
+               "copy and original stay identical after another step");
+        roid_kmeans_free(&cp);
+        roid_kmeans_free(&other);
+        roid_kmeans_free(&km);
+        free(many);
+        free(c.x), free(c.truth), free(c.roid), free(c.init), free(c.final);
 }
 
 int main(void) {
@@ -377,5 +452,6 @@ int main(void) {
         reproducible();
         starved();
         empty_cluster();
+        decayed_step();
         return tap_done();
 }

@@ -1,6 +1,7 @@
 /* test_scan - image_id -> scan grid point: step scans (fast axis, snake)
  * against an independent enumeration of the acquisition order, fly-scan
- * binning, the "scan" user data convention in CBOR and JSON, bad inputs. */
+ * binning, the "scan" user data convention in CBOR and JSON, bad inputs; the
+ * non-allocating JSON scanner that reads an image's "position". */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -289,6 +290,147 @@ static void test_fly(void) {
         tap_ok(k == -ERANGE && strstr(err.msg, "image_id 200"), "image beyond the grid: %s", err.msg);
 }
 
+/* ------------------------------------------- JSON position scanner */
+
+/* Reads "position" from an exact-size heap copy of text (no NUL after it, so
+ * the sanitizer build catches any read past the end). */
+static int json_pos(const char *text, size_t len, unsigned max_depth, double *x, double *y, roid_err *err) {
+        char *copy = malloc(len ? len : 1);
+        if (!copy)
+                abort();
+        memcpy(copy, text, len);
+        roid_user_data u = {.kind = ROID_UD_JSON, .data = (const uint8_t *)copy, .size = len};
+        memset(err, 0, sizeof *err);
+        int r = roid_scan_position_from_user_data(&u, max_depth, x, y, err);
+        free(copy);
+        return r;
+}
+
+static void expect_pos(const char *text, double wx, double wy) {
+        double x = NAN, y = NAN;
+        roid_err err;
+        int r = json_pos(text, strlen(text), 32, &x, &y, &err);
+        tap_ok(r == 1 && x == wx && y == wy, "%s -> [%g, %g] (got %d [%g, %g] %s)", text, wx, wy, r, x, y, err.msg);
+}
+
+static void expect_none(const char *text) {
+        double x = 77, y = 77;
+        roid_err err;
+        int r = json_pos(text, strlen(text), 32, &x, &y, &err);
+        tap_ok(r == 0 && x == 77 && y == 77, "%s -> no position (got %d %s)", text, r, err.msg);
+}
+
+static void expect_pos_bad(const char *text, size_t len, unsigned max_depth, int want, const char *needle) {
+        double x = 77, y = 77;
+        roid_err err;
+        int r = json_pos(text, len, max_depth, &x, &y, &err);
+        tap_ok(r == want && strstr(err.msg, needle) && strstr(err.msg, "position") && x == 77 && y == 77,
+               "%.*s%s -> %d naming '%s' and the key (got %d: %s)", (int)(len > 60 ? 60 : len), text,
+               len > 60 ? "..." : "", want, needle, r, err.msg);
+}
+
+/* {"a":[[...[1]...]],"position":[1,2]} with `levels` containers in all on the
+ * way to the innermost 1 (the top object counted). */
+static char *deep(unsigned levels) {
+        char *s = malloc(2 * levels + 64);
+        size_t n = 0;
+        if (!s)
+                abort();
+        n += (size_t)sprintf(s + n, "{\"a\":");
+        for (unsigned i = 1; i < levels; i++)
+                s[n++] = '[';
+        s[n++] = '1';
+        for (unsigned i = 1; i < levels; i++)
+                s[n++] = ']';
+        sprintf(s + n, ",\"position\":[1,2]}");
+        return s;
+}
+
+static void test_json_position(void) {
+        /* members before it are stepped over, whatever they hold */
+        expect_pos("{\"a\":{\"b\":[1,{\"c\":null,\"d\":[]},{}],\"e\":\"x\"},\"t\":true,\"f\":false,"
+                   "\"n\":-0.5e+3,\"position\":[3.5,-2]}",
+                   3.5, -2);
+        {
+                const char *ws = " \r\n{ \"position\" :\t[ 1e2 , -0.25E-1\n] } ";
+                double x = 0, y = 0;
+                roid_err err;
+                int r = json_pos(ws, strlen(ws), 32, &x, &y, &err);
+                tap_ok(r == 1 && x == 100 && y == -0.025, "white space (space, CR, LF, tab) anywhere: [%g, %g]", x, y);
+        }
+        /* "position" inside strings and nested maps is not the member */
+        expect_pos("{\"note\":\"\\\"position\\\":[9,9]\",\"position\":[1,2]}", 1, 2);
+        expect_pos("{\"meta\":{\"position\":[9,9]},\"q\":\"\\u0022position\\\\\",\"position\":[4,5]}", 4, 5);
+        expect_none("{\"meta\":{\"position\":[9,9]}}");
+        expect_none("{\"positions\":[1,2],\"positio\":[1,2],\"Position\":[1,2]}");
+        /* an escaped key is the same key; the first of two wins */
+        expect_pos("{\"posit\\u0069on\":[6,7]}", 6, 7);
+        expect_pos("{\"position\":[1,2],\"position\":[3,4]}", 1, 2);
+        /* what follows the member is not read */
+        expect_pos("{\"position\":[8,9], this is not JSON", 8, 9);
+        /* not JSON, or not an object: not ours */
+        expect_none("not json at all");
+        expect_none("[\"position\",[1,2]]");
+        expect_none("{}");
+        expect_none("{\"a\":tru,\"position\":[1,2]}");
+        expect_none("{\"a\":\"\\x\",\"position\":[1,2]}");
+        expect_none("{\"a\":\"\\u12g4\",\"position\":[1,2]}");
+        expect_none("{\"a\":\"tab\there\",\"position\":[1,2]}");
+        expect_none("{\"a\":01,\"position\":[1,2]}");
+        expect_none("{\"a\":[1,],\"position\":[1,2]}");
+        expect_none("{\"a\":{\"b\"},\"position\":[1,2]}");
+        expect_none("{\"a\":[1}],\"position\":[1,2]}");
+        expect_none("{\"a\":1 \"position\":[1,2]}");
+        expect_none("{\"a\":\"unterminated");
+        /* a position of the wrong shape is an error naming the key */
+        expect_pos_bad("{\"position\":[1]}", 16, 32, -EBADMSG, "1 element");
+        expect_pos_bad("{\"position\":[]}", 15, 32, -EBADMSG, "0 elements");
+        expect_pos_bad("{\"position\":[1,2,3]}", 20, 32, -EBADMSG, "more than 2");
+        expect_pos_bad("{\"position\":[\"1\",2]}", 20, 32, -EBADMSG, "[0]: expected a number");
+        expect_pos_bad("{\"position\":[1,null]}", 21, 32, -EBADMSG, "[1]: expected a number");
+        expect_pos_bad("{\"position\":[true,1]}", 21, 32, -EBADMSG, "[0]: expected a number");
+        expect_pos_bad("{\"position\":[+1,1]}", 19, 32, -EBADMSG, "[0]: expected a number");
+        expect_pos_bad("{\"position\":{\"x\":1,\"y\":2}}", 27, 32, -EBADMSG, "array of 2 numbers");
+        expect_pos_bad("{\"position\":\"1,2\"}", 17, 32, -EBADMSG, "array of 2 numbers");
+        expect_pos_bad("{\"position\":[[1],[2]]}", 22, 32, -EBADMSG, "[0]: expected a number");
+        /* cut short: the size, not a NUL, ends the text */
+        expect_pos_bad("{\"position\":[1,2]}", 15, 32, -EBADMSG, "[1]: expected a number");
+        expect_pos_bad("{\"position\":[1,2]}", 16, 32, -EBADMSG, "more than 2");
+        /* huge numbers */
+        expect_pos_bad("{\"position\":[1e400,0]}", 22, 32, -EINVAL, "beyond the range");
+        expect_pos_bad("{\"position\":[0,-1e400]}", 23, 32, -EINVAL, "[1]");
+        expect_pos("{\"position\":[1e-400,123456789012345678901234567890]}", 0, 123456789012345678901234567890.0);
+        char big[200];
+        int n = sprintf(big, "{\"position\":[1");
+        for (int i = 0; i < 80; i++)
+                big[n++] = '0';
+        n += sprintf(big + n, ",2]}");
+        expect_pos_bad(big, (size_t)n, 32, -EBADMSG, "81 characters");
+        /* nesting: 32 containers are fine, 33 are not, whatever follows */
+        char *d = deep(32);
+        expect_pos(d, 1, 2);
+        free(d);
+        d = deep(33);
+        expect_pos_bad(d, strlen(d), 32, -EBADMSG, "deeper than 32");
+        double x, y;
+        roid_err err;
+        int r = json_pos(d, strlen(d), 40, &x, &y, &err);
+        tap_ok(r == 1 && x == 1 && y == 2, "the same with max_depth 40: found (%d)", r);
+        free(d);
+        d = deep(5000);
+        expect_pos_bad(d, strlen(d), 0, -EBADMSG, "deeper than 256");
+        free(d);
+        /* fly positions in a V1 appendix go through it to the grid */
+        roid_scan_grid g;
+        roid_scan_grid_default(&g);
+        roid_scan_grid_set_shape(&g, 4, 5, "t", NULL);
+        uint32_t row = 9, col = 9;
+        roid_user_data u = ud_json("{\"frame\":{\"note\":\"position\"},\"position\":[3.4,1.6]}");
+        r = roid_scan_locate(&g, 0, &u, 32, &row, &col, &err);
+        tap_ok(r == 0 && row == 2 && col == 3, "V1 appendix position [3.4, 1.6] binned to (2, 3), got (%u, %u)", row,
+               col);
+}
+
 static void test_resolve(void) {
         roid_scan_grid g, cfg;
         roid_err err = {{0}};
@@ -318,6 +460,7 @@ int main(void) {
         test_user_data();
         test_bad();
         test_fly();
+        test_json_position();
         test_resolve();
         return tap_done();
 }

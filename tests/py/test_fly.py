@@ -1,0 +1,152 @@
+"""Fly scans end to end: roid-sim streams the ptychography phantom as a fly
+scan (--fly: two images per grid point, acquisition order shuffled, positions
+jittered by up to 0.3 steps, a few positions off the grid) with per-image
+user data {"position": [x, y]} (Stream V2 user_data; Stream V1 image appendix
+JSON), `roid record` captures it, `roid replay --output-dir` analyses it.
+
+Checked against what the test computes itself from the positions in the
+capture: /entry/scan/index of every image is its position binned to the
+nearest grid point (origin 0, step 1); images whose position is off the grid
+are dropped and counted, not placed; V1 and V2 give the same placement and
+RoI; the fly-scan RoI matches the step-scan RoI of the same phantom."""
+import glob
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import cbor2
+import h5py
+import numpy as np
+
+ROID = os.environ["ROID"]
+SIM = os.environ["ROID_SIM"]
+NY = NX = 24
+OUTSIDE = 7
+FLY = f"repeat=2,order=shuffle,jitter=0.3,outside={OUTSIDE},seed=5"
+PHANTOM = "seed=3"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def record_and_replay(d, name, sim_args):
+    cap, out, port = os.path.join(d, name + ".cbor"), os.path.join(d, name), free_port()
+    rec = subprocess.Popen([ROID, "record", f"tcp://127.0.0.1:{port}", cap, "--series", "1"], stderr=subprocess.PIPE,
+                           text=True)
+    subprocess.run([SIM, "--source", f"phantom:{PHANTOM}", "--shape", "64x64", "--scan", f"{NY}x{NX}", "--dtype",
+                    "uint32", "--compression", "none", "--endpoint", f"tcp://127.0.0.1:{port}", "--wait-connect", "10",
+                    "--quiet", *sim_args], check=True, timeout=300)
+    rec.communicate(timeout=60)
+    os.mkdir(out)
+    p = subprocess.run([ROID, "replay", "--output-dir", out, cap], timeout=300, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return cap, h5py.File(glob.glob(os.path.join(out, "*.h5"))[0], "r"), p.stderr
+
+
+def positions(cap):
+    """image_id -> [x, y] from the captured messages: V2 user_data, V1 image appendix."""
+    pos = {}
+    with open(cap, "rb") as fp:
+        dec = cbor2.CBORDecoder(fp)
+        while fp.peek(1):
+            parts = dec.decode()
+            if not parts[0].startswith(b"{"):  # V2: one CBOR message; V1: JSON parts
+                m = cbor2.loads(parts[0])
+                if isinstance(m, dict) and m.get("type") == "image":
+                    pos[m["image_id"]] = m["user_data"]["position"]
+            else:
+                head = json.loads(parts[0])
+                if head.get("htype") == "dimage-1.0":
+                    pos[head["frame"]] = json.loads(parts[-1])["position"]
+    return pos
+
+
+def c_round(v):
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def binned(pos):
+    """image_id -> (row, col) for the positions on the grid; the ids off it."""
+    on, off = {}, []
+    for i, (x, y) in pos.items():
+        r, c = c_round(y), c_round(x)
+        if 0 <= r < NY and 0 <= c < NX:
+            on[i] = (int(r), int(c))
+        else:
+            off.append(i)
+    return on, off
+
+
+class Fly(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        d = cls.tmp.name
+        iud = ["--image-user-data", '{"position":[0,0],"note":"fly"}']
+        _, cls.step, _ = record_and_replay(d, "step", [])
+        cls.runs = {}
+        for fmt in ("v2", "v1"):
+            cap, f, log = record_and_replay(d, fmt, ["--format", fmt, "--fly", FLY, *iud])
+            cls.runs[fmt] = (positions(cap), f, log)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.step.close()
+        for _, f, _ in cls.runs.values():
+            f.close()
+        cls.tmp.cleanup()
+
+    def test_index_is_binned_position(self):
+        for fmt, (pos, f, _) in self.runs.items():
+            self.assertEqual(len(pos), 2 * NY * NX, fmt)
+            on, off = binned(pos)
+            ids, idx = f["/entry/scan/image_id"][()], f["/entry/scan/index"][()]
+            self.assertEqual(sorted(ids.tolist()), sorted(on), fmt)
+            want = np.array([on[int(i)] for i in ids])
+            np.testing.assert_array_equal(idx, want, fmt)
+            # the acquisition order is not the grid order, and every point got its two images
+            order = [on[i] for i in sorted(on)]
+            self.assertNotEqual(order, sorted(order), fmt)
+            counts = f["/entry/roi/counts"][()]
+            self.assertEqual(int(counts.sum()), len(on), fmt)
+            self.assertGreaterEqual(int(counts.min()), 1, fmt)
+            jit = max(max(abs(x - c_round(x)), abs(y - c_round(y))) for i, (x, y) in pos.items() if i in on)
+            print(f"# {fmt}: {len(pos)} images, {len(on)} placed, {len(off)} off the grid, largest jitter "
+                  f"{jit:.3f} steps, points with 1/2/3+ images {(counts == 1).sum()}/{(counts == 2).sum()}/"
+                  f"{(counts >= 3).sum()}", file=sys.stderr)
+            self.assertTrue(0.2 < jit <= 0.3, fmt)
+
+    def test_off_grid_counted(self):
+        for fmt, (pos, f, log) in self.runs.items():
+            _, off = binned(pos)
+            self.assertEqual(len(off), OUTSIDE, fmt)
+            m = re.search(r"(\d+) frames, RoI \d+ of \d+ points, (\d+) frames dropped", log)
+            self.assertIsNotNone(m, log)
+            self.assertEqual((int(m.group(1)), int(m.group(2))), (len(pos) - OUTSIDE, OUTSIDE), fmt)
+            self.assertIn("outside", log, fmt)
+            self.assertFalse(set(off) & set(f["/entry/scan/image_id"][()].tolist()), fmt)
+
+    def test_v1_equals_v2(self):
+        a, b = self.runs["v2"][1], self.runs["v1"][1]
+        for k in ("/entry/scan/image_id", "/entry/scan/index", "/entry/roi/mask", "/entry/features/sum"):
+            np.testing.assert_array_equal(a[k][()], b[k][()], k)
+
+    def test_roi_matches_step_scan(self):
+        step = self.step["/entry/roi/mask"][()].astype(bool)
+        for fmt, (_, f, _) in self.runs.items():
+            fly = f["/entry/roi/mask"][()].astype(bool)
+            iou = (fly & step).sum() / (fly | step).sum()
+            print(f"# {fmt}: fly RoI {fly.sum()} points, step RoI {step.sum()}, IoU {iou:.3f}", file=sys.stderr)
+            self.assertGreaterEqual(iou, 0.9, fmt)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
