@@ -17,9 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Longest run: with 16 lanes of 32 bits, 64 blocks of 16-bit pixels keep
- * every lane sum and every reduction below 2^32. */
-#define RUN_MAX 1024
+/* Longest run: keeps every lane sum and every reduction of the portable
+ * kernels, and the exact run sums of the AVX2 one, below 2^32. */
+#define RUN_MAX 256
 
 #define CODE_SEG 0x3fu
 #define CODE_BF  0x40u
@@ -313,36 +313,68 @@ DEFINE_KERNEL(kernel_u32, uint32_t, u32x8, u32x4, u64x4, 8, tail32)
 #define HAVE_AVX2_U16 1
 
 /* The 16-bit kernel by hand for AVX2, the common case (EIGER 16-bit
- * streams).  Same algorithm; widening by unpacking with zero puts pixels
- * 0-3, 8-11 in the low accumulator and 4-7, 12-15 in the high one, hence the
- * lane weights.  Sums fit 32 bits per run (RUN_MAX), and x0 * s < 2^54. */
+ * streams).  Per block of 16 pixels it does 6 vector operations: flip the
+ * sign bit (v' = v - 32768 as int16, so that vpmaddwd's signed products are
+ * usable), track the row's maximum, and two vpmaddwd, by ones (the sum) and
+ * by the offset within the run (the x moment); the 32768 per pixel this adds
+ * is a constant taken back once per run.  RUN_MAX = 256 keeps the true sum
+ * (< 2^24) and x moment (< 65535 * 256 * 255 / 2 < 2^32) of a run below 2^32,
+ * so 32-bit lanes summed modulo 2^32 give them exactly.  Saturated pixels are
+ * summed like the others and taken back by a scalar pass over the rare rows
+ * whose maximum is 65535. */
+static const int16_t run_offsets[RUN_MAX] __attribute__((aligned(32))) = {
+#define O4(i)  i, i + 1, i + 2, i + 3
+#define O16(i) O4(i), O4(i + 4), O4(i + 8), O4(i + 12)
+#define O64(i) O16(i), O16(i + 16), O16(i + 32), O16(i + 48)
+        O64(0), O64(64), O64(128), O64(192)
+#undef O64
+#undef O16
+#undef O4
+};
+
+/* Takes back the saturated pixels of row y, which the vector pass summed. */
+static void unsaturate_row_u16(const roid_geometry *g, const uint16_t *row, uint32_t y, acc *a) {
+        const roid_run *run = g->runs + g->row_first_run[y], *end = g->runs + g->row_first_run[y + 1];
+        for (; run < end; run++) {
+                const unsigned seg = run->code & CODE_SEG;
+                for (uint32_t x = run->x0; x < run->x0 + run->len; x++) {
+                        if (row[x] != UINT16_MAX)
+                                continue;
+                        a->saturated++;
+                        a->sum[seg] -= UINT16_MAX;
+                        a->sx[seg] -= (u128)UINT16_MAX * x;
+                        a->sy[seg] -= (u128)UINT16_MAX * y;
+                        if (run->code & CODE_BF)
+                                a->bf -= UINT16_MAX;
+                        if (run->code & CODE_DF)
+                                a->df -= UINT16_MAX;
+                }
+        }
+}
+
 __attribute__((target("avx2"))) static void kernel_u16_avx2(const roid_geometry *g, const uint16_t *pix, acc *a) {
         const size_t npix = (size_t)g->rows * g->cols;
-        const __m256i zero = _mm256_setzero_si256(), allset = _mm256_set1_epi16(-1), one16 = _mm256_set1_epi16(1);
-        const __m256i lane0 = _mm256_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11);
-        const __m256i lane1 = _mm256_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15);
-        __m256i satacc = zero;
+        const __m256i zero = _mm256_setzero_si256(), flip = _mm256_set1_epi16(INT16_MIN);
+        const __m256i ones = _mm256_set1_epi16(1), top = _mm256_set1_epi16(INT16_MAX);
         for (uint32_t y = 0; y < g->rows; y++) {
                 const uint16_t *row = pix + (size_t)y * g->cols;
                 const roid_run *run = g->runs + g->row_first_run[y];
                 const roid_run *end = g->runs + g->row_first_run[y + 1];
+                __m256i hi = flip;
                 for (; run < end; run++) {
                         const uint16_t *p = row + run->x0;
-                        unsigned len = run->len, nb = 0;
-                        __m256i P0 = zero, P1 = zero, Q0 = zero, Q1 = zero, cnt = zero, v, sat;
-#define BLOCK16(v)                                                                                                     \
+                        const __m256i *w = (const __m256i *)run_offsets;
+                        unsigned len = run->len;
+                        __m256i S = zero, X = zero, v;
+#define BLOCK16(v, w)                                                                                                  \
         do {                                                                                                           \
-                sat = _mm256_cmpeq_epi16(v, allset);                                                                   \
-                v = _mm256_andnot_si256(sat, v);                                                                       \
-                cnt = _mm256_sub_epi16(cnt, sat);                                                                      \
-                Q0 = _mm256_add_epi32(Q0, P0);                                                                         \
-                Q1 = _mm256_add_epi32(Q1, P1);                                                                         \
-                P0 = _mm256_add_epi32(P0, _mm256_unpacklo_epi16(v, zero));                                             \
-                P1 = _mm256_add_epi32(P1, _mm256_unpackhi_epi16(v, zero));                                             \
+                hi = _mm256_max_epi16(hi, v);                                                                          \
+                S = _mm256_add_epi32(S, _mm256_madd_epi16(v, ones));                                                   \
+                X = _mm256_add_epi32(X, _mm256_madd_epi16(v, _mm256_load_si256(w)));                                   \
         } while (0)
-                        for (; len >= 16; len -= 16, p += 16, nb++) {
-                                v = _mm256_loadu_si256((const __m256i *)p);
-                                BLOCK16(v);
+                        for (; len >= 16; len -= 16, p += 16, w++) {
+                                v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), flip);
+                                BLOCK16(v, w);
                         }
                         if (len) {
                                 if ((size_t)(p - pix) + 16 <= npix) {
@@ -353,32 +385,29 @@ __attribute__((target("avx2"))) static void kernel_u16_avx2(const roid_geometry 
                                         v = _mm256_loadu_si256((const __m256i *)tmp);
                                 }
                                 v = _mm256_and_si256(v, _mm256_loadu_si256((const __m256i *)(tail16 + 16 - len)));
-                                BLOCK16(v);
-                                nb++;
+                                v = _mm256_xor_si256(v, flip);
+                                BLOCK16(v, w);
                         }
 #undef BLOCK16
-                        satacc = _mm256_add_epi32(satacc, _mm256_madd_epi16(cnt, one16));
-                        const __m256i ps = _mm256_add_epi32(P0, P1), qs = _mm256_add_epi32(Q0, Q1);
-                        const __m256i pl =
-                                _mm256_add_epi32(_mm256_mullo_epi32(P0, lane0), _mm256_mullo_epi32(P1, lane1));
-                        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(ps, qs), _mm256_hadd_epi32(pl, pl));
+                        /* lanes 0-3 of r: S low half, S high half, X low, X high (mod 2^32) */
+                        const __m256i h = _mm256_hadd_epi32(S, X);
                         __m128i r = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-                        const uint64_t s = (uint32_t)_mm_cvtsi128_si32(r), sq = (uint32_t)_mm_extract_epi32(r, 1),
-                                       sl = (uint32_t)_mm_extract_epi32(r, 2);
-                        const uint64_t st = (uint64_t)(nb - 1) * s - sq;
+                        r = _mm_hadd_epi32(r, r);
+                        const uint32_t n = (run->len + 15u) & ~15u; /* pixels summed, with the tail's zeros */
+                        const uint64_t s = (uint32_t)((uint32_t)_mm_cvtsi128_si32(r) + 32768u * n);
+                        const uint64_t sl = (uint32_t)((uint32_t)_mm_extract_epi32(r, 1) + 32768u * (n * (n - 1) / 2));
                         const unsigned c = run->code, seg = c & CODE_SEG;
                         a->sum[seg] += s;
-                        a->sx[seg] += (uint64_t)run->x0 * s + sl + st * 16;
+                        a->sx[seg] += (uint64_t)run->x0 * s + sl;
                         a->sy[seg] += (uint64_t)y * s;
                         if (c & CODE_BF)
                                 a->bf += s;
                         if (c & CODE_DF)
                                 a->df += s;
                 }
+                if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(hi, top)))
+                        unsaturate_row_u16(g, row, y, a);
         }
-        __m128i r = _mm_add_epi32(_mm256_castsi256_si128(satacc), _mm256_extracti128_si256(satacc, 1));
-        a->saturated = (uint64_t)(uint32_t)_mm_cvtsi128_si32(r) + (uint32_t)_mm_extract_epi32(r, 1) +
-                       (uint32_t)_mm_extract_epi32(r, 2) + (uint32_t)_mm_extract_epi32(r, 3);
 }
 #endif
 

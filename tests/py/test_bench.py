@@ -1,0 +1,96 @@
+"""tools/bench --smoke: the benchmark runs from its one command and produces
+every row of its tables (kernel, numpy baseline, decoding, end to end) with a
+positive figure in each measured cell.  It checks the rows, never the speed.
+The numpy baseline itself checks its features against roid's before timing,
+so a kernel that computes something else fails here too."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROID = os.environ["ROID"]
+SRC = os.environ.get("ROID_SRC", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BUILD = os.path.dirname(os.path.dirname(ROID))  # <build>/daemon/roid
+
+SHAPES = {"1028x512": "uint16", "1030x514": "uint32", "192x192": "uint16", "96x96": "uint16"}
+E2E_SHAPES = ("1028x512", "96x96")
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and x == x and x != float("inf")
+
+
+def main():
+    checked = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out_json = os.path.join(tmp, "rows.json")
+        cmd = [os.path.join(SRC, "tools", "bench"), "--smoke", "--build-dir", BUILD, "--json", out_json]
+        if os.access(os.path.join(BUILD, "tools", "roid-bench"), os.X_OK):
+            cmd.append("--no-build")  # meson built it; no nested ninja in a build dir under test
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=500)
+        assert p.returncode == 0, "tools/bench --smoke failed (%d):\n%s" % (p.returncode, p.stderr[-3000:])
+        with open(out_json) as fh:
+            rows = json.load(fh)
+    table = p.stdout
+    sys.stdout.write(table)
+
+    machine = [r for r in rows if r["row"] == "machine"]
+    assert len(machine) == 1 and machine[0]["cpu"] and positive(machine[0]["cores"]), machine
+    assert "%d cores" % machine[0]["cores"] in table.splitlines()[0], table.splitlines()[0]
+    checked.append("machine row: cpu and core count, in the table's title")
+
+    for shape, dtype in SHAPES.items():
+        for S in (1, 8):
+            k = [r for r in rows if r["row"] == "kernel" and r["shape"] == shape and r["segments"] == S]
+            assert len(k) == 1, (shape, S, k)
+            k = k[0]
+            assert k["dtype"] == dtype and k["mask"] and k["bf_df"], k
+            for f in ("frames_per_s", "gb_per_s", "read_gb_per_s", "ratio_to_read", "runs", "masked_pixels"):
+                assert positive(k[f]), (shape, S, f, k[f])
+            assert abs(k["ratio_to_read"] - k["gb_per_s"] / k["read_gb_per_s"]) < 1e-3, k
+            n = [r for r in rows if r["row"] == "numpy" and r["shape"] == shape and r["segments"] == S]
+            assert len(n) == 1 and n[0]["checked"] is True and positive(n[0]["frames_per_s"]), (shape, S, n)
+            line = "| %s | %s | %d |" % (shape, dtype, S)
+            assert sum(line in ln for ln in table.splitlines()) == 1, line
+            cells = [c.strip() for c in next(ln for ln in table.splitlines() if line in ln).split("|")[1:-1]]
+            assert len(cells) == 9, cells
+            for c in cells[3:]:
+                assert positive(float(c.replace(",", "").rstrip("x"))), (line, c)
+        for codec in ("bslz4", "lz4"):
+            d = [r for r in rows if r["row"] == "decode" and r["shape"] == shape and r["codec"] == codec]
+            assert len(d) == 1, (shape, codec, d)
+            for f in ("frames_per_s", "gb_per_s", "compression"):
+                assert positive(d[0][f]), (shape, codec, f, d[0])
+        # realistic frames: Poisson counts compress, but not to nothing
+        assert 1.2 < [r for r in rows if r["row"] == "decode" and r["shape"] == shape][0]["compression"] < 50
+        dl = [ln for ln in table.splitlines() if ln.startswith("| %s | %s | " % (shape, dtype)) and ln.count("|") == 9]
+        assert len(dl) == 1, (shape, dl)
+    checked.append("kernel rows: 4 shapes x S=1,8, frames/s, GB/s, read GB/s, ratio, numpy and roid/numpy > 0")
+    checked.append("decode rows: bslz4 and liblz4 for the 4 shapes, frames/s, GB/s, compression > 0")
+
+    caps = subprocess.run([ROID, "--help"], capture_output=True, text=True).stdout
+    has_workers = "--workers" in caps and "--publish" in caps
+    for shape in E2E_SHAPES:
+        e = [r for r in rows if r["row"] == "e2e" and r["shape"] == shape]
+        assert [r["daemon"] for r in e] == ["roid today (decode only)", "roid --workers 1", "roid --workers 2"], e
+        for r in e:
+            if r["workers"] > 1 or r["daemon"].startswith("roid --workers"):
+                if not has_workers:
+                    assert r.get("not_measured"), r
+                    continue
+            assert positive(r.get("max_rate")), r
+            assert r["decoded"] == r["frames"] and positive(r["frames"]), r
+            if has_workers and r["daemon"].startswith("roid --workers"):
+                assert positive(r.get("p50_ms")) and positive(r.get("p99_ms")) and r["p50_ms"] <= r["p99_ms"], r
+            label = "| %s | %s |" % (shape, r["daemon"])
+            assert sum(label in ln for ln in table.splitlines()) == 1, label
+    checked.append("end-to-end rows: 2 shapes x (today's daemon, 1 and 2 workers); measured ones with every frame "
+                   "decoded at a positive rate%s" % ("" if has_workers else
+                                                     "; worker rows say 'not measured' (no --workers yet)"))
+    for c in checked:
+        print("ok: " + c)
+
+
+if __name__ == "__main__":
+    main()
