@@ -1,0 +1,88 @@
+/* control.h - roid's control socket: a bound ZeroMQ REP socket answering
+ * msgpack requests "status", "map", "set", "ask" and "reset"
+ * (proto/live.md is the wire specification).
+ *
+ * Every request gets exactly one reply (a REP that does not answer is stuck):
+ * a request that is too large, multipart, not msgpack, not a map, nested
+ * deeper than ROID_CONTROL_MAX_DEPTH, with a container of more than
+ * ROID_CONTROL_MAX_ENTRIES entries, without a known "cmd", or with a key or
+ * value of the wrong type gets {"ok": false, "error": "..."} naming the field,
+ * and is counted.  The request is checked by a bounded walk over its bytes
+ * before msgpack_unpack builds objects, so the unpacker's zone never holds
+ * more than a few dozen bytes per request byte.  Requests up to
+ * 2 * max_request_bytes are read and refused with an error reply; larger
+ * frames are refused by libzmq (ZMQ_MAXMSGSIZE), which closes that client's
+ * connection without a reply (the client sees a timeout).
+ *
+ * Replies: a map {"ok", "cmd", "schema", "time", ...}.  The handlers of
+ * status, map and ask pack the rest of the reply's key/value pairs into the
+ * packer they are given (no map header) and return how many pairs they packed
+ * (>= 0), or a negative errno for an error reply (-ENODATA: "no series yet").
+ * The roid_pack_* functions of publish.h have exactly that contract, so a
+ * status handler is "return roid_pack_status(pk, &view);".  A handler left
+ * NULL makes its command answer "not available".
+ *
+ * set {"values": {key: value, ...}}: a key is "section.key" (sections
+ * analysis, scan, feedback, output; output.publish, output.control and
+ * output.publish_hwm need a restart and are refused) or a bare key of
+ * [analysis] (segments k cadence border fill_holes seed bf_radius df_inner
+ * df_outer center_x center_y), [feedback] (rescan_factor next_points
+ * stable_refits) or [output] (map_interval status_interval frame_every
+ * directory flush_interval).  Values may be int, float, bool, str, or an
+ * array of 2 numbers; they reach the handler as config-file text ("3",
+ * "0.5", "true", "48,64").  The whole request is checked before the first
+ * handler call; then the handler is called key by key in request order and
+ * the first failure stops it (the reply lists what was applied).
+ *
+ * Ownership: the control object owns its socket, receive and reply buffers.
+ * Threads: one thread (the loop thread) owns it; the handlers run on that
+ * thread, inside roid_control_drain.
+ */
+#ifndef ROID_OUTPUTS_CONTROL_H
+#define ROID_OUTPUTS_CONTROL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#include "service/err.h"
+
+#define ROID_CONTROL_MAX_DEPTH   8   /* nesting of a request */
+#define ROID_CONTROL_MAX_ENTRIES 256 /* entries of one array or map in a request */
+#define ROID_CONTROL_MAX_ASK     4096
+#define ROID_CONTROL_MIN_REQUEST 64
+#define ROID_CONTROL_MAX_REQUEST (16u << 20)
+
+typedef struct {
+        void *ctx;
+        int (*status)(void *ctx, msgpack_packer *pk);
+        int (*map)(void *ctx, msgpack_packer *pk);
+        /* value as text, as in a config file line; 0 or a negative errno
+         * with err saying why (the reply carries err's text). */
+        int (*set)(void *ctx, const char *section, const char *key, const char *value, roid_err *err);
+        int (*ask)(void *ctx, unsigned n, msgpack_packer *pk); /* n in 1..ROID_CONTROL_MAX_ASK */
+        int (*reset)(void *ctx, roid_err *err);
+} roid_control_handler;
+
+typedef struct roid_control roid_control;
+
+/* Binds a REP socket.  max_request_bytes in ROID_CONTROL_MIN_REQUEST ..
+ * ROID_CONTROL_MAX_REQUEST (-EINVAL otherwise); the handler is copied. */
+int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes, const roid_control_handler *h,
+                     roid_control **ret, roid_err *err);
+void roid_control_free(roid_control *c);
+/* The endpoint actually bound (a wildcard port resolved). */
+const char *roid_control_endpoint(const roid_control *c);
+/* For ZMQ_FD / ZMQ_EVENTS polling by the loop. */
+void *roid_control_socket(roid_control *c);
+
+/* Receives every pending request without blocking (until EAGAIN) and replies
+ * to each.  Returns the number of requests handled, or a negative errno when
+ * the socket itself failed (ETERM). */
+int roid_control_drain(roid_control *c);
+
+uint64_t roid_control_requests(const roid_control *c); /* all requests received */
+uint64_t roid_control_errors(const roid_control *c);   /* requests answered with ok = false */
+
+#endif

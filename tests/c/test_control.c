@@ -1,0 +1,651 @@
+/* test_control.c - the REP control socket over tcp with a fake handler:
+ * every command answered with the fields the handler packed (status through
+ * roid_pack_status, ask through roid_pack_suggest), set converting each
+ * value to config text and resolving bare keys to their section; then bad
+ * requests, each answered with ok = false and an error naming the field and
+ * counted, each followed by a good request that must still work: not
+ * msgpack, truncated, not a map, no cmd, cmd not a string, unknown cmd,
+ * unknown keys, n of the wrong type or out of range, oversized (answered)
+ * and grossly oversized (refused by libzmq: no reply, the server goes on),
+ * multipart, too deep, too wide, a container header claiming 4 Gi entries,
+ * trailing bytes, invalid UTF-8 echoed safely, set with keys unknown to
+ * control or to the handler (its message carried, what was applied listed),
+ * restart-only keys and sections. */
+#include "tap.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+#include <zmq.h>
+
+#include "outputs/control.h"
+#include "outputs/publish.h"
+
+#define MAX_REQ 256
+
+/* ------------------------------------------------------------ fake daemon */
+
+typedef struct {
+        char section[32], key[32], value[64];
+} set_call;
+
+typedef struct {
+        roid_counters ctr;
+        unsigned status_calls, map_calls, ask_calls, reset_calls;
+        unsigned last_n;
+        bool have_map;
+        set_call sets[32];
+        unsigned n_sets;
+        roid_fb_point next[5];
+        roid_feedback_view fb;
+} fake;
+
+static int h_status(void *ctx, msgpack_packer *pk) {
+        fake *f = ctx;
+        roid_status_view v = {.series = {.known = true, .series_id = 7, .unique_id = "u-7"},
+                              .state = "acquiring",
+                              .ctr = &f->ctr,
+                              .uptime_s = 3,
+                              .latency_p50_ms = NAN,
+                              .latency_p99_ms = NAN};
+        f->status_calls++;
+        return roid_pack_status(pk, &v);
+}
+
+static int h_map(void *ctx, msgpack_packer *pk) {
+        fake *f = ctx;
+        f->map_calls++;
+        if (!f->have_map)
+                return -ENODATA;
+        msgpack_pack_str_with_body(pk, "ny", 2);
+        msgpack_pack_uint32(pk, 3);
+        msgpack_pack_str_with_body(pk, "nx", 2);
+        msgpack_pack_uint32(pk, 4);
+        return 2;
+}
+
+static int h_set(void *ctx, const char *section, const char *key, const char *value, roid_err *err) {
+        fake *f = ctx;
+        if (!strcmp(key, "nosuch"))
+                return roid_err_set(err, -EINVAL, "[%s] %s: unknown key", section, key);
+        if (!strcmp(key, "k") && strcmp(value, "2") && strcmp(value, "3") && strcmp(value, "4"))
+                return roid_err_set(err, -EINVAL, "[%s] k: %s is not in 2..16", section, value);
+        if (f->n_sets < 32) {
+                set_call *c = &f->sets[f->n_sets++];
+                snprintf(c->section, sizeof(c->section), "%s", section);
+                snprintf(c->key, sizeof(c->key), "%s", key);
+                snprintf(c->value, sizeof(c->value), "%s", value);
+        }
+        return 0;
+}
+
+static int h_ask(void *ctx, unsigned n, msgpack_packer *pk) {
+        fake *f = ctx;
+        roid_series_ref ref = {.known = true, .series_id = 7, .unique_id = "u-7"};
+        f->ask_calls++;
+        f->last_n = n;
+        return roid_pack_suggest(pk, &ref, &f->fb, n);
+}
+
+static int h_reset(void *ctx, roid_err *err) {
+        fake *f = ctx;
+        (void)err;
+        f->reset_calls++;
+        roid_counters_reset(&f->ctr);
+        return 0;
+}
+
+/* ----------------------------------------------------------------- client */
+
+typedef struct {
+        msgpack_zone zone;
+        msgpack_object obj;
+        char *buf;
+        bool decoded;
+} reply;
+
+static void reply_free(reply *r) {
+        if (r->buf) {
+                msgpack_zone_destroy(&r->zone);
+                free(r->buf);
+        }
+        memset(r, 0, sizeof(*r));
+}
+
+static roid_control *ctl;
+static void *zctx, *req;
+static unsigned n_requests, n_bad;
+
+static void *new_req(void) {
+        void *s = zmq_socket(zctx, ZMQ_REQ);
+        int zero = 0;
+        zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
+        if (zmq_connect(s, roid_control_endpoint(ctl)) < 0) {
+                tap_diag("connect: %s", zmq_strerror(errno));
+                exit(1);
+        }
+        return s;
+}
+
+/* Sends one request (parts frames of the same bytes when parts > 1) and
+ * serves the control socket until the reply arrives or wait_ms pass. */
+static bool rpc_raw(const void *data, size_t len, unsigned parts, int wait_ms, reply *r) {
+        memset(r, 0, sizeof(*r));
+        for (unsigned i = 0; i < parts; i++)
+                if (zmq_send(req, data, len, i + 1 < parts ? ZMQ_SNDMORE : 0) < 0)
+                        return false;
+        for (int t = 0; t < wait_ms; t += 5) {
+                zmq_pollitem_t it = {.socket = req, .events = ZMQ_POLLIN};
+                int handled = roid_control_drain(ctl);
+                if (handled < 0)
+                        tap_diag("drain: %d", handled);
+                if (zmq_poll(&it, 1, 5) > 0) {
+                        zmq_msg_t m;
+                        size_t off = 0;
+                        zmq_msg_init(&m);
+                        zmq_msg_recv(&m, req, 0);
+                        r->buf = malloc(zmq_msg_size(&m) + 1);
+                        memcpy(r->buf, zmq_msg_data(&m), zmq_msg_size(&m));
+                        msgpack_zone_init(&r->zone, 2048);
+                        r->decoded = !zmq_msg_more(&m) &&
+                                     msgpack_unpack(r->buf, zmq_msg_size(&m), &off, &r->zone, &r->obj) ==
+                                             MSGPACK_UNPACK_SUCCESS &&
+                                     off == zmq_msg_size(&m) && r->obj.type == MSGPACK_OBJECT_MAP;
+                        zmq_msg_close(&m);
+                        return true;
+                }
+        }
+        return false;
+}
+
+static const msgpack_object *get(const msgpack_object *map, const char *k) {
+        if (!map || map->type != MSGPACK_OBJECT_MAP)
+                return NULL;
+        for (uint32_t i = 0; i < map->via.map.size; i++) {
+                const msgpack_object *key = &map->via.map.ptr[i].key;
+                if (key->type == MSGPACK_OBJECT_STR && key->via.str.size == strlen(k) &&
+                    !memcmp(key->via.str.ptr, k, key->via.str.size))
+                        return &map->via.map.ptr[i].val;
+        }
+        return NULL;
+}
+
+static bool str_eq(const msgpack_object *o, const char *s) {
+        return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) &&
+               !memcmp(o->via.str.ptr, s, o->via.str.size);
+}
+
+static uint64_t u64(const msgpack_object *o) {
+        return o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? o->via.u64 : UINT64_MAX;
+}
+
+static bool is_ok(const reply *r) {
+        const msgpack_object *ok = get(&r->obj, "ok");
+        return ok && ok->type == MSGPACK_OBJECT_BOOLEAN && ok->via.boolean;
+}
+
+/* The error text (printable ASCII, "" when absent) into buf. */
+static const char *error_text(const reply *r, char *buf, size_t cap) {
+        const msgpack_object *e = get(&r->obj, "error");
+        size_t n = 0;
+        if (e && e->type == MSGPACK_OBJECT_STR) {
+                n = e->via.str.size < cap - 1 ? e->via.str.size : cap - 1;
+                memcpy(buf, e->via.str.ptr, n);
+        }
+        buf[n] = 0;
+        return buf;
+}
+
+/* Request builder over msgpack-c's packer. */
+typedef struct {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+} builder;
+
+static void b_init(builder *b) {
+        msgpack_sbuffer_init(&b->sb);
+        msgpack_packer_init(&b->pk, &b->sb, msgpack_sbuffer_write);
+}
+
+static void b_str(builder *b, const char *s) {
+        msgpack_pack_str_with_body(&b->pk, s, strlen(s));
+}
+
+/* A good status request and its checks: the server must still work. */
+static void still_works(const char *after) {
+        static const char status_req[] = "\x81\xa3"
+                                         "cmd\xa6"
+                                         "status";
+        reply r;
+        n_requests++;
+        bool got = rpc_raw(status_req, sizeof(status_req) - 1, 1, 3000, &r);
+        tap_ok(got && r.decoded && is_ok(&r) && str_eq(get(&r.obj, "cmd"), "status"), "status works after %s", after);
+        reply_free(&r);
+}
+
+/* A bad request: answered, ok false, the error containing `want`, counted. */
+static void bad(const void *data, size_t len, unsigned parts, const char *want, const char *what) {
+        reply r;
+        char err[300];
+        n_requests++;
+        n_bad++;
+        bool got = rpc_raw(data, len, parts, 3000, &r);
+        const msgpack_object *ok = get(&r.obj, "ok");
+        tap_ok(got && r.decoded && ok && ok->type == MSGPACK_OBJECT_BOOLEAN && !ok->via.boolean &&
+                       u64(get(&r.obj, "schema")) == ROID_SCHEMA_VERSION &&
+                       strstr(error_text(&r, err, sizeof(err)), want),
+               "%s: error reply \"%s\" (want \"%s\")", what, got ? error_text(&r, err, sizeof(err)) : "(none)", want);
+        reply_free(&r);
+        tap_eq_u64(roid_control_errors(ctl), n_bad, "errors counted");
+        still_works(what);
+}
+
+#define BAD(lit, want, what) bad(lit, sizeof(lit) - 1, 1, want, what)
+
+static void bad_b(builder *b, const char *want, const char *what) {
+        bad(b->sb.data, b->sb.size, 1, want, what);
+        msgpack_sbuffer_destroy(&b->sb);
+}
+
+/* ------------------------------------------------------------------ tests */
+
+static void test_good(fake *f) {
+        reply r;
+        builder b;
+        char err[300];
+
+        /* status: the handler packs roid_pack_status's pairs */
+        roid_count(&f->ctr, ROID_C_images_received, 1234);
+        still_works("start");
+        n_requests++;
+        b_init(&b);
+        msgpack_pack_map(&b.pk, 2);
+        b_str(&b, "cmd");
+        b_str(&b, "status");
+        b_str(&b, "schema");
+        msgpack_pack_int(&b.pk, 1);
+        if (tap_ok(rpc_raw(b.sb.data, b.sb.size, 1, 3000, &r) && r.decoded, "status reply decoded")) {
+                const msgpack_object *o = &r.obj, *t = get(o, "time");
+                tap_ok(is_ok(&r) && str_eq(get(o, "cmd"), "status") && u64(get(o, "schema")) == ROID_SCHEMA_VERSION,
+                       "status: ok, cmd, schema");
+                tap_ok(t && t->type == MSGPACK_OBJECT_FLOAT64 && t->via.f64 > 1.6e9, "status: time");
+                tap_ok(u64(get(get(o, "counters"), "images_received")) == 1234 && u64(get(o, "series_id")) == 7 &&
+                               str_eq(get(o, "series_unique_id"), "u-7") && str_eq(get(o, "state"), "acquiring"),
+                       "status: the handler's fields (counters, series ids, state)");
+                tap_ok(!get(o, "error"), "status: no error key");
+        }
+        reply_free(&r);
+        msgpack_sbuffer_destroy(&b.sb);
+
+        /* map: no data yet, then a map */
+        static const char map_req[] = "\x81\xa3"
+                                      "cmd\xa3"
+                                      "map";
+        n_requests++;
+        n_bad++;
+        tap_ok(rpc_raw(map_req, sizeof(map_req) - 1, 1, 3000, &r) && r.decoded && !is_ok(&r) &&
+                       str_eq(get(&r.obj, "cmd"), "map") && strstr(error_text(&r, err, sizeof(err)), "no data yet"),
+               "map before any series: %s", err);
+        reply_free(&r);
+        f->have_map = true;
+        n_requests++;
+        tap_ok(rpc_raw(map_req, sizeof(map_req) - 1, 1, 3000, &r) && r.decoded && is_ok(&r) &&
+                       u64(get(&r.obj, "ny")) == 3 && u64(get(&r.obj, "nx")) == 4 && r.obj.via.map.size == 6,
+               "map: ok, cmd, schema, time + the handler's 2 pairs");
+        reply_free(&r);
+
+        /* set: every value type, bare and dotted keys */
+        n_requests++;
+        b_init(&b);
+        msgpack_pack_map(&b.pk, 2);
+        b_str(&b, "cmd");
+        b_str(&b, "set");
+        b_str(&b, "values");
+        msgpack_pack_map(&b.pk, 8);
+        b_str(&b, "k");
+        msgpack_pack_int(&b.pk, 3);
+        b_str(&b, "analysis.cadence");
+        msgpack_pack_int(&b.pk, 16);
+        b_str(&b, "fill_holes");
+        msgpack_pack_true(&b.pk);
+        b_str(&b, "rescan_factor");
+        msgpack_pack_double(&b.pk, 2.5);
+        b_str(&b, "directory");
+        b_str(&b, "/tmp/roid out");
+        b_str(&b, "scan.origin");
+        msgpack_pack_array(&b.pk, 2);
+        msgpack_pack_double(&b.pk, -1.5);
+        msgpack_pack_int(&b.pk, 2);
+        b_str(&b, "border");
+        msgpack_pack_int(&b.pk, -2);
+        b_str(&b, "map_interval");
+        msgpack_pack_float(&b.pk, 0.25f);
+        static const char *const want[8][3] = {
+                {"analysis", "k", "3"},
+                {"analysis", "cadence", "16"},
+                {"analysis", "fill_holes", "true"},
+                {"feedback", "rescan_factor", "2.5"},
+                {"output", "directory", "/tmp/roid out"},
+                {"scan", "origin", "-1.5,2"},
+                {"analysis", "border", "-2"},
+                {"output", "map_interval", "0.25"},
+        };
+        if (tap_ok(rpc_raw(b.sb.data, b.sb.size, 1, 3000, &r) && r.decoded && is_ok(&r), "set: ok")) {
+                const msgpack_object *ap = get(&r.obj, "applied");
+                bool ok = f->n_sets == 8 && ap && ap->type == MSGPACK_OBJECT_ARRAY && ap->via.array.size == 8;
+                for (unsigned i = 0; ok && i < 8; i++) {
+                        char full[64];
+                        snprintf(full, sizeof(full), "%s.%s", want[i][0], want[i][1]);
+                        ok = !strcmp(f->sets[i].section, want[i][0]) && !strcmp(f->sets[i].key, want[i][1]) &&
+                             !strcmp(f->sets[i].value, want[i][2]) && str_eq(&ap->via.array.ptr[i], full);
+                        if (!ok)
+                                tap_diag("set %u: [%s] %s = \"%s\"", i, f->sets[i].section, f->sets[i].key,
+                                         f->sets[i].value);
+                }
+                tap_ok(ok, "set: each key resolved to its section, each value as config text, in order; applied "
+                           "lists them");
+        }
+        reply_free(&r);
+        msgpack_sbuffer_destroy(&b.sb);
+
+        /* ask: roid_pack_suggest's first n points */
+        for (unsigned n = 3; n <= 4096; n += 4093) {
+                n_requests++;
+                b_init(&b);
+                msgpack_pack_map(&b.pk, 2);
+                b_str(&b, "cmd");
+                b_str(&b, "ask");
+                b_str(&b, "n");
+                msgpack_pack_unsigned_int(&b.pk, n);
+                if (tap_ok(rpc_raw(b.sb.data, b.sb.size, 1, 3000, &r) && r.decoded && is_ok(&r), "ask n=%u: ok", n)) {
+                        const msgpack_object *pts = get(&r.obj, "points");
+                        unsigned want_n = n < 5 ? n : 5;
+                        bool ok = f->last_n == n && pts && pts->type == MSGPACK_OBJECT_ARRAY &&
+                                  pts->via.array.size == want_n && get(&r.obj, "stable")->via.boolean &&
+                                  str_eq(get(&r.obj, "units"), "um");
+                        for (unsigned i = 0; ok && i < want_n; i++) {
+                                const msgpack_object *p = &pts->via.array.ptr[i];
+                                ok = u64(get(p, "row")) == f->next[i].row && u64(get(p, "col")) == f->next[i].col &&
+                                     get(p, "x")->via.f64 == f->next[i].x &&
+                                     get(p, "score")->via.f64 == f->next[i].score;
+                        }
+                        tap_ok(ok, "ask n=%u: the handler got n, the reply has the first %u points in order", n,
+                               want_n);
+                }
+                reply_free(&r);
+                msgpack_sbuffer_destroy(&b.sb);
+        }
+
+        /* reset */
+        static const char reset_req[] = "\x81\xa3"
+                                        "cmd\xa5"
+                                        "reset";
+        n_requests++;
+        tap_ok(rpc_raw(reset_req, sizeof(reset_req) - 1, 1, 3000, &r) && r.decoded && is_ok(&r) &&
+                       str_eq(get(&r.obj, "cmd"), "reset") && f->reset_calls == 1 &&
+                       roid_counter_get(&f->ctr, ROID_C_images_received) == 0,
+               "reset: ok, the handler ran once");
+        reply_free(&r);
+        tap_eq_u64(roid_control_errors(ctl), n_bad, "errors so far");
+}
+
+static void test_bad(fake *f) {
+        builder b;
+
+        BAD("\xc1", "not msgpack", "byte 0xc1 (never used)");
+        BAD("\x82\xa3"
+            "cm",
+            "truncated", "truncated map");
+        BAD("", "empty", "empty request");
+        BAD("\x92\x01\x02", "not a map", "an array");
+        BAD("\xa6status", "not a map", "a bare string");
+        BAD("\x81\xa1x\x01", "no \"cmd\"", "map without cmd");
+        BAD("\x81\xa3"
+            "cmd\x05",
+            "cmd: an integer, not a string", "cmd an integer");
+        BAD("\x81\xa3"
+            "cmd\xa6launch",
+            "\"launch\" is not one of", "unknown cmd");
+        BAD("\x81\xa3"
+            "cmd\xa2\xff\xfe",
+            "\"??\" is not one of", "cmd of invalid UTF-8 (echoed as ?)");
+        BAD("\x82\xa3"
+            "cmd\xa6status\xa7verbose\xc3",
+            "status: unknown key \"verbose\"", "status with an unknown key");
+        BAD("\x81\xa3"
+            "cmd\xa6status\x00",
+            "1 bytes after the first msgpack object", "trailing byte");
+
+        /* ask: n missing, of the wrong type, out of range */
+        BAD("\x81\xa3"
+            "cmd\xa3"
+            "ask",
+            "missing \"n\"", "ask without n");
+        BAD("\x82\xa3"
+            "cmd\xa3"
+            "ask\xa1n\xa5three",
+            "n: a string, not an integer", "ask n a string");
+        BAD("\x82\xa3"
+            "cmd\xa3"
+            "ask\xa1n\xcb\x40\x04\x00\x00\x00\x00\x00\x00",
+            "n: a float, not an integer", "ask n = 2.5");
+        BAD("\x82\xa3"
+            "cmd\xa3"
+            "ask\xa1n\x00",
+            "n: 0 is out of range 1..4096", "ask n = 0");
+        BAD("\x82\xa3"
+            "cmd\xa3"
+            "ask\xa1n\xcd\x10\x01",
+            "n: 4097 is out of range 1..4096", "ask n = 4097");
+        BAD("\x82\xa3"
+            "cmd\xa3"
+            "ask\xa1n\xff",
+            "n: -1 is out of range", "ask n = -1");
+        tap_eq_u64(f->ask_calls, 2, "the ask handler saw only the good requests");
+
+        /* size: answered up to twice the limit, refused by libzmq beyond */
+        char big[3 * MAX_REQ];
+        b_init(&b);
+        msgpack_pack_map(&b.pk, 2);
+        b_str(&b, "cmd");
+        b_str(&b, "status");
+        b_str(&b, "pad");
+        memset(big, 'x', sizeof(big));
+        msgpack_pack_str_with_body(&b.pk, big, MAX_REQ);
+        bad(b.sb.data, b.sb.size, 1, "exceeds max_request_bytes 256", "a request over max_request_bytes");
+        msgpack_sbuffer_destroy(&b.sb);
+        {
+                reply r;
+                unsigned before = (unsigned)roid_control_requests(ctl);
+                tap_ok(!rpc_raw(big, sizeof(big), 1, 300, &r), "a request of 3 x max_request_bytes gets no reply");
+                reply_free(&r);
+                tap_eq_u64(roid_control_requests(ctl), before, "... it never reached the control object");
+                zmq_close(req);
+                req = new_req(); /* that REQ waits forever: a client would time out */
+                still_works("a grossly oversized request");
+        }
+
+        /* two frames */
+        static const char status_req[] = "\x81\xa3"
+                                         "cmd\xa6"
+                                         "status";
+        bad(status_req, sizeof(status_req) - 1, 2, "2 frames; a request is one frame", "multipart request");
+        bad(status_req, sizeof(status_req) - 1, 3, "3 frames", "three-part request");
+
+        /* depth, width, a lying container header */
+        char deep[16];
+        deep[0] = '\x82';
+        memcpy(deep + 1,
+               "\xa3"
+               "cmd\xa6status\xa1p",
+               13);
+        char deeper[32];
+        memcpy(deeper, deep, 14);
+        for (int i = 0; i < 10; i++)
+                deeper[14 + i] = '\x91';
+        deeper[24] = 0;
+        bad(deeper, 25, 1, "nested deeper than 8", "10 nested arrays");
+        BAD("\x82\xa3"
+            "cmd\xa6status\xa1p\xdc\x01\x2c",
+            "array of 300 entries (at most 256)", "an array header claiming 300 entries");
+        BAD("\x82\xa3"
+            "cmd\xa6status\xa1p\xdd\xff\xff\xff\xff",
+            "array of 4294967295 entries (at most 256)", "an array header claiming 4 Gi entries");
+        BAD("\x82\xa3"
+            "cmd\xa6status\xa1p\xdf\x00\x01\x00\x00",
+            "map of 65536 entries", "a map header claiming 65536 entries");
+        BAD("\x82\xa3"
+            "cmd\xa6status\xa1p\x9f\x01",
+            "truncated", "a fixarray of 15 with one element");
+        BAD("\x82\xa3"
+            "cmd\xa6status\xa1p\xdb\x7f\xff\xff\xff",
+            "truncated", "a str32 header claiming 2 GiB");
+}
+
+static void test_set_errors(fake *f) {
+        char err[300];
+        reply r;
+        builder b;
+        unsigned sets_before = f->n_sets;
+
+        /* a key unknown to the handler: its message is carried */
+        b_init(&b);
+        msgpack_pack_map(&b.pk, 2);
+        b_str(&b, "cmd");
+        b_str(&b, "set");
+        b_str(&b, "values");
+        msgpack_pack_map(&b.pk, 1);
+        b_str(&b, "analysis.nosuch");
+        msgpack_pack_int(&b.pk, 1);
+        bad_b(&b, "values.analysis.nosuch: [analysis] nosuch: unknown key", "set analysis.nosuch");
+
+        /* the handler refuses the second value: the first was applied */
+        b_init(&b);
+        msgpack_pack_map(&b.pk, 2);
+        b_str(&b, "cmd");
+        b_str(&b, "set");
+        b_str(&b, "values");
+        msgpack_pack_map(&b.pk, 3);
+        b_str(&b, "cadence");
+        msgpack_pack_int(&b.pk, 8);
+        b_str(&b, "k");
+        msgpack_pack_int(&b.pk, 99);
+        b_str(&b, "seed");
+        msgpack_pack_int(&b.pk, 5);
+        n_requests++;
+        n_bad++;
+        if (tap_ok(rpc_raw(b.sb.data, b.sb.size, 1, 3000, &r) && r.decoded && !is_ok(&r), "set k=99 refused")) {
+                const msgpack_object *ap = get(&r.obj, "applied");
+                tap_ok(strstr(error_text(&r, err, sizeof(err)),
+                              "values.analysis.k: [analysis] k: 99 is not in 2..16") != NULL,
+                       "set k=99: the handler's message: %s", err);
+                tap_ok(ap && ap->type == MSGPACK_OBJECT_ARRAY && ap->via.array.size == 1 &&
+                               str_eq(&ap->via.array.ptr[0], "analysis.cadence") && f->n_sets == sets_before + 1,
+                       "set k=99: applied lists what went before, nothing after was tried");
+        }
+        reply_free(&r);
+        msgpack_sbuffer_destroy(&b.sb);
+        still_works("a set refused by the handler");
+        sets_before = f->n_sets;
+
+        /* refused by control: the handler is not called for any key */
+        static const struct {
+                const char *key, *want;
+        } keys[] = {
+                {"bogus", "values.bogus: unknown key"},
+                {"output.publish", "values.output.publish: cannot be changed while running"},
+                {"output.publish_hwm", "cannot be changed while running"},
+                {"detector.endpoint", "section [detector] cannot be set at run time"},
+                {"limits.max_parts", "section [limits] cannot be set"},
+                {"analysis.", "not a section.key name"},
+                {"a b", "not a key name"},
+        };
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+                b_init(&b);
+                msgpack_pack_map(&b.pk, 2);
+                b_str(&b, "cmd");
+                b_str(&b, "set");
+                b_str(&b, "values");
+                msgpack_pack_map(&b.pk, 2);
+                b_str(&b, "k"); /* valid, but nothing is applied when any key is bad */
+                msgpack_pack_int(&b.pk, 3);
+                b_str(&b, keys[i].key);
+                msgpack_pack_int(&b.pk, 1);
+                bad_b(&b, keys[i].want, keys[i].key);
+        }
+        /* values of the wrong kind */
+        static const char *const kinds[] = {"nil", "map", "bin", "array of 3"};
+        for (int i = 0; i < 4; i++) {
+                b_init(&b);
+                msgpack_pack_map(&b.pk, 2);
+                b_str(&b, "cmd");
+                b_str(&b, "set");
+                b_str(&b, "values");
+                msgpack_pack_map(&b.pk, 1);
+                b_str(&b, "k");
+                if (i == 0)
+                        msgpack_pack_nil(&b.pk);
+                else if (i == 1)
+                        msgpack_pack_map(&b.pk, 0);
+                else if (i == 2)
+                        msgpack_pack_bin_with_body(&b.pk, "ab", 2);
+                else {
+                        msgpack_pack_array(&b.pk, 3);
+                        for (int j = 0; j < 3; j++)
+                                msgpack_pack_int(&b.pk, j);
+                }
+                bad_b(&b, i == 3 ? "values.analysis.k: an array must be 2 numbers" : "values.analysis.k: ", kinds[i]);
+        }
+        BAD("\x82\xa3"
+            "cmd\xa3set\xa6values\x80",
+            "values: empty", "set with no values");
+        BAD("\x81\xa3"
+            "cmd\xa3set",
+            "missing \"values\"", "set without values");
+        BAD("\x82\xa3"
+            "cmd\xa3set\xa6values\x05",
+            "values: an integer, not a non-empty map", "set values an integer");
+        tap_eq_u64(f->n_sets, sets_before, "no handler call for a request refused by control");
+}
+
+int main(void) {
+        fake f;
+        roid_err err = {{0}};
+        roid_control_handler h;
+
+        memset(&f, 0, sizeof(f));
+        for (unsigned i = 0; i < 5; i++)
+                f.next[i] = (roid_fb_point){.row = i, .col = 2 * i, .x = 0.5 * i, .y = -0.25 * i, .score = 10.0 - i};
+        f.fb = (roid_feedback_view){
+                .frames = 9, .updates = 2, .stable = true, .motor = true, .units = "um", .next = f.next, .n_next = 5};
+        h = (roid_control_handler){
+                .ctx = &f, .status = h_status, .map = h_map, .set = h_set, .ask = h_ask, .reset = h_reset};
+        zctx = zmq_ctx_new();
+
+        roid_control *dummy = (roid_control *)&dummy;
+        tap_eq_i64(roid_control_new(zctx, "tcp://127.0.0.1:*", 10, &h, &dummy, &err), -EINVAL,
+                   "max_request_bytes 10 refused");
+        tap_ok(strstr(err.msg, "max_request_bytes") && dummy == (roid_control *)&dummy, "... named, ret untouched: %s",
+               err.msg);
+        if (!tap_ok(roid_control_new(zctx, "tcp://127.0.0.1:*", MAX_REQ, &h, &ctl, &err) == 0, "control bound (%s)",
+                    err.msg))
+                return tap_done();
+        tap_diag("control on %s", roid_control_endpoint(ctl));
+        req = new_req();
+        tap_eq_i64(roid_control_drain(ctl), 0, "drain with nothing pending returns 0");
+
+        test_good(&f);
+        test_bad(&f);
+        test_set_errors(&f);
+        tap_eq_u64(roid_control_requests(ctl), n_requests, "every request counted");
+        tap_eq_u64(roid_control_errors(ctl), n_bad, "every bad request counted as an error");
+
+        zmq_close(req);
+        roid_control_free(ctl);
+        zmq_ctx_term(zctx);
+        return tap_done();
+}
