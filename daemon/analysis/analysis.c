@@ -134,37 +134,89 @@ static void on_start(void *ctx, const roid_series *s) {
                  a->grid.nx, roid_scan_source_name(a->grid.source), a->p.roi.n_segments);
 }
 
-static int build_geometry(roid_analysis *a, const roid_series *s, const roid_frame_event *ev, roid_err *err) {
+int roid_analysis_build_geometry(const roid_analysis_params *p, roid_dtype dtype, uint32_t rows, uint32_t cols,
+                                 bool has_center, double cx, double cy, const roid_frame *first, const uint32_t *mask,
+                                 roid_geometry *ret, const char **ret_source, roid_err *err) {
         roid_geometry_params gp;
         roid_geometry_params_default(&gp);
-        gp.rows = ev->rows;
-        gp.cols = ev->cols;
-        gp.dtype = ev->dtype;
-        gp.n_segments = a->p.roi.n_segments;
-        gp.r_bf = a->p.r_bf;
-        gp.r_df_in = a->p.r_df_in;
-        gp.r_df_out = a->p.r_df_out;
-        gp.mask = ev->pixel_mask;
-        if (s->start.has_beam_center) {
-                gp.center_x = s->start.beam_center_x;
-                gp.center_y = s->start.beam_center_y;
-                a->center_source = "start";
-        } else if (isfinite(a->p.center_x) && isfinite(a->p.center_y)) {
-                gp.center_x = a->p.center_x;
-                gp.center_y = a->p.center_y;
-                a->center_source = "config";
+        gp.rows = rows;
+        gp.cols = cols;
+        gp.dtype = dtype;
+        gp.n_segments = p->roi.n_segments;
+        gp.r_bf = p->r_bf;
+        gp.r_df_in = p->r_df_in;
+        gp.r_df_out = p->r_df_out;
+        gp.mask = mask;
+        const char *source;
+        if (has_center) {
+                gp.center_x = cx;
+                gp.center_y = cy;
+                source = "start";
+        } else if (isfinite(p->center_x) && isfinite(p->center_y)) {
+                gp.center_x = p->center_x;
+                gp.center_y = p->center_y;
+                source = "config";
         } else {
-                roid_frame f = {.dtype = ev->dtype, .rows = ev->rows, .cols = ev->cols, .pixels = ev->pixels};
-                int r = roid_estimate_beam_center(&f, ev->pixel_mask, &gp.center_x, &gp.center_y, err);
+                int r = roid_estimate_beam_center(first, mask, &gp.center_x, &gp.center_y, err);
                 if (r < 0)
                         return r;
-                a->center_source = "estimated";
+                source = "estimated";
         }
-        int r = roid_geometry_init(&a->geom, &gp, err);
+        int r = roid_geometry_init(ret, &gp, err);
         if (r < 0)
                 return r;
-        a->have_geom = true;
+        *ret_source = source;
         return 0;
+}
+
+int roid_analysis_record(const roid_geometry *g, const roid_scan_grid *grid, uint64_t image_id, double pos_x,
+                         double pos_y, const roid_frame *f, roid_frame_record *ret, roid_err *err) {
+        roid_features ft;
+        int r = roid_features_compute(g, f, &ft, err);
+        if (r < 0)
+                return r;
+        uint32_t row = ROID_NOT_PLACED, col = ROID_NOT_PLACED;
+        int placed;
+        if (isfinite(pos_x) || isfinite(pos_y))
+                placed = roid_scan_bin(grid, pos_x, pos_y, &row, &col, err) >= 0;
+        else if (roid_scan_index(grid, image_id, &row, &col) >= 0)
+                placed = 1;
+        else
+                placed = roid_err_set(err, 0, "image_id %" PRIu64 " is beyond the %u x %u scan grid", image_id,
+                                      grid->ny, grid->nx);
+        if (!placed)
+                row = col = ROID_NOT_PLACED;
+        ret->image_id = image_id;
+        ret->row = row;
+        ret->col = col;
+        ret->pos_x = pos_x;
+        ret->pos_y = pos_y;
+        ret->t_arrival = 0;
+        ret->f = ft;
+        return placed;
+}
+
+static void keep_record(roid_analysis *a, const roid_frame_record *rec) {
+        const roid_features *ft = &rec->f;
+        roid_roi_add(a->roi, rec->row, rec->col, ft);
+        if (a->n >= a->cap) {
+                a->dropped++;
+                return;
+        }
+        size_t i = a->n++, S = a->p.roi.n_segments;
+        a->image_id[i] = rec->image_id;
+        a->index[2 * i] = rec->row;
+        a->index[2 * i + 1] = rec->col;
+        a->sum[i] = ft->total;
+        a->com[2 * i] = ft->com_x;
+        a->com[2 * i + 1] = ft->com_y;
+        for (size_t s = 0; s < S; s++) {
+                a->seg_sum[i * S + s] = ft->seg[s].sum;
+                a->seg_com[(i * S + s) * 2] = ft->seg[s].com_x;
+                a->seg_com[(i * S + s) * 2 + 1] = ft->seg[s].com_y;
+        }
+        a->bf[i] = ft->bf;
+        a->df[i] = ft->df;
 }
 
 static void on_frame(void *ctx, const roid_frame_event *ev) {
@@ -176,51 +228,35 @@ static void on_frame(void *ctx, const roid_frame_event *ev) {
                 a->channel = (int)ev->channel;
         if ((int)ev->channel != a->channel)
                 return;
+        roid_frame f = {.dtype = ev->dtype, .rows = ev->rows, .cols = ev->cols, .pixels = ev->pixels};
         if (!a->have_geom) {
-                int r = build_geometry(a, ev->series, ev, &err);
+                const roid_series *s = ev->series;
+                int r = roid_analysis_build_geometry(&a->p, ev->dtype, ev->rows, ev->cols, s->start.has_beam_center,
+                                                     s->start.beam_center_x, s->start.beam_center_y, &f, ev->pixel_mask,
+                                                     &a->geom, &a->center_source, &err);
                 if (r < 0) {
                         roid_log(ROID_LOG_ERR, "image %" PRIu64 ": no detector geometry: %s", ev->image_id, err.msg);
                         a->dropped++;
                         return;
                 }
+                a->have_geom = true;
         }
-        uint32_t row, col;
-        int r = roid_scan_locate(&a->grid, ev->image_id, ev->user_data, a->p.max_depth, &row, &col, &err);
-        if (r < 0) {
+        double px = NAN, py = NAN;
+        if (roid_scan_position_from_user_data(ev->user_data, a->p.max_depth, &px, &py, &err) < 0) {
                 if (a->dropped++ == 0)
-                        roid_log(ROID_LOG_WARNING,
-                                 "image %" PRIu64 ": not placed on the scan: %s (further ones are "
-                                 "counted only)",
+                        roid_log(ROID_LOG_WARNING, "image %" PRIu64 ": bad position in user data: %s", ev->image_id,
+                                 err.msg);
+                return;
+        }
+        roid_frame_record rec;
+        int r = roid_analysis_record(&a->geom, &a->grid, ev->image_id, px, py, &f, &rec, &err);
+        if (r <= 0) {
+                if (a->dropped++ == 0)
+                        roid_log(ROID_LOG_WARNING, "image %" PRIu64 ": %s (further ones are counted only)",
                                  ev->image_id, err.msg);
                 return;
         }
-        roid_frame f = {.dtype = ev->dtype, .rows = ev->rows, .cols = ev->cols, .pixels = ev->pixels};
-        roid_features ft;
-        r = roid_features_compute(&a->geom, &f, &ft, &err);
-        if (r < 0) {
-                if (a->dropped++ == 0)
-                        roid_log(ROID_LOG_WARNING, "image %" PRIu64 ": %s", ev->image_id, err.msg);
-                return;
-        }
-        roid_roi_add(a->roi, row, col, &ft);
-        if (a->n >= a->cap) {
-                a->dropped++;
-                return;
-        }
-        size_t i = a->n++, S = a->p.roi.n_segments;
-        a->image_id[i] = ev->image_id;
-        a->index[2 * i] = row;
-        a->index[2 * i + 1] = col;
-        a->sum[i] = ft.total;
-        a->com[2 * i] = ft.com_x;
-        a->com[2 * i + 1] = ft.com_y;
-        for (size_t s = 0; s < S; s++) {
-                a->seg_sum[i * S + s] = ft.seg[s].sum;
-                a->seg_com[(i * S + s) * 2] = ft.seg[s].com_x;
-                a->seg_com[(i * S + s) * 2 + 1] = ft.seg[s].com_y;
-        }
-        a->bf[i] = ft.bf;
-        a->df[i] = ft.df;
+        keep_record(a, &rec);
 }
 
 static void on_frame_error(void *ctx, const roid_series *s, uint64_t image_id, const char *channel, const char *msg) {
@@ -266,8 +302,8 @@ static int write_results(roid_analysis *a, roid_err *err) {
                 return r;
         r = roid_results_write_features(w, &f, err);
         if (r >= 0)
-                r = roid_results_write_roi(w, a->roi, &f, err);
-        int rc = roid_results_close(w);
+                r = roid_results_write_map(w, a->roi, true, err);
+        int rc = roid_results_close(w, NULL);
         if (r >= 0 && rc < 0)
                 r = roid_err_set(err, rc, "closing %s failed", path);
         if (r >= 0)

@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 
+#include "analysis/record.h"
 #include "analysis/roi.h"
 #include "analysis/scan.h"
 #include "ingest/ingest.h"
@@ -47,5 +48,22 @@ const char *roid_analysis_last_output(const roid_analysis *a);
 /* Frames of the last series that could not be used (no grid point, bad
  * frame, no geometry). */
 uint64_t roid_analysis_frames_dropped(const roid_analysis *a);
+
+/* The pieces shared with the daemon's pipeline (service/pipeline.c), so the
+ * replay and the live daemon compute exactly the same thing. */
+
+/* The series' detector geometry: the beam centre from the start message
+ * (has_center), else the configured one, else estimated from `first`.
+ * *ret_source is "start", "config" or "estimated". */
+int roid_analysis_build_geometry(const roid_analysis_params *p, roid_dtype dtype, uint32_t rows, uint32_t cols,
+                                 bool has_center, double cx, double cy, const roid_frame *first,
+                                 const uint32_t *mask, roid_geometry *ret, const char **ret_source, roid_err *err);
+
+/* One frame's record: its features and its grid point (from (pos_x, pos_y)
+ * when finite, a fly-scan position, else from image_id).  Returns 1 when
+ * placed, 0 when the frame lies off the grid (row = col = ROID_NOT_PLACED,
+ * err says why), a negative errno when the features failed (ret untouched). */
+int roid_analysis_record(const roid_geometry *g, const roid_scan_grid *grid, uint64_t image_id, double pos_x,
+                         double pos_y, const roid_frame *f, roid_frame_record *ret, roid_err *err);
 
 #endif

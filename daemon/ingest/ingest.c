@@ -108,7 +108,7 @@ static void decode_image(roid_ingest *in, const roid_msg *m) {
                         frame_failed(in, im->image_id, im->channel[c].name, "frame exceeds max_frame_bytes");
                         continue;
                 }
-                if (bytes > in->buf_cap[c]) {
+                if (bytes > in->buf_cap[c] && !in->p.defer_decode) {
                         void *n = realloc(in->buf[c], (size_t)bytes);
                         if (!n) {
                                 frame_failed(in, im->image_id, im->channel[c].name, "out of memory");
@@ -118,12 +118,13 @@ static void decode_image(roid_ingest *in, const roid_msg *m) {
                         in->buf_cap[c] = (size_t)bytes;
                 }
                 roid_err err = {""};
-                int r = roid_blob_decode(b, in->buf[c], (size_t)bytes, &err);
+                int r = in->p.defer_decode ? 0 : roid_blob_decode(b, in->buf[c], (size_t)bytes, &err);
                 if (r < 0) {
                         frame_failed(in, im->image_id, im->channel[c].name, err.msg);
                         continue;
                 }
-                roid_count(in->ctr, ROID_C_frames_decoded, 1);
+                if (!in->p.defer_decode)
+                        roid_count(in->ctr, ROID_C_frames_decoded, 1);
                 int sc = roid_series_channel_index(s, im->channel[c].name);
                 roid_frame_event ev = {
                         .series = s,
@@ -135,7 +136,8 @@ static void decode_image(roid_ingest *in, const roid_msg *m) {
                         .dtype = b->dtype,
                         .rows = b->rows,
                         .cols = b->cols,
-                        .pixels = in->buf[c],
+                        .pixels = in->p.defer_decode ? NULL : in->buf[c],
+                        .blob = b,
                         .pixel_mask = sc >= 0 ? s->pixel_mask[sc] : NULL,
                 };
                 if (in->sink.frame)

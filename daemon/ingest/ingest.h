@@ -31,7 +31,8 @@ typedef struct {
         const char *channel_name;
         roid_dtype dtype;
         uint32_t rows, cols;
-        const void *pixels;         /* decoded, rows x cols, row-major */
+        const void *pixels;         /* decoded, rows x cols, row-major; NULL with defer_decode */
+        const roid_blob *blob;      /* the encoded frame as received */
         const uint32_t *pixel_mask; /* the series' mask for this channel, or NULL */
 } roid_frame_event;
 
@@ -56,6 +57,11 @@ typedef struct {
          * the daemon). */
         const char *channel;
         bool implicit_series; /* images without a start open a series (replay) */
+        /* Hand the selected channels' blobs to sink.frame undecoded (pixels
+         * NULL): the daemon's feature workers decode them in parallel.  Only
+         * sizes are checked here; frames_decoded / frames_failed are then the
+         * decoder's to count. */
+        bool defer_decode;
 } roid_ingest_params;
 
 typedef struct roid_ingest roid_ingest;

@@ -484,7 +484,7 @@ static int next_key(s2 *p, const char *field, roid_cw_iter *iter, roid_cw_item *
         if (r < 0)
                 return r;
         char f[FIELD_MAX];
-        snprintf(f, sizeof f, "%s key", field);
+        snprintf(f, sizeof f, "%.*s key", (int)(sizeof f - 5), field);
         r = check_tstr(p, f, key);
         return r < 0 ? r : 1;
 }
@@ -501,7 +501,7 @@ static int get_channel_blobs(s2 *p, const char *field, named_blob *ret_blobs, un
                 if (n == ROID_MAX_CHANNELS)
                         return roid_err_set(p->err, -EMSGSIZE, "%s: more than %d channels", field, ROID_MAX_CHANNELS);
                 char f[FIELD_MAX];
-                snprintf(f, sizeof f, "%s key", field);
+                snprintf(f, sizeof f, "%.*s key", (int)(sizeof f - 5), field);
                 r = copy_name(p, f, &key, ret_blobs[n].name, sizeof ret_blobs[n].name);
                 if (r < 0)
                         return r;

@@ -103,3 +103,18 @@ int roid_zsource_recv(roid_zsource *z, const roid_part **ret_parts, size_t *ret_
         *ret_n = z->n;
         return 1;
 }
+
+const void *roid_zsource_take(roid_zsource *z, const void *data, zmq_msg_t *dst) {
+        const uint8_t *d = data;
+        for (size_t i = 0; i < z->n; i++) {
+                const uint8_t *base = z->parts[i].data;
+                if (d < base || d > base + z->parts[i].size)
+                        continue;
+                size_t off = (size_t)(d - base);
+                zmq_msg_init(dst);
+                zmq_msg_move(dst, &z->msg[i]);
+                z->parts[i] = (roid_part){NULL, 0};
+                return (const uint8_t *)zmq_msg_data(dst) + off;
+        }
+        return NULL;
+}

@@ -16,6 +16,8 @@
 
 #include <stddef.h>
 
+#include <zmq.h>
+
 #include "ingest/message.h"
 #include "service/err.h"
 #include "service/limits.h"
@@ -33,5 +35,12 @@ void *roid_zsource_socket(roid_zsource *z);
  * nothing is queued, -EMSGSIZE when it had too many parts (discarded; err
  * says so), another negative errno on socket errors (-EINTR, -ETERM). */
 int roid_zsource_recv(roid_zsource *z, const roid_part **ret_parts, size_t *ret_n, roid_err *err);
+
+/* Moves the part of the last message that holds `data` into *dst (an
+ * uninitialised zmq_msg_t the caller then owns and closes), so a frame can
+ * outlive the next receive without a copy.  Returns `data` rebased into
+ * *dst (small parts live inside the zmq_msg_t and move with it), or NULL if
+ * no part holds it. */
+const void *roid_zsource_take(roid_zsource *z, const void *data, zmq_msg_t *dst);
 
 #endif

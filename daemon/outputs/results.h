@@ -1,36 +1,51 @@
-/* results.h - the HDF5 results file of one series (NeXus layout):
- *   /entry (NXentry)
- *     features (NXcollection): sum (N), com (N, 2; x, y in detector pixels),
- *       segment_sum (N, S), segment_com (N, S, 2), bf (N), df (N)
- *     scan (NXcollection): image_id (N), index (N, 2; row, column)
- *     roi (NXdata): mask (ny, nx; uint8, 1 = RoI), image_ids (frames in the
- *       RoI), online_mask, raw_mask (before border/holes), filtered (M, ny,
- *       nx), labels (M, ny, nx), online_labels (M, ny, nx), centres (M, 2)
- *     clusters (NXcollection): labels (N), centroids (k, d)
- * with the parameters as attributes of /entry/roi.  N = frames kept.
+/* results.h - the HDF5 results file of one series (NeXus layout, described
+ * dataset by dataset in proto/results-file.md), written incrementally in
+ * SWMR mode so that readers can follow it while the series runs:
+ *   /entry (NXentry; parameters and configuration as attributes)
+ *     features (NXcollection): sum (N), com (N, 2), segment_sum (N, S),
+ *       segment_com (N, S, 2), bf (N), df (N)                  appended
+ *     scan (NXcollection): image_id (N), index (N, 2), position (N, 2)
+ *     roi (NXdata): mask, raw_mask, online_mask, counts (ny, nx), filtered,
+ *       raw, labels, online_labels (M, ny, nx), centres (M, 2),
+ *       modality_segment (M), image_ids (extendible), frames, final
+ *     clusters (NXcollection): labels (N), centroids (k, d), point_labels
+ *     counters (NXcollection): one attribute per counter, written at close
  *
- * The writer is split into open / write features / write roi / close so that
- * a later incremental (SWMR) writer can append features per frame and rewrite
- * the RoI group at each refit.
+ * SWMR (HDF5 >= 1.10): the file is created with the 1.10 format (libver
+ * bounds latest), every group, dataset and attribute is created by
+ * roid_results_open, which then starts SWMR writing; afterwards data are only
+ * appended (chunked datasets with an unlimited first dimension) or rewritten
+ * in place (the maps, early-allocated fixed-size datasets; the counter
+ * attributes).  /entry/roi/image_ids, whose length is known only with the
+ * final mask, is a chunked extendible dataset of extent 0 until the final map
+ * sets it (see proto/results-file.md).  A process killed while writing leaves
+ * a file that SWMR readers can open, consistent as of the last flush.
  *
- * Ownership: the writer owns its HDF5 handles; the views borrow the caller's
- * arrays for the duration of the call.  Threads: one thread at a time; the
- * HDF5 library is not thread-safe, so all results writers share one thread.
+ * Ownership: the writer owns its HDF5 handles and per-batch buffers
+ * (allocated by open, sized by the segment count); the arguments are only
+ * read during the call.  Threads: HDF5 (Debian's serial build) is not
+ * thread-safe: every HDF5 call of the process, all results writers included,
+ * must be made from one thread (see writer.h).
  */
 #ifndef ROID_OUTPUTS_RESULTS_H
 #define ROID_OUTPUTS_RESULTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "analysis/record.h"
 #include "analysis/roi.h"
+#include "service/counters.h"
 #include "service/err.h"
 
+/* Per-frame columns (structure of arrays), for callers that keep them so. */
 typedef struct {
         size_t n;       /* frames */
-        unsigned n_seg; /* S */
+        unsigned n_seg; /* S; must be the meta's roi->n_segments */
         const uint64_t *image_id;
-        const uint32_t *index; /* n x 2: row, column */
+        const uint32_t *index; /* n x 2: row, column (ROID_NOT_PLACED: off the grid) */
+        const double *pos;     /* n x 2: fly-scan x, y; NULL = NaN */
         const double *sum, *com, *seg_sum, *seg_com, *bf, *df;
 } roid_results_features;
 
@@ -40,24 +55,47 @@ typedef struct {
         double center_x, center_y;
         const char *center_source; /* "start", "config", "estimated" */
         double r_bf, r_df_in, r_df_out;
-        const roid_roi_params *roi;
+        const roid_roi_params *roi; /* required: S, k and use_bf/use_df fix the dataset shapes */
         uint32_t ny, nx;
         int snake;
         const char *fast_axis, *scan_source;
+        const char *config_text; /* effective configuration (INI text) or NULL */
 } roid_results_meta;
 
 typedef struct roid_results roid_results;
 
 /* Creates (truncates) DIR/roid_<id>.h5, id = series_unique_id made safe for
- * file names, else series_id.  The path is in *ret_path (size ROID_PATH_MAX
- * is enough).  -EIO with err on failure. */
+ * file names, else series_id, with every group and dataset, and starts SWMR
+ * writing.  The path is in *ret_path (ROID_PATH_MAX bytes are enough).
+ * -EINVAL (no roi parameters, bad grid), -ENAMETOOLONG, -ENOMEM, -EIO with
+ * err naming the path and HDF5's innermost reason (e.g. errno text). */
 int roid_results_open(const char *dir, const roid_results_meta *meta, roid_results **ret, char *ret_path,
                       size_t path_size, roid_err *err);
+
+/* Appends n frames to the datasets of /entry/features and /entry/scan.  Readers see them
+ * after the next flush.  After any write error the writer refuses further
+ * writes (-EIO) and can only be closed. */
+int roid_results_append(roid_results *w, const roid_frame_record *recs, size_t n, roid_err *err);
+/* The same from columns. */
 int roid_results_write_features(roid_results *w, const roid_results_features *f, roid_err *err);
-/* RoI group and clusters; needs the features written (per-frame labels and
- * RoI image ids come from the frames' grid points). */
-int roid_results_write_roi(roid_results *w, const roid_roi *roi, const roid_results_features *f, roid_err *err);
-/* Closes; returns the first error of the close. */
-int roid_results_close(roid_results *w);
+
+/* Rewrites /entry/roi and /entry/clusters from an RoI state of the file's grid
+ * and parameters.  final = false: the online state (mask and raw_mask hold the
+ * online mask); final = true: after roid_roi_finish, also image_ids (frames
+ * appended so far whose grid point is in the final mask) and the per-frame
+ * cluster labels; may be repeated.  -EINVAL on a state of another shape or an
+ * unfinished one with final. */
+int roid_results_write_map(roid_results *w, const roid_roi *roi, bool final, roid_err *err);
+
+/* Makes everything written so far visible to SWMR readers (and durable
+ * against a crash of this process).  -EIO. */
+int roid_results_flush(roid_results *w, roid_err *err);
+
+/* Frames appended so far. */
+uint64_t roid_results_frames(const roid_results *w);
+
+/* Stores the counters (NULL: left at 0) and complete = 1 as attributes of
+ * /entry/counters (unless a write failed) and closes.  Returns the first error of the close (-EIO). */
+int roid_results_close(roid_results *w, const roid_counters *ctr);
 
 #endif

@@ -1,1 +1,551 @@
-/* writer.c - not written yet. */
+#include "outputs/writer.h"
+
+#include <hdf5.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "service/log.h"
+
+#define PATH_LEN 4096
+/* Records taken off the queue and appended with one call. */
+#define BATCH 256
+
+typedef struct {
+        char *dir;
+        char *unique_id, *center_source, *fast_axis, *scan_source, *config_text;
+        roid_roi_params roi;
+        roid_results_meta meta; /* pointing into the copies above */
+} open_req;
+
+typedef enum { IT_OPEN, IT_APPEND, IT_CLOSE } item_kind;
+
+typedef struct {
+        item_kind kind;
+        union {
+                roid_frame_record rec;
+                open_req *open;
+                struct {
+                        roid_roi *map; /* final (or last online) snapshot, owned by the item; may be NULL */
+                        bool final, have_ctr;
+                        uint64_t ctr[ROID_C__MAX];
+                } close;
+        } u;
+} item;
+
+struct roid_writer {
+        pthread_t thread;
+        roid_counters *ctr;
+        double interval;
+
+        pthread_mutex_t mu; /* queue, idle requests, stats, last path */
+        pthread_cond_t not_empty, not_full, idle;
+        item *q;
+        size_t cap, head;
+        _Atomic size_t count;
+        bool stop;
+        uint64_t req_seq, done_seq; /* wait_idle requests and the last one served */
+        int first_err;
+        roid_writer_stats stats;
+        char last_path[PATH_LEN];
+
+        pthread_mutex_t map_mu; /* producer state and the snapshot slot */
+        bool p_open;
+        uint64_t p_gen; /* series opened by the producer */
+        roid_roi *snap;
+        bool snap_pending, snap_final;
+        uint64_t snap_gen;
+
+        /* writer thread only */
+        roid_results *res;
+        uint64_t gen;
+        bool failed, dirty;
+        struct timespec deadline;
+        roid_roi *work;
+        roid_frame_record *batch;
+        size_t batch_cap;
+};
+
+static void now_plus(struct timespec *ts, double s) {
+        clock_gettime(CLOCK_MONOTONIC, ts);
+        double t = (double)ts->tv_nsec * 1e-9 + s;
+        time_t whole = (time_t)t;
+        ts->tv_sec += whole;
+        ts->tv_nsec = (long)((t - (double)whole) * 1e9);
+        if (ts->tv_nsec >= 1000000000L) {
+                ts->tv_sec++;
+                ts->tv_nsec -= 1000000000L;
+        }
+}
+
+static bool past(const struct timespec *ts) {
+        struct timespec n;
+        clock_gettime(CLOCK_MONOTONIC, &n);
+        return n.tv_sec > ts->tv_sec || (n.tv_sec == ts->tv_sec && n.tv_nsec >= ts->tv_nsec);
+}
+
+static void open_req_free(open_req *o) {
+        if (!o)
+                return;
+        free(o->dir);
+        free(o->unique_id);
+        free(o->center_source);
+        free(o->fast_axis);
+        free(o->scan_source);
+        free(o->config_text);
+        free(o);
+}
+
+static void item_release(item *it) {
+        if (it->kind == IT_OPEN)
+                open_req_free(it->u.open);
+        else if (it->kind == IT_CLOSE)
+                roid_roi_free(it->u.close.map);
+}
+
+/* ------------------------------------------------------- writer thread */
+
+/* After an error: logged and counted once; the rest of the series is
+ * discarded.  The failed file is closed only at the series end: the close of
+ * a failed file (results.c) needs the process's file-size limit, not the
+ * disk, so that is also the least surprising moment. */
+static void series_error(roid_writer *w, int r, const char *msg) {
+        roid_log(ROID_LOG_ERR, "results: %s; the rest of this series is not written", msg);
+        w->failed = true;
+        w->dirty = false;
+        pthread_mutex_lock(&w->mu);
+        w->stats.series_failed++;
+        roid_count(w->ctr, ROID_C_results_failed, 1);
+        if (!w->first_err)
+                w->first_err = r < 0 ? r : -EIO;
+        pthread_mutex_unlock(&w->mu);
+}
+
+static void discard(roid_writer *w, uint64_t n) {
+        pthread_mutex_lock(&w->mu);
+        w->stats.frames_discarded += n;
+        pthread_mutex_unlock(&w->mu);
+        roid_count(w->ctr, ROID_C_results_frames_discarded, n);
+}
+
+static bool writable(const roid_writer *w) {
+        return w->res && !w->failed;
+}
+
+/* The newest online snapshot of the current series, then the flush. */
+static void flush_now(roid_writer *w) {
+        roid_err err = {""};
+        pthread_mutex_lock(&w->map_mu);
+        bool have = w->snap_pending && !w->snap_final && w->snap_gen == w->gen;
+        if (have) {
+                roid_roi *t = w->work;
+                w->work = w->snap;
+                w->snap = t;
+                w->snap_pending = false;
+        }
+        pthread_mutex_unlock(&w->map_mu);
+        if (!writable(w))
+                return;
+        int r = 0;
+        if (have) {
+                r = roid_results_write_map(w->res, w->work, false, &err);
+                w->dirty = true;
+        }
+        if (r >= 0 && w->dirty)
+                r = roid_results_flush(w->res, &err);
+        if (r < 0)
+                series_error(w, r, err.msg);
+        w->dirty = false;
+}
+
+static void close_file(roid_writer *w, const roid_counters *ctr) {
+        roid_err err = {""};
+        if (!w->res)
+                return;
+        /* Flushed first so that a failure is reported with its reason. */
+        if (!w->failed) {
+                int r = roid_results_flush(w->res, &err);
+                if (r < 0)
+                        series_error(w, r, err.msg);
+        }
+        bool was_failed = w->failed;
+        int r = roid_results_close(w->res, ctr);
+        w->res = NULL;
+        w->failed = false;
+        w->dirty = false;
+        if (was_failed)
+                return;
+        pthread_mutex_lock(&w->mu);
+        if (r < 0) {
+                w->stats.series_failed++;
+                if (!w->first_err)
+                        w->first_err = r;
+        } else {
+                w->stats.series_written++;
+        }
+        pthread_mutex_unlock(&w->mu);
+        if (r < 0) {
+                char path[PATH_LEN];
+                pthread_mutex_lock(&w->mu);
+                memcpy(path, w->last_path, sizeof path);
+                pthread_mutex_unlock(&w->mu);
+                roid_log(ROID_LOG_ERR, "results: closing %s failed", path);
+        }
+}
+
+static void do_open(roid_writer *w, open_req *o) {
+        roid_err err = {""};
+        char path[PATH_LEN];
+        close_file(w, NULL); /* the previous series never closed */
+        w->gen++;
+        w->failed = false;
+        int r = roid_results_open(o->dir, &o->meta, &w->res, path, sizeof path, &err);
+        if (r < 0) {
+                w->res = NULL;
+                series_error(w, r, err.msg);
+                return;
+        }
+        pthread_mutex_lock(&w->mu);
+        memcpy(w->last_path, path, sizeof path);
+        w->stats.series_opened++;
+        pthread_mutex_unlock(&w->mu);
+        w->dirty = true;
+        now_plus(&w->deadline, w->interval);
+}
+
+static void do_append(roid_writer *w, size_t n) {
+        roid_err err = {""};
+        if (!writable(w)) {
+                discard(w, n);
+                return;
+        }
+        int r = roid_results_append(w->res, w->batch, n, &err);
+        if (r < 0) {
+                discard(w, n);
+                series_error(w, r, err.msg);
+                return;
+        }
+        w->dirty = true;
+        pthread_mutex_lock(&w->mu);
+        w->stats.frames_written += n;
+        pthread_mutex_unlock(&w->mu);
+}
+
+static void do_close(roid_writer *w, item *it) {
+        roid_err err = {""};
+        if (writable(w) && it->u.close.map) {
+                int r = roid_results_write_map(w->res, it->u.close.map, it->u.close.final, &err);
+                if (r < 0)
+                        series_error(w, r, err.msg);
+        }
+        roid_counters c;
+        for (int i = 0; i < ROID_C__MAX; i++)
+                atomic_init(&c.v[i], it->u.close.ctr[i]);
+        close_file(w, it->u.close.have_ctr ? &c : NULL);
+}
+
+static void *thread_main(void *arg) {
+        roid_writer *w = arg;
+        H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+        pthread_mutex_lock(&w->mu);
+        for (;;) {
+                if (w->count > 0) {
+                        /* A run of records goes out in one append; other
+                         * items one by one, in order. */
+                        if (w->q[w->head].kind == IT_APPEND) {
+                                size_t n = 0;
+                                while (n < w->batch_cap && w->count > 0 && w->q[w->head].kind == IT_APPEND) {
+                                        w->batch[n++] = w->q[w->head].u.rec;
+                                        w->head = (w->head + 1) % w->cap;
+                                        w->count--;
+                                }
+                                pthread_cond_broadcast(&w->not_full);
+                                pthread_mutex_unlock(&w->mu);
+                                do_append(w, n);
+                        } else {
+                                item one = w->q[w->head];
+                                w->head = (w->head + 1) % w->cap;
+                                w->count--;
+                                pthread_cond_broadcast(&w->not_full);
+                                pthread_mutex_unlock(&w->mu);
+                                if (one.kind == IT_OPEN)
+                                        do_open(w, one.u.open);
+                                else
+                                        do_close(w, &one);
+                                item_release(&one);
+                        }
+                        if (writable(w) && past(&w->deadline)) {
+                                flush_now(w);
+                                now_plus(&w->deadline, w->interval);
+                        }
+                        pthread_mutex_lock(&w->mu);
+                        continue;
+                }
+                /* Queue empty: serve wait_idle, the flush timer, stop. */
+                if (w->done_seq != w->req_seq) {
+                        uint64_t seq = w->req_seq;
+                        pthread_mutex_unlock(&w->mu);
+                        flush_now(w);
+                        pthread_mutex_lock(&w->mu);
+                        w->done_seq = seq;
+                        pthread_cond_broadcast(&w->idle);
+                        continue;
+                }
+                if (w->stop)
+                        break;
+                if (writable(w)) {
+                        if (past(&w->deadline)) {
+                                pthread_mutex_unlock(&w->mu);
+                                flush_now(w);
+                                now_plus(&w->deadline, w->interval);
+                                pthread_mutex_lock(&w->mu);
+                                continue;
+                        }
+                        pthread_cond_timedwait(&w->not_empty, &w->mu, &w->deadline);
+                } else {
+                        pthread_cond_wait(&w->not_empty, &w->mu);
+                }
+        }
+        pthread_mutex_unlock(&w->mu);
+        close_file(w, NULL);
+        return NULL;
+}
+
+/* ------------------------------------------------------------ producer */
+
+static int push(roid_writer *w, const item *it, const roid_frame_record *rec) {
+        pthread_mutex_lock(&w->mu);
+        while (w->count == w->cap && !w->stop)
+                pthread_cond_wait(&w->not_full, &w->mu);
+        if (w->stop) {
+                pthread_mutex_unlock(&w->mu);
+                return -ESHUTDOWN;
+        }
+        item *slot = &w->q[(w->head + w->count) % w->cap];
+        if (rec) {
+                slot->kind = IT_APPEND;
+                slot->u.rec = *rec;
+        } else {
+                *slot = *it;
+        }
+        w->count++;
+        pthread_cond_signal(&w->not_empty);
+        pthread_mutex_unlock(&w->mu);
+        return 0;
+}
+
+static int dup_str(char **dst, const char *src, size_t max) {
+        if (!src) {
+                *dst = NULL;
+                return 0;
+        }
+        size_t n = strnlen(src, max + 1);
+        if (n > max)
+                return -EMSGSIZE;
+        *dst = strndup(src, n);
+        return *dst ? 0 : -ENOMEM;
+}
+
+int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *meta) {
+        if (!meta->roi)
+                return -EINVAL;
+        open_req *o = calloc(1, sizeof *o);
+        if (!o)
+                return -ENOMEM;
+        int r = dup_str(&o->dir, dir, PATH_LEN);
+        if (r >= 0)
+                r = dup_str(&o->unique_id, meta->series_unique_id, ROID_NAME_MAX);
+        if (r >= 0)
+                r = dup_str(&o->center_source, meta->center_source, ROID_NAME_MAX);
+        if (r >= 0)
+                r = dup_str(&o->fast_axis, meta->fast_axis, ROID_NAME_MAX);
+        if (r >= 0)
+                r = dup_str(&o->scan_source, meta->scan_source, ROID_NAME_MAX);
+        if (r >= 0)
+                r = dup_str(&o->config_text, meta->config_text, ROID_WRITER_MAX_CONFIG);
+        if (r < 0) {
+                open_req_free(o);
+                return r;
+        }
+        o->roi = *meta->roi;
+        o->meta = *meta;
+        o->meta.series_unique_id = o->unique_id;
+        o->meta.center_source = o->center_source;
+        o->meta.fast_axis = o->fast_axis;
+        o->meta.scan_source = o->scan_source;
+        o->meta.config_text = o->config_text;
+        o->meta.roi = &o->roi;
+        item it = {.kind = IT_OPEN, .u.open = o};
+        /* The generation changes before the item is queued, so a snapshot
+         * taken after this call can never be written into the previous file. */
+        pthread_mutex_lock(&w->map_mu);
+        w->p_open = true;
+        w->p_gen++;
+        w->snap_pending = false;
+        pthread_mutex_unlock(&w->map_mu);
+        r = push(w, &it, NULL);
+        if (r < 0)
+                open_req_free(o);
+        return r;
+}
+
+int roid_writer_append(roid_writer *w, const roid_frame_record *rec) {
+        pthread_mutex_lock(&w->map_mu);
+        bool open = w->p_open;
+        pthread_mutex_unlock(&w->map_mu);
+        if (!open)
+                return -EINVAL;
+        return push(w, NULL, rec);
+}
+
+int roid_writer_map(roid_writer *w, const roid_roi *roi, bool final) {
+        if (final && !roid_roi_mask(roi))
+                return -EINVAL;
+        int r = 0;
+        pthread_mutex_lock(&w->map_mu);
+        if (!w->p_open) {
+                r = -EINVAL;
+        } else if (!w->snap || roid_roi_copy(w->snap, roi) < 0) {
+                roid_roi_free(w->snap);
+                w->snap = NULL;
+                r = roid_roi_clone(roi, &w->snap);
+        }
+        if (r >= 0) {
+                w->snap_pending = true;
+                w->snap_final = final;
+                w->snap_gen = w->p_gen;
+        }
+        pthread_mutex_unlock(&w->map_mu);
+        return r;
+}
+
+int roid_writer_close(roid_writer *w, const roid_counters *ctr) {
+        item it = {.kind = IT_CLOSE};
+        pthread_mutex_lock(&w->map_mu);
+        if (!w->p_open) {
+                pthread_mutex_unlock(&w->map_mu);
+                return -EINVAL;
+        }
+        if (w->snap_pending && w->snap_gen == w->p_gen) {
+                it.u.close.map = w->snap;
+                it.u.close.final = w->snap_final;
+                w->snap = NULL;
+                w->snap_pending = false;
+        }
+        w->p_open = false;
+        pthread_mutex_unlock(&w->map_mu);
+        if (ctr) {
+                it.u.close.have_ctr = true;
+                for (int i = 0; i < ROID_C__MAX; i++)
+                        it.u.close.ctr[i] = roid_counter_get(ctr, i);
+        }
+        int r = push(w, &it, NULL);
+        if (r < 0)
+                roid_roi_free(it.u.close.map);
+        return r;
+}
+
+int roid_writer_wait_idle(roid_writer *w) {
+        pthread_mutex_lock(&w->mu);
+        uint64_t seq = ++w->req_seq;
+        pthread_cond_signal(&w->not_empty);
+        while (w->done_seq < seq)
+                pthread_cond_wait(&w->idle, &w->mu);
+        int r = w->first_err;
+        w->first_err = 0;
+        pthread_mutex_unlock(&w->mu);
+        return r;
+}
+
+size_t roid_writer_queue_depth(const roid_writer *w) {
+        return atomic_load_explicit(&w->count, memory_order_relaxed);
+}
+
+size_t roid_writer_queue_capacity(const roid_writer *w) {
+        return w->cap;
+}
+
+const char *roid_writer_last_path(roid_writer *w, char *buf, size_t size) {
+        if (!size)
+                return buf;
+        pthread_mutex_lock(&w->mu);
+        snprintf(buf, size, "%s", w->last_path);
+        pthread_mutex_unlock(&w->mu);
+        return buf;
+}
+
+void roid_writer_get_stats(roid_writer *w, roid_writer_stats *ret) {
+        pthread_mutex_lock(&w->mu);
+        *ret = w->stats;
+        pthread_mutex_unlock(&w->mu);
+}
+
+/* ---------------------------------------------------------- lifecycle */
+
+int roid_writer_new(unsigned queue_depth, double flush_interval_s, roid_counters *ctr, roid_writer **ret) {
+        if (queue_depth < 1 || queue_depth > ROID_WRITER_MAX_QUEUE || !(flush_interval_s > 0) ||
+            flush_interval_s > 3600)
+                return -EINVAL;
+        roid_writer *w = calloc(1, sizeof *w);
+        if (!w)
+                return -ENOMEM;
+        w->ctr = ctr;
+        w->interval = flush_interval_s;
+        w->cap = queue_depth;
+        w->batch_cap = queue_depth < BATCH ? queue_depth : BATCH;
+        w->q = calloc(w->cap, sizeof *w->q);
+        w->batch = calloc(w->batch_cap, sizeof *w->batch);
+        if (!w->q || !w->batch) {
+                free(w->q);
+                free(w->batch);
+                free(w);
+                return -ENOMEM;
+        }
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_mutex_init(&w->mu, NULL);
+        pthread_mutex_init(&w->map_mu, NULL);
+        pthread_cond_init(&w->not_empty, &ca);
+        pthread_cond_init(&w->not_full, NULL);
+        pthread_cond_init(&w->idle, NULL);
+        pthread_condattr_destroy(&ca);
+        int r = pthread_create(&w->thread, NULL, thread_main, w);
+        if (r) {
+                pthread_cond_destroy(&w->not_empty);
+                pthread_cond_destroy(&w->not_full);
+                pthread_cond_destroy(&w->idle);
+                pthread_mutex_destroy(&w->mu);
+                pthread_mutex_destroy(&w->map_mu);
+                free(w->q);
+                free(w->batch);
+                free(w);
+                return -r;
+        }
+        *ret = w;
+        return 0;
+}
+
+void roid_writer_free(roid_writer *w) {
+        if (!w)
+                return;
+        pthread_mutex_lock(&w->mu);
+        w->stop = true;
+        pthread_cond_broadcast(&w->not_empty);
+        pthread_cond_broadcast(&w->not_full);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->thread, NULL);
+        roid_roi_free(w->snap);
+        roid_roi_free(w->work);
+        pthread_cond_destroy(&w->not_empty);
+        pthread_cond_destroy(&w->not_full);
+        pthread_cond_destroy(&w->idle);
+        pthread_mutex_destroy(&w->mu);
+        pthread_mutex_destroy(&w->map_mu);
+        free(w->q);
+        free(w->batch);
+        free(w);
+}

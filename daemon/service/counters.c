@@ -1,5 +1,10 @@
 #include "service/counters.h"
 
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "service/log.h"
+
 static const char *const names[] = {
 #define N(name, doc) #name,
         ROID_COUNTERS(N)
@@ -22,4 +27,16 @@ const char *roid_counter_name(roid_counter i) {
 
 const char *roid_counter_doc(roid_counter i) {
         return (unsigned)i < ROID_C__MAX ? docs[i] : "?";
+}
+
+void roid_counters_log(const roid_counters *c) {
+        char line[2048];
+        size_t n = 0;
+        for (int i = 0; i < ROID_C__MAX; i++) {
+                uint64_t v = roid_counter_get(c, (roid_counter)i);
+                if (v && n < sizeof line - 64)
+                        n += (size_t)snprintf(line + n, sizeof line - n, " %s=%" PRIu64, names[i], v);
+        }
+        line[n] = 0;
+        roid_log(ROID_LOG_NOTICE, "counters:%s", n ? line : " none");
 }

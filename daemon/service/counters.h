@@ -28,7 +28,11 @@
         X(images_bad_shape, "images whose shape or dtype disagree with the series")                                    \
         X(frames_decoded, "channel frames decoded")                                                                    \
         X(frames_failed, "channel frames that failed to decode")                                                       \
-        X(frames_dropped, "decoded frames dropped by a full queue")
+        X(frames_dropped, "frames dropped by a full queue (queue_full = drop)")                                        \
+        X(frames_analysed, "frames whose features reached the RoI state")                                              \
+        X(frames_unplaced, "frames that lie off the scan grid (features kept out of the maps)")                        \
+        X(results_failed, "results files that failed (unwritable directory, disk full): logged with the reason")      \
+        X(results_frames_discarded, "frames of a failed results file that could not be written")
 
 typedef enum {
 #define ROID_COUNTER_ENUM(name, doc) ROID_C_##name,
@@ -51,5 +55,7 @@ static inline uint64_t roid_counter_get(const roid_counters *c, roid_counter i) 
 void roid_counters_reset(roid_counters *c);
 const char *roid_counter_name(roid_counter i);
 const char *roid_counter_doc(roid_counter i);
+/* One NOTICE line with every non-zero counter. */
+void roid_counters_log(const roid_counters *c);
 
 #endif

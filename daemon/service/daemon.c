@@ -1,1 +1,388 @@
-/* daemon.c - not written yet. */
+#include "service/daemon.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+#include <zmq.h>
+
+#include "ingest/ingest.h"
+#include "ingest/zsource.h"
+#include "outputs/control.h"
+#include "outputs/publish.h"
+#include "service/log.h"
+#include "service/notify.h"
+#include "service/pipeline.h"
+
+typedef struct {
+        roid_daemon_params p;
+        roid_config cfg;
+        char config_text[8192];
+        uv_loop_t loop;
+        uv_poll_t pull_poll, ctl_poll;
+        uv_signal_t sig_term, sig_int, sig_hup;
+        uv_timer_t status_timer, watchdog_timer, idle_timer;
+        uv_async_t wake;
+        bool pull_polling, have_ctl, stopping;
+        void *zctx;
+        roid_zsource *src;
+        roid_control *ctl;
+        roid_pipeline *pl;
+        roid_ingest *in;
+        roid_notify *nf;
+        roid_counters ctr;
+        roid_sink inner;
+        long series_done;
+        double last_msg;
+        int error;
+} daemon_t;
+
+static void stop(daemon_t *d, const char *why);
+
+/* ------------------------------------------------------------ ingest */
+
+static void on_series_end(void *ctx, const roid_series *s, bool terminated) {
+        daemon_t *d = ctx;
+        d->inner.series_end(d->inner.ctx, s, terminated);
+        d->series_done++;
+}
+
+static void on_series_start(void *ctx, const roid_series *s) {
+        daemon_t *d = ctx;
+        d->inner.series_start(d->inner.ctx, s);
+}
+
+static void on_frame(void *ctx, const roid_frame_event *ev) {
+        daemon_t *d = ctx;
+        d->inner.frame(d->inner.ctx, ev);
+}
+
+static void drain_pull(daemon_t *d);
+
+static void on_pull(uv_poll_t *h, int status, int events) {
+        (void)status;
+        (void)events;
+        drain_pull(h->data);
+}
+
+static void pull_start(daemon_t *d, bool on) {
+        if (on == d->pull_polling)
+                return;
+        d->pull_polling = on;
+        if (on)
+                uv_poll_start(&d->pull_poll, UV_READABLE, on_pull);
+        else
+                uv_poll_stop(&d->pull_poll);
+}
+
+/* Receives until EAGAIN, or until the pipeline pushes back. */
+static void drain_pull(daemon_t *d) {
+        roid_err err = {""};
+        while (!d->stopping) {
+                if (roid_pipeline_blocked(d->pl)) {
+                        pull_start(d, false); /* level-triggered ZMQ_FD would spin; the wake-up resumes */
+                        return;
+                }
+                const roid_part *parts;
+                size_t n;
+                int r = roid_zsource_recv(d->src, &parts, &n, &err);
+                if (r == -EAGAIN || r == -EINTR)
+                        return;
+                d->last_msg = uv_now(&d->loop) / 1e3;
+                if (r == -EMSGSIZE) {
+                        roid_count(&d->ctr, ROID_C_messages_received, 1);
+                        roid_count(&d->ctr, ROID_C_messages_bad_size, 1);
+                        roid_log(ROID_LOG_ERR, "%s [messages_bad_size]", err.msg);
+                        continue;
+                }
+                if (r < 0) {
+                        roid_log(ROID_LOG_ERR, "detector socket: %s", zmq_strerror(-r));
+                        d->error = r;
+                        stop(d, "detector socket failed");
+                        return;
+                }
+                roid_ingest_parts(d->in, parts, n);
+                if (d->p.cfg.exit_after_series > 0 && d->series_done >= d->p.cfg.exit_after_series) {
+                        stop(d, "the requested number of series has ended");
+                        return;
+                }
+        }
+}
+
+static void wake_cb(void *ctx) {
+        uv_async_send(ctx);
+}
+
+static void on_wake(uv_async_t *h) {
+        daemon_t *d = h->data;
+        if (d->stopping || !roid_pipeline_blocked(d->pl))
+                return;
+        if (roid_pipeline_retry(d->pl)) {
+                pull_start(d, true);
+                drain_pull(d); /* messages queued while we were not reading raise no new edge */
+        }
+}
+
+/* ------------------------------------------------------------ control */
+
+static int ctl_status(void *ctx, msgpack_packer *pk) {
+        daemon_t *d = ctx;
+        return roid_pipeline_pack_status(d->pl, pk, roid_control_requests(d->ctl), roid_control_errors(d->ctl));
+}
+
+static int ctl_map(void *ctx, msgpack_packer *pk) {
+        return roid_pipeline_pack_map(((daemon_t *)ctx)->pl, pk);
+}
+
+static int ctl_ask(void *ctx, unsigned n, msgpack_packer *pk) {
+        return roid_pipeline_pack_ask(((daemon_t *)ctx)->pl, n, pk);
+}
+
+static int ctl_set(void *ctx, const char *section, const char *key, const char *value, roid_err *err) {
+        daemon_t *d = ctx;
+        roid_config c = d->cfg;
+        int r = roid_config_set(&c, section, key, value, err);
+        if (r >= 0)
+                r = roid_config_validate(&c, err);
+        if (r < 0)
+                return r;
+        d->cfg = c;
+        roid_config_format(&d->cfg, d->config_text, sizeof d->config_text);
+        roid_pipeline_set_config(d->pl, &d->cfg, d->config_text);
+        roid_log(ROID_LOG_NOTICE, "control: [%s] %s = %s (from the next series)", section, key, value);
+        return 0;
+}
+
+static int ctl_reset(void *ctx, roid_err *err) {
+        (void)err;
+        daemon_t *d = ctx;
+        roid_counters_reset(&d->ctr);
+        roid_pipeline_reset(d->pl);
+        roid_log(ROID_LOG_NOTICE, "control: reset (counters, and the RoI state of the series in progress)");
+        return 0;
+}
+
+static void on_ctl(uv_poll_t *h, int status, int events) {
+        (void)status;
+        (void)events;
+        daemon_t *d = h->data;
+        roid_control_drain(d->ctl);
+}
+
+/* ------------------------------------------------------------ timers, signals */
+
+static void on_status_timer(uv_timer_t *h) {
+        daemon_t *d = h->data;
+        char line[512];
+        roid_pipeline_status_line(d->pl, line, sizeof line);
+        roid_notify_status(d->nf, line);
+        /* A request that arrived during a send left no edge: look again. */
+        if (d->have_ctl)
+                roid_control_drain(d->ctl);
+        if (d->pull_polling)
+                drain_pull(d);
+}
+
+static void on_watchdog(uv_timer_t *h) {
+        daemon_t *d = h->data;
+        uint64_t progress = roid_pipeline_progress(d->pl) + roid_counter_get(&d->ctr, ROID_C_messages_received);
+        roid_notify_watchdog_tick(d->nf, progress, roid_pipeline_pending(d->pl), uv_now(&d->loop) / 1e3,
+                                  d->cfg.watchdog_stall);
+}
+
+static void on_idle_timer(uv_timer_t *h) {
+        daemon_t *d = h->data;
+        if (uv_now(&d->loop) / 1e3 - d->last_msg > d->p.cfg.idle_timeout) {
+                roid_log(ROID_LOG_NOTICE, "no message for %.1f s", d->p.cfg.idle_timeout);
+                stop(d, "idle timeout");
+        }
+}
+
+static void reload(daemon_t *d) {
+        roid_err err = {""};
+        roid_config c;
+        roid_notify_reloading(d->nf);
+        if (!d->p.reload) {
+                roid_log(ROID_LOG_WARNING, "SIGHUP: no configuration file was given (--config): nothing to reload");
+        } else if (d->p.reload(d->p.reload_ctx, &c, &err) < 0) {
+                roid_log(ROID_LOG_ERR, "SIGHUP: configuration not reloaded, the running one stays: %s", err.msg);
+        } else {
+                if (strcmp(c.detector, d->cfg.detector) || strcmp(c.publish, d->cfg.publish) ||
+                    strcmp(c.control, d->cfg.control) || c.workers != d->cfg.workers ||
+                    c.queue_depth != d->cfg.queue_depth)
+                        roid_log(ROID_LOG_WARNING, "SIGHUP: endpoints, workers and queue_depth change only at a "
+                                                   "restart; the rest applies from the next series");
+                /* What only a restart can change stays as it is. */
+                memcpy(c.detector, d->cfg.detector, sizeof c.detector);
+                memcpy(c.publish, d->cfg.publish, sizeof c.publish);
+                memcpy(c.control, d->cfg.control, sizeof c.control);
+                c.workers = d->cfg.workers;
+                c.queue_depth = d->cfg.queue_depth;
+                d->cfg = c;
+                roid_log_set_level(c.log_level);
+                roid_config_format(&d->cfg, d->config_text, sizeof d->config_text);
+                roid_pipeline_set_config(d->pl, &d->cfg, d->config_text);
+                roid_log(ROID_LOG_NOTICE, "SIGHUP: configuration reloaded; it applies from the next series");
+        }
+        char line[512];
+        roid_pipeline_status_line(d->pl, line, sizeof line);
+        roid_notify_ready(d->nf, line);
+}
+
+static void on_signal(uv_signal_t *h, int sig) {
+        daemon_t *d = h->data;
+        if (sig == SIGHUP) {
+                reload(d);
+                return;
+        }
+        roid_log(ROID_LOG_NOTICE, "%s received: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        stop(d, NULL);
+}
+
+/* Closes every handle but `keep` (the wake-up, which workers may still
+ * signal until they are joined; it is unreferenced so the loop can end). */
+static void close_walk(uv_handle_t *h, void *keep) {
+        if (h != keep && !uv_is_closing(h))
+                uv_close(h, NULL);
+}
+
+static void stop(daemon_t *d, const char *why) {
+        if (d->stopping)
+                return;
+        d->stopping = true;
+        if (why)
+                roid_log(ROID_LOG_NOTICE, "stopping: %s", why);
+        roid_notify_stopping(d->nf);
+        uv_walk(&d->loop, close_walk, &d->wake);
+}
+
+/* ------------------------------------------------------------ setup */
+
+static int poll_socket(daemon_t *d, uv_poll_t *h, void *sock, uv_poll_cb cb) {
+        int fd;
+        size_t len = sizeof fd;
+        if (zmq_getsockopt(sock, ZMQ_FD, &fd, &len) < 0)
+                return -errno;
+        int r = uv_poll_init(&d->loop, h, fd);
+        if (r < 0)
+                return r;
+        h->data = d;
+        return uv_poll_start(h, UV_READABLE, cb);
+}
+
+int roid_daemon_run(const roid_daemon_params *p) {
+        daemon_t *d = calloc(1, sizeof *d);
+        if (!d)
+                return -ENOMEM;
+        d->p = *p;
+        d->cfg = p->cfg;
+        roid_config_format(&d->cfg, d->config_text, sizeof d->config_text);
+        roid_err err = {""};
+        roid_publisher *pub = NULL;
+        int r = uv_loop_init(&d->loop);
+        if (r < 0) {
+                free(d);
+                return r;
+        }
+        d->zctx = zmq_ctx_new();
+        if ((r = roid_notify_new(&d->nf)) < 0)
+                goto out;
+        if (d->cfg.publish[0] && (r = roid_publisher_new(d->zctx, d->cfg.publish, d->cfg.sndhwm, &pub, &err)) < 0) {
+                roid_log(ROID_LOG_ERR, "[output] publish: %s", err.msg);
+                goto out;
+        }
+        r = roid_pipeline_new(&d->cfg, &d->ctr, pub, &d->pl, &err);
+        if (r < 0) {
+                roid_publisher_free(pub);
+                roid_log(ROID_LOG_ERR, "pipeline: %s", err.msg);
+                goto out;
+        }
+        roid_pipeline_set_config(d->pl, &d->cfg, d->config_text);
+        roid_pipeline_sink(d->pl, &d->inner);
+        roid_sink sink = {.ctx = d, .series_start = on_series_start, .frame = on_frame, .series_end = on_series_end};
+        roid_ingest_params ip = {.limits = d->cfg.limits,
+                                 .channel = d->cfg.channel[0] ? d->cfg.channel : "#0",
+                                 .defer_decode = true};
+        if ((r = roid_ingest_new(&ip, &sink, &d->ctr, &d->in)) < 0)
+                goto out;
+        if (d->cfg.control[0]) {
+                roid_control_handler h = {.ctx = d,
+                                          .status = ctl_status,
+                                          .map = ctl_map,
+                                          .set = ctl_set,
+                                          .ask = ctl_ask,
+                                          .reset = ctl_reset};
+                r = roid_control_new(d->zctx, d->cfg.control, d->cfg.max_request_bytes, &h, &d->ctl, &err);
+                if (r < 0) {
+                        roid_log(ROID_LOG_ERR, "[output] control: %s", err.msg);
+                        goto out;
+                }
+                if ((r = poll_socket(d, &d->ctl_poll, roid_control_socket(d->ctl), on_ctl)) < 0)
+                        goto out;
+                d->have_ctl = true;
+        }
+        r = roid_zsource_new(d->zctx, d->cfg.detector, &d->cfg.limits, d->cfg.rcvhwm, &d->src, &err);
+        if (r < 0) {
+                roid_log(ROID_LOG_ERR, "[detector] endpoint: %s", err.msg);
+                goto out;
+        }
+        roid_pipeline_set_source(d->pl, d->src);
+        if ((r = poll_socket(d, &d->pull_poll, roid_zsource_socket(d->src), on_pull)) < 0)
+                goto out;
+        d->pull_polling = true;
+        uv_async_init(&d->loop, &d->wake, on_wake);
+        d->wake.data = d;
+        uv_unref((uv_handle_t *)&d->wake);
+        roid_pipeline_set_wakeup(d->pl, wake_cb, &d->wake);
+        uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup};
+        int signums[] = {SIGTERM, SIGINT, SIGHUP};
+        for (int i = 0; i < 3; i++) {
+                uv_signal_init(&d->loop, sigs[i]);
+                sigs[i]->data = d;
+                uv_signal_start(sigs[i], on_signal, signums[i]);
+        }
+        uv_timer_init(&d->loop, &d->status_timer);
+        d->status_timer.data = d;
+        uint64_t st_ms = (uint64_t)(d->cfg.status_interval * 1e3);
+        uv_timer_start(&d->status_timer, on_status_timer, st_ms, st_ms);
+        uint64_t wd = roid_notify_watchdog_usec(d->nf);
+        if (wd) {
+                uv_timer_init(&d->loop, &d->watchdog_timer);
+                d->watchdog_timer.data = d;
+                uv_timer_start(&d->watchdog_timer, on_watchdog, 0, wd / 2000 ? wd / 2000 : 1);
+        }
+        d->last_msg = uv_now(&d->loop) / 1e3;
+        if (d->cfg.idle_timeout > 0) {
+                uv_timer_init(&d->loop, &d->idle_timer);
+                d->idle_timer.data = d;
+                uv_timer_start(&d->idle_timer, on_idle_timer, 200, 200);
+        }
+        roid_log(ROID_LOG_INFO, "detector %s%s%s%s%s, %u worker(s)", d->cfg.detector,
+                 d->cfg.publish[0] ? ", publishing on " : "", d->cfg.publish,
+                 d->cfg.control[0] ? ", control on " : "", d->cfg.control, d->cfg.workers);
+        char line[512];
+        roid_pipeline_status_line(d->pl, line, sizeof line);
+        roid_notify_ready(d->nf, line);
+        drain_pull(d); /* anything that arrived before the loop started */
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        r = d->error;
+out:
+        if (d->in)
+                roid_ingest_flush(d->in); /* closes an open series: its end reaches the pipeline */
+        roid_pipeline_free(d->pl);     /* finishes queued work, writes the results file */
+        if (d->in)
+                roid_counters_log(&d->ctr);
+        roid_ingest_free(d->in);
+        roid_control_free(d->ctl);
+        roid_zsource_free(d->src);
+        d->stopping = true;
+        uv_walk(&d->loop, close_walk, NULL); /* the workers are joined: the wake-up goes too */
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&d->loop);
+        roid_notify_free(d->nf);
+        if (d->zctx)
+                zmq_ctx_term(d->zctx);
+        free(d);
+        return r;
+}

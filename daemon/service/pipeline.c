@@ -1,1 +1,952 @@
-/* pipeline.c - not written yet. */
+#include "service/pipeline.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "ingest/codec.h"
+#include "outputs/writer.h"
+#include "service/log.h"
+#include "service/queue.h"
+
+#define MAX_PENDING  4    /* jobs one message can produce: end + start + frame */
+#define LATENCY_RING 8192 /* latencies kept for the percentiles */
+#define ARRIVAL_MAX  65536 /* frames awaiting their first publication */
+
+/* Per series, shared read-only by the workers once the start job is queued;
+ * the geometry is built once, by the first worker that needs it.  Created by
+ * the loop thread, freed by the analysis thread after the series' end. */
+typedef struct {
+        uint64_t series_id;
+        char unique_id[ROID_NAME_MAX];
+        uint64_t number_of_images;
+        roid_analysis_params ap;
+        roid_feedback_params fp;
+        roid_scan_grid grid;
+        bool has_center;
+        double cx, cy;
+        uint32_t *mask; /* analysed channel's pixel mask (copy), or NULL */
+        bool mask_taken;
+        char channel[ROID_NAME_MAX];
+        roid_dtype dtype;
+        uint32_t rows, cols;
+        pthread_mutex_t geom_lock;
+        _Atomic int geom_state; /* 0 not yet, 1 built, -1 failed */
+        roid_geometry geom;
+        const char *center_source;
+} series_ctx;
+
+typedef enum { JOB_FRAME, JOB_START, JOB_END, JOB_RESET } job_kind;
+
+typedef struct {
+        job_kind kind;
+        bool terminated;
+        series_ctx *sc;
+        uint64_t image_id;
+        roid_blob blob; /* data is NULL: the bytes are at blob_off in msg */
+        size_t blob_off;
+        zmq_msg_t msg;
+        double pos_x, pos_y, t_arrival;
+} job;
+
+typedef enum { AN_START, AN_RECORD, AN_FAILED, AN_END, AN_RESET } an_kind;
+
+typedef struct {
+        an_kind kind;
+        bool terminated;
+        series_ctx *sc;
+        roid_frame_record rec;
+} an_item;
+
+typedef struct {
+        roid_pipeline *pl;
+        pthread_t thread;
+        void *buf;
+        size_t cap;
+        uint64_t frames;
+} worker;
+
+/* The analysis thread's view of the current series. */
+typedef struct {
+        series_ctx *sc;
+        roid_roi *roi;
+        roid_feedback *fb;
+        uint64_t frames, unplaced, failed, frames_at_map;
+        uint64_t decoded_at_start;
+        double t_first; /* arrival of the series' first frame, 0 = none yet */
+        bool writing;
+        char path[ROID_PATH_MAX];
+} series_state;
+
+struct roid_pipeline {
+        roid_counters *ctr;
+        roid_config cfg;       /* loop thread: for the next series */
+        pthread_mutex_t cfg_lock;
+        roid_config cfg_an;    /* analysis thread's intervals (under cfg_lock) */
+        char config_text[8192];
+        roid_zsource *src;
+        roid_queue work, an;
+        job pending[MAX_PENDING];
+        unsigned n_pending;
+        _Atomic bool blocked;
+        void (*wake)(void *ctx);
+        void *wake_ctx;
+        series_ctx *cur; /* loop thread: the open series */
+        unsigned n_workers;
+        worker *workers;
+        pthread_t an_thread;
+        bool an_started;
+        roid_publisher *pub;
+        roid_writer *writer;
+        _Atomic uint64_t progress;
+        bool fault_stall;
+        pthread_mutex_t stall_lock;
+        pthread_cond_t stall_cond;
+        _Atomic bool stopping;
+        uint64_t drop_logged;
+
+        /* analysis thread */
+        series_state ss;
+        double t_start, next_map, next_status, last_status_t;
+        uint64_t last_status_frames, last_status_bytes;
+        double arrival[ARRIVAL_MAX];
+        size_t n_arrival;
+        double latency[LATENCY_RING];
+        size_t n_latency, latency_pos;
+        uint64_t frame_seq;
+
+        /* snapshot for control replies (snap_lock) */
+        pthread_mutex_t snap_lock;
+        roid_roi *snap_roi;
+        uint64_t snap_series_id;
+        char snap_unique_id[ROID_NAME_MAX];
+        roid_scan_grid snap_grid;
+        bool snap_final;
+        roid_feedback_view snap_fb; /* scalars; next points into snap_next */
+        roid_fb_point *snap_next;
+        size_t n_snap_next, cap_snap_next;
+        double snap_p50, snap_p99, snap_fps;
+};
+
+static double now_mono(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static bool job_is_barrier(const void *item) {
+        return ((const job *)item)->kind != JOB_FRAME;
+}
+
+/* ------------------------------------------------------------ series ctx */
+
+static void series_ctx_free(series_ctx *sc) {
+        if (!sc)
+                return;
+        if (atomic_load(&sc->geom_state) == 1)
+                roid_geometry_free(&sc->geom);
+        pthread_mutex_destroy(&sc->geom_lock);
+        free(sc->mask);
+        free(sc);
+}
+
+/* Builds the geometry once per series, on the first frame a worker decodes. */
+static int series_geometry(series_ctx *sc, const roid_frame *f, roid_err *err) {
+        int st = atomic_load_explicit(&sc->geom_state, memory_order_acquire);
+        if (st)
+                return st > 0 ? 0 : roid_err_set(err, -EINVAL, "no detector geometry for this series");
+        pthread_mutex_lock(&sc->geom_lock);
+        int r = 0;
+        st = atomic_load(&sc->geom_state);
+        if (!st) {
+                r = roid_analysis_build_geometry(&sc->ap, f->dtype, f->rows, f->cols, sc->has_center, sc->cx, sc->cy,
+                                                 f, sc->mask, &sc->geom, &sc->center_source, err);
+                if (r < 0)
+                        roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no detector geometry: %s", sc->series_id,
+                                 err->msg);
+                else
+                        roid_log(ROID_LOG_INFO, "series %" PRIu64 ": beam centre (%.2f, %.2f) px from %s",
+                                 sc->series_id, sc->geom.center_x, sc->geom.center_y, sc->center_source);
+                atomic_store_explicit(&sc->geom_state, r < 0 ? -1 : 1, memory_order_release);
+        } else if (st < 0) {
+                r = roid_err_set(err, -EINVAL, "no detector geometry for this series");
+        }
+        pthread_mutex_unlock(&sc->geom_lock);
+        return r;
+}
+
+/* ------------------------------------------------------------ workers */
+
+static void an_push(roid_pipeline *pl, const an_item *it) {
+        roid_queue_push(&pl->an, it, true);
+}
+
+static void fault_stall(roid_pipeline *pl) {
+        pthread_mutex_lock(&pl->stall_lock);
+        while (!atomic_load(&pl->stopping))
+                pthread_cond_wait(&pl->stall_cond, &pl->stall_lock);
+        pthread_mutex_unlock(&pl->stall_lock);
+}
+
+static void work_frame(worker *w, job *j) {
+        roid_pipeline *pl = w->pl;
+        series_ctx *sc = j->sc;
+        roid_err err = {""};
+        an_item it = {.kind = AN_FAILED, .sc = sc};
+        it.rec.image_id = j->image_id;
+        roid_blob b = j->blob;
+        b.data = (const uint8_t *)zmq_msg_data(&j->msg) + j->blob_off;
+        size_t bytes = (size_t)b.rows * b.cols * roid_dtype_size(b.dtype);
+        if (bytes > w->cap) { /* once per larger shape, not per frame */
+                void *n = realloc(w->buf, bytes);
+                if (!n) {
+                        roid_err_set(&err, -ENOMEM, "out of memory for a %zu-byte frame", bytes);
+                        goto failed;
+                }
+                w->buf = n;
+                w->cap = bytes;
+        }
+        if (roid_blob_decode(&b, w->buf, bytes, &err) < 0)
+                goto failed;
+        roid_count(pl->ctr, ROID_C_frames_decoded, 1);
+        roid_frame f = {.dtype = b.dtype, .rows = b.rows, .cols = b.cols, .pixels = w->buf};
+        if (series_geometry(sc, &f, &err) < 0)
+                goto failed;
+        int r = roid_analysis_record(&sc->geom, &sc->grid, j->image_id, j->pos_x, j->pos_y, &f, &it.rec, &err);
+        if (r < 0)
+                goto failed;
+        if (r == 0 && roid_counter_get(pl->ctr, ROID_C_frames_unplaced) == 0)
+                roid_log(ROID_LOG_WARNING, "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
+                         sc->series_id, j->image_id, err.msg);
+        it.kind = AN_RECORD;
+        it.rec.t_arrival = j->t_arrival;
+        zmq_msg_close(&j->msg);
+        an_push(pl, &it);
+        return;
+failed:
+        zmq_msg_close(&j->msg);
+        roid_count(pl->ctr, ROID_C_frames_failed, 1);
+        roid_log(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 " channel %s: %s [frames_failed]", sc->series_id,
+                 j->image_id, sc->channel, err.msg);
+        an_push(pl, &it);
+}
+
+static void *worker_main(void *arg) {
+        worker *w = arg;
+        roid_pipeline *pl = w->pl;
+        job j;
+        while (roid_queue_take(&pl->work, &j) == 0) {
+                bool was_full = roid_queue_depth(&pl->work) + 1 >= pl->work.capacity;
+                switch (j.kind) {
+                case JOB_FRAME:
+                        work_frame(w, &j);
+                        w->frames++;
+                        break;
+                case JOB_START:
+                        an_push(pl, &(an_item){.kind = AN_START, .sc = j.sc});
+                        break;
+                case JOB_END:
+                        an_push(pl, &(an_item){.kind = AN_END, .sc = j.sc, .terminated = j.terminated});
+                        break;
+                case JOB_RESET:
+                        an_push(pl, &(an_item){.kind = AN_RESET});
+                        break;
+                }
+                roid_queue_done(&pl->work);
+                if ((was_full || atomic_load(&pl->blocked)) && pl->wake)
+                        pl->wake(pl->wake_ctx);
+                if (pl->fault_stall && j.kind == JOB_FRAME)
+                        fault_stall(pl);
+        }
+        return NULL;
+}
+
+/* ------------------------------------------------------------ analysis thread */
+
+static void latency_add(roid_pipeline *pl, double v) {
+        pl->latency[pl->latency_pos] = v;
+        pl->latency_pos = (pl->latency_pos + 1) % LATENCY_RING;
+        if (pl->n_latency < LATENCY_RING)
+                pl->n_latency++;
+}
+
+static int cmp_double(const void *a, const void *b) {
+        double x = *(const double *)a, y = *(const double *)b;
+        return (x > y) - (x < y);
+}
+
+static void latency_percentiles(roid_pipeline *pl, double *p50, double *p99) {
+        static double tmp[LATENCY_RING]; /* analysis thread only */
+        size_t n = pl->n_latency;
+        if (!n) {
+                *p50 = *p99 = NAN;
+                return;
+        }
+        memcpy(tmp, pl->latency, n * sizeof(double));
+        qsort(tmp, n, sizeof(double), cmp_double);
+        *p50 = tmp[(n - 1) / 2] * 1e3;
+        *p99 = tmp[(size_t)ceil(0.99 * (double)(n - 1))] * 1e3;
+}
+
+static roid_series_ref series_ref(const series_ctx *sc) {
+        if (!sc)
+                return (roid_series_ref){0};
+        return (roid_series_ref){.known = true, .series_id = sc->series_id, .unique_id = sc->unique_id};
+}
+
+static void take_snapshot(roid_pipeline *pl, bool final) {
+        series_state *ss = &pl->ss;
+        roid_feedback_view v;
+        roid_feedback_get(ss->fb, &v);
+        pthread_mutex_lock(&pl->snap_lock);
+        if (pl->snap_roi && roid_roi_copy(pl->snap_roi, ss->roi) < 0) {
+                roid_roi_free(pl->snap_roi);
+                pl->snap_roi = NULL;
+        }
+        if (!pl->snap_roi && roid_roi_clone(ss->roi, &pl->snap_roi) < 0)
+                pl->snap_roi = NULL;
+        pl->snap_series_id = ss->sc->series_id;
+        memcpy(pl->snap_unique_id, ss->sc->unique_id, sizeof pl->snap_unique_id);
+        pl->snap_grid = ss->sc->grid;
+        pl->snap_final = final;
+        size_t n = v.n_next < pl->cap_snap_next ? v.n_next : pl->cap_snap_next;
+        if (n)
+                memcpy(pl->snap_next, v.next, n * sizeof *v.next);
+        pl->n_snap_next = n;
+        /* Only what `ask` needs; the arrays of the view belong to the analysis thread. */
+        pl->snap_fb = (roid_feedback_view){.ny = v.ny,
+                                           .nx = v.nx,
+                                           .frames = v.frames,
+                                           .updates = v.updates,
+                                           .final = v.final,
+                                           .stable = v.stable,
+                                           .unchanged = v.unchanged,
+                                           .motor = v.motor,
+                                           .units = pl->snap_grid.units,
+                                           .step_x = v.step_x,
+                                           .step_y = v.step_y,
+                                           .next = pl->snap_next,
+                                           .n_next = n};
+        pthread_mutex_unlock(&pl->snap_lock);
+}
+
+static void publish_map(roid_pipeline *pl, bool final) {
+        series_state *ss = &pl->ss;
+        if (!ss->roi)
+                return;
+        double now = now_mono();
+        /* No refit here: refits follow the cadence; the online labels of the
+         * frames since the last one are already in the map. */
+        roid_feedback_update(ss->fb, ss->roi, final);
+        take_snapshot(pl, final);
+        if (ss->writing)
+                roid_writer_map(pl->writer, ss->roi, final);
+        for (size_t i = 0; i < pl->n_arrival; i++)
+                latency_add(pl, now - pl->arrival[i]);
+        pl->n_arrival = 0;
+        ss->frames_at_map = ss->frames;
+        if (!pl->pub)
+                return;
+        roid_series_ref ref = series_ref(ss->sc);
+        roid_map_view mv = {.series = ref, .roi = ss->roi, .grid = &ss->sc->grid, .final = final};
+        roid_publish_map(pl->pub, &mv);
+        roid_feedback_view fv;
+        roid_feedback_get(ss->fb, &fv);
+        roid_publish_scan_here(pl->pub, &ref, &fv);
+}
+
+static void status_view(roid_pipeline *pl, roid_status_view *v, double now, double fps, double bps, double p50,
+                        double p99, roid_series_ref ref) {
+        *v = (roid_status_view){
+                .series = ref,
+                .state = ref.known ? "acquiring" : "idle",
+                .ctr = pl->ctr,
+                .uptime_s = now - pl->t_start,
+                .frames_per_s = fps,
+                .bytes_per_s = bps,
+                .work = {roid_queue_depth(&pl->work), pl->work.capacity},
+                .analysis = {roid_queue_depth(&pl->an), pl->an.capacity},
+                .writer = {pl->writer ? roid_writer_queue_depth(pl->writer) : 0,
+                           pl->writer ? roid_writer_queue_capacity(pl->writer) : 0},
+                .latency_p50_ms = p50,
+                .latency_p99_ms = p99,
+                .pub = pl->pub,
+        };
+}
+
+static void publish_status(roid_pipeline *pl, double now) {
+        double dt = now - pl->last_status_t;
+        uint64_t fr = roid_counter_get(pl->ctr, ROID_C_frames_analysed);
+        uint64_t by = roid_counter_get(pl->ctr, ROID_C_bytes_received);
+        double fps = dt > 0 ? (double)(fr - pl->last_status_frames) / dt : 0;
+        double bps = dt > 0 ? (double)(by - pl->last_status_bytes) / dt : 0;
+        pl->last_status_t = now;
+        pl->last_status_frames = fr;
+        pl->last_status_bytes = by;
+        double p50, p99;
+        latency_percentiles(pl, &p50, &p99);
+        pthread_mutex_lock(&pl->snap_lock);
+        pl->snap_p50 = p50;
+        pl->snap_p99 = p99;
+        pl->snap_fps = fps;
+        pthread_mutex_unlock(&pl->snap_lock);
+        if (!pl->pub)
+                return;
+        roid_status_view v;
+        status_view(pl, &v, now, fps, bps, p50, p99, series_ref(pl->ss.sc));
+        roid_publish_status(pl->pub, &v);
+}
+
+static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
+        series_state *ss = &pl->ss;
+        series_ctx *sc = ss->sc;
+        if (!pl->pub || !sc)
+                return;
+        size_t roi_points = 0;
+        if (end && ss->roi) {
+                const uint8_t *m = roid_roi_mask(ss->roi);
+                size_t np = (size_t)roid_roi_ny(ss->roi) * roid_roi_nx(ss->roi);
+                for (size_t i = 0; m && i < np; i++)
+                        roi_points += m[i];
+        }
+        roid_series_view v = {
+                .event = end ? "end" : "start",
+                .series = series_ref(sc),
+                .rows = sc->rows,
+                .cols = sc->cols,
+                .dtype = sc->dtype,
+                .channel = sc->channel[0] ? sc->channel : NULL,
+                .has_number_of_images = sc->number_of_images > 0,
+                .number_of_images = sc->number_of_images,
+                .grid = &sc->grid,
+                .n_segments = sc->ap.roi.n_segments,
+                .k = sc->ap.roi.k,
+                .frames_analysed = ss->frames,
+                .frames_dropped = ss->unplaced + ss->failed,
+                .roi_points = roi_points,
+                .terminated = terminated,
+                .results_path = ss->writing ? ss->path : NULL,
+        };
+        roid_publish_series(pl->pub, &v);
+}
+
+static void an_series_free(roid_pipeline *pl) {
+        series_state *ss = &pl->ss;
+        roid_roi_free(ss->roi);
+        roid_feedback_free(ss->fb);
+        series_ctx_free(ss->sc);
+        memset(ss, 0, sizeof *ss);
+}
+
+static int an_series_state(roid_pipeline *pl, series_ctx *sc) {
+        series_state *ss = &pl->ss;
+        roid_err err = {""};
+        roid_roi_free(ss->roi);
+        roid_feedback_free(ss->fb);
+        ss->roi = NULL;
+        ss->fb = NULL;
+        int r = roid_roi_new(&sc->ap.roi, sc->grid.ny, sc->grid.nx, &ss->roi, &err);
+        if (r >= 0)
+                r = roid_feedback_new(&sc->fp, &sc->grid, &ss->fb, &err);
+        if (r < 0) {
+                roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no RoI state: %s", sc->series_id, err.msg);
+                roid_roi_free(ss->roi);
+                ss->roi = NULL;
+        }
+        return r;
+}
+
+static void an_start(roid_pipeline *pl, series_ctx *sc) {
+        series_state *ss = &pl->ss;
+        if (ss->sc) /* cannot happen: every start follows its predecessor's end */
+                an_series_free(pl);
+        ss->sc = sc;
+        ss->decoded_at_start = roid_counter_get(pl->ctr, ROID_C_frames_decoded);
+        pl->n_arrival = 0;
+        pl->n_latency = pl->latency_pos = 0;
+        an_series_state(pl, sc);
+        if (pl->writer && sc->ap.output_dir[0] && ss->roi) {
+                roid_results_meta meta = {
+                        .series_unique_id = sc->unique_id,
+                        .series_id = sc->series_id,
+                        .center_x = sc->has_center ? sc->cx : sc->ap.center_x,
+                        .center_y = sc->has_center ? sc->cy : sc->ap.center_y,
+                        .center_source = sc->has_center ? "start" : isfinite(sc->ap.center_x) ? "config" : "estimated",
+                        .r_bf = sc->ap.r_bf,
+                        .r_df_in = sc->ap.r_df_in,
+                        .r_df_out = sc->ap.r_df_out,
+                        .roi = &sc->ap.roi,
+                        .ny = sc->grid.ny,
+                        .nx = sc->grid.nx,
+                        .snake = sc->grid.snake,
+                        .fast_axis = sc->grid.fast_axis == ROID_SCAN_FAST_X ? "x" : "y",
+                        .scan_source = roid_scan_source_name(sc->grid.source),
+                        .config_text = pl->config_text,
+                };
+                ss->writing = roid_writer_open(pl->writer, sc->ap.output_dir, &meta) >= 0;
+        }
+        roid_log(ROID_LOG_INFO, "series %" PRIu64 ": scan %u x %u (%s), %u segments, k %u", sc->series_id,
+                 sc->grid.ny, sc->grid.nx, roid_scan_source_name(sc->grid.source), sc->ap.roi.n_segments,
+                 sc->ap.roi.k);
+        publish_series(pl, false, false);
+}
+
+static void an_record(roid_pipeline *pl, an_item *it) {
+        series_state *ss = &pl->ss;
+        if (!ss->sc || it->sc != ss->sc)
+                return;
+        if (it->kind == AN_FAILED) {
+                ss->failed++;
+                return;
+        }
+        roid_frame_record *rec = &it->rec;
+        if (rec->row == ROID_NOT_PLACED) {
+                ss->unplaced++;
+                roid_count(pl->ctr, ROID_C_frames_unplaced, 1);
+        } else if (ss->roi) {
+                int label = roid_roi_add(ss->roi, rec->row, rec->col, &rec->f);
+                ss->frames++;
+                roid_count(pl->ctr, ROID_C_frames_analysed, 1);
+                if (!ss->t_first)
+                        ss->t_first = rec->t_arrival;
+                if (pl->n_arrival < ARRIVAL_MAX)
+                        pl->arrival[pl->n_arrival++] = rec->t_arrival;
+                unsigned every = pl->cfg_an.frame_every;
+                if (pl->pub && every && pl->frame_seq++ % every == 0) {
+                        roid_frame_view fv = {.series = series_ref(ss->sc), .rec = rec, .label = label};
+                        roid_publish_frame(pl->pub, &fv);
+                }
+        }
+        if (ss->writing)
+                roid_writer_append(pl->writer, rec);
+}
+
+static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
+        series_state *ss = &pl->ss;
+        if (ss->sc != sc) {
+                series_ctx_free(sc);
+                return;
+        }
+        if (ss->roi) {
+                roid_roi_finish(ss->roi);
+                publish_map(pl, true);
+        }
+        if (ss->writing) {
+                roid_writer_close(pl->writer, pl->ctr);
+                roid_writer_last_path(pl->writer, ss->path, sizeof ss->path);
+        }
+        size_t in = 0, np = (size_t)sc->grid.ny * sc->grid.nx;
+        const uint8_t *m = ss->roi ? roid_roi_mask(ss->roi) : NULL;
+        for (size_t i = 0; m && i < np; i++)
+                in += m[i];
+        double dt = ss->t_first ? now_mono() - ss->t_first : 0;
+        roid_log(ROID_LOG_NOTICE,
+                 "series %" PRIu64 "%s%s %s: %" PRIu64 " frames analysed, %" PRIu64 " frames decoded, %" PRIu64
+                 " failed, %.1f frames/s; RoI %zu of %zu points; %" PRIu64 " off the grid",
+                 sc->series_id, sc->unique_id[0] ? " " : "", sc->unique_id,
+                 terminated ? "ended" : "closed without end", ss->frames,
+                 roid_counter_get(pl->ctr, ROID_C_frames_decoded) - ss->decoded_at_start, ss->failed,
+                 dt > 0 ? (double)ss->frames / dt : 0.0, in, np, ss->unplaced);
+        publish_series(pl, true, terminated);
+        an_series_free(pl);
+}
+
+static void *analysis_main(void *arg) {
+        roid_pipeline *pl = arg;
+        an_item it;
+        for (;;) {
+                double now = now_mono();
+                pthread_mutex_lock(&pl->cfg_lock);
+                double map_iv = pl->cfg_an.map_interval, st_iv = pl->cfg_an.status_interval;
+                pthread_mutex_unlock(&pl->cfg_lock);
+                if (now >= pl->next_status) {
+                        publish_status(pl, now);
+                        pl->next_status = now + st_iv;
+                }
+                if (now >= pl->next_map) {
+                        if (pl->ss.roi && pl->ss.frames != pl->ss.frames_at_map)
+                                publish_map(pl, false);
+                        pl->next_map = now + map_iv;
+                }
+                double next = pl->next_map < pl->next_status ? pl->next_map : pl->next_status;
+                int r = roid_queue_pop(&pl->an, &it, next > now ? next - now : 0);
+                if (r == -ETIMEDOUT)
+                        continue;
+                if (r < 0)
+                        break;
+                switch (it.kind) {
+                case AN_START:
+                        an_start(pl, it.sc);
+                        break;
+                case AN_RECORD:
+                case AN_FAILED:
+                        an_record(pl, &it);
+                        break;
+                case AN_END:
+                        an_end(pl, it.sc, it.terminated);
+                        break;
+                case AN_RESET:
+                        if (pl->ss.sc) {
+                                roid_log(ROID_LOG_NOTICE, "series %" PRIu64 ": RoI state reset", pl->ss.sc->series_id);
+                                an_series_state(pl, pl->ss.sc);
+                                pl->ss.frames = pl->ss.frames_at_map = 0;
+                                pl->n_arrival = 0;
+                        }
+                        break;
+                }
+                atomic_fetch_add_explicit(&pl->progress, 1, memory_order_relaxed);
+        }
+        if (pl->ss.sc) /* only if the loop could not queue the end: close what there is */
+                an_end(pl, pl->ss.sc, false);
+        publish_status(pl, now_mono());
+        return NULL;
+}
+
+/* ------------------------------------------------------------ loop side */
+
+/* Pushes queued jobs in order; true when none is left waiting. */
+static bool flush_pending(roid_pipeline *pl) {
+        unsigned i = 0;
+        while (i < pl->n_pending && roid_queue_push(&pl->work, &pl->pending[i], false) == 0)
+                i++;
+        memmove(pl->pending, pl->pending + i, (pl->n_pending - i) * sizeof(job));
+        pl->n_pending -= i;
+        atomic_store(&pl->blocked, pl->n_pending > 0);
+        return pl->n_pending == 0;
+}
+
+static void submit(roid_pipeline *pl, job *j) {
+        if (!pl->n_pending && roid_queue_push(&pl->work, j, false) == 0)
+                return;
+        if (j->kind == JOB_FRAME && pl->cfg.queue_full == ROID_QUEUE_DROP) {
+                zmq_msg_close(&j->msg);
+                roid_count(pl->ctr, ROID_C_frames_dropped, 1);
+                uint64_t n = roid_counter_get(pl->ctr, ROID_C_frames_dropped);
+                if ((n & (n - 1)) == 0) /* 1, 2, 4, ...: a flood does not flood the log */
+                        roid_log(ROID_LOG_WARNING, "work queue full (%zu frames): image %" PRIu64
+                                 " dropped, %" PRIu64 " so far [frames_dropped]",
+                                 pl->work.capacity, j->image_id, n);
+                return;
+        }
+        if (pl->n_pending == MAX_PENDING) { /* one message makes at most MAX_PENDING jobs */
+                roid_queue_push(&pl->work, &pl->pending[0], true);
+                memmove(pl->pending, pl->pending + 1, (MAX_PENDING - 1) * sizeof(job));
+                pl->n_pending--;
+        }
+        pl->pending[pl->n_pending++] = *j;
+        atomic_store(&pl->blocked, true);
+        flush_pending(pl);
+}
+
+bool roid_pipeline_blocked(roid_pipeline *pl) {
+        return pl->n_pending > 0;
+}
+
+bool roid_pipeline_retry(roid_pipeline *pl) {
+        return flush_pending(pl);
+}
+
+static void sink_start(void *ctx, const roid_series *s) {
+        roid_pipeline *pl = ctx;
+        roid_err err = {""};
+        series_ctx *sc = calloc(1, sizeof *sc);
+        if (!sc) {
+                roid_log(ROID_LOG_ERR, "series %" PRIu64 ": out of memory: not analysed", s->series_id);
+                return;
+        }
+        pthread_mutex_init(&sc->geom_lock, NULL);
+        sc->series_id = s->series_id;
+        memcpy(sc->unique_id, s->series_unique_id, sizeof sc->unique_id);
+        sc->number_of_images = s->start.has_number_of_images ? s->start.number_of_images : 0;
+        sc->ap = pl->cfg.analysis;
+        sc->fp.border = sc->ap.roi.border;
+        roid_feedback_params_default(&sc->fp);
+        sc->fp.border = sc->ap.roi.border;
+        sc->fp.rescan_factor = pl->cfg.rescan_factor;
+        sc->fp.next_points = pl->cfg.next_points;
+        sc->fp.stable_refits = pl->cfg.stable_refits;
+        sc->has_center = s->start.has_beam_center;
+        sc->cx = s->start.beam_center_x;
+        sc->cy = s->start.beam_center_y;
+        sc->dtype = s->dtype;
+        sc->rows = s->rows;
+        sc->cols = s->cols;
+        const roid_scan_grid *cfg = sc->ap.scan.source != ROID_SCAN_FROM_NONE ? &sc->ap.scan : NULL;
+        int r = roid_scan_resolve(&s->user_data, cfg, s->start.has_number_of_images, s->start.number_of_images,
+                                  sc->ap.max_depth, &sc->grid, &err);
+        if (r < 0) {
+                roid_log(ROID_LOG_WARNING, "series %" PRIu64 ": bad scan description in user_data: %s; ignoring it",
+                         s->series_id, err.msg);
+                r = roid_scan_resolve(NULL, cfg, s->start.has_number_of_images, s->start.number_of_images,
+                                      sc->ap.max_depth, &sc->grid, &err);
+        }
+        if (r < 0) {
+                roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no scan grid: %s; not analysed", s->series_id, err.msg);
+                series_ctx_free(sc);
+                return;
+        }
+        pl->cur = sc;
+        submit(pl, &(job){.kind = JOB_START, .sc = sc});
+}
+
+static void sink_end(void *ctx, const roid_series *s, bool terminated) {
+        roid_pipeline *pl = ctx;
+        (void)s;
+        if (!pl->cur)
+                return;
+        submit(pl, &(job){.kind = JOB_END, .sc = pl->cur, .terminated = terminated});
+        pl->cur = NULL;
+}
+
+static void sink_frame(void *ctx, const roid_frame_event *ev) {
+        roid_pipeline *pl = ctx;
+        series_ctx *sc = pl->cur;
+        roid_err err = {""};
+        if (!sc)
+                return;
+        if (!sc->mask_taken) { /* the analysed channel is known with its first frame */
+                sc->mask_taken = true;
+                snprintf(sc->channel, sizeof sc->channel, "%s", ev->channel_name);
+                size_t n = (size_t)ev->rows * ev->cols;
+                if (ev->pixel_mask && (sc->mask = malloc(n * sizeof(uint32_t))))
+                        memcpy(sc->mask, ev->pixel_mask, n * sizeof(uint32_t));
+                else if (ev->pixel_mask)
+                        roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no memory for the pixel mask: not applied",
+                                 sc->series_id);
+        } else if (strcmp(sc->channel, ev->channel_name) != 0) {
+                return; /* one channel is analysed */
+        }
+        job j = {.kind = JOB_FRAME, .sc = sc, .image_id = ev->image_id, .blob = *ev->blob, .t_arrival = now_mono()};
+        j.pos_x = j.pos_y = NAN;
+        const char *why = NULL;
+        if (roid_scan_position_from_user_data(ev->user_data, sc->ap.max_depth, &j.pos_x, &j.pos_y, &err) < 0)
+                why = err.msg;
+        const uint8_t *data = pl->src && !why ? roid_zsource_take(pl->src, ev->blob->data, &j.msg) : NULL;
+        if (!data) {
+                roid_count(pl->ctr, ROID_C_frames_failed, 1);
+                roid_log(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 ": %s [frames_failed]", sc->series_id,
+                         ev->image_id, why ? why : "frame bytes not in a received part");
+                return;
+        }
+        j.blob_off = (size_t)(data - (const uint8_t *)zmq_msg_data(&j.msg));
+        j.blob.data = NULL;
+        submit(pl, &j);
+}
+
+void roid_pipeline_sink(roid_pipeline *pl, roid_sink *ret) {
+        memset(ret, 0, sizeof *ret);
+        ret->ctx = pl;
+        ret->series_start = sink_start;
+        ret->frame = sink_frame;
+        ret->series_end = sink_end;
+}
+
+void roid_pipeline_set_source(roid_pipeline *pl, roid_zsource *z) {
+        pl->src = z;
+}
+
+void roid_pipeline_set_wakeup(roid_pipeline *pl, void (*wake)(void *ctx), void *ctx) {
+        pl->wake = wake;
+        pl->wake_ctx = ctx;
+}
+
+void roid_pipeline_set_config(roid_pipeline *pl, const roid_config *cfg, const char *config_text) {
+        pl->cfg = *cfg;
+        pthread_mutex_lock(&pl->cfg_lock);
+        pl->cfg_an = *cfg;
+        if (config_text)
+                snprintf(pl->config_text, sizeof pl->config_text, "%s", config_text);
+        pthread_mutex_unlock(&pl->cfg_lock);
+}
+
+void roid_pipeline_reset(roid_pipeline *pl) {
+        submit(pl, &(job){.kind = JOB_RESET});
+}
+
+uint64_t roid_pipeline_progress(roid_pipeline *pl) {
+        return atomic_load_explicit(&pl->progress, memory_order_relaxed);
+}
+
+uint64_t roid_pipeline_pending(roid_pipeline *pl) {
+        return pl->n_pending + roid_queue_depth(&pl->work) + roid_queue_in_flight(&pl->work) + roid_queue_depth(&pl->an);
+}
+
+void roid_pipeline_wait_idle(roid_pipeline *pl) {
+        roid_queue_wait_idle(&pl->work);
+        while (roid_queue_depth(&pl->an)) {
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+        }
+}
+
+/* ------------------------------------------------------------ control */
+
+int roid_pipeline_pack_map(roid_pipeline *pl, msgpack_packer *pk) {
+        pthread_mutex_lock(&pl->snap_lock);
+        int r = -ENODATA;
+        if (pl->snap_roi) {
+                roid_map_view mv = {
+                        .series = {.known = true, .series_id = pl->snap_series_id, .unique_id = pl->snap_unique_id},
+                        .roi = pl->snap_roi,
+                        .grid = &pl->snap_grid,
+                        .final = pl->snap_final,
+                };
+                r = roid_pack_map(pk, &mv);
+        }
+        pthread_mutex_unlock(&pl->snap_lock);
+        return r;
+}
+
+int roid_pipeline_pack_ask(roid_pipeline *pl, unsigned n, msgpack_packer *pk) {
+        pthread_mutex_lock(&pl->snap_lock);
+        int r = -ENODATA;
+        if (pl->snap_roi) {
+                roid_series_ref ref = {.known = true, .series_id = pl->snap_series_id, .unique_id = pl->snap_unique_id};
+                r = roid_pack_suggest(pk, &ref, &pl->snap_fb, n);
+        }
+        pthread_mutex_unlock(&pl->snap_lock);
+        return r;
+}
+
+int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk, uint64_t control_requests,
+                              uint64_t control_errors) {
+        char uid[ROID_NAME_MAX] = "";
+        roid_series_ref ref = {0};
+        if (pl->cur) { /* the loop thread's own view of the open series */
+                memcpy(uid, pl->cur->unique_id, sizeof uid);
+                ref = (roid_series_ref){.known = true, .series_id = pl->cur->series_id, .unique_id = uid};
+        }
+        pthread_mutex_lock(&pl->snap_lock);
+        double fps = pl->snap_fps, p50 = pl->snap_p50, p99 = pl->snap_p99;
+        pthread_mutex_unlock(&pl->snap_lock);
+        roid_status_view v;
+        status_view(pl, &v, now_mono(), fps, NAN, p50, p99, ref);
+        v.pub = NULL; /* the publisher belongs to the analysis thread */
+        v.control_requests = control_requests;
+        v.control_errors = control_errors;
+        return roid_pack_status(pk, &v);
+}
+
+void roid_pipeline_status_line(roid_pipeline *pl, char *buf, size_t size) {
+        const roid_counters *c = pl->ctr;
+        snprintf(buf, size,
+                 "%s; %" PRIu64 " messages, %" PRIu64 " frames analysed, %" PRIu64 " failed, %" PRIu64
+                 " dropped, %" PRIu64 " series; queue %zu/%zu",
+                 pl->cur ? "acquiring" : "idle", roid_counter_get(c, ROID_C_messages_received),
+                 roid_counter_get(c, ROID_C_frames_analysed), roid_counter_get(c, ROID_C_frames_failed),
+                 roid_counter_get(c, ROID_C_frames_dropped), roid_counter_get(c, ROID_C_series_started),
+                 roid_queue_depth(&pl->work), pl->work.capacity);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher *pub, roid_pipeline **ret,
+                      roid_err *err) {
+        roid_pipeline *pl = calloc(1, sizeof *pl);
+        if (!pl)
+                return -ENOMEM;
+        pl->ctr = ctr;
+        pl->cfg = *cfg;
+        pl->cfg_an = *cfg;
+        pl->pub = pub;
+        pthread_mutex_init(&pl->cfg_lock, NULL);
+        pthread_mutex_init(&pl->snap_lock, NULL);
+        pthread_mutex_init(&pl->stall_lock, NULL);
+        pthread_cond_init(&pl->stall_cond, NULL);
+        const char *fault = getenv("ROID_FAULT");
+        pl->fault_stall = fault && strcmp(fault, "stall-workers") == 0;
+        if (pl->fault_stall)
+                roid_log(ROID_LOG_WARNING, "fault injection: workers stall after their first frame (ROID_FAULT)");
+        pl->t_start = pl->last_status_t = now_mono();
+        pl->cap_snap_next = cfg->next_points ? cfg->next_points : 1;
+        int r = -ENOMEM;
+        pl->snap_next = calloc(pl->cap_snap_next, sizeof *pl->snap_next);
+        if (!pl->snap_next)
+                goto fail;
+        unsigned depth = cfg->queue_depth ? cfg->queue_depth : 256;
+        if ((r = roid_queue_init(&pl->work, sizeof(job), depth, job_is_barrier)) < 0)
+                goto fail;
+        if ((r = roid_queue_init(&pl->an, sizeof(an_item), depth, NULL)) < 0)
+                goto fail;
+        r = roid_writer_new(depth, cfg->flush_interval, ctr, &pl->writer);
+        if (r < 0) {
+                roid_err_set(err, r, "results writer: %s", strerror(-r));
+                goto fail;
+        }
+        if (pthread_create(&pl->an_thread, NULL, analysis_main, pl) != 0) {
+                r = roid_err_set(err, -EAGAIN, "cannot start the analysis thread");
+                goto fail;
+        }
+        pl->an_started = true;
+        pl->n_workers = cfg->workers ? cfg->workers : 1;
+        pl->workers = calloc(pl->n_workers, sizeof *pl->workers);
+        if (!pl->workers) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        for (unsigned i = 0; i < pl->n_workers; i++) {
+                pl->workers[i].pl = pl;
+                if (pthread_create(&pl->workers[i].thread, NULL, worker_main, &pl->workers[i]) != 0) {
+                        pl->n_workers = i;
+                        r = roid_err_set(err, -EAGAIN, "cannot start feature worker %u", i);
+                        goto fail;
+                }
+        }
+        *ret = pl;
+        return 0;
+fail:
+        pl->pub = NULL; /* the caller keeps it on failure */
+        roid_pipeline_free(pl);
+        return r;
+}
+
+void roid_pipeline_free(roid_pipeline *pl) {
+        if (!pl)
+                return;
+        /* Release stalled workers (fault injection) first, then queue the jobs
+         * still waiting for space, waiting now: a stop flushes what was received. */
+        atomic_store(&pl->stopping, true);
+        pthread_mutex_lock(&pl->stall_lock);
+        pthread_cond_broadcast(&pl->stall_cond);
+        pthread_mutex_unlock(&pl->stall_lock);
+        for (unsigned i = 0; i < pl->n_pending && pl->work.ring; i++)
+                roid_queue_push(&pl->work, &pl->pending[i], true);
+        pl->n_pending = 0;
+        if (pl->work.ring)
+                roid_queue_close(&pl->work);
+        for (unsigned i = 0; i < pl->n_workers; i++) {
+                pthread_join(pl->workers[i].thread, NULL);
+                free(pl->workers[i].buf);
+        }
+        /* Frames a stalled worker never took: release their parts. */
+        job j;
+        while (pl->work.ring && roid_queue_pop(&pl->work, &j, 0) == 0)
+                if (j.kind == JOB_FRAME)
+                        zmq_msg_close(&j.msg);
+                else if (j.kind == JOB_END)
+                        an_push(pl, &(an_item){.kind = AN_END, .sc = j.sc, .terminated = j.terminated});
+        if (pl->an.ring)
+                roid_queue_close(&pl->an);
+        if (pl->an_started)
+                pthread_join(pl->an_thread, NULL);
+        if (pl->writer) {
+                roid_writer_wait_idle(pl->writer);
+                roid_writer_free(pl->writer);
+        }
+        roid_queue_destroy(&pl->work);
+        roid_queue_destroy(&pl->an);
+        roid_publisher_free(pl->pub);
+        roid_roi_free(pl->snap_roi);
+        free(pl->snap_next);
+        free(pl->workers);
+        pthread_mutex_destroy(&pl->cfg_lock);
+        pthread_mutex_destroy(&pl->snap_lock);
+        pthread_mutex_destroy(&pl->stall_lock);
+        pthread_cond_destroy(&pl->stall_cond);
+        free(pl);
+}

@@ -1,0 +1,93 @@
+/* pipeline.h - the daemon's threads after ingest: feature workers, the
+ * analysis thread and (through outputs/writer.h) the HDF5 writer, joined by
+ * bounded queues.
+ *
+ *   loop thread (ingest: socket, parse, series)  --work queue-->  N workers
+ *   (decode, features, scan point)  --analysis queue-->  analysis thread (RoI
+ *   state, feedback, PUB socket, snapshots)  --writer queue-->  writer thread
+ *
+ * The work queue carries frames zero-copy: the ZeroMQ part holding a frame is
+ * moved into the job (roid_zsource_take) and closed by the worker.  Series
+ * start and end travel as barriers through the same queue, so the analysis
+ * thread sees every series' frames between its start and its end however
+ * many workers run.
+ *
+ * Queue-full policy.  Work queue: `wait` (default) keeps the job in a small
+ * pending list and the loop stops reading the detector socket until a worker
+ * frees a slot (roid_pipeline_blocked; the wake-up callback runs on the worker
+ * and must be async-signal-like, e.g. uv_async_send): ZeroMQ's receive
+ * high-water mark and then the detector's send buffer absorb the burst, and
+ * nothing is lost.  `drop` discards the frame instead and counts it in
+ * frames_dropped; series start and end are never dropped.  Analysis and
+ * writer queues: producers wait (their consumers never wait on anything but
+ * their own input, so there is no cycle).
+ *
+ * Ownership: the pipeline owns its threads, queues, per-series state and the
+ * publisher handed to it (used by the analysis thread only from then on).
+ * Threads: every function here is for the loop thread, except where noted.
+ */
+#ifndef ROID_SERVICE_PIPELINE_H
+#define ROID_SERVICE_PIPELINE_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "analysis/analysis.h"
+#include "analysis/feedback.h"
+#include "ingest/ingest.h"
+#include "ingest/zsource.h"
+#include "outputs/publish.h"
+#include "service/config.h"
+#include "service/counters.h"
+
+typedef struct roid_pipeline roid_pipeline;
+
+/* Starts the threads.  cfg gives workers, queues, intervals and the analysis
+ * parameters of the first series; pub may be NULL (no publishing); the
+ * pipeline takes it over.  config_text (may be NULL) is stored in results
+ * files. */
+int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher *pub, roid_pipeline **ret,
+                      roid_err *err);
+/* Stops: flushes what is queued (series in progress are closed as
+ * unterminated by the caller's roid_ingest_flush before), joins the threads,
+ * closes the results file. */
+void roid_pipeline_free(roid_pipeline *pl);
+
+/* The ingest sink (use with roid_ingest_params.defer_decode = true) and the
+ * socket whose parts it takes. */
+void roid_pipeline_sink(roid_pipeline *pl, roid_sink *ret);
+void roid_pipeline_set_source(roid_pipeline *pl, roid_zsource *z);
+
+/* Back-pressure (queue_full = wait): true while jobs wait for queue space;
+ * stop receiving until roid_pipeline_retry() returns true.  `wake` is called
+ * from a worker thread when space frees up while blocked. */
+bool roid_pipeline_blocked(roid_pipeline *pl);
+bool roid_pipeline_retry(roid_pipeline *pl);
+void roid_pipeline_set_wakeup(roid_pipeline *pl, void (*wake)(void *ctx), void *ctx);
+
+/* Parameters for the next series (SIGHUP, control `set`). */
+void roid_pipeline_set_config(roid_pipeline *pl, const roid_config *cfg, const char *config_text);
+/* Forget the current series' RoI state and start it again from the next
+ * frame (control `reset`). */
+void roid_pipeline_reset(roid_pipeline *pl);
+
+/* Watchdog inputs: items handled so far (any thread may read), and work
+ * queued but not yet handled. */
+uint64_t roid_pipeline_progress(roid_pipeline *pl);
+uint64_t roid_pipeline_pending(roid_pipeline *pl);
+/* Blocks until every queued item is handled (tests, shutdown). */
+void roid_pipeline_wait_idle(roid_pipeline *pl);
+
+/* Control replies from the latest snapshot (taken at each map publication),
+ * with the contract of control.h: the number of key/value pairs packed, or
+ * -ENODATA before the first map. */
+int roid_pipeline_pack_map(roid_pipeline *pl, msgpack_packer *pk);
+int roid_pipeline_pack_ask(roid_pipeline *pl, unsigned n, msgpack_packer *pk);
+int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk, uint64_t control_requests,
+                              uint64_t control_errors);
+
+/* One line for sd_notify STATUS=. */
+void roid_pipeline_status_line(roid_pipeline *pl, char *buf, size_t size);
+
+#endif

@@ -1,0 +1,655 @@
+/* test_writer - the SWMR results file written by the writer thread, read the
+ * way a live client reads it: h5py in SWMR mode (tests/py/swmr_read.py, run
+ * with /usr/bin/python3), while the series runs, after a flush, after the
+ * close and after the writing process died without closing.  Records come
+ * from roid_features_compute on small synthetic diffraction patterns (a disk
+ * attenuated and shifted over an object region of the scan), the RoI state
+ * from roid_roi_add.  Also: the flush timer, back-pressure of a tiny queue,
+ * an unwritable directory and a file-size limit hit mid-series (both logged
+ * once, counted, the next series written normally). */
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "features/features.h"
+#include "outputs/writer.h"
+#include "tap.h"
+
+extern char **environ;
+
+#define NY 8
+#define NX 10
+#define NP (NY * NX)
+#define FR 24 /* frame rows = cols */
+#define S  4
+
+static char tmp[256];
+static char script[4096];
+static roid_geometry geom;
+static roid_roi_params rp;
+
+/* ------------------------------------------------------------- records */
+
+static uint64_t lcg(uint64_t *s) {
+        *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+        return *s >> 33;
+}
+
+/* Image i lies on grid point i % NP (raster order); inside the object
+ * (rows 2..5, cols 3..7) the disk is dimmer and shifted by 2 pixels. */
+static void make_record(uint64_t i, roid_frame_record *rec) {
+        static uint16_t px[FR * FR];
+        uint32_t p = (uint32_t)(i % NP), row = p / NX, col = p % NX;
+        bool obj = row >= 2 && row <= 5 && col >= 3 && col <= 7;
+        double amp = obj ? 300 : 900, dx = obj ? 2 : 0, dy = obj ? -1 : 0;
+        uint64_t seed = 1000 + i;
+        for (int r = 0; r < FR; r++)
+                for (int c = 0; c < FR; c++) {
+                        double x = c - 12 - dx, y = r - 12 - dy;
+                        px[r * FR + c] = (uint16_t)(amp * exp(-(x * x + y * y) / 18.0) + (double)(lcg(&seed) % 7));
+                }
+        roid_frame f = {.dtype = ROID_DT_U16, .rows = FR, .cols = FR, .pixels = px};
+        memset(rec, 0, sizeof *rec);
+        rec->image_id = i;
+        rec->row = row;
+        rec->col = col;
+        rec->pos_x = rec->pos_y = NAN;
+        roid_err err;
+        if (roid_features_compute(&geom, &f, &rec->f, &err) < 0)
+                tap_diag("features: %s", err.msg);
+}
+
+static void setup_geometry(void) {
+        roid_geometry_params gp;
+        roid_geometry_params_default(&gp);
+        gp.rows = gp.cols = FR;
+        gp.dtype = ROID_DT_U16;
+        gp.center_x = gp.center_y = 12;
+        gp.n_segments = S;
+        gp.r_bf = 4;
+        gp.r_df_in = 4;
+        gp.r_df_out = 11;
+        roid_err err;
+        if (roid_geometry_init(&geom, &gp, &err) < 0)
+                tap_diag("geometry: %s", err.msg);
+        roid_roi_params_default(&rp);
+        rp.n_segments = S;
+        rp.k = 3;
+        rp.cadence = 16;
+}
+
+static roid_results_meta meta_for(const char *id, const char *config) {
+        roid_results_meta m = {.series_unique_id = id,
+                               .series_id = 7,
+                               .center_x = 12,
+                               .center_y = 12,
+                               .center_source = "config",
+                               .r_bf = 4,
+                               .r_df_in = 4,
+                               .r_df_out = 11,
+                               .roi = &rp,
+                               .ny = NY,
+                               .nx = NX,
+                               .snake = 0,
+                               .fast_axis = "x",
+                               .scan_source = "config",
+                               .config_text = config};
+        return m;
+}
+
+/* ------------------------------------------------------- the reader side */
+
+typedef struct {
+        bool opened;
+        long rows, scan_rows[8], final, frames, mask_sum, n_image_ids, image_ids_ok, labels_ok, labels_rows;
+        long image_id_seq, complete, images_received, cen_k, cen_d, cen_finite;
+        double sum[2048];
+        long n_sum;
+        char nx_class[256], config[256], open_error[512];
+} summary;
+
+static void summarise(const char *path, bool plain, summary *s) {
+        char cmd[8192];
+        memset(s, 0, sizeof *s);
+        s->rows = -1;
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' summary '%s'%s", script, path, plain ? " --plain" : "");
+        FILE *p = popen(cmd, "r");
+        if (!p)
+                return;
+        static char line[1 << 16];
+        while (fgets(line, sizeof line, p)) {
+                line[strcspn(line, "\n")] = '\0';
+                char *sp = strchr(line, ' ');
+                const char *v = sp ? sp + 1 : "";
+                if (sp)
+                        *sp = '\0';
+                if (!strcmp(line, "open"))
+                        s->opened = true;
+                else if (!strcmp(line, "open_error"))
+                        snprintf(s->open_error, sizeof s->open_error, "%s", v);
+                else if (!strcmp(line, "rows"))
+                        s->rows = atol(v);
+                else if (!strcmp(line, "scan_rows"))
+                        sscanf(v, "%ld %ld %ld %ld %ld %ld %ld %ld", &s->scan_rows[0], &s->scan_rows[1],
+                               &s->scan_rows[2], &s->scan_rows[3], &s->scan_rows[4], &s->scan_rows[5], &s->scan_rows[6],
+                               &s->scan_rows[7]);
+                else if (!strcmp(line, "sum")) {
+                        char *q = (char *)v, *end;
+                        while (s->n_sum < 2048) {
+                                double d = strtod(q, &end);
+                                if (end == q)
+                                        break;
+                                s->sum[s->n_sum++] = d;
+                                q = end;
+                        }
+                } else if (!strcmp(line, "final"))
+                        s->final = atol(v);
+                else if (!strcmp(line, "frames"))
+                        s->frames = atol(v);
+                else if (!strcmp(line, "mask_sum"))
+                        s->mask_sum = atol(v);
+                else if (!strcmp(line, "n_image_ids"))
+                        s->n_image_ids = atol(v);
+                else if (!strcmp(line, "image_ids_ok"))
+                        s->image_ids_ok = atol(v);
+                else if (!strcmp(line, "labels_ok"))
+                        s->labels_ok = atol(v);
+                else if (!strcmp(line, "labels_rows"))
+                        s->labels_rows = atol(v);
+                else if (!strcmp(line, "image_id_seq"))
+                        s->image_id_seq = atol(v);
+                else if (!strcmp(line, "complete"))
+                        s->complete = atol(v);
+                else if (!strcmp(line, "centroids"))
+                        sscanf(v, "%ld %ld %ld", &s->cen_k, &s->cen_d, &s->cen_finite);
+                else if (!strcmp(line, "counter") && !strncmp(v, "images_received ", 16))
+                        s->images_received = atol(v + 16);
+                else if (!strcmp(line, "nx_class"))
+                        snprintf(s->nx_class, sizeof s->nx_class, "%s", v);
+                else if (!strcmp(line, "config"))
+                        snprintf(s->config, sizeof s->config, "%s", v);
+        }
+        int st = pclose(p);
+        if (st != 0)
+                tap_diag("swmr_read.py summary %s: exit status %d", path, st);
+}
+
+/* A reader that stays open and refreshes on request, as a live client. */
+typedef struct {
+        pid_t pid;
+        FILE *in, *out;
+} follower;
+
+static bool follow_start(follower *f, const char *path) {
+        int to[2], from[2];
+        if (pipe(to) < 0 || pipe(from) < 0)
+                return false;
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, to[0], 0);
+        posix_spawn_file_actions_adddup2(&fa, from[1], 1);
+        posix_spawn_file_actions_addclose(&fa, to[1]);
+        posix_spawn_file_actions_addclose(&fa, from[0]);
+        char *argv[] = {"python3", script, "follow", (char *)path, NULL};
+        int r = posix_spawn(&f->pid, "/usr/bin/python3", &fa, NULL, argv, environ);
+        posix_spawn_file_actions_destroy(&fa);
+        close(to[0]);
+        close(from[1]);
+        if (r) {
+                close(to[1]);
+                close(from[0]);
+                return false;
+        }
+        f->in = fdopen(to[1], "w");
+        f->out = fdopen(from[0], "r");
+        return f->in && f->out;
+}
+
+static bool follow_poll(follower *f, long *rows, long *frames, long *final) {
+        char line[256];
+        fputs("refresh\n", f->in);
+        fflush(f->in);
+        if (!fgets(line, sizeof line, f->out))
+                return false;
+        if (sscanf(line, "rows %ld frames %ld final %ld", rows, frames, final) == 3)
+                return true;
+        tap_diag("follower said: %s", line);
+        return false;
+}
+
+static void follow_stop(follower *f) {
+        fclose(f->in);
+        fclose(f->out);
+        int st;
+        waitpid(f->pid, &st, 0);
+}
+
+/* Lines of a file that contain needle. */
+static int count_in_file(const char *path, const char *needle) {
+        size_t n;
+        uint8_t *b = tap_slurp(path, &n);
+        int c = 0;
+        if (!b)
+                return -1;
+        char *s = realloc(b, n + 1);
+        if (!s) {
+                free(b);
+                return -1;
+        }
+        s[n] = '\0';
+        for (char *line = strtok(s, "\n"); line; line = strtok(NULL, "\n"))
+                c += strstr(line, needle) != NULL;
+        free(s);
+        return c;
+}
+
+/* stderr into a file while fn-like code runs, for counting log lines. */
+static int saved_stderr = -1;
+static void capture_stderr(const char *path) {
+        fflush(stderr);
+        saved_stderr = dup(2);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 2);
+        close(fd);
+}
+static void restore_stderr(void) {
+        fflush(stderr);
+        dup2(saved_stderr, 2);
+        close(saved_stderr);
+}
+
+static void series_path(char *buf, size_t size, const char *dir, const char *id) {
+        snprintf(buf, size, "%s/roid_%s.h5", dir, id);
+}
+
+/* ---------------------------------------------------------------- tests */
+
+/* A child writes and flushes N records, then dies without closing: the file
+ * must read (SWMR) with exactly those N rows. */
+static void test_crash(void) {
+        enum { N = 37 };
+        char dir[512], path[1024];
+        snprintf(dir, sizeof dir, "%s/crash", tmp);
+        mkdir(dir, 0755);
+        series_path(path, sizeof path, dir, "crash");
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+                roid_writer *w;
+                roid_results_meta m = meta_for("crash", NULL);
+                int bad = roid_writer_new(16, 3600, NULL, &w) < 0 || roid_writer_open(w, dir, &m) < 0;
+                for (uint64_t i = 0; !bad && i < N; i++) {
+                        roid_frame_record rec;
+                        make_record(i, &rec);
+                        bad |= roid_writer_append(w, &rec) < 0;
+                }
+                bad |= roid_writer_wait_idle(w) < 0;
+                _exit(bad ? 1 : 0); /* no close, no free: as if killed */
+        }
+        int st = -1;
+        waitpid(pid, &st, 0);
+        tap_ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "crash: the child wrote and flushed %d records", N);
+        summary s;
+        summarise(path, false, &s);
+        tap_ok(s.opened, "crash: the unclosed file opens in SWMR read mode %s", s.open_error);
+        tap_eq_i64(s.rows, N, "crash: rows of /entry/features/sum = the flushed records");
+        bool same = s.n_sum == N;
+        for (uint64_t i = 0; same && i < N; i++) {
+                roid_frame_record rec;
+                make_record(i, &rec);
+                same = s.sum[i] == rec.f.total;
+        }
+        tap_ok(same, "crash: every flushed total reads back exactly");
+        tap_eq_i64(s.scan_rows[0], N, "crash: /entry/scan/image_id has the same rows");
+        tap_eq_i64(s.complete, 0, "crash: counters/complete stays 0 (never closed)");
+        summarise(path, true, &s);
+        tap_ok(!s.opened && strstr(s.open_error, "already open for write"),
+               "crash: a non-SWMR open is refused as documented (%s)", s.open_error);
+}
+
+static void test_live(void) {
+        char dir[512], path[1024], got[4096];
+        snprintf(dir, sizeof dir, "%s/live", tmp);
+        mkdir(dir, 0755);
+        series_path(path, sizeof path, dir, "live-1");
+        roid_writer *w;
+        tap_ok(roid_writer_new(64, 3600, NULL, &w) == 0, "live: writer started");
+        tap_eq_u64(roid_writer_queue_capacity(w), 64, "live: capacity");
+        roid_results_meta m = meta_for("live-1", "[analysis]\nk = 3\n");
+        char uid[] = "live-1";
+        m.series_unique_id = uid;
+        tap_ok(roid_writer_open(w, dir, &m) == 0, "live: open queued");
+        uid[0] = 'X'; /* the writer copied it */
+        tap_eq_i64(roid_writer_wait_idle(w), 0, "live: file created");
+        tap_ok(!strcmp(roid_writer_last_path(w, got, sizeof got), path), "live: last_path %s", got);
+        roid_roi *roi;
+        roid_err err;
+        roid_roi_new(&rp, NY, NX, &roi, &err);
+
+        follower fo;
+        long rows = -1, frames = -1, final = -1;
+        bool polled;
+        bool started = follow_start(&fo, path);
+        polled = started && follow_poll(&fo, &rows, &frames, &final);
+        tap_ok(polled && rows == 0 && frames == 0 && final == 0,
+               "live: a SWMR reader opens the new file: %ld rows, frames %ld, final %ld", rows, frames, final);
+
+        roid_frame_record rec;
+        for (uint64_t i = 0; i < 30; i++) {
+                make_record(i, &rec);
+                roid_roi_add(roi, rec.row, rec.col, &rec.f);
+                roid_writer_append(w, &rec);
+        }
+        roid_writer_map(w, roi, false);
+        for (uint64_t i = 30; i < 40; i++) { /* a newer snapshot supersedes the one of 30 frames */
+                make_record(i, &rec);
+                roid_roi_add(roi, rec.row, rec.col, &rec.f);
+                roid_writer_append(w, &rec);
+        }
+        roid_writer_map(w, roi, false);
+        tap_eq_i64(roid_writer_wait_idle(w), 0, "live: 40 records flushed");
+        polled = started && follow_poll(&fo, &rows, &frames, &final);
+        tap_ok(polled && rows == 40 && frames == 40 && final == 0,
+               "live: after refresh the reader sees %ld rows, map of %ld frames, final %ld", rows, frames, final);
+        for (uint64_t i = 40; i < NP; i++) {
+                make_record(i, &rec);
+                roid_roi_add(roi, rec.row, rec.col, &rec.f);
+                roid_writer_append(w, &rec);
+        }
+        tap_eq_i64(roid_writer_wait_idle(w), 0, "live: 80 records flushed");
+        polled = started && follow_poll(&fo, &rows, &frames, &final);
+        tap_ok(polled && rows == NP && frames == 40, "live: the reader sees %ld rows (map still of %ld frames)", rows,
+               frames);
+
+        roid_roi_finish(roi);
+        tap_eq_i64(roid_writer_map(w, roi, true), 0, "live: final map passed");
+        roid_counters ctr;
+        roid_counters_reset(&ctr);
+        roid_count(&ctr, ROID_C_images_received, NP);
+        tap_eq_i64(roid_writer_close(w, &ctr), 0, "live: close queued");
+        roid_count(&ctr, ROID_C_images_received, 5); /* after the close: not in the file */
+        tap_eq_i64(roid_writer_wait_idle(w), 0, "live: closed without error");
+        polled = started && follow_poll(&fo, &rows, &frames, &final);
+        tap_ok(polled && rows == NP && frames == NP && final == 1,
+               "live: the open reader sees the final map: %ld rows, %ld frames, final %ld", rows, frames, final);
+        if (started)
+                follow_stop(&fo);
+
+        const uint8_t *mask = roid_roi_mask(roi);
+        long in = 0;
+        for (int p = 0; p < NP; p++)
+                in += mask[p];
+        summary s;
+        summarise(path, true, &s);
+        tap_ok(s.opened, "live: after the close a plain (non-SWMR) open works %s", s.open_error);
+        tap_eq_i64(s.rows, NP, "live: all rows");
+        for (int i = 0; i < 7; i++)
+                if (s.scan_rows[i + 1] != NP)
+                        tap_diag("per-frame dataset %d has %ld rows", i + 1, s.scan_rows[i + 1]);
+        tap_ok(s.scan_rows[0] == NP && s.scan_rows[1] == NP && s.scan_rows[2] == NP && s.scan_rows[3] == NP &&
+                       s.scan_rows[4] == NP && s.scan_rows[5] == NP && s.scan_rows[6] == NP && s.scan_rows[7] == NP,
+               "live: every per-frame dataset has %d rows", NP);
+        bool same = s.n_sum == NP;
+        for (uint64_t i = 0; same && i < NP; i++) {
+                make_record(i, &rec);
+                same = s.sum[i] == rec.f.total;
+        }
+        tap_ok(same, "live: totals read back exactly");
+        tap_eq_i64(s.image_id_seq, 1, "live: image ids in order");
+        tap_eq_i64(s.final, 1, "live: /entry/roi/final = 1");
+        tap_eq_i64(s.frames, NP, "live: /entry/roi/frames");
+        tap_eq_i64(s.mask_sum, in, "live: the mask is the final RoI");
+        tap_ok(in > 0 && in < NP, "live: the RoI is a proper part of the scan (%ld of %d)", in, NP);
+        tap_eq_i64(s.n_image_ids, in, "live: image_ids has one frame per RoI point");
+        tap_eq_i64(s.image_ids_ok, 1, "live: image_ids = frames whose grid point is in the mask (numpy)");
+        tap_eq_i64(s.labels_ok, 1, "live: per-frame cluster labels = point labels at the frames' points (numpy)");
+        tap_eq_i64(s.labels_rows, NP, "live: one cluster label per frame");
+        tap_ok(s.cen_k == 3 && s.cen_d == 2 * (1 + S) + rp.use_bf + rp.use_df && s.cen_finite == 1,
+               "live: centroids %ld x %ld, finite %ld", s.cen_k, s.cen_d, s.cen_finite);
+        tap_eq_i64(s.images_received, NP, "live: counters stored at the close (snapshot)");
+        tap_eq_i64(s.complete, 1, "live: counters/complete = 1");
+        tap_ok(!strcmp(s.nx_class, "NXentry NXcollection NXcollection NXdata NXcollection NXcollection"),
+               "live: NX_class attributes (%s)", s.nx_class);
+        tap_ok(!strcmp(s.config, "[analysis]\\nk = 3\\n"), "live: configuration attribute (%s)", s.config);
+        roid_writer_stats st;
+        roid_writer_get_stats(w, &st);
+        tap_ok(st.series_opened == 1 && st.series_written == 1 && st.series_failed == 0 && st.frames_written == NP &&
+                       st.frames_discarded == 0,
+               "live: stats opened %llu written %llu failed %llu frames %llu discarded %llu",
+               (unsigned long long)st.series_opened, (unsigned long long)st.series_written,
+               (unsigned long long)st.series_failed, (unsigned long long)st.frames_written,
+               (unsigned long long)st.frames_discarded);
+        tap_ok(roid_writer_append(w, &rec) == -EINVAL, "live: append after close is refused");
+        roid_writer_free(w);
+        roid_roi_free(roi);
+}
+
+/* The flush timer alone makes the rows visible. */
+static void test_timer(void) {
+        char dir[512], path[1024];
+        snprintf(dir, sizeof dir, "%s/timer", tmp);
+        mkdir(dir, 0755);
+        series_path(path, sizeof path, dir, "timer");
+        roid_writer *w;
+        roid_writer_new(8, 0.2, NULL, &w);
+        roid_results_meta m = meta_for("timer", NULL);
+        roid_writer_open(w, dir, &m);
+        roid_frame_record rec;
+        for (uint64_t i = 0; i < 10; i++) {
+                make_record(i, &rec);
+                roid_writer_append(w, &rec);
+        }
+        struct timespec ts = {0, 800 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        summary s;
+        summarise(path, false, &s);
+        tap_eq_i64(s.rows, 10, "timer: rows visible after flush_interval without any explicit flush");
+        roid_writer_close(w, NULL);
+        roid_writer_free(w); /* finishes the queued close */
+        summarise(path, true, &s);
+        tap_ok(s.rows == 10 && s.complete == 1, "timer: free finished the close (%ld rows, complete %ld)", s.rows,
+               s.complete);
+}
+
+static void test_backpressure(void) {
+        enum { N = 1000 };
+        char dir[512], path[1024];
+        snprintf(dir, sizeof dir, "%s/bp", tmp);
+        mkdir(dir, 0755);
+        series_path(path, sizeof path, dir, "bp");
+        roid_writer *w;
+        roid_writer_new(2, 3600, NULL, &w);
+        roid_results_meta m = meta_for("bp", NULL);
+        roid_writer_open(w, dir, &m);
+        static roid_frame_record recs[NP];
+        for (uint64_t i = 0; i < NP; i++)
+                make_record(i, &recs[i]);
+        size_t max_seen = 0;
+        int bad = 0;
+        for (uint64_t i = 0; i < N; i++) {
+                roid_frame_record rec = recs[i % NP];
+                rec.image_id = i;
+                bad |= roid_writer_append(w, &rec) < 0;
+                size_t d = roid_writer_queue_depth(w);
+                if (d > max_seen)
+                        max_seen = d;
+        }
+        roid_writer_close(w, NULL);
+        tap_eq_i64(roid_writer_wait_idle(w), 0, "backpressure: no error");
+        tap_ok(!bad && max_seen == 2, "backpressure: the queue of 2 filled (max depth %zu) and appends waited",
+               max_seen);
+        summary s;
+        summarise(path, true, &s);
+        tap_eq_i64(s.rows, N, "backpressure: every record arrived");
+        tap_eq_i64(s.image_id_seq, 1, "backpressure: in order");
+        roid_writer_free(w);
+}
+
+static void test_errors(void) {
+        char bad_dir[512], log[512], good_dir[512], path[1024];
+        snprintf(bad_dir, sizeof bad_dir, "%s/afile/sub", tmp);
+        snprintf(path, sizeof path, "%s/afile", tmp);
+        FILE *f = fopen(path, "w"); /* a regular file where a directory should be: unwritable even for root */
+        if (f)
+                fclose(f);
+        snprintf(log, sizeof log, "%s/stderr.log", tmp);
+        snprintf(good_dir, sizeof good_dir, "%s/good", tmp);
+        mkdir(good_dir, 0755);
+        roid_writer *w;
+        roid_writer_new(4, 3600, NULL, &w);
+        roid_frame_record rec;
+        roid_roi *roi;
+        roid_err err;
+        roid_roi_new(&rp, NY, NX, &roi, &err);
+        for (uint64_t i = 0; i < NP; i++) {
+                make_record(i, &rec);
+                roid_roi_add(roi, rec.row, rec.col, &rec.f);
+        }
+        roid_roi_finish(roi);
+
+        /* 1. unwritable directory */
+        capture_stderr(log);
+        roid_results_meta m = meta_for("bad", NULL);
+        roid_writer_open(w, bad_dir, &m);
+        for (uint64_t i = 0; i < 10; i++) {
+                make_record(i, &rec);
+                roid_writer_append(w, &rec);
+        }
+        roid_writer_map(w, roi, true);
+        roid_writer_close(w, NULL);
+        int r = roid_writer_wait_idle(w);
+        restore_stderr();
+        tap_ok(r < 0, "unwritable dir: wait_idle reports the error (%d)", r);
+        tap_eq_i64(count_in_file(log, "roid_bad.h5"), 1, "unwritable dir: logged once, naming the path");
+        tap_ok(count_in_file(log, "Not a directory") >= 1, "unwritable dir: the log gives the reason");
+        roid_writer_stats st;
+        roid_writer_get_stats(w, &st);
+        tap_ok(st.series_failed == 1 && st.frames_discarded == 10 && st.series_opened == 0,
+               "unwritable dir: counted (failed %llu, discarded %llu)", (unsigned long long)st.series_failed,
+               (unsigned long long)st.frames_discarded);
+
+        /* 2. the next series, good directory */
+        m = meta_for("after-bad", NULL);
+        roid_writer_open(w, good_dir, &m);
+        for (uint64_t i = 0; i < 5; i++) {
+                make_record(i, &rec);
+                roid_writer_append(w, &rec);
+        }
+        roid_writer_close(w, NULL);
+        tap_eq_i64(roid_writer_wait_idle(w), 0, "after the error: the next series is written");
+        summary s;
+        series_path(path, sizeof path, good_dir, "after-bad");
+        summarise(path, true, &s);
+        tap_eq_i64(s.rows, 5, "after the error: its file has its 5 rows");
+
+        /* 3. the file-size limit hit mid-series, as a full disk */
+        signal(SIGXFSZ, SIG_IGN);
+        m = meta_for("full", NULL);
+        series_path(path, sizeof path, good_dir, "full");
+        roid_writer_open(w, good_dir, &m);
+        roid_writer_wait_idle(w);
+        struct stat sb;
+        stat(path, &sb);
+        struct rlimit old, lim;
+        getrlimit(RLIMIT_FSIZE, &old);
+        lim = old;
+        lim.rlim_cur = (rlim_t)sb.st_size + 32768;
+        setrlimit(RLIMIT_FSIZE, &lim);
+        capture_stderr(log);
+        for (uint64_t i = 0; i < 2000; i++) {
+                make_record(i % NP, &rec);
+                rec.image_id = i;
+                roid_writer_append(w, &rec);
+        }
+        r = roid_writer_wait_idle(w); /* its flush hits the limit */
+        setrlimit(RLIMIT_FSIZE, &old);
+        roid_writer_map(w, roi, true);
+        roid_writer_close(w, NULL);
+        int r2 = roid_writer_wait_idle(w);
+        restore_stderr();
+        roid_writer_get_stats(w, &st);
+        tap_ok(r < 0 && r2 == 0, "size limit: wait_idle reports the error once (%d, then %d)", r, r2);
+        tap_eq_i64(count_in_file(log, "roid_full.h5"), 1, "size limit: logged once, naming the path");
+        tap_ok(count_in_file(log, "File too large") == 1, "size limit: the log gives the reason");
+        tap_ok(st.series_failed == 2 && st.series_written == 1 &&
+                       st.frames_written + st.frames_discarded == 10 + 5 + 2000,
+               "size limit: counted (failed %llu, written %llu, discarded %llu)", (unsigned long long)st.series_failed,
+               (unsigned long long)st.series_written, (unsigned long long)st.frames_discarded);
+        summarise(path, false, &s);
+        tap_ok(s.opened && s.rows >= 0 && s.rows <= 2000 && s.complete == 0,
+               "size limit: the failed file still opens for SWMR readers (%ld rows, %s)", s.rows, s.open_error);
+
+        /* 4. and again a good series */
+        m = meta_for("after-full", NULL);
+        roid_writer_open(w, good_dir, &m);
+        for (uint64_t i = 0; i < 5; i++) {
+                make_record(i, &rec);
+                roid_writer_append(w, &rec);
+        }
+        roid_writer_map(w, roi, true);
+        roid_writer_close(w, NULL);
+        tap_eq_i64(roid_writer_wait_idle(w), 0, "after the size limit: the next series is written");
+        series_path(path, sizeof path, good_dir, "after-full");
+        summarise(path, true, &s);
+        tap_ok(s.rows == 5 && s.final == 1 && s.labels_rows == 5 && s.labels_ok == 1,
+               "after the size limit: 5 rows, final map, labels (%ld, %ld, %ld, %ld)", s.rows, s.final, s.labels_rows,
+               s.labels_ok);
+        roid_writer_free(w);
+        roid_roi_free(roi);
+}
+
+static void test_bad_args(void) {
+        roid_writer *w = NULL;
+        tap_ok(roid_writer_new(0, 1, NULL, &w) == -EINVAL && roid_writer_new(4, 0, NULL, &w) == -EINVAL &&
+                       roid_writer_new(ROID_WRITER_MAX_QUEUE + 1, 1, NULL, &w) == -EINVAL && !w,
+               "bad queue depth or flush interval refused");
+        roid_writer_new(4, 1, NULL, &w);
+        roid_frame_record rec;
+        make_record(0, &rec);
+        roid_roi *roi;
+        roid_err err;
+        roid_roi_new(&rp, NY, NX, &roi, &err);
+        tap_ok(roid_writer_append(w, &rec) == -EINVAL && roid_writer_close(w, NULL) == -EINVAL &&
+                       roid_writer_map(w, roi, false) == -EINVAL,
+               "append / map / close without an open series refused");
+        roid_results_meta m = meta_for("x", NULL);
+        m.roi = NULL;
+        tap_eq_i64(roid_writer_open(w, tmp, &m), -EINVAL, "open without RoI parameters refused");
+        m = meta_for("x", NULL);
+        roid_writer_open(w, tmp, &m);
+        tap_eq_i64(roid_writer_map(w, roi, true), -EINVAL, "final map of an unfinished state refused");
+        roid_writer_free(w); /* closes the open series */
+        roid_roi_free(roi);
+}
+
+int main(void) {
+        const char *src = getenv("ROID_SRC");
+        snprintf(script, sizeof script, "%s/tests/py/swmr_read.py", src ? src : ".");
+        snprintf(tmp, sizeof tmp, "/tmp/roid-writer-XXXXXX");
+        if (!mkdtemp(tmp)) {
+                tap_ok(false, "mkdtemp");
+                return tap_done();
+        }
+        setup_geometry();
+        test_crash(); /* first: fork before this process has threads */
+        test_live();
+        test_timer();
+        test_backpressure();
+        test_errors();
+        test_bad_args();
+        roid_geometry_free(&geom);
+        char cmd[512];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+        if (system(cmd) != 0)
+                tap_diag("could not remove %s", tmp);
+        return tap_done();
+}

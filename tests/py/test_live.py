@@ -1,0 +1,216 @@
+"""Live outputs end to end: roid-sim streams the phantom scan into the daemon,
+a subscriber hears every topic while the scan runs, a REQ client talks to the
+control socket, and the final `map` must equal the RoI of the results file.
+
+Checked: every topic (status, series, map, scan_here, frame) arrives with the
+common keys; per-topic seq numbers have no gap; `frame` features equal the
+results file's per-frame features; the final map equals /entry/roi/mask and
+the clusters; scan_here boxes contain the RoI and its `next` list is what
+`ask` returns; control errors are answered and the daemon goes on; a `set`
+applies to the next series; a burst of messages with nothing after it is
+processed to the last one (ZMQ_FD is edge-like: the loop must drain)."""
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import msgpack
+import numpy as np
+import zmq
+
+ROID = os.environ["ROID"]
+SIM = os.environ["ROID_SIM"]
+NY = NX = 32
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        failures.append(what)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def typed(a):
+    return np.frombuffer(a["data"], dtype=np.dtype(a["dtype"]).newbyteorder("<")).reshape(a["shape"])
+
+
+class Control:
+    def __init__(self, ctx, ep):
+        self.ctx, self.ep = ctx, ep
+        self.open()
+
+    def open(self):
+        self.s = self.ctx.socket(zmq.REQ)
+        self.s.setsockopt(zmq.LINGER, 0)
+        self.s.setsockopt(zmq.RCVTIMEO, 20000)
+        self.s.connect(self.ep)
+
+    def raw(self, payload):
+        self.s.send(payload)
+        return msgpack.unpackb(self.s.recv(), raw=False)
+
+    def __call__(self, **req):
+        return self.raw(msgpack.packb(req))
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="roid-live-")
+    pd, pp, pc = free_port(), free_port(), free_port()
+    det, pub, ctl_ep = (f"tcp://127.0.0.1:{p}" for p in (pd, pp, pc))
+    conf = os.path.join(tmp, "roid.conf")
+    with open(conf, "w") as f:
+        f.write("[output]\nstatus_interval = 0.1\nframe_every = 7\n")
+    roid = subprocess.Popen([ROID, "--config", conf, "--detector", det, "--publish", pub, "--control", ctl_ep,
+                             "--output-dir", tmp, "--workers", "2", "--map-interval", "0.1", "--series", "2",
+                             "--idle-timeout", "120"], stderr=subprocess.PIPE, text=True)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(pub)
+    ctl = Control(ctx, ctl_ep)
+
+    # The control socket answers before any series, and says there is no map yet.
+    st = ctl(cmd="status")
+    check(st["ok"] and st["state"] == "idle" and st["schema"] == 1, "control status before any series: idle")
+    m = ctl(cmd="map")
+    check(not m["ok"] and "no data" in m["error"], f"control map before any series: error ({m.get('error')})")
+    # Malformed requests are answered and counted; the daemon goes on.
+    bad = [b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"cmd": "fly"}), msgpack.packb({"cmd": "ask", "n": 0})]
+    answers = [ctl.raw(b) for b in bad]
+    check(all(not a["ok"] and a["error"] for a in answers), "4 bad requests get error replies: " +
+          "; ".join(a["error"] for a in answers))
+    # Wait until the subscriber hears the status topic (slow joiner) before streaming.
+    t0 = time.time()
+    while time.time() - t0 < 20:
+        if sub.poll(200) and sub.recv_multipart()[0] == b"status":
+            break
+
+    msgs = []
+    truth = os.path.join(tmp, "truth.json")
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--source", f"phantom:seed=5,truth={truth}", "--shape",
+                            "128x128", "--dtype", "uint32", "--scan", f"{NY}x{NX},snake", "--rate", "1500",
+                            "--quiet"])
+    got_final = got_end = False
+    t0 = time.time()
+    while time.time() - t0 < 120 and not (got_final and got_end):
+        if sub.poll(500):
+            topic, body = sub.recv_multipart()
+            b = msgpack.unpackb(body, raw=False)
+            msgs.append((topic.decode(), b))
+            got_end |= topic == b"series" and b["event"] == "end"
+            if topic == b"map" and b["final"]:
+                got_final = True
+                # Right after the end, the control socket serves the same final map and the ask list.
+                cm = ctl(cmd="map")
+                ask = ctl(cmd="ask", n=5)
+                stat = ctl(cmd="status")
+    sim.wait()
+    check(got_final, "a final map arrived")
+    topics = {t for t, _ in msgs}
+    check(topics >= {"status", "series", "map", "scan_here", "frame"}, f"every topic heard: {sorted(topics)}")
+
+    # Common keys and gap-free sequence numbers per topic.
+    last = {}
+    gaps = 0
+    for t, b in msgs:
+        ok = b["schema"] == 1 and b["topic"] == t and abs(b["time"] - time.time()) < 600
+        if not ok:
+            failures.append(f"common keys of {t}")
+        if t in last and b["seq"] != last[t] + 1:
+            gaps += 1
+        last[t] = b["seq"]
+    check(gaps == 0, f"seq numbers consecutive on every topic ({len(msgs)} messages)")
+
+    series = [b for t, b in msgs if t == "series"]
+    start, end = series[0], series[-1]
+    uid = start["series_unique_id"]
+    check(start["event"] == "start" and end["event"] == "end" and end["series_unique_id"] == uid,
+          "series start and end of the same series")
+    check(end["frames_analysed"] == NY * NX and end["terminated"], f"end: {end['frames_analysed']} frames analysed")
+    check(start["grid"]["ny"] == NY and start["grid"]["source"] == "series", "grid from the series' user data")
+    online = [b for t, b in msgs if t == "map" and not b["final"]]
+    check(len(online) >= 2, f"{len(online)} online maps while the scan ran")
+    check(all(b["series_unique_id"] == uid for t, b in msgs if t in ("map", "scan_here", "frame")),
+          "map, scan_here and frame name the series")
+
+    roid_rc = None
+    final = [b for t, b in msgs if t == "map" and b["final"]][-1]
+    path = end["results_file"]
+    # The results file is complete once the writer has closed it: wait for it.
+    for _ in range(100):
+        try:
+            with h5py.File(path, "r") as f:
+                mask = f["/entry/roi/mask"][()]
+                clusters = f["/entry/clusters/labels"][()] if "/entry/clusters/labels" in f else None
+                ids = f["/entry/scan/image_id"][()]
+                sums = f["/entry/features/sum"][()]
+                comf = f["/entry/features/com"][()]
+            break
+        except (OSError, KeyError):
+            time.sleep(0.1)
+    check(np.array_equal(typed(final["roi"]), mask), f"final map RoI == results file mask ({mask.sum()} points)")
+    check(cm["ok"] and np.array_equal(typed(cm["roi"]), mask) and cm["final"], "control map == final map")
+    counts = typed(final["counts"])
+    check(counts.sum() == NY * NX and counts.min() == 1, "counts: one frame per point")
+
+    # Per-frame features published on `frame` equal the results file's.
+    by_id = {int(i): (s, c) for i, s, c in zip(ids, sums, comf)}
+    frames = [b for t, b in msgs if t == "frame"]
+    match = all(abs(b["total"] - by_id[b["image_id"]][0]) < 1e-6 * max(1, b["total"]) and
+                abs(b["com_x"] - by_id[b["image_id"]][1][0]) < 1e-9 for b in frames)
+    check(len(frames) >= NY * NX // 7 - 1 and match, f"{len(frames)} frame messages match the results file")
+
+    # scan_here: boxes contain the RoI, the final one is marked final, ask == next.
+    sh = [b for t, b in msgs if t == "scan_here"]
+    fin = sh[-1]
+    check(fin["final"] and fin["updates"] >= 2, f"final scan_here after {fin['updates']} updates")
+    fm = typed(fin["mask"])
+    inside = np.zeros_like(fm)
+    for bx in fin["boxes"]:
+        inside[bx["row0"]:bx["row1"] + 1, bx["col0"]:bx["col1"] + 1] = 1
+    check(fm.sum() > 0 and not np.any(fm & (1 - inside)), f"{len(fin['boxes'])} boxes cover the RoI")
+    nxt = [(p["row"], p["col"]) for p in fin["next"]][:5]
+    check(ask["ok"] and [(p["row"], p["col"]) for p in ask["points"]] == nxt,
+          f"ask(5) returns the head of scan_here.next ({len(ask['points'])} points)")
+    rs = typed(fin["rescan"])
+    check(rs.shape[0] == fm.sum() * 4, f"rescan at half step: {rs.shape[0]} points for {fm.sum()} RoI points")
+    check(stat["ok"] and stat["counters"]["frames_analysed"] == NY * NX, "control status counts the frames")
+
+    # A `set` applies to the next series: stream a second one with 4 segments.
+    r = ctl(cmd="set", values={"segments": 4, "k": 3})
+    check(r["ok"] and r["applied"] == ["analysis.segments", "analysis.k"], f"set applied: {r.get('applied')}")
+    # Issue 5's burst: 10,000 messages as fast as the simulator can, then nothing.
+    sim = subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "10000", "--series-id", "2",
+                          "--quiet"], timeout=120)
+    try:
+        roid_rc = roid.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        roid.kill()
+    err = roid.stderr.read()
+    check(roid_rc == 0, f"roid exits 0 after 2 series (rc {roid_rc})")
+    check("frames_analysed=" + str(NY * NX + 10000) in err, "every frame of the burst analysed")
+    files = sorted(p for p in os.listdir(tmp) if p.endswith(".h5"))
+    check(len(files) == 2, f"two results files: {files}")
+    for p in files:
+        with h5py.File(os.path.join(tmp, p), "r") as f:
+            if f["/entry/scan/image_id"].shape[0] == 10000:
+                check(f["/entry/features/segment_sum"].shape[1] == 4, "second series analysed with 4 segments")
+    if failures:
+        print(err[-3000:])
+        print(f"{len(failures)} failures")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
