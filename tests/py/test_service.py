@@ -1,0 +1,486 @@
+"""roid as a systemd service (issue 5): the sd_notify protocol as the service
+manager sees it on a datagram socket the test owns (READY=1 only once the PUB
+and REP endpoints are bound, STATUS= with counters, WATCHDOG=1 and its stall
+policy, RELOADING=1/READY=1 on SIGHUP, STOPPING=1), a clean stop on SIGTERM
+during traffic with a consistent results file, SIGHUP reloads (good and bad
+files), and configuration errors at start (exit status 2, the key named).
+Frames come from roid-sim's ptychography phantom."""
+import glob
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import h5py
+import msgpack
+import zmq
+
+ROID = os.environ["ROID"]
+SIM = os.environ["ROID_SIM"]
+NY = NX = 24
+FRAMES = NY * NX
+
+
+def sanitized():
+    """A sanitizer build runs several times slower: stop deadlines scale."""
+    try:
+        out = subprocess.run(["ldd", ROID], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "libasan" in out or "libubsan" in out
+
+
+SLOW = 5.0 if sanitized() else 1.0
+
+
+def note(msg):
+    print(f"# {msg}", file=sys.stderr)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Notify:
+    """The service manager's end of NOTIFY_SOCKET.  A thread reads every
+    datagram at once, as systemd does: the kernel queues only
+    net.unix.max_dgram_qlen (often 10) unread datagrams, after which
+    sd_notify() in the daemon blocks."""
+
+    def __init__(self, d):
+        self.path = os.path.join(d, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.log = []  # (monotonic time, {key: value}, raw text)
+        self.next = 0  # the first datagram poll() has not returned yet
+        self.cond = threading.Condition()
+        self.running = True
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while self.running:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            text = data.decode()
+            fields = dict(line.split("=", 1) for line in text.split("\n") if "=" in line)
+            with self.cond:
+                self.log.append((time.monotonic(), fields, text))
+                self.cond.notify_all()
+
+    def close(self):
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+    def poll(self, timeout):
+        """The next datagram not returned before, or None after timeout seconds."""
+        with self.cond:
+            if self.cond.wait_for(lambda: self.next < len(self.log), max(timeout, 0)):
+                self.next += 1
+                return self.log[self.next - 1][1]
+            return None
+
+    def wait(self, pred, timeout):
+        """The first new datagram for which pred(fields) holds, or None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            m = self.poll(left)
+            if m is not None and pred(m):
+                return m
+
+    def drain(self, seconds):
+        """Everything that arrives within the next `seconds` (and anything unread)."""
+        got, deadline = [], time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            m = self.poll(left)
+            if m is not None:
+                got.append(m)
+        return got
+
+    def since(self, t, key):
+        with self.cond:
+            return [(ts, f) for ts, f, _ in self.log if ts >= t and key in f]
+
+
+class Daemon:
+    """roid with a configuration file, its endpoints on free ports, stderr
+    collected by a thread, NOTIFY_SOCKET (and the watchdog) in its
+    environment."""
+
+    def __init__(self, d, conf, notify, watchdog_usec=None, env=None, args=()):
+        self.dir, self.notify = d, notify
+        self.conf = os.path.join(d, "roid.conf")
+        self.out = os.path.join(d, "out")
+        os.makedirs(self.out, exist_ok=True)
+        self.write_conf(conf)
+        self.det, self.pub, self.ctl = free_port(), free_port(), free_port()
+        cmd = [ROID, "--config", self.conf, "--detector", f"tcp://127.0.0.1:{self.det}",
+               "--publish", f"tcp://127.0.0.1:{self.pub}", "--control", f"tcp://127.0.0.1:{self.ctl}",
+               "--output-dir", self.out, *args]
+        e = dict(os.environ, NOTIFY_SOCKET=notify.path)
+        for k in ("WATCHDOG_USEC", "WATCHDOG_PID", "ROID_FAULT"):
+            e.pop(k, None)
+        if watchdog_usec:
+            # WATCHDOG_PID must be the daemon's pid: the shell exports its own and execs roid.
+            cmd = ["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"', "sh", *cmd]
+            e["WATCHDOG_USEC"] = str(watchdog_usec)
+        e.update(env or {})
+        self.lines, self.lock = [], threading.Lock()
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=e, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.lock:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def write_conf(self, text):
+        tmp = self.conf + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.conf)
+
+    def stderr(self, since=0.0):
+        with self.lock:
+            return [line for t, line in self.lines if t >= since]
+
+    def wait_stderr(self, pattern, since, timeout):
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern, re.I)
+        while time.monotonic() < deadline:
+            for line in self.stderr(since):
+                if rx.search(line):
+                    return line
+            if self.proc.poll() is not None:
+                self.reader.join(5)
+            time.sleep(0.05)
+        return None
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.reader.join(10)
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+
+def sim(port, series_id, rate=500, frames=FRAMES, extra=()):
+    """roid-sim streaming one phantom scan series into the daemon (in the background)."""
+    return subprocess.Popen([SIM, "--endpoint", f"tcp://127.0.0.1:{port}", "--source", "phantom", "--shape", "64x64",
+                             "--scan", f"{NY}x{NX}", "--frames", str(frames), "--rate", str(rate), "--series-id",
+                             str(series_id), "--wait-connect", "120", "--quiet", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(p, timeout=120):
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+    return p.returncode, err
+
+
+def kill(p):
+    if p.poll() is None:
+        p.kill()
+    p.communicate()
+
+
+def frames_analysed(status):
+    m = re.search(r"(\d+) frames analysed", status)
+    return int(m.group(1)) if m else None
+
+
+class Zmq:
+    """A SUB on the daemon's publish endpoint and REQ requests to its control endpoint."""
+
+    def __init__(self, daemon, topics=(b"series",)):
+        self.ctx = zmq.Context()
+        self.daemon = daemon
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        for t in topics:
+            self.sub.setsockopt(zmq.SUBSCRIBE, t)
+        self.sub.connect(f"tcp://127.0.0.1:{daemon.pub}")
+
+    def close(self):
+        self.sub.close()
+        self.ctx.term()
+
+    def request(self, req, timeout=30):
+        s = self.ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"tcp://127.0.0.1:{self.daemon.ctl}")
+        try:
+            s.send(msgpack.packb(req))
+            if not s.poll(int(timeout * 1000)):
+                return None
+            return msgpack.unpackb(s.recv(), raw=False)
+        finally:
+            s.close()
+
+    def recv(self, topic, pred, timeout):
+        """The first message on `topic` whose body satisfies pred, or None."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sub.poll(int(left * 1000) + 1):
+                return None
+            parts = self.sub.recv_multipart()
+            if parts[0] == topic:
+                body = msgpack.unpackb(parts[1], raw=False)
+                if pred(body):
+                    return body
+        return None
+
+    def series_end(self, series_id, timeout=180):
+        return self.recv(b"series", lambda b: b.get("event") == "end" and b.get("series_id") == series_id, timeout)
+
+
+def read_results(path, timeout=60):
+    """(rows of /entry/features/sum, of /entry/scan/image_id, segment_sum
+    shape) once the writer has closed the file (opening fails until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with h5py.File(path, "r") as f:
+                seg = f["/entry/features/segment_sum"].shape if "/entry/features/segment_sum" in f else None
+                return f["/entry/features/sum"].shape[0], f["/entry/scan/image_id"].shape[0], seg
+        except (OSError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+BASE_CONF = """[output]
+status_interval = 0.1
+map_interval = 0.2
+
+[analysis]
+segments = 8
+"""
+
+
+class Service(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="roid-svc-")
+        self.notify = Notify(self.tmp.name)
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            if isinstance(p, Daemon):
+                p.stop(signal.SIGKILL)
+            else:
+                kill(p)
+        self.notify.close()
+        self.tmp.cleanup()
+
+    def start(self, conf=BASE_CONF, **kw):
+        d = Daemon(self.tmp.name, conf, self.notify, **kw)
+        self.procs.append(d)
+        return d
+
+    def sim(self, d, series_id, **kw):
+        p = sim(d.det, series_id, **kw)
+        self.procs.append(p)
+        return p
+
+    def ready(self, d, timeout=120):
+        m = self.notify.wait(lambda f: f.get("READY") == "1", timeout)
+        self.assertIsNotNone(m, "no READY=1:\n" + "\n".join(d.stderr()))
+        return m
+
+    def test_ready_status_watchdog(self):
+        """READY=1 after the endpoints are bound; STATUS= counters while a
+        series runs; WATCHDOG=1 every WATCHDOG_USEC/2; STOPPING=1 on SIGTERM."""
+        d = self.start(watchdog_usec=500000)
+        m = self.ready(d)
+        # Bound before READY=1: a plain TCP connect succeeds at once (no retry).
+        for port in (d.pub, d.ctl):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        self.assertIn("STATUS", m, "READY=1 comes with a status line")
+        z = Zmq(d, topics=(b"series", b"status"))
+        try:
+            rep = z.request({"cmd": "status"})
+            self.assertIsNotNone(rep, "no reply to status on the control socket")
+            self.assertTrue(rep["ok"], rep)
+            self.assertEqual(rep["cmd"], "status")
+            self.assertEqual(rep["state"], "idle")
+            self.assertIsNotNone(z.recv(b"status", lambda b: True, 30), "no status on the publish socket")
+
+            t0 = time.monotonic()
+            pings = [f for f in self.notify.drain(2.0) if f.get("WATCHDOG") == "1"]
+            note(f"idle: {len(pings)} WATCHDOG=1 in 2 s (WATCHDOG_USEC=500000)")
+            self.assertGreaterEqual(len(pings), 3)
+
+            t1 = time.monotonic()
+            p = self.sim(d, 1)
+            end = z.series_end(1)
+            self.assertIsNotNone(end, "no series end on the publish socket")
+            self.assertEqual(finish(p)[0], 0)
+            self.notify.drain(0.5)  # the status after the end
+            statuses = [f["STATUS"] for _, f in self.notify.since(t1, "STATUS")]
+            counts = [frames_analysed(s) for s in statuses if s.startswith("acquiring")]
+            note(f"{len(statuses)} STATUS= lines during the series, e.g. '{statuses[len(statuses) // 2]}'")
+            self.assertGreaterEqual(len(counts), 2, statuses)
+            self.assertTrue(all(c is not None for c in counts), statuses)
+            self.assertEqual(counts, sorted(counts), "counters only grow")
+            self.assertGreater(counts[-1], counts[0], statuses)
+            self.assertEqual(frames_analysed(statuses[-1]), FRAMES, statuses[-1])
+            busy = self.notify.since(t1, "WATCHDOG")
+            self.assertGreaterEqual(len(busy), 2, "pings go on while a series runs")
+        finally:
+            z.close()
+        t2 = time.monotonic()
+        self.assertEqual(d.stop(), 0, "\n".join(d.stderr()))
+        self.notify.drain(0.2)
+        self.assertTrue(self.notify.since(t2, "STOPPING"), "STOPPING=1 on SIGTERM")
+
+    def test_watchdog_stops_when_stalled(self):
+        """Workers stall (ROID_FAULT=stall-workers): with frames queued and no
+        progress for [service] watchdog_stall = 1 s, WATCHDOG=1 stops."""
+        conf = BASE_CONF + "\n[service]\nwatchdog_stall = 1\n\n[pipeline]\nqueue_depth = 4\n"
+        d = self.start(conf, watchdog_usec=500000, env={"ROID_FAULT": "stall-workers"})
+        self.ready(d)
+        idle = [f for f in self.notify.drain(1.5) if f.get("WATCHDOG") == "1"]
+        self.assertGreaterEqual(len(idle), 2, "pings while idle, before the stall")
+        t0 = time.monotonic()
+        self.sim(d, 1, rate=0)
+        last, deadline, silent = time.monotonic(), time.monotonic() + 90, False
+        while time.monotonic() < deadline and d.proc.poll() is None:
+            m = self.notify.poll(0.1)
+            if m is not None and m.get("WATCHDOG") == "1":
+                last = time.monotonic()
+            if time.monotonic() - last > 2.5:
+                silent = True
+                break
+        n = len(self.notify.since(t0, "WATCHDOG"))
+        self.assertTrue(silent, f"WATCHDOG=1 never stopped for > 2 s ({n} pings since the frames started)")
+        self.assertIsNone(d.proc.poll(), "the daemon keeps running; systemd is the one to restart it")
+        self.assertIsNotNone(d.wait_stderr(r"watchdog", t0, 10), "the stall is logged")
+
+    def test_sigterm_during_traffic(self):
+        """SIGTERM while frames arrive: exit 0 within 1 s; the results file
+        holds as many feature rows as scan rows."""
+        d = self.start()
+        self.ready(d)
+        p = self.sim(d, 1, rate=150)  # about 4 s of traffic
+        m = self.notify.wait(lambda f: (frames_analysed(f.get("STATUS", "")) or 0) >= 50, 120)
+        self.assertIsNotNone(m, "no STATUS= with frames analysed")
+        self.assertIsNone(p.poll(), "the simulator is still sending")
+        t = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = d.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        dt = time.monotonic() - t
+        note(f"SIGTERM to exit: {dt:.3f} s (limit {1.0 * SLOW:.1f} s)")
+        self.assertEqual(rc, 0, "\n".join(d.stderr()))
+        self.assertLessEqual(dt, 1.0 * SLOW)
+        self.notify.drain(0.1)
+        self.assertTrue(self.notify.since(t, "STOPPING"), "STOPPING=1")
+        files = glob.glob(os.path.join(d.out, "roid_*.h5"))
+        self.assertEqual(len(files), 1, files)
+        rows, ids, _ = read_results(files[0], timeout=0)
+        note(f"results file after SIGTERM: {rows} feature rows, {ids} scan rows of {FRAMES}")
+        self.assertGreater(rows, 0)
+        self.assertEqual(rows, ids)
+        self.assertLessEqual(rows, FRAMES)
+
+    def series_segments(self, d, z, series_id):
+        before = set(glob.glob(os.path.join(d.out, "roid_*.h5")))
+        p = self.sim(d, series_id)
+        end = z.series_end(series_id)
+        self.assertIsNotNone(end, f"series {series_id} did not end:\n" + "\n".join(d.stderr()))
+        self.assertEqual(finish(p)[0], 0)
+        new = set(glob.glob(os.path.join(d.out, "roid_*.h5"))) - before
+        self.assertEqual(len(new), 1, new)
+        rows, ids, seg = read_results(new.pop())
+        self.assertEqual((rows, ids), (FRAMES, FRAMES))
+        self.assertIsNotNone(seg, "no segment_sum")
+        self.assertEqual(seg[0], FRAMES)
+        return seg[1]
+
+    def reload(self, d):
+        t = time.monotonic()
+        d.proc.send_signal(signal.SIGHUP)
+        r = self.notify.wait(lambda f: f.get("RELOADING") == "1", 60)
+        self.assertIsNotNone(r, "RELOADING=1 after SIGHUP")
+        self.assertTrue(r.get("MONOTONIC_USEC", "").isdigit(), r)
+        self.assertIsNotNone(self.notify.wait(lambda f: f.get("READY") == "1", 60), "READY=1 after RELOADING=1")
+        return t
+
+    def test_sighup_reload(self):
+        """SIGHUP re-reads the file (RELOADING=1, READY=1, a log line) and the
+        next series uses it; a bad file is refused, logged with the key, and the
+        running configuration stays."""
+        d = self.start()
+        self.ready(d)
+        z = Zmq(d)
+        try:
+            self.assertEqual(self.series_segments(d, z, 1), 8)
+
+            d.write_conf(BASE_CONF.replace("segments = 8", "segments = 4"))
+            t = self.reload(d)
+            self.assertIsNotNone(d.wait_stderr(r"reload", t, 30), "a log line about the reload")
+            self.assertEqual(self.series_segments(d, z, 2), 4, "the reloaded segments apply")
+
+            d.write_conf(BASE_CONF.replace("segments = 8", "segments = 6\nbogus_key = 1"))
+            t = self.reload(d)
+            line = d.wait_stderr(r"\[analysis\] bogus_key", t, 30)
+            self.assertIsNotNone(line, "the bad key is named:\n" + "\n".join(d.stderr(t)))
+            self.assertIsNone(d.proc.poll(), "a bad file does not stop the daemon")
+            self.assertEqual(self.series_segments(d, z, 3), 4, "the old configuration stays")
+        finally:
+            z.close()
+        self.assertEqual(self.notify.since(0, "WATCHDOG"), [], "no WATCHDOG_USEC: no pings")
+        self.assertEqual(d.stop(), 0)
+
+    def test_bad_config_at_start(self):
+        """Unknown key, out-of-range value, syntax error: exit status 2 before
+        READY=1, stderr naming the key (or the line)."""
+        cases = [("[analysis]\nsegments = 4\nbogus_key = 1\n", r"\[analysis\] bogus_key"),
+                 ("[analysis]\nsegments = 99\n", r"\[analysis\] segments"),
+                 ("[service]\nwatchdog_stall = 0\n", r"\[service\] watchdog_stall"),
+                 ("[analysis]\nsegments = 4\nthis is not a key value line\n", r"roid\.conf:3\b")]
+        for conf, want in cases:
+            with self.subTest(conf=conf):
+                d = self.start(conf)
+                try:
+                    rc = d.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    rc = None
+                d.reader.join(10)
+                err = "\n".join(d.stderr())
+                self.assertEqual(rc, 2, err)
+                self.assertRegex(err, want)
+                self.assertEqual(self.notify.drain(0.1), [], "nothing sent to the service manager")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
