@@ -11,7 +11,7 @@
 
 #include "service/log.h"
 
-/* systemd shows a status line; anything longer than this is not read. */
+/* A status is one line for `systemctl status`; bounded so every datagram is small. */
 #define STATUS_MAX 1024
 
 struct roid_notify {

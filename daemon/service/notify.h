@@ -9,6 +9,10 @@
  * is a cheap no-op returning 0 and the watchdog is off.  Text given as a
  * status is sent on one line: newlines become spaces, so a status can never
  * carry another assignment such as READY=1.
+ *
+ * Each message is one blocking sd_notify() datagram: the service manager
+ * reads them at once, but a NOTIFY_SOCKET nobody reads blocks the caller
+ * after net.unix.max_dgram_qlen (often 10) messages.
  */
 #ifndef ROID_SERVICE_NOTIFY_H
 #define ROID_SERVICE_NOTIFY_H
