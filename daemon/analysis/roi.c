@@ -420,7 +420,10 @@ int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f
                 any |= l;
         }
         r->online[i] = any;
-        if (r->p.cadence && ++r->since_refit >= r->p.cadence)
+        /* A refit costs O(points seen): past 16 x cadence points it runs every
+         * n/16 frames instead, so a long series costs O(n) in all, not O(n^2). */
+        uint64_t every = r->n_seen / 16 > r->p.cadence ? r->n_seen / 16 : r->p.cadence;
+        if (r->p.cadence && ++r->since_refit >= every)
                 roid_roi_refit(r);
         return r->online[i];
 }

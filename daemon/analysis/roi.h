@@ -10,7 +10,8 @@
  *
  * Online: every frame is labelled on arrival from the current centres (its
  * own unfiltered value; no centres yet -> not RoI).  Every `cadence` frames
- * the filtered maps are recomputed over the points seen so far (3x3 mean over
+ * (every n/16 once n, the points seen, exceeds 16 x cadence: a refit costs
+ * O(n), so a long series stays O(n) overall) the filtered maps are recomputed over the points seen so far (3x3 mean over
  * the neighbours seen), each modality's centres take one mini-batch step
  * (Sculley's per-centre counts, halved before every step so the centres can
  * follow the standardisation as it settles) on the whole map as the batch,

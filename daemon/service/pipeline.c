@@ -17,6 +17,7 @@
 #define MAX_PENDING  4    /* jobs one message can produce: end + start + frame */
 #define LATENCY_RING 8192 /* latencies kept for the percentiles */
 #define ARRIVAL_MAX  65536 /* frames awaiting their first publication */
+#define SNAPSHOT_INTERVAL 0.25 /* s between control snapshots */
 
 /* Per series, shared read-only by the workers once the start job is queued;
  * the geometry is built once, by the first worker that needs it.  Created by
@@ -112,7 +113,7 @@ struct roid_pipeline {
 
         /* analysis thread */
         series_state ss;
-        double t_start, next_map, next_status, last_status_t;
+        double t_start, next_map, next_status, last_status_t, next_snapshot;
         uint64_t last_status_frames, last_status_bytes;
         double arrival[ARRIVAL_MAX];
         size_t n_arrival;
@@ -343,7 +344,12 @@ static void publish_map(roid_pipeline *pl, bool final) {
         /* No refit here: refits follow the cadence; the online labels of the
          * frames since the last one are already in the map. */
         roid_feedback_update(ss->fb, ss->roi, final);
-        take_snapshot(pl, final);
+        /* The control snapshot copies the whole RoI state: a few times a second
+         * is plenty for requests, and keeps fast map cadences cheap. */
+        if (final || now >= pl->next_snapshot) {
+                take_snapshot(pl, final);
+                pl->next_snapshot = now + SNAPSHOT_INTERVAL;
+        }
         if (ss->writing)
                 roid_writer_map(pl->writer, ss->roi, final);
         for (size_t i = 0; i < pl->n_arrival; i++)
@@ -466,6 +472,7 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
         if (ss->sc) /* cannot happen: every start follows its predecessor's end */
                 an_series_free(pl);
         ss->sc = sc;
+        pl->next_snapshot = 0;
         ss->decoded_at_start = roid_counter_get(pl->ctr, ROID_C_frames_decoded);
         pl->n_arrival = 0;
         pl->n_latency = pl->latency_pos = 0;
