@@ -38,6 +38,7 @@ typedef struct {
         uint32_t rows, cols;
         pthread_mutex_t geom_lock;
         _Atomic int geom_state; /* 0 not yet, 1 built, -1 failed */
+        _Atomic uint64_t decoded; /* frames of this series the workers decoded */
         roid_geometry geom;
         const char *center_source;
 } series_ctx;
@@ -78,7 +79,6 @@ typedef struct {
         roid_roi *roi;
         roid_feedback *fb;
         uint64_t frames, unplaced, failed, frames_at_map;
-        uint64_t decoded_at_start;
         double t_first; /* arrival of the series' first frame, 0 = none yet */
         bool writing;
         char path[ROID_PATH_MAX];
@@ -215,6 +215,7 @@ static void work_frame(worker *w, job *j) {
         if (roid_blob_decode(&b, w->buf, bytes, &err) < 0)
                 goto failed;
         roid_count(pl->ctr, ROID_C_frames_decoded, 1);
+        atomic_fetch_add_explicit(&sc->decoded, 1, memory_order_relaxed);
         roid_frame f = {.dtype = b.dtype, .rows = b.rows, .cols = b.cols, .pixels = w->buf};
         if (series_geometry(sc, &f, &err) < 0)
                 goto failed;
@@ -473,7 +474,6 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                 an_series_free(pl);
         ss->sc = sc;
         pl->next_snapshot = 0;
-        ss->decoded_at_start = roid_counter_get(pl->ctr, ROID_C_frames_decoded);
         pl->n_arrival = 0;
         pl->n_latency = pl->latency_pos = 0;
         an_series_state(pl, sc);
@@ -557,7 +557,7 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
                  " failed, %.1f frames/s; RoI %zu of %zu points; %" PRIu64 " off the grid",
                  sc->series_id, sc->unique_id[0] ? " " : "", sc->unique_id,
                  terminated ? "ended" : "closed without end", ss->frames,
-                 roid_counter_get(pl->ctr, ROID_C_frames_decoded) - ss->decoded_at_start, ss->failed,
+                 atomic_load(&sc->decoded), ss->failed,
                  dt > 0 ? (double)ss->frames / dt : 0.0, in, np, ss->unplaced);
         publish_series(pl, true, terminated);
         an_series_free(pl);
