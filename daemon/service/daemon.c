@@ -15,6 +15,8 @@
 #include "service/notify.h"
 #include "service/pipeline.h"
 
+#define DRAIN_BATCH 1024 /* messages per wake-up before the loop looks at its other handles */
+
 typedef struct {
         roid_daemon_params p;
         roid_config cfg;
@@ -59,6 +61,7 @@ static void on_frame(void *ctx, const roid_frame_event *ev) {
 }
 
 static void drain_pull(daemon_t *d);
+static void resume(daemon_t *d);
 
 static void on_pull(uv_poll_t *h, int status, int events) {
         (void)status;
@@ -79,7 +82,11 @@ static void pull_start(daemon_t *d, bool on) {
 /* Receives until EAGAIN, or until the pipeline pushes back. */
 static void drain_pull(daemon_t *d) {
         roid_err err = {""};
-        while (!d->stopping) {
+        for (unsigned n = 0; !d->stopping; n++) {
+                if (n == DRAIN_BATCH) { /* let signals, control and timers in; continue at once */
+                        uv_async_send(&d->wake);
+                        return;
+                }
                 if (roid_pipeline_blocked(d->pl)) {
                         pull_start(d, false); /* level-triggered ZMQ_FD would spin; the wake-up resumes */
                         return;
@@ -87,7 +94,9 @@ static void drain_pull(daemon_t *d) {
                 const roid_part *parts;
                 size_t n;
                 int r = roid_zsource_recv(d->src, &parts, &n, &err);
-                if (r == -EAGAIN || r == -EINTR)
+                if (r == -EINTR)
+                        continue;
+                if (r == -EAGAIN)
                         return;
                 d->last_msg = uv_now(&d->loop) / 1e3;
                 if (r == -EMSGSIZE) {
@@ -114,14 +123,17 @@ static void wake_cb(void *ctx) {
         uv_async_send(ctx);
 }
 
-static void on_wake(uv_async_t *h) {
-        daemon_t *d = h->data;
-        if (d->stopping || !roid_pipeline_blocked(d->pl))
+/* Reads again when nothing waits for queue space: after a worker freed a
+ * slot, after a control request queued work, or when a drain yielded. */
+static void resume(daemon_t *d) {
+        if (d->stopping || (roid_pipeline_blocked(d->pl) && !roid_pipeline_retry(d->pl)))
                 return;
-        if (roid_pipeline_retry(d->pl)) {
-                pull_start(d, true);
-                drain_pull(d); /* messages queued while we were not reading raise no new edge */
-        }
+        pull_start(d, true);
+        drain_pull(d); /* messages queued while we were not reading raise no new edge */
+}
+
+static void on_wake(uv_async_t *h) {
+        resume(h->data);
 }
 
 /* ------------------------------------------------------------ control */
@@ -159,6 +171,7 @@ static int ctl_reset(void *ctx, roid_err *err) {
         daemon_t *d = ctx;
         roid_counters_reset(&d->ctr);
         roid_pipeline_reset(d->pl);
+        resume(d);
         roid_log(ROID_LOG_NOTICE, "control: reset (counters, and the RoI state of the series in progress)");
         return 0;
 }

@@ -14,7 +14,10 @@
 #include "service/log.h"
 #include "service/queue.h"
 
-#define MAX_PENDING  4    /* jobs one message can produce: end + start + frame */
+/* Jobs waiting for queue space: while any waits the loop reads no message,
+ * so at most one message's jobs (end + start + frame), a coalesced reset and
+ * the shutdown's end. */
+#define MAX_PENDING 8
 #define LATENCY_RING 8192 /* latencies kept for the percentiles */
 #define ARRIVAL_MAX  65536 /* frames awaiting their first publication */
 #define SNAPSHOT_INTERVAL 0.25 /* s between control snapshots */
@@ -33,7 +36,8 @@ typedef struct {
         double cx, cy;
         uint32_t *mask; /* analysed channel's pixel mask (copy), or NULL */
         bool mask_taken;
-        char channel[ROID_NAME_MAX];
+        char channel[ROID_NAME_MAX];       /* loop thread, at the first frame */
+        char channel_start[ROID_NAME_MAX]; /* as known at the start; read by the analysis thread */
         roid_dtype dtype;
         uint32_t rows, cols;
         pthread_mutex_t geom_lock;
@@ -120,6 +124,8 @@ struct roid_pipeline {
         double latency[LATENCY_RING];
         size_t n_latency, latency_pos;
         uint64_t frame_seq;
+        unsigned frame_every; /* copy of cfg_an's, taken under cfg_lock */
+        char config_text_an[8192];
 
         /* snapshot for control replies (snap_lock) */
         pthread_mutex_t snap_lock;
@@ -243,7 +249,9 @@ static void *worker_main(void *arg) {
         roid_pipeline *pl = w->pl;
         job j;
         while (roid_queue_take(&pl->work, &j) == 0) {
-                bool was_full = roid_queue_depth(&pl->work) + 1 >= pl->work.capacity;
+                /* A slot just freed: tell a loop that waits for one now, not after the frame. */
+                if (atomic_load(&pl->blocked) && pl->wake)
+                        pl->wake(pl->wake_ctx);
                 switch (j.kind) {
                 case JOB_FRAME:
                         work_frame(w, &j);
@@ -260,7 +268,7 @@ static void *worker_main(void *arg) {
                         break;
                 }
                 roid_queue_done(&pl->work);
-                if ((was_full || atomic_load(&pl->blocked)) && pl->wake)
+                if (atomic_load(&pl->blocked) && pl->wake) /* a barrier may have held the queue */
                         pl->wake(pl->wake_ctx);
                 if (pl->fault_stall && j.kind == JOB_FRAME)
                         fault_stall(pl);
@@ -427,7 +435,8 @@ static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
                 .rows = sc->rows,
                 .cols = sc->cols,
                 .dtype = sc->dtype,
-                .channel = sc->channel[0] ? sc->channel : NULL,
+                .channel = end ? (sc->channel[0] ? sc->channel : NULL)
+                               : (sc->channel_start[0] ? sc->channel_start : NULL),
                 .has_number_of_images = sc->number_of_images > 0,
                 .number_of_images = sc->number_of_images,
                 .grid = &sc->grid,
@@ -477,6 +486,9 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
         pl->n_arrival = 0;
         pl->n_latency = pl->latency_pos = 0;
         an_series_state(pl, sc);
+        pthread_mutex_lock(&pl->cfg_lock);
+        memcpy(pl->config_text_an, pl->config_text, sizeof pl->config_text_an);
+        pthread_mutex_unlock(&pl->cfg_lock);
         if (pl->writer && sc->ap.output_dir[0] && ss->roi) {
                 roid_results_meta meta = {
                         .series_unique_id = sc->unique_id,
@@ -493,7 +505,7 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                         .snake = sc->grid.snake,
                         .fast_axis = sc->grid.fast_axis == ROID_SCAN_FAST_X ? "x" : "y",
                         .scan_source = roid_scan_source_name(sc->grid.source),
-                        .config_text = pl->config_text,
+                        .config_text = pl->config_text_an,
                 };
                 ss->writing = roid_writer_open(pl->writer, sc->ap.output_dir, &meta) >= 0;
         }
@@ -523,7 +535,7 @@ static void an_record(roid_pipeline *pl, an_item *it) {
                         ss->t_first = rec->t_arrival;
                 if (pl->n_arrival < ARRIVAL_MAX)
                         pl->arrival[pl->n_arrival++] = rec->t_arrival;
-                unsigned every = pl->cfg_an.frame_every;
+                unsigned every = pl->frame_every;
                 if (pl->pub && every && pl->frame_seq++ % every == 0) {
                         roid_frame_view fv = {.series = series_ref(ss->sc), .rec = rec, .label = label};
                         roid_publish_frame(pl->pub, &fv);
@@ -570,6 +582,7 @@ static void *analysis_main(void *arg) {
                 double now = now_mono();
                 pthread_mutex_lock(&pl->cfg_lock);
                 double map_iv = pl->cfg_an.map_interval, st_iv = pl->cfg_an.status_interval;
+                pl->frame_every = pl->cfg_an.frame_every;
                 pthread_mutex_unlock(&pl->cfg_lock);
                 if (now >= pl->next_status) {
                         publish_status(pl, now);
@@ -640,10 +653,15 @@ static void submit(roid_pipeline *pl, job *j) {
                                  pl->work.capacity, j->image_id, n);
                 return;
         }
-        if (pl->n_pending == MAX_PENDING) { /* one message makes at most MAX_PENDING jobs */
-                roid_queue_push(&pl->work, &pl->pending[0], true);
-                memmove(pl->pending, pl->pending + 1, (MAX_PENDING - 1) * sizeof(job));
-                pl->n_pending--;
+        if (j->kind == JOB_RESET) /* resets while blocked collapse into one */
+                for (unsigned i = 0; i < pl->n_pending; i++)
+                        if (pl->pending[i].kind == JOB_RESET)
+                                return;
+        if (pl->n_pending == MAX_PENDING) { /* cannot happen (see MAX_PENDING); never wait on the loop */
+                roid_log(ROID_LOG_ERR, "internal: more than %d jobs wait for the work queue", MAX_PENDING);
+                if (j->kind == JOB_FRAME)
+                        zmq_msg_close(&j->msg);
+                return;
         }
         pl->pending[pl->n_pending++] = *j;
         atomic_store(&pl->blocked, true);
@@ -680,6 +698,13 @@ static void sink_start(void *ctx, const roid_series *s) {
         sc->has_center = s->start.has_beam_center;
         sc->cx = s->start.beam_center_x;
         sc->cy = s->start.beam_center_y;
+        /* The channel "#N" names when the start lists the channels (V2). */
+        const char *sel = pl->cfg.channel[0] ? pl->cfg.channel : "#0";
+        if (sel[0] != '#')
+                snprintf(sc->channel_start, sizeof sc->channel_start, "%s", sel);
+        else if (s->start.n_channels > strtoul(sel + 1, NULL, 10))
+                snprintf(sc->channel_start, sizeof sc->channel_start, "%s",
+                         s->start.channels[strtoul(sel + 1, NULL, 10)]);
         sc->dtype = s->dtype;
         sc->rows = s->rows;
         sc->cols = s->cols;

@@ -79,7 +79,8 @@ uint64_t roid_pipeline_pending(roid_pipeline *pl);
 /* Blocks until every queued item is handled (tests, shutdown). */
 void roid_pipeline_wait_idle(roid_pipeline *pl);
 
-/* Control replies from the latest snapshot (taken at each map publication),
+/* Control replies from the latest snapshot (taken at a map publication, at
+ * most every 0.25 s, and always for the final map),
  * with the contract of control.h: the number of key/value pairs packed, or
  * -ENODATA before the first map. */
 int roid_pipeline_pack_map(roid_pipeline *pl, msgpack_packer *pk);

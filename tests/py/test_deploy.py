@@ -101,17 +101,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-def traced_child(tracer, timeout=10):
-    """The pid of the process strace started (its only child)."""
+def traced_child(tracer, exe, timeout=30):
+    """The pid of the daemon strace started: the child of strace running
+    `exe` (strace first forks, and the child only later becomes the daemon;
+    a sanitizer build may start a helper process too)."""
     deadline = time.monotonic() + timeout
+    want = os.path.realpath(exe)
     while time.monotonic() < deadline:
         try:
             with open(f"/proc/{tracer}/task/{tracer}/children") as f:
                 kids = f.read().split()
         except OSError:
             return None
-        if kids:
-            return int(kids[0])
+        for k in kids:
+            try:
+                if os.path.realpath(f"/proc/{k}/exe") == want:
+                    return int(k)
+            except OSError:
+                pass
         time.sleep(0.01)
     return None
 
@@ -174,7 +181,7 @@ class Unit(unittest.TestCase):
             os.mkdir(out)
             tracer = subprocess.Popen([strace, "-f", "-qq", "-o", trace, roid, "--detector", f"tcp://127.0.0.1:{port}",
                                        "--output-dir", out], stderr=subprocess.PIPE, text=True, env=env)
-            pid = traced_child(tracer.pid)
+            pid = traced_child(tracer.pid, roid)
             try:
                 self.assertIsNotNone(pid, "strace started no daemon")
                 subprocess.run([sim, "--endpoint", f"tcp://127.0.0.1:{port}", "--source", "phantom", "--shape", "64x64",
@@ -189,7 +196,10 @@ class Unit(unittest.TestCase):
                 if tracer.poll() is None:
                     for p in (pid, tracer.pid):
                         if p:
-                            os.kill(p, signal.SIGKILL)
+                            try:
+                                os.kill(p, signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
                     tracer.communicate()
             self.assertEqual(tracer.returncode, 0, err)
             used = set()

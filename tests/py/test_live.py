@@ -25,6 +25,7 @@ ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 NY = NX = 32
 failures = []
+CHILDREN = []
 
 
 def check(cond, what):
@@ -72,6 +73,7 @@ def main():
     roid = subprocess.Popen([ROID, "--config", conf, "--detector", det, "--publish", pub, "--control", ctl_ep,
                              "--output-dir", tmp, "--workers", "2", "--map-interval", "0.1", "--series", "2",
                              "--idle-timeout", "120"], stderr=subprocess.PIPE, text=True)
+    CHILDREN.append(roid)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -100,6 +102,7 @@ def main():
     sim = subprocess.Popen([SIM, "--endpoint", det, "--source", f"phantom:seed=5,truth={truth}", "--shape",
                             "128x128", "--dtype", "uint32", "--scan", f"{NY}x{NX},snake", "--rate", "1500",
                             "--quiet"])
+    CHILDREN.append(sim)
     got_final = got_end = False
     t0 = time.time()
     while time.time() - t0 < 120 and not (got_final and got_end):
@@ -213,4 +216,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:  # never leave a daemon behind when a check raised
+        for p in CHILDREN:
+            if p.poll() is None:
+                p.kill()
