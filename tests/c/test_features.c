@@ -1,7 +1,7 @@
 /* test_features.c - roid's per-frame features against an independent numpy
  * implementation (tests/py/features_ref.py) on simulated diffraction frames,
- * the beam-centre estimator, parameter validation, and a throughput
- * benchmark (TAP diag lines). */
+ * the beam-centre estimator and parameter validation.  Speed is measured by
+ * tools/bench, not here. */
 #include "tap.h"
 
 #include <errno.h>
@@ -587,135 +587,11 @@ static void beam_center(void) {
         tap_ok(r == -ENODATA && x == -1 && y == -1, "beam centre of an empty frame: -ENODATA, outputs untouched");
 }
 
-/* ---- benchmark ---- */
-
-static double now(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-typedef uint64_t u64x4 __attribute__((vector_size(32)));
-
-/* The plain streaming read: sum 64-bit words, 4 accumulators wide, with the
- * same AVX2 clone as the kernel so that the comparison is fair. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static uint64_t
-stream_read(const void *buf, size_t bytes) {
-        u64x4 a = {0}, b = {0};
-        const char *p = buf;
-        size_t i = 0;
-        for (; i + 64 <= bytes; i += 64) {
-                u64x4 x, y;
-                memcpy(&x, p + i, 32);
-                memcpy(&y, p + i + 32, 32);
-                a += x;
-                b += y;
-        }
-        a += b;
-        return a[0] + a[1] + a[2] + a[3];
-}
-
-/* Best of several short timings: other processes share this machine. */
-typedef struct {
-        roid_geometry *g; /* NULL: streaming read */
-        char *frames;
-        size_t frame_bytes;
-        int nf;
-} bench_job;
-
-static volatile uint64_t bench_sink;
-
-static double bench_rate(const bench_job *j, double budget) {
-        double best = 0;
-        for (int rep = 0; rep < 9; rep++) {
-                long it = 0;
-                double t0 = now(), t;
-                do {
-                        const char *px = j->frames + (it % j->nf) * j->frame_bytes;
-                        if (j->g) {
-                                roid_frame f = {
-                                        .dtype = ROID_DT_U16, .rows = j->g->rows, .cols = j->g->cols, .pixels = px};
-                                roid_features ft;
-                                roid_features_compute(j->g, &f, &ft, NULL);
-                                bench_sink += ft.total_u64;
-                        } else {
-                                bench_sink += stream_read(px, j->frame_bytes);
-                        }
-                        it++;
-                } while ((t = now() - t0) < budget / 9);
-                if (it / t > best)
-                        best = it / t;
-        }
-        return best;
-}
-
-static void benchmark(void) {
-        const uint32_t rows = 512, cols = 1028;
-        const size_t frame_bytes = (size_t)rows * cols * 2;
-        const int n_frames = 64; /* 64 MiB: twice the L3 here, so "memory" means memory */
-        char *frames = malloc(frame_bytes * n_frames);
-        sim s = {.bx = 515.4,
-                 .by = 260.7,
-                 .radius = 25,
-                 .peak = 20000,
-                 .halo = 2000,
-                 .streak = 300,
-                 .streak_ang = 2.2,
-                 .bg = 3,
-                 .n_hot_max = 20};
-        void *one = simulate(ROID_DT_U16, rows, cols, &s);
-        for (int i = 0; i < n_frames; i++)
-                memcpy(frames + i * frame_bytes, one, frame_bytes);
-        free(one);
-        uint32_t *mask = make_mask(rows, cols);
-        const double budget = getenv("ROID_BENCH_SECONDS") ? atof(getenv("ROID_BENCH_SECONDS")) : 0.3;
-        roid_geometry g[2];
-        for (int k = 0; k < 2; k++) {
-                roid_geometry_params p;
-                roid_geometry_params_default(&p);
-                p.rows = rows, p.cols = cols, p.dtype = ROID_DT_U16, p.center_x = 514.03, p.center_y = 257.71;
-                p.n_segments = k ? 8 : 1, p.r_bf = 25, p.r_df_in = 25, p.r_df_out = 200, p.mask = mask;
-                if (roid_geometry_init(&g[k], &p, NULL) < 0)
-                        return;
-        }
-        for (int cached = 1; cached >= 0; cached--) {
-                const char *where = cached ? "one frame (in cache)" : "64 frames (from memory)";
-                bench_job j = {NULL, frames, frame_bytes, cached ? 1 : n_frames};
-                double read = bench_rate(&j, budget) * frame_bytes / 1e9;
-                tap_diag("bench %s: streaming read %.1f GB/s", where, read);
-                for (int k = 0; k < 2; k++) {
-                        j.g = &g[k];
-                        double fps = bench_rate(&j, budget), gbs = fps * frame_bytes / 1e9;
-                        tap_diag("bench %s: 1028x512 uint16 S=%u, mask, BF/DF: %.0f frames/s, %.1f GB/s = %.2f of the "
-                                 "read (%zu runs)",
-                                 where, g[k].n_segments, fps, gbs, gbs / read, g[k].n_runs);
-                }
-        }
-        roid_geometry_free(&g[0]);
-        roid_geometry_free(&g[1]);
-        double t0 = now();
-        roid_geometry_params p;
-        roid_geometry_params_default(&p);
-        p.rows = 4362, p.cols = 4148, p.dtype = ROID_DT_U32, p.center_x = 2070.3, p.center_y = 2180.6;
-        p.n_segments = 40, p.r_bf = 50, p.r_df_in = 50, p.r_df_out = 1000;
-        roid_geometry gg;
-        if (roid_geometry_init(&gg, &p, NULL) == 0) {
-                tap_diag("bench geometry init 4148x4362 (EIGER2 16M), S=40: %.2f s, %zu runs", now() - t0, gg.n_runs);
-                roid_geometry_free(&gg);
-        }
-        free(frames);
-        free(mask);
-}
-
 int main(void) {
         validation();
         random_shapes(1);
         random_shapes(0);
         numpy_cases();
         beam_center();
-        benchmark();
         return tap_done();
 }
