@@ -226,7 +226,28 @@ static void update(roid_kmeans *km, const double *x, size_t n, unsigned *labels,
         const unsigned k = km->k, d = km->d;
         memset(km->sums, 0, (size_t)k * d * sizeof *km->sums);
         memset(km->wsum, 0, k * sizeof *km->wsum);
-        for (size_t i = 0; i < n; i++) {
+        size_t i0 = 0;
+        if (k == 2 && d == 1 && !labels) {
+                /* The RoI's per-modality case, once per point and modality at every
+                 * refit: the same arithmetic as below, without the loops. */
+                const double c0 = km->centers[0], c1 = km->centers[1];
+                double s0 = 0, s1 = 0, n1 = 0;
+                for (size_t i = 0; i < n; i++) {
+                        const double v = x[i];
+                        if ((v - c1) * (v - c1) < (v - c0) * (v - c0)) {
+                                s1 += v;
+                                n1 += 1;
+                        } else {
+                                s0 += v;
+                        }
+                }
+                km->sums[0] = s0;
+                km->sums[1] = s1;
+                km->wsum[0] = (double)n - n1;
+                km->wsum[1] = n1;
+                i0 = n;
+        }
+        for (size_t i = i0; i < n; i++) {
                 double dd;
                 unsigned l = nearest(km->centers, k, d, x + i * d, &dd);
                 if (labels) {

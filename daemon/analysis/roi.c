@@ -19,12 +19,16 @@ struct roid_roi {
         unsigned nch, nmod, ndim;
         uint64_t frames, since_refit;
         bool finished;
-        roid_rng rng; /* batch sampling of the general clustering */
+        bool maps_only; /* a roid_roi_copy_maps snapshot: for the accessors only */
+        roid_rng rng;   /* batch sampling of the general clustering */
 
         uint32_t *cnt;                 /* frames per point */
         uint32_t *seen_list, n_seen;   /* points with a frame, in arrival order */
+        uint32_t *dirty, n_dirty;      /* points with a frame since the last refit */
+        uint8_t *mark;                 /* 1: in dirty; 2: compute_maps' neighbourhood set */
         double *acc_t, *acc_x, *acc_y; /* per channel and point: sums over its frames */
         double *acc_bf, *acc_df;
+        double *lbd;                   /* 2 per point: log1p of the mean BF and DF (general clustering) */
         roid_running_stats st[MAX_CH]; /* CoM (x, y) per channel over all frames */
 
         double *raw, *filt; /* nmod * np */
@@ -77,11 +81,14 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
         r->cnt = calloc(np, sizeof *r->cnt);
         r->seen_list = calloc(np, sizeof *r->seen_list);
         r->queue = calloc(np, sizeof *r->queue);
+        r->dirty = calloc(np, sizeof *r->dirty);
+        r->mark = calloc(np, 1);
         r->acc_t = calloc(nc, sizeof(double));
         r->acc_x = calloc(nc, sizeof(double));
         r->acc_y = calloc(nc, sizeof(double));
         r->acc_bf = calloc(np, sizeof(double));
         r->acc_df = calloc(np, sizeof(double));
+        r->lbd = calloc(2 * np, sizeof(double));
         r->raw = malloc(nm * sizeof(double));
         r->filt = malloc(nm * sizeof(double));
         r->feat = calloc(r->ndim * np, sizeof(double));
@@ -95,9 +102,9 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
         r->mask = calloc(np, 1);
         r->tmp = calloc(np, 1);
         r->glab = malloc(np);
-        if (!r->cnt || !r->seen_list || !r->queue || !r->acc_t || !r->acc_x || !r->acc_y || !r->acc_bf || !r->acc_df ||
-            !r->raw || !r->filt || !r->feat || !r->gather || !r->batch || !r->klab || !r->lab || !r->lab_online ||
-            !r->online || !r->raw_mask || !r->mask || !r->tmp || !r->glab) {
+        if (!r->cnt || !r->seen_list || !r->queue || !r->dirty || !r->mark || !r->acc_t || !r->acc_x || !r->acc_y ||
+            !r->acc_bf || !r->acc_df || !r->lbd || !r->raw || !r->filt || !r->feat || !r->gather || !r->batch ||
+            !r->klab || !r->lab || !r->lab_online || !r->online || !r->raw_mask || !r->mask || !r->tmp || !r->glab) {
                 roid_roi_free(r);
                 return -ENOMEM;
         }
@@ -130,11 +137,14 @@ void roid_roi_free(roid_roi *r) {
         free(r->cnt);
         free(r->seen_list);
         free(r->queue);
+        free(r->dirty);
+        free(r->mark);
         free(r->acc_t);
         free(r->acc_x);
         free(r->acc_y);
         free(r->acc_bf);
         free(r->acc_df);
+        free(r->lbd);
         free(r->raw);
         free(r->filt);
         free(r->feat);
@@ -155,47 +165,69 @@ void roid_roi_free(roid_roi *r) {
 }
 
 /* Every array with its size in bytes, so copy and clone cannot miss one (the
- * k-means states are copied by roid_kmeans_copy). */
-#define ROI_ARRAYS(X, r)                                                                                               \
-        X(cnt, (r)->np * sizeof(uint32_t))                                                                             \
+ * k-means states are copied by roid_kmeans_copy): the per-series state and
+ * scratch, then what the accessors read (the maps). */
+#define ROI_STATE(X, r)                                                                                                \
         X(seen_list, (r)->np * sizeof(uint32_t))                                                                       \
         X(queue, (r)->np * sizeof(uint32_t))                                                                           \
+        X(dirty, (r)->np * sizeof(uint32_t))                                                                           \
+        X(mark, (r)->np)                                                                                               \
         X(acc_t, (r)->nch *(r)->np * sizeof(double))                                                                   \
         X(acc_x, (r)->nch *(r)->np * sizeof(double))                                                                   \
         X(acc_y, (r)->nch *(r)->np * sizeof(double))                                                                   \
         X(acc_bf, (r)->np * sizeof(double))                                                                            \
         X(acc_df, (r)->np * sizeof(double))                                                                            \
-        X(raw, (r)->nmod *(r)->np * sizeof(double))                                                                    \
-        X(filt, (r)->nmod *(r)->np * sizeof(double))                                                                   \
+        X(lbd, 2 * (r)->np * sizeof(double))                                                                           \
         X(feat, (r)->ndim *(r)->np * sizeof(double))                                                                   \
         X(gather, (r)->np * sizeof(double))                                                                            \
         X(batch, (size_t)BATCH *(r)->ndim * sizeof(double))                                                            \
         X(klab, (r)->np * sizeof(unsigned))                                                                            \
+        X(tmp, (r)->np)
+#define ROI_MAPS(X, r)                                                                                                 \
+        X(cnt, (r)->np * sizeof(uint32_t))                                                                             \
+        X(raw, (r)->nmod *(r)->np * sizeof(double))                                                                    \
+        X(filt, (r)->nmod *(r)->np * sizeof(double))                                                                   \
         X(lab, (r)->nmod *(r)->np)                                                                                     \
         X(lab_online, (r)->nmod *(r)->np)                                                                              \
         X(online, (r)->np)                                                                                             \
         X(raw_mask, (r)->np)                                                                                           \
         X(mask, (r)->np)                                                                                               \
-        X(tmp, (r)->np)                                                                                                \
         X(glab, (r)->np)
 
-int roid_roi_copy(roid_roi *dst, const roid_roi *src) {
-        if (dst->ny != src->ny || dst->nx != src->nx || dst->nch != src->nch || dst->ndim != src->ndim)
+static int copy_internal(roid_roi *dst, const roid_roi *src, bool maps_only) {
+        if (dst->ny != src->ny || dst->nx != src->nx || dst->nch != src->nch || dst->ndim != src->ndim ||
+            dst->p.k != src->p.k)
                 return -EINVAL;
         roid_roi keep = *dst;
         *dst = *src;
+#define ROI_KEEP(name, bytes) dst->name = keep.name;
 #define ROI_COPY(name, bytes)                                                                                          \
         dst->name = keep.name;                                                                                         \
         memcpy(dst->name, src->name, bytes);
-        ROI_ARRAYS(ROI_COPY, src)
+        if (maps_only) {
+                ROI_STATE(ROI_KEEP, src)
+        } else {
+                ROI_STATE(ROI_COPY, src)
+        }
+        ROI_MAPS(ROI_COPY, src)
 #undef ROI_COPY
+#undef ROI_KEEP
         dst->gk = keep.gk;
         roid_kmeans_copy(&dst->gk, &src->gk);
         for (unsigned m = 0; m < src->nmod; m++) {
                 dst->km[m] = keep.km[m];
                 roid_kmeans_copy(&dst->km[m], &src->km[m]);
         }
+        dst->maps_only = maps_only;
         return 0;
+}
+
+int roid_roi_copy(roid_roi *dst, const roid_roi *src) {
+        return copy_internal(dst, src, false);
+}
+
+int roid_roi_copy_maps(roid_roi *dst, const roid_roi *src) {
+        return copy_internal(dst, src, true);
 }
 
 int roid_roi_clone(const roid_roi *src, roid_roi **ret) {
@@ -215,17 +247,40 @@ static bool is_total(unsigned m) {
         return m % 2 == 0;
 }
 
-/* Unfiltered value of modality m at seen point i: mean T, or the magnitude of
- * the point's mean CoM standardised with the scan-wide statistics (eq. 2). */
-static double raw_value(const roid_roi *r, unsigned m, size_t i) {
-        unsigned c = m / 2;
-        size_t k = (size_t)c * r->np + i;
-        double n = r->cnt[i];
-        if (is_total(m))
-                return r->acc_t[k] / n;
-        double z[2] = {r->acc_x[k] / n, r->acc_y[k] / n};
-        roid_running_stats_standardize(&r->st[c], z, z);
-        return sqrt(z[0] * z[0] + z[1] * z[1]);
+/* A channel's scan-wide CoM statistics, taken once per refit or frame
+ * instead of once per point (each take costs two square roots). */
+typedef struct {
+        double mean[2], isd[2]; /* isd = 1 / std, 0 where std is 0 */
+} zstat;
+
+static void zstats(const roid_roi *r, zstat *ret) {
+        for (unsigned c = 0; c < r->nch; c++) {
+                double sd[2];
+                roid_running_stats_std(&r->st[c], sd);
+                for (int a = 0; a < 2; a++) {
+                        ret[c].mean[a] = r->st[c].mean[a];
+                        ret[c].isd[a] = sd[a] > 0 ? 1 / sd[a] : 0;
+                }
+        }
+}
+
+/* Unfiltered values at seen point i, out[m * stride] for modality m: mean
+ * T (even m), and the magnitude of the point's mean CoM standardised with the
+ * scan-wide statistics, eq. 2 (odd m). */
+static void raw_totals(const roid_roi *r, size_t i, double *out, size_t stride) {
+        double inv = 1.0 / r->cnt[i];
+        for (unsigned c = 0; c < r->nch; c++)
+                out[2 * c * stride] = r->acc_t[(size_t)c * r->np + i] * inv;
+}
+
+static void raw_coms(const roid_roi *r, const zstat *z, size_t i, double *out, size_t stride) {
+        double inv = 1.0 / r->cnt[i];
+        for (unsigned c = 0; c < r->nch; c++) {
+                size_t k = (size_t)c * r->np + i;
+                double a = (r->acc_x[k] * inv - z[c].mean[0]) * z[c].isd[0];
+                double b = (r->acc_y[k] * inv - z[c].mean[1]) * z[c].isd[1];
+                out[(2 * c + 1) * stride] = sqrt(a * a + b * b);
+        }
 }
 
 static double flog(double v) {
@@ -238,41 +293,89 @@ static unsigned roi_side(const roid_roi *r, unsigned m) {
         return is_total(m) == (c[0] <= c[1]) ? 0 : 1;
 }
 
+/* kmeans.h's nearest centre for one dimension and two centres, inline: the
+ * RoI labels ask it once per point and modality. */
+static inline unsigned nearest2(const double *c, double v) {
+        double d0 = (v - c[0]) * (v - c[0]), d1 = (v - c[1]) * (v - c[1]);
+        return d1 < d0;
+}
+
 static uint8_t label_of(const roid_roi *r, unsigned m, double v) {
         if (!r->km[m].initialized)
                 return 0;
-        return roid_kmeans_predict(&r->km[m], &v, NULL) == roi_side(r, m);
+        return nearest2(r->km[m].centers, v) == roi_side(r, m);
 }
 
-/* Raw maps, then the 3x3 mean over the seen neighbours, then the log. */
-static void compute_maps(roid_roi *r) {
-        size_t np = r->np;
-        for (unsigned m = 0; m < r->nmod; m++) {
-                double *raw = r->raw + m * np, *filt = r->filt + m * np;
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        size_t i = r->seen_list[s];
-                        raw[i] = raw_value(r, m, i);
-                }
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        size_t i = r->seen_list[s];
-                        uint32_t y = (uint32_t)(i / r->nx), x = (uint32_t)(i % r->nx);
-                        double sum = 0;
-                        unsigned n = 0;
-                        for (int dy = -1; dy <= 1; dy++) {
-                                for (int dx = -1; dx <= 1; dx++) {
-                                        int64_t yy = (int64_t)y + dy, xx = (int64_t)x + dx;
-                                        if (yy < 0 || xx < 0 || yy >= r->ny || xx >= r->nx)
-                                                continue;
-                                        size_t j = (size_t)yy * r->nx + (size_t)xx;
-                                        if (!r->cnt[j])
-                                                continue;
-                                        sum += raw[j];
-                                        n++;
-                                }
-                        }
-                        filt[i] = flog(sum / n);
+/* The 3x3 mean over the seen neighbours of point i, then the log, for the
+ * modalities m0, m0 + step, ... */
+static void filter_point(roid_roi *r, size_t i, unsigned m0, unsigned step) {
+        size_t np = r->np, nb[9];
+        uint32_t y = (uint32_t)(i / r->nx), x = (uint32_t)(i % r->nx);
+        unsigned n = 0;
+        for (int dy = -1; dy <= 1; dy++) {
+                int64_t yy = (int64_t)y + dy;
+                if (yy < 0 || yy >= r->ny)
+                        continue;
+                for (int dx = -1; dx <= 1; dx++) {
+                        int64_t xx = (int64_t)x + dx;
+                        if (xx < 0 || xx >= r->nx)
+                                continue;
+                        size_t j = (size_t)yy * r->nx + (size_t)xx;
+                        if (r->cnt[j])
+                                nb[n++] = j;
                 }
         }
+        for (unsigned m = m0; m < r->nmod; m += step) {
+                const double *raw = r->raw + m * np;
+                double sum = 0;
+                for (unsigned q = 0; q < n; q++)
+                        sum += raw[nb[q]];
+                r->filt[m * np + i] = flog(sum / n);
+        }
+}
+
+/* Raw maps, then the filtered log maps.  The |CoM| maps change everywhere
+ * whenever the scan-wide statistics move, so they are recomputed over all
+ * the points seen; a T map changes only at the points that took a frame
+ * since the last refit (the dirty list) and, filtered, in their 3x3
+ * neighbourhoods, so unless `full` only those are recomputed. */
+static void compute_maps(roid_roi *r, bool full) {
+        size_t np = r->np;
+        zstat z[MAX_CH];
+        zstats(r, z);
+        for (uint32_t s = 0; s < r->n_seen; s++)
+                raw_coms(r, z, r->seen_list[s], r->raw + r->seen_list[s], np);
+        if (full) {
+                for (uint32_t s = 0; s < r->n_seen; s++)
+                        raw_totals(r, r->seen_list[s], r->raw + r->seen_list[s], np);
+                for (uint32_t s = 0; s < r->n_seen; s++)
+                        filter_point(r, r->seen_list[s], 0, 1);
+        } else {
+                for (uint32_t s = 0; s < r->n_seen; s++)
+                        filter_point(r, r->seen_list[s], 1, 2);
+                /* The dirty points' seen neighbourhoods, each point once. */
+                uint32_t nu = 0;
+                for (uint32_t d = 0; d < r->n_dirty; d++)
+                        raw_totals(r, r->dirty[d], r->raw + r->dirty[d], np);
+                for (uint32_t d = 0; d < r->n_dirty; d++) {
+                        uint32_t i = r->dirty[d], y = i / r->nx, x = i % r->nx;
+                        for (uint32_t yy = y ? y - 1 : 0; yy <= y + 1 && yy < r->ny; yy++)
+                                for (uint32_t xx = x ? x - 1 : 0; xx <= x + 1 && xx < r->nx; xx++) {
+                                        size_t j = (size_t)yy * r->nx + xx;
+                                        if (r->cnt[j] && !(r->mark[j] & 2)) {
+                                                r->mark[j] |= 2;
+                                                r->queue[nu++] = (uint32_t)j;
+                                        }
+                                }
+                }
+                for (uint32_t u = 0; u < nu; u++) {
+                        filter_point(r, r->queue[u], 0, 2);
+                        r->mark[r->queue[u]] &= (uint8_t)~2;
+                }
+        }
+        for (uint32_t d = 0; d < r->n_dirty; d++)
+                r->mark[r->dirty[d]] = 0;
+        r->n_dirty = 0;
 }
 
 /* The filtered values of modality m in seen_list order, into r->gather. */
@@ -320,9 +423,12 @@ static void relabel(roid_roi *r) {
         for (unsigned m = 0; m < r->nmod; m++) {
                 const double *v = r->filt + m * np;
                 uint8_t *lab = r->lab + m * np;
+                const bool have = r->km[m].initialized;
+                const unsigned side = roi_side(r, m);
+                const double *c = r->km[m].centers;
                 for (uint32_t s = 0; s < r->n_seen; s++) {
                         size_t i = r->seen_list[s];
-                        lab[i] = label_of(r, m, v[i]);
+                        lab[i] = have && nearest2(c, v[i]) == side; /* label_of */
                         r->online[i] |= lab[i];
                 }
         }
@@ -334,8 +440,7 @@ static void relabel(roid_roi *r) {
  * the points seen. */
 static void build_features(roid_roi *r) {
         unsigned d = r->ndim;
-        roid_running_stats st;
-        roid_running_stats_init(&st, d);
+        double mean[ROID_KMEANS_MAX_D] = {0}, var[ROID_KMEANS_MAX_D] = {0};
         for (uint32_t s = 0; s < r->n_seen; s++) {
                 size_t i = r->seen_list[s];
                 double *x = r->feat + (size_t)s * d;
@@ -343,13 +448,30 @@ static void build_features(roid_roi *r) {
                 for (; k < r->nmod; k++)
                         x[k] = r->filt[k * r->np + i];
                 if (r->p.use_bf)
-                        x[k++] = log1p(r->acc_bf[i] / r->cnt[i]);
+                        x[k++] = r->lbd[2 * i];
                 if (r->p.use_df)
-                        x[k++] = log1p(r->acc_df[i] / r->cnt[i]);
-                roid_running_stats_update(&st, x);
+                        x[k++] = r->lbd[2 * i + 1];
+                for (k = 0; k < d; k++)
+                        mean[k] += x[k];
         }
-        for (uint32_t s = 0; s < r->n_seen; s++)
-                roid_running_stats_standardize(&st, r->feat + (size_t)s * d, r->feat + (size_t)s * d);
+        /* Two passes (mean, then deviations): no division per point. */
+        for (unsigned k = 0; k < d; k++)
+                mean[k] /= r->n_seen;
+        for (uint32_t s = 0; s < r->n_seen; s++) {
+                const double *x = r->feat + (size_t)s * d;
+                for (unsigned k = 0; k < d; k++)
+                        var[k] += (x[k] - mean[k]) * (x[k] - mean[k]);
+        }
+        double isd[ROID_KMEANS_MAX_D];
+        for (unsigned k = 0; k < d; k++) {
+                double sd = sqrt(var[k] / r->n_seen);
+                isd[k] = sd > 0 ? 1 / sd : 0;
+        }
+        for (uint32_t s = 0; s < r->n_seen; s++) {
+                double *x = r->feat + (size_t)s * d;
+                for (unsigned k = 0; k < d; k++)
+                        x[k] = (x[k] - mean[k]) * isd[k];
+        }
 }
 
 static void gk_store_labels(roid_roi *r) {
@@ -394,11 +516,15 @@ static void gk_finish(roid_roi *r) {
 /* ------------------------------------------------------------ public */
 
 int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f) {
-        if (row >= r->ny || col >= r->nx || f->n_segments != r->p.n_segments || r->finished)
+        if (row >= r->ny || col >= r->nx || f->n_segments != r->p.n_segments || r->finished || r->maps_only)
                 return -EINVAL;
         size_t i = (size_t)row * r->nx + col;
         if (r->cnt[i] == 0)
                 r->seen_list[r->n_seen++] = (uint32_t)i;
+        if (!(r->mark[i] & 1)) {
+                r->mark[i] |= 1;
+                r->dirty[r->n_dirty++] = (uint32_t)i;
+        }
         r->cnt[i]++;
         for (unsigned c = 0; c < r->nch; c++) {
                 double t = c == 0 ? f->total : f->seg[c - 1].sum;
@@ -412,10 +538,19 @@ int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f
         }
         r->acc_bf[i] += f->bf;
         r->acc_df[i] += f->df;
+        if (r->p.use_bf)
+                r->lbd[2 * i] = log1p(r->acc_bf[i] / r->cnt[i]);
+        if (r->p.use_df)
+                r->lbd[2 * i + 1] = log1p(r->acc_df[i] / r->cnt[i]);
         r->frames++;
         uint8_t any = 0;
+        zstat z[MAX_CH];
+        double raw[MAX_MOD];
+        zstats(r, z);
+        raw_totals(r, i, raw, 1);
+        raw_coms(r, z, i, raw, 1);
         for (unsigned m = 0; m < r->nmod; m++) {
-                uint8_t l = label_of(r, m, flog(raw_value(r, m, i)));
+                uint8_t l = label_of(r, m, flog(raw[m]));
                 r->lab[m * r->np + i] = l;
                 any |= l;
         }
@@ -430,9 +565,9 @@ int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f
 
 void roid_roi_refit(roid_roi *r) {
         r->since_refit = 0;
-        if (r->n_seen == 0)
+        if (r->n_seen == 0 || r->maps_only)
                 return;
-        compute_maps(r);
+        compute_maps(r, false);
         for (unsigned m = 0; m < r->nmod; m++)
                 km1_partial(r, m);
         relabel(r);
@@ -490,11 +625,11 @@ void roid_roi_morph(uint8_t *mask, uint32_t ny, uint32_t nx, int n, bool fill, u
 }
 
 void roid_roi_finish(roid_roi *r) {
-        if (r->finished)
+        if (r->finished || r->maps_only)
                 return;
         memcpy(r->lab_online, r->lab, r->nmod * r->np);
         if (r->n_seen > 0) {
-                compute_maps(r);
+                compute_maps(r, true);
                 for (unsigned m = 0; m < r->nmod; m++) {
                         if (!r->km[m].initialized)
                                 km1_partial(r, m);

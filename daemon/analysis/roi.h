@@ -11,12 +11,11 @@
  * Online: every frame is labelled on arrival from the current centres (its
  * own unfiltered value; no centres yet -> not RoI).  Every `cadence` frames
  * (every n/16 once n, the points seen, exceeds 16 x cadence: a refit costs
- * O(n), so a long series stays O(n) overall) the filtered maps are recomputed over the points seen so far (3x3 mean over
- * the neighbours seen), each modality's centres take one mini-batch step
- * (Sculley's per-centre counts, halved before every step so the centres can
- * follow the standardisation as it settles) on the whole map as the batch,
- * and the whole map is relabelled.  roid_roi_finish() refines the centres by
- * full-batch Lloyd from the online ones and builds the final mask.
+ * O(n), so a long series stays O(n) overall) the filtered maps are recomputed over the points seen so far (3x3 mean
+ * over the neighbours seen), each modality's centres take one mini-batch step (Sculley's per-centre counts, halved
+ * before every step so the centres can follow the standardisation as it settles) on the whole map as the batch, and the
+ * whole map is relabelled.  roid_roi_finish() refines the centres by full-batch Lloyd from the online ones and builds
+ * the final mask.
  *
  * General clustering: k clusters over the standardised per-point vectors
  * [filtered log T, log |CoM|, the same per segment, log(1 + BF), log(1 + DF)]
@@ -30,7 +29,7 @@
  * general map a roid_kmeans over D dimensions (partial_fit on at most 1024
  * sampled points per refit); the CoM statistics are roid_running_stats.
  *
- * Memory: allocated once in roid_roi_new, about 8 * (3C + 2M + D + 4) + 3M + 14 bytes
+ * Memory: allocated once in roid_roi_new, about 8 * (3C + 2M + D + 6) + 3M + 19 bytes
  * per point (C = 1 + S for S > 1, else 1; M = 2C; D = M + 2); nothing is
  * allocated per frame or per refit.
  *
@@ -74,6 +73,11 @@ void roid_roi_free(roid_roi *r);
  * RoI state of the same grid and parameters). */
 int roid_roi_clone(const roid_roi *src, roid_roi **ret);
 int roid_roi_copy(roid_roi *dst, const roid_roi *src);
+/* The same for readers: copies only what the accessors below return (counts,
+ * maps, labels, masks, centres, centroids; about half the state), not the
+ * accumulators, so dst can be read but no longer fed, refitted or finished
+ * (roid_roi_add -EINVAL, refit and finish do nothing) until a full copy. */
+int roid_roi_copy_maps(roid_roi *dst, const roid_roi *src);
 
 /* One frame at grid point (row, col).  f->n_segments must be the S of the
  * parameters.  Returns its online RoI label (0/1), or -EINVAL on a bad point. */

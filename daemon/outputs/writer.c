@@ -408,7 +408,7 @@ int roid_writer_map(roid_writer *w, const roid_roi *roi, bool final) {
         pthread_mutex_lock(&w->map_mu);
         if (!w->p_open) {
                 r = -EINVAL;
-        } else if (!w->snap || roid_roi_copy(w->snap, roi) < 0) {
+        } else if (!w->snap || roid_roi_copy_maps(w->snap, roi) < 0) {
                 roid_roi_free(w->snap);
                 w->snap = NULL;
                 r = roid_roi_clone(roi, &w->snap);

@@ -17,10 +17,14 @@
 /* Jobs waiting for queue space: while any waits the loop reads no message,
  * so at most one message's jobs (end + start + frame), a coalesced reset and
  * the shutdown's end. */
-#define MAX_PENDING 8
-#define LATENCY_RING 8192 /* latencies kept for the percentiles */
-#define ARRIVAL_MAX  65536 /* frames awaiting their first publication */
-#define SNAPSHOT_INTERVAL 0.25 /* s between control snapshots */
+#define MAX_PENDING       8
+#define LATENCY_RING      8192  /* latencies kept for the percentiles */
+#define ARRIVAL_MAX       65536 /* frames awaiting their first publication */
+#define SNAPSHOT_INTERVAL 0.25  /* s between control snapshots */
+/* A map publication (feedback, snapshot, packing, sending: all O(grid
+ * points)) may take at most this share of the analysis thread; beyond it the
+ * map interval stretches, so that a huge grid slows the maps, not the frames. */
+#define MAP_BUDGET 0.25
 
 /* Per series, shared read-only by the workers once the start job is queued;
  * the geometry is built once, by the first worker that needs it.  Created by
@@ -41,7 +45,7 @@ typedef struct {
         roid_dtype dtype;
         uint32_t rows, cols;
         pthread_mutex_t geom_lock;
-        _Atomic int geom_state; /* 0 not yet, 1 built, -1 failed */
+        _Atomic int geom_state;   /* 0 not yet, 1 built, -1 failed */
         _Atomic uint64_t decoded; /* frames of this series the workers decoded */
         roid_geometry geom;
         const char *center_source;
@@ -84,15 +88,16 @@ typedef struct {
         roid_feedback *fb;
         uint64_t frames, unplaced, failed, frames_at_map;
         double t_first; /* arrival of the series' first frame, 0 = none yet */
+        double t_last;  /* when its last frame so far was analysed */
         bool writing;
         char path[ROID_PATH_MAX];
 } series_state;
 
 struct roid_pipeline {
         roid_counters *ctr;
-        roid_config cfg;       /* loop thread: for the next series */
+        roid_config cfg; /* loop thread: for the next series */
         pthread_mutex_t cfg_lock;
-        roid_config cfg_an;    /* analysis thread's intervals (under cfg_lock) */
+        roid_config cfg_an; /* analysis thread's intervals (under cfg_lock) */
         char config_text[8192];
         roid_zsource *src;
         roid_queue work, an;
@@ -118,6 +123,7 @@ struct roid_pipeline {
         /* analysis thread */
         series_state ss;
         double t_start, next_map, next_status, last_status_t, next_snapshot;
+        double map_iv_eff; /* the map interval in effect: map_interval, or stretched by MAP_BUDGET */
         uint64_t last_status_frames, last_status_bytes;
         double arrival[ARRIVAL_MAX];
         size_t n_arrival;
@@ -137,7 +143,7 @@ struct roid_pipeline {
         roid_feedback_view snap_fb; /* scalars; next points into snap_next */
         roid_fb_point *snap_next;
         size_t n_snap_next, cap_snap_next;
-        double snap_p50, snap_p99, snap_fps;
+        double snap_p50, snap_p99, snap_fps, snap_map_iv;
 };
 
 static double now_mono(void) {
@@ -171,11 +177,10 @@ static int series_geometry(series_ctx *sc, const roid_frame *f, roid_err *err) {
         int r = 0;
         st = atomic_load(&sc->geom_state);
         if (!st) {
-                r = roid_analysis_build_geometry(&sc->ap, f->dtype, f->rows, f->cols, sc->has_center, sc->cx, sc->cy,
-                                                 f, sc->mask, &sc->geom, &sc->center_source, err);
+                r = roid_analysis_build_geometry(&sc->ap, f->dtype, f->rows, f->cols, sc->has_center, sc->cx, sc->cy, f,
+                                                 sc->mask, &sc->geom, &sc->center_source, err);
                 if (r < 0)
-                        roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no detector geometry: %s", sc->series_id,
-                                 err->msg);
+                        roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no detector geometry: %s", sc->series_id, err->msg);
                 else
                         roid_log(ROID_LOG_INFO, "series %" PRIu64 ": beam centre (%.2f, %.2f) px from %s",
                                  sc->series_id, sc->geom.center_x, sc->geom.center_y, sc->center_source);
@@ -314,7 +319,7 @@ static void take_snapshot(roid_pipeline *pl, bool final) {
         roid_feedback_view v;
         roid_feedback_get(ss->fb, &v);
         pthread_mutex_lock(&pl->snap_lock);
-        if (pl->snap_roi && roid_roi_copy(pl->snap_roi, ss->roi) < 0) {
+        if (pl->snap_roi && roid_roi_copy_maps(pl->snap_roi, ss->roi) < 0) {
                 roid_roi_free(pl->snap_roi);
                 pl->snap_roi = NULL;
         }
@@ -353,14 +358,15 @@ static void publish_map(roid_pipeline *pl, bool final) {
         /* No refit here: refits follow the cadence; the online labels of the
          * frames since the last one are already in the map. */
         roid_feedback_update(ss->fb, ss->roi, final);
-        /* The control snapshot copies the whole RoI state: a few times a second
-         * is plenty for requests, and keeps fast map cadences cheap. */
+        /* The control snapshot and the writer's copy take the maps of the whole
+         * grid: a few times a second is plenty for requests and for a file
+         * flushed every flush_interval, and keeps fast map cadences cheap. */
         if (final || now >= pl->next_snapshot) {
                 take_snapshot(pl, final);
+                if (ss->writing)
+                        roid_writer_map(pl->writer, ss->roi, final);
                 pl->next_snapshot = now + SNAPSHOT_INTERVAL;
         }
-        if (ss->writing)
-                roid_writer_map(pl->writer, ss->roi, final);
         for (size_t i = 0; i < pl->n_arrival; i++)
                 latency_add(pl, now - pl->arrival[i]);
         pl->n_arrival = 0;
@@ -409,11 +415,13 @@ static void publish_status(roid_pipeline *pl, double now) {
         pl->snap_p50 = p50;
         pl->snap_p99 = p99;
         pl->snap_fps = fps;
+        pl->snap_map_iv = pl->map_iv_eff;
         pthread_mutex_unlock(&pl->snap_lock);
         if (!pl->pub)
                 return;
         roid_status_view v;
         status_view(pl, &v, now, fps, bps, p50, p99, series_ref(pl->ss.sc));
+        v.map_interval_s = pl->map_iv_eff;
         roid_publish_status(pl->pub, &v);
 }
 
@@ -435,8 +443,8 @@ static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
                 .rows = sc->rows,
                 .cols = sc->cols,
                 .dtype = sc->dtype,
-                .channel = end ? (sc->channel[0] ? sc->channel : NULL)
-                               : (sc->channel_start[0] ? sc->channel_start : NULL),
+                .channel =
+                        end ? (sc->channel[0] ? sc->channel : NULL) : (sc->channel_start[0] ? sc->channel_start : NULL),
                 .has_number_of_images = sc->number_of_images > 0,
                 .number_of_images = sc->number_of_images,
                 .grid = &sc->grid,
@@ -495,7 +503,9 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                         .series_id = sc->series_id,
                         .center_x = sc->has_center ? sc->cx : sc->ap.center_x,
                         .center_y = sc->has_center ? sc->cy : sc->ap.center_y,
-                        .center_source = sc->has_center ? "start" : isfinite(sc->ap.center_x) ? "config" : "estimated",
+                        .center_source = sc->has_center              ? "start"
+                                         : isfinite(sc->ap.center_x) ? "config"
+                                                                     : "estimated",
                         .r_bf = sc->ap.r_bf,
                         .r_df_in = sc->ap.r_df_in,
                         .r_df_out = sc->ap.r_df_out,
@@ -509,9 +519,8 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                 };
                 ss->writing = roid_writer_open(pl->writer, sc->ap.output_dir, &meta) >= 0;
         }
-        roid_log(ROID_LOG_INFO, "series %" PRIu64 ": scan %u x %u (%s), %u segments, k %u", sc->series_id,
-                 sc->grid.ny, sc->grid.nx, roid_scan_source_name(sc->grid.source), sc->ap.roi.n_segments,
-                 sc->ap.roi.k);
+        roid_log(ROID_LOG_INFO, "series %" PRIu64 ": scan %u x %u (%s), %u segments, k %u", sc->series_id, sc->grid.ny,
+                 sc->grid.nx, roid_scan_source_name(sc->grid.source), sc->ap.roi.n_segments, sc->ap.roi.k);
         publish_series(pl, false, false);
 }
 
@@ -533,6 +542,7 @@ static void an_record(roid_pipeline *pl, an_item *it) {
                 roid_count(pl->ctr, ROID_C_frames_analysed, 1);
                 if (!ss->t_first)
                         ss->t_first = rec->t_arrival;
+                ss->t_last = now_mono();
                 if (pl->n_arrival < ARRIVAL_MAX)
                         pl->arrival[pl->n_arrival++] = rec->t_arrival;
                 unsigned every = pl->frame_every;
@@ -563,14 +573,15 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
         const uint8_t *m = ss->roi ? roid_roi_mask(ss->roi) : NULL;
         for (size_t i = 0; m && i < np; i++)
                 in += m[i];
-        double dt = ss->t_first ? now_mono() - ss->t_first : 0;
+        /* The rate of the acquisition: first arrival to last analysis, not
+         * counting the end's refinement. */
+        double dt = ss->t_first ? ss->t_last - ss->t_first : 0;
         roid_log(ROID_LOG_NOTICE,
                  "series %" PRIu64 "%s%s %s: %" PRIu64 " frames analysed, %" PRIu64 " frames decoded, %" PRIu64
                  " failed, %.1f frames/s; RoI %zu of %zu points; %" PRIu64 " off the grid",
-                 sc->series_id, sc->unique_id[0] ? " " : "", sc->unique_id,
-                 terminated ? "ended" : "closed without end", ss->frames,
-                 atomic_load(&sc->decoded), ss->failed,
-                 dt > 0 ? (double)ss->frames / dt : 0.0, in, np, ss->unplaced);
+                 sc->series_id, sc->unique_id[0] ? " " : "", sc->unique_id, terminated ? "ended" : "closed without end",
+                 ss->frames, atomic_load(&sc->decoded), ss->failed, dt > 0 ? (double)ss->frames / dt : 0.0, in, np,
+                 ss->unplaced);
         publish_series(pl, true, terminated);
         an_series_free(pl);
 }
@@ -589,9 +600,15 @@ static void *analysis_main(void *arg) {
                         pl->next_status = now + st_iv;
                 }
                 if (now >= pl->next_map) {
-                        if (pl->ss.roi && pl->ss.frames != pl->ss.frames_at_map)
+                        double iv = map_iv;
+                        if (pl->ss.roi && pl->ss.frames != pl->ss.frames_at_map) {
                                 publish_map(pl, false);
-                        pl->next_map = now + map_iv;
+                                double cost = now_mono() - now;
+                                if (cost / MAP_BUDGET > iv)
+                                        iv = cost / MAP_BUDGET;
+                                pl->map_iv_eff = iv;
+                        }
+                        pl->next_map = now + iv;
                 }
                 double next = pl->next_map < pl->next_status ? pl->next_map : pl->next_status;
                 int r = roid_queue_pop(&pl->an, &it, next > now ? next - now : 0);
@@ -648,8 +665,9 @@ static void submit(roid_pipeline *pl, job *j) {
                 roid_count(pl->ctr, ROID_C_frames_dropped, 1);
                 uint64_t n = roid_counter_get(pl->ctr, ROID_C_frames_dropped);
                 if ((n & (n - 1)) == 0) /* 1, 2, 4, ...: a flood does not flood the log */
-                        roid_log(ROID_LOG_WARNING, "work queue full (%zu frames): image %" PRIu64
-                                 " dropped, %" PRIu64 " so far [frames_dropped]",
+                        roid_log(ROID_LOG_WARNING,
+                                 "work queue full (%zu frames): image %" PRIu64 " dropped, %" PRIu64
+                                 " so far [frames_dropped]",
                                  pl->work.capacity, j->image_id, n);
                 return;
         }
@@ -805,7 +823,8 @@ uint64_t roid_pipeline_progress(roid_pipeline *pl) {
 }
 
 uint64_t roid_pipeline_pending(roid_pipeline *pl) {
-        return pl->n_pending + roid_queue_depth(&pl->work) + roid_queue_in_flight(&pl->work) + roid_queue_depth(&pl->an);
+        return pl->n_pending + roid_queue_depth(&pl->work) + roid_queue_in_flight(&pl->work) +
+               roid_queue_depth(&pl->an);
 }
 
 void roid_pipeline_wait_idle(roid_pipeline *pl) {
@@ -854,10 +873,11 @@ int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk, uint64_t co
                 ref = (roid_series_ref){.known = true, .series_id = pl->cur->series_id, .unique_id = uid};
         }
         pthread_mutex_lock(&pl->snap_lock);
-        double fps = pl->snap_fps, p50 = pl->snap_p50, p99 = pl->snap_p99;
+        double fps = pl->snap_fps, p50 = pl->snap_p50, p99 = pl->snap_p99, map_iv = pl->snap_map_iv;
         pthread_mutex_unlock(&pl->snap_lock);
         roid_status_view v;
         status_view(pl, &v, now_mono(), fps, NAN, p50, p99, ref);
+        v.map_interval_s = map_iv;
         v.pub = NULL; /* the publisher belongs to the analysis thread */
         v.control_requests = control_requests;
         v.control_errors = control_errors;
@@ -895,6 +915,7 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
         if (pl->fault_stall)
                 roid_log(ROID_LOG_WARNING, "fault injection: workers stall after their first frame (ROID_FAULT)");
         pl->t_start = pl->last_status_t = now_mono();
+        pl->map_iv_eff = pl->snap_map_iv = NAN;
         pl->cap_snap_next = cfg->next_points ? cfg->next_points : 1;
         int r = -ENOMEM;
         pl->snap_next = calloc(pl->cap_snap_next, sizeof *pl->snap_next);

@@ -8,7 +8,9 @@ results file's per-frame features; the final map equals /entry/roi/mask and
 the clusters; scan_here boxes contain the RoI and its `next` list is what
 `ask` returns; control errors are answered and the daemon goes on; a `set`
 applies to the next series; a burst of messages with nothing after it is
-processed to the last one (ZMQ_FD is edge-like: the loop must drain)."""
+processed to the last one (ZMQ_FD is edge-like: the loop must drain); on a
+large grid the map interval in effect stretches to keep publishing within
+its budget."""
 import os
 import socket
 import subprocess
@@ -188,6 +190,10 @@ def main():
     rs = typed(fin["rescan"])
     check(rs.shape[0] == fm.sum() * 4, f"rescan at half step: {rs.shape[0]} points for {fm.sum()} RoI points")
     check(stat["ok"] and stat["counters"]["frames_analysed"] == NY * NX, "control status counts the frames")
+    # The map interval in effect: the configured 0.1 s (a small grid never stretches it past its budget).
+    ivs = [b["map_interval_s"] for t, b in msgs if t == "status" and b.get("map_interval_s") is not None]
+    check(ivs and all(abs(v - 0.1) < 1e-9 for v in ivs) and abs(stat["map_interval_s"] - 0.1) < 1e-9,
+          f"status map_interval_s is the configured 0.1 s ({len(ivs)} status messages with it)")
 
     # A `set` applies to the next series: stream a second one with 4 segments.
     r = ctl(cmd="set", values={"segments": 4, "k": 3})
@@ -208,11 +214,52 @@ def main():
         with h5py.File(os.path.join(tmp, p), "r") as f:
             if f["/entry/scan/image_id"].shape[0] == 10000:
                 check(f["/entry/features/segment_sum"].shape[1] == 4, "second series analysed with 4 segments")
+    budget(tmp)
     if failures:
         print(err[-3000:])
         print(f"{len(failures)} failures")
         return 1
     return 0
+
+
+def budget(tmp):
+    """A large grid with the shortest map interval: publishing a map of
+    160,000 points costs more than a quarter of 2 ms, so the interval in
+    effect stretches (status map_interval_s) and no frame is lost."""
+    pd, pp = free_port(), free_port()
+    det, pub = (f"tcp://127.0.0.1:{p}" for p in (pd, pp))
+    roid = subprocess.Popen([ROID, "--detector", det, "--publish", pub, "--scan", "400x400", "--segments", "1",
+                             "--map-interval", "0.002", "--status-interval", "0.05", "--series", "1"],
+                            stderr=subprocess.PIPE, text=True)
+    CHILDREN.append(roid)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"status")
+    sub.setsockopt(zmq.SUBSCRIBE, b"series")
+    sub.connect(pub)
+    t0 = time.time()
+    while time.time() - t0 < 20 and not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):
+        pass
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "4000", "--rate", "2000",
+                            "--quiet"])
+    CHILDREN.append(sim)
+    ivs, end = [], None
+    t0 = time.time()
+    while time.time() - t0 < 60 and end is None:
+        if sub.poll(500):
+            topic, body = sub.recv_multipart()
+            b = msgpack.unpackb(body, raw=False)
+            if topic == b"status" and b.get("map_interval_s") is not None:
+                ivs.append(b["map_interval_s"])
+            if topic == b"series" and b["event"] == "end":
+                end = b
+    sim.wait()
+    roid.wait(timeout=60)
+    sub.close(0)
+    ctx.term()
+    check(end is not None and end["frames_analysed"] == 4000 and end["frames_dropped"] == 0,
+          f"160,000-point grid at a 2 ms map interval: every frame analysed ({end and end['frames_analysed']})")
+    check(ivs and max(ivs) > 0.002, f"the map interval in effect stretched past 2 ms: up to {max(ivs or [0]):.4f} s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,206 @@
+/* test_roi.c - the RoI state's online maps against an independent
+ * recomputation.  Refits update the T maps only where frames arrived since
+ * the previous refit (and in their 3x3 neighbourhoods) and the |CoM| maps
+ * everywhere; this checks, after every refit of a scan that revisits points
+ * (fly-scan binning), skips some and fills them in later, that the raw and
+ * filtered maps of every modality equal what the definitions give when
+ * computed here from the frames fed, in plain loops: mean T and mean CoM per
+ * point, CoM standardised with the population mean and deviation over all
+ * frames (eq. 2), 3x3 mean over the seen neighbours, log (floor 1e-12). */
+#include "tap.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analysis/roi.h"
+
+#define NY 23
+#define NX 31
+#define S  4
+#define NC (1 + S)
+
+static uint64_t rng = 88172645463325252ull;
+
+static double unif(void) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+/* Per channel c (0 = whole frame, 1 + s = segment s) and point. */
+static double sum_t[NC][NY * NX], sum_x[NC][NY * NX], sum_y[NC][NY * NX];
+static unsigned cnt[NY * NX];
+/* Every frame's CoM per channel, for the scan-wide statistics. */
+#define MAXF 4096
+static double fx[NC][MAXF], fy[NC][MAXF];
+static unsigned nf;
+
+static void feed(roid_roi *r, uint32_t y, uint32_t x) {
+        roid_features f;
+        memset(&f, 0, sizeof f);
+        f.n_segments = S;
+        bool obj = (y - 11.0) * (y - 11.0) + (x - 14.0) * (x - 14.0) < 40;
+        double t = obj ? 400 + 40 * unif() : 1000 + 40 * unif();
+        f.total = t;
+        f.com_x = 50 + (obj ? 3 : 0.3) * unif();
+        f.com_y = 60 + (obj ? 3 : 0.3) * unif();
+        for (unsigned s = 0; s < S; s++) {
+                f.seg[s].sum = t / S * (0.8 + 0.4 * unif());
+                f.seg[s].com_x = 50 + 2 * unif();
+                f.seg[s].com_y = 60 + 2 * unif();
+        }
+        f.bf = 0.6 * t;
+        f.df = 0.1 * t;
+        roid_roi_add(r, y, x, &f);
+        size_t i = (size_t)y * NX + x;
+        cnt[i]++;
+        for (unsigned c = 0; c < NC; c++) {
+                double tt = c ? f.seg[c - 1].sum : f.total;
+                double xx = c ? f.seg[c - 1].com_x : f.com_x, yy = c ? f.seg[c - 1].com_y : f.com_y;
+                sum_t[c][i] += tt;
+                sum_x[c][i] += xx;
+                sum_y[c][i] += yy;
+                fx[c][nf] = xx;
+                fy[c][nf] = yy;
+        }
+        nf++;
+}
+
+static void stats(const double *v, unsigned n, double *ret_mean, double *ret_sd) {
+        double m = 0, q = 0;
+        for (unsigned k = 0; k < n; k++)
+                m += v[k];
+        m /= n;
+        for (unsigned k = 0; k < n; k++)
+                q += (v[k] - m) * (v[k] - m);
+        *ret_mean = m;
+        *ret_sd = sqrt(q / n);
+}
+
+/* Largest difference between the state's maps and the definitions. */
+static double check_maps(const roid_roi *r, unsigned *ret_bad_nan) {
+        static double raw[2 * NC][NY * NX];
+        double worst = 0;
+        unsigned bad = 0;
+        for (unsigned c = 0; c < NC; c++) {
+                double mx, sx, my, sy;
+                stats(fx[c], nf, &mx, &sx);
+                stats(fy[c], nf, &my, &sy);
+                for (size_t i = 0; i < NY * NX; i++) {
+                        if (!cnt[i])
+                                continue;
+                        raw[2 * c][i] = sum_t[c][i] / cnt[i];
+                        double a = (sum_x[c][i] / cnt[i] - mx) / sx, b = (sum_y[c][i] / cnt[i] - my) / sy;
+                        raw[2 * c + 1][i] = sqrt(a * a + b * b);
+                }
+        }
+        for (unsigned m = 0; m < 2 * NC; m++) {
+                const double *got_raw = roid_roi_raw_map(r, m), *got_f = roid_roi_filtered(r, m);
+                for (int y = 0; y < NY; y++)
+                        for (int x = 0; x < NX; x++) {
+                                size_t i = (size_t)y * NX + x;
+                                if (!cnt[i]) {
+                                        bad += !isnan(got_raw[i]) || !isnan(got_f[i]);
+                                        continue;
+                                }
+                                double s = 0;
+                                unsigned n = 0;
+                                for (int yy = y - 1; yy <= y + 1; yy++)
+                                        for (int xx = x - 1; xx <= x + 1; xx++)
+                                                if (yy >= 0 && xx >= 0 && yy < NY && xx < NX &&
+                                                    cnt[(size_t)yy * NX + xx]) {
+                                                        s += raw[m][(size_t)yy * NX + xx];
+                                                        n++;
+                                                }
+                                double want_f = log(fmax(s / n, 1e-12));
+                                /* T: relative; |CoM|: in units of the deviation (the
+                                 * state's running statistics round differently from
+                                 * the two-pass ones here); filtered: in log units. */
+                                double e1 = fabs(got_raw[i] - raw[m][i]) / (m % 2 ? 1 : fabs(raw[m][i]));
+                                double e2 = fabs(got_f[i] - want_f);
+                                worst = fmax(worst, fmax(e1, e2));
+                                if (isnan(got_raw[i]) || isnan(got_f[i]))
+                                        worst = INFINITY;
+                        }
+        }
+        *ret_bad_nan = bad;
+        return worst;
+}
+
+int main(void) {
+        roid_roi_params p;
+        roid_roi_params_default(&p);
+        p.n_segments = S;
+        p.cadence = 0; /* refits by hand, to check after each */
+        roid_roi *r;
+        roid_err err;
+        if (!tap_ok(roid_roi_new(&p, NY, NX, &r, &err) == 0, "roid_roi_new"))
+                return tap_done();
+
+        /* Pass 1: raster over the even rows, refitting every 23 frames
+         * (mid-row, so a refit's dirty set and its neighbours straddle rows). */
+        unsigned refits = 0, bad_nan = 0;
+        double worst = 0;
+        for (uint32_t y = 0; y < NY; y += 2)
+                for (uint32_t x = 0; x < NX; x++) {
+                        feed(r, y, x);
+                        if (nf % 23 == 0) {
+                                roid_roi_refit(r);
+                                unsigned b;
+                                worst = fmax(worst, check_maps(r, &b));
+                                bad_nan += b;
+                                refits++;
+                        }
+                }
+        /* Pass 2: the odd rows (neighbours of every earlier point change), a
+         * few revisited points of both passes (fly-scan binning), refits. */
+        for (uint32_t y = 1; y < NY; y += 2)
+                for (uint32_t x = 0; x < NX; x++) {
+                        feed(r, y, x);
+                        if (x % 7 == 3)
+                                feed(r, y - 1, (x * 5) % NX);
+                        if (nf % 29 == 0) {
+                                roid_roi_refit(r);
+                                unsigned b;
+                                worst = fmax(worst, check_maps(r, &b));
+                                bad_nan += b;
+                                refits++;
+                        }
+                }
+        roid_roi_refit(r);
+        unsigned b;
+        worst = fmax(worst, check_maps(r, &b));
+        bad_nan += b;
+        refits++;
+        tap_ok(refits > 20, "%u refits checked over %u frames", refits, nf);
+        tap_ok(worst < 1e-9,
+               "raw and filtered maps of all %d modalities match the definitions after every refit "
+               "(worst difference %.3g)",
+               2 * NC, worst);
+        tap_eq_u64(bad_nan, 0, "points without a frame stay NaN");
+        /* A revisit changes only its own T; the filtered map of a point two
+         * steps away must not move. */
+        const double *ft = roid_roi_filtered(r, 0);
+        double before = ft[5 * NX + 5];
+        feed(r, 5, 8);
+        roid_roi_refit(r);
+        tap_ok(ft[5 * NX + 5] == before, "a point two steps from a revisit keeps its filtered T");
+        tap_ok(check_maps(r, &b) < 1e-9 && b == 0, "and every map still matches after it");
+
+        /* The final maps (a full recomputation) agree with the online ones. */
+        static double online[2 * NC][NY * NX];
+        for (unsigned m = 0; m < 2 * NC; m++)
+                memcpy(online[m], roid_roi_filtered(r, m), sizeof online[m]);
+        roid_roi_finish(r);
+        double d = 0;
+        for (unsigned m = 0; m < 2 * NC; m++)
+                for (size_t i = 0; i < NY * NX; i++)
+                        if (cnt[i])
+                                d = fmax(d, fabs(roid_roi_filtered(r, m)[i] - online[m][i]));
+        tap_ok(d < 1e-12, "finish's full recomputation equals the last incremental refit (max diff %.3g)", d);
+        roid_roi_free(r);
+        return tap_done();
+}
