@@ -483,6 +483,8 @@ static int next_key(s2 *p, const char *field, roid_cw_iter *iter, roid_cw_item *
         r = next_untagged(p, key);
         if (r < 0)
                 return r;
+        if (key->type == ROID_CW_TSTR && !key->indefinite && !memchr(key->ptr, '\0', key->len))
+                return 1; /* the common case, without naming the field */
         char f[FIELD_MAX];
         snprintf(f, sizeof f, "%.*s key", (int)(sizeof f - 5), field);
         r = check_tstr(p, f, key);
