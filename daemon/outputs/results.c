@@ -720,6 +720,13 @@ int roid_results_write_map(roid_results *w, const roid_roi *roi, bool final, roi
         return good ? 0 : fail(w, err, "/entry/roi");
 }
 
+int roid_results_set_center(roid_results *w, double center_x, double center_y, roid_err *err) {
+        if (w->failed)
+                return roid_err_set(err, -EIO, "HDF5: %s: an earlier write failed", w->path);
+        double bc[2] = {center_x, center_y};
+        return attr_rewrite(w, w->entry, "beam_center", T_F64, bc) ? 0 : fail(w, err, "(beam_center)");
+}
+
 int roid_results_flush(roid_results *w, roid_err *err) {
         if (w->failed)
                 return roid_err_set(err, -EIO, "HDF5: %s: an earlier write failed", w->path);

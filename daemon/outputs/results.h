@@ -87,6 +87,11 @@ int roid_results_write_features(roid_results *w, const roid_results_features *f,
  * unfinished one with final. */
 int roid_results_write_map(roid_results *w, const roid_roi *roi, bool final, roid_err *err);
 
+/* Rewrites /entry@beam_center, for a centre estimated from the first frame
+ * after the file was opened (its source attribute says "estimated" from the
+ * start).  -EIO. */
+int roid_results_set_center(roid_results *w, double center_x, double center_y, roid_err *err);
+
 /* Makes everything written so far visible to SWMR readers (and durable
  * against a crash of this process).  -EIO. */
 int roid_results_flush(roid_results *w, roid_err *err);

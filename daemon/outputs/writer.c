@@ -58,6 +58,9 @@ struct roid_writer {
         roid_roi *snap;
         bool snap_pending, snap_final;
         uint64_t snap_gen;
+        bool center_pending; /* roid_writer_set_center's, for the file of center_gen */
+        double center[2];
+        uint64_t center_gen;
 
         /* writer thread only */
         roid_results *res;
@@ -135,9 +138,27 @@ static bool writable(const roid_writer *w) {
         return w->res && !w->failed;
 }
 
+/* A beam centre estimated after the open, into the current file. */
+static void apply_center(roid_writer *w) {
+        roid_err err = {""};
+        pthread_mutex_lock(&w->map_mu);
+        bool have = w->center_pending && w->center_gen == w->gen;
+        double c[2] = {w->center[0], w->center[1]};
+        if (have)
+                w->center_pending = false;
+        pthread_mutex_unlock(&w->map_mu);
+        if (!have || !writable(w))
+                return;
+        int r = roid_results_set_center(w->res, c[0], c[1], &err);
+        if (r < 0)
+                series_error(w, r, err.msg);
+        w->dirty = true;
+}
+
 /* The newest online snapshot of the current series, then the flush. */
 static void flush_now(roid_writer *w) {
         roid_err err = {""};
+        apply_center(w);
         pthread_mutex_lock(&w->map_mu);
         bool have = w->snap_pending && !w->snap_final && w->snap_gen == w->gen;
         if (have) {
@@ -165,6 +186,7 @@ static void close_file(roid_writer *w, const roid_counters *ctr) {
         roid_err err = {""};
         if (!w->res)
                 return;
+        apply_center(w);
         /* Flushed first so that a failure is reported with its reason. */
         if (!w->failed) {
                 int r = roid_results_flush(w->res, &err);
@@ -417,6 +439,21 @@ int roid_writer_map(roid_writer *w, const roid_roi *roi, bool final) {
                 w->snap_pending = true;
                 w->snap_final = final;
                 w->snap_gen = w->p_gen;
+        }
+        pthread_mutex_unlock(&w->map_mu);
+        return r;
+}
+
+int roid_writer_set_center(roid_writer *w, double center_x, double center_y) {
+        int r = 0;
+        pthread_mutex_lock(&w->map_mu);
+        if (!w->p_open) {
+                r = -EINVAL;
+        } else {
+                w->center_pending = true;
+                w->center[0] = center_x;
+                w->center[1] = center_y;
+                w->center_gen = w->p_gen;
         }
         pthread_mutex_unlock(&w->map_mu);
         return r;

@@ -77,6 +77,10 @@ int roid_writer_append(roid_writer *w, const roid_frame_record *rec);
  * roid_roi_finish, kept for the close).  -EINVAL with no open series or an
  * unfinished state with final, -ENOMEM. */
 int roid_writer_map(roid_writer *w, const roid_roi *roi, bool final);
+/* The beam centre, when it was estimated from the first frame after the open
+ * (the file says "estimated" from the start and NaN until this arrives):
+ * written at the next flush or at the close.  -EINVAL with no open series. */
+int roid_writer_set_center(roid_writer *w, double center_x, double center_y);
 /* Ends the series: the final snapshot (if one was passed) is written, then
  * the counters (ctr may be NULL) and the file is closed.  Returns after
  * enqueuing; -EINVAL with no open series. */

@@ -540,8 +540,16 @@ static void an_record(roid_pipeline *pl, an_item *it) {
                 int label = roid_roi_add(ss->roi, rec->row, rec->col, &rec->f);
                 ss->frames++;
                 roid_count(pl->ctr, ROID_C_frames_analysed, 1);
-                if (!ss->t_first)
+                if (!ss->t_first) {
                         ss->t_first = rec->t_arrival;
+                        /* The worker that built the geometry estimated the centre
+                         * before this record was queued; the file, opened before,
+                         * has NaN until told. */
+                        series_ctx *sc = ss->sc;
+                        if (ss->writing && atomic_load_explicit(&sc->geom_state, memory_order_acquire) > 0 &&
+                            sc->center_source && strcmp(sc->center_source, "estimated") == 0)
+                                roid_writer_set_center(pl->writer, sc->geom.center_x, sc->geom.center_y);
+                }
                 ss->t_last = now_mono();
                 if (pl->n_arrival < ARRIVAL_MAX)
                         pl->arrival[pl->n_arrival++] = rec->t_arrival;

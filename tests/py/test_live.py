@@ -10,7 +10,8 @@ the clusters; scan_here boxes contain the RoI and its `next` list is what
 applies to the next series; a burst of messages with nothing after it is
 processed to the last one (ZMQ_FD is edge-like: the loop must drain); on a
 large grid the map interval in effect stretches to keep publishing within
-its budget."""
+its budget; a beam centre estimated from the first frame reaches the
+results file."""
 import os
 import socket
 import subprocess
@@ -215,11 +216,39 @@ def main():
             if f["/entry/scan/image_id"].shape[0] == 10000:
                 check(f["/entry/features/segment_sum"].shape[1] == 4, "second series analysed with 4 segments")
     budget(tmp)
+    estimated_center(tmp)
     if failures:
         print(err[-3000:])
         print(f"{len(failures)} failures")
         return 1
     return 0
+
+
+def estimated_center(tmp):
+    """A series that gives no beam centre (Stream V1, header detail none):
+    the centre estimated from the first frame reaches the results file,
+    opened before that frame, by the end of the series."""
+    import json
+    out = os.path.join(tmp, "bc")
+    os.mkdir(out)
+    pd = free_port()
+    det = f"tcp://127.0.0.1:{pd}"
+    roid = subprocess.Popen([ROID, "--detector", det, "--output-dir", out, "--series", "1"], stderr=subprocess.PIPE,
+                            text=True)
+    CHILDREN.append(roid)
+    truth = os.path.join(tmp, "bc-truth.json")
+    subprocess.run([SIM, "--endpoint", det, "--format", "v1", "--header-detail", "none", "--source",
+                    f"phantom:seed=3,truth={truth}", "--shape", "128x128", "--scan", "16x16", "--quiet",
+                    "--wait-connect", "20"], timeout=120)
+    roid.wait(timeout=60)
+    files = [p for p in os.listdir(out) if p.endswith(".h5")]
+    with open(truth) as f:
+        want = json.load(f)["beam_center"]
+    with h5py.File(os.path.join(out, files[0]), "r") as f:
+        bc, src = f["/entry"].attrs["beam_center"], f["/entry"].attrs["beam_center_source"]
+    src = src.decode() if isinstance(src, bytes) else src
+    check(src == "estimated" and np.all(np.isfinite(bc)) and np.hypot(*(np.array(bc) - want)) < 0.5,
+          f"estimated beam centre in the results file: {bc} ({src}), phantom's {want}")
 
 
 def budget(tmp):
