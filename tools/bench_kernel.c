@@ -3,7 +3,8 @@
  *   {"row": "machine", ...}   CPU model, cores, last-level cache
  *   {"row": "kernel", ...}    roid_features_compute on frames in memory (a
  *                             buffer larger than the last-level cache) next to
- *                             a plain streaming read of the same memory
+ *                             a plain streaming read of the same memory, and
+ *                             the time roid_geometry_init takes (best of 3)
  *   {"row": "decode", ...}    bitshuffle-LZ4 (roid) and plain LZ4 (liblz4
  *                             alone) decoding of Poisson diffraction frames
  * Every figure is the best of several timed repetitions (other processes
@@ -282,17 +283,25 @@ static void bench_shape(const opts *o, const shape *s, FILE *cases) {
         for (unsigned i = 0; i < nd; i++)
                 render(s, &L, mask, distinct + i * frame_bytes);
 
+        /* The geometry is built on the first frame of every series: its time is a latency. */
         roid_geometry g[2];
+        double init_s[2] = {INFINITY, INFINITY};
         for (int k = 0; k < 2; k++) {
                 roid_geometry_params p;
                 roid_geometry_params_default(&p);
                 p.rows = s->rows, p.cols = s->cols, p.dtype = s->dtype, p.center_x = L.cx, p.center_y = L.cy;
                 p.n_segments = seg_counts[k], p.r_bf = L.r_bf, p.r_df_in = L.r_df_in, p.r_df_out = L.r_df_out;
                 p.mask = mask;
-                roid_err err = {{0}};
-                if (roid_geometry_init(&g[k], &p, &err) < 0) {
-                        fprintf(stderr, "roid-bench: geometry %s: %s\n", s->name, err.msg);
-                        exit(1);
+                for (int rep = 0; rep < 3; rep++) {
+                        roid_err err = {{0}};
+                        if (rep)
+                                roid_geometry_free(&g[k]);
+                        const double t0 = now();
+                        if (roid_geometry_init(&g[k], &p, &err) < 0) {
+                                fprintf(stderr, "roid-bench: geometry %s: %s\n", s->name, err.msg);
+                                exit(1);
+                        }
+                        init_s[k] = fmin(init_s[k], now() - t0);
                 }
         }
 
@@ -338,9 +347,9 @@ static void bench_shape(const opts *o, const shape *s, FILE *cases) {
                 printf("{\"row\": \"kernel\", \"shape\": \"%s\", \"dtype\": \"%s\", \"segments\": %u, \"mask\": true, "
                        "\"bf_df\": true, \"frames_per_s\": %.1f, \"gb_per_s\": %.3f, \"read_gb_per_s\": %.3f, "
                        "\"ratio_to_read\": %.4f, \"runs\": %zu, \"masked_pixels\": %" PRIu64 ", \"buffer_mib\": "
-                       "%.1f, \"stat\": \"best of %d\"}\n",
+                       "%.1f, \"geometry_init_ms\": %.3f, \"stat\": \"best of %d\"}\n",
                        s->name, roid_dtype_name(s->dtype), seg_counts[k], best[k], gbs, read_gbs, gbs / read_gbs,
-                       g[k].n_runs, g[k].n_static_masked, nf * frame_bytes / 1048576.0, o->reps);
+                       g[k].n_runs, g[k].n_static_masked, nf * frame_bytes / 1048576.0, init_s[k] * 1e3, o->reps);
         }
         fflush(stdout);
         free(frames);

@@ -3,11 +3,16 @@
  * The per-frame pass walks runs: stretches of one row whose pixels share a
  * segment and disk flags and are not masked.  A wedge of at most 180 degrees
  * meets a row in one interval and a disk or an annulus in at most two, so a
- * row has about S + 6 runs plus one per masked stretch.  Inside a run the
- * pixels are summed with vectors (GCC vector extensions, so any target
- * works); the x moment comes from the block-prefix identity
+ * row has about S + 6 runs plus one per masked stretch.  The geometry finds a
+ * row's segment edges with a few calls of segment_of per edge (the azimuth is
+ * monotonic along a row), not one per pixel.  Inside a run the pixels are
+ * summed with vectors: hand-written AVX2 kernels for uint16 and uint32, GCC
+ * vector extensions for the rest (so any target works), where the x moment
+ * comes from the block-prefix identity
  *     sum_k k a_k = (n - 1) sum_k a_k - sum_k (a_0 + ... + a_{k-1})
- * which needs only additions per block, and one reduction per run.
+ * which needs only additions per block, and one reduction per run.  Run sums
+ * go to per-code accumulators, folded into segments, disk and annulus once
+ * per frame.
  */
 #include "features/features.h"
 
@@ -113,6 +118,92 @@ static int push_run(roid_geometry *g, size_t *cap, uint32_t x0, uint32_t len, un
         return 0;
 }
 
+/* Where segment_of is monotonic in x along a row, the first column in
+ * (lo, hi] whose segment is not s, given that column lo is in s and counting
+ * hi as outside; guess is where the edge is expected (any value works, a good
+ * one costs about two calls). */
+static uint32_t segment_end(double dy, double cx, unsigned n_seg, unsigned s, uint32_t lo, uint32_t hi, double guess) {
+#define SEG_AT(x) segment_of((double)(x)-cx, dy, n_seg)
+        if (hi - lo <= 1)
+                return hi;
+        uint32_t g = lo + 1;
+        if (guess >= (double)hi - 1)
+                g = hi - 1;
+        else if (guess > (double)lo + 1)
+                g = (uint32_t)guess;
+        if (SEG_AT(g) == s) {
+                lo = g;
+                for (uint32_t step = 1; hi - lo > step; step *= 2) {
+                        if (SEG_AT(lo + step) != s) {
+                                hi = lo + step;
+                                break;
+                        }
+                        lo += step;
+                }
+        } else {
+                hi = g;
+                for (uint32_t step = 1; hi - lo > step; step *= 2) {
+                        if (SEG_AT(hi - step) == s) {
+                                lo = hi - step;
+                                break;
+                        }
+                        hi -= step;
+                }
+        }
+        while (hi - lo > 1) {
+                const uint32_t mid = lo + (hi - lo) / 2;
+                if (SEG_AT(mid) == s)
+                        lo = mid;
+                else
+                        hi = mid;
+        }
+        return hi;
+#undef SEG_AT
+}
+
+/* Segment edges of one row: the row is in segment s[k] from column x[k] on. */
+typedef struct {
+        unsigned n;
+        uint32_t x[ROID_MAX_SEGMENTS + 1];
+        unsigned s[ROID_MAX_SEGMENTS + 1];
+} row_edges;
+
+/* Finds the edges of row dy with segment_of itself, so that they are exactly
+ * its per-pixel classification.  Along a row the azimuth is monotonic in x
+ * (dy > 0: decreasing, dy < 0: increasing, dy = 0: two values), so each
+ * segment is one interval, and the ends of the intervals are found by a
+ * search near the exact edge cx + dy cot(theta).  That holds for the computed
+ * segment_of too as long as neighbouring pixels' angles differ by far more
+ * than its rounding (a few 1e-16 rad): the angle step between neighbours is
+ * at least |dy| / (D^2 + dy^2), D the farthest |dx| + 1.  Rows where it is
+ * below 1e-12 rad (a beam centre within ~1e-6 pixel of the row, or very far)
+ * return false: their pixels are classified one by one. */
+static bool find_row_edges(double dy, const roid_geometry_params *p, const double *cot, row_edges *e) {
+        const unsigned n_seg = p->n_segments;
+        const uint32_t cols = p->cols;
+        e->n = 0;
+        if (n_seg == 1) {
+                e->x[0] = 0, e->s[0] = 0, e->n = 1;
+                return true;
+        }
+        const double D = fmax(fabs(p->center_x), fabs((double)cols - 1 - p->center_x)) + 1;
+        if (dy != 0 && fabs(dy) / (D * D + dy * dy) < 1e-12)
+                return false;
+        uint32_t x = 0;
+        unsigned s = segment_of(0.0 - p->center_x, dy, n_seg);
+        for (;;) {
+                if (e->n == ROID_MAX_SEGMENTS + 1)
+                        return false; /* not monotonic after all */
+                e->x[e->n] = x, e->s[e->n] = s, e->n++;
+                /* the edge this row leaves s by: dy > 0 the start of s, dy < 0 its end */
+                const double guess = p->center_x + dy * cot[dy > 0 ? s : s + 1];
+                x = segment_end(dy, p->center_x, n_seg, s, x, cols, guess);
+                if (x >= cols)
+                        return true;
+                s = segment_of((double)x - p->center_x, dy, n_seg);
+        }
+}
+
 int roid_geometry_init(roid_geometry *g, const roid_geometry_params *p, roid_err *err) {
         memset(g, 0, sizeof *g);
         int r = validate(p, err);
@@ -135,35 +226,45 @@ int roid_geometry_init(roid_geometry *g, const roid_geometry_params *p, roid_err
                 r = -ENOMEM;
                 goto fail;
         }
+        /* cot of each segment edge, for the first guess of where a row crosses it */
+        double cot[ROID_MAX_SEGMENTS + 1];
+        for (unsigned k = 0; k <= p->n_segments; k++) {
+                const double th = 2.0 * M_PI * k / p->n_segments;
+                cot[k] = cos(th) / sin(th);
+        }
         const double bf2 = p->r_bf * p->r_bf, in2 = p->r_df_in * p->r_df_in, out2 = p->r_df_out * p->r_df_out;
         const unsigned EXCL = 0x100;
+        row_edges e;
         for (uint32_t y = 0; y < p->rows; y++) {
                 ng.row_first_run[y] = (uint32_t)ng.n_runs;
                 const uint32_t *mrow = p->mask ? p->mask + (size_t)y * p->cols : NULL;
                 const double dy = (double)y - p->center_y;
-                unsigned cur = EXCL;
+                const bool by_pixel = !find_row_edges(dy, p, cot, &e);
+                unsigned cur = EXCL, k = 0, seg = 0;
                 uint32_t start = 0;
                 for (uint32_t x = 0; x <= p->cols; x++) {
+                        while (!by_pixel && k < e.n && e.x[k] == x)
+                                seg = e.s[k++];
                         unsigned code = EXCL;
                         if (x < p->cols && !(mrow && mrow[x])) {
                                 const double dx = (double)x - p->center_x;
                                 const double d2 = dx * dx + dy * dy;
-                                code = segment_of(dx, dy, p->n_segments);
-                                ng.seg_pixels[code]++;
-                                if (d2 < bf2) {
-                                        code |= CODE_BF;
-                                        ng.bf_pixels++;
-                                }
-                                if (d2 >= in2 && d2 < out2) {
-                                        code |= CODE_DF;
-                                        ng.df_pixels++;
-                                }
+                                code = by_pixel ? segment_of(dx, dy, p->n_segments) : seg;
+                                code |= (d2 < bf2 ? CODE_BF : 0) | (d2 >= in2 && d2 < out2 ? CODE_DF : 0);
                         } else if (x < p->cols) {
                                 ng.n_static_masked++;
                         }
                         if (code != cur || x - start == RUN_MAX) {
-                                if (cur != EXCL && (r = push_run(&ng, &cap, start, x - start, cur)) < 0)
-                                        goto fail;
+                                if (cur != EXCL) {
+                                        if ((r = push_run(&ng, &cap, start, x - start, cur)) < 0)
+                                                goto fail;
+                                        const uint64_t len = x - start;
+                                        ng.seg_pixels[cur & CODE_SEG] += len;
+                                        ng.seg_sum_x[cur & CODE_SEG] += len * start + len * (len - 1) / 2;
+                                        ng.seg_sum_y[cur & CODE_SEG] += len * y;
+                                        ng.bf_pixels += cur & CODE_BF ? len : 0;
+                                        ng.df_pixels += cur & CODE_DF ? len : 0;
+                                }
                                 cur = code;
                                 start = x;
                         }
@@ -188,11 +289,43 @@ void roid_geometry_free(roid_geometry *g) {
 
 /* ---- the per-frame pass ---- */
 
+/* Sums per run code (segment | BF | DF), folded into segments, disk and
+ * annulus once per frame: no branch per run on the flags.  All moments are
+ * below rows * cols * max * max(rows, cols); when that is below 2^64 (any
+ * 4-Mpixel frame at 32 bits, a 16M at 16 bits) the "narrow" kernels keep them
+ * in 64 bits, otherwise the "wide" ones in 128.  Only the entries of the
+ * geometry's codes are cleared and read. */
+#define N_CODES 256
 typedef struct {
-        uint64_t sum[ROID_MAX_SEGMENTS];
-        u128 sx[ROID_MAX_SEGMENTS], sy[ROID_MAX_SEGMENTS];
-        uint64_t bf, df, saturated;
+        uint64_t sum[N_CODES];
+        uint64_t saturated;
+        uint32_t offset; /* subtracted from every pixel by the kernel, to add back */
+        union {
+                struct {
+                        uint64_t sx[N_CODES], sy[N_CODES];
+                } n;
+                struct {
+                        u128 sx[N_CODES], sy[N_CODES];
+                } w;
+        };
 } acc;
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* A run of code c at (x0, y): its sum s and in-run x moment sl = sum of
+ * I * (x - x0), which RUN_MAX keeps below 2^48 in magnitude; negative when the
+ * kernel subtracted an offset.  Sums wrap modulo 2^64 or 2^128: the totals,
+ * offset added back, are in range. */
+static ALWAYS_INLINE void add_run(acc *a, const bool wide, unsigned c, int64_t s, int64_t sl, uint32_t x0, uint32_t y) {
+        a->sum[c] += (uint64_t)s;
+        if (wide) {
+                a->w.sx[c] += (u128)((__int128)x0 * s + sl);
+                a->w.sy[c] += (u128)((__int128)y * s);
+        } else {
+                a->n.sx[c] += (uint64_t)x0 * (uint64_t)s + (uint64_t)sl;
+                a->n.sy[c] += (uint64_t)y * (uint64_t)s;
+        }
+}
 
 /* 32-byte vectors at most: GCC keeps them in registers with AVX2 and splits
  * them in two without; wider ones end up on the stack. */
@@ -241,8 +374,9 @@ static const uint32_t tail32[16] = {~0u, ~0u, ~0u, ~0u, ~0u, ~0u, ~0u, ~0u};
                 P1 += __builtin_convertvector(hi_, VA);                                                                \
         } while (0)
 
-/* T pixel type; VT W of them; HT W/2 of them; VA W/2 accumulator lanes. */
-#define DEFINE_KERNEL(NAME, T, VT, HT, VA, W, TAIL)                                                                    \
+/* The portable kernels.  T pixel type; VT W of them; HT W/2 of them; VA W/2
+ * accumulator lanes. */
+#define DEFINE_KERNEL(NAME, T, VT, HT, VA, W, TAIL, WIDE)                                                              \
         KERNEL_CLONES static void NAME(const roid_geometry *g, const T *pix, acc *a) {                                 \
                 const size_t npix = (size_t)g->rows * g->cols;                                                         \
                 VA lane0 = {0}, lane1 = {0}, sat0 = {0}, sat1 = {0};                                                   \
@@ -290,38 +424,81 @@ static const uint32_t tail32[16] = {~0u, ~0u, ~0u, ~0u, ~0u, ~0u, ~0u, ~0u};
                                 HSUM(QS, sq);                                                                          \
                                 HSUM(PL, sl);                                                                          \
                                 const uint64_t st = (uint64_t)(nb - 1) * s - sq; /* sum over blocks k of k a_k */      \
-                                const unsigned c = run->code, seg = c & CODE_SEG;                                      \
-                                a->sum[seg] += s;                                                                      \
-                                a->sx[seg] += (u128)run->x0 * s + sl + (u128)st * W;                                   \
-                                a->sy[seg] += (u128)s * y;                                                             \
-                                if (c & CODE_BF)                                                                       \
-                                        a->bf += s;                                                                    \
-                                if (c & CODE_DF)                                                                       \
-                                        a->df += s;                                                                    \
+                                add_run(a, WIDE, run->code, (int64_t)s, (int64_t)(sl + st * W), run->x0, y);           \
                         }                                                                                              \
                 }                                                                                                      \
                 VA sats = sat0 + sat1;                                                                                 \
                 HSUM(sats, a->saturated);                                                                              \
         }
 
-DEFINE_KERNEL(kernel_u8, uint8_t, u8x16, u8x8, u32x8, 16, tail8)
-DEFINE_KERNEL(kernel_u16, uint16_t, u16x16, u16x8, u32x8, 16, tail16)
-DEFINE_KERNEL(kernel_u32, uint32_t, u32x8, u32x4, u64x4, 8, tail32)
+DEFINE_KERNEL(kernel_u8_n, uint8_t, u8x16, u8x8, u32x8, 16, tail8, false)
+DEFINE_KERNEL(kernel_u8_w, uint8_t, u8x16, u8x8, u32x8, 16, tail8, true)
+DEFINE_KERNEL(kernel_u16_n, uint16_t, u16x16, u16x8, u32x8, 16, tail16, false)
+DEFINE_KERNEL(kernel_u16_w, uint16_t, u16x16, u16x8, u32x8, 16, tail16, true)
+DEFINE_KERNEL(kernel_u32_n, uint32_t, u32x8, u32x4, u64x4, 8, tail32, false)
+DEFINE_KERNEL(kernel_u32_w, uint32_t, u32x8, u32x4, u64x4, 8, tail32, true)
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define HAVE_AVX2_U16 1
+#define HAVE_AVX2   1
+#define AVX2_INLINE __attribute__((target("avx2"))) static ALWAYS_INLINE
+
+/* Takes back the saturated pixels (all bits set) of row y, which a vector
+ * pass summed; elem: 2 or 4 bytes a pixel.  Rare: rows with a hot pixel. */
+__attribute__((target("avx2"))) static void unsaturate_row(const roid_geometry *g, const void *pix, unsigned elem,
+                                                           uint32_t y, acc *a, const bool wide) {
+        const size_t nbytes = (size_t)g->rows * g->cols * elem;
+        const char *row = (const char *)pix + (size_t)y * g->cols * elem;
+        const unsigned per = 32 / elem;
+        const uint32_t maxv = elem == 2 ? UINT16_MAX : UINT32_MAX;
+        const __m256i top = _mm256_set1_epi8(-1);
+        const roid_run *run = g->runs + g->row_first_run[y], *end = g->runs + g->row_first_run[y + 1];
+        for (; run < end; run++) {
+                const unsigned c = run->code;
+                for (unsigned k = 0; k < run->len; k += per) {
+                        const char *p = row + (size_t)(run->x0 + k) * elem;
+                        const unsigned n = run->len - k < per ? run->len - k : per;
+                        __m256i v;
+                        if ((size_t)(p - (const char *)pix) + 32 <= nbytes) {
+                                v = _mm256_loadu_si256((const __m256i *)p);
+                        } else {
+                                char tmp[32] = {0};
+                                memcpy(tmp, p, n * elem);
+                                v = _mm256_loadu_si256((const __m256i *)tmp);
+                        }
+                        uint32_t m = (uint32_t)_mm256_movemask_epi8(elem == 2 ? _mm256_cmpeq_epi16(v, top)
+                                                                              : _mm256_cmpeq_epi32(v, top));
+                        if (n < per)
+                                m &= (1u << (n * elem)) - 1;
+                        while (m) {
+                                const unsigned i = (unsigned)__builtin_ctz(m) / elem;
+                                const uint32_t x = run->x0 + k + i;
+                                m &= ~(((1u << elem) - 1) << (i * elem));
+                                a->saturated++;
+                                a->sum[c] -= maxv;
+                                if (wide) {
+                                        a->w.sx[c] -= (u128)maxv * x;
+                                        a->w.sy[c] -= (u128)maxv * y;
+                                } else {
+                                        a->n.sx[c] -= (uint64_t)maxv * x;
+                                        a->n.sy[c] -= (uint64_t)maxv * y;
+                                }
+                        }
+                }
+        }
+}
 
 /* The 16-bit kernel by hand for AVX2, the common case (EIGER 16-bit
  * streams).  Per block of 16 pixels it does 6 vector operations: flip the
  * sign bit (v' = v - 32768 as int16, so that vpmaddwd's signed products are
  * usable), track the row's maximum, and two vpmaddwd, by ones (the sum) and
- * by the offset within the run (the x moment); the 32768 per pixel this adds
- * is a constant taken back once per run.  RUN_MAX = 256 keeps the true sum
- * (< 2^24) and x moment (< 65535 * 256 * 255 / 2 < 2^32) of a run below 2^32,
- * so 32-bit lanes summed modulo 2^32 give them exactly.  Saturated pixels are
- * summed like the others and taken back by a scalar pass over the rare rows
- * whose maximum is 65535. */
+ * by the offset within the run (the x moment).  A run's sum of v' (at most
+ * 32768 * 256 = 2^23 in magnitude) and x moment (at most 32768 * 256 * 255 / 2
+ * < 2^31) fit signed 32-bit lanes, so no lane can overflow; they are summed
+ * as they are and the 32768 per pixel is added back once per frame from the
+ * geometry's pixel counts and sums of x and y.  Saturated pixels are summed
+ * like the others and taken back by a scalar pass over the rare rows whose
+ * maximum is 65535. */
 static const int16_t run_offsets[RUN_MAX] __attribute__((aligned(32))) = {
 #define O4(i)  i, i + 1, i + 2, i + 3
 #define O16(i) O4(i), O4(i + 4), O4(i + 8), O4(i + 12)
@@ -332,31 +509,13 @@ static const int16_t run_offsets[RUN_MAX] __attribute__((aligned(32))) = {
 #undef O4
 };
 
-/* Takes back the saturated pixels of row y, which the vector pass summed. */
-static void unsaturate_row_u16(const roid_geometry *g, const uint16_t *row, uint32_t y, acc *a) {
-        const roid_run *run = g->runs + g->row_first_run[y], *end = g->runs + g->row_first_run[y + 1];
-        for (; run < end; run++) {
-                const unsigned seg = run->code & CODE_SEG;
-                for (uint32_t x = run->x0; x < run->x0 + run->len; x++) {
-                        if (row[x] != UINT16_MAX)
-                                continue;
-                        a->saturated++;
-                        a->sum[seg] -= UINT16_MAX;
-                        a->sx[seg] -= (u128)UINT16_MAX * x;
-                        a->sy[seg] -= (u128)UINT16_MAX * y;
-                        if (run->code & CODE_BF)
-                                a->bf -= UINT16_MAX;
-                        if (run->code & CODE_DF)
-                                a->df -= UINT16_MAX;
-                }
-        }
-}
-
-__attribute__((target("avx2"))) static void kernel_u16_avx2(const roid_geometry *g, const uint16_t *pix, acc *a) {
+/* Rows y0..y1-1; check: whether a tail block may reach past the frame. */
+AVX2_INLINE void rows_u16_avx2(const roid_geometry *g, const uint16_t *pix, acc *a, const bool wide, uint32_t y0,
+                               uint32_t y1, const bool check) {
         const size_t npix = (size_t)g->rows * g->cols;
         const __m256i zero = _mm256_setzero_si256(), flip = _mm256_set1_epi16(INT16_MIN);
         const __m256i ones = _mm256_set1_epi16(1), top = _mm256_set1_epi16(INT16_MAX);
-        for (uint32_t y = 0; y < g->rows; y++) {
+        for (uint32_t y = y0; y < y1; y++) {
                 const uint16_t *row = pix + (size_t)y * g->cols;
                 const roid_run *run = g->runs + g->row_first_run[y];
                 const roid_run *end = g->runs + g->row_first_run[y + 1];
@@ -377,37 +536,113 @@ __attribute__((target("avx2"))) static void kernel_u16_avx2(const roid_geometry 
                                 BLOCK16(v, w);
                         }
                         if (len) {
-                                if ((size_t)(p - pix) + 16 <= npix) {
+                                if (!check || (size_t)(p - pix) + 16 <= npix) {
                                         v = _mm256_loadu_si256((const __m256i *)p);
                                 } else {
                                         uint16_t tmp[16] = {0};
                                         memcpy(tmp, p, len * sizeof *p);
                                         v = _mm256_loadu_si256((const __m256i *)tmp);
                                 }
-                                v = _mm256_and_si256(v, _mm256_loadu_si256((const __m256i *)(tail16 + 16 - len)));
                                 v = _mm256_xor_si256(v, flip);
+                                v = _mm256_and_si256(v, _mm256_loadu_si256((const __m256i *)(tail16 + 16 - len)));
                                 BLOCK16(v, w);
                         }
 #undef BLOCK16
-                        /* lanes 0-3 of r: S low half, S high half, X low, X high (mod 2^32) */
+                        /* lanes 0-1 of r: the run's sum and x moment of v' */
                         const __m256i h = _mm256_hadd_epi32(S, X);
                         __m128i r = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
                         r = _mm_hadd_epi32(r, r);
-                        const uint32_t n = (run->len + 15u) & ~15u; /* pixels summed, with the tail's zeros */
-                        const uint64_t s = (uint32_t)((uint32_t)_mm_cvtsi128_si32(r) + 32768u * n);
-                        const uint64_t sl = (uint32_t)((uint32_t)_mm_extract_epi32(r, 1) + 32768u * (n * (n - 1) / 2));
-                        const unsigned c = run->code, seg = c & CODE_SEG;
-                        a->sum[seg] += s;
-                        a->sx[seg] += (uint64_t)run->x0 * s + sl;
-                        a->sy[seg] += (uint64_t)y * s;
-                        if (c & CODE_BF)
-                                a->bf += s;
-                        if (c & CODE_DF)
-                                a->df += s;
+                        const int64_t sx = _mm_cvtsi128_si64(r);
+                        add_run(a, wide, run->code, (int32_t)sx, sx >> 32, run->x0, y);
                 }
                 if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(hi, top)))
-                        unsaturate_row_u16(g, row, y, a);
+                        unsaturate_row(g, pix, 2, y, a, wide);
         }
+}
+
+/* A tail block (16 pixels from inside a row) stays in the frame for all rows
+ * but the last 16 / cols + 1. */
+AVX2_INLINE void kernel_u16_avx2(const roid_geometry *g, const uint16_t *pix, acc *a, const bool wide) {
+        const uint32_t n_check = 16 / g->cols + 1, y_check = g->rows > n_check ? g->rows - n_check : 0;
+        a->offset = 32768;
+        rows_u16_avx2(g, pix, a, wide, 0, y_check, false);
+        rows_u16_avx2(g, pix, a, wide, y_check, g->rows, true);
+}
+
+/* The 32-bit kernel by hand for AVX2 (EIGER 32-bit streams).  Per block of 8
+ * pixels: the row's maximum, the even and odd pixels' sums in 64-bit lanes,
+ * and the x moment by _mm256_mul_epu32 (32 x 32 -> 64 bits, even lanes) of
+ * the pixels by their offsets within the run, all exact.  The tail is read
+ * with a masked load, which never touches memory past the run.  Saturated
+ * pixels as in the 16-bit kernel. */
+#define E4(i)     i, i, i + 2, i + 2
+#define D4(i)     i + 1, i + 1, i + 3, i + 3
+#define X16(F, i) F(i), F(i + 4), F(i + 8), F(i + 12)
+#define X64(F, i) X16(F, i), X16(F, i + 16), X16(F, i + 32), X16(F, i + 48)
+/* offs_even / offs_odd: lane 2i of block k holds 8k + 2i / 8k + 2i + 1 */
+static const uint32_t offs_even[RUN_MAX]
+        __attribute__((aligned(32))) = {X64(E4, 0), X64(E4, 64), X64(E4, 128), X64(E4, 192)};
+static const uint32_t offs_odd[RUN_MAX]
+        __attribute__((aligned(32))) = {X64(D4, 0), X64(D4, 64), X64(D4, 128), X64(D4, 192)};
+#undef X64
+#undef X16
+#undef D4
+#undef E4
+
+AVX2_INLINE void kernel_u32_avx2(const roid_geometry *g, const uint32_t *pix, acc *a, const bool wide) {
+        const __m256i zero = _mm256_setzero_si256(), lo32 = _mm256_set1_epi64x(UINT32_MAX);
+        const __m256i top = _mm256_set1_epi32(-1);
+        for (uint32_t y = 0; y < g->rows; y++) {
+                const uint32_t *row = pix + (size_t)y * g->cols;
+                const roid_run *run = g->runs + g->row_first_run[y];
+                const roid_run *end = g->runs + g->row_first_run[y + 1];
+                __m256i hi = zero;
+                for (; run < end; run++) {
+                        const uint32_t *p = row + run->x0;
+                        const __m256i *we = (const __m256i *)offs_even, *wo = (const __m256i *)offs_odd;
+                        unsigned len = run->len;
+                        __m256i Se = zero, So = zero, X = zero, v;
+#define BLOCK8(v)                                                                                                      \
+        do {                                                                                                           \
+                const __m256i o_ = _mm256_srli_epi64(v, 32);                                                           \
+                hi = _mm256_max_epu32(hi, v);                                                                          \
+                Se = _mm256_add_epi64(Se, _mm256_and_si256(v, lo32));                                                  \
+                So = _mm256_add_epi64(So, o_);                                                                         \
+                X = _mm256_add_epi64(X, _mm256_add_epi64(_mm256_mul_epu32(v, _mm256_load_si256(we)),                   \
+                                                         _mm256_mul_epu32(o_, _mm256_load_si256(wo))));                \
+        } while (0)
+                        for (; len >= 8; len -= 8, p += 8, we++, wo++) {
+                                v = _mm256_loadu_si256((const __m256i *)p);
+                                BLOCK8(v);
+                        }
+                        if (len) {
+                                v = _mm256_maskload_epi32((const int *)p,
+                                                          _mm256_loadu_si256((const __m256i *)(tail32 + 8 - len)));
+                                BLOCK8(v);
+                        }
+#undef BLOCK8
+                        /* r: the run's sum, its x moment */
+                        const __m256i S = _mm256_add_epi64(Se, So);
+                        const __m256i h = _mm256_add_epi64(_mm256_unpacklo_epi64(S, X), _mm256_unpackhi_epi64(S, X));
+                        const __m128i r = _mm_add_epi64(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                        add_run(a, wide, run->code, _mm_cvtsi128_si64(r), _mm_extract_epi64(r, 1), run->x0, y);
+                }
+                if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(hi, top)))
+                        unsaturate_row(g, pix, 4, y, a, wide);
+        }
+}
+
+__attribute__((target("avx2"))) static void kernel_u16_avx2_n(const roid_geometry *g, const uint16_t *pix, acc *a) {
+        kernel_u16_avx2(g, pix, a, false);
+}
+__attribute__((target("avx2"))) static void kernel_u16_avx2_w(const roid_geometry *g, const uint16_t *pix, acc *a) {
+        kernel_u16_avx2(g, pix, a, true);
+}
+__attribute__((target("avx2"))) static void kernel_u32_avx2_n(const roid_geometry *g, const uint32_t *pix, acc *a) {
+        kernel_u32_avx2(g, pix, a, false);
+}
+__attribute__((target("avx2"))) static void kernel_u32_avx2_w(const roid_geometry *g, const uint32_t *pix, acc *a) {
+        kernel_u32_avx2(g, pix, a, true);
 }
 #endif
 
@@ -417,8 +652,12 @@ void roid_features_use_simd(int on) {
         use_simd = on;
 }
 
-static double ratio(u128 num, uint64_t den) {
-        return (double)num / (double)den;
+static bool have_avx2(void) {
+#ifdef HAVE_AVX2
+        return use_simd && __builtin_cpu_supports("avx2");
+#else
+        return false;
+#endif
 }
 
 int roid_features_compute(const roid_geometry *g, const roid_frame *f, roid_features *ret, roid_err *err) {
@@ -426,47 +665,89 @@ int roid_features_compute(const roid_geometry *g, const roid_frame *f, roid_feat
                 return roid_err_set(
                         err, -EINVAL, "frame %s %" PRIu32 " x %" PRIu32 ": geometry expects %s %" PRIu32 " x %" PRIu32,
                         roid_dtype_name(f->dtype), f->rows, f->cols, roid_dtype_name(g->dtype), g->rows, g->cols);
+        const unsigned nseg = g->n_segments;
+        const uint64_t maxv = g->dtype == ROID_DT_U8 ? UINT8_MAX : g->dtype == ROID_DT_U16 ? UINT16_MAX : UINT32_MAX;
+        const bool wide = (u128)g->rows * g->cols * maxv * (g->rows > g->cols ? g->rows : g->cols) >> 64 != 0;
         acc a;
-        memset(&a, 0, sizeof a);
+        a.saturated = 0;
+        a.offset = 0;
+        for (unsigned fl = 0; fl < 4; fl++)
+                for (unsigned c = fl << 6; c < (fl << 6) + nseg; c++) {
+                        a.sum[c] = 0;
+                        if (wide)
+                                a.w.sx[c] = a.w.sy[c] = 0;
+                        else
+                                a.n.sx[c] = a.n.sy[c] = 0;
+                }
         switch (g->dtype) {
         case ROID_DT_U8:
-                kernel_u8(g, f->pixels, &a);
+                (wide ? kernel_u8_w : kernel_u8_n)(g, f->pixels, &a);
                 break;
         case ROID_DT_U16:
-#ifdef HAVE_AVX2_U16
-                if (use_simd && __builtin_cpu_supports("avx2")) {
-                        kernel_u16_avx2(g, f->pixels, &a);
+#ifdef HAVE_AVX2
+                if (have_avx2()) {
+                        (wide ? kernel_u16_avx2_w : kernel_u16_avx2_n)(g, f->pixels, &a);
                         break;
                 }
 #endif
-                kernel_u16(g, f->pixels, &a);
+                (wide ? kernel_u16_w : kernel_u16_n)(g, f->pixels, &a);
                 break;
         default:
-                kernel_u32(g, f->pixels, &a);
+#ifdef HAVE_AVX2
+                if (have_avx2()) {
+                        (wide ? kernel_u32_avx2_w : kernel_u32_avx2_n)(g, f->pixels, &a);
+                        break;
+                }
+#endif
+                (wide ? kernel_u32_w : kernel_u32_n)(g, f->pixels, &a);
                 break;
         }
         roid_features *o = ret;
         memset(o, 0, sizeof *o);
-        u128 sx = 0, sy = 0;
-        uint64_t t = 0;
-        o->n_segments = g->n_segments;
-        for (unsigned s = 0; s < g->n_segments; s++) {
-                t += a.sum[s];
-                sx += a.sx[s];
-                sy += a.sy[s];
-                o->seg[s].sum_u64 = a.sum[s];
-                o->seg[s].sum = (double)a.sum[s];
-                o->seg[s].com_x = a.sum[s] ? ratio(a.sx[s], a.sum[s]) : g->center_x;
-                o->seg[s].com_y = a.sum[s] ? ratio(a.sy[s], a.sum[s]) : g->center_y;
+        o->n_segments = nseg;
+        /* sums modulo 2^64 (2^128) of I - offset, plus the offset times the pixels */
+        const uint64_t off = a.offset;
+        uint64_t t = 0, bf = off * g->bf_pixels, df = off * g->df_pixels;
+        u128 sx_w = 0, sy_w = 0;
+        uint64_t sx_n = 0, sy_n = 0;
+        for (unsigned s = 0; s < nseg; s++) {
+                uint64_t sum = off * g->seg_pixels[s];
+                for (unsigned fl = 0; fl < 4; fl++) {
+                        const unsigned c = s | fl << 6;
+                        sum += a.sum[c];
+                        bf += fl & 1 ? a.sum[c] : 0;
+                        df += fl & 2 ? a.sum[c] : 0;
+                }
+                double cx = g->center_x, cy = g->center_y;
+                if (wide) {
+                        u128 x = (u128)off * g->seg_sum_x[s], y = (u128)off * g->seg_sum_y[s];
+                        for (unsigned fl = 0; fl < 4; fl++)
+                                x += a.w.sx[s | fl << 6], y += a.w.sy[s | fl << 6];
+                        sx_w += x, sy_w += y;
+                        if (sum)
+                                cx = (double)x / (double)sum, cy = (double)y / (double)sum;
+                } else {
+                        uint64_t x = off * g->seg_sum_x[s], y = off * g->seg_sum_y[s];
+                        for (unsigned fl = 0; fl < 4; fl++)
+                                x += a.n.sx[s | fl << 6], y += a.n.sy[s | fl << 6];
+                        sx_n += x, sy_n += y;
+                        if (sum)
+                                cx = (double)x / (double)sum, cy = (double)y / (double)sum;
+                }
+                t += sum;
+                o->seg[s].sum_u64 = sum;
+                o->seg[s].sum = (double)sum;
+                o->seg[s].com_x = cx;
+                o->seg[s].com_y = cy;
         }
         o->total_u64 = t;
         o->total = (double)t;
-        o->com_x = t ? ratio(sx, t) : g->center_x;
-        o->com_y = t ? ratio(sy, t) : g->center_y;
-        o->bf_u64 = a.bf;
-        o->df_u64 = a.df;
-        o->bf = (double)a.bf;
-        o->df = (double)a.df;
+        o->com_x = !t ? g->center_x : wide ? (double)sx_w / (double)t : (double)sx_n / (double)t;
+        o->com_y = !t ? g->center_y : wide ? (double)sy_w / (double)t : (double)sy_n / (double)t;
+        o->bf_u64 = bf;
+        o->df_u64 = df;
+        o->bf = (double)bf;
+        o->df = (double)df;
         o->saturated = a.saturated;
         o->masked = g->n_static_masked + a.saturated;
         o->n_pixels = (uint64_t)g->rows * g->cols - o->masked;

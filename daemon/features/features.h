@@ -92,7 +92,10 @@ typedef struct {
         double r_bf, r_df_in, r_df_out;
         uint64_t n_static_masked;               /* pixels excluded by the mask */
         uint64_t seg_pixels[ROID_MAX_SEGMENTS]; /* unmasked pixels per segment */
-        uint64_t bf_pixels, df_pixels;          /* unmasked pixels in the disk, the annulus */
+        /* Sums of x and of y over the unmasked pixels of each segment (the
+         * 16-bit kernel sums I - 32768 and adds these back). */
+        uint64_t seg_sum_x[ROID_MAX_SEGMENTS], seg_sum_y[ROID_MAX_SEGMENTS];
+        uint64_t bf_pixels, df_pixels; /* unmasked pixels in the disk, the annulus */
         size_t n_runs;
         roid_run *runs;
         uint32_t *row_first_run; /* rows + 1 entries */

@@ -1,12 +1,15 @@
 /* test_features.c - roid's per-frame features against an independent numpy
  * implementation (tests/py/features_ref.py) on simulated diffraction frames,
- * the beam-centre estimator and parameter validation.  Speed is measured by
+ * the geometry and every kernel (AVX2 and portable) against a brute-force
+ * per-pixel classification and exact sums, the beam-centre estimator and
+ * parameter validation.  Speed is measured by
  * tools/bench, not here. */
 #include "tap.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -482,6 +485,272 @@ static void random_shapes(int simd) {
                simd ? "SIMD" : "portable", bad);
 }
 
+/* ---- geometry and features against a brute-force per-pixel classification ---- */
+
+/* The convention of features.h, pixel by pixel: exact eighths of a turn on
+ * the axes and diagonals, atan2 elsewhere. */
+static unsigned ref_segment(double dx, double dy, unsigned S) {
+        if (S == 1)
+                return 0;
+        int eighth = -1;
+        if (dy == 0)
+                eighth = dx >= 0 ? 0 : 4;
+        else if (dx == 0)
+                eighth = dy > 0 ? 2 : 6;
+        else if (dx == dy)
+                eighth = dx > 0 ? 1 : 5;
+        else if (dx == -dy)
+                eighth = dy > 0 ? 3 : 7;
+        if (eighth >= 0)
+                return (unsigned)eighth * S / 8;
+        double t = atan2(dy, dx) / (2.0 * M_PI);
+        if (t < 0)
+                t += 1.0;
+        const double s = floor(t * S);
+        return s >= S ? S - 1 : (unsigned)s;
+}
+
+typedef unsigned __int128 u128;
+
+typedef struct {
+        uint64_t seg_pixels[ROID_MAX_SEGMENTS], bf_pixels, df_pixels, static_masked;
+        uint64_t sum[ROID_MAX_SEGMENTS], bf, df, saturated;
+        u128 sx[ROID_MAX_SEGMENTS], sy[ROID_MAX_SEGMENTS];
+} brute;
+
+static uint64_t pixel(const void *pix, roid_dtype t, size_t i) {
+        return t == ROID_DT_U8    ? ((const uint8_t *)pix)[i]
+               : t == ROID_DT_U16 ? ((const uint16_t *)pix)[i]
+                                  : ((const uint32_t *)pix)[i];
+}
+
+/* Classification and sums, one pixel at a time, in exact integers. */
+static void brute_force(const roid_geometry_params *p, const void *pix, brute *b) {
+        memset(b, 0, sizeof *b);
+        const uint64_t maxv = dtype_maxv(p->dtype);
+        for (uint32_t y = 0; y < p->rows; y++)
+                for (uint32_t x = 0; x < p->cols; x++) {
+                        const size_t i = (size_t)y * p->cols + x;
+                        if (p->mask && p->mask[i]) {
+                                b->static_masked++;
+                                continue;
+                        }
+                        const double dx = (double)x - p->center_x, dy = (double)y - p->center_y;
+                        const double d2 = dx * dx + dy * dy;
+                        const unsigned s = ref_segment(dx, dy, p->n_segments);
+                        const bool bf = d2 < p->r_bf * p->r_bf;
+                        const bool df = d2 >= p->r_df_in * p->r_df_in && d2 < p->r_df_out * p->r_df_out;
+                        b->seg_pixels[s]++;
+                        b->bf_pixels += bf;
+                        b->df_pixels += df;
+                        if (!pix)
+                                continue;
+                        const uint64_t v = pixel(pix, p->dtype, i);
+                        if (v == maxv) {
+                                b->saturated++;
+                                continue;
+                        }
+                        b->sum[s] += v;
+                        b->sx[s] += (u128)v * x;
+                        b->sy[s] += (u128)v * y;
+                        b->bf += bf ? v : 0;
+                        b->df += df ? v : 0;
+                }
+}
+
+static double com_of(u128 m, uint64_t sum, double centre) {
+        return sum ? (double)m / (double)sum : centre;
+}
+
+/* Everything the features report, to the bit: the sums are exact integers
+ * and each centre of mass is one rounded division. */
+static int features_equal(const roid_features *ft, const roid_geometry_params *p, const brute *b) {
+        uint64_t t = 0;
+        u128 sx = 0, sy = 0;
+        int bad = 0;
+        for (unsigned s = 0; s < p->n_segments; s++) {
+                t += b->sum[s], sx += b->sx[s], sy += b->sy[s];
+                bad += ft->seg[s].sum_u64 != b->sum[s] || ft->seg[s].sum != (double)b->sum[s] ||
+                       ft->seg[s].com_x != com_of(b->sx[s], b->sum[s], p->center_x) ||
+                       ft->seg[s].com_y != com_of(b->sy[s], b->sum[s], p->center_y);
+        }
+        bad += ft->n_segments != p->n_segments || ft->total_u64 != t || ft->total != (double)t ||
+               ft->com_x != com_of(sx, t, p->center_x) || ft->com_y != com_of(sy, t, p->center_y) ||
+               ft->bf_u64 != b->bf || ft->df_u64 != b->df || ft->bf != (double)b->bf || ft->df != (double)b->df ||
+               ft->saturated != b->saturated || ft->masked != b->static_masked + b->saturated ||
+               ft->n_pixels != (uint64_t)p->rows * p->cols - ft->masked;
+        return bad;
+}
+
+/* Builds the geometry of p, compares its classification with the brute
+ * force and, given a frame, the features of both kernels; 0 when equal. */
+static int check_brute(const roid_geometry_params *p, const void *pix, const char *what) {
+        roid_geometry g;
+        roid_err err = {{0}};
+        if (roid_geometry_init(&g, p, &err) < 0) {
+                tap_diag("%s: geometry: %s", what, err.msg);
+                return 1;
+        }
+        brute b;
+        brute_force(p, pix, &b);
+        int bad = memcmp(g.seg_pixels, b.seg_pixels, sizeof b.seg_pixels) != 0 || g.bf_pixels != b.bf_pixels ||
+                  g.df_pixels != b.df_pixels || g.n_static_masked != b.static_masked;
+        if (bad)
+                tap_diag("%s %ux%u centre (%.17g, %.17g) S=%u: classification differs", what, p->rows, p->cols,
+                         p->center_x, p->center_y, p->n_segments);
+        for (int simd = 1; pix && simd >= 0; simd--) {
+                roid_features ft;
+                roid_frame f = {.dtype = p->dtype, .rows = p->rows, .cols = p->cols, .pixels = pix};
+                roid_features_use_simd(simd);
+                const int r = roid_features_compute(&g, &f, &ft, NULL);
+                roid_features_use_simd(1);
+                if (r < 0 || features_equal(&ft, p, &b)) {
+                        bad++;
+                        tap_diag("%s %s %ux%u centre (%.17g, %.17g) S=%u: %s features differ", what,
+                                 roid_dtype_name(p->dtype), p->rows, p->cols, p->center_x, p->center_y, p->n_segments,
+                                 simd ? "SIMD" : "portable");
+                }
+        }
+        roid_geometry_free(&g);
+        return bad;
+}
+
+/* Random values, ~1/16 of them at the maximum or next to it. */
+static void *random_frame(roid_dtype t, size_t n) {
+        void *pix = malloc(n * roid_dtype_size(t));
+        const uint64_t maxv = dtype_maxv(t);
+        for (size_t i = 0; i < n; i++) {
+                const uint64_t v = rnd_u64();
+                const unsigned k = v % 32;
+                put(pix, t, i, k == 0 ? maxv : k == 1 ? maxv - 1 : k < 4 ? 0 : (v >> 8) % maxv);
+        }
+        return pix;
+}
+
+/* Many beam centres (integer, half-integer, random, outside the frame, just
+ * off a row) and S = 1..40, classification and features. */
+static void geometry_brute(void) {
+        static const unsigned segs[] = {1, 2, 3, 4, 5, 8, 16, 24, 40};
+        const uint32_t rows = 45, cols = 67;
+        const double centres[][2] = {
+                {33, 22},
+                {0, 0},
+                {66, 44},
+                {33.5, 22.5},
+                {33, 22.5},
+                {33.5, 22},
+                {-10.3, 20.7},
+                {80.2, -5.5},
+                {-1000.25, 3000.5},
+                {1e6 + 0.3, -2e5},
+                {30.3, 22 + 1e-9},
+                {-1e6, 10},
+                {0, 0},
+                {0, 0},
+                {0, 0},
+        };
+        const size_t nc = sizeof centres / sizeof centres[0];
+        uint32_t *mask = make_mask(rows, cols);
+        int bad = 0, n = 0;
+        for (size_t c = 0; c < nc; c++) {
+                const roid_dtype t = (roid_dtype)(ROID_DT_U8 + c % 3);
+                void *pix = random_frame(t, (size_t)rows * cols);
+                for (size_t k = 0; k < sizeof segs / sizeof segs[0]; k++) {
+                        roid_geometry_params p;
+                        roid_geometry_params_default(&p);
+                        p.rows = rows, p.cols = cols, p.dtype = t, p.n_segments = segs[k];
+                        p.center_x = centres[c][0], p.center_y = centres[c][1];
+                        if (c >= nc - 3) /* random, inside */
+                                p.center_x = rnd_unit() * cols, p.center_y = rnd_unit() * rows;
+                        p.r_bf = 4 + (double)(c % 5) * 3.1, p.r_df_in = p.r_bf + (k % 2);
+                        p.r_df_out = k % 3 == 0 ? INFINITY : k % 3 == 1 ? 0 : p.r_bf * 2.5;
+                        p.mask = c % 2 ? mask : NULL;
+                        bad += check_brute(&p, pix, "brute") != 0;
+                        n++;
+                }
+                free(pix);
+        }
+        free(mask);
+        tap_ok(bad == 0,
+               "%d geometries (%zu centres x 9 S) equal a brute-force per-pixel classification, features of "
+               "both kernels to the bit (%d bad)",
+               n, nc, bad);
+
+        /* larger frames, integer, half-integer and random centres */
+        bad = 0, n = 0;
+        for (int c = 0; c < 4; c++) {
+                const uint32_t r2 = 300 + c, c2 = 517 - 3 * c;
+                const roid_dtype t = c == 1 ? ROID_DT_U32 : ROID_DT_U16;
+                void *pix = random_frame(t, (size_t)r2 * c2);
+                uint32_t *m = make_mask(r2, c2);
+                for (unsigned k = 0; k < 3; k++) {
+                        roid_geometry_params p;
+                        roid_geometry_params_default(&p);
+                        p.rows = r2, p.cols = c2, p.dtype = t, p.n_segments = (unsigned[]){8, 24, 40}[k];
+                        p.center_x = c == 0 ? 250 : c == 1 ? 250.5 : rnd_unit() * c2;
+                        p.center_y = c == 0 ? 150 : c == 1 ? 149.5 : rnd_unit() * r2;
+                        p.r_bf = 30, p.r_df_in = 30, p.r_df_out = 140;
+                        p.mask = m;
+                        bad += check_brute(&p, pix, "brute large") != 0;
+                        n++;
+                }
+                free(pix);
+                free(m);
+        }
+        tap_ok(bad == 0, "%d larger geometries (300x517) equal the brute force (%d bad)", n, bad);
+}
+
+/* Runs of every length 1..RUN_MAX (masked pixels between them), the last one
+ * ending at the very end of an exactly sized buffer, values anywhere up to
+ * the maximum: every kernel, 64- and 128-bit moments. */
+static void run_lengths(void) {
+        struct {
+                roid_dtype t;
+                uint32_t rows, cols;
+                unsigned smax;
+                unsigned high; /* stretches at the maximum - 1 (the largest exact sums): 1 half, 2 most */
+        } cfg[] = {
+                {ROID_DT_U8, 2, 33153, 40, 0},
+                {ROID_DT_U16, 2, 33153, 40, 1},
+                {ROID_DT_U32, 2, 33153, 40, 0},
+                {ROID_DT_U32, 5, 33153, 40, 1},
+                {ROID_DT_U32, 1, 257, 40, 2},
+                /* rows * cols * max * cols >= 2^64: 128-bit moments; the first really exceeds 2^64 */
+                {ROID_DT_U32, 1, 100003, 40, 2},
+                {ROID_DT_U16, 1, (1u << 24) + (1u << 20), 1, 1},
+        };
+        int bad = 0;
+        for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+                const size_t n = (size_t)cfg[c].rows * cfg[c].cols;
+                uint32_t *mask = calloc(n, sizeof *mask);
+                for (uint32_t y = 0; y < cfg[c].rows; y++) {
+                        uint32_t x = (y * 7) % 13, L = 1 + y * 37 % 256;
+                        for (; x < cfg[c].cols; x += L + 1, L = L % 256 + 1)
+                                mask[(size_t)y * cfg[c].cols + x] = 1u << (L % 32);
+                        mask[(size_t)y * cfg[c].cols + cfg[c].cols - 1] = 0;
+                }
+                void *pix = random_frame(cfg[c].t, n);
+                for (size_t i = 0; i < n; i++)
+                        if ((cfg[c].high == 1 && i < n / 2) || (cfg[c].high == 2 && i % 97))
+                                put(pix, cfg[c].t, i, dtype_maxv(cfg[c].t) - 1);
+                for (unsigned S = 1; S <= cfg[c].smax; S += 39) {
+                        roid_geometry_params p;
+                        roid_geometry_params_default(&p);
+                        p.rows = cfg[c].rows, p.cols = cfg[c].cols, p.dtype = cfg[c].t, p.n_segments = S;
+                        p.center_x = cfg[c].cols * 0.37, p.center_y = 0.5;
+                        p.r_bf = 3000, p.r_df_in = 3000, p.r_df_out = INFINITY;
+                        p.mask = mask;
+                        bad += check_brute(&p, pix, "run lengths") != 0;
+                }
+                free(pix);
+                free(mask);
+        }
+        tap_ok(bad == 0,
+               "runs of every length 1..256, the last at the end of the buffer, u8/u16/u32, 64- and 128-bit "
+               "moments: both kernels equal the brute force (%d bad)",
+               bad);
+}
+
 /* ---- validation ---- */
 
 static void validation(void) {
@@ -591,6 +860,8 @@ int main(void) {
         validation();
         random_shapes(1);
         random_shapes(0);
+        geometry_brute();
+        run_lengths();
         numpy_cases();
         beam_center();
         return tap_done();
