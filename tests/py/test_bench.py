@@ -82,9 +82,13 @@ def main():
             assert r["decoded"] == r["frames"] and positive(r["frames"]), r
             assert positive(r.get("p50_ms")) and positive(r.get("p99_ms")) and r["p50_ms"] <= r["p99_ms"], r
             label = "| %s | %s |" % (shape, r["daemon"])
-            assert sum(label in ln for ln in table.splitlines()) == 1, label
+            # one row in the rate table, one in the latency-by-rate table
+            assert sum(label in ln for ln in table.splitlines()) == 2, label
+            lat = [ln for ln in table.splitlines() if label in ln][1]
+            assert len(r["ladder"]) >= 1 and all(t["rate"] > 0 for t in r["ladder"]), r
+            assert lat.count("|") == 3 + len(r["ladder"]), (lat, r["ladder"])
     checked.append("end-to-end rows: 2 shapes x 1 and 2 workers, every frame decoded at a positive rate, "
-                   "latency p50 <= p99 from the status topic")
+                   "latency p50 <= p99 from the status topic, latency at every rate of the ladder")
     for c in checked:
         print("ok: " + c)
 
