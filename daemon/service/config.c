@@ -67,11 +67,12 @@ typedef struct {
           "ZeroMQ REP endpoint to bind for control requests; empty: off")                                              \
         X("output", "publish_hwm", NULL, "N", "100", K_INT, sndhwm, 1, 100000, 0,                                      \
           "messages queued per subscriber before ZeroMQ drops, 1..100000")                                             \
-        X("output", "map_interval", "map-interval", "S", "1", K_DBL, map_interval, 0.002, 3600, 0,                      \
-          "seconds between published maps and scan_here updates, 0.002..3600")                                          \
-        X("output", "status_interval", "status-interval", "S", "1", K_DBL, status_interval, 0.05, 3600, 0,                          \
+        X("output", "map_interval", "map-interval", "S", "1", K_DBL, map_interval, 0.002, 3600, 0,                     \
+          "seconds between published maps and scan_here updates (longer for a scan whose map costs more than a "       \
+          "quarter of the analysis time), 0.002..3600")                                                                \
+        X("output", "status_interval", "status-interval", "S", "1", K_DBL, status_interval, 0.05, 3600, 0,             \
           "seconds between published status messages, 0.05..3600")                                                     \
-        X("output", "frame_every", "frame-every", "N", "0", K_INT, frame_every, 0, 1000000000, 0,                               \
+        X("output", "frame_every", "frame-every", "N", "0", K_INT, frame_every, 0, 1000000000, 0,                      \
           "publish every N-th frame on the frame topic; 0: never; 0..1000000000")                                      \
         X("output", "flush_interval", NULL, "S", "1", K_DBL, flush_interval, 0.05, 3600, 0,                            \
           "seconds between SWMR flushes of the results file, 0.05..3600")                                              \
@@ -116,9 +117,9 @@ typedef struct {
         X("feedback", "stable_refits", NULL, "N", "3", K_INT, stable_refits, 1, 1000, 0,                               \
           "refits without a change of the RoI before it is called stable, 1..1000")                                    \
         X("pipeline", "workers", "workers", "N", "1", K_INT, workers, 1, 64, 0, "feature threads, 1..64")              \
-        X("pipeline", "queue_depth", "queue-depth", "N", "256", K_INT, queue_depth, 2, 65536, 0,                                \
+        X("pipeline", "queue_depth", "queue-depth", "N", "256", K_INT, queue_depth, 2, 65536, 0,                       \
           "frames each pipeline queue holds, 2..65536")                                                                \
-        X("pipeline", "queue_full", "queue-full", "wait|drop", "wait", K_QUEUE, queue_full, 0, 0, 0,                           \
+        X("pipeline", "queue_full", "queue-full", "wait|drop", "wait", K_QUEUE, queue_full, 0, 0, 0,                   \
           "when a queue is full: wait (push back on the detector) or drop the frame")                                  \
         X("limits", "max_message_bytes", NULL, "BYTES", "512M", K_SIZE, limits.max_message_bytes, 4096, 64 * GiB, 0,   \
           "largest message, all parts together, 4K..64G")                                                              \
