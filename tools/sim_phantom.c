@@ -207,7 +207,7 @@ static int parse_range(const char *key, const char *val, double min, double max,
                 return roid_err_set(err, -EINVAL, "source phantom: %s='%s' is not LO:HI", key, val);
         memcpy(lo, val, n);
         lo[n] = '\0';
-        double v[2];
+        double v[2] = {0, 0};
         int r = parse_num(key, lo, min, max, &v[0], err);
         if (r == 0)
                 r = parse_num(key, colon ? colon + 1 : lo, min, max, &v[1], err);
@@ -236,7 +236,7 @@ static int parse_opts(const char *arg, popts *o, roid_err *err) {
                 size_t len = end ? (size_t)(end - p) : strlen(p);
                 const char *eq = memchr(p, '=', len);
                 char key[32], val[MAX_PATH];
-                double v;
+                double v = 0;
                 int r = 0;
 
                 if (!eq || eq == p || (size_t)(eq - p) >= sizeof key || len - (size_t)(eq - p) - 1 >= sizeof val)

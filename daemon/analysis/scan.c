@@ -529,7 +529,7 @@ static int validate(const raw_scan *s, roid_scan_grid *ret, roid_err *err) {
         roid_scan_grid_default(&g);
         if (!s->has_shape)
                 return roid_err_set(err, -EINVAL, "user_data.scan.shape: missing (required)");
-        uint64_t ny, nx;
+        uint64_t ny = 0, nx = 0; /* set on success; GCC -O3 cannot tell */
         int r = to_count(s->shape[0], "user_data.scan.shape[0] (ny)", &ny, err);
         if (r < 0)
                 return r;
