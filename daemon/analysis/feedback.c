@@ -29,7 +29,6 @@ struct roid_feedback {
         roid_scan_grid g;
         size_t np;
         uint32_t *bx, *by; /* grid column c covers fine columns [bx[c], bx[c + 1]) */
-        int64_t *col_near; /* nx: dilate_bits' per-column state */
         uint8_t *mask, *prev, *flags, *tmp, *tmp2;
         uint32_t *queue, *skip;
         hent *heap;
@@ -94,7 +93,6 @@ void roid_feedback_free(roid_feedback *fb) {
                 return;
         free(fb->bx);
         free(fb->by);
-        free(fb->col_near);
         free(fb->mask);
         free(fb->prev);
         free(fb->flags);
@@ -127,7 +125,6 @@ int roid_feedback_new(const roid_feedback_params *p, const roid_scan_grid *grid,
         size_t nheap = p->max_boxes > p->next_points ? p->max_boxes : p->next_points;
         fb->bx = malloc(((size_t)grid->nx + 1) * sizeof *fb->bx);
         fb->by = malloc(((size_t)grid->ny + 1) * sizeof *fb->by);
-        fb->col_near = malloc((size_t)grid->nx * sizeof *fb->col_near);
         fb->mask = calloc(np, 1);
         fb->prev = calloc(np, 1);
         fb->flags = calloc(np, 1);
@@ -139,8 +136,8 @@ int roid_feedback_new(const roid_feedback_params *p, const roid_scan_grid *grid,
         fb->store = malloc(p->max_boxes * sizeof *fb->store);
         fb->boxes = malloc(p->max_boxes * sizeof *fb->boxes);
         fb->next = malloc((p->next_points ? p->next_points : 1) * sizeof *fb->next);
-        if (!fb->bx || !fb->by || !fb->col_near || !fb->mask || !fb->prev || !fb->flags || !fb->tmp || !fb->tmp2 ||
-            !fb->queue || !fb->skip || !fb->heap || !fb->store || !fb->boxes || !fb->next) {
+        if (!fb->bx || !fb->by || !fb->mask || !fb->prev || !fb->flags || !fb->tmp || !fb->tmp2 || !fb->queue ||
+            !fb->skip || !fb->heap || !fb->store || !fb->boxes || !fb->next) {
                 roid_feedback_free(fb);
                 return -ENOMEM;
         }
@@ -238,58 +235,6 @@ static double coord_x(const roid_feedback *fb, double col) {
 
 static double coord_y(const roid_feedback *fb, double row) {
         return fb->g.origin_y + row * fb->g.step_y;
-}
-
-/* Binary dilation along one line of n points (stride apart) by r: out |= bit
- * where a point with (in & in_bits) lies within r. */
-static void line_dilate(const uint8_t *in, uint8_t in_bits, size_t stride, uint32_t n, uint32_t r, uint8_t *out,
-                        uint8_t bit) {
-        int64_t last = -(int64_t)r - 1;
-        for (uint32_t k = 0; k < n; k++) {
-                if (in[k * stride] & in_bits)
-                        last = k;
-                if ((int64_t)k - last <= r)
-                        out[k * stride] |= bit;
-        }
-        int64_t nxt = (int64_t)n + r + 1;
-        for (uint32_t k = n; k-- > 0;) {
-                if (in[k * stride] & in_bits)
-                        nxt = k;
-                if (nxt - (int64_t)k <= r)
-                        out[k * stride] |= bit;
-        }
-}
-
-/* flags |= bit within Chebyshev distance r of a point with (flags & in_bits):
- * the square structuring element is separable, so O(points) for any r.  The
- * column pass walks the grid row by row, keeping per column the last (then
- * next) row that had the bit, so that both passes read memory in order. */
-static void dilate_bits(roid_feedback *fb, uint8_t in_bits, uint32_t r, uint8_t bit) {
-        uint32_t ny = fb->g.ny, nx = fb->g.nx;
-        int64_t *near = fb->col_near;
-        memset(fb->tmp, 0, fb->np);
-        for (uint32_t y = 0; y < ny; y++)
-                line_dilate(fb->flags + (size_t)y * nx, in_bits, 1, nx, r, fb->tmp + (size_t)y * nx, 1);
-        for (uint32_t x = 0; x < nx; x++)
-                near[x] = -(int64_t)r - 1;
-        for (uint32_t y = 0; y < ny; y++) {
-                const uint8_t *t = fb->tmp + (size_t)y * nx;
-                uint8_t *f = fb->flags + (size_t)y * nx;
-                for (uint32_t x = 0; x < nx; x++) {
-                        near[x] = t[x] ? y : near[x];
-                        f[x] |= (int64_t)y - near[x] <= r ? bit : 0;
-                }
-        }
-        for (uint32_t x = 0; x < nx; x++)
-                near[x] = (int64_t)ny + r + 1;
-        for (uint32_t y = ny; y-- > 0;) {
-                const uint8_t *t = fb->tmp + (size_t)y * nx;
-                uint8_t *f = fb->flags + (size_t)y * nx;
-                for (uint32_t x = 0; x < nx; x++) {
-                        near[x] = t[x] ? y : near[x];
-                        f[x] |= near[x] - (int64_t)y <= r ? bit : 0;
-                }
-        }
 }
 
 /* out = the 3x3 dilation of in (every bit at once: a byte is 8 images);
@@ -414,26 +359,33 @@ static void compute_rescan(roid_feedback *fb) {
         fb->v.rescan_truncated = truncated;
 }
 
+/* The guards of the skip rule, all as 3x3 dilation steps of one byte image
+ * whose bits are the inputs: each bit is dilated for as many steps as its
+ * radius (the grown mask 1, the measured points EXPLORE, the source RoI G),
+ * then read out and dropped.  O(points x max radius). */
 static void compute_skip(roid_feedback *fb, bool any_measured) {
         size_t n = 0, np = fb->np;
         if (any_measured) {
-                uint32_t guard = (uint32_t)(fb->p.border > 1 ? fb->p.border : 1) + 1;
-                dilate_bits(fb, F_SRC, guard, F_NEAR);
-                /* The grown mask's guard (1 step) and the EXPLORE-step reach of the
-                 * measured points, all bits at once in 3x3 steps. */
+                const int guard = (fb->p.border > 1 ? fb->p.border : 1) + 1;
+                const int steps = guard > EXPLORE ? guard : EXPLORE;
                 uint8_t *d = fb->tmp2;
                 for (size_t i = 0; i < np; i++)
-                        d[i] = fb->flags[i] & (F_GROWN | F_MEAS | F_MROI);
-                dilate1(fb, d, d, fb->tmp);
-                for (size_t i = 0; i < np; i++) {
-                        fb->flags[i] |= d[i] & F_GROWN ? F_NEAR : 0;
-                        d[i] &= F_MEAS | F_MROI;
-                }
-                for (int step = 1; step < EXPLORE; step++)
+                        d[i] = fb->flags[i] & (F_SRC | F_GROWN | F_MEAS | F_MROI);
+                for (int step = 1; step <= steps; step++) {
                         dilate1(fb, d, d, fb->tmp);
+                        uint8_t done = (step == 1 ? F_GROWN : 0) | (step == EXPLORE ? F_MEAS | F_MROI : 0) |
+                                       (step == guard ? F_SRC : 0);
+                        if (!done)
+                                continue;
+                        for (size_t i = 0; i < np; i++) {
+                                uint8_t v = d[i] & done;
+                                fb->flags[i] |= (v & (F_SRC | F_GROWN) ? F_NEAR : 0) | (v & F_MEAS ? F_HASM : 0) |
+                                                (v & F_MROI ? F_NEARM : 0);
+                                d[i] &= (uint8_t)~done;
+                        }
+                }
                 for (size_t i = 0; i < np; i++) {
-                        uint8_t fl = fb->flags[i] | (d[i] & F_MEAS ? F_HASM : 0) | (d[i] & F_MROI ? F_NEARM : 0);
-                        fb->flags[i] = fl;
+                        uint8_t fl = fb->flags[i];
                         if (!(fl & (F_MEAS | F_NEAR | F_NEARM)) && (fl & F_HASM))
                                 fb->skip[n++] = (uint32_t)i;
                 }

@@ -71,7 +71,7 @@
  * negative step x0 > x1.
  *
  * Memory: allocated once per series in roid_feedback_new, bounded by the grid
- * size (ny * nx <= ROID_SCAN_MAX_POINTS; 13 bytes per point, 8 per column),
+ * size (ny * nx <= ROID_SCAN_MAX_POINTS; 13 bytes per point),
  * params.max_rescan (16 bytes a point, no more than the fine lattice has),
  * max_boxes and next_points; nothing per update.
  *

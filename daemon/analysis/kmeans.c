@@ -230,11 +230,10 @@ static void update(roid_kmeans *km, const double *x, size_t n, unsigned *labels,
         if (k == 2 && d == 1 && !labels) {
                 /* The RoI's per-modality case, once per point and modality at every
                  * refit: the same arithmetic as below, without the loops. */
-                const double c0 = km->centers[0], c1 = km->centers[1];
                 double s0 = 0, s1 = 0, n1 = 0;
                 for (size_t i = 0; i < n; i++) {
                         const double v = x[i];
-                        if ((v - c1) * (v - c1) < (v - c0) * (v - c0)) {
+                        if (roid_kmeans_nearest2(km->centers, v)) {
                                 s1 += v;
                                 n1 += 1;
                         } else {

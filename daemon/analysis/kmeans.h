@@ -113,6 +113,13 @@ int roid_kmeans_refine(roid_kmeans *km, const double *x, size_t n, unsigned max_
 /* Sum over the points of the squared distance to the nearest centre. */
 double roid_kmeans_inertia(const roid_kmeans *km, const double *x, size_t n);
 
+/* The nearest of two centres c[0], c[1] on a line (0 or 1; a tie is 0), as
+ * roid_kmeans_predict decides it for k = 2, d = 1, inline for loops that ask
+ * it once per point. */
+static inline unsigned roid_kmeans_nearest2(const double *c, double v) {
+        return (v - c[1]) * (v - c[1]) < (v - c[0]) * (v - c[0]);
+}
+
 /* Running mean and variance per dimension (Welford), for the scan-wide
  * standardisation of eq. 2. */
 typedef struct {

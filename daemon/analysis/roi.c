@@ -293,17 +293,13 @@ static unsigned roi_side(const roid_roi *r, unsigned m) {
         return is_total(m) == (c[0] <= c[1]) ? 0 : 1;
 }
 
-/* kmeans.h's nearest centre for one dimension and two centres, inline: the
- * RoI labels ask it once per point and modality. */
-static inline unsigned nearest2(const double *c, double v) {
-        double d0 = (v - c[0]) * (v - c[0]), d1 = (v - c[1]) * (v - c[1]);
-        return d1 < d0;
+/* 1 when v falls on the RoI side (index `side`) of modality km's centres. */
+static inline uint8_t side_label(const roid_kmeans *km, unsigned side, double v) {
+        return km->initialized && roid_kmeans_nearest2(km->centers, v) == side;
 }
 
 static uint8_t label_of(const roid_roi *r, unsigned m, double v) {
-        if (!r->km[m].initialized)
-                return 0;
-        return nearest2(r->km[m].centers, v) == roi_side(r, m);
+        return side_label(&r->km[m], roi_side(r, m), v);
 }
 
 /* The 3x3 mean over the seen neighbours of point i, then the log, for the
@@ -423,12 +419,10 @@ static void relabel(roid_roi *r) {
         for (unsigned m = 0; m < r->nmod; m++) {
                 const double *v = r->filt + m * np;
                 uint8_t *lab = r->lab + m * np;
-                const bool have = r->km[m].initialized;
                 const unsigned side = roi_side(r, m);
-                const double *c = r->km[m].centers;
                 for (uint32_t s = 0; s < r->n_seen; s++) {
                         size_t i = r->seen_list[s];
-                        lab[i] = have && nearest2(c, v[i]) == side; /* label_of */
+                        lab[i] = side_label(&r->km[m], side, v[i]);
                         r->online[i] |= lab[i];
                 }
         }

@@ -382,7 +382,7 @@ static void publish_map(roid_pipeline *pl, bool final) {
 }
 
 static void status_view(roid_pipeline *pl, roid_status_view *v, double now, double fps, double bps, double p50,
-                        double p99, roid_series_ref ref) {
+                        double p99, double map_iv, roid_series_ref ref) {
         *v = (roid_status_view){
                 .series = ref,
                 .state = ref.known ? "acquiring" : "idle",
@@ -396,6 +396,7 @@ static void status_view(roid_pipeline *pl, roid_status_view *v, double now, doub
                            pl->writer ? roid_writer_queue_capacity(pl->writer) : 0},
                 .latency_p50_ms = p50,
                 .latency_p99_ms = p99,
+                .map_interval_s = map_iv,
                 .pub = pl->pub,
         };
 }
@@ -420,8 +421,7 @@ static void publish_status(roid_pipeline *pl, double now) {
         if (!pl->pub)
                 return;
         roid_status_view v;
-        status_view(pl, &v, now, fps, bps, p50, p99, series_ref(pl->ss.sc));
-        v.map_interval_s = pl->map_iv_eff;
+        status_view(pl, &v, now, fps, bps, p50, p99, pl->map_iv_eff, series_ref(pl->ss.sc));
         roid_publish_status(pl->pub, &v);
 }
 
@@ -884,8 +884,7 @@ int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk, uint64_t co
         double fps = pl->snap_fps, p50 = pl->snap_p50, p99 = pl->snap_p99, map_iv = pl->snap_map_iv;
         pthread_mutex_unlock(&pl->snap_lock);
         roid_status_view v;
-        status_view(pl, &v, now_mono(), fps, NAN, p50, p99, ref);
-        v.map_interval_s = map_iv;
+        status_view(pl, &v, now_mono(), fps, NAN, p50, p99, map_iv, ref);
         v.pub = NULL; /* the publisher belongs to the analysis thread */
         v.control_requests = control_requests;
         v.control_errors = control_errors;

@@ -12,6 +12,7 @@ processed to the last one (ZMQ_FD is edge-like: the loop must drain); on a
 large grid the map interval in effect stretches to keep publishing within
 its budget; a beam centre estimated from the first frame reaches the
 results file."""
+import json
 import os
 import socket
 import subprocess
@@ -228,7 +229,6 @@ def estimated_center(tmp):
     """A series that gives no beam centre (Stream V1, header detail none):
     the centre estimated from the first frame reaches the results file,
     opened before that frame, by the end of the series."""
-    import json
     out = os.path.join(tmp, "bc")
     os.mkdir(out)
     pd = free_port()
