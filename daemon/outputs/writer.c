@@ -562,6 +562,7 @@ int roid_writer_new(unsigned queue_depth, double flush_interval_s, roid_counters
                 free(w);
                 return -r;
         }
+        pthread_setname_np(w->thread, "roid-writer");
         *ret = w;
         return 0;
 }

@@ -79,12 +79,17 @@ static void pull_start(daemon_t *d, bool on) {
                 uv_poll_stop(&d->pull_poll);
 }
 
-/* Receives until EAGAIN, or until the pipeline pushes back. */
+/* Receives until EAGAIN, or until the pipeline pushes back.  The frames
+ * received go to the workers in batches; whatever is left of a batch goes
+ * when the socket is drained (or the drain yields). */
 static void drain_pull(daemon_t *d) {
         roid_err err = {""};
         for (unsigned n = 0; !d->stopping; n++) {
                 if (n == DRAIN_BATCH) { /* let signals, control and timers in; continue at once */
-                        uv_async_send(&d->wake);
+                        if (!roid_pipeline_flush(d->pl))
+                                pull_start(d, false); /* the workers' wake-up resumes */
+                        else
+                                uv_async_send(&d->wake);
                         return;
                 }
                 if (roid_pipeline_blocked(d->pl)) {
@@ -96,8 +101,11 @@ static void drain_pull(daemon_t *d) {
                 int r = roid_zsource_recv(d->src, &parts, &n, &err);
                 if (r == -EINTR)
                         continue;
-                if (r == -EAGAIN)
+                if (r == -EAGAIN) {
+                        if (!roid_pipeline_flush(d->pl))
+                                pull_start(d, false);
                         return;
+                }
                 d->last_msg = uv_now(&d->loop) / 1e3;
                 if (r == -EMSGSIZE) {
                         roid_count(&d->ctr, ROID_C_messages_received, 1);

@@ -14,10 +14,16 @@
 #include "service/log.h"
 #include "service/queue.h"
 
-/* Jobs waiting for queue space: while any waits the loop reads no message,
- * so at most one message's jobs (end + start + frame), a coalesced reset and
- * the shutdown's end. */
-#define MAX_PENDING       8
+/* The loop hands frames to the work queue SUBMIT_BATCH at a time (and at
+ * every barrier and at the end of every drain of the socket: see
+ * roid_pipeline_flush), one lock and at most one wake-up per batch.  Jobs that
+ * found the queue full stay pending and the loop reads no message until they
+ * are in: at most a batch, one message's jobs (end + start + frame), a
+ * coalesced reset and the shutdown's end. */
+#define SUBMIT_BATCH      32
+#define MAX_PENDING       (SUBMIT_BATCH + 8)
+#define WORK_BATCH        8     /* jobs a worker takes at once (small: several workers share the queue) */
+#define AN_BATCH          64    /* records the analysis thread pops at once */
 #define LATENCY_RING      8192  /* latencies kept for the percentiles */
 #define ARRIVAL_MAX       65536 /* frames awaiting their first publication */
 #define SNAPSHOT_INTERVAL 0.25  /* s between control snapshots */
@@ -79,6 +85,8 @@ typedef struct {
         void *buf;
         size_t cap;
         uint64_t frames;
+        job jobs[WORK_BATCH];
+        an_item out[WORK_BATCH];
 } worker;
 
 /* The analysis thread's view of the current series. */
@@ -101,9 +109,10 @@ struct roid_pipeline {
         char config_text[8192];
         roid_zsource *src;
         roid_queue work, an;
-        job pending[MAX_PENDING];
+        job pending[MAX_PENDING]; /* loop thread: not yet in the work queue */
         unsigned n_pending;
-        _Atomic bool blocked;
+        bool full;            /* the work queue refused pending jobs: read nothing until they are in */
+        _Atomic bool blocked; /* = full, for the workers' wake-up */
         void (*wake)(void *ctx);
         void *wake_ctx;
         series_ctx *cur; /* loop thread: the open series */
@@ -121,6 +130,7 @@ struct roid_pipeline {
         uint64_t drop_logged;
 
         /* analysis thread */
+        an_item an_batch[AN_BATCH];
         series_state ss;
         double t_start, next_map, next_status, last_status_t, next_snapshot;
         double map_iv_eff; /* the map interval in effect: map_interval, or stretched by MAP_BUDGET */
@@ -205,12 +215,13 @@ static void fault_stall(roid_pipeline *pl) {
         pthread_mutex_unlock(&pl->stall_lock);
 }
 
-static void work_frame(worker *w, job *j) {
+/* Decodes and analyses one frame into *it (AN_RECORD, or AN_FAILED). */
+static void work_frame(worker *w, job *j, an_item *it) {
         roid_pipeline *pl = w->pl;
         series_ctx *sc = j->sc;
         roid_err err = {""};
-        an_item it = {.kind = AN_FAILED, .sc = sc};
-        it.rec.image_id = j->image_id;
+        *it = (an_item){.kind = AN_FAILED, .sc = sc};
+        it->rec.image_id = j->image_id;
         roid_blob b = j->blob;
         b.data = (const uint8_t *)zmq_msg_data(&j->msg) + j->blob_off;
         size_t bytes = (size_t)b.rows * b.cols * roid_dtype_size(b.dtype);
@@ -230,52 +241,60 @@ static void work_frame(worker *w, job *j) {
         roid_frame f = {.dtype = b.dtype, .rows = b.rows, .cols = b.cols, .pixels = w->buf};
         if (series_geometry(sc, &f, &err) < 0)
                 goto failed;
-        int r = roid_analysis_record(&sc->geom, &sc->grid, j->image_id, j->pos_x, j->pos_y, &f, &it.rec, &err);
+        int r = roid_analysis_record(&sc->geom, &sc->grid, j->image_id, j->pos_x, j->pos_y, &f, &it->rec, &err);
         if (r < 0)
                 goto failed;
         if (r == 0 && roid_counter_get(pl->ctr, ROID_C_frames_unplaced) == 0)
                 roid_log(ROID_LOG_WARNING, "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
                          sc->series_id, j->image_id, err.msg);
-        it.kind = AN_RECORD;
-        it.rec.t_arrival = j->t_arrival;
+        it->kind = AN_RECORD;
+        it->rec.t_arrival = j->t_arrival;
         zmq_msg_close(&j->msg);
-        an_push(pl, &it);
         return;
 failed:
         zmq_msg_close(&j->msg);
         roid_count(pl->ctr, ROID_C_frames_failed, 1);
         roid_log(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 " channel %s: %s [frames_failed]", sc->series_id,
                  j->image_id, sc->channel, err.msg);
-        an_push(pl, &it);
 }
 
+/* Takes a run of frames (or one barrier) at once and hands their records to
+ * the analysis queue in one push, before finishing them: a barrier's item
+ * still follows every record of the frames before it. */
 static void *worker_main(void *arg) {
         worker *w = arg;
         roid_pipeline *pl = w->pl;
-        job j;
-        while (roid_queue_take(&pl->work, &j) == 0) {
-                /* A slot just freed: tell a loop that waits for one now, not after the frame. */
+        int n;
+        while ((n = roid_queue_take_many(&pl->work, w->jobs, WORK_BATCH)) > 0) {
+                /* Slots just freed: tell a loop that waits for them now, not after the frames. */
                 if (atomic_load(&pl->blocked) && pl->wake)
                         pl->wake(pl->wake_ctx);
-                switch (j.kind) {
-                case JOB_FRAME:
-                        work_frame(w, &j);
-                        w->frames++;
-                        break;
-                case JOB_START:
-                        an_push(pl, &(an_item){.kind = AN_START, .sc = j.sc});
-                        break;
-                case JOB_END:
-                        an_push(pl, &(an_item){.kind = AN_END, .sc = j.sc, .terminated = j.terminated});
-                        break;
-                case JOB_RESET:
-                        an_push(pl, &(an_item){.kind = AN_RESET});
-                        break;
+                bool frames = false;
+                for (int i = 0; i < n; i++) {
+                        job *j = &w->jobs[i];
+                        an_item *it = &w->out[i];
+                        switch (j->kind) {
+                        case JOB_FRAME:
+                                work_frame(w, j, it);
+                                w->frames++;
+                                frames = true;
+                                break;
+                        case JOB_START:
+                                *it = (an_item){.kind = AN_START, .sc = j->sc};
+                                break;
+                        case JOB_END:
+                                *it = (an_item){.kind = AN_END, .sc = j->sc, .terminated = j->terminated};
+                                break;
+                        case JOB_RESET:
+                                *it = (an_item){.kind = AN_RESET};
+                                break;
+                        }
                 }
-                roid_queue_done(&pl->work);
+                roid_queue_push_many(&pl->an, w->out, (size_t)n, true);
+                roid_queue_done_many(&pl->work, (size_t)n);
                 if (atomic_load(&pl->blocked) && pl->wake) /* a barrier may have held the queue */
                         pl->wake(pl->wake_ctx);
-                if (pl->fault_stall && j.kind == JOB_FRAME)
+                if (pl->fault_stall && frames)
                         fault_stall(pl);
         }
         return NULL;
@@ -596,7 +615,6 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
 
 static void *analysis_main(void *arg) {
         roid_pipeline *pl = arg;
-        an_item it;
         for (;;) {
                 double now = now_mono();
                 pthread_mutex_lock(&pl->cfg_lock);
@@ -619,32 +637,36 @@ static void *analysis_main(void *arg) {
                         pl->next_map = now + iv;
                 }
                 double next = pl->next_map < pl->next_status ? pl->next_map : pl->next_status;
-                int r = roid_queue_pop(&pl->an, &it, next > now ? next - now : 0);
+                int r = roid_queue_pop_many(&pl->an, pl->an_batch, AN_BATCH, next > now ? next - now : 0);
                 if (r == -ETIMEDOUT)
                         continue;
                 if (r < 0)
                         break;
-                switch (it.kind) {
-                case AN_START:
-                        an_start(pl, it.sc);
-                        break;
-                case AN_RECORD:
-                case AN_FAILED:
-                        an_record(pl, &it);
-                        break;
-                case AN_END:
-                        an_end(pl, it.sc, it.terminated);
-                        break;
-                case AN_RESET:
-                        if (pl->ss.sc) {
-                                roid_log(ROID_LOG_NOTICE, "series %" PRIu64 ": RoI state reset", pl->ss.sc->series_id);
-                                an_series_state(pl, pl->ss.sc);
-                                pl->ss.frames = pl->ss.frames_at_map = 0;
-                                pl->n_arrival = 0;
+                for (int i = 0; i < r; i++) {
+                        an_item *it = &pl->an_batch[i];
+                        switch (it->kind) {
+                        case AN_START:
+                                an_start(pl, it->sc);
+                                break;
+                        case AN_RECORD:
+                        case AN_FAILED:
+                                an_record(pl, it);
+                                break;
+                        case AN_END:
+                                an_end(pl, it->sc, it->terminated);
+                                break;
+                        case AN_RESET:
+                                if (pl->ss.sc) {
+                                        roid_log(ROID_LOG_NOTICE, "series %" PRIu64 ": RoI state reset",
+                                                 pl->ss.sc->series_id);
+                                        an_series_state(pl, pl->ss.sc);
+                                        pl->ss.frames = pl->ss.frames_at_map = 0;
+                                        pl->n_arrival = 0;
+                                }
+                                break;
                         }
-                        break;
                 }
-                atomic_fetch_add_explicit(&pl->progress, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&pl->progress, (uint64_t)r, memory_order_relaxed);
         }
         if (pl->ss.sc) /* only if the loop could not queue the end: close what there is */
                 an_end(pl, pl->ss.sc, false);
@@ -654,32 +676,51 @@ static void *analysis_main(void *arg) {
 
 /* ------------------------------------------------------------ loop side */
 
-/* Pushes queued jobs in order; true when none is left waiting. */
-static bool flush_pending(roid_pipeline *pl) {
-        unsigned i = 0;
-        while (i < pl->n_pending && roid_queue_push(&pl->work, &pl->pending[i], false) == 0)
-                i++;
+static void drop_frame(roid_pipeline *pl, job *j) {
+        zmq_msg_close(&j->msg);
+        roid_count(pl->ctr, ROID_C_frames_dropped, 1);
+        uint64_t n = roid_counter_get(pl->ctr, ROID_C_frames_dropped);
+        if ((n & (n - 1)) == 0) /* 1, 2, 4, ...: a flood does not flood the log */
+                roid_log(ROID_LOG_WARNING,
+                         "work queue full (%zu frames): image %" PRIu64 " dropped, %" PRIu64 " so far [frames_dropped]",
+                         pl->work.capacity, j->image_id, n);
+}
+
+static void push_pending(roid_pipeline *pl) {
+        int r = pl->n_pending ? roid_queue_push_many(&pl->work, pl->pending, pl->n_pending, false) : 0;
+        unsigned i = r > 0 ? (unsigned)r : 0;
         memmove(pl->pending, pl->pending + i, (pl->n_pending - i) * sizeof(job));
         pl->n_pending -= i;
-        atomic_store(&pl->blocked, pl->n_pending > 0);
-        return pl->n_pending == 0;
+}
+
+/* Pushes the pending jobs in order, without waiting; true when none is left.
+ * Queue-full policy `drop`: the frames that do not fit are dropped, series
+ * start, end and reset stay pending. */
+static bool flush_pending(roid_pipeline *pl) {
+        push_pending(pl);
+        if (pl->n_pending && pl->cfg.queue_full == ROID_QUEUE_DROP) {
+                unsigned k = 0;
+                for (unsigned i = 0; i < pl->n_pending; i++) {
+                        if (pl->pending[i].kind == JOB_FRAME)
+                                drop_frame(pl, &pl->pending[i]);
+                        else
+                                pl->pending[k++] = pl->pending[i];
+                }
+                pl->n_pending = k;
+        }
+        if (pl->n_pending) {
+                /* Say so before looking again: a worker that frees a slot from
+                 * now on wakes the loop, one that freed it before is seen here. */
+                atomic_store(&pl->blocked, true);
+                push_pending(pl);
+        }
+        pl->full = pl->n_pending > 0;
+        atomic_store(&pl->blocked, pl->full);
+        return !pl->full;
 }
 
 static void submit(roid_pipeline *pl, job *j) {
-        if (!pl->n_pending && roid_queue_push(&pl->work, j, false) == 0)
-                return;
-        if (j->kind == JOB_FRAME && pl->cfg.queue_full == ROID_QUEUE_DROP) {
-                zmq_msg_close(&j->msg);
-                roid_count(pl->ctr, ROID_C_frames_dropped, 1);
-                uint64_t n = roid_counter_get(pl->ctr, ROID_C_frames_dropped);
-                if ((n & (n - 1)) == 0) /* 1, 2, 4, ...: a flood does not flood the log */
-                        roid_log(ROID_LOG_WARNING,
-                                 "work queue full (%zu frames): image %" PRIu64 " dropped, %" PRIu64
-                                 " so far [frames_dropped]",
-                                 pl->work.capacity, j->image_id, n);
-                return;
-        }
-        if (j->kind == JOB_RESET) /* resets while blocked collapse into one */
+        if (j->kind == JOB_RESET && pl->full) /* resets while blocked collapse into one */
                 for (unsigned i = 0; i < pl->n_pending; i++)
                         if (pl->pending[i].kind == JOB_RESET)
                                 return;
@@ -690,15 +731,20 @@ static void submit(roid_pipeline *pl, job *j) {
                 return;
         }
         pl->pending[pl->n_pending++] = *j;
-        atomic_store(&pl->blocked, true);
-        flush_pending(pl);
+        /* Series start, end and reset go at once; frames in batches. */
+        if (j->kind != JOB_FRAME || pl->n_pending >= SUBMIT_BATCH || pl->full)
+                flush_pending(pl);
 }
 
 bool roid_pipeline_blocked(roid_pipeline *pl) {
-        return pl->n_pending > 0;
+        return pl->full;
 }
 
 bool roid_pipeline_retry(roid_pipeline *pl) {
+        return flush_pending(pl);
+}
+
+bool roid_pipeline_flush(roid_pipeline *pl) {
         return flush_pending(pl);
 }
 
@@ -836,6 +882,10 @@ uint64_t roid_pipeline_pending(roid_pipeline *pl) {
 }
 
 void roid_pipeline_wait_idle(roid_pipeline *pl) {
+        while (!flush_pending(pl)) {
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+        }
         roid_queue_wait_idle(&pl->work);
         while (roid_queue_depth(&pl->an)) {
                 struct timespec ts = {0, 1000000};
@@ -942,6 +992,7 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
                 r = roid_err_set(err, -EAGAIN, "cannot start the analysis thread");
                 goto fail;
         }
+        pthread_setname_np(pl->an_thread, "roid-analysis"); /* for top -H, perf and gdb */
         pl->an_started = true;
         pl->n_workers = cfg->workers ? cfg->workers : 1;
         pl->workers = calloc(pl->n_workers, sizeof *pl->workers);
@@ -956,6 +1007,9 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
                         r = roid_err_set(err, -EAGAIN, "cannot start feature worker %u", i);
                         goto fail;
                 }
+                char name[16];
+                snprintf(name, sizeof name, "roid-worker%u", i % 100);
+                pthread_setname_np(pl->workers[i].thread, name);
         }
         *ret = pl;
         return 0;

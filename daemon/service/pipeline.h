@@ -12,6 +12,11 @@
  * thread sees every series' frames between its start and its end however
  * many workers run.
  *
+ * Handoffs are batched (queue.h's *_many): the loop pushes frames a batch at
+ * a time, a worker takes a run of them and pushes their records at once, the
+ * analysis thread pops many at once; one lock and at most one wake-up per
+ * batch, not per frame.
+ *
  * Queue-full policy.  Work queue: `wait` (default) keeps the job in a small
  * pending list and the loop stops reading the detector socket until a worker
  * frees a slot (roid_pipeline_blocked; the wake-up callback runs on the worker
@@ -59,9 +64,13 @@ void roid_pipeline_free(roid_pipeline *pl);
 void roid_pipeline_sink(roid_pipeline *pl, roid_sink *ret);
 void roid_pipeline_set_source(roid_pipeline *pl, roid_zsource *z);
 
-/* Back-pressure (queue_full = wait): true while jobs wait for queue space;
- * stop receiving until roid_pipeline_retry() returns true.  `wake` is called
- * from a worker thread when space frees up while blocked. */
+/* The sink hands frames to the workers in batches: call flush when the
+ * socket is drained (and before waiting for anything), so no frame waits for
+ * the next message.  Returns false if jobs still wait for queue space.
+ * Back-pressure (queue_full = wait): blocked is true while jobs wait for queue
+ * space; stop receiving until roid_pipeline_retry() returns true.  `wake` is
+ * called from a worker thread when space frees up while blocked. */
+bool roid_pipeline_flush(roid_pipeline *pl);
 bool roid_pipeline_blocked(roid_pipeline *pl);
 bool roid_pipeline_retry(roid_pipeline *pl);
 void roid_pipeline_set_wakeup(roid_pipeline *pl, void (*wake)(void *ctx), void *ctx);
