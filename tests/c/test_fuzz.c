@@ -1,0 +1,340 @@
+/* Mutation fuzzing of the ingest path (parse, series lifecycle, decode),
+ * deterministic so that a failure reproduces: the seeds are real detector
+ * messages (testdata stream2) and small generated ones (start, images in
+ * every compression, end); each round mutates one of them (bit flips,
+ * boundary bytes, CBOR length heads, truncation, chunk removal and
+ * duplication, splices of two messages) and feeds it whole.  Checked for
+ * every message: it is accounted for (a sink callback or a counter moved:
+ * nothing is lost silently); over the run: no crash or bad memory access (the
+ * sanitizer build), a bounded heap, and afterwards a good series is still
+ * decoded exactly.
+ *
+ * ROID_FUZZ_ROUNDS overrides the number of rounds, ROID_FUZZ_SEED the seed. */
+#include <cbor.h>
+#include <inttypes.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ingest/codec.h"
+#include "ingest/ingest.h"
+#include "tap.h"
+
+enum { ROWS = 24, COLS = 40, NPIX = ROWS * COLS, MSG_MAX = 1 << 21 };
+
+static uint64_t rng;
+
+static uint64_t rnd(void) { /* xorshift64* */
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        return rng * 0x2545F4914F6CDD1DULL;
+}
+
+static size_t rnd_below(size_t n) {
+        return n ? (size_t)(rnd() % n) : 0;
+}
+
+/* ---- generated messages ---- */
+
+typedef struct {
+        uint8_t *b;
+        size_t n;
+} msg;
+
+#define W(fn, ...) (m->n += fn(__VA_ARGS__, m->b + m->n, MSG_MAX - m->n))
+
+static void w_text(msg *m, const char *s) {
+        W(cbor_encode_string_start, strlen(s));
+        memcpy(m->b + m->n, s, strlen(s));
+        m->n += strlen(s);
+}
+
+static void w_bytes(msg *m, const void *p, size_t n) {
+        W(cbor_encode_bytestring_start, n);
+        memcpy(m->b + m->n, p, n);
+        m->n += n;
+}
+
+static void w_head(msg *m, const char *type, uint64_t series, size_t extra) {
+        m->n = 0;
+        W(cbor_encode_tag, 55799);
+        W(cbor_encode_map_start, 3 + extra);
+        w_text(m, "type");
+        w_text(m, type);
+        w_text(m, "series_id");
+        W(cbor_encode_uint, series);
+        w_text(m, "series_unique_id");
+        w_text(m, series == 7 ? "S7" : "S8");
+}
+
+static void build_start(msg *m, uint64_t series) {
+        w_head(m, "start", series, 5);
+        w_text(m, "image_size_x");
+        W(cbor_encode_uint, COLS);
+        w_text(m, "image_size_y");
+        W(cbor_encode_uint, ROWS);
+        w_text(m, "image_dtype");
+        w_text(m, "uint16");
+        w_text(m, "number_of_images");
+        W(cbor_encode_uint, 1000000);
+        w_text(m, "channels");
+        W(cbor_encode_array_start, 1);
+        w_text(m, "threshold_1");
+}
+
+/* algo: NULL (raw), "bslz4" or "lz4"; payload: the typed array's bytes */
+static void build_image(msg *m, uint64_t series, uint64_t id, const char *algo, const uint8_t *payload, size_t len) {
+        w_head(m, "image", series, 2);
+        w_text(m, "image_id");
+        W(cbor_encode_uint, id);
+        w_text(m, "data");
+        W(cbor_encode_map_start, 1);
+        w_text(m, "threshold_1");
+        W(cbor_encode_tag, 40);
+        W(cbor_encode_array_start, 2);
+        W(cbor_encode_array_start, 2);
+        W(cbor_encode_uint, ROWS);
+        W(cbor_encode_uint, COLS);
+        W(cbor_encode_tag, 69);
+        if (algo) {
+                W(cbor_encode_tag, 56500);
+                W(cbor_encode_array_start, 3);
+                w_text(m, algo);
+                W(cbor_encode_uint, 2);
+        }
+        w_bytes(m, payload, len);
+}
+
+static void build_end(msg *m, uint64_t series) {
+        w_head(m, "end", series, 0);
+}
+
+/* ---- the ingest under test ---- */
+
+static roid_counters ctr;
+static uint64_t events, frames_seen, last_sum;
+
+static void on_start(void *ctx, const roid_series *s) {
+        (void)ctx, (void)s;
+        events++;
+}
+static void on_frame(void *ctx, const roid_frame_event *ev) {
+        (void)ctx;
+        const uint8_t *p = ev->pixels; /* touch every decoded byte: the sanitizer checks the bounds */
+        const size_t n = (size_t)ev->rows * ev->cols * roid_dtype_size(ev->dtype);
+        uint64_t s = 0;
+        if (ev->dtype == ROID_DT_U16)
+                for (size_t i = 0; i < n / 2; i++)
+                        s += ((const uint16_t *)p)[i];
+        else
+                for (size_t i = 0; i < n; i++)
+                        s += p[i];
+        last_sum = s;
+        frames_seen++;
+        events++;
+}
+static void on_frame_error(void *ctx, const roid_series *s, uint64_t id, const char *ch, const char *msg) {
+        (void)ctx, (void)s, (void)id, (void)ch, (void)msg;
+        events++;
+}
+static void on_end(void *ctx, const roid_series *s, bool terminated) {
+        (void)ctx, (void)s, (void)terminated;
+        events++;
+}
+static void on_message_error(void *ctx, uint64_t index, const char *msg) {
+        (void)ctx, (void)index, (void)msg;
+        events++;
+}
+
+/* Everything that says what became of a message: the sink's callbacks and
+ * every counter but the two that count all messages alike. */
+static uint64_t accounted(void) {
+        uint64_t s = events;
+        for (int c = 0; c < ROID_C__MAX; c++)
+                if (c != ROID_C_messages_received && c != ROID_C_bytes_received)
+                        s += roid_counter_get(&ctr, (roid_counter)c);
+        return s;
+}
+
+static size_t heap_in_use(void) {
+        struct mallinfo2 mi = mallinfo2();
+        return mi.uordblks + mi.hblkhd;
+}
+
+/* ---- mutations ---- */
+
+static const uint8_t interesting[] = {0x00, 0x01, 0x7f, 0x80, 0xff, 0x17, 0x18, 0x19, 0x1a, 0x1b,
+                                      0x1f, 0x40, 0x5b, 0x60, 0x7b, 0x80, 0x9b, 0xa0, 0xbb, 0xc0,
+                                      0xd8, 0xd9, 0xda, 0xdb, 0xf4, 0xf5, 0xf6, 0xf7, 0xfa, 0xfb};
+
+/* Mutates src into dst (capacity MSG_MAX); other: a second message to splice. */
+static size_t mutate(uint8_t *dst, const msg *src, const msg *other) {
+        size_t n = src->n;
+        memcpy(dst, src->b, n);
+        const unsigned k = 1 + (unsigned)rnd_below(4);
+        for (unsigned i = 0; i < k && n; i++) {
+                /* half of them in the first 256 bytes: the headers, where the structure is */
+                const size_t at = rnd_below(rnd_below(2) && n > 256 ? 256 : n);
+                switch (rnd_below(7)) {
+                case 0: /* flip bits */
+                        dst[at] ^= (uint8_t)(1u << rnd_below(8));
+                        break;
+                case 1: /* a boundary byte or a CBOR head */
+                        dst[at] = interesting[rnd_below(sizeof interesting)];
+                        break;
+                case 2: /* a large length after a head byte */
+                        for (size_t j = at + 1; j < n && j < at + 9; j++)
+                                dst[j] = rnd_below(2) ? 0xff : (uint8_t)rnd();
+                        break;
+                case 3: /* truncate */
+                        n = at;
+                        break;
+                case 4: { /* remove a chunk */
+                        const size_t len = 1 + rnd_below(n - at < 64 ? n - at : 64);
+                        memmove(dst + at, dst + at + len, n - at - len);
+                        n -= len;
+                        break;
+                }
+                case 5: { /* duplicate a chunk */
+                        const size_t len = 1 + rnd_below(n - at < 64 ? n - at : 64);
+                        if (n + len <= MSG_MAX) {
+                                memmove(dst + at + len, dst + at, n - at);
+                                n += len;
+                        }
+                        break;
+                }
+                default: { /* splice: the head of this one, the tail of the other */
+                        const size_t from = rnd_below(other->n);
+                        const size_t len = other->n - from;
+                        if (at + len <= MSG_MAX) {
+                                memcpy(dst + at, other->b + from, len);
+                                n = at + len;
+                        }
+                        break;
+                }
+                }
+        }
+        return n;
+}
+
+int main(void) {
+        const char *e = getenv("ROID_FUZZ_SEED");
+        rng = e ? strtoull(e, NULL, 0) | 1 : 0x9e3779b97f4a7c15ULL;
+        e = getenv("ROID_FUZZ_ROUNDS");
+        const unsigned rounds = e ? (unsigned)strtoul(e, NULL, 0) : 6000;
+
+        /* the frame, in every compression */
+        static uint16_t pixels[NPIX];
+        uint64_t good_sum = 0;
+        for (int i = 0; i < NPIX; i++) {
+                pixels[i] = (uint16_t)((i * 7919u) % 300 + (i % COLS == 20 ? 60000 : 0));
+                good_sum += pixels[i];
+        }
+        static uint8_t bs[1 << 16], lz[1 << 16];
+        size_t bs_n, lz_n;
+        if (roid_bslz4_encode(pixels, sizeof pixels, 2, 0, bs, sizeof bs, &bs_n) < 0 ||
+            roid_lz4h5_encode(pixels, sizeof pixels, 0, lz, sizeof lz, &lz_n) < 0) {
+                tap_ok(false, "the encoders work");
+                return tap_done();
+        }
+
+        /* the seeds: generated, then the real messages of testdata/stream2 */
+        enum { NSEED = 10 };
+        msg seed[NSEED];
+        for (int i = 0; i < NSEED; i++)
+                seed[i] = (msg){.b = malloc(MSG_MAX)};
+        build_start(&seed[0], 7);
+        build_image(&seed[1], 7, 1, "bslz4", bs, bs_n);
+        build_image(&seed[2], 7, 2, "lz4", lz, lz_n);
+        build_image(&seed[3], 7, 3, NULL, (const uint8_t *)pixels, sizeof pixels);
+        build_end(&seed[4], 7);
+        build_start(&seed[5], 8);
+        int n_seed = 6;
+        const char *real[] = {"stream2/r500k_bslz4_16bit_000001.cbor", "stream2/r500k_bslz4_16bit_000002.cbor",
+                              "stream2/r500k_bslz4_16bit_000003.cbor", "stream2/r500k_bslz4_16bit_000011.cbor"};
+        int n_real = 0;
+        for (size_t i = 0; i < sizeof real / sizeof real[0]; i++) {
+                size_t n;
+                uint8_t *b = tap_slurp(tap_data(real[i]), &n);
+                if (b && n <= MSG_MAX) {
+                        memcpy(seed[n_seed].b, b, n);
+                        seed[n_seed++].n = n;
+                        n_real++;
+                }
+                free(b);
+        }
+        tap_ok(n_real == 4, "the 4 real stream2 messages are seeds (%d read)", n_real);
+
+        freopen("/dev/null", "w", stderr); /* a log line per bad message: thousands */
+        roid_sink sink = {.series_start = on_start,
+                          .frame = on_frame,
+                          .frame_error = on_frame_error,
+                          .series_end = on_end,
+                          .message_error = on_message_error};
+        roid_ingest_params ip = {.channel = "", .implicit_series = true};
+        roid_limits_default(&ip.limits);
+        roid_ingest *in;
+        if (roid_ingest_new(&ip, &sink, &ctr, &in) < 0) {
+                tap_ok(false, "ingest created");
+                return tap_done();
+        }
+
+        /* Warm up with every seed once (buffers sized for both shapes), then
+         * the heap may not grow beyond a few frames' worth. */
+        for (int i = 0; i < n_seed; i++)
+                roid_ingest_parts(in, &(roid_part){seed[i].b, seed[i].n}, 1);
+        const size_t heap0 = heap_in_use();
+        size_t heap_max = heap0;
+
+        uint8_t *buf = malloc(MSG_MAX);
+        unsigned silent = 0, first_silent = 0;
+        uint64_t next_good = 100;
+        for (unsigned r = 0; r < rounds; r++) {
+                /* the small seeds far more often: they are cheap and reach the same code */
+                const int si = rnd_below(8) ? (int)rnd_below(6) : 6 + (int)rnd_below((size_t)n_real);
+                const size_t n = mutate(buf, &seed[si], &seed[rnd_below((size_t)n_seed)]);
+                const uint64_t before = accounted();
+                roid_ingest_parts(in, &(roid_part){buf, n}, 1);
+                if (accounted() == before && !silent++)
+                        first_silent = r;
+                if (r % 64 == 0) { /* keep a series open now and then, so that images get decoded */
+                        roid_ingest_parts(in, &(roid_part){seed[0].b, seed[0].n}, 1);
+                        build_image(&seed[1], 7, next_good++, "bslz4", bs, bs_n);
+                }
+                const size_t h = heap_in_use();
+                if (h > heap_max)
+                        heap_max = h;
+        }
+        tap_ok(silent == 0, "every one of %u mutated messages is accounted for (%u silent, first in round %u)", rounds,
+               silent, first_silent);
+        tap_ok(heap_max <= heap0 + (16u << 20), "the heap stays bounded (grew by %zu bytes at most)", heap_max - heap0);
+
+        /* A good series afterwards is decoded exactly, in every compression. */
+        roid_ingest_parts(in, &(roid_part){seed[4].b, seed[4].n}, 1);
+        msg m = {.b = buf};
+        build_start(&m, 8);
+        roid_ingest_parts(in, &(roid_part){m.b, m.n}, 1);
+        const char *algos[] = {"bslz4", "lz4", NULL};
+        const uint8_t *payloads[] = {bs, lz, (const uint8_t *)pixels};
+        const size_t lens[] = {bs_n, lz_n, sizeof pixels};
+        for (int i = 0; i < 3; i++) {
+                const uint64_t f0 = frames_seen;
+                build_image(&m, 8, 900000 + (uint64_t)i, algos[i], payloads[i], lens[i]);
+                roid_ingest_parts(in, &(roid_part){m.b, m.n}, 1);
+                tap_ok(frames_seen == f0 + 1 && last_sum == good_sum,
+                       "after the fuzzing a good %s frame decodes exactly", algos[i] ? algos[i] : "raw");
+        }
+        tap_diag("%u rounds: %" PRIu64 " frames decoded, %" PRIu64 " failed, %" PRIu64 " malformed, %" PRIu64
+                 " bad size, %" PRIu64 " unknown",
+                 rounds, roid_counter_get(&ctr, ROID_C_frames_decoded), roid_counter_get(&ctr, ROID_C_frames_failed),
+                 roid_counter_get(&ctr, ROID_C_messages_malformed), roid_counter_get(&ctr, ROID_C_messages_bad_size),
+                 roid_counter_get(&ctr, ROID_C_messages_unknown));
+        roid_ingest_free(in);
+        free(buf);
+        for (int i = 0; i < NSEED; i++)
+                free(seed[i].b);
+        return tap_done();
+}
