@@ -1,9 +1,12 @@
 /* Mutation fuzzing of the ingest path (parse, series lifecycle, decode),
- * deterministic so that a failure reproduces: the seeds are real detector
- * messages (testdata stream2) and small generated ones (start, images in
- * every compression, end); each round mutates one of them (bit flips,
- * boundary bytes, CBOR length heads, truncation, chunk removal and
- * duplication, splices of two messages) and feeds it whole.  Checked for
+ * deterministic so that a failure reproduces.  Stream V2: the seeds are real
+ * detector messages (testdata stream2) and small generated ones (start,
+ * images in every compression, end); each round mutates one of them (bit
+ * flips, boundary bytes, CBOR length heads, truncation, chunk removal and
+ * duplication, splices of two messages) and feeds it whole.  Stream V1
+ * (multipart JSON + binary; generated header, images raw, lz4 and
+ * bitshuffle-lz4, end): one part mutated alike, or a part dropped or
+ * repeated.  Checked for
  * every message: it is accounted for (a sink callback or a counter moved:
  * nothing is lost silently); over the run: no crash or bad memory access (the
  * sanitizer build), a bounded heap, and afterwards a good series is still
@@ -13,6 +16,7 @@
 #include <cbor.h>
 #include <inttypes.h>
 #include <malloc.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +114,60 @@ static void build_image(msg *m, uint64_t series, uint64_t id, const char *algo, 
 
 static void build_end(msg *m, uint64_t series) {
         w_head(m, "end", series, 0);
+}
+
+/* Stream V1: multipart JSON + binary (the header with header_detail none,
+ * images in four parts, the end). */
+enum { V1_PARTS_MAX = 4, V1_CAP = 1 << 16 };
+typedef struct {
+        int np;
+        msg p[V1_PARTS_MAX];
+} v1msg;
+
+static void v1_part(v1msg *v, const void *p, size_t n) {
+        memcpy(v->p[v->np].b, p, n);
+        v->p[v->np++].n = n;
+}
+
+static void v1_text(v1msg *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void v1_text(v1msg *v, const char *fmt, ...) {
+        char t[256];
+        va_list ap;
+        va_start(ap, fmt);
+        const int n = vsnprintf(t, sizeof t, fmt, ap);
+        va_end(ap);
+        v1_part(v, t, (size_t)n);
+}
+
+static void build_v1_header(v1msg *v, uint64_t series) {
+        v->np = 0;
+        v1_text(v, "{\"header_detail\":\"none\",\"htype\":\"dheader-1.0\",\"series\":%" PRIu64 "}", series);
+}
+
+static void build_v1_image(v1msg *v, uint64_t series, uint64_t frame, const char *enc, const void *data, size_t n) {
+        char t[256];
+        v->np = 0;
+        v1_text(v, "{\"frame\":%" PRIu64 ",\"hash\":\"\",\"htype\":\"dimage-1.0\",\"series\":%" PRIu64 "}", frame,
+                series);
+        snprintf(t, sizeof t,
+                 "{\"encoding\":\"%s\",\"htype\":\"dimage_d-1.0\",\"shape\":[%d,%d],\"size\":%zu,\"type\":\"uint16\"}",
+                 enc, COLS, ROWS, n);
+        v1_part(v, t, strlen(t));
+        v1_part(v, data, n);
+        static const char config[] = "{\"htype\":\"dconfig-1.0\",\"real_time\":1,\"start_time\":0,\"stop_time\":1}";
+        v1_part(v, config, sizeof config - 1);
+}
+
+static void build_v1_end(v1msg *v, uint64_t series) {
+        v->np = 0;
+        v1_text(v, "{\"htype\":\"dseries_end-1.0\",\"series\":%" PRIu64 "}", series);
+}
+
+static int feed_v1(roid_ingest *in, const v1msg *v) {
+        roid_part parts[V1_PARTS_MAX];
+        for (int i = 0; i < v->np; i++)
+                parts[i] = (roid_part){v->p[i].b, v->p[i].n};
+        return roid_ingest_parts(in, parts, (size_t)v->np);
 }
 
 /* ---- the ingest under test ---- */
@@ -224,7 +282,7 @@ int main(void) {
         const char *e = getenv("ROID_FUZZ_SEED");
         rng = e ? strtoull(e, NULL, 0) | 1 : 0x9e3779b97f4a7c15ULL;
         e = getenv("ROID_FUZZ_ROUNDS");
-        const unsigned rounds = e ? (unsigned)strtoul(e, NULL, 0) : 6000;
+        const unsigned rounds = e ? (unsigned)strtoul(e, NULL, 0) : 50000;
 
         /* the frame, in every compression */
         static uint16_t pixels[NPIX];
@@ -268,6 +326,24 @@ int main(void) {
         }
         tap_ok(n_real == 4, "the 4 real stream2 messages are seeds (%d read)", n_real);
 
+        /* V1 seeds: header, the image raw, lz4 and bitshuffle-lz4, end */
+        static uint8_t lzr[1 << 16];
+        size_t lzr_n;
+        if (roid_lz4raw_encode(pixels, sizeof pixels, lzr, sizeof lzr, &lzr_n) < 0) {
+                tap_ok(false, "the lz4 block encoder works");
+                return tap_done();
+        }
+        enum { NV1 = 5 };
+        v1msg v1[NV1];
+        for (int i = 0; i < NV1; i++)
+                for (int k = 0; k < V1_PARTS_MAX; k++)
+                        v1[i].p[k] = (msg){.b = malloc(V1_CAP)};
+        build_v1_header(&v1[0], 9);
+        build_v1_image(&v1[1], 9, 1, "<", pixels, sizeof pixels);
+        build_v1_image(&v1[2], 9, 2, "lz4<", lzr, lzr_n);
+        build_v1_image(&v1[3], 9, 3, "bs16-lz4<", bs, bs_n);
+        build_v1_end(&v1[4], 9);
+
         freopen("/dev/null", "w", stderr); /* a log line per bad message: thousands */
         roid_sink sink = {.series_start = on_start,
                           .frame = on_frame,
@@ -276,6 +352,12 @@ int main(void) {
                           .message_error = on_message_error};
         roid_ingest_params ip = {.channel = "", .implicit_series = true};
         roid_limits_default(&ip.limits);
+        /* Limits that the real 1028 x 512 frames pass: what a message may make
+         * the ingest allocate (decode buffers, the per-series image tracking) is
+         * bounded by them, and so is the heap check below. */
+        ip.limits.max_pixels = 1u << 20;
+        ip.limits.max_frame_bytes = 4u << 20;
+        ip.limits.max_images = 1u << 20;
         roid_ingest *in;
         if (roid_ingest_new(&ip, &sink, &ctr, &in) < 0) {
                 tap_ok(false, "ingest created");
@@ -286,6 +368,8 @@ int main(void) {
          * the heap may not grow beyond a few frames' worth. */
         for (int i = 0; i < n_seed; i++)
                 roid_ingest_parts(in, &(roid_part){seed[i].b, seed[i].n}, 1);
+        for (int i = 0; i < NV1; i++)
+                feed_v1(in, &v1[i]);
         const size_t heap0 = heap_in_use();
         size_t heap_max = heap0;
 
@@ -294,14 +378,42 @@ int main(void) {
         uint64_t next_good = 100;
         for (unsigned r = 0; r < rounds; r++) {
                 /* the small seeds far more often: they are cheap and reach the same code */
-                const int si = rnd_below(8) ? (int)rnd_below(6) : 6 + (int)rnd_below((size_t)n_real);
-                const size_t n = mutate(buf, &seed[si], &seed[rnd_below((size_t)n_seed)]);
                 const uint64_t before = accounted();
-                roid_ingest_parts(in, &(roid_part){buf, n}, 1);
+                if (rnd_below(4)) { /* V2 */
+                        const int si = rnd_below(8) ? (int)rnd_below(6) : 6 + (int)rnd_below((size_t)n_real);
+                        const size_t n = mutate(buf, &seed[si], &seed[rnd_below((size_t)n_seed)]);
+                        roid_ingest_parts(in, &(roid_part){buf, n}, 1);
+                } else { /* V1: one part mutated, or a part dropped or repeated */
+                        const v1msg *v = &v1[rnd_below(NV1)];
+                        roid_part parts[V1_PARTS_MAX + 1];
+                        const int target = (int)rnd_below((size_t)v->np);
+                        for (int i = 0; i < v->np; i++)
+                                parts[i] = (roid_part){v->p[i].b, v->p[i].n};
+                        int np = v->np;
+                        switch (rnd_below(8)) {
+                        case 0: /* drop */
+                                memmove(parts + target, parts + target + 1, (size_t)(np - target - 1) * sizeof *parts);
+                                np--;
+                                break;
+                        case 1: /* repeat */
+                                parts[np++] = parts[target];
+                                break;
+                        default: {
+                                const v1msg *o = &v1[rnd_below(NV1)];
+                                parts[target] =
+                                        (roid_part){buf, mutate(buf, &v->p[target], &o->p[rnd_below((size_t)o->np)])};
+                                break;
+                        }
+                        }
+                        roid_ingest_parts(in, parts, (size_t)np);
+                }
                 if (accounted() == before && !silent++)
                         first_silent = r;
                 if (r % 64 == 0) { /* keep a series open now and then, so that images get decoded */
-                        roid_ingest_parts(in, &(roid_part){seed[0].b, seed[0].n}, 1);
+                        if (r % 128 == 0)
+                                roid_ingest_parts(in, &(roid_part){seed[0].b, seed[0].n}, 1);
+                        else
+                                feed_v1(in, &v1[0]);
                         build_image(&seed[1], 7, next_good++, "bslz4", bs, bs_n);
                 }
                 const size_t h = heap_in_use();
@@ -310,7 +422,9 @@ int main(void) {
         }
         tap_ok(silent == 0, "every one of %u mutated messages is accounted for (%u silent, first in round %u)", rounds,
                silent, first_silent);
-        tap_ok(heap_max <= heap0 + (16u << 20), "the heap stays bounded (grew by %zu bytes at most)", heap_max - heap0);
+        const size_t bound = 2 * ip.limits.max_frame_bytes + ip.limits.max_images / 8 + (2u << 20);
+        tap_ok(heap_max <= heap0 + bound, "the heap stays bounded by the limits (grew by %zu bytes at most, bound %zu)",
+               heap_max - heap0, bound);
 
         /* A good series afterwards is decoded exactly, in every compression. */
         roid_ingest_parts(in, &(roid_part){seed[4].b, seed[4].n}, 1);
@@ -327,6 +441,18 @@ int main(void) {
                 tap_ok(frames_seen == f0 + 1 && last_sum == good_sum,
                        "after the fuzzing a good %s frame decodes exactly", algos[i] ? algos[i] : "raw");
         }
+        /* and in Stream V1 */
+        feed_v1(in, &v1[0]);
+        const char *encs[] = {"<", "lz4<", "bs16-lz4<"};
+        const void *datas[] = {pixels, lzr, bs};
+        const size_t dlens[] = {sizeof pixels, lzr_n, bs_n};
+        for (int i = 0; i < 3; i++) {
+                const uint64_t f0 = frames_seen;
+                build_v1_image(&v1[1], 9, 900000 + (uint64_t)i, encs[i], datas[i], dlens[i]);
+                feed_v1(in, &v1[1]);
+                tap_ok(frames_seen == f0 + 1 && last_sum == good_sum,
+                       "after the fuzzing a good V1 %s frame decodes exactly", encs[i]);
+        }
         tap_diag("%u rounds: %" PRIu64 " frames decoded, %" PRIu64 " failed, %" PRIu64 " malformed, %" PRIu64
                  " bad size, %" PRIu64 " unknown",
                  rounds, roid_counter_get(&ctr, ROID_C_frames_decoded), roid_counter_get(&ctr, ROID_C_frames_failed),
@@ -336,5 +462,8 @@ int main(void) {
         free(buf);
         for (int i = 0; i < NSEED; i++)
                 free(seed[i].b);
+        for (int i = 0; i < NV1; i++)
+                for (int k = 0; k < V1_PARTS_MAX; k++)
+                        free(v1[i].p[k].b);
         return tap_done();
 }
