@@ -134,7 +134,7 @@ static void wake_cb(void *ctx) {
 /* Reads again when nothing waits for queue space: after a worker freed a
  * slot, after a control request queued work, or when a drain yielded. */
 static void resume(daemon_t *d) {
-        if (d->stopping || (roid_pipeline_blocked(d->pl) && !roid_pipeline_retry(d->pl)))
+        if (d->stopping || (roid_pipeline_blocked(d->pl) && !roid_pipeline_flush(d->pl)))
                 return;
         pull_start(d, true);
         drain_pull(d); /* messages queued while we were not reading raise no new edge */

@@ -111,8 +111,9 @@ struct roid_pipeline {
         roid_queue work, an;
         job pending[MAX_PENDING]; /* loop thread: not yet in the work queue */
         unsigned n_pending;
-        bool full;            /* the work queue refused pending jobs: read nothing until they are in */
-        _Atomic bool blocked; /* = full, for the workers' wake-up */
+        /* The work queue refused pending jobs: read nothing until they are in.
+         * Written by the loop only; read by the workers to wake it. */
+        _Atomic bool blocked;
         void (*wake)(void *ctx);
         void *wake_ctx;
         series_ctx *cur; /* loop thread: the open series */
@@ -714,13 +715,13 @@ static bool flush_pending(roid_pipeline *pl) {
                 atomic_store(&pl->blocked, true);
                 push_pending(pl);
         }
-        pl->full = pl->n_pending > 0;
-        atomic_store(&pl->blocked, pl->full);
-        return !pl->full;
+        atomic_store(&pl->blocked, pl->n_pending > 0);
+        return pl->n_pending == 0;
 }
 
 static void submit(roid_pipeline *pl, job *j) {
-        if (j->kind == JOB_RESET && pl->full) /* resets while blocked collapse into one */
+        const bool full = atomic_load(&pl->blocked);
+        if (j->kind == JOB_RESET && full) /* resets while blocked collapse into one */
                 for (unsigned i = 0; i < pl->n_pending; i++)
                         if (pl->pending[i].kind == JOB_RESET)
                                 return;
@@ -732,16 +733,12 @@ static void submit(roid_pipeline *pl, job *j) {
         }
         pl->pending[pl->n_pending++] = *j;
         /* Series start, end and reset go at once; frames in batches. */
-        if (j->kind != JOB_FRAME || pl->n_pending >= SUBMIT_BATCH || pl->full)
+        if (j->kind != JOB_FRAME || pl->n_pending >= SUBMIT_BATCH || full)
                 flush_pending(pl);
 }
 
 bool roid_pipeline_blocked(roid_pipeline *pl) {
-        return pl->full;
-}
-
-bool roid_pipeline_retry(roid_pipeline *pl) {
-        return flush_pending(pl);
+        return atomic_load(&pl->blocked);
 }
 
 bool roid_pipeline_flush(roid_pipeline *pl) {

@@ -68,11 +68,10 @@ void roid_pipeline_set_source(roid_pipeline *pl, roid_zsource *z);
  * socket is drained (and before waiting for anything), so no frame waits for
  * the next message.  Returns false if jobs still wait for queue space.
  * Back-pressure (queue_full = wait): blocked is true while jobs wait for queue
- * space; stop receiving until roid_pipeline_retry() returns true.  `wake` is
+ * space; stop receiving until roid_pipeline_flush() returns true.  `wake` is
  * called from a worker thread when space frees up while blocked. */
 bool roid_pipeline_flush(roid_pipeline *pl);
 bool roid_pipeline_blocked(roid_pipeline *pl);
-bool roid_pipeline_retry(roid_pipeline *pl);
 void roid_pipeline_set_wakeup(roid_pipeline *pl, void (*wake)(void *ctx), void *ctx);
 
 /* Parameters for the next series (SIGHUP, control `set`). */
