@@ -235,7 +235,8 @@ static void on_frame(void *ctx, const roid_frame_event *ev) {
                                                      s->start.beam_center_x, s->start.beam_center_y, &f, ev->pixel_mask,
                                                      &a->geom, &a->center_source, &err);
                 if (r < 0) {
-                        roid_log(ROID_LOG_ERR, "image %" PRIu64 ": no detector geometry: %s", ev->image_id, err.msg);
+                        ROID_LOG_LIMITED(ROID_LOG_ERR, "image %" PRIu64 ": no detector geometry: %s", ev->image_id,
+                                         err.msg);
                         a->dropped++;
                         return;
                 }
@@ -244,16 +245,16 @@ static void on_frame(void *ctx, const roid_frame_event *ev) {
         double px = NAN, py = NAN;
         if (roid_scan_position_from_user_data(ev->user_data, a->p.max_depth, &px, &py, &err) < 0) {
                 if (a->dropped++ == 0)
-                        roid_log(ROID_LOG_WARNING, "image %" PRIu64 ": bad position in user data: %s", ev->image_id,
-                                 err.msg);
+                        ROID_LOG_LIMITED(ROID_LOG_WARNING, "image %" PRIu64 ": bad position in user data: %s",
+                                         ev->image_id, err.msg);
                 return;
         }
         roid_frame_record rec;
         int r = roid_analysis_record(&a->geom, &a->grid, ev->image_id, px, py, &f, &rec, &err);
         if (r <= 0) {
                 if (a->dropped++ == 0)
-                        roid_log(ROID_LOG_WARNING, "image %" PRIu64 ": %s (further ones are counted only)",
-                                 ev->image_id, err.msg);
+                        ROID_LOG_LIMITED(ROID_LOG_WARNING, "image %" PRIu64 ": %s (further ones are counted only)",
+                                         ev->image_id, err.msg);
                 return;
         }
         keep_record(a, &rec);

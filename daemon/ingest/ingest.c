@@ -61,9 +61,9 @@ static void end_series(roid_ingest *in, bool terminated) {
                 return;
         if (!terminated) {
                 roid_count(in->ctr, ROID_C_series_unterminated, 1);
-                roid_log(ROID_LOG_WARNING, "series %llu%s%s closed without an end message after %llu images",
-                         (unsigned long long)in->tr.cur.series_id, in->tr.cur.series_unique_id[0] ? " " : "",
-                         in->tr.cur.series_unique_id, (unsigned long long)in->tr.cur.images_accepted);
+                ROID_LOG_LIMITED(ROID_LOG_WARNING, "series %llu%s%s closed without an end message after %llu images",
+                                 (unsigned long long)in->tr.cur.series_id, in->tr.cur.series_unique_id[0] ? " " : "",
+                                 in->tr.cur.series_unique_id, (unsigned long long)in->tr.cur.images_accepted);
         }
         if (in->sink.series_end)
                 in->sink.series_end(in->sink.ctx, &in->tr.cur, terminated);
@@ -88,8 +88,8 @@ static bool want_channel(const roid_ingest *in, const roid_image_info *im, unsig
 
 static void frame_failed(roid_ingest *in, uint64_t image_id, const char *chan, const char *why) {
         roid_count(in->ctr, ROID_C_frames_failed, 1);
-        roid_log(ROID_LOG_ERR, "series %llu image %llu channel %s: %s [frames_failed]",
-                 (unsigned long long)in->tr.cur.series_id, (unsigned long long)image_id, chan, why);
+        ROID_LOG_LIMITED(ROID_LOG_ERR, "series %llu image %llu channel %s: %s [frames_failed]",
+                         (unsigned long long)in->tr.cur.series_id, (unsigned long long)image_id, chan, why);
         if (in->sink.frame_error)
                 in->sink.frame_error(in->sink.ctx, &in->tr.cur, image_id, chan, why);
 }
@@ -174,11 +174,11 @@ int roid_ingest_msg(roid_ingest *in, const roid_msg *m) {
                 end_series(in, true);
                 return 0;
         case ROID_TR_IGNORED:
-                roid_log(ROID_LOG_WARNING, "%s", err.msg);
+                ROID_LOG_LIMITED(ROID_LOG_WARNING, "%s", err.msg);
                 return 0;
         default:
-                roid_log(ROID_LOG_ERR, "%s message of series %llu rejected: %s", roid_msg_type_name(m->type),
-                         (unsigned long long)m->series_id, err.msg);
+                ROID_LOG_LIMITED(ROID_LOG_ERR, "%s message of series %llu rejected: %s", roid_msg_type_name(m->type),
+                                 (unsigned long long)m->series_id, err.msg);
                 if (in->sink.message_error)
                         in->sink.message_error(in->sink.ctx, roid_counter_get(in->ctr, ROID_C_messages_received),
                                                err.msg);
@@ -199,9 +199,9 @@ int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts) {
                                  : r == -ENOTSUP ? ROID_C_messages_unknown
                                                  : ROID_C_messages_malformed;
                 roid_count(in->ctr, c, 1);
-                roid_log(ROID_LOG_ERR, "message %llu (%zu part(s), %llu bytes) rejected: %s [%s]",
-                         (unsigned long long)roid_counter_get(in->ctr, ROID_C_messages_received), n_parts,
-                         (unsigned long long)bytes, err.msg, roid_counter_name(c));
+                ROID_LOG_LIMITED(ROID_LOG_ERR, "message %llu (%zu part(s), %llu bytes) rejected: %s [%s]",
+                                 (unsigned long long)roid_counter_get(in->ctr, ROID_C_messages_received), n_parts,
+                                 (unsigned long long)bytes, err.msg, roid_counter_name(c));
                 if (in->sink.message_error)
                         in->sink.message_error(in->sink.ctx, roid_counter_get(in->ctr, ROID_C_messages_received),
                                                err.msg);

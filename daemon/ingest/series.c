@@ -280,9 +280,10 @@ int roid_tracker_feed(roid_tracker *t, const roid_msg *m, roid_err *err) {
                 if (t->cur.start.has_number_of_images && id >= t->cur.start.number_of_images) {
                         /* Kept: the data is real even if the count in the start was not. */
                         roid_count(t->ctr, ROID_C_images_out_of_range, 1);
-                        roid_log(ROID_LOG_WARNING, "image_id %llu is beyond number_of_images %llu of series %llu",
-                                 (unsigned long long)id, (unsigned long long)t->cur.start.number_of_images,
-                                 (unsigned long long)t->cur.series_id);
+                        ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                         "image_id %llu is beyond number_of_images %llu of series %llu",
+                                         (unsigned long long)id, (unsigned long long)t->cur.start.number_of_images,
+                                         (unsigned long long)t->cur.series_id);
                 }
                 if (!t->cur.images_accepted || id > t->cur.max_image_id)
                         t->cur.max_image_id = id;

@@ -679,7 +679,7 @@ int roid_control_drain(roid_control *c) {
                                 continue;
                         if (e == EAGAIN)
                                 return handled;
-                        roid_log(ROID_LOG_ERR, "control: receive: %s", zmq_strerror(e));
+                        ROID_LOG_LIMITED(ROID_LOG_ERR, "control: receive: %s", zmq_strerror(e));
                         return -e;
                 }
                 total = zmq_msg_size(&m);
@@ -718,7 +718,7 @@ int roid_control_drain(roid_control *c) {
                         r = zmq_send(c->sock, out, out_len, ZMQ_DONTWAIT);
                 } while (r < 0 && errno == EINTR);
                 if (r < 0)
-                        roid_log(ROID_LOG_WARNING, "control: reply not sent: %s", zmq_strerror(errno));
+                        ROID_LOG_LIMITED(ROID_LOG_WARNING, "control: reply not sent: %s", zmq_strerror(errno));
                 handled++;
         }
 }

@@ -543,7 +543,7 @@ static int finish(roid_publisher *p, roid_topic t, int pairs) {
         } while (r < 0 && errno == EINTR);
         if (r < 0) {
                 r = -errno;
-                roid_log(ROID_LOG_WARNING, "publish %s: second frame not sent: %s", name, zmq_strerror(-r));
+                ROID_LOG_LIMITED(ROID_LOG_WARNING, "publish %s: second frame not sent: %s", name, zmq_strerror(-r));
                 goto drop;
         }
         p->sent[t]++;

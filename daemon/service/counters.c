@@ -32,6 +32,7 @@ const char *roid_counter_doc(roid_counter i) {
 void roid_counters_log(const roid_counters *c) {
         char line[2048];
         size_t n = 0;
+        roid_log_flush_suppressed(); /* the lines behind the counts come first */
         for (int i = 0; i < ROID_C__MAX; i++) {
                 uint64_t v = roid_counter_get(c, (roid_counter)i);
                 if (v && n < sizeof line - 64)

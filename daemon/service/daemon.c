@@ -110,11 +110,11 @@ static void drain_pull(daemon_t *d) {
                 if (r == -EMSGSIZE) {
                         roid_count(&d->ctr, ROID_C_messages_received, 1);
                         roid_count(&d->ctr, ROID_C_messages_bad_size, 1);
-                        roid_log(ROID_LOG_ERR, "%s [messages_bad_size]", err.msg);
+                        ROID_LOG_LIMITED(ROID_LOG_ERR, "%s [messages_bad_size]", err.msg);
                         continue;
                 }
                 if (r < 0) {
-                        roid_log(ROID_LOG_ERR, "detector socket: %s", zmq_strerror(-r));
+                        ROID_LOG_LIMITED(ROID_LOG_ERR, "detector socket: %s", zmq_strerror(-r));
                         d->error = r;
                         stop(d, "detector socket failed");
                         return;
@@ -198,6 +198,7 @@ static void on_status_timer(uv_timer_t *h) {
         char line[512];
         roid_pipeline_status_line(d->pl, line, sizeof line);
         roid_notify_status(d->nf, line);
+        roid_log_flush_suppressed();
         /* A request that arrived during a send left no edge: look again. */
         if (d->have_ctl)
                 roid_control_drain(d->ctl);

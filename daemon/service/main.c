@@ -366,7 +366,7 @@ static int cmd_record(const options *o, const char *endpoint, const char *path) 
                                 break;
                         last = now_s();
                         if (r == -EMSGSIZE) {
-                                roid_log(ROID_LOG_ERR, "%s: not recorded", err.msg);
+                                ROID_LOG_LIMITED(ROID_LOG_ERR, "%s: not recorded", err.msg);
                                 continue;
                         }
                         if (r < 0)

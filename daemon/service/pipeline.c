@@ -246,8 +246,9 @@ static void work_frame(worker *w, job *j, an_item *it) {
         if (r < 0)
                 goto failed;
         if (r == 0 && roid_counter_get(pl->ctr, ROID_C_frames_unplaced) == 0)
-                roid_log(ROID_LOG_WARNING, "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
-                         sc->series_id, j->image_id, err.msg);
+                ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                 "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
+                                 sc->series_id, j->image_id, err.msg);
         it->kind = AN_RECORD;
         it->rec.t_arrival = j->t_arrival;
         zmq_msg_close(&j->msg);
@@ -255,8 +256,8 @@ static void work_frame(worker *w, job *j, an_item *it) {
 failed:
         zmq_msg_close(&j->msg);
         roid_count(pl->ctr, ROID_C_frames_failed, 1);
-        roid_log(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 " channel %s: %s [frames_failed]", sc->series_id,
-                 j->image_id, sc->channel, err.msg);
+        ROID_LOG_LIMITED(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 " channel %s: %s [frames_failed]",
+                         sc->series_id, j->image_id, sc->channel, err.msg);
 }
 
 /* Takes a run of frames (or one barrier) at once and hands their records to
@@ -830,8 +831,8 @@ static void sink_frame(void *ctx, const roid_frame_event *ev) {
         const uint8_t *data = pl->src && !why ? roid_zsource_take(pl->src, ev->blob->data, &j.msg) : NULL;
         if (!data) {
                 roid_count(pl->ctr, ROID_C_frames_failed, 1);
-                roid_log(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 ": %s [frames_failed]", sc->series_id,
-                         ev->image_id, why ? why : "frame bytes not in a received part");
+                ROID_LOG_LIMITED(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 ": %s [frames_failed]",
+                                 sc->series_id, ev->image_id, why ? why : "frame bytes not in a received part");
                 return;
         }
         j.blob_off = (size_t)(data - (const uint8_t *)zmq_msg_data(&j.msg));

@@ -2,6 +2,7 @@
  * decode): every case must give a log line naming the problem, one counter,
  * no crash, bounded memory, and the next good frame must be processed. */
 #include <cbor.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 
 #include "ingest/codec.h"
 #include "ingest/ingest.h"
+#include "service/log.h"
 #include "tap.h"
 
 enum { ROWS = 32, COLS = 48, NPIX = ROWS * COLS };
@@ -175,6 +177,47 @@ static const char *log_since_last(void) {
         return buf;
 }
 
+/* Counts the lines logged since the last call; summary lines of suppressed
+ * ones are counted in count_summaries and their counts added to *suppressed. */
+static uint64_t count_summaries;
+
+static uint64_t log_lines_since_last(uint64_t *suppressed) {
+        fflush(stderr);
+        long end = lseek(STDERR_FILENO, 0, SEEK_END);
+        uint64_t lines = 0;
+        count_summaries = 0;
+        char buf[4096];
+        size_t have = 0;
+        for (long pos = log_pos; pos < end || have;) {
+                ssize_t r = pos < end ? pread(STDERR_FILENO, buf + have, sizeof buf - 1 - have, pos) : 0;
+                if (r < 0)
+                        break;
+                pos += r;
+                have += (size_t)r;
+                buf[have] = 0;
+                char *nl = strchr(buf, '\n');
+                if (!nl && r == 0)
+                        break; /* an unterminated last line: not ours */
+                while (nl) {
+                        uint64_t n;
+                        char lv[16];
+                        lines++;
+                        if (suppressed && sscanf(buf, "roid: %15[a-z]: %" SCNu64 " similar line", lv, &n) == 2) {
+                                *suppressed += n;
+                                count_summaries++;
+                        }
+                        size_t used = (size_t)(nl + 1 - buf);
+                        memmove(buf, nl + 1, have - used + 1);
+                        have -= used;
+                        nl = strchr(buf, '\n');
+                }
+                if (have == sizeof buf - 1)
+                        have = 0; /* a line longer than the log writes */
+        }
+        log_pos = end;
+        return lines;
+}
+
 typedef struct {
         const char *name;
         roid_counter counter;
@@ -214,6 +257,9 @@ int main(void) {
         bslz4_good_len = enc;
 
         log_capture_start();
+        roid_log_set_prefix(0);
+        /* Every case must show its line: unlimited until the flood below. */
+        roid_log_set_ratelimit(ROID_LOG_RATELIMIT_INTERVAL_MS, 0);
         roid_sink sink = {.frame = on_frame};
         roid_ingest_params ip = {.channel = ""};
         roid_limits_default(&ip.limits);
@@ -367,12 +413,28 @@ int main(void) {
                 tap_ok(feed_good(in), "%s: the next good frame is processed", c->name);
         }
 
-        /* Memory stays bounded: repeat every bad case many times. */
+        /* The lines one round of the bad cases gives, unlimited. */
+        for (size_t i = 0; i < n_cases; i++)
+                roid_ingest_parts(in, cases[i]->parts, cases[i]->n_parts);
+        uint64_t round_lines = log_lines_since_last(NULL);
+
+        /* Memory stays bounded: repeat every bad case many times.  The log
+         * does too: a site shows at most its burst per interval (one window
+         * here), and every other line is counted in a summary line. */
+        enum { REPS = 300, SITES_MAX = 10 };
+        roid_log_set_ratelimit(60000, ROID_LOG_RATELIMIT_BURST);
         size_t heap0 = heap_in_use();
-        for (int rep = 0; rep < 300; rep++)
+        for (int rep = 0; rep < REPS; rep++)
                 for (size_t i = 0; i < n_cases; i++)
                         roid_ingest_parts(in, cases[i]->parts, cases[i]->n_parts);
-        log_since_last();
+        roid_log_flush_suppressed();
+        uint64_t suppressed = 0;
+        uint64_t shown = log_lines_since_last(&suppressed);
+        tap_ok(shown <= SITES_MAX * (ROID_LOG_RATELIMIT_BURST + 1),
+               "log bounded: %" PRIu64 " lines (with the summaries) for %d bad messages", shown, REPS * (int)n_cases);
+        tap_eq_u64(shown + suppressed - count_summaries, REPS * round_lines,
+                   "log: lines shown + suppressed == the lines of the rounds unlimited");
+        roid_log_set_ratelimit(ROID_LOG_RATELIMIT_INTERVAL_MS, 0);
         size_t heap1 = heap_in_use();
         tap_ok(heap1 <= heap0 + (1 << 20), "memory bounded over %zu bad messages (heap %zu -> %zu bytes)",
                300 * n_cases, heap0, heap1);
