@@ -17,7 +17,8 @@ struct roid_roi {
         uint32_t ny, nx;
         size_t np;
         unsigned nch, nmod, ndim;
-        uint64_t frames, since_refit;
+        uint64_t frames, since_refit, refits;
+        bool hold_refits; /* the caller refits (roid_roi_hold_refits) */
         bool finished;
         bool maps_only; /* a roid_roi_copy_maps snapshot: for the accessors only */
         roid_rng rng;   /* batch sampling of the general clustering */
@@ -37,6 +38,10 @@ struct roid_roi {
         uint32_t *queue;
         roid_kmeans km[MAX_MOD];    /* two centres per modality, d = 1 */
         double cen_out[MAX_MOD][2]; /* [RoI side, other] as of the last relabel */
+        /* A frame's label per modality from its raw value v (floored as by
+         * flog): lab_cut[m][0] below thr[m], [1] at it, [2] above. */
+        double thr[MAX_MOD];
+        uint8_t lab_cut[MAX_MOD][3];
 
         double *feat;   /* n_seen x ndim standardised vectors, in seen_list order */
         double *gather; /* np: one modality's filtered values, in seen_list order */
@@ -298,10 +303,6 @@ static inline uint8_t side_label(const roid_kmeans *km, unsigned side, double v)
         return km->initialized && roid_kmeans_nearest2(km->centers, v) == side;
 }
 
-static uint8_t label_of(const roid_roi *r, unsigned m, double v) {
-        return side_label(&r->km[m], roi_side(r, m), v);
-}
-
 /* The 3x3 mean over the seen neighbours of point i, then the log, for the
  * modalities m0, m0 + step, ... */
 static void filter_point(roid_roi *r, size_t i, unsigned m0, unsigned step) {
@@ -406,6 +407,28 @@ static void km1_lloyd(roid_roi *r, unsigned m) {
                 roid_kmeans_refine(&r->km[m], gather_modality(r, m), r->n_seen, r->p.max_iter, r->klab, NULL, NULL);
 }
 
+/* The labels roid_roi_add gives, as cuts on the raw value: the nearest of
+ * two centres on the log scale flips at their midpoint, so a frame needs one
+ * comparison with exp(midpoint) per modality instead of a log (equal to
+ * side_label(flog(v)) but where the two roundings differ, within an ulp of the
+ * cut).  Taken whenever the centres change. */
+static void set_cuts(roid_roi *r) {
+        for (unsigned m = 0; m < r->nmod; m++) {
+                const roid_kmeans *km = &r->km[m];
+                const unsigned side = roi_side(r, m);
+                const double c0 = km->centers[0], c1 = km->centers[1];
+                /* nearest centre index below, at and above the cut */
+                unsigned n[3] = {0, 0, 0};
+                if (c1 > c0)
+                        n[2] = 1;
+                else if (c1 < c0)
+                        n[0] = 1;
+                r->thr[m] = exp(0.5 * (c0 + c1));
+                for (int k = 0; k < 3; k++)
+                        r->lab_cut[m][k] = km->initialized && n[k] == side;
+        }
+}
+
 static void relabel(roid_roi *r) {
         size_t np = r->np;
         for (unsigned m = 0; m < r->nmod; m++) {
@@ -426,6 +449,7 @@ static void relabel(roid_roi *r) {
                         r->online[i] |= lab[i];
                 }
         }
+        set_cuts(r);
 }
 
 /* ------------------------------------------------------ general clustering */
@@ -544,23 +568,38 @@ int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f
         raw_totals(r, i, raw, 1);
         raw_coms(r, z, i, raw, 1);
         for (unsigned m = 0; m < r->nmod; m++) {
-                uint8_t l = label_of(r, m, flog(raw[m]));
+                const double v = raw[m] > LOG_FLOOR ? raw[m] : LOG_FLOOR;
+                uint8_t l = r->lab_cut[m][v < r->thr[m] ? 0 : v > r->thr[m] ? 2 : 1];
                 r->lab[m * r->np + i] = l;
                 any |= l;
         }
         r->online[i] = any;
-        /* A refit costs O(points seen): past 16 x cadence points it runs every
-         * n/16 frames instead, so a long series costs O(n) in all, not O(n^2). */
-        uint64_t every = r->n_seen / 16 > r->p.cadence ? r->n_seen / 16 : r->p.cadence;
-        if (r->p.cadence && ++r->since_refit >= every)
+        r->since_refit++;
+        if (!r->hold_refits && roid_roi_refit_due(r))
                 roid_roi_refit(r);
         return r->online[i];
+}
+
+/* A refit costs O(points seen): past 16 x cadence points it is due every
+ * n/16 frames instead, so a long series costs O(n) in all, not O(n^2). */
+bool roid_roi_refit_due(const roid_roi *r) {
+        const uint64_t every = r->n_seen / 16 > r->p.cadence ? r->n_seen / 16 : r->p.cadence;
+        return r->p.cadence && !r->finished && !r->maps_only && r->since_refit >= every;
+}
+
+void roid_roi_hold_refits(roid_roi *r, bool hold) {
+        r->hold_refits = hold;
+}
+
+uint64_t roid_roi_refits(const roid_roi *r) {
+        return r->refits;
 }
 
 void roid_roi_refit(roid_roi *r) {
         r->since_refit = 0;
         if (r->n_seen == 0 || r->maps_only)
                 return;
+        r->refits++;
         compute_maps(r, false);
         for (unsigned m = 0; m < r->nmod; m++)
                 km1_partial(r, m);

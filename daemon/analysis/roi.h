@@ -84,6 +84,13 @@ int roid_roi_copy_maps(roid_roi *dst, const roid_roi *src);
 int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f);
 /* Online refit now (also done every `cadence` frames by roid_roi_add). */
 void roid_roi_refit(roid_roi *r);
+/* Whether the cadence calls for a refit.  A caller that budgets the refits'
+ * time holds them: roid_roi_add then never refits, and the caller calls
+ * roid_roi_refit when one is due and it can afford it. */
+bool roid_roi_refit_due(const roid_roi *r);
+void roid_roi_hold_refits(roid_roi *r, bool hold);
+/* Online refits done so far. */
+uint64_t roid_roi_refits(const roid_roi *r);
 /* Full-batch refinement and final mask.  Idempotent. */
 void roid_roi_finish(roid_roi *r);
 

@@ -31,6 +31,11 @@
  * points)) may take at most this share of the analysis thread; beyond it the
  * map interval stretches, so that a huge grid slows the maps, not the frames. */
 #define MAP_BUDGET 0.25
+/* The same for the online refits (O(points seen) each, due every n/16
+ * frames): at the highest frame rates a due refit waits until the last one's
+ * cost is at most this share of the time since, so the frames keep their
+ * thread and the online centres are refreshed a little less often. */
+#define REFIT_BUDGET 0.25
 
 /* Per series, shared read-only by the workers once the start job is queued;
  * the geometry is built once, by the first worker that needs it.  Created by
@@ -95,8 +100,9 @@ typedef struct {
         roid_roi *roi;
         roid_feedback *fb;
         uint64_t frames, unplaced, failed, frames_at_map;
-        double t_first; /* arrival of the series' first frame, 0 = none yet */
-        double t_last;  /* when its last frame so far was analysed */
+        double t_first;     /* arrival of the series' first frame, 0 = none yet */
+        double t_last;      /* when its last frame so far was analysed */
+        double refit_ok_at; /* no online refit before (REFIT_BUDGET) */
         bool writing;
         char path[ROID_PATH_MAX];
 } series_state;
@@ -496,8 +502,11 @@ static int an_series_state(roid_pipeline *pl, series_ctx *sc) {
         ss->roi = NULL;
         ss->fb = NULL;
         int r = roid_roi_new(&sc->ap.roi, sc->grid.ny, sc->grid.nx, &ss->roi, &err);
-        if (r >= 0)
+        if (r >= 0) {
+                roid_roi_hold_refits(ss->roi, true);
+                ss->refit_ok_at = 0;
                 r = roid_feedback_new(&sc->fp, &sc->grid, &ss->fb, &err);
+        }
         if (r < 0) {
                 roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no RoI state: %s", sc->series_id, err.msg);
                 roid_roi_free(ss->roi);
@@ -559,6 +568,12 @@ static void an_record(roid_pipeline *pl, an_item *it) {
                 roid_count(pl->ctr, ROID_C_frames_unplaced, 1);
         } else if (ss->roi) {
                 int label = roid_roi_add(ss->roi, rec->row, rec->col, &rec->f);
+                const double now = now_mono();
+                if (roid_roi_refit_due(ss->roi) && now >= ss->refit_ok_at) {
+                        roid_roi_refit(ss->roi);
+                        const double cost = now_mono() - now;
+                        ss->refit_ok_at = now + cost / REFIT_BUDGET;
+                }
                 ss->frames++;
                 roid_count(pl->ctr, ROID_C_frames_analysed, 1);
                 if (!ss->t_first) {
@@ -571,7 +586,7 @@ static void an_record(roid_pipeline *pl, an_item *it) {
                             sc->center_source && strcmp(sc->center_source, "estimated") == 0)
                                 roid_writer_set_center(pl->writer, sc->geom.center_x, sc->geom.center_y);
                 }
-                ss->t_last = now_mono();
+                ss->t_last = now;
                 if (pl->n_arrival < ARRIVAL_MAX)
                         pl->arrival[pl->n_arrival++] = rec->t_arrival;
                 unsigned every = pl->frame_every;

@@ -80,6 +80,31 @@ static void stats(const double *v, unsigned n, double *ret_mean, double *ret_sd)
         *ret_sd = sqrt(q / n);
 }
 
+/* The online label of the frame just fed at point i, from the definition:
+ * per modality the point's raw value (as check_maps computes it), its log,
+ * RoI when nearer the RoI-side centre; returns how many modalities differ
+ * from the state's (only modalities with centres). */
+static unsigned check_frame_labels(const roid_roi *r, size_t i) {
+        unsigned bad = 0;
+        for (unsigned c = 0; c < NC; c++) {
+                double mx, sx, my, sy;
+                stats(fx[c], nf, &mx, &sx);
+                stats(fy[c], nf, &my, &sy);
+                double a = (sum_x[c][i] / cnt[i] - mx) / sx, b = (sum_y[c][i] / cnt[i] - my) / sy;
+                const double raw[2] = {sum_t[c][i] / cnt[i], sqrt(a * a + b * b)};
+                for (unsigned k = 0; k < 2; k++) {
+                        const unsigned m = 2 * c + k;
+                        const double *cen = roid_roi_centres(r, m); /* [RoI side, other] */
+                        if (isnan(cen[0]))
+                                continue;
+                        const double v = log(fmax(raw[k], 1e-12));
+                        const unsigned want = fabs(v - cen[0]) < fabs(v - cen[1]);
+                        bad += roid_roi_labels(r, m)[i] != want;
+                }
+        }
+        return bad;
+}
+
 /* Largest difference between the state's maps and the definitions. */
 static double check_maps(const roid_roi *r, unsigned *ret_bad_nan) {
         static double raw[2 * NC][NY * NX];
@@ -201,6 +226,43 @@ int main(void) {
                         if (cnt[i])
                                 d = fmax(d, fabs(roid_roi_filtered(r, m)[i] - online[m][i]));
         tap_ok(d < 1e-12, "finish's full recomputation equals the last incremental refit (max diff %.3g)", d);
+        roid_roi_free(r);
+
+        /* Online labels and held refits, on a fresh state with a cadence. */
+        memset(sum_t, 0, sizeof sum_t), memset(sum_x, 0, sizeof sum_x), memset(sum_y, 0, sizeof sum_y);
+        memset(cnt, 0, sizeof cnt);
+        nf = 0;
+        p.cadence = 16;
+        if (!tap_ok(roid_roi_new(&p, NY, NX, &r, &err) == 0, "roid_roi_new with cadence 16"))
+                return tap_done();
+        unsigned bad_lab = 0, checked = 0;
+        for (uint32_t y = 0; y < NY; y++)
+                for (uint32_t x = 0; x < NX; x++) {
+                        const uint64_t before = roid_roi_refits(r);
+                        feed(r, y, x);
+                        /* (a refit relabels the point from the filtered maps) */
+                        if (before > 0 && roid_roi_refits(r) == before) {
+                                bad_lab += check_frame_labels(r, (size_t)y * NX + x);
+                                checked++;
+                        }
+                }
+        tap_ok(checked > 500 && bad_lab == 0,
+               "every frame's online labels (%u frames after the first refit, %d modalities) are the nearest "
+               "centre of its log value (%u differ)",
+               checked, 2 * NC, bad_lab);
+        roid_roi_free(r);
+
+        memset(cnt, 0, sizeof cnt);
+        nf = 0;
+        roid_roi_new(&p, NY, NX, &r, &err);
+        roid_roi_hold_refits(r, true);
+        for (uint32_t x = 0; x < 40; x++)
+                feed(r, x / NX, x % NX);
+        tap_ok(roid_roi_refits(r) == 0 && roid_roi_refit_due(r),
+               "held: 40 frames at cadence 16 make a refit due but none is done");
+        roid_roi_hold_refits(r, false);
+        feed(r, 1, 20);
+        tap_ok(roid_roi_refits(r) == 1 && !roid_roi_refit_due(r), "released: the next frame refits, once");
         roid_roi_free(r);
         return tap_done();
 }
