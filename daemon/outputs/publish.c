@@ -3,6 +3,7 @@
 #include "outputs/publish.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,8 +13,24 @@
 
 #include "service/log.h"
 
+/* Large messages (maps of big scans) go to libzmq without a copy: the packed
+ * buffer itself becomes the message and the publisher packs on into an idle
+ * one.  Each buffer of the pool circulates between the two; libzmq's free
+ * callback, on whichever thread drops the message, marks it idle again (or
+ * frees it, when the publisher is gone).  With every buffer in flight,
+ * messages are copied as usual, so memory stays within the pool. */
+#define ZC_MIN  65536 /* smaller messages are cheaper to copy */
+#define ZC_POOL 4
+enum { ZC_IDLE, ZC_IN_FLIGHT, ZC_ORPHANED };
+typedef struct {
+        _Atomic int state;
+        char *data;
+        size_t cap;
+} zc_buf;
+
 struct roid_publisher {
         void *sock;
+        zc_buf *pool[ZC_POOL];
         msgpack_sbuffer sb;
         msgpack_packer pk;
         bool failed; /* a write into sb failed (out of memory) during this message */
@@ -519,6 +536,54 @@ static int begin(roid_publisher *p, roid_topic t) {
         return 4;
 }
 
+static void zc_free(void *data, void *hint) {
+        zc_buf *b = hint;
+        (void)data;
+        if (atomic_exchange_explicit(&b->state, ZC_IDLE, memory_order_acq_rel) == ZC_ORPHANED) {
+                free(b->data);
+                free(b);
+        }
+}
+
+/* Sends the body in sb, by handing its buffer to libzmq when it is large and
+ * a pool buffer is idle to pack on into; zmq_send's result. */
+static int send_body(roid_publisher *p) {
+        zc_buf *b = NULL;
+        for (unsigned k = 0; p->sb.size >= ZC_MIN && k < ZC_POOL && !b; k++)
+                if (p->pool[k] && atomic_load_explicit(&p->pool[k]->state, memory_order_acquire) == ZC_IDLE)
+                        b = p->pool[k];
+        if (!b) {
+                int r;
+                do {
+                        r = zmq_send(p->sock, p->sb.data, p->sb.size, ZMQ_DONTWAIT);
+                } while (r < 0 && errno == EINTR);
+                return r;
+        }
+        char *data = p->sb.data;
+        const size_t size = p->sb.size, cap = p->sb.alloc;
+        p->sb.data = b->data;
+        p->sb.alloc = b->cap;
+        p->sb.size = 0;
+        b->data = data;
+        b->cap = cap;
+        atomic_store_explicit(&b->state, ZC_IN_FLIGHT, memory_order_release);
+        zmq_msg_t msg;
+        if (zmq_msg_init_data(&msg, data, size, zc_free, b) < 0) {
+                atomic_store_explicit(&b->state, ZC_IDLE, memory_order_release);
+                return -1;
+        }
+        int r;
+        do {
+                r = zmq_msg_send(&msg, p->sock, ZMQ_DONTWAIT);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+                const int e = errno;
+                zmq_msg_close(&msg); /* calls zc_free */
+                errno = e;
+        }
+        return r;
+}
+
 static int finish(roid_publisher *p, roid_topic t, int pairs) {
         const char *name = topic_names[t];
         int r;
@@ -538,9 +603,7 @@ static int finish(roid_publisher *p, roid_topic t, int pairs) {
         }
         /* libzmq admits a message on its first frame: the HWM counts whole
          * messages, so the second frame of an admitted message is not refused. */
-        do {
-                r = zmq_send(p->sock, p->sb.data, p->sb.size, ZMQ_DONTWAIT);
-        } while (r < 0 && errno == EINTR);
+        r = send_body(p);
         if (r < 0) {
                 r = -errno;
                 ROID_LOG_LIMITED(ROID_LOG_WARNING, "publish %s: second frame not sent: %s", name, zmq_strerror(-r));
@@ -610,6 +673,13 @@ int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publis
                 return -ENOMEM;
         msgpack_sbuffer_init(&p->sb);
         msgpack_packer_init(&p->pk, p, write_cb);
+        for (unsigned k = 0; k < ZC_POOL; k++) {
+                p->pool[k] = calloc(1, sizeof *p->pool[k]);
+                if (!p->pool[k]) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+        }
         p->sock = zmq_socket(zctx, ZMQ_PUB);
         if (!p->sock) {
                 r = -errno;
@@ -647,6 +717,15 @@ void roid_publisher_free(roid_publisher *p) {
                 return;
         if (p->sock)
                 zmq_close(p->sock);
+        /* A buffer still in flight is freed by its callback, when libzmq drops
+         * the message (at the latest when the context terminates). */
+        for (unsigned k = 0; k < ZC_POOL; k++) {
+                zc_buf *b = p->pool[k];
+                if (b && atomic_exchange_explicit(&b->state, ZC_ORPHANED, memory_order_acq_rel) != ZC_IN_FLIGHT) {
+                        free(b->data);
+                        free(b);
+                }
+        }
         msgpack_sbuffer_destroy(&p->sb);
         free(p);
 }

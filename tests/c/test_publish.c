@@ -664,6 +664,70 @@ static void test_drops(void *ctx) {
         roid_publisher_free(p);
 }
 
+/* Maps of a large grid are handed to libzmq without a copy, from a pool of
+ * buffers that circulate between the publisher and libzmq.  A buffer must
+ * never be packed into while libzmq still holds it: a subscriber that reads
+ * only after many maps were published must receive each as it was (its
+ * counts array, which changes between publications), whether it went out
+ * without a copy or, with the pool in flight, copied.  Then a publisher freed
+ * with maps still queued (the sanitizer build checks the buffers' release). */
+static void test_large_maps(void *ctx) {
+        enum { LY = 120, LX = 160, NP = LY * LX, NMAP = 12 };
+        roid_publisher *p = NULL;
+        roid_err err = {{0}};
+        roid_roi_params rp;
+        roid_roi *r = NULL;
+        roid_features f;
+        roid_series_ref ref = {.known = true, .series_id = 7, .unique_id = "large"};
+        static uint32_t want[NMAP][NP];
+        rx_msg m;
+
+        roid_roi_params_default(&rp);
+        rp.n_segments = 4;
+        if (roid_roi_new(&rp, LY, LX, &r, &err) < 0 ||
+            !tap_ok(roid_publisher_new(ctx, "tcp://127.0.0.1:*", 1000, &p, &err) == 0, "tcp publisher (%s)", err.msg))
+                exit(1);
+        void *sub = sub_socket(ctx, roid_publisher_endpoint(p), "", 1000);
+        join(p, sub);
+        for (uint32_t i = 0; i < NP / 2; i++) {
+                features(i / LX, i % LX, 4, &f);
+                roid_roi_add(r, i / LX, i % LX, &f);
+        }
+        roid_map_view mv = {.series = ref, .roi = r};
+        unsigned sent = 0;
+        size_t size = 0;
+        for (unsigned k = 0; k < NMAP; k++) {
+                /* a few more frames, so that each map differs */
+                for (uint32_t i = 0; i < 37; i++) {
+                        uint32_t j = (k * 997 + i * 131) % NP;
+                        features(j / LX, j % LX, 4, &f);
+                        roid_roi_add(r, j / LX, j % LX, &f);
+                }
+                memcpy(want[k], roid_roi_counts(r), sizeof want[k]);
+                sent += roid_publish_map(p, &mv) == 0;
+        }
+        tap_eq_u64(sent, NMAP, "12 maps of a 120x160 grid published without reading");
+        unsigned got = 0, exact = 0;
+        while (got < NMAP && rx(sub, 2000, &m)) {
+                if (!strcmp(m.topic, "map")) {
+                        const msgpack_object *c = get(&m.obj, "counts"), *d = c ? get(c, "data") : NULL;
+                        exact += m.ok && d && d->type == MSGPACK_OBJECT_BIN && d->via.bin.size == sizeof want[got] &&
+                                 !memcmp(d->via.bin.ptr, want[got], sizeof want[got]);
+                        size = m.size;
+                        got++;
+                }
+                rx_free(&m);
+        }
+        tap_ok(size >= 65536, "a map is %zu bytes: large enough to go without a copy", size);
+        tap_eq_u64(got, NMAP, "every map received");
+        tap_eq_u64(exact, NMAP, "each with the counts of its own publication");
+        for (unsigned k = 0; k < 6; k++)
+                roid_publish_map(p, &mv);
+        roid_publisher_free(p);
+        zmq_close(sub);
+        roid_roi_free(r);
+}
+
 static void test_bad_args(void *ctx) {
         roid_publisher *p = (roid_publisher *)&p;
         roid_err err = {{0}};
@@ -684,6 +748,7 @@ int main(void) {
         }
         test_topics(ctx);
         test_drops(ctx);
+        test_large_maps(ctx);
         test_bad_args(ctx);
         zmq_ctx_term(ctx);
         return tap_done();
