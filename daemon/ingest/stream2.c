@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ingest/cborwalk.h"
+#include "service/text.h"
 
 #define TAG_DATETIME       0
 #define TAG_MULTIDIM       40
@@ -116,6 +117,11 @@ static int check_tstr(s2 *p, const char *field, const roid_cw_item *it) {
                 return roid_err_set(p->err, -ENOTSUP, "%s: indefinite-length text string not supported", field);
         if (memchr(it->ptr, '\0', it->len))
                 return roid_err_set(p->err, -EBADMSG, "%s: text string contains a NUL byte", field);
+        /* CBOR text is UTF-8 (RFC 8949 3.1), and roid publishes some of it again */
+        const size_t bad = roid_utf8_invalid_at((const char *)it->ptr, it->len);
+        if (bad < it->len)
+                return roid_err_set(p->err, -EBADMSG, "%s: text string byte 0x%02x at %zu is not UTF-8", field,
+                                    it->ptr[bad], bad);
         return 0;
 }
 

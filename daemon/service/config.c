@@ -13,11 +13,12 @@
 #include <sys/stat.h>
 
 #include "service/log.h"
+#include "service/text.h"
 
 #define FILE_MAX ((long)1 << 20) /* a configuration file is a few KiB; stops /dev/zero and the like */
 
 typedef enum {
-        K_STR,      /* text, any printable */
+        K_STR,      /* text: UTF-8 without control characters (it is published as msgpack str) */
         K_ENDPOINT, /* "" or transport://address */
         K_CHANNEL,  /* a name, or #N */
         K_INT,      /* whole number in [lo, hi]; stored as 4 or 8 bytes, signed when lo < 0 */
@@ -280,9 +281,10 @@ static void store_int(const spec *s, void *p, int64_t v) {
         }
 }
 
-/* Strings need quotes only where a file would otherwise lose something. */
+/* Strings need quotes only where a file would otherwise lose something (a
+ * leading ';' after "key = " starts a comment). */
 static bool needs_quotes(const char *v, size_t n) {
-        return n > 0 && (isspace((unsigned char)v[0]) || isspace((unsigned char)v[n - 1]) ||
+        return n > 0 && (isspace((unsigned char)v[0]) || isspace((unsigned char)v[n - 1]) || v[0] == ';' ||
                          (n >= 2 && v[0] == '"' && v[n - 1] == '"'));
 }
 
@@ -462,6 +464,11 @@ static int check_string(const char *name, const spec *s, const char *v, size_t n
                         return roid_err_set(err, -EINVAL, "%s: '%s' has a blank before ';' (starts a comment)", name,
                                             shown(v, sh, sizeof sh));
         }
+        /* Published in msgpack str values, which clients decode as UTF-8. */
+        size_t bad = roid_utf8_invalid_at(v, n);
+        if (bad < n)
+                return roid_err_set(err, -EINVAL, "%s: byte 0x%02x at %zu is not UTF-8 (text must be UTF-8)", name,
+                                    (unsigned char)v[bad], bad);
         if ((s->flags & F_REQUIRED) && n == 0)
                 return roid_err_set(err, -EINVAL, "%s: must not be empty", name);
         if (s->kind == K_ENDPOINT && n > 0) {

@@ -12,7 +12,8 @@
  * Values: numbers are whole or decimal as the key says, parsed strictly (the
  * whole text, no NaN or infinity); byte sizes and pixel counts take a K, M, G
  * or T suffix (powers of 1024); booleans are true/false, yes/no, on/off, 1/0;
- * a string may be wrapped in double quotes (removed once).  In a file, lines
+ * a string may be wrapped in double quotes (removed once) and must be UTF-8
+ * (it is published again as msgpack text).  In a file, lines
  * starting with # or ; are comments, " ;" starts a comment after a value,
  * leading blanks are ignored (no continuation lines), a key given twice takes
  * the last value, and a line holds at most ROID_CONFIG_LINE_MAX characters.
@@ -48,7 +49,7 @@ typedef struct {
         char publish[ROID_ENDPOINT_MAX]; /* publish = "" (off); e.g. tcp://0.0.0.0:5557 */
         char control[ROID_ENDPOINT_MAX]; /* control = "" (off); e.g. tcp://0.0.0.0:5558 */
         int sndhwm;                      /* publish_hwm = 100 messages per subscriber, 1..100000 */
-        double map_interval;             /* map_interval = 1.0 s, 0.05..3600: `map` and `scan_here` cadence */
+        double map_interval;             /* map_interval = 1.0 s, 0.002..3600: `map` and `scan_here` cadence */
         double status_interval;          /* status_interval = 1.0 s, 0.05..3600 */
         unsigned frame_every;            /* frame_every = 0 (no `frame` topic); N = every N-th frame */
         /* output_dir: in analysis.output_dir (directory = "" = no results file) */

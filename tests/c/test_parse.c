@@ -960,6 +960,33 @@ static void test_v2_malformed(void) {
         expect_fail("series_unique_id of 70 bytes", w, -EMSGSIZE, "series_unique_id");
         w_free(w);
 
+        /* CBOR text must be UTF-8: a lone continuation byte, a cut sequence,
+         * an overlong '/', a surrogate (roid publishes the id again as a
+         * msgpack str, which clients decode as UTF-8) */
+        static const char *const not_utf8[] = {"run-\x80", "run-\xc3", "run-\xc0\xaf", "run-\xed\xa0\x80"};
+        for (unsigned k = 0; k < 4; k++) {
+                w = w_new(4096);
+                w_map(w, 2);
+                w_key(w, "type");
+                w_text(w, "end");
+                w_key(w, "series_unique_id");
+                w_text(w, not_utf8[k]);
+                expect_fail("series_unique_id not UTF-8", w, -EBADMSG, "not UTF-8");
+                w_free(w);
+        }
+        w = w_new(4096);
+        w_map(w, 2);
+        w_key(w, "type");
+        w_text(w, "end");
+        w_key(w, "series_unique_id");
+        w_text(w, "run-\xc3\xa9\xe2\x82\xac\xf0\x9f\x94\xac");
+        roid_err e = {""};
+        static roid_msg um;
+        tap_ok(parse1(w->b, w->n, &um, &e) >= 0 &&
+                       !strcmp(um.series_unique_id, "run-\xc3\xa9\xe2\x82\xac\xf0\x9f\x94\xac"),
+               "a series_unique_id in UTF-8 of 2, 3 and 4 bytes is accepted (%s)", e.msg);
+        w_free(w);
+
         /* 10000 nested arrays in user_data, and under an unknown key */
         for (int k = 0; k < 2; k++) {
                 w = w_new(1 << 16);
