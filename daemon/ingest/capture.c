@@ -22,6 +22,8 @@ struct roid_capture_reader {
         roid_cw_cursor cur;
         bool single; /* the file is one bare message */
         bool single_done;
+        int failed; /* a malformed record stops the reader for good: the cursor is inside it */
+        size_t failed_at;
 };
 
 int roid_capture_writer_open(const char *path, roid_capture_writer **ret) {
@@ -115,6 +117,9 @@ int roid_capture_next(roid_capture_reader *r, roid_part *parts, size_t max_parts
                 *ret_n = 1;
                 return 1;
         }
+        if (r->failed)
+                return roid_err_set(err, r->failed, "capture record at byte %zu is malformed; nothing after it is read",
+                                    r->failed_at);
         if (roid_cw_at_end(&r->cur))
                 return 0;
         size_t at = roid_cw_offset(&r->cur);
@@ -160,6 +165,8 @@ int roid_capture_next(roid_capture_reader *r, roid_part *parts, size_t max_parts
         *ret_n = n;
         return 1;
 bad:
+        r->failed = e;
+        r->failed_at = at;
         roid_err_prefix(err, "capture record at byte %zu", at);
         return e;
 }

@@ -29,8 +29,9 @@ int roid_capture_writer_close(roid_capture_writer *w);
 
 int roid_capture_reader_open(const char *path, const roid_limits *lim, roid_capture_reader **ret, roid_err *err);
 /* Next record: 1 and *ret_n parts in parts[0..max_parts), 0 at the clean end
- * of the file, negative errno on a malformed record (err says where; the
- * reader cannot resynchronise, so the caller stops there). */
+ * of the file, negative errno on a malformed record (err says where).  The
+ * reader cannot resynchronise: after a malformed record every call returns
+ * that error again. */
 int roid_capture_next(roid_capture_reader *r, roid_part *parts, size_t max_parts, size_t *ret_n, roid_err *err);
 /* Byte offset of the next record (for messages). */
 size_t roid_capture_offset(const roid_capture_reader *r);
