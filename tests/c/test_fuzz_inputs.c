@@ -1150,10 +1150,10 @@ static size_t mutate_capture(uint8_t *b, const cap_seed *s, const cap_seed *o) {
         case 2: /* a record's array head: another count, another width, indefinite */
                 if (rf->n_rec && !rf->single) {
                         const ref_rec *rec = &rf->rec[rnd_below(rf->n_rec)];
-                        unsigned mt;
-                        uint64_t count;
-                        size_t hl;
-                        bool indef;
+                        unsigned mt = 0;
+                        uint64_t count = 0;
+                        size_t hl = 0;
+                        bool indef = false;
                         cbor_head(s->b, s->n, rec->start, &mt, &count, &hl, &indef);
                         size_t m;
                         if (rnd_below(3) == 0) {
