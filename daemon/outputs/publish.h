@@ -27,9 +27,14 @@
  * many pairs they wrote, so a control reply can append them after its own
  * keys (control.h).  They pack into any msgpack_packer.
  *
- * Ownership: the publisher owns its socket and buffer; views are borrowed
- * for the duration of a call.  Threads: one thread owns a publisher (the
- * loop thread); the zmq context may be shared.
+ * Ownership: the publisher owns its socket and its packing buffers; views
+ * are borrowed for the duration of a call.  A message of 64 KiB or more goes
+ * to libzmq without a copy: its buffer is libzmq's until libzmq's free
+ * callback gives it back (an atomic flag, set on libzmq's I/O thread), and at
+ * most 4 are out at once (more are copied).  Threads: one thread owns a
+ * publisher (the daemon's analysis thread); the zmq context may be shared,
+ * and must outlive the publisher (a buffer still queued in libzmq is freed
+ * when libzmq drops it).
  */
 #ifndef ROID_OUTPUTS_PUBLISH_H
 #define ROID_OUTPUTS_PUBLISH_H
