@@ -24,22 +24,10 @@
 
 #include "ingest/codec.h"
 #include "ingest/ingest.h"
+#include "fuzz.h"
 #include "tap.h"
 
 enum { ROWS = 24, COLS = 40, NPIX = ROWS * COLS, MSG_MAX = 1 << 21 };
-
-static uint64_t rng;
-
-static uint64_t rnd(void) { /* xorshift64* */
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        return rng * 0x2545F4914F6CDD1DULL;
-}
-
-static size_t rnd_below(size_t n) {
-        return n ? (size_t)(rnd() % n) : 0;
-}
 
 /* ---- generated messages ---- */
 
@@ -230,57 +218,14 @@ static const uint8_t interesting[] = {0x00, 0x01, 0x7f, 0x80, 0xff, 0x17, 0x18, 
 
 /* Mutates src into dst (capacity MSG_MAX); other: a second message to splice. */
 static size_t mutate(uint8_t *dst, const msg *src, const msg *other) {
-        size_t n = src->n;
-        memcpy(dst, src->b, n);
-        const unsigned k = 1 + (unsigned)rnd_below(4);
-        for (unsigned i = 0; i < k && n; i++) {
-                /* half of them in the first 256 bytes: the headers, where the structure is */
-                const size_t at = rnd_below(rnd_below(2) && n > 256 ? 256 : n);
-                switch (rnd_below(7)) {
-                case 0: /* flip bits */
-                        dst[at] ^= (uint8_t)(1u << rnd_below(8));
-                        break;
-                case 1: /* a boundary byte or a CBOR head */
-                        dst[at] = interesting[rnd_below(sizeof interesting)];
-                        break;
-                case 2: /* a large length after a head byte */
-                        for (size_t j = at + 1; j < n && j < at + 9; j++)
-                                dst[j] = rnd_below(2) ? 0xff : (uint8_t)rnd();
-                        break;
-                case 3: /* truncate */
-                        n = at;
-                        break;
-                case 4: { /* remove a chunk */
-                        const size_t len = 1 + rnd_below(n - at < 64 ? n - at : 64);
-                        memmove(dst + at, dst + at + len, n - at - len);
-                        n -= len;
-                        break;
-                }
-                case 5: { /* duplicate a chunk */
-                        const size_t len = 1 + rnd_below(n - at < 64 ? n - at : 64);
-                        if (n + len <= MSG_MAX) {
-                                memmove(dst + at + len, dst + at, n - at);
-                                n += len;
-                        }
-                        break;
-                }
-                default: { /* splice: the head of this one, the tail of the other */
-                        const size_t from = rnd_below(other->n);
-                        const size_t len = other->n - from;
-                        if (at + len <= MSG_MAX) {
-                                memcpy(dst + at, other->b + from, len);
-                                n = at + len;
-                        }
-                        break;
-                }
-                }
-        }
-        return n;
+        memcpy(dst, src->b, src->n);
+        return fuzz_mutate(dst, src->n, MSG_MAX, other->b, other->n, interesting, sizeof interesting,
+                           1 + (unsigned)fuzz_rnd_below(4));
 }
 
 int main(void) {
         const char *e = getenv("ROID_FUZZ_SEED");
-        rng = e ? strtoull(e, NULL, 0) | 1 : 0x9e3779b97f4a7c15ULL;
+        fuzz_seed(e ? strtoull(e, NULL, 0) : 0x9e3779b97f4a7c15ULL);
         e = getenv("ROID_FUZZ_ROUNDS");
         const unsigned rounds = e ? (unsigned)strtoul(e, NULL, 0) : 50000;
 
@@ -379,18 +324,19 @@ int main(void) {
         for (unsigned r = 0; r < rounds; r++) {
                 /* the small seeds far more often: they are cheap and reach the same code */
                 const uint64_t before = accounted();
-                if (rnd_below(4)) { /* V2 */
-                        const int si = rnd_below(8) ? (int)rnd_below(6) : 6 + (int)rnd_below((size_t)n_real);
-                        const size_t n = mutate(buf, &seed[si], &seed[rnd_below((size_t)n_seed)]);
+                if (fuzz_rnd_below(4)) { /* V2 */
+                        const int si =
+                                fuzz_rnd_below(8) ? (int)fuzz_rnd_below(6) : 6 + (int)fuzz_rnd_below((size_t)n_real);
+                        const size_t n = mutate(buf, &seed[si], &seed[fuzz_rnd_below((size_t)n_seed)]);
                         roid_ingest_parts(in, &(roid_part){buf, n}, 1);
                 } else { /* V1: one part mutated, or a part dropped or repeated */
-                        const v1msg *v = &v1[rnd_below(NV1)];
+                        const v1msg *v = &v1[fuzz_rnd_below(NV1)];
                         roid_part parts[V1_PARTS_MAX + 1];
-                        const int target = (int)rnd_below((size_t)v->np);
+                        const int target = (int)fuzz_rnd_below((size_t)v->np);
                         for (int i = 0; i < v->np; i++)
                                 parts[i] = (roid_part){v->p[i].b, v->p[i].n};
                         int np = v->np;
-                        switch (rnd_below(8)) {
+                        switch (fuzz_rnd_below(8)) {
                         case 0: /* drop */
                                 memmove(parts + target, parts + target + 1, (size_t)(np - target - 1) * sizeof *parts);
                                 np--;
@@ -399,9 +345,9 @@ int main(void) {
                                 parts[np++] = parts[target];
                                 break;
                         default: {
-                                const v1msg *o = &v1[rnd_below(NV1)];
-                                parts[target] =
-                                        (roid_part){buf, mutate(buf, &v->p[target], &o->p[rnd_below((size_t)o->np)])};
+                                const v1msg *o = &v1[fuzz_rnd_below(NV1)];
+                                parts[target] = (roid_part){
+                                        buf, mutate(buf, &v->p[target], &o->p[fuzz_rnd_below((size_t)o->np)])};
                                 break;
                         }
                         }

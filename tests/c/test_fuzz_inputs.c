@@ -56,22 +56,11 @@
 #include "outputs/publish.h"
 #include "service/config.h"
 #include "service/log.h"
+#include "service/text.h"
+#include "fuzz.h"
 #include "tap.h"
 
-static uint64_t rng;
-
-static uint64_t rnd(void) { /* xorshift64* */
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        return rng * 0x2545F4914F6CDD1DULL;
-}
-
-static size_t rnd_below(size_t n) {
-        return n ? (size_t)(rnd() % n) : 0;
-}
-
-#define PICK(a) ((a)[rnd_below(sizeof(a) / sizeof((a)[0]))])
+#define PICK(a) ((a)[fuzz_rnd_below(sizeof(a) / sizeof((a)[0]))])
 
 static size_t heap_in_use(void) {
         struct mallinfo2 mi = mallinfo2();
@@ -144,84 +133,8 @@ static bool put_bytes(uint8_t *b, size_t *n, size_t cap, size_t a, size_t e, con
         return true;
 }
 
-/* k mutations of b (n bytes, capacity cap) as test_fuzz.c does them; magic:
- * the boundary bytes of the format; other: a second input to splice. */
-static size_t mutate_bytes(uint8_t *b, size_t n, size_t cap, const uint8_t *other, size_t on, const uint8_t *magic,
-                           size_t n_magic, unsigned k) {
-        for (unsigned i = 0; i < k && n; i++) {
-                const size_t at = rnd_below(rnd_below(2) && n > 256 ? 256 : n);
-                switch (rnd_below(7)) {
-                case 0: /* flip bits */
-                        b[at] ^= (uint8_t)(1u << rnd_below(8));
-                        break;
-                case 1: /* a boundary byte */
-                        b[at] = magic[rnd_below(n_magic)];
-                        break;
-                case 2: /* a large length after a head byte */
-                        for (size_t j = at + 1; j < n && j < at + 9; j++)
-                                b[j] = rnd_below(2) ? 0xff : (uint8_t)rnd();
-                        break;
-                case 3: /* truncate */
-                        n = at;
-                        break;
-                case 4: { /* remove a chunk */
-                        const size_t len = 1 + rnd_below(n - at < 64 ? n - at : 64);
-                        memmove(b + at, b + at + len, n - at - len);
-                        n -= len;
-                        break;
-                }
-                case 5: { /* duplicate a chunk */
-                        const size_t len = 1 + rnd_below(n - at < 64 ? n - at : 64);
-                        if (n + len <= cap) {
-                                memmove(b + at + len, b + at, n - at);
-                                n += len;
-                        }
-                        break;
-                }
-                default: /* splice: the head of this one, the tail of the other */
-                        if (on) {
-                                const size_t from = rnd_below(on), len = on - from;
-                                if (at + len <= cap) {
-                                        memcpy(b + at, other + from, len);
-                                        n = at + len;
-                                }
-                        }
-                        break;
-                }
-        }
-        return n;
-}
-
-/* UTF-8 as RFC 3629 has it: no overlong forms, no surrogates, at most U+10FFFF. */
 static bool utf8_ok(const uint8_t *s, size_t n) {
-        for (size_t i = 0; i < n;) {
-                const uint8_t c = s[i];
-                size_t k;
-                uint32_t cp, min;
-                if (c < 0x80) {
-                        i++;
-                        continue;
-                }
-                if ((c & 0xe0) == 0xc0)
-                        k = 1, cp = c & 0x1f, min = 0x80;
-                else if ((c & 0xf0) == 0xe0)
-                        k = 2, cp = c & 0x0f, min = 0x800;
-                else if ((c & 0xf8) == 0xf0)
-                        k = 3, cp = c & 0x07, min = 0x10000;
-                else
-                        return false;
-                if (n - i - 1 < k)
-                        return false;
-                for (size_t j = 1; j <= k; j++) {
-                        if ((s[i + j] & 0xc0) != 0x80)
-                                return false;
-                        cp = cp << 6 | (s[i + j] & 0x3f);
-                }
-                if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-                        return false;
-                i += k + 1;
-        }
-        return true;
+        return roid_utf8_invalid_at((const char *)s, n) == n;
 }
 
 /* numbers: good ones of every range and the boundaries around them */
@@ -256,7 +169,7 @@ static const char *const v_texts[] = {
 
 /* A value a configuration line or a set request may carry. */
 static const char *some_value(void) {
-        switch (rnd_below(4)) {
+        switch (fuzz_rnd_below(4)) {
         case 0:
                 return PICK(v_numbers);
         case 1:
@@ -377,7 +290,7 @@ static void line_at(const uint8_t *b, size_t n, size_t at, size_t *ret_start, si
 static bool key_line(const uint8_t *b, size_t n, size_t *ret_s, size_t *ret_eq, size_t *ret_e) {
         for (int tries = 0; tries < 16 && n; tries++) {
                 size_t s, e;
-                line_at(b, n, rnd_below(n), &s, &e);
+                line_at(b, n, fuzz_rnd_below(n), &s, &e);
                 const uint8_t *eq = memchr(b + s, '=', e - s);
                 if (eq && b[s] != '#' && b[s] != ';' && b[s] != '[') {
                         *ret_s = s;
@@ -393,19 +306,19 @@ static bool key_line(const uint8_t *b, size_t n, size_t *ret_s, size_t *ret_eq, 
 static void some_key(char *buf, size_t cap) {
         size_t nk;
         const roid_config_key *k = roid_config_keys(&nk);
-        snprintf(buf, cap, "%s", k[rnd_below(nk)].key);
-        switch (rnd_below(6)) {
+        snprintf(buf, cap, "%s", k[fuzz_rnd_below(nk)].key);
+        switch (fuzz_rnd_below(6)) {
         case 0: /* a letter off */
                 if (buf[0]) {
-                        const size_t at = rnd_below(strlen(buf));
-                        buf[at] = (char)('a' + rnd_below(26));
+                        const size_t at = fuzz_rnd_below(strlen(buf));
+                        buf[at] = (char)('a' + fuzz_rnd_below(26));
                 }
                 break;
         case 1:
-                snprintf(buf + strlen(buf), cap - strlen(buf), "%s", rnd_below(2) ? "_" : "x");
+                snprintf(buf + strlen(buf), cap - strlen(buf), "%s", fuzz_rnd_below(2) ? "_" : "x");
                 break;
         case 2:
-                snprintf(buf, cap, "%s", rnd_below(2) ? "" : "nosuch");
+                snprintf(buf, cap, "%s", fuzz_rnd_below(2) ? "" : "nosuch");
                 break;
         default:
                 break;
@@ -416,12 +329,12 @@ static void some_key(char *buf, size_t cap) {
 static size_t mutate_config(uint8_t *b, size_t n, const uint8_t *other, size_t on) {
         size_t s, eq, e;
         char t[1200];
-        switch (rnd_below(11)) {
+        switch (fuzz_rnd_below(11)) {
         case 0:
         case 1: /* another value */
                 if (key_line(b, n, &s, &eq, &e)) {
                         const char *v = some_value();
-                        switch (rnd_below(5)) {
+                        switch (fuzz_rnd_below(5)) {
                         case 0:
                                 snprintf(t, sizeof t, " \"%s\"", v);
                                 break;
@@ -443,9 +356,9 @@ static size_t mutate_config(uint8_t *b, size_t n, const uint8_t *other, size_t o
                 }
                 break;
         case 3: { /* a section line */
-                line_at(b, n, rnd_below(n), &s, &e);
+                line_at(b, n, fuzz_rnd_below(n), &s, &e);
                 const char *sec = PICK(sections);
-                switch (rnd_below(4)) {
+                switch (fuzz_rnd_below(4)) {
                 case 0:
                         snprintf(t, sizeof t, "[%s", sec);
                         break;
@@ -463,23 +376,23 @@ static size_t mutate_config(uint8_t *b, size_t n, const uint8_t *other, size_t o
                 break;
         }
         case 4: { /* a line twice (a duplicated key, or a key in two sections) */
-                line_at(b, n, rnd_below(n), &s, &e);
+                line_at(b, n, fuzz_rnd_below(n), &s, &e);
                 size_t len = e - s < sizeof t - 1 ? e - s : sizeof t - 1, s2, e2;
                 memcpy(t, b + s, len);
                 t[len++] = '\n';
-                line_at(b, n, rnd_below(n), &s2, &e2);
+                line_at(b, n, fuzz_rnd_below(n), &s2, &e2);
                 put_bytes(b, &n, CONF_CAP, s2, s2, t, len);
                 break;
         }
         case 5: /* a line less */
-                line_at(b, n, rnd_below(n), &s, &e);
+                line_at(b, n, fuzz_rnd_below(n), &s, &e);
                 put_bytes(b, &n, CONF_CAP, s, e < n ? e + 1 : e, "", 0);
                 break;
         case 6: { /* a line more, anywhere (also before the first section) */
-                size_t nk, at = rnd_below(4) ? rnd_below(n) : 0;
+                size_t nk, at = fuzz_rnd_below(4) ? fuzz_rnd_below(n) : 0;
                 const roid_config_key *k = roid_config_keys(&nk);
                 line_at(b, n, at, &s, &e);
-                const char *indent = rnd_below(8) ? "" : "  ", *key = k[rnd_below(nk)].key, *v = some_value();
+                const char *indent = fuzz_rnd_below(8) ? "" : "  ", *key = k[fuzz_rnd_below(nk)].key, *v = some_value();
                 snprintf(t, sizeof t, "%s%s = %s\n", indent, key, v);
                 put_bytes(b, &n, CONF_CAP, s, s, t, strlen(t));
                 break;
@@ -490,18 +403,18 @@ static size_t mutate_config(uint8_t *b, size_t n, const uint8_t *other, size_t o
                         size_t want = PICK(lens), have = eq + 1 - s;
                         size_t pad = want > have + 1 ? want - have - 1 : 1;
                         t[0] = ' ';
-                        memset(t + 1, rnd_below(2) ? '9' : 'a', pad);
+                        memset(t + 1, fuzz_rnd_below(2) ? '9' : 'a', pad);
                         put_bytes(b, &n, CONF_CAP, eq + 1, e, t, pad + 1);
                 }
                 break;
         case 8: /* blanks, line ends, separators, comments */
-                line_at(b, n, rnd_below(n), &s, &e);
-                switch (rnd_below(6)) {
+                line_at(b, n, fuzz_rnd_below(n), &s, &e);
+                switch (fuzz_rnd_below(6)) {
                 case 0:
                         put_bytes(b, &n, CONF_CAP, e, e, "\r", 1);
                         break;
                 case 1:
-                        put_bytes(b, &n, CONF_CAP, s, s, " \t ", 1 + rnd_below(3));
+                        put_bytes(b, &n, CONF_CAP, s, s, " \t ", 1 + fuzz_rnd_below(3));
                         break;
                 case 2:
                         put_bytes(b, &n, CONF_CAP, 0, 0, "\xef\xbb\xbf", 3);
@@ -513,7 +426,7 @@ static size_t mutate_config(uint8_t *b, size_t n, const uint8_t *other, size_t o
                         break;
                 }
                 case 4:
-                        put_bytes(b, &n, CONF_CAP, e, e, rnd_below(2) ? " ; x" : " # x", 4);
+                        put_bytes(b, &n, CONF_CAP, e, e, fuzz_rnd_below(2) ? " ; x" : " # x", 4);
                         break;
                 default:
                         put_bytes(b, &n, CONF_CAP, e, e, "   ", 3);
@@ -521,11 +434,12 @@ static size_t mutate_config(uint8_t *b, size_t n, const uint8_t *other, size_t o
                 }
                 break;
         default:
-                n = mutate_bytes(b, n, CONF_CAP, other, on, ini_magic, sizeof ini_magic, 1 + (unsigned)rnd_below(4));
+                n = fuzz_mutate(b, n, CONF_CAP, other, on, ini_magic, sizeof ini_magic,
+                                1 + (unsigned)fuzz_rnd_below(4));
                 break;
         }
-        if (rnd_below(4) == 0)
-                n = mutate_bytes(b, n, CONF_CAP, other, on, ini_magic, sizeof ini_magic, 1);
+        if (fuzz_rnd_below(4) == 0)
+                n = fuzz_mutate(b, n, CONF_CAP, other, on, ini_magic, sizeof ini_magic, 1);
         return n;
 }
 
@@ -721,10 +635,10 @@ static void fuzz_config(unsigned rounds) {
                         heap_max = h;
                 if (r == rounds)
                         break;
-                const int si = (int)rnd_below(NSEED), oi = (int)rnd_below(NSEED);
+                const int si = (int)fuzz_rnd_below(NSEED), oi = (int)fuzz_rnd_below(NSEED);
                 memcpy(b, seed[si], seed_n[si]);
                 /* a quarter of the files as they are, with more options on top */
-                const bool as_is = rnd_below(4) == 0;
+                const bool as_is = fuzz_rnd_below(4) == 0;
                 size_t n = as_is ? seed_n[si] : mutate_config(b, seed_n[si], seed[oi], seed_n[oi]);
                 if (!write_file(path, b, n)) {
                         fail(&unnamed, r, "cannot write %s", path);
@@ -748,14 +662,14 @@ static void fuzz_config(unsigned rounds) {
                 }
                 /* A refused option leaves the configuration as it was (checked),
                  * so the next ones go on top of it as if it had not been given. */
-                const unsigned n_ov = (unsigned)rnd_below(as_is ? 12 : 4);
+                const unsigned n_ov = (unsigned)fuzz_rnd_below(as_is ? 12 : 4);
                 for (unsigned i = 0; e == 0 && i < n_ov; i++) {
                         override ov;
                         size_t nk;
                         const roid_config_key *k = roid_config_keys(&nk);
-                        const roid_config_key *pk = &k[rnd_below(nk)];
-                        snprintf(ov.section, sizeof ov.section, "%s", rnd_below(8) ? pk->section : PICK(sections));
-                        if (rnd_below(8))
+                        const roid_config_key *pk = &k[fuzz_rnd_below(nk)];
+                        snprintf(ov.section, sizeof ov.section, "%s", fuzz_rnd_below(8) ? pk->section : PICK(sections));
+                        if (fuzz_rnd_below(8))
                                 snprintf(ov.key, sizeof ov.key, "%s", pk->key);
                         else
                                 some_key(ov.key, sizeof ov.key);
@@ -1110,7 +1024,7 @@ static size_t put_head(uint8_t *o, unsigned mt, uint64_t arg, unsigned width) {
 
 static uint64_t other_count(uint64_t v) {
         static const uint64_t far[] = {0, 23, 24, 255, 256, 65535, 65536, 0xffffffffu, UINT64_MAX};
-        switch (rnd_below(4)) {
+        switch (fuzz_rnd_below(4)) {
         case 0:
                 return v + 1;
         case 1:
@@ -1118,8 +1032,8 @@ static uint64_t other_count(uint64_t v) {
         case 2:
                 return PICK(far);
         default:
-                const unsigned shift = (unsigned)rnd_below(64);
-                return rnd() >> shift;
+                const unsigned shift = (unsigned)fuzz_rnd_below(64);
+                return fuzz_rnd() >> shift;
         }
 }
 
@@ -1128,19 +1042,19 @@ static size_t mutate_capture(uint8_t *b, const cap_seed *s, const cap_seed *o) {
         const ref_capture *rf = &s->ref;
         uint8_t h[16];
         memcpy(b, s->b, n);
-        switch (rnd_below(8)) {
+        switch (fuzz_rnd_below(8)) {
         case 0: /* cut at a record boundary, or a few bytes after it */
                 if (rf->n_rec) {
-                        n = rf->rec[rnd_below(rf->n_rec)].start;
-                        n += rnd_below(3);
+                        n = rf->rec[fuzz_rnd_below(rf->n_rec)].start;
+                        n += fuzz_rnd_below(3);
                         if (n > s->n)
                                 n = s->n;
                 }
                 break;
         case 1: /* records of this one, then records of the other */
                 if (rf->n_rec && o->ref.n_rec && !o->ref.single) {
-                        const size_t cut = rf->single ? s->n : rf->rec[rnd_below(rf->n_rec)].end;
-                        const size_t from = o->ref.rec[rnd_below(o->ref.n_rec)].start;
+                        const size_t cut = rf->single ? s->n : rf->rec[fuzz_rnd_below(rf->n_rec)].end;
+                        const size_t from = o->ref.rec[fuzz_rnd_below(o->ref.n_rec)].start;
                         if (cut + o->n - from <= CAP_CAP) {
                                 memcpy(b + cut, o->b + from, o->n - from);
                                 n = cut + o->n - from;
@@ -1149,20 +1063,20 @@ static size_t mutate_capture(uint8_t *b, const cap_seed *s, const cap_seed *o) {
                 break;
         case 2: /* a record's array head: another count, another width, indefinite */
                 if (rf->n_rec && !rf->single) {
-                        const ref_rec *rec = &rf->rec[rnd_below(rf->n_rec)];
+                        const ref_rec *rec = &rf->rec[fuzz_rnd_below(rf->n_rec)];
                         unsigned mt = 0;
                         uint64_t count = 0;
                         size_t hl = 0;
                         bool indef = false;
                         cbor_head(s->b, s->n, rec->start, &mt, &count, &hl, &indef);
                         size_t m;
-                        if (rnd_below(3) == 0) {
+                        if (fuzz_rnd_below(3) == 0) {
                                 h[0] = 0x9f;
                                 m = 1;
-                                if (rnd_below(2))
+                                if (fuzz_rnd_below(2))
                                         put_bytes(b, &n, CAP_CAP, rec->end, rec->end, "\xff", 1);
                         } else {
-                                const uint64_t c = rnd_below(2) ? count : other_count(count);
+                                const uint64_t c = fuzz_rnd_below(2) ? count : other_count(count);
                                 m = put_head(h, 4, c, (unsigned)PICK(((const unsigned[]){0, 1, 2, 4, 8})));
                         }
                         put_bytes(b, &n, CAP_CAP, rec->start, rec->start + hl, h, m);
@@ -1170,15 +1084,16 @@ static size_t mutate_capture(uint8_t *b, const cap_seed *s, const cap_seed *o) {
                 break;
         case 3: /* a part's head: another width (still valid), another length */
                 if (rf->n_part && !rf->single) {
-                        const ref_part *p = &rf->part[rnd_below(rf->n_part)];
-                        const uint64_t len = rnd_below(2) ? p->len : other_count(p->len);
-                        const unsigned mt = rnd_below(8) ? 2 : (unsigned)rnd_below(8);
+                        const ref_part *p = &rf->part[fuzz_rnd_below(rf->n_part)];
+                        const uint64_t len = fuzz_rnd_below(2) ? p->len : other_count(p->len);
+                        const unsigned mt = fuzz_rnd_below(8) ? 2 : (unsigned)fuzz_rnd_below(8);
                         const size_t m = put_head(h, mt, len, (unsigned)PICK(((const unsigned[]){0, 1, 2, 4, 8})));
                         put_bytes(b, &n, CAP_CAP, p->head, p->off, h, m);
                 }
                 break;
         default:
-                n = mutate_bytes(b, n, CAP_CAP, o->b, o->n, cbor_magic, sizeof cbor_magic, 1 + (unsigned)rnd_below(4));
+                n = fuzz_mutate(b, n, CAP_CAP, o->b, o->n, cbor_magic, sizeof cbor_magic,
+                                1 + (unsigned)fuzz_rnd_below(4));
                 break;
         }
         return n;
@@ -1229,8 +1144,8 @@ static void fuzz_capture(unsigned rounds) {
         for (unsigned r = 0; r < rounds; r++) {
                 if (r == rounds / 10 || r == 0)
                         heap_max = heap0 = heap_in_use();
-                const cap_seed *s = &seed[rnd_below((size_t)n_seed)], *o = &seed[rnd_below((size_t)n_seed)];
-                const size_t n = rnd_below(16) ? mutate_capture(b, s, o) : (memcpy(b, s->b, s->n), s->n);
+                const cap_seed *s = &seed[fuzz_rnd_below((size_t)n_seed)], *o = &seed[fuzz_rnd_below((size_t)n_seed)];
+                const size_t n = fuzz_rnd_below(16) ? mutate_capture(b, s, o) : (memcpy(b, s->b, s->n), s->n);
                 roid_limits lim;
                 roid_limits_default(&lim);
                 static const size_t bytes[] = {64, 200, 512, 4096, 1 << 20}, lim_parts[] = {1, 3, 4, 32};
@@ -1601,7 +1516,7 @@ static size_t mp_put_head(uint8_t *h, int kind, uint64_t len, bool wide) {
                 h[0] = (uint8_t)(fix[kind] | len);
                 return 1;
         }
-        if (len <= 0xffff && (kind != MP_STR && kind != MP_BIN ? true : rnd_below(2))) {
+        if (len <= 0xffff && (kind != MP_STR && kind != MP_BIN ? true : fuzz_rnd_below(2))) {
                 h[0] = b16[kind];
                 h[1] = (uint8_t)(len >> 8);
                 h[2] = (uint8_t)len;
@@ -1642,8 +1557,8 @@ static const char *const req_keys[] = {
 static void config_key_name(char *buf, size_t cap) {
         size_t nk;
         const roid_config_key *k = roid_config_keys(&nk);
-        const roid_config_key *c = &k[rnd_below(nk)];
-        if (rnd_below(2))
+        const roid_config_key *c = &k[fuzz_rnd_below(nk)];
+        if (fuzz_rnd_below(2))
                 snprintf(buf, cap, "%s.%s", c->section, c->key);
         else
                 snprintf(buf, cap, "%s", c->key);
@@ -1658,18 +1573,18 @@ static void gen_value(msgpack_packer *pk, unsigned depth) {
         static const double dbls[] = {0.0,   -0.0,  0.5,    2.5,    1.0,   16.0,  16.5,     3600, 3600.5,   0.001,
                                       0.002, 1e308, -1e308, 5e-324, 65536, 65537, -65536.5, NAN,  INFINITY, -INFINITY};
         char t[128];
-        switch (rnd_below(depth > 2 ? 10 : 12)) {
+        switch (fuzz_rnd_below(depth > 2 ? 10 : 12)) {
         case 0:
                 msgpack_pack_nil(pk);
                 break;
         case 1:
-                rnd_below(2) ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+                fuzz_rnd_below(2) ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
                 break;
         case 2:
                 msgpack_pack_int64(pk, PICK(ints));
                 break;
         case 3:
-                msgpack_pack_uint64(pk, UINT64_MAX - rnd_below(3));
+                msgpack_pack_uint64(pk, UINT64_MAX - fuzz_rnd_below(3));
                 break;
         case 4:
                 msgpack_pack_double(pk, PICK(dbls));
@@ -1684,39 +1599,40 @@ static void gen_value(msgpack_packer *pk, unsigned depth) {
         case 8: { /* random bytes, or long text around the 4096-byte value limit */
                 static char big[5000];
                 static const size_t lens[] = {300, 4094, 4095, 4096, 4097, 4999};
-                if (rnd_below(2)) {
-                        const size_t n = rnd_below(40);
+                if (fuzz_rnd_below(2)) {
+                        const size_t n = fuzz_rnd_below(40);
                         for (size_t i = 0; i < n; i++)
-                                t[i] = (char)rnd();
+                                t[i] = (char)fuzz_rnd();
                         msgpack_pack_str_with_body(pk, t, n);
                 } else {
                         const size_t n = PICK(lens);
-                        memset(big, rnd_below(2) ? '/' : 'a', n);
+                        memset(big, fuzz_rnd_below(2) ? '/' : 'a', n);
                         msgpack_pack_str_with_body(pk, big, n);
                 }
                 break;
         }
         case 9:
-                if (rnd_below(2))
-                        msgpack_pack_bin_with_body(pk, "\x01\x02\x03", rnd_below(4));
+                if (fuzz_rnd_below(2))
+                        msgpack_pack_bin_with_body(pk, "\x01\x02\x03", fuzz_rnd_below(4));
                 else {
-                        const size_t n = 1 + rnd_below(2);
-                        msgpack_pack_ext_with_body(pk, "\x05\x06", n, (int8_t)rnd());
+                        const size_t n = 1 + fuzz_rnd_below(2);
+                        msgpack_pack_ext_with_body(pk, "\x05\x06", n, (int8_t)fuzz_rnd());
                 }
                 break;
         case 10: { /* arrays: of 2 numbers mostly */
-                const size_t n = rnd_below(3) ? 2 : rnd_below(4);
+                const size_t n = fuzz_rnd_below(3) ? 2 : fuzz_rnd_below(4);
                 msgpack_pack_array(pk, n);
                 for (size_t i = 0; i < n; i++) {
-                        if (rnd_below(4))
-                                rnd_below(2) ? msgpack_pack_int64(pk, PICK(ints)) : msgpack_pack_double(pk, PICK(dbls));
+                        if (fuzz_rnd_below(4))
+                                fuzz_rnd_below(2) ? msgpack_pack_int64(pk, PICK(ints))
+                                                  : msgpack_pack_double(pk, PICK(dbls));
                         else
                                 gen_value(pk, depth + 1);
                 }
                 break;
         }
         default: {
-                const size_t n = rnd_below(3);
+                const size_t n = fuzz_rnd_below(3);
                 msgpack_pack_map(pk, n);
                 for (size_t i = 0; i < n; i++) {
                         pack_str(pk, PICK(req_keys));
@@ -1729,8 +1645,8 @@ static void gen_value(msgpack_packer *pk, unsigned depth) {
 
 /* A well-formed set request of 1..5 keys of the configuration (or not). */
 static void gen_set(msgpack_packer *pk) {
-        const size_t n = 1 + rnd_below(5);
-        const bool schema = rnd_below(8) == 0;
+        const size_t n = 1 + fuzz_rnd_below(5);
+        const bool schema = fuzz_rnd_below(8) == 0;
         char name[96];
         msgpack_pack_map(pk, 2 + schema);
         pack_str(pk, "cmd");
@@ -1745,17 +1661,17 @@ static void gen_set(msgpack_packer *pk) {
                 static const char *const text_keys[] = {"directory", "output.directory", "scan.units", "scan.shape"};
                 static const char *const texts[] = {"um", "\xc2\xb5m", "\xff\xfe", "m\xc3", "\xed\xa0\x80", "\xc0\x80",
                                                     ";a", "a ;b",      "\"q\"",    " x",    "a\tb",         "#a"};
-                const bool text = i == 0 && rnd_below(4) == 0; /* the text keys first: they take any string */
+                const bool text = i == 0 && fuzz_rnd_below(4) == 0; /* the text keys first: they take any string */
                 if (text)
                         snprintf(name, sizeof name, "%s", PICK(text_keys));
-                else if (rnd_below(8))
+                else if (fuzz_rnd_below(8))
                         config_key_name(name, sizeof name);
                 else
                         snprintf(name, sizeof name, "%s", PICK(req_keys));
                 pack_str(pk, name);
                 if (text)
                         pack_str(pk, PICK(texts));
-                else if (rnd_below(2))
+                else if (fuzz_rnd_below(2))
                         pack_str(pk, some_value());
                 else
                         gen_value(pk, 1);
@@ -1765,8 +1681,8 @@ static void gen_set(msgpack_packer *pk) {
 /* One structural mutation of a valid request (o: its objects). */
 static size_t mutate_msgpack(uint8_t *b, size_t n, const mp_obj *o, size_t no) {
         uint8_t h[16];
-        size_t i = rnd_below(no), m;
-        switch (rnd_below(9)) {
+        size_t i = fuzz_rnd_below(no), m;
+        switch (fuzz_rnd_below(9)) {
         case 0: /* another value (or key) in place of one */
                 msgpack_sbuffer_clear(&gsb);
                 gen_value(&gpk, 0);
@@ -1774,25 +1690,25 @@ static size_t mutate_msgpack(uint8_t *b, size_t n, const mp_obj *o, size_t no) {
                 break;
         case 1: /* a container's count */
                 for (int t = 0; t < 16 && o[i].kind != MP_ARRAY && o[i].kind != MP_MAP; t++)
-                        i = rnd_below(no);
+                        i = fuzz_rnd_below(no);
                 if (o[i].kind == MP_ARRAY || o[i].kind == MP_MAP) {
                         const uint64_t len = other_count(o[i].len) & 0xffffffffu;
-                        m = mp_put_head(h, o[i].kind, len, rnd_below(4) == 0);
+                        m = mp_put_head(h, o[i].kind, len, fuzz_rnd_below(4) == 0);
                         put_bytes(b, &n, REQ_CAP, o[i].start, o[i].start + o[i].hl, h, m);
                 }
                 break;
         case 2: /* a string's or bin's length */
                 for (int t = 0; t < 16 && o[i].kind != MP_STR && o[i].kind != MP_BIN; t++)
-                        i = rnd_below(no);
+                        i = fuzz_rnd_below(no);
                 if (o[i].kind == MP_STR || o[i].kind == MP_BIN) {
                         const uint64_t len = other_count(o[i].len) & 0xffffffffu;
-                        m = mp_put_head(h, o[i].kind, len, rnd_below(4) == 0);
+                        m = mp_put_head(h, o[i].kind, len, fuzz_rnd_below(4) == 0);
                         put_bytes(b, &n, REQ_CAP, o[i].start, o[i].start + o[i].hl, h, m);
                 }
                 break;
         case 3: { /* nesting: the object wrapped in arrays or maps */
-                const size_t k = 1 + rnd_below(16);
-                const bool map = rnd_below(2);
+                const size_t k = 1 + fuzz_rnd_below(16);
+                const bool map = fuzz_rnd_below(2);
                 m = 0;
                 uint8_t wrap[48];
                 for (size_t j = 0; j < k; j++) {
@@ -1822,23 +1738,23 @@ static size_t mutate_msgpack(uint8_t *b, size_t n, const mp_obj *o, size_t no) {
                         {{0x8f}, 1},
                         {{0xbf}, 1},
                 };
-                const size_t hi = rnd_below(sizeof huge / sizeof huge[0]);
-                put_bytes(b, &n, REQ_CAP, o[i].start, rnd_below(2) ? o[i].end : o[i].start + o[i].hl, huge[hi].b,
+                const size_t hi = fuzz_rnd_below(sizeof huge / sizeof huge[0]);
+                put_bytes(b, &n, REQ_CAP, o[i].start, fuzz_rnd_below(2) ? o[i].end : o[i].start + o[i].hl, huge[hi].b,
                           huge[hi].n);
                 break;
         }
         case 5:
         case 6: { /* a map pair twice (a duplicated key), or one less */
                 for (int t = 0; t < 16 && !(o[i].kind == MP_MAP && o[i].len > 0); t++)
-                        i = rnd_below(no);
+                        i = fuzz_rnd_below(no);
                 if (o[i].kind != MP_MAP || o[i].len == 0)
                         break;
                 size_t key = i + 1;
-                for (size_t p = rnd_below(o[i].len); p > 0; p--)
+                for (size_t p = fuzz_rnd_below(o[i].len); p > 0; p--)
                         key = mp_next(o, no, mp_next(o, no, key));
                 const size_t val = mp_next(o, no, key);
                 const size_t a = o[key].start, e = o[val].end;
-                if (rnd_below(2)) {
+                if (fuzz_rnd_below(2)) {
                         uint8_t pair[REQ_CAP];
                         memcpy(pair, b + a, e - a);
                         if (!put_bytes(b, &n, REQ_CAP, e, e, pair, e - a))
@@ -1852,13 +1768,13 @@ static size_t mutate_msgpack(uint8_t *b, size_t n, const mp_obj *o, size_t no) {
                 break;
         }
         case 7: /* another type byte */
-                b[o[i].start] = mp_magic[rnd_below(sizeof mp_magic)];
+                b[o[i].start] = mp_magic[fuzz_rnd_below(sizeof mp_magic)];
                 break;
         default: { /* another key */
                 for (int t = 0; t < 16 && !o[i].is_key; t++)
-                        i = rnd_below(no);
+                        i = fuzz_rnd_below(no);
                 char name[128];
-                if (rnd_below(2))
+                if (fuzz_rnd_below(2))
                         config_key_name(name, sizeof name);
                 else
                         snprintf(name, sizeof name, "%s", PICK(req_keys));
@@ -1997,7 +1913,7 @@ static double now_s(void) {
 static unsigned exchange(const request *rq, unsigned nq, uint8_t **rep, size_t *rep_n, bool *extra_frames) {
         for (unsigned i = 0; i < nq; i++) {
                 zmq_send(dealer, "", 0, ZMQ_SNDMORE);
-                const size_t cut = rq[i].n ? rnd_below(rq[i].n) : 0;
+                const size_t cut = rq[i].n ? fuzz_rnd_below(rq[i].n) : 0;
                 for (unsigned f = 0; f < rq[i].frames; f++) {
                         const int more = f + 1 < rq[i].frames ? ZMQ_SNDMORE : 0;
                         if (rq[i].frames == 2) /* split */
@@ -2219,37 +2135,37 @@ static void fuzz_control(unsigned rounds) {
                 if (r == rounds / 10 || r == 0)
                         heap_max = heap0 = heap_in_use();
                 f.round = r;
-                const unsigned nq = 1 + (unsigned)(rnd_below(3) ? 0 : rnd_below(BATCH_MAX));
+                const unsigned nq = 1 + (unsigned)(fuzz_rnd_below(3) ? 0 : fuzz_rnd_below(BATCH_MAX));
                 for (unsigned q = 0; q < nq; q++) {
                         request *x = &rq[q];
                         size_t sn;
-                        const bool generated = rnd_below(4) == 0;
+                        const bool generated = fuzz_rnd_below(4) == 0;
                         if (generated) {
                                 msgpack_sbuffer_clear(&gsb);
                                 gen_set(&gpk);
                                 memcpy(x->b, gsb.data, gsb.size < REQ_CAP ? gsb.size : REQ_CAP);
                                 sn = gsb.size < REQ_CAP ? gsb.size : REQ_CAP;
                         } else {
-                                const msgpack_sbuffer *s = &sd[rnd_below(NSEED)];
+                                const msgpack_sbuffer *s = &sd[fuzz_rnd_below(NSEED)];
                                 memcpy(x->b, s->data, s->size);
                                 sn = s->size;
                         }
                         x->n = sn;
                         /* generated set requests are well-formed: half of them reach the handler as they are */
-                        const size_t kind = rnd_below(10) + (generated && rnd_below(2) ? 8 : 0);
+                        const size_t kind = fuzz_rnd_below(10) + (generated && fuzz_rnd_below(2) ? 8 : 0);
                         if (kind < 5) { /* one mutation that knows msgpack, sometimes bytes after it */
                                 size_t no = 0, pos = 0;
                                 if (mp_scan(x->b, x->n, &pos, 0, false, objs, &no, REQ_CAP) && no)
                                         x->n = mutate_msgpack(x->b, x->n, objs, no);
-                                if (rnd_below(2))
-                                        x->n = mutate_bytes(x->b, x->n, REQ_CAP, (const uint8_t *)sd[3].data,
-                                                            sd[3].size, mp_magic, sizeof mp_magic, 1);
+                                if (fuzz_rnd_below(2))
+                                        x->n = fuzz_mutate(x->b, x->n, REQ_CAP, (const uint8_t *)sd[3].data, sd[3].size,
+                                                           mp_magic, sizeof mp_magic, 1);
                         } else if (kind < 8) {
-                                const msgpack_sbuffer *o = &sd[rnd_below(NSEED)];
-                                x->n = mutate_bytes(x->b, x->n, REQ_CAP, (const uint8_t *)o->data, o->size, mp_magic,
-                                                    sizeof mp_magic, 1 + (unsigned)rnd_below(4));
+                                const msgpack_sbuffer *o = &sd[fuzz_rnd_below(NSEED)];
+                                x->n = fuzz_mutate(x->b, x->n, REQ_CAP, (const uint8_t *)o->data, o->size, mp_magic,
+                                                   sizeof mp_magic, 1 + (unsigned)fuzz_rnd_below(4));
                         }
-                        x->frames = rnd_below(16) ? 1 : 2 + (unsigned)rnd_below(2);
+                        x->frames = fuzz_rnd_below(16) ? 1 : 2 + (unsigned)fuzz_rnd_below(2);
                 }
 
                 const uint64_t req0 = roid_control_requests(ctl), err0 = roid_control_errors(ctl);
@@ -2390,13 +2306,13 @@ int main(void) {
 
         /* each part from the same seed, so that one reproduces alone */
         double t0 = now_s();
-        rng = seed;
+        fuzz_seed(seed);
         fuzz_config(rounds ? rounds : 10000);
         double t1 = now_s();
-        rng = seed;
+        fuzz_seed(seed);
         fuzz_capture(rounds ? rounds : 20000);
         double t2 = now_s();
-        rng = seed;
+        fuzz_seed(seed);
         fuzz_control(rounds ? rounds : 12000);
         double t3 = now_s();
         tap_diag("seconds: config %.1f, capture %.1f, control %.1f", t1 - t0, t2 - t1, t3 - t2);
