@@ -175,6 +175,11 @@ int roid_analysis_record(const roid_geometry *g, const roid_scan_grid *grid, uin
         int r = roid_features_compute(g, f, &ft, err);
         if (r < 0)
                 return r;
+        return roid_analysis_place(grid, image_id, pos_x, pos_y, &ft, ret, err);
+}
+
+int roid_analysis_place(const roid_scan_grid *grid, uint64_t image_id, double pos_x, double pos_y,
+                        const roid_features *ft, roid_frame_record *ret, roid_err *err) {
         uint32_t row = ROID_NOT_PLACED, col = ROID_NOT_PLACED;
         int placed;
         if (isfinite(pos_x) || isfinite(pos_y))
@@ -192,7 +197,7 @@ int roid_analysis_record(const roid_geometry *g, const roid_scan_grid *grid, uin
         ret->pos_x = pos_x;
         ret->pos_y = pos_y;
         ret->t_arrival = 0;
-        ret->f = ft;
+        ret->f = *ft;
         return placed;
 }
 

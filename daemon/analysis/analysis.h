@@ -56,8 +56,8 @@ uint64_t roid_analysis_frames_dropped(const roid_analysis *a);
  * (has_center), else the configured one, else estimated from `first`.
  * *ret_source is "start", "config" or "estimated". */
 int roid_analysis_build_geometry(const roid_analysis_params *p, roid_dtype dtype, uint32_t rows, uint32_t cols,
-                                 bool has_center, double cx, double cy, const roid_frame *first,
-                                 const uint32_t *mask, roid_geometry *ret, const char **ret_source, roid_err *err);
+                                 bool has_center, double cx, double cy, const roid_frame *first, const uint32_t *mask,
+                                 roid_geometry *ret, const char **ret_source, roid_err *err);
 
 /* One frame's record: its features and its grid point (from (pos_x, pos_y)
  * when finite, a fly-scan position, else from image_id).  Returns 1 when
@@ -65,5 +65,10 @@ int roid_analysis_build_geometry(const roid_analysis_params *p, roid_dtype dtype
  * err says why), a negative errno when the features failed (ret untouched). */
 int roid_analysis_record(const roid_geometry *g, const roid_scan_grid *grid, uint64_t image_id, double pos_x,
                          double pos_y, const roid_frame *f, roid_frame_record *ret, roid_err *err);
+
+/* The same with the features already computed (roid_features_compute_many):
+ * 1 placed, 0 off the grid. */
+int roid_analysis_place(const roid_scan_grid *grid, uint64_t image_id, double pos_x, double pos_y,
+                        const roid_features *ft, roid_frame_record *ret, roid_err *err);
 
 #endif

@@ -132,6 +132,20 @@ void roid_geometry_free(roid_geometry *g);
  * the geometry's (ret untouched).  Reentrant, no allocation. */
 int roid_features_compute(const roid_geometry *g, const roid_frame *f, roid_features *ret, roid_err *err);
 
+/* The same for n frames of one geometry: ret[i] is, to the bit, what
+ * roid_features_compute gives for f[i].  Frames of uint16 pixels of at most
+ * ROID_FEATURES_MANY_BYTES go ROID_FEATURES_MANY at a time (with AVX2)
+ * through one walk over the runs, which shares the per-run work: about 1.4
+ * times the frames/s at 192 x 192, where a run is a few blocks of 16 pixels.
+ * Larger frames lose by it (four streams from memory instead of one) and go
+ * one after the other, as do other dtypes.  -EINVAL, naming the frame, if any
+ * frame is not the geometry's: then no ret is written.  Reentrant, no
+ * allocation. */
+#define ROID_FEATURES_MANY       4
+#define ROID_FEATURES_MANY_BYTES (512u << 10)
+int roid_features_compute_many(const roid_geometry *g, size_t n, const roid_frame *f, roid_features *ret,
+                               roid_err *err);
+
 /* Tests and benchmarks: 0 makes roid_features_compute use the portable
  * kernels instead of the hand-written AVX2 one; not thread-safe. */
 void roid_features_use_simd(int on);

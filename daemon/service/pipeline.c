@@ -87,8 +87,10 @@ typedef struct {
 typedef struct {
         roid_pipeline *pl;
         pthread_t thread;
-        void *buf;
-        size_t cap;
+        /* Decoded frames: small ones go to the kernel ROID_FEATURES_MANY at a
+         * time, larger ones one at a time through buf[0]. */
+        void *buf[ROID_FEATURES_MANY];
+        size_t cap[ROID_FEATURES_MANY];
         uint64_t frames;
         job jobs[WORK_BATCH];
         an_item out[WORK_BATCH];
@@ -222,48 +224,127 @@ static void fault_stall(roid_pipeline *pl) {
         pthread_mutex_unlock(&pl->stall_lock);
 }
 
-/* Decodes and analyses one frame into *it (AN_RECORD, or AN_FAILED). */
-static void work_frame(worker *w, job *j, an_item *it) {
+/* Ends job j's frame as a failure, with err's reason. */
+static void frame_failed(worker *w, job *j, an_item *it, const roid_err *err) {
         roid_pipeline *pl = w->pl;
-        series_ctx *sc = j->sc;
-        roid_err err = {""};
-        *it = (an_item){.kind = AN_FAILED, .sc = sc};
+        *it = (an_item){.kind = AN_FAILED, .sc = j->sc};
         it->rec.image_id = j->image_id;
-        roid_blob b = j->blob;
-        b.data = (const uint8_t *)zmq_msg_data(&j->msg) + j->blob_off;
-        size_t bytes = (size_t)b.rows * b.cols * roid_dtype_size(b.dtype);
-        if (bytes > w->cap) { /* once per larger shape, not per frame */
-                void *n = realloc(w->buf, bytes);
-                if (!n) {
-                        roid_err_set(&err, -ENOMEM, "out of memory for a %zu-byte frame", bytes);
-                        goto failed;
-                }
-                w->buf = n;
-                w->cap = bytes;
-        }
-        if (roid_blob_decode(&b, w->buf, bytes, &err) < 0)
-                goto failed;
-        roid_count(pl->ctr, ROID_C_frames_decoded, 1);
-        atomic_fetch_add_explicit(&sc->decoded, 1, memory_order_relaxed);
-        roid_frame f = {.dtype = b.dtype, .rows = b.rows, .cols = b.cols, .pixels = w->buf};
-        if (series_geometry(sc, &f, &err) < 0)
-                goto failed;
-        int r = roid_analysis_record(&sc->geom, &sc->grid, j->image_id, j->pos_x, j->pos_y, &f, &it->rec, &err);
-        if (r < 0)
-                goto failed;
-        if (r == 0 && roid_counter_get(pl->ctr, ROID_C_frames_unplaced) == 0)
-                ROID_LOG_LIMITED(ROID_LOG_WARNING,
-                                 "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
-                                 sc->series_id, j->image_id, err.msg);
-        it->kind = AN_RECORD;
-        it->rec.t_arrival = j->t_arrival;
-        zmq_msg_close(&j->msg);
-        return;
-failed:
         zmq_msg_close(&j->msg);
         roid_count(pl->ctr, ROID_C_frames_failed, 1);
         ROID_LOG_LIMITED(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 " channel %s: %s [frames_failed]",
-                         sc->series_id, j->image_id, sc->channel, err.msg);
+                         j->sc->series_id, j->image_id, j->sc->channel, err->msg);
+}
+
+/* Ends job j's frame with its record; placed as roid_analysis_place says. */
+static void frame_done(worker *w, job *j, an_item *it, int placed, const roid_err *err) {
+        roid_pipeline *pl = w->pl;
+        if (placed == 0 && roid_counter_get(pl->ctr, ROID_C_frames_unplaced) == 0)
+                ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                 "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
+                                 j->sc->series_id, j->image_id, err->msg);
+        it->kind = AN_RECORD;
+        it->sc = j->sc;
+        it->rec.t_arrival = j->t_arrival;
+        zmq_msg_close(&j->msg);
+}
+
+/* Decodes job j's frame into buffer `slot` and makes sure its series has a
+ * geometry; 0 and *ret_f, or the frame is failed (negative). */
+static int decode_frame(worker *w, job *j, an_item *it, unsigned slot, roid_frame *ret_f) {
+        roid_pipeline *pl = w->pl;
+        series_ctx *sc = j->sc;
+        roid_err err = {""};
+        roid_blob b = j->blob;
+        b.data = (const uint8_t *)zmq_msg_data(&j->msg) + j->blob_off;
+        size_t bytes = (size_t)b.rows * b.cols * roid_dtype_size(b.dtype);
+        int r;
+        if (bytes > w->cap[slot]) { /* once per larger shape, not per frame */
+                void *n = realloc(w->buf[slot], bytes);
+                if (!n) {
+                        r = roid_err_set(&err, -ENOMEM, "out of memory for a %zu-byte frame", bytes);
+                        goto failed;
+                }
+                w->buf[slot] = n;
+                w->cap[slot] = bytes;
+        }
+        if ((r = roid_blob_decode(&b, w->buf[slot], bytes, &err)) < 0)
+                goto failed;
+        roid_count(pl->ctr, ROID_C_frames_decoded, 1);
+        atomic_fetch_add_explicit(&sc->decoded, 1, memory_order_relaxed);
+        const roid_frame f = {.dtype = b.dtype, .rows = b.rows, .cols = b.cols, .pixels = w->buf[slot]};
+        if ((r = series_geometry(sc, &f, &err)) < 0)
+                goto failed;
+        *ret_f = f;
+        return 0;
+failed:
+        frame_failed(w, j, it, &err);
+        return r;
+}
+
+/* Frames decoded and waiting to go through the kernel together: all of one
+ * series, of its geometry's shape. */
+typedef struct {
+        unsigned n;
+        job *j[ROID_FEATURES_MANY];
+        an_item *it[ROID_FEATURES_MANY];
+        roid_frame f[ROID_FEATURES_MANY];
+} batch;
+
+static void batch_flush(worker *w, batch *bt) {
+        if (!bt->n)
+                return;
+        const series_ctx *sc = bt->j[0]->sc;
+        roid_features ft[ROID_FEATURES_MANY];
+        roid_err err = {""};
+        const int r = roid_features_compute_many(&sc->geom, bt->n, bt->f, ft, &err);
+        for (unsigned i = 0; i < bt->n; i++) {
+                job *j = bt->j[i];
+                an_item *it = bt->it[i];
+                if (r < 0) { /* not expected: batch_add checked the shapes */
+                        frame_failed(w, j, it, &err);
+                        continue;
+                }
+                const int placed =
+                        roid_analysis_place(&sc->grid, j->image_id, j->pos_x, j->pos_y, &ft[i], &it->rec, &err);
+                frame_done(w, j, it, placed, &err);
+        }
+        bt->n = 0;
+}
+
+static bool same_shape(const roid_geometry *g, const roid_frame *f) {
+        return f->dtype == g->dtype && f->rows == g->rows && f->cols == g->cols;
+}
+
+/* Decodes and analyses job j's frame into *it (AN_RECORD or AN_FAILED), now
+ * or, when small, with the next frames of its series at the latest at the
+ * next batch_flush. */
+static void work_frame(worker *w, job *j, an_item *it, batch *bt) {
+        *it = (an_item){.kind = AN_FAILED, .sc = j->sc};
+        if (bt->n && bt->j[0]->sc != j->sc)
+                batch_flush(w, bt);
+        const size_t bytes = (size_t)j->blob.rows * j->blob.cols * roid_dtype_size(j->blob.dtype);
+        const bool small = bytes <= ROID_FEATURES_MANY_BYTES;
+        if (!small)
+                batch_flush(w, bt);
+        roid_frame f;
+        if (decode_frame(w, j, it, small ? bt->n : 0, &f) < 0)
+                return;
+        series_ctx *sc = j->sc;
+        if (!small || !same_shape(&sc->geom, &f)) { /* one at a time; a wrong shape fails alone */
+                roid_err err = {""};
+                const int r =
+                        roid_analysis_record(&sc->geom, &sc->grid, j->image_id, j->pos_x, j->pos_y, &f, &it->rec, &err);
+                if (r < 0)
+                        frame_failed(w, j, it, &err);
+                else
+                        frame_done(w, j, it, r, &err);
+                return;
+        }
+        bt->j[bt->n] = j;
+        bt->it[bt->n] = it;
+        bt->f[bt->n] = f;
+        if (++bt->n == ROID_FEATURES_MANY)
+                batch_flush(w, bt);
 }
 
 /* Takes a run of frames (or one barrier) at once and hands their records to
@@ -278,12 +359,15 @@ static void *worker_main(void *arg) {
                 if (atomic_load(&pl->blocked) && pl->wake)
                         pl->wake(pl->wake_ctx);
                 bool frames = false;
+                batch bt = {0};
                 for (int i = 0; i < n; i++) {
                         job *j = &w->jobs[i];
                         an_item *it = &w->out[i];
+                        if (j->kind != JOB_FRAME)
+                                batch_flush(w, &bt);
                         switch (j->kind) {
                         case JOB_FRAME:
-                                work_frame(w, j, it);
+                                work_frame(w, j, it, &bt);
                                 w->frames++;
                                 frames = true;
                                 break;
@@ -298,6 +382,7 @@ static void *worker_main(void *arg) {
                                 break;
                         }
                 }
+                batch_flush(w, &bt);
                 roid_queue_push_many(&pl->an, w->out, (size_t)n, true);
                 roid_queue_done_many(&pl->work, (size_t)n);
                 if (atomic_load(&pl->blocked) && pl->wake) /* a barrier may have held the queue */
@@ -1048,7 +1133,8 @@ void roid_pipeline_free(roid_pipeline *pl) {
                 roid_queue_close(&pl->work);
         for (unsigned i = 0; i < pl->n_workers; i++) {
                 pthread_join(pl->workers[i].thread, NULL);
-                free(pl->workers[i].buf);
+                for (unsigned k = 0; k < ROID_FEATURES_MANY; k++)
+                        free(pl->workers[i].buf[k]);
         }
         /* Frames a stalled worker never took: release their parts. */
         job j;

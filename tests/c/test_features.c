@@ -582,8 +582,36 @@ static int features_equal(const roid_features *ft, const roid_geometry_params *p
         return bad;
 }
 
+/* Several frames at once give, to the byte, what each gives alone: six
+ * different frames (pix and index-scrambled copies of it, so that their
+ * saturated pixels lie in different rows), a group of four and two alone,
+ * each in a buffer of exactly its size, so that a lane taken from the wrong
+ * frame or a read past a frame shows (the latter under ASan). */
+static int check_many(const roid_geometry *g, const roid_geometry_params *p, const void *pix) {
+        enum { NF = 6 };
+        const size_t n = (size_t)p->rows * p->cols, es = roid_dtype_size(p->dtype);
+        void *buf[NF];
+        roid_frame f[NF];
+        roid_features one[NF], many[NF];
+        int bad = 0;
+        for (size_t k = 0; k < NF; k++) {
+                buf[k] = malloc(n * es);
+                for (size_t i = 0; i < n; i++)
+                        memcpy((char *)buf[k] + i * es, (const char *)pix + ((i * (2 * k + 1) + 31 * k) % n) * es, es);
+                f[k] = (roid_frame){.dtype = p->dtype, .rows = p->rows, .cols = p->cols, .pixels = buf[k]};
+                bad |= roid_features_compute(g, &f[k], &one[k], NULL) < 0;
+        }
+        bad |= roid_features_compute_many(g, NF, f, many, NULL) < 0;
+        for (size_t k = 0; k < NF; k++)
+                bad |= memcmp(&one[k], &many[k], sizeof one[k]) != 0;
+        for (size_t k = 0; k < NF; k++)
+                free(buf[k]);
+        return bad;
+}
+
 /* Builds the geometry of p, compares its classification with the brute
- * force and, given a frame, the features of both kernels; 0 when equal. */
+ * force and, given a frame, the features of both kernels and of frames
+ * taken several at once; 0 when equal. */
 static int check_brute(const roid_geometry_params *p, const void *pix, const char *what) {
         roid_geometry g;
         roid_err err = {{0}};
@@ -610,6 +638,11 @@ static int check_brute(const roid_geometry_params *p, const void *pix, const cha
                                  roid_dtype_name(p->dtype), p->rows, p->cols, p->center_x, p->center_y, p->n_segments,
                                  simd ? "SIMD" : "portable");
                 }
+        }
+        if (pix && check_many(&g, p, pix)) {
+                bad++;
+                tap_diag("%s %s %ux%u centre (%.17g, %.17g) S=%u: features of frames at once differ", what,
+                         roid_dtype_name(p->dtype), p->rows, p->cols, p->center_x, p->center_y, p->n_segments);
         }
         roid_geometry_free(&g);
         return bad;
@@ -673,7 +706,7 @@ static void geometry_brute(void) {
         free(mask);
         tap_ok(bad == 0,
                "%d geometries (%zu centres x 9 S) equal a brute-force per-pixel classification, features of "
-               "both kernels to the bit (%d bad)",
+               "both kernels and of frames at once to the bit (%d bad)",
                n, nc, bad);
 
         /* larger frames, integer, half-integer and random centres */
@@ -810,6 +843,21 @@ static void validation(void) {
         int r = roid_features_compute(&g, &f, &ft, &err);
         tap_ok(r == -EINVAL && ft.total_u64 == 0xababababababababu,
                "frame of the wrong dtype rejected, result untouched");
+        /* several at once: one wrong frame among good ones */
+        uint16_t px16[100] = {0};
+        roid_frame fs[5];
+        roid_features fts[5];
+        for (int i = 0; i < 5; i++)
+                fs[i] = (roid_frame){.dtype = ROID_DT_U16, .rows = 10, .cols = 10, .pixels = px16};
+        fs[3].cols = 9;
+        memset(fts, 0xab, sizeof fts);
+        memset(&err, 0, sizeof err);
+        r = roid_features_compute_many(&g, 5, fs, fts, &err);
+        bool untouched = true;
+        for (int i = 0; i < 5; i++)
+                untouched &= fts[i].total_u64 == 0xababababababababu;
+        tap_ok(r == -EINVAL && untouched && strstr(err.msg, "frame 4 of 5") && strstr(err.msg, "10 x 9"),
+               "frames at once: a frame of the wrong shape rejected by its place, no result written: \"%s\"", err.msg);
         roid_geometry_free(&g);
 }
 

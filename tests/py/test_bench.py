@@ -46,7 +46,8 @@ def main():
             assert len(k) == 1, (shape, S, k)
             k = k[0]
             assert k["dtype"] == dtype and k["mask"] and k["bf_df"], k
-            for f in ("frames_per_s", "gb_per_s", "read_gb_per_s", "ratio_to_read", "runs", "masked_pixels"):
+            for f in ("frames_per_s", "gb_per_s", "read_gb_per_s", "ratio_to_read", "runs", "masked_pixels",
+                      "single_frames_per_s", "frames_per_call"):
                 assert positive(k[f]), (shape, S, f, k[f])
             assert abs(k["ratio_to_read"] - k["gb_per_s"] / k["read_gb_per_s"]) < 1e-3, k
             n = [r for r in rows if r["row"] == "numpy" and r["shape"] == shape and r["segments"] == S]
@@ -54,7 +55,7 @@ def main():
             line = "| %s | %s | %d |" % (shape, dtype, S)
             assert sum(line in ln for ln in table.splitlines()) == 1, line
             cells = [c.strip() for c in next(ln for ln in table.splitlines() if line in ln).split("|")[1:-1]]
-            assert len(cells) == 9, cells
+            assert len(cells) == 10, cells
             for c in cells[3:]:
                 assert positive(float(c.replace(",", "").rstrip("x"))), (line, c)
         for codec in ("bslz4", "lz4"):
