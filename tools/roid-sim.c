@@ -1369,7 +1369,7 @@ int main(int argc, char **argv) {
                 wait_for_peer(&s);
 
         uint64_t period_ns = s.o.rate > 0 ? (uint64_t)llround(1e9 / s.o.rate) : 0;
-        uint64_t t0 = 0, t_end = 0, paced = 0;
+        uint64_t t0 = 0, t_end = 0, paced = 0, max_late = 0; /* behind schedule at most, ns */
         uint64_t series_done = 0;
         for (uint64_t k = 0; k < s.o.series && !stop_requested; k++) {
                 uint64_t sid = s.o.series_id + k;
@@ -1389,8 +1389,13 @@ int main(int argc, char **argv) {
                         t0 = now_ns(CLOCK_MONOTONIC); /* the start message waits for a receiver */
                 for (uint64_t i = 0; i < s.o.frames && !stop_requested; i++) {
                         const slot *sl = &s.ring[i % s.ring_len];
-                        if (period_ns)
-                                wait_until(t0 + paced++ * period_ns);
+                        if (period_ns) {
+                                const uint64_t due = t0 + paced++ * period_ns;
+                                wait_until(due);
+                                const uint64_t t = now_ns(CLOCK_MONOTONIC);
+                                if (t > due && t - due > max_late)
+                                        max_late = t - due;
+                        }
                         if (s.o.fmt == ROID_FMT_V2)
                                 send_image_v2(&s, sid, uid, date_cbor, dw.len, i, sl);
                         else
@@ -1421,6 +1426,10 @@ int main(int argc, char **argv) {
                         stop_requested ? "interrupted after " : "", series_done, s.images_sent,
                         s.images_sent * s.o.nchannels, s.bytes_sent, dt, dt > 0 ? s.images_sent / dt : 0.0,
                         dt > 0 ? s.bytes_sent / dt / 1e6 : 0.0, (t_done - t0) / 1e9);
+                /* Behind schedule, the images that are due leave at once: a burst
+                 * the receiver sees as a queue. */
+                if (period_ns)
+                        fprintf(stderr, "roid-sim: at most %.3f ms behind the --rate schedule\n", max_late / 1e6);
         }
 
         for (uint64_t i = 0; i < s.ring_len; i++) {

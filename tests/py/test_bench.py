@@ -88,8 +88,11 @@ def main():
             lat = [ln for ln in table.splitlines() if label in ln][1]
             assert len(r["ladder"]) >= 1 and all(t["rate"] > 0 for t in r["ladder"]), r
             assert lat.count("|") == 3 + len(r["ladder"]), (lat, r["ladder"])
+            late = [ln for ln in table.splitlines() if "| %s | sender behind, ms (%s) |" % (shape, r["daemon"]) in ln]
+            assert len(late) == 1 and late[0].count("|") == 3 + len(r["ladder"]), (late, r["ladder"])
+            assert all(t["sender_late_ms"] >= 0 for t in r["ladder"]), r["ladder"]
     checked.append("end-to-end rows: 2 shapes x 1 and 2 workers, every frame decoded at a positive rate, "
-                   "latency p50 <= p99 from the status topic, latency at every rate of the ladder")
+                   "latency p50 <= p99 from the status topic, latency and the sender's lag at every rate of the ladder")
     for c in checked:
         print("ok: " + c)
 
