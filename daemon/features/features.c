@@ -645,18 +645,9 @@ __attribute__((target("avx2"))) static void kernel_u32_avx2_w(const roid_geometr
         kernel_u32_avx2(g, pix, a, true);
 }
 
-/* Four 16-bit frames of one geometry at once, for small frames, where a run
- * is about one block of 16 pixels and the per-run work (walking the runs,
- * reducing the lanes, adding to the code's sums) costs more than the pixels.
- * Per block and frame the same vector operations as rows_u16_avx2; per run
- * the four frames' sums and x moments are reduced together (six hadd for
- * eight vectors) and added to the code's 64-bit sums with one vector
- * operation per quantity, lane k for frame k.  One maximum over the four
- * frames: a row where any of them reaches 65535 is taken back in each (a
- * frame without a saturated pixel there is left as it was). */
 /* Bytes ahead of the row at hand that the four-frame walk prefetches: four
- * interleaved streams of small frames cross pages more often than the
- * hardware prefetchers follow. */
+ * interleaved streams of small frames from memory read slower than one (a few
+ * per cent back at 96 x 96 on the development machine). */
 #define PF_AHEAD 1024
 
 typedef union {
@@ -682,6 +673,15 @@ AVX2_INLINE bool row_has_max16(const uint16_t *row, uint32_t cols) {
         return any;
 }
 
+/* Four 16-bit frames of one geometry at once, for small frames, where a run
+ * is about one block of 16 pixels and the per-run work (walking the runs,
+ * reducing the lanes, adding to the code's sums) costs more than the pixels.
+ * Per block and frame the same vector operations as rows_u16_avx2; per run
+ * the four frames' sums and x moments are reduced together (six hadd for
+ * eight vectors) and added to the code's 64-bit sums with one vector
+ * operation per quantity, lane k for frame k.  One maximum over the four
+ * frames: a row where any of them reaches 65535 is taken back in each (a
+ * frame without a saturated pixel there is left as it was). */
 AVX2_INLINE void rows_u16x4_avx2(const roid_geometry *g, const uint16_t *const *pix, acc4 *e4, acc *a, uint32_t y0,
                                  uint32_t y1, const bool check) {
         const size_t npix = (size_t)g->rows * g->cols;
