@@ -2,6 +2,7 @@
  * allocates from a bump arena (reset per JSON part) so that steady state
  * allocates nothing; nothing from a JSON tree outlives the next part. */
 #include "ingest/stream_internal.h"
+#include "service/text.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -124,6 +125,12 @@ static int parse_json(v1 *p, size_t idx, cJSON **ret) {
         if (pt->size > p->lim->max_json_bytes)
                 return roid_err_set(p->err, -EMSGSIZE, "part %zu: JSON of %zu bytes exceeds max_json_bytes %zu",
                                     idx + 1, pt->size, p->lim->max_json_bytes);
+        /* JSON text is UTF-8 (RFC 8259 8.1), and roid publishes some of its
+         * strings again; cJSON does not check. */
+        const size_t bad = roid_utf8_invalid_at((const char *)pt->data, pt->size);
+        if (bad < pt->size)
+                return roid_err_set(p->err, -EBADMSG, "part %zu: byte 0x%02x at %zu is not UTF-8", idx + 1,
+                                    pt->data[bad], bad);
         int r = check_depth(p, idx, pt->data, pt->size);
         if (r < 0)
                 return r;

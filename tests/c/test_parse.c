@@ -1379,6 +1379,33 @@ static void test_v1_malformed(void) {
                 roid_parser_free(sp);
         }
 
+        /* JSON text must be UTF-8 (RFC 8259 8.1; its strings may go out again
+         * as msgpack str or HDF5 text): a lone continuation byte, a cut
+         * sequence, an overlong form, a surrogate, beyond U+10FFFF */
+        static const char *const not_utf8[] = {"\x80", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"};
+        for (size_t i = 0; i < sizeof not_utf8 / sizeof *not_utf8; i++) {
+                char j[96], want[64];
+                int at = snprintf(j, sizeof j, "{\"htype\":\"dseries_end-1.0\",\"series\":1,\"note\":\"end ");
+                snprintf(j + at, sizeof j - (size_t)at, "%s\"}", not_utf8[i]);
+                add_s(&ps, j);
+                snprintf(want, sizeof want, "part 1: byte 0x%02x at %d is not UTF-8", (uint8_t)not_utf8[i][0], at);
+                expect_fail_parts(parser, "JSON string not UTF-8", ps.p, ps.n, -EBADMSG, want);
+                parts_free(&ps);
+        }
+        add_header(&ps, "basic", "exts", false);
+        char *d9 = strstr((char *)ps.own[1], "CdTe 9M");
+        d9[5] = (char)0xff;
+        expect_fail_parts(parser, "detector description not UTF-8", ps.p, ps.n, -EBADMSG, "part 2: byte 0xff");
+        memcpy(d9 + 5, "\xc3\xa9", 2);
+        {
+                roid_msg m;
+                roid_err e = {{0}};
+                int r = roid_parse(parser, ps.p, ps.n, &m, &e);
+                tap_ok(r == 0 && strcmp(m.u.start.detector_description, "Dectris EIGER2 CdTe \xc3\xa9") == 0,
+                       "a description in 2-byte UTF-8 is accepted and kept (%d %s)", r, e.msg);
+        }
+        parts_free(&ps);
+
         add_s(&ps, "\x01\x02garbage");
         tap_ok(roid_detect_format(ps.p, ps.n) == ROID_FMT_NONE, "binary garbage: no format");
         expect_fail_parts(parser, "binary garbage", ps.p, ps.n, -EBADMSG, "neither CBOR nor JSON");
