@@ -470,15 +470,44 @@ static int get_mdarray(s2 *p, const char *field, roid_blob *ret) {
 
 /* Opens a map value; *ret_iter iterates its pairs.  At most max_entries
  * pairs are allowed when max_entries > 0. */
-static int open_map(s2 *p, const char *field, roid_cw_iter *ret_iter) {
+static int open_container(s2 *p, const char *field, roid_cw_type type, const char *want, roid_cw_iter *ret_iter,
+                          roid_cw_item *ret_item) {
         roid_cw_item it;
         int r = next_untagged(p, &it);
         if (r < 0)
                 return r;
-        if (it.type != ROID_CW_MAP)
-                return unexpected(p, field, "map", &it);
+        if (it.type != type)
+                return unexpected(p, field, want, &it);
         roid_cw_iter_init(ret_iter, &it);
+        *ret_item = it;
         return 0;
+}
+
+static int open_map(s2 *p, const char *field, roid_cw_iter *ret_iter) {
+        roid_cw_item it;
+        return open_container(p, field, ROID_CW_MAP, "map", ret_iter, &it);
+}
+
+/* The channel list of a start message and the data map of an image hold at
+ * most ROID_MAX_CHANNELS entries: a definite count is checked when the
+ * container opens, and channel_room() checks every entry of either kind. */
+static int open_channels(s2 *p, const char *field, roid_cw_type type, const char *want, roid_cw_iter *ret_iter) {
+        roid_cw_item it;
+        roid_cw_iter iter;
+        int r = open_container(p, field, type, want, &iter, &it);
+        if (r < 0)
+                return r;
+        if (!it.indefinite && it.u > ROID_MAX_CHANNELS)
+                return roid_err_set(p->err, -EMSGSIZE, "%s: %" PRIu64 " channels, at most %d", field, it.u,
+                                    ROID_MAX_CHANNELS);
+        *ret_iter = iter;
+        return 0;
+}
+
+static int channel_room(s2 *p, const char *field, unsigned n) {
+        if (n < ROID_MAX_CHANNELS)
+                return 0;
+        return roid_err_set(p->err, -EMSGSIZE, "%s: more than %d channels", field, ROID_MAX_CHANNELS);
 }
 
 /* Next key of a map as a definite text string; 0 at the end. */
@@ -554,21 +583,14 @@ static int get_thresholds(s2 *p) {
 
 static int get_channels(s2 *p) {
         roid_start_info *s = &p->m->u.start;
-        roid_cw_item it;
-        int r = next_untagged(p, &it);
+        roid_cw_iter iter;
+        int r = open_channels(p, "channels", ROID_CW_ARRAY, "array of text strings", &iter);
         if (r < 0)
                 return r;
-        if (it.type != ROID_CW_ARRAY)
-                return unexpected(p, "channels", "array of text strings", &it);
-        if (!it.indefinite && it.u > ROID_MAX_CHANNELS)
-                return roid_err_set(p->err, -EMSGSIZE, "channels: %" PRIu64 " channels, at most %d", it.u,
-                                    ROID_MAX_CHANNELS);
-        roid_cw_iter iter;
-        roid_cw_iter_init(&iter, &it);
         unsigned n = 0;
         while ((r = roid_cw_iter_next(&p->c, &iter, p->err)) > 0) {
-                if (n == ROID_MAX_CHANNELS)
-                        return roid_err_set(p->err, -EMSGSIZE, "channels: more than %d channels", ROID_MAX_CHANNELS);
+                if ((r = channel_room(p, "channels", n)) < 0)
+                        return r;
                 r = get_name(p, "channels", s->channels[n], sizeof s->channels[n]);
                 if (r < 0)
                         return r;
@@ -803,22 +825,15 @@ static void start_finish(s2 *p) {
 
 static int get_data(s2 *p) {
         roid_image_info *im = &p->m->u.image;
-        roid_cw_item it;
-        int r = next_untagged(p, &it);
+        roid_cw_iter iter;
+        int r = open_channels(p, "data", ROID_CW_MAP, "map of channel name to tag 40 array", &iter);
         if (r < 0)
                 return r;
-        if (it.type != ROID_CW_MAP)
-                return unexpected(p, "data", "map of channel name to tag 40 array", &it);
-        if (!it.indefinite && it.u > ROID_MAX_CHANNELS)
-                return roid_err_set(p->err, -EMSGSIZE, "data: %" PRIu64 " channels, at most %d", it.u,
-                                    ROID_MAX_CHANNELS);
-        roid_cw_iter iter;
-        roid_cw_iter_init(&iter, &it);
         unsigned n = 0;
         roid_cw_item key;
         while ((r = next_key(p, "data", &iter, &key)) > 0) {
-                if (n == ROID_MAX_CHANNELS)
-                        return roid_err_set(p->err, -EMSGSIZE, "data: more than %d channels", ROID_MAX_CHANNELS);
+                if ((r = channel_room(p, "data", n)) < 0)
+                        return r;
                 roid_channel_blob *ch = &im->channel[n];
                 r = copy_name(p, "data key", &key, ch->name, sizeof ch->name);
                 if (r < 0)

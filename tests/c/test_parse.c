@@ -682,6 +682,17 @@ static void test_built_images(void) {
                         tap_ok(!im->has_times, "has_times false with only real_time");
                 }
                 w_free(w);
+                /* the most channels an image may have */
+                w = w_new(4096);
+                w_image(w, ROID_MAX_CHANNELS, 2, 2, indef);
+                r = parse1(w->b, w->n, &m, &e);
+                char last[16];
+                snprintf(last, sizeof last, "ch%d", ROID_MAX_CHANNELS - 1);
+                tap_ok(r == 0 && m.u.image.n_channels == ROID_MAX_CHANNELS &&
+                               strcmp(m.u.image.channel[ROID_MAX_CHANNELS - 1].name, last) == 0,
+                       "%s image with %d channels parses (%d %s)", indef ? "indefinite-length" : "definite",
+                       ROID_MAX_CHANNELS, r, e.msg);
+                w_free(w);
         }
 
         /* lz4 and bslz4 with elem sizes; uint8 and uint32 */
@@ -869,7 +880,7 @@ static void test_v2_malformed(void) {
                 w_text(w, name);
                 w_mdarray(w, 2, 2, 69, px, 8);
         }
-        expect_fail("9 channels", w, -EMSGSIZE, "channels");
+        expect_fail("9 channels", w, -EMSGSIZE, "data: 9 channels, at most 8");
         w_free(w);
 
         w = w_new(4096);
@@ -882,8 +893,31 @@ static void test_v2_malformed(void) {
                 w_mdarray(w, 2, 2, 69, px, 8);
         }
         w_break(w);
-        expect_fail("9 channels, indefinite map", w, -EMSGSIZE, "channels");
+        expect_fail("9 channels, indefinite map", w, -EMSGSIZE, "data: more than 8 channels");
         w_free(w);
+
+        /* the start message's channel list, with and without a count */
+        for (int indef = 0; indef < 2; indef++) {
+                w = w_new(4096);
+                w_map(w, 2);
+                w_key(w, "type");
+                w_text(w, "start");
+                w_key(w, "channels");
+                if (indef)
+                        w_iarray(w);
+                else
+                        w_array(w, 9);
+                for (int c = 0; c < 9; c++) {
+                        char name[8];
+                        snprintf(name, sizeof name, "c%d", c);
+                        w_text(w, name);
+                }
+                if (indef)
+                        w_break(w);
+                expect_fail(indef ? "start: 9 channels, indefinite array" : "start: 9 channels", w, -EMSGSIZE,
+                            indef ? "channels: more than 8 channels" : "channels: 9 channels, at most 8");
+                w_free(w);
+        }
 
         w = w_new(4096);
         w_image_head(w);
