@@ -9,6 +9,7 @@
 
 #define H5F_BSLZ4 32008
 #define H5F_LZ4   32004
+#define DATA_PATH "/entry/data/data"
 
 bool roid_h5_is_hdf5(const char *path) {
         static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
@@ -19,6 +20,27 @@ bool roid_h5_is_hdf5(const char *path) {
         bool ok = fread(b, 1, 8, f) == 8 && memcmp(b, sig, 8) == 0;
         fclose(f);
         return ok;
+}
+
+typedef struct {
+        char *buf;
+        size_t size;
+} reason_buf;
+
+static herr_t innermost_internal(unsigned n, const H5E_error2_t *e, void *ctx) {
+        reason_buf *rb = ctx;
+        if (n == 0 && e->desc)
+                snprintf(rb->buf, rb->size, "%s", e->desc);
+        return 0;
+}
+
+/* HDF5's own words for the failure just seen (the innermost entry of its
+ * error stack, e.g. "truncated file: eof = ..."): what broke, not where. */
+static const char *h5_reason(char *buf, size_t size) {
+        reason_buf rb = {buf, size};
+        snprintf(buf, size, "unknown HDF5 error");
+        H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_internal, &rb);
+        return buf;
 }
 
 static roid_dtype h5_dtype(hid_t type) {
@@ -36,6 +58,27 @@ static roid_dtype h5_dtype(hid_t type) {
         }
 }
 
+/* "int64", "float32", "string", ... for messages about a rejected type. */
+static const char *type_str(hid_t type, char *buf, size_t size) {
+        static const char *const cls[] = {"integer",  "float",     "time", "string", "bitfield", "opaque",
+                                          "compound", "reference", "enum", "vlen",   "array"};
+        H5T_class_t c = H5Tget_class(type);
+        size_t bits = H5Tget_size(type) * 8;
+        if (c == H5T_INTEGER)
+                snprintf(buf, size, "%sint%zu", H5Tget_sign(type) == H5T_SGN_NONE ? "u" : "", bits);
+        else if (c == H5T_FLOAT)
+                snprintf(buf, size, "float%zu", bits);
+        else if (c >= 0 && (size_t)c < sizeof cls / sizeof cls[0])
+                snprintf(buf, size, "%s", cls[c]);
+        else
+                snprintf(buf, size, "of class %d", (int)c);
+        return buf;
+}
+
+static hid_t native_type(roid_dtype dt) {
+        return dt == ROID_DT_U8 ? H5T_NATIVE_UINT8 : dt == ROID_DT_U16 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32;
+}
+
 static long long read_int_attr(hid_t obj, const char *name, long long dflt) {
         long long v = dflt;
         if (H5Aexists(obj, name) <= 0)
@@ -43,53 +86,151 @@ static long long read_int_attr(hid_t obj, const char *name, long long dflt) {
         hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
         if (a < 0)
                 return dflt;
-        if (H5Aread(a, H5T_NATIVE_LLONG, &v) < 0)
+        /* H5Aread writes every element: only a single integer fits in v. */
+        hid_t sp = H5Aget_space(a), t = H5Aget_type(a);
+        if (sp < 0 || t < 0 || H5Sget_simple_extent_npoints(sp) != 1 || H5Tget_class(t) != H5T_INTEGER ||
+            H5Aread(a, H5T_NATIVE_LLONG, &v) < 0)
                 v = dflt;
+        if (t >= 0)
+                H5Tclose(t);
+        if (sp >= 0)
+                H5Sclose(sp);
         H5Aclose(a);
         return v;
+}
+
+/* Opens the dataset that name leads to.  A link that does not resolve, or
+ * leads to something else, is described with its target. */
+static int open_dataset(hid_t f, const char *name, hid_t *ret, roid_err *err) {
+        char target[200] = "", why[128];
+        H5L_info_t li;
+        if (H5Lget_info(f, name, &li, H5P_DEFAULT) >= 0 && li.type != H5L_TYPE_HARD) {
+                char val[512];
+                const char *file, *obj;
+                unsigned fl;
+                if (li.u.val_size > sizeof val || H5Lget_val(f, name, val, sizeof val, H5P_DEFAULT) < 0)
+                        snprintf(target, sizeof target, " (a link)");
+                else if (li.type == H5L_TYPE_EXTERNAL && H5Lunpack_elink_val(val, li.u.val_size, &fl, &file, &obj) >= 0)
+                        snprintf(target, sizeof target, " -> %s:%s", file, obj);
+                else if (li.type == H5L_TYPE_SOFT)
+                        snprintf(target, sizeof target, " -> %.*s", (int)strnlen(val, li.u.val_size), val);
+        }
+        hid_t o = H5Oopen(f, name, H5P_DEFAULT);
+        if (o < 0)
+                return roid_err_set(err, -EIO, "%s%s cannot be opened: %s", name, target, h5_reason(why, sizeof why));
+        if (H5Iget_type(o) != H5I_DATASET) {
+                H5Oclose(o);
+                return roid_err_set(err, -EBADMSG, "%s%s is not a dataset", name, target);
+        }
+        *ret = o;
+        return 0;
 }
 
 typedef struct {
         roid_comp comp;
         unsigned elem;
+        H5D_layout_t layout;
         bool chunked_per_frame;
 } h5_layout;
 
-static int dataset_layout(hid_t ds, uint32_t rows, uint32_t cols, size_t elem, h5_layout *ret, roid_err *err) {
+static int dataset_layout(hid_t ds, const char *name, hid_t type, uint32_t rows, uint32_t cols, size_t elem,
+                          h5_layout *ret, roid_err *err) {
         h5_layout l = {.comp = ROID_COMP_NONE, .elem = (unsigned)elem};
         hid_t pl = H5Dget_create_plist(ds);
         if (pl < 0)
-                return roid_err_set(err, -EIO, "cannot read the dataset's creation properties");
+                return roid_err_set(err, -EIO, "%s: cannot read the dataset's creation properties", name);
         int r = 0;
-        if (H5Pget_layout(pl) == H5D_CHUNKED) {
-                hsize_t cd[3];
-                if (H5Pget_chunk(pl, 3, cd) == 3 && cd[0] == 1 && cd[1] == rows && cd[2] == cols)
-                        l.chunked_per_frame = true;
-        }
+        hsize_t cd[3] = {0};
+        l.layout = H5Pget_layout(pl);
+        if (l.layout == H5D_CHUNKED && H5Pget_chunk(pl, 3, cd) == 3 && cd[0] == 1 && cd[1] == rows && cd[2] == cols)
+                l.chunked_per_frame = true;
         int nf = H5Pget_nfilters(pl);
-        for (int i = 0; i < nf && r == 0; i++) {
-                unsigned flags, cdv[8];
+        if (nf > 1) {
+                r = roid_err_set(err, -ENOTSUP, "%s: a pipeline of %d filters (roid decodes one: 32008 or 32004)", name,
+                                 nf);
+        } else if (nf == 1) {
+                unsigned flags, cdv[8] = {0};
                 size_t ncd = 8;
-                char name[64];
-                H5Z_filter_t id = H5Pget_filter2(pl, (unsigned)i, &flags, &ncd, cdv, sizeof name, name, NULL);
-                if (id == H5F_BSLZ4 && nf == 1) {
-                        if (ncd >= 5 && cdv[4] != 2)
-                                r = roid_err_set(err, -ENOTSUP, "bitshuffle filter with compression %u (only LZ4 = 2)",
+                char fname[64] = "";
+                H5Z_filter_t id = H5Pget_filter2(pl, 0, &flags, &ncd, cdv, sizeof fname, fname, NULL);
+                if (id == H5F_BSLZ4) {
+                        /* The plugin compresses only with cd_values[4] = 2 and shuffles
+                         * elements of cd_values[2] bytes. */
+                        if (ncd < 5)
+                                r = roid_err_set(err, -ENOTSUP, "%s: bitshuffle filter without LZ4 compression", name);
+                        else if (cdv[4] != 2)
+                                r = roid_err_set(err, -ENOTSUP,
+                                                 "%s: bitshuffle filter with compression %u (only LZ4 = 2)", name,
                                                  cdv[4]);
+                        else if (cdv[2] != elem)
+                                r = roid_err_set(err, -EBADMSG,
+                                                 "%s: bitshuffle filter element size %u, the pixels have %zu bytes",
+                                                 name, cdv[2], elem);
                         l.comp = ROID_COMP_BSLZ4;
-                } else if (id == H5F_LZ4 && nf == 1) {
+                } else if (id == H5F_LZ4) {
                         l.comp = ROID_COMP_LZ4_H5;
                 } else {
-                        r = roid_err_set(err, -ENOTSUP, "HDF5 filter %d (%s) is not one roid decodes", (int)id, name);
+                        r = roid_err_set(err, -ENOTSUP, "%s: HDF5 filter %d (%s) is not one roid decodes", name,
+                                         (int)id, fname[0] ? fname : "unnamed");
                 }
         }
         H5Pclose(pl);
         if (r < 0)
                 return r;
         if (l.comp != ROID_COMP_NONE && !l.chunked_per_frame)
-                return roid_err_set(err, -ENOTSUP, "compressed data not chunked one frame per chunk");
+                return roid_err_set(
+                        err, -ENOTSUP, "%s: chunks of %llu x %llu x %llu, not one frame (1 x %u x %u) per chunk", name,
+                        (unsigned long long)cd[0], (unsigned long long)cd[1], (unsigned long long)cd[2], rows, cols);
+        /* Raw chunks are decoded as they are stored; roid's codecs give little-endian pixels. */
+        if (l.comp != ROID_COMP_NONE && elem > 1 && H5Tget_order(type) == H5T_ORDER_BE)
+                return roid_err_set(err, -ENOTSUP, "%s: big-endian pixels in compressed chunks", name);
         *ret = l;
         return 0;
+}
+
+/* Frames are read one by one up to the declared count: make sure that count
+ * is backed by storage, so a lying or unfinished file cannot keep us reading
+ * fill values.  *ret_written is the number of chunks written (chunk per frame). */
+static int check_storage(hid_t ds, hid_t space, const char *name, const h5_layout *lay, uint64_t nframes,
+                         size_t frame_bytes, hsize_t filesize, hsize_t *ret_written, roid_err *err) {
+        char why[128];
+        H5D_space_status_t st;
+        if (lay->chunked_per_frame) {
+                hsize_t n = 0;
+                if (H5Dget_num_chunks(ds, space, &n) < 0)
+                        return roid_err_set(err, -EIO, "%s: cannot read the chunk index: %s", name,
+                                            h5_reason(why, sizeof why));
+                *ret_written = n;
+        } else if (lay->layout == H5D_CONTIGUOUS) {
+                haddr_t off = H5Dget_offset(ds);
+                uint64_t bytes;
+                if (nframes == 0)
+                        return 0;
+                if (off == HADDR_UNDEF)
+                        return roid_err_set(err, -EBADMSG, "%s: pixel data not written (no storage allocated)", name);
+                if (__builtin_mul_overflow(nframes, (uint64_t)frame_bytes, &bytes) || off > filesize ||
+                    bytes > filesize - off)
+                        return roid_err_set(err, -EBADMSG,
+                                            "%s: %llu frames at offset %llu do not fit in the file of %llu bytes "
+                                            "(truncated?)",
+                                            name, (unsigned long long)nframes, (unsigned long long)off,
+                                            (unsigned long long)filesize);
+        } else if (lay->layout == H5D_CHUNKED) {
+                if (H5Dget_space_status(ds, &st) < 0 || (nframes && st != H5D_SPACE_STATUS_ALLOCATED))
+                        return roid_err_set(err, -EBADMSG, "%s: chunks of several frames, not all of them written",
+                                            name);
+        }
+        return 0;
+}
+
+/* The size of the file holding ds (a master's data file for a linked one). */
+static int dataset_file_size(hid_t ds, hsize_t *ret) {
+        hid_t f = H5Iget_file_id(ds);
+        if (f < 0)
+                return -EIO;
+        herr_t e = H5Fget_filesize(f, ret);
+        H5Fclose(f);
+        return e < 0 ? -EIO : 0;
 }
 
 static void send_end(roid_ingest *in, const char *uid) {
@@ -100,32 +241,60 @@ static void send_end(roid_ingest *in, const char *uid) {
 
 /* One dataset (N, rows, cols): the whole series of a data file, or one part
  * of a master file's series (start sent with the first, end by the caller). */
-static int replay_dataset(hid_t ds, const char *uid, bool send_start, bool whole, roid_ingest *in, roid_err *err) {
-        const roid_limits *lim = &roid_ingest_tracker(in)->lim;
+static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send_start, bool whole, roid_ingest *in,
+                          roid_err *err) {
+        const roid_tracker *tr = roid_ingest_tracker(in);
+        const roid_limits *lim = &tr->lim;
         hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
         uint8_t *chunk = NULL, *raw = NULL;
         int r = 0;
-        hsize_t dims[3];
-        if (space < 0 || type < 0 || H5Sget_simple_extent_ndims(space) != 3 ||
-            H5Sget_simple_extent_dims(space, dims, NULL) != 3) {
-                r = roid_err_set(err, -EBADMSG, "/entry/data/data is not a 3-D dataset (frames, rows, cols)");
+        hsize_t dims[3], filesize = 0;
+        char why[128], ts[32];
+        if (space < 0 || type < 0 || dataset_file_size(ds, &filesize) < 0) {
+                r = roid_err_set(err, -EIO, "%s: cannot read its shape and type: %s", name, h5_reason(why, sizeof why));
+                goto out;
+        }
+        int ndims = H5Sget_simple_extent_ndims(space);
+        if (ndims != 3 || H5Sget_simple_extent_dims(space, dims, NULL) != 3) {
+                r = roid_err_set(err, -EBADMSG, "%s is %d-D, not 3-D (frames, rows, cols)", name, ndims);
                 goto out;
         }
         roid_dtype dt = h5_dtype(type);
         if (dt == ROID_DT_NONE) {
-                r = roid_err_set(err, -ENOTSUP, "pixel type is not uint8, uint16 or uint32");
+                r = roid_err_set(err, -ENOTSUP, "%s: pixel type %s is not uint8, uint16 or uint32", name,
+                                 type_str(type, ts, sizeof ts));
+                goto out;
+        }
+        if (dims[1] == 0 || dims[2] == 0) {
+                r = roid_err_set(err, -EBADMSG, "%s: frames of %llu x %llu have no pixels", name,
+                                 (unsigned long long)dims[1], (unsigned long long)dims[2]);
                 goto out;
         }
         if (dims[1] > UINT32_MAX || dims[2] > UINT32_MAX || dims[1] * dims[2] > lim->max_pixels) {
-                r = roid_err_set(err, -EMSGSIZE, "frames of %llu x %llu exceed max_pixels %llu",
+                r = roid_err_set(err, -EMSGSIZE, "%s: frames of %llu x %llu exceed max_pixels %llu", name,
                                  (unsigned long long)dims[1], (unsigned long long)dims[2],
                                  (unsigned long long)lim->max_pixels);
                 goto out;
         }
         uint32_t rows = (uint32_t)dims[1], cols = (uint32_t)dims[2];
         size_t esz = roid_dtype_size(dt), frame_bytes = (size_t)rows * cols * esz;
+        if (frame_bytes > lim->max_frame_bytes) {
+                r = roid_err_set(err, -EMSGSIZE, "%s: frames of %u x %u %s exceed max_frame_bytes %llu", name, rows,
+                                 cols, roid_dtype_name(dt), (unsigned long long)lim->max_frame_bytes);
+                goto out;
+        }
+        /* Image ids beyond max_images cannot be tracked: reject before reading N frames. */
+        if (dims[0] > lim->max_images) {
+                r = roid_err_set(err, -EMSGSIZE, "%s declares %llu frames, more than max_images %llu", name,
+                                 (unsigned long long)dims[0], (unsigned long long)lim->max_images);
+                goto out;
+        }
         h5_layout lay = {0};
-        r = dataset_layout(ds, rows, cols, esz, &lay, err);
+        r = dataset_layout(ds, name, type, rows, cols, esz, &lay, err);
+        if (r < 0)
+                goto out;
+        hsize_t written = dims[0];
+        r = check_storage(ds, space, name, &lay, dims[0], frame_bytes, filesize, &written, err);
         if (r < 0)
                 goto out;
         long long first = read_int_attr(ds, "image_nr_low", 1) - 1;
@@ -145,17 +314,33 @@ static int replay_dataset(hid_t ds, const char *uid, bool send_start, bool whole
         snprintf(st->channels[0], ROID_NAME_MAX, "data");
         if (send_start) {
                 r = roid_ingest_msg(in, &m);
-                if (r < 0)
+                if (r < 0) {
+                        roid_err_set(err, r, "%s: the series start was rejected (see the log)", name);
                         goto out;
+                }
         }
 
-        raw = malloc(frame_bytes);
-        if (!raw) {
-                r = -ENOMEM;
-                goto out;
+        if (lay.comp == ROID_COMP_NONE) {
+                raw = malloc(frame_bytes);
+                if (!raw) {
+                        r = roid_err_set(err, -ENOMEM, "%s: no memory for a frame of %zu bytes", name, frame_bytes);
+                        goto out;
+                }
         }
         size_t chunk_cap = 0;
+        hsize_t seen = 0;
         for (hsize_t i = 0; i < dims[0]; i++) {
+                if (lay.chunked_per_frame && seen == written) {
+                        /* Every written chunk was read: the rest were never written (an
+                         * unfinished file).  Counted at once, not frame by frame. */
+                        roid_count(tr->ctr, ROID_C_frames_failed, dims[0] - i);
+                        roid_log(ROID_LOG_WARNING,
+                                 "%s: images %llu..%llu of %s are not written (%llu frames) "
+                                 "[frames_failed]",
+                                 uid, (unsigned long long)(first + i), (unsigned long long)(first + dims[0] - 1), name,
+                                 (unsigned long long)(dims[0] - i));
+                        break;
+                }
                 roid_msg im = {.type = ROID_MSG_IMAGE, .series_id = 0};
                 memcpy(im.series_unique_id, m.series_unique_id, sizeof im.series_unique_id);
                 im.u.image.image_id = (uint64_t)first + i;
@@ -163,38 +348,57 @@ static int replay_dataset(hid_t ds, const char *uid, bool send_start, bool whole
                 roid_channel_blob *cb = &im.u.image.channel[0];
                 snprintf(cb->name, sizeof cb->name, "data");
                 cb->blob = (roid_blob){.dtype = dt, .rows = rows, .cols = cols, .comp = ROID_COMP_NONE};
-                hsize_t off[3] = {i, 0, 0};
-                if (lay.comp != ROID_COMP_NONE) {
-                        hsize_t csize = 0;
+                hsize_t off[3] = {i, 0, 0}, csize = 0;
+                /* A frame that cannot be read goes on as an empty blob: the ingest
+                 * reports and counts it like any frame that does not decode. */
+                const char *bad = NULL;
+                if (lay.chunked_per_frame) {
+                        herr_t e = H5Dget_chunk_storage_size(ds, off, &csize);
+                        seen += e >= 0 && csize > 0;
+                        if (e < 0)
+                                bad = "chunk index unreadable";
+                        else if (csize == 0)
+                                bad = "chunk not written";
+                        else if (csize > filesize || csize > lim->max_message_bytes)
+                                bad = "chunk larger than the file";
+                }
+                if (bad) {
+                        csize = 0;
+                } else if (lay.comp != ROID_COMP_NONE) {
                         uint32_t fmask = 0;
-                        if (H5Dget_chunk_storage_size(ds, off, &csize) < 0 || csize > lim->max_message_bytes) {
-                                /* Unreadable chunk: an empty blob fails to decode and is reported per frame. */
-                                csize = 0;
-                        }
                         if (csize > chunk_cap) {
                                 uint8_t *n = realloc(chunk, (size_t)csize);
                                 if (!n) {
-                                        r = -ENOMEM;
+                                        r = roid_err_set(err, -ENOMEM, "%s: no memory for a chunk of %llu bytes", name,
+                                                         (unsigned long long)csize);
                                         goto out;
                                 }
                                 chunk = n;
                                 chunk_cap = (size_t)csize;
                         }
-                        if (csize && H5Dread_chunk(ds, H5P_DEFAULT, off, &fmask, chunk) < 0)
+                        if (H5Dread_chunk(ds, H5P_DEFAULT, off, &fmask, chunk) < 0) {
+                                bad = "chunk unreadable";
                                 csize = 0;
+                        }
                         cb->blob.data = chunk;
-                        cb->blob.size = (size_t)csize;
                         cb->blob.comp = fmask ? ROID_COMP_NONE : lay.comp; /* mask bit set: filter skipped */
                         cb->blob.comp_elem_size = lay.elem;
                 } else {
                         hsize_t cnt[3] = {1, rows, cols};
                         hid_t ms = H5Screate_simple(3, cnt, NULL);
-                        H5Sselect_hyperslab(space, H5S_SELECT_SET, off, NULL, cnt, NULL);
-                        herr_t e = H5Dread(ds, type, ms, space, H5P_DEFAULT, raw);
-                        H5Sclose(ms);
+                        /* The native type: HDF5 converts big-endian files. */
+                        if (ms < 0 || H5Sselect_hyperslab(space, H5S_SELECT_SET, off, NULL, cnt, NULL) < 0 ||
+                            H5Dread(ds, native_type(dt), ms, space, H5P_DEFAULT, raw) < 0)
+                                bad = "frame unreadable";
+                        if (ms >= 0)
+                                H5Sclose(ms);
                         cb->blob.data = raw;
-                        cb->blob.size = e < 0 ? 0 : frame_bytes;
+                        csize = bad ? 0 : frame_bytes;
                 }
+                if (bad)
+                        ROID_LOG_LIMITED(ROID_LOG_ERR, "%s: image %llu of %s: %s", uid,
+                                         (unsigned long long)im.u.image.image_id, name, bad);
+                cb->blob.size = (size_t)csize;
                 roid_ingest_msg(in, &im);
         }
         if (whole)
@@ -209,43 +413,69 @@ out:
         return r;
 }
 
+/* Does the link at path exist?  Each component is looked up in turn, so a
+ * missing group (0) is told apart from metadata that cannot be read (a
+ * negative errno, err set). */
+static int link_exists(hid_t f, const char *path, roid_err *err) {
+        char buf[64], why[128];
+        snprintf(buf, sizeof buf, "%s", path);
+        for (char *p = buf + 1;; p++) {
+                if (*p && *p != '/')
+                        continue;
+                char c = *p;
+                *p = '\0';
+                htri_t e = H5Lexists(f, buf, H5P_DEFAULT);
+                if (e < 0)
+                        return roid_err_set(err, -EIO, "cannot look up %s: %s", buf, h5_reason(why, sizeof why));
+                if (e == 0 || !c)
+                        return e > 0;
+                *p = c;
+        }
+}
+
 int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
+        char why[128];
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* we report errors ourselves */
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0)
-                return roid_err_set(err, -EIO, "%s: cannot open as HDF5", path);
+                return roid_err_set(err, -EIO, "%s: cannot open as HDF5: %s", path, h5_reason(why, sizeof why));
         const char *base = strrchr(path, '/');
         base = base ? base + 1 : path;
-        int r = 0, n = 0;
-        if (H5Lexists(f, "/entry/data/data", H5P_DEFAULT) > 0) {
-                hid_t ds = H5Dopen2(f, "/entry/data/data", H5P_DEFAULT);
-                r = ds < 0 ? roid_err_set(err, -EIO, "cannot open /entry/data/data")
-                           : replay_dataset(ds, base, true, true, in, err);
-                if (ds >= 0)
+        int n = 0;
+        hid_t ds;
+        int r = link_exists(f, DATA_PATH, err);
+        if (r > 0) {
+                r = open_dataset(f, DATA_PATH, &ds, err);
+                if (r == 0) {
+                        r = replay_dataset(ds, DATA_PATH, base, true, true, in, err);
                         H5Dclose(ds);
+                }
                 n = 1;
-        } else {
+        } else if (r == 0) {
                 /* A master file: /entry/data/data_000001, ... (external links). */
-                for (int i = 1; i < 100000 && r == 0; i++) {
+                for (int i = 1; i < 100000; i++) {
                         char name[64];
                         snprintf(name, sizeof name, "/entry/data/data_%06d", i);
-                        if (H5Lexists(f, "/entry/data", H5P_DEFAULT) <= 0 || H5Lexists(f, name, H5P_DEFAULT) <= 0)
+                        r = link_exists(f, name, err);
+                        if (r <= 0)
                                 break;
-                        hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
-                        if (ds < 0) {
-                                r = roid_err_set(err, -EIO, "cannot open %s (is the linked data file there?)", name);
+                        r = open_dataset(f, name, &ds, err);
+                        if (r < 0)
                                 break;
-                        }
-                        r = replay_dataset(ds, base, i == 1, false, in, err);
+                        r = replay_dataset(ds, name, base, i == 1, false, in, err);
                         H5Dclose(ds);
                         n++;
+                        if (r < 0)
+                                break;
                 }
-                if (n)
+                /* Only a series we started: the first part may have been rejected before its start. */
+                const roid_tracker *tr = roid_ingest_tracker(in);
+                if (n && tr->open && strcmp(tr->cur.series_unique_id, base) == 0)
                         send_end(in, base);
         }
         H5Fclose(f);
         if (r == 0 && n == 0)
-                r = roid_err_set(err, -ENOENT, "%s: no /entry/data/data or /entry/data/data_000001", path);
+                r = roid_err_set(err, -ENOENT, "%s: no %s or /entry/data/data_000001", path, DATA_PATH);
         else if (r < 0)
                 roid_err_prefix(err, "%s", path);
         return r;
