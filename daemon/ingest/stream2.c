@@ -72,13 +72,23 @@ static int next_untagged(s2 *p, roid_cw_item *it) {
         }
 }
 
-static int get_u64(s2 *p, const char *field, uint64_t *ret) {
+/* The next item, tags dropped, which must be of the given type. */
+static int next_of(s2 *p, const char *field, roid_cw_type type, const char *want, roid_cw_item *ret) {
         roid_cw_item it;
         int r = next_untagged(p, &it);
         if (r < 0)
                 return r;
-        if (it.type != ROID_CW_UINT)
-                return unexpected(p, field, "unsigned integer", &it);
+        if (it.type != type)
+                return unexpected(p, field, want, &it);
+        *ret = it;
+        return 0;
+}
+
+static int get_u64(s2 *p, const char *field, uint64_t *ret) {
+        roid_cw_item it;
+        int r = next_of(p, field, ROID_CW_UINT, "unsigned integer", &it);
+        if (r < 0)
+                return r;
         *ret = it.u;
         return 0;
 }
@@ -101,11 +111,9 @@ static int get_f64(s2 *p, const char *field, double *ret) {
 
 static int get_bool(s2 *p, const char *field, bool *ret) {
         roid_cw_item it;
-        int r = next_untagged(p, &it);
+        int r = next_of(p, field, ROID_CW_BOOL, "boolean", &it);
         if (r < 0)
                 return r;
-        if (it.type != ROID_CW_BOOL)
-                return unexpected(p, field, "boolean", &it);
         *ret = it.b;
         return 0;
 }
@@ -473,11 +481,9 @@ static int get_mdarray(s2 *p, const char *field, roid_blob *ret) {
 static int open_container(s2 *p, const char *field, roid_cw_type type, const char *want, roid_cw_iter *ret_iter,
                           roid_cw_item *ret_item) {
         roid_cw_item it;
-        int r = next_untagged(p, &it);
+        int r = next_of(p, field, type, want, &it);
         if (r < 0)
                 return r;
-        if (it.type != type)
-                return unexpected(p, field, want, &it);
         roid_cw_iter_init(ret_iter, &it);
         *ret_item = it;
         return 0;
