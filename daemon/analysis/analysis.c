@@ -13,7 +13,9 @@ struct roid_analysis {
         roid_analysis_params p;
         /* per series */
         bool active, have_geom;
-        int channel; /* -1 until the first frame */
+        bool refused;          /* a series started without analysis state: count its frames */
+        uint64_t not_analysed; /* frames of such a series */
+        int channel;           /* -1 until the first frame */
         const char *center_source;
         roid_geometry geom;
         roid_scan_grid grid;
@@ -87,6 +89,8 @@ static void on_start(void *ctx, const roid_series *s) {
         reset_series(a);
         a->dropped = 0;
         a->channel = -1;
+        a->refused = true; /* until the state is there */
+        a->not_analysed = 0;
         a->series_id = s->series_id;
         memcpy(a->series_unique_id, s->series_unique_id, sizeof a->series_unique_id);
         const roid_scan_grid *cfg = a->p.scan.source != ROID_SCAN_FROM_NONE ? &a->p.scan : NULL;
@@ -130,6 +134,7 @@ static void on_start(void *ctx, const roid_series *s) {
         }
         a->cap = cap;
         a->active = true;
+        a->refused = false;
         roid_log(ROID_LOG_INFO, "series %" PRIu64 ": scan %u x %u (%s), %u segments", s->series_id, a->grid.ny,
                  a->grid.nx, roid_scan_source_name(a->grid.source), a->p.roi.n_segments);
 }
@@ -227,12 +232,14 @@ static void keep_record(roid_analysis *a, const roid_frame_record *rec) {
 static void on_frame(void *ctx, const roid_frame_event *ev) {
         roid_analysis *a = ctx;
         roid_err err = {{0}};
-        if (!a->active)
-                return;
         if (a->channel < 0)
                 a->channel = (int)ev->channel;
         if ((int)ev->channel != a->channel)
                 return;
+        if (!a->active) {
+                a->not_analysed += a->refused;
+                return;
+        }
         roid_frame f = {.dtype = ev->dtype, .rows = ev->rows, .cols = ev->cols, .pixels = ev->pixels};
         if (!a->have_geom) {
                 const roid_series *s = ev->series;
@@ -320,8 +327,14 @@ static int write_results(roid_analysis *a, roid_err *err) {
 static void on_end(void *ctx, const roid_series *s, bool terminated) {
         roid_analysis *a = ctx;
         roid_err err = {{0}};
-        if (!a->active)
+        if (!a->active) {
+                if (a->refused)
+                        roid_log(ROID_LOG_WARNING,
+                                 "series %" PRIu64 " %s: %" PRIu64 " frames not analysed (no RoI state)", s->series_id,
+                                 terminated ? "ended" : "closed", a->not_analysed);
+                a->refused = false;
                 return;
+        }
         roid_roi_finish(a->roi);
         size_t in = 0, np = (size_t)a->grid.ny * a->grid.nx;
         const uint8_t *m = roid_roi_mask(a->roi);

@@ -1,6 +1,7 @@
 #include "analysis/roi.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +52,71 @@ struct roid_roi {
         roid_kmeans gk; /* general clustering, k x ndim */
 };
 
+/* Every array with its size in bytes, so that new, copy and clone cannot miss
+ * one and roid_roi_state_bytes is what new allocates (the k-means states are
+ * apart): the per-series state and scratch, then what the accessors read (the
+ * maps).  r: anything with the fields of roi_dims. */
+#define ROI_STATE(X, r)                                                                                                \
+        X(seen_list, (r)->np * sizeof(uint32_t))                                                                       \
+        X(queue, (r)->np * sizeof(uint32_t))                                                                           \
+        X(dirty, (r)->np * sizeof(uint32_t))                                                                           \
+        X(mark, (r)->np)                                                                                               \
+        X(acc_t, (r)->nch *(r)->np * sizeof(double))                                                                   \
+        X(acc_x, (r)->nch *(r)->np * sizeof(double))                                                                   \
+        X(acc_y, (r)->nch *(r)->np * sizeof(double))                                                                   \
+        X(acc_bf, (r)->np * sizeof(double))                                                                            \
+        X(acc_df, (r)->np * sizeof(double))                                                                            \
+        X(lbd, 2 * (r)->np * sizeof(double))                                                                           \
+        X(feat, (r)->ndim *(r)->np * sizeof(double))                                                                   \
+        X(gather, (r)->np * sizeof(double))                                                                            \
+        X(batch, (size_t)BATCH *(r)->ndim * sizeof(double))                                                            \
+        X(klab, (r)->np * sizeof(unsigned))                                                                            \
+        X(tmp, (r)->np)
+#define ROI_MAPS(X, r)                                                                                                 \
+        X(cnt, (r)->np * sizeof(uint32_t))                                                                             \
+        X(raw, (r)->nmod *(r)->np * sizeof(double))                                                                    \
+        X(filt, (r)->nmod *(r)->np * sizeof(double))                                                                   \
+        X(lab, (r)->nmod *(r)->np)                                                                                     \
+        X(lab_online, (r)->nmod *(r)->np)                                                                              \
+        X(online, (r)->np)                                                                                             \
+        X(raw_mask, (r)->np)                                                                                           \
+        X(mask, (r)->np)                                                                                               \
+        X(glab, (r)->np)
+
+typedef struct {
+        size_t np;
+        unsigned nch, nmod, ndim;
+} roi_dims;
+
+static roi_dims dims_of(const roid_roi_params *p, uint32_t ny, uint32_t nx) {
+        roi_dims d = {.np = (size_t)ny * nx, .nch = p->n_segments > 1 ? 1 + p->n_segments : 1};
+        d.nmod = 2 * d.nch;
+        d.ndim = d.nmod + (p->use_bf ? 1 : 0) + (p->use_df ? 1 : 0);
+        return d;
+}
+
+static uint64_t bytes_of(const roi_dims *d) {
+        uint64_t n = 0;
+#define ROI_SIZE(name, bytes) n += (uint64_t)(bytes);
+        ROI_STATE(ROI_SIZE, d)
+        ROI_MAPS(ROI_SIZE, d)
+#undef ROI_SIZE
+        return n;
+}
+
+static const char *size_text(uint64_t bytes, char *buf, size_t size) {
+        if (bytes >= (UINT64_C(1) << 30))
+                snprintf(buf, size, "%.2f GiB", (double)bytes / (UINT64_C(1) << 30));
+        else
+                snprintf(buf, size, "%.1f MiB", (double)bytes / (UINT64_C(1) << 20));
+        return buf;
+}
+
+uint64_t roid_roi_state_bytes(const roid_roi_params *p, uint32_t ny, uint32_t nx) {
+        const roi_dims d = dims_of(p, ny, nx);
+        return bytes_of(&d);
+}
+
 void roid_roi_params_default(roid_roi_params *p) {
         memset(p, 0, sizeof *p);
         p->n_segments = ROID_DEFAULT_SEGMENTS;
@@ -71,45 +137,35 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
         if (ny < 1 || nx < 1 || (uint64_t)ny * nx > ROID_SCAN_MAX_POINTS)
                 return roid_err_set(err, -EINVAL, "scan grid %u x %u: must be 1..%llu points", ny, nx,
                                     (unsigned long long)ROID_SCAN_MAX_POINTS);
+        const roi_dims d = dims_of(p, ny, nx);
+        const uint64_t bytes = bytes_of(&d);
+        if (p->max_state_bytes && bytes > p->max_state_bytes) {
+                char need[32], max[32];
+                return roid_err_set(err, -EMSGSIZE,
+                                    "scan %u x %u at %u segment%s needs %s of RoI state (%.0f bytes a point), more "
+                                    "than max_analysis_bytes %s",
+                                    ny, nx, p->n_segments, p->n_segments == 1 ? "" : "s",
+                                    size_text(bytes, need, sizeof need), (double)bytes / (double)d.np,
+                                    size_text(p->max_state_bytes, max, sizeof max));
+        }
         roid_roi *r = calloc(1, sizeof *r);
         if (!r)
                 return -ENOMEM;
         r->p = *p;
         r->ny = ny;
         r->nx = nx;
-        r->np = (size_t)ny * nx;
-        r->nch = p->n_segments > 1 ? 1 + p->n_segments : 1;
-        r->nmod = 2 * r->nch;
-        r->ndim = r->nmod + (p->use_bf ? 1 : 0) + (p->use_df ? 1 : 0);
+        r->np = d.np;
+        r->nch = d.nch;
+        r->nmod = d.nmod;
+        r->ndim = d.ndim;
         roid_rng_seed(&r->rng, p->seed);
-        size_t np = r->np, nc = r->nch * np, nm = r->nmod * np;
-        r->cnt = calloc(np, sizeof *r->cnt);
-        r->seen_list = calloc(np, sizeof *r->seen_list);
-        r->queue = calloc(np, sizeof *r->queue);
-        r->dirty = calloc(np, sizeof *r->dirty);
-        r->mark = calloc(np, 1);
-        r->acc_t = calloc(nc, sizeof(double));
-        r->acc_x = calloc(nc, sizeof(double));
-        r->acc_y = calloc(nc, sizeof(double));
-        r->acc_bf = calloc(np, sizeof(double));
-        r->acc_df = calloc(np, sizeof(double));
-        r->lbd = calloc(2 * np, sizeof(double));
-        r->raw = malloc(nm * sizeof(double));
-        r->filt = malloc(nm * sizeof(double));
-        r->feat = calloc(r->ndim * np, sizeof(double));
-        r->gather = calloc(np, sizeof(double));
-        r->batch = calloc((size_t)BATCH * r->ndim, sizeof(double));
-        r->klab = calloc(np, sizeof(unsigned));
-        r->lab = malloc(nm);
-        r->lab_online = malloc(nm);
-        r->online = calloc(np, 1);
-        r->raw_mask = calloc(np, 1);
-        r->mask = calloc(np, 1);
-        r->tmp = calloc(np, 1);
-        r->glab = malloc(np);
-        if (!r->cnt || !r->seen_list || !r->queue || !r->dirty || !r->mark || !r->acc_t || !r->acc_x || !r->acc_y ||
-            !r->acc_bf || !r->acc_df || !r->lbd || !r->raw || !r->filt || !r->feat || !r->gather || !r->batch ||
-            !r->klab || !r->lab || !r->lab_online || !r->online || !r->raw_mask || !r->mask || !r->tmp || !r->glab) {
+        size_t np = r->np, nm = r->nmod * np;
+        bool ok = true;
+#define ROI_ALLOC(name, bytes) ok = (r->name = calloc(1, bytes)) != NULL && ok;
+        ROI_STATE(ROI_ALLOC, r)
+        ROI_MAPS(ROI_ALLOC, r)
+#undef ROI_ALLOC
+        if (!ok) {
                 roid_roi_free(r);
                 return -ENOMEM;
         }
@@ -168,36 +224,6 @@ void roid_roi_free(roid_roi *r) {
                 roid_kmeans_free(&r->km[m]);
         free(r);
 }
-
-/* Every array with its size in bytes, so copy and clone cannot miss one (the
- * k-means states are copied by roid_kmeans_copy): the per-series state and
- * scratch, then what the accessors read (the maps). */
-#define ROI_STATE(X, r)                                                                                                \
-        X(seen_list, (r)->np * sizeof(uint32_t))                                                                       \
-        X(queue, (r)->np * sizeof(uint32_t))                                                                           \
-        X(dirty, (r)->np * sizeof(uint32_t))                                                                           \
-        X(mark, (r)->np)                                                                                               \
-        X(acc_t, (r)->nch *(r)->np * sizeof(double))                                                                   \
-        X(acc_x, (r)->nch *(r)->np * sizeof(double))                                                                   \
-        X(acc_y, (r)->nch *(r)->np * sizeof(double))                                                                   \
-        X(acc_bf, (r)->np * sizeof(double))                                                                            \
-        X(acc_df, (r)->np * sizeof(double))                                                                            \
-        X(lbd, 2 * (r)->np * sizeof(double))                                                                           \
-        X(feat, (r)->ndim *(r)->np * sizeof(double))                                                                   \
-        X(gather, (r)->np * sizeof(double))                                                                            \
-        X(batch, (size_t)BATCH *(r)->ndim * sizeof(double))                                                            \
-        X(klab, (r)->np * sizeof(unsigned))                                                                            \
-        X(tmp, (r)->np)
-#define ROI_MAPS(X, r)                                                                                                 \
-        X(cnt, (r)->np * sizeof(uint32_t))                                                                             \
-        X(raw, (r)->nmod *(r)->np * sizeof(double))                                                                    \
-        X(filt, (r)->nmod *(r)->np * sizeof(double))                                                                   \
-        X(lab, (r)->nmod *(r)->np)                                                                                     \
-        X(lab_online, (r)->nmod *(r)->np)                                                                              \
-        X(online, (r)->np)                                                                                             \
-        X(raw_mask, (r)->np)                                                                                           \
-        X(mask, (r)->np)                                                                                               \
-        X(glab, (r)->np)
 
 static int copy_internal(roid_roi *dst, const roid_roi *src, bool maps_only) {
         if (dst->ny != src->ny || dst->nx != src->nx || dst->nch != src->nch || dst->ndim != src->ndim ||

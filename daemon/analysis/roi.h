@@ -57,7 +57,8 @@ typedef struct {
         bool fill_holes;
         bool use_bf, use_df; /* include BF / DF in the general clustering */
         uint64_t seed;
-        unsigned max_iter; /* Lloyd iterations at the end */
+        unsigned max_iter;        /* Lloyd iterations at the end */
+        uint64_t max_state_bytes; /* roid_roi_new refuses a larger state; 0: no bound */
 } roid_roi_params;
 
 typedef struct roid_roi roid_roi;
@@ -65,9 +66,13 @@ typedef struct roid_roi roid_roi;
 /* segments 8, k 4, cadence 64, border 0, no hole fill, seed 1, 300 iterations. */
 void roid_roi_params_default(roid_roi_params *p);
 
-/* -EINVAL (err names the parameter) on bad parameters or grid, -ENOMEM. */
+/* -EINVAL (err names the parameter) on bad parameters or grid, -EMSGSIZE
+ * when the state would take more than p->max_state_bytes, -ENOMEM. */
 int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err);
 void roid_roi_free(roid_roi *r);
+/* What roid_roi_new allocates for a grid, but for a few KB of clustering
+ * state: about 0.8 KB a point at 8 segments, 3 KB at 40. */
+uint64_t roid_roi_state_bytes(const roid_roi_params *p, uint32_t ny, uint32_t nx);
 /* A snapshot for another thread: clone allocates a copy (once per series),
  * copy refreshes it without allocating (-EINVAL unless dst was cloned from an
  * RoI state of the same grid and parameters). */

@@ -429,6 +429,8 @@ static int pack_series(msgpack_packer *pk, const roid_series_view *v) {
         msgpack_pack_unsigned_int(pk, v->n_segments);
         kv(pk, &n, "k");
         msgpack_pack_unsigned_int(pk, v->k);
+        kv(pk, &n, "analysis_error");
+        str_or_nil(pk, v->analysis_error);
         kv(pk, &n, "frames_analysed");
         end ? msgpack_pack_uint64(pk, v->frames_analysed) : msgpack_pack_nil(pk);
         kv(pk, &n, "frames_dropped");

@@ -106,6 +106,7 @@ typedef struct {
         uint64_t number_of_images;
         const roid_scan_grid *grid; /* NULL: "grid" is nil */
         unsigned n_segments, k;
+        const char *analysis_error; /* why the series has no RoI state; NULL: it has one (nil) */
         /* "end" only (nil in "start") */
         uint64_t frames_analysed, frames_dropped, roi_points;
         bool terminated;          /* ended by an end message (false: a new start, shutdown) */

@@ -40,6 +40,7 @@ enum {
         F_DF = 1 << 2,       /* also sets use_df */
         F_DEPTH = 1 << 3,    /* also sets analysis.max_depth */
         F_NONZERO = 1 << 4,  /* pair: neither may be 0 */
+        F_STATE = 1 << 5,    /* also sets analysis.roi.max_state_bytes */
 };
 
 typedef struct {
@@ -134,6 +135,8 @@ typedef struct {
           "largest decoded frame of one channel, 1K..64G")                                                             \
         X("limits", "max_images", NULL, "N", "100000000", K_INT, limits.max_images, 1, 1e12, 0,                        \
           "largest image count or image_id of a series, 1..1000000000000")                                             \
+        X("limits", "max_analysis_bytes", NULL, "BYTES", "0", K_SIZE, limits.max_analysis_bytes, 0, 1024 * GiB,        \
+          F_STATE, "largest RoI state of one series (0.75 KB a scan point at 8 segments), 0 = half the memory, 0..1T") \
         X("limits", "max_depth", NULL, "N", "32", K_INT, limits.max_depth, 1, 256, F_DEPTH,                            \
           "deepest CBOR / JSON nesting accepted, 1..256")                                                              \
         X("limits", "max_request_bytes", NULL, "BYTES", "64K", K_SIZE, max_request_bytes, 64, 16 * 1024 * 1024, 0,     \
@@ -208,6 +211,7 @@ void roid_config_default(roid_config *cfg) {
         cfg->queue_full = ROID_QUEUE_WAIT;
         roid_limits_default(&cfg->limits);
         cfg->analysis.max_depth = cfg->limits.max_depth;
+        cfg->analysis.roi.max_state_bytes = roid_limits_analysis_bytes(&cfg->limits);
         cfg->max_request_bytes = 65536;
         cfg->log_level = ROID_LOG_INFO;
         cfg->watchdog_stall = 10.0;
@@ -537,6 +541,8 @@ static int set_value(roid_config *cfg, size_t i, const char *v, roid_err *err) {
                 if (r < 0 || (double)x < s->lo || (double)x > s->hi)
                         return roid_err_set(err, -EINVAL, "%s: '%s' is out of range %s", name, vs, range);
                 store_int(s, p, (int64_t)x);
+                if (s->flags & F_STATE)
+                        cfg->analysis.roi.max_state_bytes = roid_limits_analysis_bytes(&cfg->limits);
                 return 0;
         }
         case K_SEED: {

@@ -8,18 +8,22 @@
 #include <stdint.h>
 
 typedef struct {
-        size_t max_message_bytes; /* all parts of one message together */
-        size_t max_parts;         /* parts of one multipart message */
-        size_t max_json_bytes;    /* one JSON part (V1) */
-        uint64_t max_pixels;      /* pixels of one frame (rows x cols) */
-        uint64_t max_frame_bytes; /* decoded bytes of one frame and channel */
-        uint64_t max_images;      /* image_id bound for per-series tracking */
-        unsigned max_depth;       /* CBOR / JSON nesting */
+        size_t max_message_bytes;    /* all parts of one message together */
+        size_t max_parts;            /* parts of one multipart message */
+        size_t max_json_bytes;       /* one JSON part (V1) */
+        uint64_t max_pixels;         /* pixels of one frame (rows x cols) */
+        uint64_t max_frame_bytes;    /* decoded bytes of one frame and channel */
+        uint64_t max_images;         /* image_id bound for per-series tracking */
+        uint64_t max_analysis_bytes; /* RoI state of one series; 0: half the memory */
+        unsigned max_depth;          /* CBOR / JSON nesting */
 } roid_limits;
 
 /* Defaults fit an EIGER2 16M at 32 bit with room to spare:
  * 512 MiB message, 32 parts, 4 MiB JSON, 64 Mi pixels, 256 MiB frame,
- * 100,000,000 images, depth 32. */
+ * 100,000,000 images, RoI state up to half the memory, depth 32. */
 void roid_limits_default(roid_limits *l);
+
+/* max_analysis_bytes in effect: 0 stands for half the physical memory. */
+uint64_t roid_limits_analysis_bytes(const roid_limits *l);
 
 #endif

@@ -107,10 +107,11 @@ typedef struct {
         series_ctx *sc;
         roid_roi *roi;
         roid_feedback *fb;
-        uint64_t frames, unplaced, failed, frames_at_map;
-        double t_first;     /* arrival of the series' first frame, 0 = none yet */
-        double t_last;      /* when its last frame so far was analysed */
-        double refit_ok_at; /* no online refit before (REFIT_BUDGET) */
+        uint64_t frames, unplaced, failed, not_analysed, frames_at_map;
+        char error[ROID_ERR_MAX + 16]; /* why there is no RoI state; "" when there is */
+        double t_first;                /* arrival of the series' first frame, 0 = none yet */
+        double t_last;                 /* when its last frame so far was analysed */
+        double refit_ok_at;            /* no online refit before (REFIT_BUDGET) */
         bool writing;
         char path[ROID_PATH_MAX];
 } series_state;
@@ -569,7 +570,8 @@ static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
                 .n_segments = sc->ap.roi.n_segments,
                 .k = sc->ap.roi.k,
                 .frames_analysed = ss->frames,
-                .frames_dropped = ss->unplaced + ss->failed,
+                .analysis_error = ss->roi ? NULL : ss->error,
+                .frames_dropped = ss->unplaced + ss->failed + ss->not_analysed,
                 .roi_points = roi_points,
                 .terminated = terminated,
                 .results_path = ss->writing ? ss->path : NULL,
@@ -599,9 +601,15 @@ static int an_series_state(roid_pipeline *pl, series_ctx *sc) {
                 r = roid_feedback_new(&sc->fp, &sc->grid, &ss->fb, &err);
         }
         if (r < 0) {
-                roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no RoI state: %s", sc->series_id, err.msg);
+                if (!err.msg[0])
+                        snprintf(err.msg, sizeof err.msg, "%s", strerror(-r));
+                roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no RoI state, its frames are not analysed: %s",
+                         sc->series_id, err.msg);
+                snprintf(ss->error, sizeof ss->error, "no RoI state: %s", err.msg);
                 roid_roi_free(ss->roi);
                 ss->roi = NULL;
+        } else {
+                ss->error[0] = '\0';
         }
         return r;
 }
@@ -693,6 +701,9 @@ static void an_record(roid_pipeline *pl, an_item *it) {
                         roid_frame_view fv = {.series = series_ref(ss->sc), .rec = rec, .label = label};
                         roid_publish_frame(pl->pub, &fv);
                 }
+        } else {
+                ss->not_analysed++;
+                roid_count(pl->ctr, ROID_C_frames_not_analysed, 1);
         }
         if (ss->writing)
                 roid_writer_append(pl->writer, rec);
@@ -721,10 +732,10 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
         double dt = ss->t_first ? ss->t_last - ss->t_first : 0;
         roid_log(ROID_LOG_NOTICE,
                  "series %" PRIu64 "%s%s %s: %" PRIu64 " frames analysed, %" PRIu64 " frames decoded, %" PRIu64
-                 " failed, %.1f frames/s; RoI %zu of %zu points; %" PRIu64 " off the grid",
+                 " failed, %.1f frames/s; RoI %zu of %zu points; %" PRIu64 " off the grid%s%s",
                  sc->series_id, sc->unique_id[0] ? " " : "", sc->unique_id, terminated ? "ended" : "closed without end",
                  ss->frames, atomic_load(&sc->decoded), ss->failed, dt > 0 ? (double)ss->frames / dt : 0.0, in, np,
-                 ss->unplaced);
+                 ss->unplaced, ss->roi ? "" : "; not analysed, ", ss->roi ? "" : ss->error);
         publish_series(pl, true, terminated);
         an_series_free(pl);
 }

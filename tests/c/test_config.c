@@ -112,6 +112,7 @@ static const key_case cases[] = {
         {"limits", "max_pixels", "16M", "16M", {{"0", "1..4G"}}},
         {"limits", "max_frame_bytes", "3000000", "3000000", {{"100", "1K..64G"}}},
         {"limits", "max_images", "5000", "5000", {{"0", "1..1000000000000"}}},
+        {"limits", "max_analysis_bytes", "2G", "2G", {{"2T", "0..1T"}, {"-1", "0..1T"}}},
         {"limits", "max_depth", "8", "8", {{"0", "1..256"}, {"257", "1..256"}}},
         {"limits", "max_request_bytes", "1M", "1M", {{"63", "64..16M"}, {"17M", "64..16M"}}},
         {"service", "log_level", "debug", "debug", {{"verbose", "err, warning, notice, info, debug"}}},
@@ -299,6 +300,17 @@ static void test_keys(void) {
         tap_ok(c.analysis.scan.ny == 64 && c.analysis.scan.nx == 128 && c.analysis.scan.source == ROID_SCAN_FROM_CONFIG,
                "shape 64x128: 64 rows, 128 columns, from config");
         tap_ok(c.limits.max_depth == 8 && c.analysis.max_depth == 8, "max_depth sets both depths");
+        {
+                const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+                tap_ok(def.limits.max_analysis_bytes == 0 &&
+                               def.analysis.roi.max_state_bytes == (uint64_t)pages * (uint64_t)page / 2,
+                       "max_analysis_bytes 0 (the default) bounds the RoI state by half the memory (%.1f GiB)",
+                       (double)def.analysis.roi.max_state_bytes / (1u << 30));
+                roid_config_set(&c, "limits", "max_analysis_bytes", "3G", &err);
+                tap_ok(c.limits.max_analysis_bytes == (uint64_t)3 << 30 &&
+                               c.analysis.roi.max_state_bytes == (uint64_t)3 << 30,
+                       "max_analysis_bytes 3G bounds the RoI state by 3 GiB");
+        }
         tap_ok(c.limits.max_message_bytes == (size_t)1 << 30, "1G is 2^30 bytes");
         tap_ok(c.queue_full == ROID_QUEUE_DROP && c.log_level == ROID_LOG_DEBUG, "enums stored");
         tap_ok(c.analysis.roi.seed == UINT64_MAX, "seed takes the whole uint64 range");

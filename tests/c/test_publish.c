@@ -356,6 +356,8 @@ static void test_topics(void *ctx) {
                                str_eq(get(gr, "source"), roid_scan_source_name(ROID_SCAN_FROM_SERIES)),
                        "series: grid ny, nx, snake, fast_axis, origin, step, units, source");
                 tap_ok(u64(get(o, "n_segments")) == 4 && u64(get(o, "k")) == 3, "series: n_segments, k");
+                tap_ok(get(o, "analysis_error") && is_nil(get(o, "analysis_error")),
+                       "series start: analysis_error nil (an RoI state)");
                 tap_ok(is_nil(get(o, "frames_analysed")) && is_nil(get(o, "terminated")) &&
                                is_nil(get(o, "results_file")),
                        "series start: end-only keys nil");
@@ -562,6 +564,7 @@ static void test_topics(void *ctx) {
         sv.roi_points = ones(roid_roi_mask(roi), NY * NX);
         sv.terminated = true;
         sv.results_path = "/data/roid/run-0042.h5";
+        sv.analysis_error = "no RoI state: scan 4096 x 4096 needs more than max_analysis_bytes";
         roid_publish_series(p, &sv);
         if (tap_ok(rx(sub, 2000, &m), "series end received")) {
                 const msgpack_object *o = &m.obj;
@@ -571,6 +574,7 @@ static void test_topics(void *ctx) {
                                boolean(get(o, "terminated")) == 1 &&
                                str_eq(get(o, "results_file"), "/data/roid/run-0042.h5"),
                        "series end: counts, terminated, results file");
+                tap_ok(str_eq(get(o, "analysis_error"), sv.analysis_error), "series end: analysis_error as given");
         }
         rx_free(&m);
         tap_ok(!rx(sub, 100, &m), "nothing else was published");

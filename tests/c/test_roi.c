@@ -9,6 +9,8 @@
  * frames (eq. 2), 3x3 mean over the seen neighbours, log (floor 1e-12). */
 #include "tap.h"
 
+#include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,7 +157,75 @@ static double check_maps(const roid_roi *r, unsigned *ret_bad_nan) {
         return worst;
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#else
+#define UNDER_ASAN 0
+#endif
+
+/* Bytes malloc has handed out (heap and mmap'd blocks). */
+static size_t heap_in_use(void) {
+        const struct mallinfo2 mi = mallinfo2();
+        return mi.uordblks + mi.hblkhd;
+}
+
+/* roid_roi_state_bytes is what roid_roi_new allocates (measured by malloc's
+ * own account), and max_state_bytes refuses a larger state before any of it
+ * is allocated, naming the grid and the limit. */
+static void test_state_bytes(void) {
+        static const struct {
+                uint32_t ny, nx;
+                unsigned s;
+                bool bf;
+        } cases[] = {{40, 50, 1, false}, {200, 300, 8, true}, {64, 1000, 40, true}};
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+                roid_roi_params p;
+                roid_roi_params_default(&p);
+                p.n_segments = cases[i].s;
+                p.use_bf = p.use_df = cases[i].bf;
+                const uint64_t want = roid_roi_state_bytes(&p, cases[i].ny, cases[i].nx);
+                roid_roi *r = NULL;
+                roid_err err = {{0}};
+                size_t h0 = heap_in_use();
+                int e = roid_roi_new(&p, cases[i].ny, cases[i].nx, &r, &err);
+                size_t used = heap_in_use() - h0;
+                if (!tap_ok(e == 0, "%u x %u, S %u: created (%s)", cases[i].ny, cases[i].nx, cases[i].s, err.msg))
+                        continue;
+                if (!UNDER_ASAN)
+                        /* beyond the arrays, whatever the grid: the struct, the k-means states */
+                        tap_ok(used >= want && used <= want + 256 * 1024,
+                               "%u x %u, S %u: state_bytes %llu is what new allocates (%zu)", cases[i].ny, cases[i].nx,
+                               cases[i].s, (unsigned long long)want, used);
+                roid_roi_free(r);
+
+                roid_roi *untouched = (roid_roi *)&err;
+                r = untouched;
+                p.max_state_bytes = want - 1;
+                h0 = heap_in_use();
+                e = roid_roi_new(&p, cases[i].ny, cases[i].nx, &r, &err);
+                tap_ok(e == -EMSGSIZE && r == untouched && strstr(err.msg, "max_analysis_bytes") &&
+                               (UNDER_ASAN || heap_in_use() == h0),
+                       "%u x %u, S %u: one byte over max_state_bytes is refused, nothing allocated (%s)", cases[i].ny,
+                       cases[i].nx, cases[i].s, err.msg);
+                p.max_state_bytes = want;
+                e = roid_roi_new(&p, cases[i].ny, cases[i].nx, &r, &err);
+                tap_ok(e == 0, "%u x %u, S %u: exactly max_state_bytes is accepted", cases[i].ny, cases[i].nx,
+                       cases[i].s);
+                if (e == 0)
+                        roid_roi_free(r);
+        }
+        roid_roi_params p;
+        roid_roi_params_default(&p);
+        p.n_segments = 40;
+        p.max_state_bytes = (uint64_t)16 << 30;
+        roid_roi *r = NULL;
+        roid_err err = {{0}};
+        tap_ok(roid_roi_new(&p, 4096, 4096, &r, &err) == -EMSGSIZE && strstr(err.msg, "4096 x 4096"),
+               "a 4096 x 4096 scan at 40 segments (about 50 GiB) over a 16 GiB bound: %s", err.msg);
+}
+
 int main(void) {
+        test_state_bytes();
         roid_roi_params p;
         roid_roi_params_default(&p);
         p.n_segments = S;

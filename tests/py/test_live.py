@@ -218,6 +218,7 @@ def main():
                 check(f["/entry/features/segment_sum"].shape[1] == 4, "second series analysed with 4 segments")
     budget(tmp)
     estimated_center(tmp)
+    refused_state(tmp)
     if failures:
         print(err[-3000:])
         print(f"{len(failures)} failures")
@@ -289,6 +290,65 @@ def budget(tmp):
     check(end is not None and end["frames_analysed"] == 4000 and end["frames_dropped"] == 0,
           f"160,000-point grid at a 2 ms map interval: every frame analysed ({end and end['frames_analysed']})")
     check(ivs and max(ivs) > 0.002, f"the map interval in effect stretched past 2 ms: up to {max(ivs or [0]):.4f} s")
+
+
+def refused_state(tmp):
+    """A scan grid whose RoI state would pass [limits] max_analysis_bytes: the
+    series is decoded but not analysed, says why in its series messages, its
+    frames are counted as not analysed, and the next series (a small grid) is
+    analysed as usual."""
+    pd, pp = free_port(), free_port()
+    det, pub = (f"tcp://127.0.0.1:{p}" for p in (pd, pp))
+    conf = os.path.join(tmp, "small-state.conf")
+    with open(conf, "w") as f:
+        f.write("[limits]\nmax_analysis_bytes = 4M\n")
+    roid = subprocess.Popen([ROID, "--config", conf, "--detector", det, "--publish", pub, "--series", "2",
+                             "--idle-timeout", "60"], stderr=subprocess.PIPE, text=True)
+    CHILDREN.append(roid)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"series")
+    sub.setsockopt(zmq.SUBSCRIBE, b"status")
+    sub.connect(pub)
+    t0 = time.time()
+    while time.time() - t0 < 20 and not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):
+        pass
+    series = []
+    # 200 x 200 points at 8 segments: about 30 MB of RoI state; then 16 x 16: 0.2 MB
+    for sid, scan, frames in ((1, "200x200", 900), (2, "16x16", 256)):
+        subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--scan", scan, "--frames", str(frames),
+                        "--series-id", str(sid), "--quiet"], timeout=120)
+        t0 = time.time()
+        while time.time() - t0 < 30:
+            if sub.poll(500):
+                topic, body = sub.recv_multipart()
+                b = msgpack.unpackb(body, raw=False)
+                if topic == b"series":
+                    series.append(b)
+                    if b["event"] == "end":
+                        break
+    try:
+        rc = roid.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        roid.kill()
+        rc = None
+    err = roid.stderr.read()
+    sub.close(0)
+    ctx.term()
+    by = {(b["series_id"], b["event"]): b for b in series}
+    s1, e1 = by.get((1, "start"), {}), by.get((1, "end"), {})
+    s2, e2 = by.get((2, "start"), {}), by.get((2, "end"), {})
+    check(rc == 0, f"roid exits 0 after a refused and an analysed series (rc {rc})")
+    check(isinstance(s1.get("analysis_error"), str) and "max_analysis_bytes" in s1["analysis_error"]
+          and "200 x 200" in s1["analysis_error"],
+          f"the refused series' start says why: {s1.get('analysis_error')!r}")
+    check(e1.get("frames_analysed") == 0 and e1.get("frames_dropped") == 900
+          and e1.get("analysis_error") == s1.get("analysis_error"),
+          f"its end: 0 analysed, 900 not ({e1.get('frames_analysed')}, {e1.get('frames_dropped')})")
+    check("frames_not_analysed=900" in err and "max_analysis_bytes" in err,
+          "the log names the limit and counts the 900 frames as frames_not_analysed")
+    check("analysis_error" in s2 and s2["analysis_error"] is None and e2.get("frames_analysed") == 256,
+          f"the next series (16 x 16) is analysed: {e2.get('frames_analysed')} frames")
 
 
 if __name__ == "__main__":
