@@ -95,13 +95,16 @@ static roi_dims dims_of(const roid_roi_params *p, uint32_t ny, uint32_t nx) {
         return d;
 }
 
-static uint64_t bytes_of(const roi_dims *d) {
-        uint64_t n = 0;
-#define ROI_SIZE(name, bytes) n += (uint64_t)(bytes);
+/* The state's bytes with `copies` snapshots of its maps. */
+static uint64_t bytes_of(const roi_dims *d, unsigned copies) {
+        uint64_t state = 0, maps = 0;
+#define ROI_SIZE(name, bytes) state += (uint64_t)(bytes);
         ROI_STATE(ROI_SIZE, d)
+#undef ROI_SIZE
+#define ROI_SIZE(name, bytes) maps += (uint64_t)(bytes);
         ROI_MAPS(ROI_SIZE, d)
 #undef ROI_SIZE
-        return n;
+        return state + (1 + (uint64_t)copies) * maps;
 }
 
 static const char *size_text(uint64_t bytes, char *buf, size_t size) {
@@ -114,7 +117,7 @@ static const char *size_text(uint64_t bytes, char *buf, size_t size) {
 
 uint64_t roid_roi_state_bytes(const roid_roi_params *p, uint32_t ny, uint32_t nx) {
         const roi_dims d = dims_of(p, ny, nx);
-        return bytes_of(&d);
+        return bytes_of(&d, p->map_copies);
 }
 
 void roid_roi_params_default(roid_roi_params *p) {
@@ -126,7 +129,8 @@ void roid_roi_params_default(roid_roi_params *p) {
         p->max_iter = 300;
 }
 
-int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err) {
+/* maps_only: the arrays of ROI_MAPS only, for a snapshot (roid_roi_clone_maps). */
+static int create(const roid_roi_params *p, uint32_t ny, uint32_t nx, bool maps_only, roid_roi **ret, roid_err *err) {
         if (p->n_segments < 1 || p->n_segments > ROID_MAX_SEGMENTS)
                 return roid_err_set(err, -EINVAL, "segments: %u, must be 1..%u", p->n_segments, ROID_MAX_SEGMENTS);
         if (p->k < 2 || p->k > ROID_ROI_MAX_K)
@@ -138,14 +142,15 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
                 return roid_err_set(err, -EINVAL, "scan grid %u x %u: must be 1..%llu points", ny, nx,
                                     (unsigned long long)ROID_SCAN_MAX_POINTS);
         const roi_dims d = dims_of(p, ny, nx);
-        const uint64_t bytes = bytes_of(&d);
+        const uint64_t bytes = bytes_of(&d, p->map_copies);
         if (p->max_state_bytes && bytes > p->max_state_bytes) {
                 char need[32], max[32];
                 return roid_err_set(err, -EMSGSIZE,
-                                    "scan %u x %u at %u segment%s needs %s of RoI state (%.0f bytes a point), more "
-                                    "than max_analysis_bytes %s",
+                                    "scan %u x %u at %u segment%s needs %s of RoI state%s (%.0f bytes a point), "
+                                    "more than max_analysis_bytes %s",
                                     ny, nx, p->n_segments, p->n_segments == 1 ? "" : "s",
-                                    size_text(bytes, need, sizeof need), (double)bytes / (double)d.np,
+                                    size_text(bytes, need, sizeof need),
+                                    p->map_copies ? " with snapshots of its maps" : "", (double)bytes / (double)d.np,
                                     size_text(p->max_state_bytes, max, sizeof max));
         }
         roid_roi *r = calloc(1, sizeof *r);
@@ -162,9 +167,12 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
         size_t np = r->np, nm = r->nmod * np;
         bool ok = true;
 #define ROI_ALLOC(name, bytes) ok = (r->name = calloc(1, bytes)) != NULL && ok;
-        ROI_STATE(ROI_ALLOC, r)
+        if (!maps_only) {
+                ROI_STATE(ROI_ALLOC, r)
+        }
         ROI_MAPS(ROI_ALLOC, r)
 #undef ROI_ALLOC
+        r->maps_only = maps_only;
         if (!ok) {
                 roid_roi_free(r);
                 return -ENOMEM;
@@ -190,6 +198,10 @@ int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **
         memset(r->glab, ROID_ROI_UNSEEN, np);
         *ret = r;
         return 0;
+}
+
+int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err) {
+        return create(p, ny, nx, false, ret, err);
 }
 
 void roid_roi_free(roid_roi *r) {
@@ -227,7 +239,7 @@ void roid_roi_free(roid_roi *r) {
 
 static int copy_internal(roid_roi *dst, const roid_roi *src, bool maps_only) {
         if (dst->ny != src->ny || dst->nx != src->nx || dst->nch != src->nch || dst->ndim != src->ndim ||
-            dst->p.k != src->p.k)
+            dst->p.k != src->p.k || (!maps_only && !dst->seen_list))
                 return -EINVAL;
         roid_roi keep = *dst;
         *dst = *src;
@@ -261,13 +273,13 @@ int roid_roi_copy_maps(roid_roi *dst, const roid_roi *src) {
         return copy_internal(dst, src, true);
 }
 
-int roid_roi_clone(const roid_roi *src, roid_roi **ret) {
+int roid_roi_clone_maps(const roid_roi *src, roid_roi **ret) {
         roid_roi *r;
         roid_err err;
-        int e = roid_roi_new(&src->p, src->ny, src->nx, &r, &err);
+        int e = create(&src->p, src->ny, src->nx, true, &r, &err);
         if (e < 0)
                 return e;
-        roid_roi_copy(r, src);
+        copy_internal(r, src, true);
         *ret = r;
         return 0;
 }

@@ -59,6 +59,7 @@ typedef struct {
         uint64_t seed;
         unsigned max_iter;        /* Lloyd iterations at the end */
         uint64_t max_state_bytes; /* roid_roi_new refuses a larger state; 0: no bound */
+        unsigned map_copies;      /* snapshots of the maps the caller keeps, counted in the state */
 } roid_roi_params;
 
 typedef struct roid_roi roid_roi;
@@ -71,17 +72,19 @@ void roid_roi_params_default(roid_roi_params *p);
 int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err);
 void roid_roi_free(roid_roi *r);
 /* What roid_roi_new allocates for a grid, but for a few KB of clustering
- * state: about 0.8 KB a point at 8 segments, 3 KB at 40. */
+ * state (about 0.75 KB a point at 8 segments, 3.2 KB at 40), and the maps of
+ * p->map_copies snapshots (0.33 KB a point at 8 segments, 1.3 KB at 40 each:
+ * a clone kept fresh by roid_roi_copy_maps touches no more). */
 uint64_t roid_roi_state_bytes(const roid_roi_params *p, uint32_t ny, uint32_t nx);
-/* A snapshot for another thread: clone allocates a copy (once per series),
- * copy refreshes it without allocating (-EINVAL unless dst was cloned from an
- * RoI state of the same grid and parameters). */
-int roid_roi_clone(const roid_roi *src, roid_roi **ret);
+/* A snapshot for another thread: clone_maps allocates a copy of what the
+ * accessors below return (counts, maps, labels, masks, centres, centroids;
+ * about 45 % of the state), copy_maps refreshes it without allocating
+ * (-EINVAL unless of the same grid and parameters).  A snapshot can be read
+ * but not fed, refitted or finished (roid_roi_add -EINVAL, refit and finish
+ * do nothing).  roid_roi_copy copies a whole state into another whole state
+ * (-EINVAL into a snapshot). */
+int roid_roi_clone_maps(const roid_roi *src, roid_roi **ret);
 int roid_roi_copy(roid_roi *dst, const roid_roi *src);
-/* The same for readers: copies only what the accessors below return (counts,
- * maps, labels, masks, centres, centroids; about half the state), not the
- * accumulators, so dst can be read but no longer fed, refitted or finished
- * (roid_roi_add -EINVAL, refit and finish do nothing) until a full copy. */
 int roid_roi_copy_maps(roid_roi *dst, const roid_roi *src);
 
 /* One frame at grid point (row, col).  f->n_segments must be the S of the

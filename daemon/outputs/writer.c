@@ -433,7 +433,7 @@ int roid_writer_map(roid_writer *w, const roid_roi *roi, bool final) {
         } else if (!w->snap || roid_roi_copy_maps(w->snap, roi) < 0) {
                 roid_roi_free(w->snap);
                 w->snap = NULL;
-                r = roid_roi_clone(roi, &w->snap);
+                r = roid_roi_clone_maps(roi, &w->snap);
         }
         if (r >= 0) {
                 w->snap_pending = true;

@@ -442,7 +442,7 @@ static void take_snapshot(roid_pipeline *pl, bool final) {
                 roid_roi_free(pl->snap_roi);
                 pl->snap_roi = NULL;
         }
-        if (!pl->snap_roi && roid_roi_clone(ss->roi, &pl->snap_roi) < 0)
+        if (!pl->snap_roi && roid_roi_clone_maps(ss->roi, &pl->snap_roi) < 0)
                 pl->snap_roi = NULL;
         pl->snap_series_id = ss->sc->series_id;
         memcpy(pl->snap_unique_id, ss->sc->unique_id, sizeof pl->snap_unique_id);
@@ -884,7 +884,7 @@ static void sink_start(void *ctx, const roid_series *s) {
         memcpy(sc->unique_id, s->series_unique_id, sizeof sc->unique_id);
         sc->number_of_images = s->start.has_number_of_images ? s->start.number_of_images : 0;
         sc->ap = pl->cfg.analysis;
-        sc->fp.border = sc->ap.roi.border;
+        sc->ap.roi.map_copies = 3; /* the control snapshot, and the writer's two it swaps with its thread */
         roid_feedback_params_default(&sc->fp);
         sc->fp.border = sc->ap.roi.border;
         sc->fp.rescan_factor = pl->cfg.rescan_factor;

@@ -214,6 +214,54 @@ static void test_state_bytes(void) {
                 if (e == 0)
                         roid_roi_free(r);
         }
+        /* map_copies counts a snapshot by its maps, which is what clone_maps
+         * allocates; copy_maps keeps it fresh without allocating, a full
+         * copy into it is refused. */
+        {
+                roid_roi_params q;
+                roid_roi_params_default(&q);
+                q.n_segments = S;
+                const uint32_t ny = 300, nx = 300;
+                const uint64_t state = roid_roi_state_bytes(&q, ny, nx);
+                q.map_copies = 2;
+                const uint64_t maps = (roid_roi_state_bytes(&q, ny, nx) - state) / 2;
+                roid_roi *src = NULL, *snap = NULL;
+                roid_err err = {{0}};
+                if (tap_ok(roid_roi_new(&q, ny, nx, &src, &err) == 0, "300 x 300 state (%s)", err.msg)) {
+                        roid_features f;
+                        memset(&f, 0, sizeof f);
+                        f.n_segments = S;
+                        for (uint32_t y = 0; y < ny; y += 7) { /* not feed(): that keeps the main test's sums */
+                                f.total = 1000 + y;
+                                f.com_x = 50 + 0.01 * y;
+                                f.com_y = 60;
+                                roid_roi_add(src, y, (y * 13) % nx, &f);
+                        }
+                        roid_roi_refit(src);
+                        size_t h0 = heap_in_use();
+                        int e = roid_roi_clone_maps(src, &snap);
+                        const size_t used = heap_in_use() - h0;
+                        if (tap_ok(e == 0, "clone_maps")) {
+                                if (!UNDER_ASAN)
+                                        tap_ok(maps < state / 2 && used >= maps && used <= maps + 256 * 1024,
+                                               "a snapshot allocates its maps' %.1f MiB (%.1f MiB; the state is "
+                                               "%.1f MiB)",
+                                               maps / 1048576.0, used / 1048576.0, state / 1048576.0);
+                                h0 = heap_in_use();
+                                e = roid_roi_copy_maps(snap, src);
+                                tap_ok(e == 0 && (UNDER_ASAN || heap_in_use() == h0) &&
+                                               memcmp(roid_roi_online_mask(snap), roid_roi_online_mask(src),
+                                                      (size_t)ny * nx) == 0 &&
+                                               memcmp(roid_roi_counts(snap), roid_roi_counts(src),
+                                                      (size_t)ny * nx * sizeof(uint32_t)) == 0,
+                                       "copy_maps refreshes it without allocating: counts and online mask equal");
+                                tap_ok(roid_roi_copy(snap, src) == -EINVAL && roid_roi_add(snap, 0, 0, &f) == -EINVAL,
+                                       "a snapshot takes no full copy and no frame");
+                        }
+                        roid_roi_free(snap);
+                        roid_roi_free(src);
+                }
+        }
         roid_roi_params p;
         roid_roi_params_default(&p);
         p.n_segments = 40;

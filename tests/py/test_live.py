@@ -314,7 +314,7 @@ def refused_state(tmp):
     while time.time() - t0 < 20 and not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):
         pass
     series = []
-    # 200 x 200 points at 8 segments: about 30 MB of RoI state; then 16 x 16: 0.2 MB
+    # 200 x 200 points at 8 segments: about 70 MB of RoI state; then 16 x 16: 0.5 MB
     for sid, scan, frames in ((1, "200x200", 900), (2, "16x16", 256)):
         subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--scan", scan, "--frames", str(frames),
                         "--series-id", str(sid), "--quiet"], timeout=120)
