@@ -502,6 +502,21 @@ static void test_good_files(void) {
 
 /* ---- structural faults ---- */
 
+/* A uint16 dataset chunked as c3 and deflated, after bitshuffle-LZ4 with cd
+ * values bs when given; no data written. */
+static void deflate_file(const char *name, const hsize_t *d3, const hsize_t *c3, const unsigned *bs) {
+        hid_t f = new_file(name, false);
+        hid_t sp = H5Screate_simple(3, d3, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE), lc = lcpl_mkdirs();
+        H5Pset_chunk(dcpl, 3, c3);
+        if (bs)
+                H5Pset_filter(dcpl, BSLZ4, H5Z_FLAG_OPTIONAL, 5, bs);
+        H5Pset_deflate(dcpl, 4);
+        H5Dclose(H5Dcreate2(f, DS, H5T_NATIVE_UINT16, sp, lc, dcpl, H5P_DEFAULT));
+        H5Pclose(lc);
+        H5Pclose(dcpl);
+        H5Sclose(sp);
+        H5Fclose(f);
+}
 static void test_structure(void) {
         hsize_t d3[3] = {2, 8, 8}, c3[3] = {1, 8, 8};
         unsigned bscd[5] = {0, 2, 2, 0, 2};
@@ -583,30 +598,9 @@ static void test_structure(void) {
         /* Filters roid does not decode. */
         bare_file("filter.h5", H5T_NATIVE_UINT16, 3, d3, c3, 31999, 0, NULL);
         expect_error("unknown filter 31999", replay(tpath("filter.h5")), "filter 31999", NULL);
-        hid_t dcpl_f = new_file("gzip.h5", false);
-        {
-                hid_t sp = H5Screate_simple(3, d3, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE), lc = lcpl_mkdirs();
-                H5Pset_chunk(dcpl, 3, c3);
-                H5Pset_deflate(dcpl, 4);
-                H5Dclose(H5Dcreate2(dcpl_f, DS, H5T_NATIVE_UINT16, sp, lc, dcpl, H5P_DEFAULT));
-                H5Pclose(lc);
-                H5Pclose(dcpl);
-                H5Sclose(sp);
-        }
-        H5Fclose(dcpl_f);
+        deflate_file("gzip.h5", d3, c3, NULL);
         expect_error("gzip (filter 1)", replay(tpath("gzip.h5")), "filter 1", NULL);
-        dcpl_f = new_file("twofilters.h5", false);
-        {
-                hid_t sp = H5Screate_simple(3, d3, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE), lc = lcpl_mkdirs();
-                H5Pset_chunk(dcpl, 3, c3);
-                H5Pset_filter(dcpl, BSLZ4, H5Z_FLAG_OPTIONAL, 5, bscd);
-                H5Pset_deflate(dcpl, 4);
-                H5Dclose(H5Dcreate2(dcpl_f, DS, H5T_NATIVE_UINT16, sp, lc, dcpl, H5P_DEFAULT));
-                H5Pclose(lc);
-                H5Pclose(dcpl);
-                H5Sclose(sp);
-        }
-        H5Fclose(dcpl_f);
+        deflate_file("twofilters.h5", d3, c3, bscd);
         expect_error("bslz4 followed by gzip", replay(tpath("twofilters.h5")), "2 filters", NULL);
         unsigned zcd[5] = {0, 2, 2, 0, 3};
         bare_file("bszstd.h5", H5T_NATIVE_UINT16, 3, d3, c3, BSLZ4, 5, zcd);

@@ -252,15 +252,13 @@ def estimated_center(tmp):
           f"estimated beam centre in the results file: {bc} ({src}), phantom's {want}")
 
 
-def budget(tmp):
-    """A large grid with the shortest map interval: publishing a map of
-    160,000 points costs more than a quarter of 2 ms, so the interval in
-    effect stretches (status map_interval_s) and no frame is lost."""
+def daemon_with_subscriber(args):
+    """roid with its own detector and publish ports, and a subscriber of its
+    status and series topics that has seen a first status (so it misses
+    nothing of the series to come)."""
     pd, pp = free_port(), free_port()
     det, pub = (f"tcp://127.0.0.1:{p}" for p in (pd, pp))
-    roid = subprocess.Popen([ROID, "--detector", det, "--publish", pub, "--scan", "400x400", "--segments", "1",
-                             "--map-interval", "0.002", "--status-interval", "0.05", "--series", "1"],
-                            stderr=subprocess.PIPE, text=True)
+    roid = subprocess.Popen([ROID, "--detector", det, "--publish", pub] + args, stderr=subprocess.PIPE, text=True)
     CHILDREN.append(roid)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -270,6 +268,15 @@ def budget(tmp):
     t0 = time.time()
     while time.time() - t0 < 20 and not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):
         pass
+    return det, roid, ctx, sub
+
+
+def budget(tmp):
+    """A large grid with the shortest map interval: publishing a map of
+    160,000 points costs more than a quarter of 2 ms, so the interval in
+    effect stretches (status map_interval_s) and no frame is lost."""
+    det, roid, ctx, sub = daemon_with_subscriber(["--scan", "400x400", "--segments", "1", "--map-interval", "0.002",
+                                                  "--status-interval", "0.05", "--series", "1"])
     sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "4000", "--rate", "2000",
                             "--quiet"])
     CHILDREN.append(sim)
@@ -297,22 +304,10 @@ def refused_state(tmp):
     series is decoded but not analysed, says why in its series messages, its
     frames are counted as not analysed, and the next series (a small grid) is
     analysed as usual."""
-    pd, pp = free_port(), free_port()
-    det, pub = (f"tcp://127.0.0.1:{p}" for p in (pd, pp))
     conf = os.path.join(tmp, "small-state.conf")
     with open(conf, "w") as f:
         f.write("[limits]\nmax_analysis_bytes = 4M\n")
-    roid = subprocess.Popen([ROID, "--config", conf, "--detector", det, "--publish", pub, "--series", "2",
-                             "--idle-timeout", "60"], stderr=subprocess.PIPE, text=True)
-    CHILDREN.append(roid)
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"series")
-    sub.setsockopt(zmq.SUBSCRIBE, b"status")
-    sub.connect(pub)
-    t0 = time.time()
-    while time.time() - t0 < 20 and not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):
-        pass
+    det, roid, ctx, sub = daemon_with_subscriber(["--config", conf, "--series", "2", "--idle-timeout", "60"])
     series = []
     # 200 x 200 points at 8 segments: about 70 MB of RoI state; then 16 x 16: 0.5 MB
     for sid, scan, frames in ((1, "200x200", 900), (2, "16x16", 256)):
