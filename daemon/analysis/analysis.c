@@ -118,6 +118,17 @@ static void on_start(void *ctx, const roid_series *s) {
                 cap = s->start.number_of_images < ROID_SCAN_MAX_POINTS ? s->start.number_of_images
                                                                        : ROID_SCAN_MAX_POINTS;
         size_t S = a->p.roi.n_segments;
+        /* The records are part of the series' analysis state: one bound for both. */
+        const uint64_t rec_bytes = cap * (sizeof(uint64_t) + 2 * sizeof(uint32_t) + (5 + 3 * S) * sizeof(double));
+        const uint64_t max = a->p.roi.max_state_bytes;
+        if (max && roid_roi_state_bytes(&a->p.roi, a->grid.ny, a->grid.nx) + rec_bytes > max) {
+                roid_log(ROID_LOG_ERR,
+                         "series %" PRIu64 ": RoI state: %" PRIu64 " frame records (%.1f MiB) with the RoI state "
+                         "need more than max_analysis_bytes (%.1f MiB)",
+                         s->series_id, cap, (double)rec_bytes / (1u << 20), (double)max / (1u << 20));
+                reset_series(a);
+                return;
+        }
         a->image_id = malloc(cap * sizeof(uint64_t));
         a->index = malloc(cap * 2 * sizeof(uint32_t));
         a->sum = malloc(cap * sizeof(double));

@@ -2,6 +2,7 @@
 shared/testdata and its independently computed reference values."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -186,6 +187,47 @@ class Record(unittest.TestCase):
         self.assertEqual(len(sums), 10)
         self.assertIn((9, 0, "image", 9876), sums)
         self.assertIn((1, 1, "difference", 305467), sums)
+
+
+class AnalysisBound(unittest.TestCase):
+    """replay --output-dir keeps a record per announced image besides the RoI
+    state: [limits] max_analysis_bytes bounds both, the frames of a refused
+    series are counted in the log, and a larger bound analyses the same
+    capture."""
+
+    def test_records_count_against_the_bound(self):
+        sim = os.environ["ROID_SIM"]
+        with tempfile.TemporaryDirectory() as d:
+            cap = os.path.join(d, "fly.cbors")
+            with socket.socket() as so:  # a free port for the simulator to bind
+                so.bind(("127.0.0.1", 0))
+                port = so.getsockname()[1]
+            n = 3000  # announced and sent: 3000 records of ~0.25 KB for a 4 x 4 grid of ~0.2 MB
+            rec = subprocess.Popen([ROID, "record", f"tcp://127.0.0.1:{port}", cap, "--count", str(n + 2)],
+                                   stderr=subprocess.PIPE, text=True)
+            subprocess.run([sim, "--endpoint", f"tcp://127.0.0.1:{port}", "--shape", "16x16", "--frames", str(n),
+                            "--quiet"], check=True, timeout=120)
+            _, err = rec.communicate(timeout=60)
+            self.assertEqual(rec.returncode, 0, err)
+            runs = {}
+            for bound in ("512K", "4M"):
+                conf = os.path.join(d, f"{bound}.conf")
+                with open(conf, "w") as f:
+                    f.write(f"[scan]\nshape = 4x4\n[limits]\nmax_analysis_bytes = {bound}\n")
+                out = os.path.join(d, bound)
+                os.mkdir(out)
+                p = subprocess.run([ROID, "replay", "--config", conf, "--output-dir", out, cap],
+                                   capture_output=True, text=True, timeout=300)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                runs[bound] = (p.stderr, sorted(os.listdir(out)))
+        err, files = runs["512K"]
+        self.assertIn(f"{n} frame records", err)
+        self.assertIn("max_analysis_bytes", err)
+        self.assertIn(f"{n} frames not analysed", err)
+        self.assertEqual(files, [], "no results file for the refused series")
+        err, files = runs["4M"]
+        self.assertNotIn("not analysed", err)
+        self.assertEqual(len(files), 1, f"one results file under the larger bound: {files} {err[-500:]}")
 
 
 if __name__ == "__main__":
