@@ -17,8 +17,11 @@
  * buffer itself becomes the message and the publisher packs on into an idle
  * one.  Each buffer of the pool circulates between the two; libzmq's free
  * callback, on whichever thread drops the message, marks it idle again (or
- * frees it, when the publisher is gone).  With every buffer in flight,
- * messages are copied as usual, so memory stays within the pool. */
+ * frees it, when the publisher is gone).  With every buffer in flight (queued
+ * for a subscriber that has not read them yet), a large message is dropped
+ * and counted, not copied: a slow subscriber would otherwise hold publish_hwm
+ * copies of the largest maps (100 x 22 MB for a scan of a million points), so
+ * memory stays within the pool. */
 #define ZC_MIN  65536 /* smaller messages are cheaper to copy */
 #define ZC_POOL 4
 enum { ZC_IDLE, ZC_IN_FLIGHT, ZC_ORPHANED };
@@ -547,13 +550,18 @@ static void zc_free(void *data, void *hint) {
         }
 }
 
-/* Sends the body in sb, by handing its buffer to libzmq when it is large and
- * a pool buffer is idle to pack on into; zmq_send's result. */
-static int send_body(roid_publisher *p) {
-        zc_buf *b = NULL;
-        for (unsigned k = 0; p->sb.size >= ZC_MIN && k < ZC_POOL && !b; k++)
+/* An idle buffer of the pool, or NULL.  Only this thread takes buffers:
+ * one found idle stays idle until it is taken. */
+static zc_buf *idle_buffer(roid_publisher *p) {
+        for (unsigned k = 0; k < ZC_POOL; k++)
                 if (p->pool[k] && atomic_load_explicit(&p->pool[k]->state, memory_order_acquire) == ZC_IDLE)
-                        b = p->pool[k];
+                        return p->pool[k];
+        return NULL;
+}
+
+/* Sends the body in sb: a large one by handing its buffer to libzmq, with b
+ * (idle) to pack on into; zmq_send's result. */
+static int send_body(roid_publisher *p, zc_buf *b) {
         if (!b) {
                 int r;
                 do {
@@ -596,6 +604,11 @@ static int finish(roid_publisher *p, roid_topic t, int pairs) {
         }
         p->sb.data[1] = (char)(pairs >> 8);
         p->sb.data[2] = (char)(pairs & 0xff);
+        zc_buf *b = NULL;
+        if (p->sb.size >= ZC_MIN && !(b = idle_buffer(p))) {
+                r = -EAGAIN;
+                goto drop;
+        }
         do {
                 r = zmq_send(p->sock, name, strlen(name), ZMQ_SNDMORE | ZMQ_DONTWAIT);
         } while (r < 0 && errno == EINTR);
@@ -605,7 +618,7 @@ static int finish(roid_publisher *p, roid_topic t, int pairs) {
         }
         /* libzmq admits a message on its first frame: the HWM counts whole
          * messages, so the second frame of an admitted message is not refused. */
-        r = send_body(p);
+        r = send_body(p, b);
         if (r < 0) {
                 r = -errno;
                 ROID_LOG_LIMITED(ROID_LOG_WARNING, "publish %s: second frame not sent: %s", name, zmq_strerror(-r));
