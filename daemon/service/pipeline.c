@@ -26,7 +26,11 @@
 #define AN_BATCH          64    /* records the analysis thread pops at once */
 #define LATENCY_RING      8192  /* latencies kept for the percentiles */
 #define ARRIVAL_MAX       65536 /* frames awaiting their first publication */
-#define SNAPSHOT_INTERVAL 0.25  /* s between control snapshots */
+#define SNAPSHOT_INTERVAL 0.25  /* s between control snapshots, at least */
+/* The share of the analysis thread the two snapshots may take: each copies
+ * the maps of the whole grid (0.33 KB a point at 8 segments, 200 MB for a
+ * scan of 600,000 points), so large grids are snapshot less often. */
+#define SNAPSHOT_BUDGET 0.05
 /* A map publication (feedback, snapshot, packing, sending: all O(grid
  * points)) may take at most this share of the analysis thread; beyond it the
  * map interval stretches, so that a huge grid slows the maps, not the frames. */
@@ -481,10 +485,12 @@ static void publish_map(roid_pipeline *pl, bool final) {
          * grid: a few times a second is plenty for requests and for a file
          * flushed every flush_interval, and keeps fast map cadences cheap. */
         if (final || now >= pl->next_snapshot) {
+                const double t0 = now_mono();
                 take_snapshot(pl, final);
                 if (ss->writing)
                         roid_writer_map(pl->writer, ss->roi, final);
-                pl->next_snapshot = now + SNAPSHOT_INTERVAL;
+                const double cost = now_mono() - t0;
+                pl->next_snapshot = now + fmax(SNAPSHOT_INTERVAL, cost / SNAPSHOT_BUDGET);
         }
         for (size_t i = 0; i < pl->n_arrival; i++)
                 latency_add(pl, now - pl->arrival[i]);
