@@ -15,13 +15,15 @@
 
 /* Large messages (maps of big scans) go to libzmq without a copy: the packed
  * buffer itself becomes the message and the publisher packs on into an idle
- * one.  Each buffer of the pool circulates between the two; libzmq's free
+ * one.  Each buffer of a pool circulates between the two; libzmq's free
  * callback, on whichever thread drops the message, marks it idle again (or
- * frees it, when the publisher is gone).  With every buffer in flight (queued
- * for a subscriber that has not read them yet), a large message is dropped
- * and counted, not copied: a slow subscriber would otherwise hold publish_hwm
- * copies of the largest maps (100 x 22 MB for a scan of a million points), so
- * memory stays within the pool. */
+ * frees it, when the publisher is gone).  With every buffer of its topic's
+ * pool in flight (queued for a subscriber that has not read them yet), a
+ * large message is dropped and counted, not copied: a slow subscriber would
+ * otherwise hold publish_hwm copies of the largest maps (100 x 22 MB for a
+ * scan of a million points), so memory stays within the pools.  One pool per
+ * topic, so that a dashboard that stops reading maps holds up maps only, not
+ * the scan_here a scan controller waits for. */
 #define ZC_MIN  65536 /* smaller messages are cheaper to copy */
 #define ZC_POOL 4
 enum { ZC_IDLE, ZC_IN_FLIGHT, ZC_ORPHANED };
@@ -33,7 +35,7 @@ typedef struct {
 
 struct roid_publisher {
         void *sock;
-        zc_buf *pool[ZC_POOL];
+        zc_buf *pool[ROID_TOPIC__MAX][ZC_POOL];
         msgpack_sbuffer sb;
         msgpack_packer pk;
         bool failed; /* a write into sb failed (out of memory) during this message */
@@ -550,12 +552,12 @@ static void zc_free(void *data, void *hint) {
         }
 }
 
-/* An idle buffer of the pool, or NULL.  Only this thread takes buffers:
- * one found idle stays idle until it is taken. */
-static zc_buf *idle_buffer(roid_publisher *p) {
+/* An idle buffer of topic t's pool, or NULL.  Only this thread takes
+ * buffers: one found idle stays idle until it is taken. */
+static zc_buf *idle_buffer(roid_publisher *p, roid_topic t) {
         for (unsigned k = 0; k < ZC_POOL; k++)
-                if (p->pool[k] && atomic_load_explicit(&p->pool[k]->state, memory_order_acquire) == ZC_IDLE)
-                        return p->pool[k];
+                if (atomic_load_explicit(&p->pool[t][k]->state, memory_order_acquire) == ZC_IDLE)
+                        return p->pool[t][k];
         return NULL;
 }
 
@@ -605,7 +607,7 @@ static int finish(roid_publisher *p, roid_topic t, int pairs) {
         p->sb.data[1] = (char)(pairs >> 8);
         p->sb.data[2] = (char)(pairs & 0xff);
         zc_buf *b = NULL;
-        if (p->sb.size >= ZC_MIN && !(b = idle_buffer(p))) {
+        if (p->sb.size >= ZC_MIN && !(b = idle_buffer(p, t))) {
                 r = -EAGAIN;
                 goto drop;
         }
@@ -688,13 +690,14 @@ int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publis
                 return -ENOMEM;
         msgpack_sbuffer_init(&p->sb);
         msgpack_packer_init(&p->pk, p, write_cb);
-        for (unsigned k = 0; k < ZC_POOL; k++) {
-                p->pool[k] = calloc(1, sizeof *p->pool[k]);
-                if (!p->pool[k]) {
-                        r = -ENOMEM;
-                        goto fail;
+        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++)
+                for (unsigned k = 0; k < ZC_POOL; k++) {
+                        p->pool[t][k] = calloc(1, sizeof *p->pool[t][k]);
+                        if (!p->pool[t][k]) {
+                                r = -ENOMEM;
+                                goto fail;
+                        }
                 }
-        }
         p->sock = zmq_socket(zctx, ZMQ_PUB);
         if (!p->sock) {
                 r = -errno;
@@ -734,13 +737,15 @@ void roid_publisher_free(roid_publisher *p) {
                 zmq_close(p->sock);
         /* A buffer still in flight is freed by its callback, when libzmq drops
          * the message (at the latest when the context terminates). */
-        for (unsigned k = 0; k < ZC_POOL; k++) {
-                zc_buf *b = p->pool[k];
-                if (b && atomic_exchange_explicit(&b->state, ZC_ORPHANED, memory_order_acq_rel) != ZC_IN_FLIGHT) {
-                        free(b->data);
-                        free(b);
+        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++)
+                for (unsigned k = 0; k < ZC_POOL; k++) {
+                        zc_buf *b = p->pool[t][k];
+                        if (b &&
+                            atomic_exchange_explicit(&b->state, ZC_ORPHANED, memory_order_acq_rel) != ZC_IN_FLIGHT) {
+                                free(b->data);
+                                free(b);
+                        }
                 }
-        }
         msgpack_sbuffer_destroy(&p->sb);
         free(p);
 }

@@ -740,22 +740,57 @@ static void test_large_maps(void *ctx) {
         rx(sub, 2000, &m);
         rx_free(&m);
 
-        /* over inproc a subscriber that does not read holds exactly the pool */
+        /* Over inproc a map subscriber that does not read holds exactly the
+         * map pool, and no more: a scan_here subscriber that reads gets every
+         * large scan_here (its own pool). */
         roid_publisher *q = NULL;
         if (!tap_ok(roid_publisher_new(ctx, "inproc://large-maps", 1000, &q, &err) == 0, "inproc publisher (%s)",
                     err.msg))
                 exit(1);
-        void *lazy = sub_socket(ctx, "inproc://large-maps", "", 1000);
-        join(q, lazy);
-        unsigned went = 0, refused = 0;
+        static uint8_t big_mask[LY * LX * 4];
+        for (size_t i = 0; i < sizeof big_mask; i++)
+                big_mask[i] = (uint8_t)(i % 7 == 0);
+        roid_feedback_view big = {
+                .ny = 2 * LY, .nx = 2 * LX, .units = "um", .step_x = 1, .step_y = 1, .mask = big_mask};
+        void *lazy = sub_socket(ctx, "inproc://large-maps", "map", 1000);
+        void *ctl = sub_socket(ctx, "inproc://large-maps", "scan_here", 1000);
+        bool joined_map = false, joined_ctl = false;
+        for (int i = 0; i < 500 && !(joined_map && joined_ctl); i++) {
+                roid_publish_map(q, &mv);
+                roid_publish_scan_here(q, &ref, &big);
+                joined_map = joined_map || rx(lazy, 10, &m);
+                rx_free(&m);
+                joined_ctl = joined_ctl || rx(ctl, 10, &m);
+                rx_free(&m);
+        }
+        if (!tap_ok(joined_map && joined_ctl, "map and scan_here subscribers joined"))
+                exit(1);
+        while (rx(lazy, 20, &m) || rx(ctl, 20, &m))
+                rx_free(&m);
+        rx_free(&m);
+        const uint64_t dropped0 = roid_publisher_dropped(q, ROID_TOPIC_MAP);
+        unsigned went = 0, refused = 0, fb_went = 0, fb_got = 0;
+        size_t fb_size = 0;
         for (unsigned k = 0; k < NMAP; k++) {
                 int e = roid_publish_map(q, &mv);
                 went += e == 0;
                 refused += e == -EAGAIN;
         }
-        tap_ok(went == 4 && refused == NMAP - 4 && roid_publisher_dropped(q, ROID_TOPIC_MAP) == NMAP - 4,
+        for (unsigned k = 0; k < NMAP; k++) {
+                fb_went += roid_publish_scan_here(q, &ref, &big) == 0;
+                if (rx(ctl, 2000, &m) && !strcmp(m.topic, "scan_here")) {
+                        fb_got++;
+                        fb_size = m.size;
+                }
+                rx_free(&m);
+        }
+        tap_ok(went == 4 && refused == NMAP - 4 && roid_publisher_dropped(q, ROID_TOPIC_MAP) - dropped0 == NMAP - 4,
                "inproc, not reading: 4 maps go (the pool), %u are dropped and counted (%u went)", refused, went);
+        tap_ok(fb_size >= 65536 && fb_went == NMAP && fb_got == NMAP,
+               "meanwhile every scan_here of %zu bytes goes to its reader (%u sent, %u received)", fb_size, fb_went,
+               fb_got);
         zmq_close(lazy);
+        zmq_close(ctl);
         roid_publisher_free(q);
         for (unsigned k = 0; k < 6; k++)
                 roid_publish_map(p, &mv);
