@@ -198,6 +198,12 @@ static void close_file(roid_writer *w, const roid_counters *ctr) {
         w->res = NULL;
         w->failed = false;
         w->dirty = false;
+        /* The series' last snapshot: the next series' maps count against its
+         * own max_analysis_bytes, not this one's too. */
+        pthread_mutex_lock(&w->map_mu);
+        roid_roi_free(w->work);
+        w->work = NULL;
+        pthread_mutex_unlock(&w->map_mu);
         if (was_failed)
                 return;
         pthread_mutex_lock(&w->mu);

@@ -625,6 +625,13 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
         if (ss->sc) /* cannot happen: every start follows its predecessor's end */
                 an_series_free(pl);
         ss->sc = sc;
+        /* The last series' snapshot goes: this series' maps count against its
+         * own max_analysis_bytes, not that one's too (control requests see no
+         * map until this series' first). */
+        pthread_mutex_lock(&pl->snap_lock);
+        roid_roi_free(pl->snap_roi);
+        pl->snap_roi = NULL;
+        pthread_mutex_unlock(&pl->snap_lock);
         pl->next_snapshot = 0;
         pl->n_arrival = 0;
         pl->n_latency = pl->latency_pos = 0;
