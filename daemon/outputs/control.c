@@ -433,7 +433,7 @@ static bool known_keys(roid_control *c, const msgpack_object *req, const char *c
 }
 
 static const char *handler_error(int r) {
-        return r == -ENODATA ? "no data yet (no series has started)" : strerror(-r);
+        return r == -ENODATA ? "no data yet (no series has started, or the current one has no map yet)" : strerror(-r);
 }
 
 /* status, map, ask: the handler packs the reply's remaining pairs. */
