@@ -36,7 +36,11 @@ typedef struct {
 struct roid_publisher {
         void *sock;
         zc_buf *pool[ROID_TOPIC__MAX][ZC_POOL];
-        msgpack_sbuffer sb;
+        /* One buffer per topic, so that a large buffer circulates only with
+         * its own topic's pool (maps would otherwise settle in the pool of the
+         * small scan_here that follows them); sb is the current message's. */
+        msgpack_sbuffer sbs[ROID_TOPIC__MAX];
+        msgpack_sbuffer *sb;
         msgpack_packer pk;
         bool failed; /* a write into sb failed (out of memory) during this message */
         uint64_t seq[ROID_TOPIC__MAX];
@@ -516,7 +520,7 @@ static int write_cb(void *data, const char *buf, size_t len) {
                 return -1;
         if (len == 0)
                 return 0;
-        if (msgpack_sbuffer_write(&p->sb, buf, len) < 0) {
+        if (msgpack_sbuffer_write(p->sb, buf, len) < 0) {
                 p->failed = true;
                 return -1;
         }
@@ -529,7 +533,8 @@ static int write_cb(void *data, const char *buf, size_t len) {
 static int begin(roid_publisher *p, roid_topic t) {
         static const char hdr[3] = {(char)0xde, 0, 0};
 
-        msgpack_sbuffer_clear(&p->sb);
+        p->sb = &p->sbs[t];
+        msgpack_sbuffer_clear(p->sb);
         p->failed = false;
         write_cb(p, hdr, sizeof(hdr));
         key(&p->pk, "schema");
@@ -567,15 +572,15 @@ static int send_body(roid_publisher *p, zc_buf *b) {
         if (!b) {
                 int r;
                 do {
-                        r = zmq_send(p->sock, p->sb.data, p->sb.size, ZMQ_DONTWAIT);
+                        r = zmq_send(p->sock, p->sb->data, p->sb->size, ZMQ_DONTWAIT);
                 } while (r < 0 && errno == EINTR);
                 return r;
         }
-        char *data = p->sb.data;
-        const size_t size = p->sb.size, cap = p->sb.alloc;
-        p->sb.data = b->data;
-        p->sb.alloc = b->cap;
-        p->sb.size = 0;
+        char *data = p->sb->data;
+        const size_t size = p->sb->size, cap = p->sb->alloc;
+        p->sb->data = b->data;
+        p->sb->alloc = b->cap;
+        p->sb->size = 0;
         b->data = data;
         b->cap = cap;
         atomic_store_explicit(&b->state, ZC_IN_FLIGHT, memory_order_release);
@@ -604,10 +609,10 @@ static int finish(roid_publisher *p, roid_topic t, int pairs) {
                 r = -ENOMEM;
                 goto drop;
         }
-        p->sb.data[1] = (char)(pairs >> 8);
-        p->sb.data[2] = (char)(pairs & 0xff);
+        p->sb->data[1] = (char)(pairs >> 8);
+        p->sb->data[2] = (char)(pairs & 0xff);
         zc_buf *b = NULL;
-        if (p->sb.size >= ZC_MIN && !(b = idle_buffer(p, t))) {
+        if (p->sb->size >= ZC_MIN && !(b = idle_buffer(p, t))) {
                 r = -EAGAIN;
                 goto drop;
         }
@@ -688,7 +693,9 @@ int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publis
         p = calloc(1, sizeof(*p));
         if (!p)
                 return -ENOMEM;
-        msgpack_sbuffer_init(&p->sb);
+        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++)
+                msgpack_sbuffer_init(&p->sbs[t]);
+        p->sb = &p->sbs[0];
         msgpack_packer_init(&p->pk, p, write_cb);
         for (unsigned t = 0; t < ROID_TOPIC__MAX; t++)
                 for (unsigned k = 0; k < ZC_POOL; k++) {
@@ -746,6 +753,7 @@ void roid_publisher_free(roid_publisher *p) {
                                 free(b);
                         }
                 }
-        msgpack_sbuffer_destroy(&p->sb);
+        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++)
+                msgpack_sbuffer_destroy(&p->sbs[t]);
         free(p);
 }
