@@ -106,11 +106,6 @@ static void on_start(void *ctx, const roid_series *s) {
                 roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no scan grid: %s", s->series_id, err.msg);
                 return;
         }
-        r = roid_roi_new(&a->p.roi, a->grid.ny, a->grid.nx, &a->roi, &err);
-        if (r < 0) {
-                roid_log(ROID_LOG_ERR, "series %" PRIu64 ": RoI state: %s", s->series_id, err.msg);
-                return;
-        }
         /* One record per grid point, or per announced image for fly scans
          * that may put several images on one point. */
         uint64_t cap = (uint64_t)a->grid.ny * a->grid.nx;
@@ -118,15 +113,22 @@ static void on_start(void *ctx, const roid_series *s) {
                 cap = s->start.number_of_images < ROID_SCAN_MAX_POINTS ? s->start.number_of_images
                                                                        : ROID_SCAN_MAX_POINTS;
         size_t S = a->p.roi.n_segments;
-        /* The records are part of the series' analysis state: one bound for both. */
+        /* The records are part of the series' analysis state: one bound for
+         * both, checked before either is allocated. */
         const uint64_t rec_bytes = cap * (sizeof(uint64_t) + 2 * sizeof(uint32_t) + (5 + 3 * S) * sizeof(double));
+        const uint64_t state_bytes = roid_roi_state_bytes(&a->p.roi, a->grid.ny, a->grid.nx);
         const uint64_t max = a->p.roi.max_state_bytes;
-        if (max && roid_roi_state_bytes(&a->p.roi, a->grid.ny, a->grid.nx) + rec_bytes > max) {
+        if (max && state_bytes <= max && state_bytes + rec_bytes > max) {
                 roid_log(ROID_LOG_ERR,
-                         "series %" PRIu64 ": RoI state: %" PRIu64 " frame records (%.1f MiB) with the RoI state "
-                         "need more than max_analysis_bytes (%.1f MiB)",
-                         s->series_id, cap, (double)rec_bytes / (1u << 20), (double)max / (1u << 20));
-                reset_series(a);
+                         "series %" PRIu64 ": RoI state: %" PRIu64 " frame records (%.1f MiB) and the RoI state "
+                         "(%.1f MiB) need more than max_analysis_bytes (%.1f MiB)",
+                         s->series_id, cap, (double)rec_bytes / (1u << 20), (double)state_bytes / (1u << 20),
+                         (double)max / (1u << 20));
+                return;
+        }
+        r = roid_roi_new(&a->p.roi, a->grid.ny, a->grid.nx, &a->roi, &err);
+        if (r < 0) {
+                roid_log(ROID_LOG_ERR, "series %" PRIu64 ": RoI state: %s", s->series_id, err.msg);
                 return;
         }
         a->image_id = malloc(cap * sizeof(uint64_t));

@@ -57,31 +57,31 @@ struct roid_roi {
  * apart): the per-series state and scratch, then what the accessors read (the
  * maps).  r: anything with the fields of roi_dims. */
 #define ROI_STATE(X, r)                                                                                                \
-        X(seen_list, (r)->np * sizeof(uint32_t))                                                                       \
-        X(queue, (r)->np * sizeof(uint32_t))                                                                           \
-        X(dirty, (r)->np * sizeof(uint32_t))                                                                           \
-        X(mark, (r)->np)                                                                                               \
-        X(acc_t, (r)->nch *(r)->np * sizeof(double))                                                                   \
-        X(acc_x, (r)->nch *(r)->np * sizeof(double))                                                                   \
-        X(acc_y, (r)->nch *(r)->np * sizeof(double))                                                                   \
-        X(acc_bf, (r)->np * sizeof(double))                                                                            \
-        X(acc_df, (r)->np * sizeof(double))                                                                            \
-        X(lbd, 2 * (r)->np * sizeof(double))                                                                           \
-        X(feat, (r)->ndim *(r)->np * sizeof(double))                                                                   \
-        X(gather, (r)->np * sizeof(double))                                                                            \
-        X(batch, (size_t)BATCH *(r)->ndim * sizeof(double))                                                            \
-        X(klab, (r)->np * sizeof(unsigned))                                                                            \
-        X(tmp, (r)->np)
+        X(seen_list, (uint64_t)(r)->np * sizeof(uint32_t))                                                             \
+        X(queue, (uint64_t)(r)->np * sizeof(uint32_t))                                                                 \
+        X(dirty, (uint64_t)(r)->np * sizeof(uint32_t))                                                                 \
+        X(mark, (uint64_t)(r)->np)                                                                                     \
+        X(acc_t, (uint64_t)(r)->nch *(r)->np * sizeof(double))                                                         \
+        X(acc_x, (uint64_t)(r)->nch *(r)->np * sizeof(double))                                                         \
+        X(acc_y, (uint64_t)(r)->nch *(r)->np * sizeof(double))                                                         \
+        X(acc_bf, (uint64_t)(r)->np * sizeof(double))                                                                  \
+        X(acc_df, (uint64_t)(r)->np * sizeof(double))                                                                  \
+        X(lbd, (uint64_t)2 * (r)->np * sizeof(double))                                                                 \
+        X(feat, (uint64_t)(r)->ndim *(r)->np * sizeof(double))                                                         \
+        X(gather, (uint64_t)(r)->np * sizeof(double))                                                                  \
+        X(batch, (uint64_t)BATCH *(r)->ndim * sizeof(double))                                                          \
+        X(klab, (uint64_t)(r)->np * sizeof(unsigned))                                                                  \
+        X(tmp, (uint64_t)(r)->np)
 #define ROI_MAPS(X, r)                                                                                                 \
-        X(cnt, (r)->np * sizeof(uint32_t))                                                                             \
-        X(raw, (r)->nmod *(r)->np * sizeof(double))                                                                    \
-        X(filt, (r)->nmod *(r)->np * sizeof(double))                                                                   \
-        X(lab, (r)->nmod *(r)->np)                                                                                     \
-        X(lab_online, (r)->nmod *(r)->np)                                                                              \
-        X(online, (r)->np)                                                                                             \
-        X(raw_mask, (r)->np)                                                                                           \
-        X(mask, (r)->np)                                                                                               \
-        X(glab, (r)->np)
+        X(cnt, (uint64_t)(r)->np * sizeof(uint32_t))                                                                   \
+        X(raw, (uint64_t)(r)->nmod *(r)->np * sizeof(double))                                                          \
+        X(filt, (uint64_t)(r)->nmod *(r)->np * sizeof(double))                                                         \
+        X(lab, (uint64_t)(r)->nmod *(r)->np)                                                                           \
+        X(lab_online, (uint64_t)(r)->nmod *(r)->np)                                                                    \
+        X(online, (uint64_t)(r)->np)                                                                                   \
+        X(raw_mask, (uint64_t)(r)->np)                                                                                 \
+        X(mask, (uint64_t)(r)->np)                                                                                     \
+        X(glab, (uint64_t)(r)->np)
 
 typedef struct {
         size_t np;
@@ -143,6 +143,9 @@ static int create(const roid_roi_params *p, uint32_t ny, uint32_t nx, bool maps_
                                     (unsigned long long)ROID_SCAN_MAX_POINTS);
         const roi_dims d = dims_of(p, ny, nx);
         const uint64_t bytes = bytes_of(&d, p->map_copies);
+        if (bytes > SIZE_MAX) /* a 32-bit build: every array is below the total */
+                return roid_err_set(err, -ENOMEM, "scan %u x %u at %u segments: %llu bytes of RoI state", ny, nx,
+                                    p->n_segments, (unsigned long long)bytes);
         if (p->max_state_bytes && bytes > p->max_state_bytes) {
                 char need[32], max[32];
                 return roid_err_set(err, -EMSGSIZE,
@@ -166,7 +169,7 @@ static int create(const roid_roi_params *p, uint32_t ny, uint32_t nx, bool maps_
         roid_rng_seed(&r->rng, p->seed);
         size_t np = r->np, nm = r->nmod * np;
         bool ok = true;
-#define ROI_ALLOC(name, bytes) ok = (r->name = calloc(1, bytes)) != NULL && ok;
+#define ROI_ALLOC(name, bytes) ok = (r->name = calloc(1, (size_t)(bytes))) != NULL && ok;
         if (!maps_only) {
                 ROI_STATE(ROI_ALLOC, r)
         }
@@ -239,7 +242,7 @@ void roid_roi_free(roid_roi *r) {
 
 static int copy_internal(roid_roi *dst, const roid_roi *src, bool maps_only) {
         if (dst->ny != src->ny || dst->nx != src->nx || dst->nch != src->nch || dst->ndim != src->ndim ||
-            dst->p.k != src->p.k || (!maps_only && !dst->seen_list))
+            dst->p.k != src->p.k || (!maps_only && (!dst->seen_list || !src->seen_list)))
                 return -EINVAL;
         roid_roi keep = *dst;
         *dst = *src;

@@ -255,8 +255,9 @@ static void test_state_bytes(void) {
                                                memcmp(roid_roi_counts(snap), roid_roi_counts(src),
                                                       (size_t)ny * nx * sizeof(uint32_t)) == 0,
                                        "copy_maps refreshes it without allocating: counts and online mask equal");
-                                tap_ok(roid_roi_copy(snap, src) == -EINVAL && roid_roi_add(snap, 0, 0, &f) == -EINVAL,
-                                       "a snapshot takes no full copy and no frame");
+                                tap_ok(roid_roi_copy(snap, src) == -EINVAL && roid_roi_copy(src, snap) == -EINVAL &&
+                                               roid_roi_add(snap, 0, 0, &f) == -EINVAL,
+                                       "a snapshot takes no full copy, gives none, and takes no frame");
                         }
                         roid_roi_free(snap);
                         roid_roi_free(src);
