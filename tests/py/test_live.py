@@ -18,8 +18,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+import cbor2
 import h5py
 import msgpack
 import numpy as np
@@ -219,6 +221,7 @@ def main():
     budget(tmp)
     estimated_center(tmp)
     refused_state(tmp)
+    geometry_at_start(tmp)
     if failures:
         print(err[-3000:])
         print(f"{len(failures)} failures")
@@ -344,6 +347,75 @@ def refused_state(tmp):
           "the log names the limit and counts the 900 frames as frames_not_analysed")
     check("analysis_error" in s2 and s2["analysis_error"] is None and e2.get("frames_analysed") == 256,
           f"the next series (16 x 16) is analysed: {e2.get('frames_analysed')} frames")
+
+
+def geometry_at_start(tmp):
+    """A start that gives the frame shape, the beam centre and the pixel mask
+    of the analysed channel: the detector geometry is built before the first
+    image arrives (here a second later), not by it, and that image and the
+    rest are analysed with it."""
+    cap = os.path.join(tmp, "masked.cbors")
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    rec = subprocess.Popen([ROID, "record", f"tcp://127.0.0.1:{port}", cap, "--count", "5"],
+                           stderr=subprocess.PIPE, text=True)
+    man = os.path.join(tmp, "masked.jsonl")
+    subprocess.run([SIM, "--endpoint", f"tcp://127.0.0.1:{port}", "--shape", "64x96", "--frames", "3",
+                    "--header-detail", "all", "--mask", "--manifest", man, "--quiet"], check=True, timeout=60)
+    rec.communicate(timeout=60)
+    with open(cap, "rb") as f:
+        dec = cbor2.CBORDecoder(f)
+        msgs = []
+        while f.tell() < os.path.getsize(cap):
+            msgs.append(dec.decode())
+    check(len(msgs) == 5, f"recorded start, 3 images, end: {len(msgs)} messages")
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    pd = push.bind_to_random_port("tcp://127.0.0.1")
+    out = os.path.join(tmp, "geometry-at-start")
+    os.mkdir(out)
+    roid = subprocess.Popen([ROID, "--detector", f"tcp://127.0.0.1:{pd}", "--series", "1", "--idle-timeout", "30",
+                             "--output-dir", out], stderr=subprocess.PIPE, text=True)
+    CHILDREN.append(roid)
+    lines = []
+
+    def read():
+        for line in roid.stderr:
+            lines.append((time.time(), line))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    push.send_multipart(msgs[0])
+    time.sleep(1.0)
+    t_first_image = time.time()
+    for m in msgs[1:]:
+        push.send_multipart(m)
+    try:
+        rc = roid.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        roid.kill()
+        rc = None
+    reader.join(timeout=10)
+    push.close(0)
+    ctx.term()
+    geom = [(t, l) for t, l in lines if "beam centre" in l]
+    check(rc == 0 and len(geom) == 1 and "from start" in geom[0][1] and geom[0][0] < t_first_image,
+          f"geometry built at the start, {t_first_image - geom[0][0] if geom else float('nan'):.2f} s before the "
+          f"first image: {geom[0][1].strip() if geom else None}")
+    err = "".join(l for _, l in lines)
+    check("frames_analysed=3" in err and "frames_failed" not in err.split("counters:")[-1],
+          "the three images analysed with it")
+    # with the start's pixel mask: the totals are the simulator's sums over unmasked pixels
+    with open(man) as f:
+        want = {m["image_id"]: m["sum"] for m in map(json.loads, f)}
+    files = [p for p in os.listdir(out) if p.endswith(".h5")]
+    got = {}
+    if files:
+        with h5py.File(os.path.join(out, files[0]), "r") as f:
+            got = dict(zip(f["/entry/scan/image_id"][()].tolist(), f["/entry/features/sum"][()].tolist()))
+    check(got and got == {k: float(v) for k, v in want.items()},
+          f"its totals leave out the masked pixels, as the simulator's manifest: {got} vs {want}")
 
 
 if __name__ == "__main__":
