@@ -31,78 +31,7 @@ enum { ROWS = 24, COLS = 40, NPIX = ROWS * COLS, MSG_MAX = 1 << 21 };
 
 /* ---- generated messages ---- */
 
-typedef struct {
-        uint8_t *b;
-        size_t n;
-} msg;
-
-#define W(fn, ...) (m->n += fn(__VA_ARGS__, m->b + m->n, MSG_MAX - m->n))
-
-static void w_text(msg *m, const char *s) {
-        W(cbor_encode_string_start, strlen(s));
-        memcpy(m->b + m->n, s, strlen(s));
-        m->n += strlen(s);
-}
-
-static void w_bytes(msg *m, const void *p, size_t n) {
-        W(cbor_encode_bytestring_start, n);
-        memcpy(m->b + m->n, p, n);
-        m->n += n;
-}
-
-static void w_head(msg *m, const char *type, uint64_t series, size_t extra) {
-        m->n = 0;
-        W(cbor_encode_tag, 55799);
-        W(cbor_encode_map_start, 3 + extra);
-        w_text(m, "type");
-        w_text(m, type);
-        w_text(m, "series_id");
-        W(cbor_encode_uint, series);
-        w_text(m, "series_unique_id");
-        w_text(m, series == 7 ? "S7" : "S8");
-}
-
-static void build_start(msg *m, uint64_t series) {
-        w_head(m, "start", series, 5);
-        w_text(m, "image_size_x");
-        W(cbor_encode_uint, COLS);
-        w_text(m, "image_size_y");
-        W(cbor_encode_uint, ROWS);
-        w_text(m, "image_dtype");
-        w_text(m, "uint16");
-        w_text(m, "number_of_images");
-        W(cbor_encode_uint, 1000000);
-        w_text(m, "channels");
-        W(cbor_encode_array_start, 1);
-        w_text(m, "threshold_1");
-}
-
-/* algo: NULL (raw), "bslz4" or "lz4"; payload: the typed array's bytes */
-static void build_image(msg *m, uint64_t series, uint64_t id, const char *algo, const uint8_t *payload, size_t len) {
-        w_head(m, "image", series, 2);
-        w_text(m, "image_id");
-        W(cbor_encode_uint, id);
-        w_text(m, "data");
-        W(cbor_encode_map_start, 1);
-        w_text(m, "threshold_1");
-        W(cbor_encode_tag, 40);
-        W(cbor_encode_array_start, 2);
-        W(cbor_encode_array_start, 2);
-        W(cbor_encode_uint, ROWS);
-        W(cbor_encode_uint, COLS);
-        W(cbor_encode_tag, 69);
-        if (algo) {
-                W(cbor_encode_tag, 56500);
-                W(cbor_encode_array_start, 3);
-                w_text(m, algo);
-                W(cbor_encode_uint, 2);
-        }
-        w_bytes(m, payload, len);
-}
-
-static void build_end(msg *m, uint64_t series) {
-        w_head(m, "end", series, 0);
-}
+typedef fuzz_msg msg;
 
 /* Stream V1: multipart JSON + binary (the header with header_detail none,
  * images in four parts, the end). */
@@ -248,13 +177,13 @@ int main(void) {
         enum { NSEED = 10 };
         msg seed[NSEED];
         for (int i = 0; i < NSEED; i++)
-                seed[i] = (msg){.b = malloc(MSG_MAX)};
-        build_start(&seed[0], 7);
-        build_image(&seed[1], 7, 1, "bslz4", bs, bs_n);
-        build_image(&seed[2], 7, 2, "lz4", lz, lz_n);
-        build_image(&seed[3], 7, 3, NULL, (const uint8_t *)pixels, sizeof pixels);
-        build_end(&seed[4], 7);
-        build_start(&seed[5], 8);
+                seed[i] = (msg){.b = malloc(MSG_MAX), .cap = MSG_MAX};
+        fuzz_v2_start(&seed[0], 7, ROWS, COLS, 1000000);
+        fuzz_v2_image(&seed[1], 7, 1, ROWS, COLS, "bslz4", bs, bs_n);
+        fuzz_v2_image(&seed[2], 7, 2, ROWS, COLS, "lz4", lz, lz_n);
+        fuzz_v2_image(&seed[3], 7, 3, ROWS, COLS, NULL, (const uint8_t *)pixels, sizeof pixels);
+        fuzz_v2_end(&seed[4], 7);
+        fuzz_v2_start(&seed[5], 8, ROWS, COLS, 1000000);
         int n_seed = 6;
         const char *real[] = {"stream2/r500k_bslz4_16bit_000001.cbor", "stream2/r500k_bslz4_16bit_000002.cbor",
                               "stream2/r500k_bslz4_16bit_000003.cbor", "stream2/r500k_bslz4_16bit_000011.cbor"};
@@ -282,7 +211,7 @@ int main(void) {
         v1msg v1[NV1];
         for (int i = 0; i < NV1; i++)
                 for (int k = 0; k < V1_PARTS_MAX; k++)
-                        v1[i].p[k] = (msg){.b = malloc(V1_CAP)};
+                        v1[i].p[k] = (msg){.b = malloc(V1_CAP), .cap = V1_CAP};
         build_v1_header(&v1[0], 9);
         build_v1_image(&v1[1], 9, 1, "<", pixels, sizeof pixels);
         build_v1_image(&v1[2], 9, 2, "lz4<", lzr, lzr_n);
@@ -360,7 +289,7 @@ int main(void) {
                                 roid_ingest_parts(in, &(roid_part){seed[0].b, seed[0].n}, 1);
                         else
                                 feed_v1(in, &v1[0]);
-                        build_image(&seed[1], 7, next_good++, "bslz4", bs, bs_n);
+                        fuzz_v2_image(&seed[1], 7, next_good++, ROWS, COLS, "bslz4", bs, bs_n);
                 }
                 const size_t h = heap_in_use();
                 if (h > heap_max)
@@ -374,15 +303,15 @@ int main(void) {
 
         /* A good series afterwards is decoded exactly, in every compression. */
         roid_ingest_parts(in, &(roid_part){seed[4].b, seed[4].n}, 1);
-        msg m = {.b = buf};
-        build_start(&m, 8);
+        msg m = {.b = buf, .cap = MSG_MAX};
+        fuzz_v2_start(&m, 8, ROWS, COLS, 1000000);
         roid_ingest_parts(in, &(roid_part){m.b, m.n}, 1);
         const char *algos[] = {"bslz4", "lz4", NULL};
         const uint8_t *payloads[] = {bs, lz, (const uint8_t *)pixels};
         const size_t lens[] = {bs_n, lz_n, sizeof pixels};
         for (int i = 0; i < 3; i++) {
                 const uint64_t f0 = frames_seen;
-                build_image(&m, 8, 900000 + (uint64_t)i, algos[i], payloads[i], lens[i]);
+                fuzz_v2_image(&m, 8, 900000 + (uint64_t)i, ROWS, COLS, algos[i], payloads[i], lens[i]);
                 roid_ingest_parts(in, &(roid_part){m.b, m.n}, 1);
                 tap_ok(frames_seen == f0 + 1 && last_sum == good_sum,
                        "after the fuzzing a good %s frame decodes exactly", algos[i] ? algos[i] : "raw");

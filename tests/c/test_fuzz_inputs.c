@@ -843,69 +843,20 @@ bad:
 
 /* ---- generated messages (Stream V2 CBOR and Stream V1 parts) ---- */
 
-typedef struct {
-        uint8_t b[4096];
-        size_t n;
-} msg;
-
-#define W(fn, ...) (m->n += fn(__VA_ARGS__, m->b + m->n, sizeof m->b - m->n))
-
-static void w_text(msg *m, const char *s) {
-        W(cbor_encode_string_start, strlen(s));
-        memcpy(m->b + m->n, s, strlen(s));
-        m->n += strlen(s);
-}
-
-static void w_head(msg *m, const char *type, size_t extra) {
-        m->n = 0;
-        W(cbor_encode_tag, 55799);
-        W(cbor_encode_map_start, 3 + extra);
-        w_text(m, "type");
-        w_text(m, type);
-        w_text(m, "series_id");
-        W(cbor_encode_uint, 5);
-        w_text(m, "series_unique_id");
-        w_text(m, "S5");
-}
-
 enum { ROWS = 8, COLS = 8 };
 static uint16_t pixels[ROWS * COLS];
 
-static void v2_start(msg *m) {
-        w_head(m, "start", 5);
-        w_text(m, "image_size_x");
-        W(cbor_encode_uint, COLS);
-        w_text(m, "image_size_y");
-        W(cbor_encode_uint, ROWS);
-        w_text(m, "image_dtype");
-        w_text(m, "uint16");
-        w_text(m, "number_of_images");
-        W(cbor_encode_uint, 100);
-        w_text(m, "channels");
-        W(cbor_encode_array_start, 1);
-        w_text(m, "threshold_1");
+/* The one series of the seed captures: series 5, 100 images announced. */
+static void v2_start(fuzz_msg *m) {
+        fuzz_v2_start(m, 5, ROWS, COLS, 100);
 }
 
-static void v2_image(msg *m, uint64_t id) {
-        w_head(m, "image", 2);
-        w_text(m, "image_id");
-        W(cbor_encode_uint, id);
-        w_text(m, "data");
-        W(cbor_encode_map_start, 1);
-        w_text(m, "threshold_1");
-        W(cbor_encode_tag, 40);
-        W(cbor_encode_array_start, 2);
-        W(cbor_encode_array_start, 2);
-        W(cbor_encode_uint, ROWS);
-        W(cbor_encode_uint, COLS);
-        W(cbor_encode_tag, 69);
-        W(cbor_encode_bytestring_start, sizeof pixels);
-        memcpy(m->b + m->n, pixels, sizeof pixels);
-        m->n += sizeof pixels;
+static void v2_image(fuzz_msg *m, uint64_t id) {
+        fuzz_v2_image(m, 5, id, ROWS, COLS, NULL, pixels, sizeof pixels);
 }
 
-static void v2_end(msg *m) {
-        w_head(m, "end", 0);
+static void v2_end(fuzz_msg *m) {
+        fuzz_v2_end(m, 5);
 }
 
 static roid_part text_part(const char *s) {
@@ -937,7 +888,8 @@ typedef struct {
 /* A capture written by roid_capture_write (kind 0: V2, 1: V1, 2: mixed, with
  * records the writer does not make appended), or a bare message (3, 4). */
 static bool make_capture_seed(int kind, const char *path, cap_seed *s) {
-        msg m;
+        uint8_t mb[4096];
+        fuzz_msg m = {mb, 0, sizeof mb};
         roid_capture_writer *w;
         if (kind <= 2) {
                 if (roid_capture_writer_open(path, &w) < 0)
