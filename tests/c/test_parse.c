@@ -732,6 +732,17 @@ static void test_built_images(void) {
         }
 }
 
+/* An end message whose series_unique_id is uid. */
+static wbuf *end_with_uid(const char *uid) {
+        wbuf *w = w_new(4096);
+        w_map(w, 2);
+        w_key(w, "type");
+        w_text(w, "end");
+        w_key(w, "series_unique_id");
+        w_text(w, uid);
+        return w;
+}
+
 static void test_v2_malformed(void) {
         uint16_t px[8] = {0};
         wbuf *w;
@@ -985,12 +996,7 @@ static void test_v2_malformed(void) {
         expect_fail("image without data", w, -EBADMSG, "data");
         w_free(w);
 
-        w = w_new(4096);
-        w_map(w, 2);
-        w_key(w, "type");
-        w_text(w, "end");
-        w_key(w, "series_unique_id");
-        w_text(w, "0123456789012345678901234567890123456789012345678901234567890123456789");
+        w = end_with_uid("0123456789012345678901234567890123456789012345678901234567890123456789");
         expect_fail("series_unique_id of 70 bytes", w, -EMSGSIZE, "series_unique_id");
         w_free(w);
 
@@ -999,21 +1005,11 @@ static void test_v2_malformed(void) {
          * msgpack str, which clients decode as UTF-8) */
         static const char *const not_utf8[] = {"run-\x80", "run-\xc3", "run-\xc0\xaf", "run-\xed\xa0\x80"};
         for (unsigned k = 0; k < 4; k++) {
-                w = w_new(4096);
-                w_map(w, 2);
-                w_key(w, "type");
-                w_text(w, "end");
-                w_key(w, "series_unique_id");
-                w_text(w, not_utf8[k]);
+                w = end_with_uid(not_utf8[k]);
                 expect_fail("series_unique_id not UTF-8", w, -EBADMSG, "not UTF-8");
                 w_free(w);
         }
-        w = w_new(4096);
-        w_map(w, 2);
-        w_key(w, "type");
-        w_text(w, "end");
-        w_key(w, "series_unique_id");
-        w_text(w, "run-\xc3\xa9\xe2\x82\xac\xf0\x9f\x94\xac");
+        w = end_with_uid("run-\xc3\xa9\xe2\x82\xac\xf0\x9f\x94\xac");
         roid_err e = {""};
         static roid_msg um;
         tap_ok(parse1(w->b, w->n, &um, &e) >= 0 &&
