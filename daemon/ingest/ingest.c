@@ -70,22 +70,6 @@ static void end_series(roid_ingest *in, bool terminated) {
         roid_tracker_release(&in->tr);
 }
 
-/* Should channel c of this image be decoded? */
-static bool want_channel(const roid_ingest *in, const roid_image_info *im, unsigned c) {
-        const char *sel = in->channel;
-        if (!sel[0])
-                return true;
-        if (sel[0] == '#') {
-                unsigned long n = strtoul(sel + 1, NULL, 10);
-                /* "#N" counts in the series' channel order when the start gave one. */
-                const roid_series *s = &in->tr.cur;
-                if (s->start.n_channels > n)
-                        return strcmp(im->channel[c].name, s->start.channels[n]) == 0;
-                return c == n;
-        }
-        return strcmp(im->channel[c].name, sel) == 0;
-}
-
 static void frame_failed(roid_ingest *in, uint64_t image_id, const char *chan, const char *why) {
         roid_count(in->ctr, ROID_C_frames_failed, 1);
         ROID_LOG_LIMITED(ROID_LOG_ERR, "series %llu image %llu channel %s: %s [frames_failed]",
@@ -99,7 +83,7 @@ static void decode_image(roid_ingest *in, const roid_msg *m) {
         const roid_series *s = &in->tr.cur;
         bool any = false;
         for (unsigned c = 0; c < im->n_channels; c++) {
-                if (!want_channel(in, im, c))
+                if (!roid_series_channel_selected(s, in->channel, im->channel[c].name, c))
                         continue;
                 any = true;
                 const roid_blob *b = &im->channel[c].blob;

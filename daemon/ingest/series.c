@@ -45,6 +45,27 @@ int roid_series_channel_index(const roid_series *s, const char *name) {
         return -1;
 }
 
+/* "#N" -> N; config.c has checked the form. */
+static unsigned long channel_number(const char *sel) {
+        return strtoul(sel + 1, NULL, 10);
+}
+
+const char *roid_series_selected_channel(const roid_series *s, const char *sel) {
+        if (!sel || !sel[0])
+                return NULL;
+        if (sel[0] != '#')
+                return sel;
+        const unsigned long n = channel_number(sel);
+        return s->start.n_channels > n ? s->start.channels[n] : NULL;
+}
+
+bool roid_series_channel_selected(const roid_series *s, const char *sel, const char *name, unsigned index) {
+        if (!sel || !sel[0])
+                return true;
+        const char *named = roid_series_selected_channel(s, sel);
+        return named ? strcmp(name, named) == 0 : index == channel_number(sel);
+}
+
 /* Same series?  The unique id decides when both messages carry one (series_id
  * restarts after a detector initialize); V1 only has series_id. */
 static bool same_series(const roid_series *s, const roid_msg *m) {

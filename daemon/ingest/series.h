@@ -97,4 +97,18 @@ void roid_tracker_release(roid_tracker *t);
 /* Index of channel `name` in the open series' start channels, -1 if absent. */
 int roid_series_channel_index(const roid_series *s, const char *name);
 
+/* Channel selection, one rule for the ingest (which channel it decodes) and
+ * the pipeline (which channel's geometry it can build at the start).  sel is
+ * a channel name, or "#N": the N-th channel of the start's channel list when
+ * it has more than N, otherwise the N-th channel of each image (V1 and a V2
+ * start without a list).
+ *
+ * roid_series_selected_channel: the name sel settles from the start alone,
+ * or NULL when only the images tell ("#N" without such a list, or sel NULL
+ * or "").  The pointer is sel or into s, valid while the series is open. */
+const char *roid_series_selected_channel(const roid_series *s, const char *sel);
+/* Whether channel `index` of an image, named `name`, is selected; NULL or ""
+ * selects every channel. */
+bool roid_series_channel_selected(const roid_series *s, const char *sel, const char *name, unsigned index);
+
 #endif

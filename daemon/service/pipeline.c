@@ -935,13 +935,10 @@ static void sink_start(void *ctx, const roid_series *s) {
         sc->has_center = s->start.has_beam_center;
         sc->cx = s->start.beam_center_x;
         sc->cy = s->start.beam_center_y;
-        /* The channel "#N" names when the start lists the channels (V2). */
-        const char *sel = pl->cfg.channel[0] ? pl->cfg.channel : "#0";
-        if (sel[0] != '#')
-                snprintf(sc->channel_start, sizeof sc->channel_start, "%s", sel);
-        else if (s->start.n_channels > strtoul(sel + 1, NULL, 10))
-                snprintf(sc->channel_start, sizeof sc->channel_start, "%s",
-                         s->start.channels[strtoul(sel + 1, NULL, 10)]);
+        /* The ingest decodes by the same rule (roid_series_channel_selected). */
+        const char *named = roid_series_selected_channel(s, pl->cfg.channel[0] ? pl->cfg.channel : "#0");
+        if (named)
+                snprintf(sc->channel_start, sizeof sc->channel_start, "%s", named);
         sc->dtype = s->dtype;
         sc->rows = s->rows;
         sc->cols = s->cols;

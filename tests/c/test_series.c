@@ -12,6 +12,7 @@ typedef struct {
         int starts, ends, ends_terminated, frames, errors;
         uint64_t last_image;
         uint64_t sum_of_sums;
+        char last_channel[ROID_NAME_MAX];
         char last_uid[ROID_NAME_MAX];
 } tally;
 
@@ -30,6 +31,7 @@ static void t_frame(void *ctx, const roid_frame_event *ev) {
         tally *t = ctx;
         t->frames++;
         t->last_image = ev->image_id;
+        snprintf(t->last_channel, sizeof t->last_channel, "%s", ev->channel_name);
         const uint16_t *p = ev->pixels;
         for (size_t i = 0; i < (size_t)ev->rows * ev->cols; i++)
                 t->sum_of_sums += p[i];
@@ -215,6 +217,7 @@ static void test_channel_selection(void) {
         snprintf(m.u.image.channel[1].name, ROID_NAME_MAX, "threshold_2");
         roid_ingest_msg(in, &m);
         tap_eq_u64((uint64_t)t.frames, 1, "channel #1: only one channel decoded");
+        tap_ok(!strcmp(t.last_channel, "threshold_2"), "channel #1: the start's second channel (%s)", t.last_channel);
         tap_eq_u64(CNT(frames_decoded), 1, "channel #1: frames_decoded");
         m.u.image.image_id = 1;
         m.u.image.n_channels = 1;
@@ -224,6 +227,33 @@ static void test_channel_selection(void) {
         roid_ingest_free(in);
 }
 
+/* The rule the ingest decodes by and the pipeline builds the geometry by:
+ * "#N" counts in the start's channel list when it has one, whatever the
+ * order of an image's channels; otherwise in each image's. */
+static void test_selection_rule(void) {
+        roid_series s = {0};
+        s.start.n_channels = 2;
+        snprintf(s.start.channels[0], ROID_NAME_MAX, "threshold_1");
+        snprintf(s.start.channels[1], ROID_NAME_MAX, "threshold_2");
+        const char *n1 = roid_series_selected_channel(&s, "#1");
+        tap_ok(n1 && !strcmp(n1, "threshold_2"), "#1 with a start list names its second channel");
+        tap_ok(roid_series_channel_selected(&s, "#1", "threshold_2", 0),
+               "#1: an image listing threshold_2 first still gives threshold_2");
+        tap_ok(!roid_series_channel_selected(&s, "#1", "threshold_1", 1), "#1: and not the image's second channel");
+        tap_ok(!roid_series_selected_channel(&s, "#2"), "#2 beyond the start's list: only the images tell");
+        tap_ok(roid_series_channel_selected(&s, "#2", "x", 2) && !roid_series_channel_selected(&s, "#2", "x", 1),
+               "#2 beyond the list: the image's third channel");
+        const char *nm = roid_series_selected_channel(&s, "threshold_1");
+        tap_ok(nm && !strcmp(nm, "threshold_1"), "a name selects itself");
+        tap_ok(!roid_series_channel_selected(&s, "threshold_9", "threshold_1", 0), "a name selects nothing else");
+        tap_ok(!roid_series_selected_channel(&s, "") && roid_series_channel_selected(&s, "", "any", 3),
+               "an empty selection: every channel, none named at the start");
+        s.start.n_channels = 0;
+        tap_ok(!roid_series_selected_channel(&s, "#0") && roid_series_channel_selected(&s, "#0", "a", 0) &&
+                       !roid_series_channel_selected(&s, "#0", "b", 1),
+               "#0 without a start list (V1): the image's first channel");
+}
+
 int main(void) {
         for (int i = 0; i < R * C; i++)
                 pixels[i] = (uint16_t)i;
@@ -231,5 +261,6 @@ int main(void) {
         test_bad_sequences();
         test_implicit();
         test_channel_selection();
+        test_selection_rule();
         return tap_done();
 }
