@@ -88,23 +88,59 @@ static uint32_t fine_start(uint32_t c, double f) {
         return b > 0 ? (uint32_t)b : 0;
 }
 
+/* The element count of each array, from the grid and the parameters. */
+typedef struct {
+        uint64_t np, nx1, ny1, nheap, boxes, next, rescan_cap, rescan;
+} fb_dims;
+
+static fb_dims dims_of(const roid_feedback_params *p, const roid_scan_grid *grid) {
+        const double f = p->rescan_factor;
+        /* The rescan list can never exceed the fine lattice of the whole grid. */
+        const uint64_t lattice = (uint64_t)fine_start(grid->nx, f) * fine_start(grid->ny, f);
+        const uint64_t cap = lattice < p->max_rescan ? lattice : p->max_rescan;
+        return (fb_dims){.np = (uint64_t)grid->ny * grid->nx,
+                         .nx1 = (uint64_t)grid->nx + 1,
+                         .ny1 = (uint64_t)grid->ny + 1,
+                         .nheap = p->max_boxes > p->next_points ? p->max_boxes : p->next_points,
+                         .boxes = p->max_boxes,
+                         .next = p->next_points ? p->next_points : 1,
+                         .rescan_cap = cap,
+                         .rescan = 2 * (cap ? cap : 1)};
+}
+
+/* Every array with its element count, so that new and free cannot miss one
+ * and roid_feedback_state_bytes is what new allocates. */
+#define FB_ARRAYS(X, d)                                                                                                \
+        X(bx, (d).nx1)                                                                                                 \
+        X(by, (d).ny1)                                                                                                 \
+        X(mask, (d).np)                                                                                                \
+        X(prev, (d).np)                                                                                                \
+        X(flags, (d).np)                                                                                               \
+        X(tmp, (d).np)                                                                                                 \
+        X(tmp2, (d).np)                                                                                                \
+        X(queue, (d).np)                                                                                               \
+        X(skip, (d).np)                                                                                                \
+        X(heap, (d).nheap)                                                                                             \
+        X(store, (d).boxes)                                                                                            \
+        X(boxes, (d).boxes)                                                                                            \
+        X(next, (d).next)                                                                                              \
+        X(rescan, (d).rescan)
+
+uint64_t roid_feedback_state_bytes(const roid_feedback_params *p, const roid_scan_grid *grid) {
+        const fb_dims d = dims_of(p, grid);
+        uint64_t bytes = sizeof(roid_feedback);
+#define SIZE_OF(name, n) bytes += (n) * sizeof *((roid_feedback *)0)->name;
+        FB_ARRAYS(SIZE_OF, d)
+#undef SIZE_OF
+        return bytes;
+}
+
 void roid_feedback_free(roid_feedback *fb) {
         if (!fb)
                 return;
-        free(fb->bx);
-        free(fb->by);
-        free(fb->mask);
-        free(fb->prev);
-        free(fb->flags);
-        free(fb->tmp);
-        free(fb->tmp2);
-        free(fb->queue);
-        free(fb->skip);
-        free(fb->heap);
-        free(fb->store);
-        free(fb->boxes);
-        free(fb->next);
-        free(fb->rescan);
+#define FREE_OF(name, n) free(fb->name);
+        FB_ARRAYS(FREE_OF, )
+#undef FREE_OF
         free(fb);
 }
 
@@ -120,39 +156,22 @@ int roid_feedback_new(const roid_feedback_params *p, const roid_scan_grid *grid,
                 return -ENOMEM;
         fb->p = *p;
         fb->g = *grid;
-        size_t np = fb->np = (size_t)grid->ny * grid->nx;
-        double f = p->rescan_factor;
-        size_t nheap = p->max_boxes > p->next_points ? p->max_boxes : p->next_points;
-        fb->bx = malloc(((size_t)grid->nx + 1) * sizeof *fb->bx);
-        fb->by = malloc(((size_t)grid->ny + 1) * sizeof *fb->by);
-        fb->mask = calloc(np, 1);
-        fb->prev = calloc(np, 1);
-        fb->flags = calloc(np, 1);
-        fb->tmp = calloc(np, 1);
-        fb->tmp2 = calloc(np, 1);
-        fb->queue = malloc(np * sizeof *fb->queue);
-        fb->skip = malloc(np * sizeof *fb->skip);
-        fb->heap = malloc(nheap * sizeof *fb->heap);
-        fb->store = malloc(p->max_boxes * sizeof *fb->store);
-        fb->boxes = malloc(p->max_boxes * sizeof *fb->boxes);
-        fb->next = malloc((p->next_points ? p->next_points : 1) * sizeof *fb->next);
-        if (!fb->bx || !fb->by || !fb->mask || !fb->prev || !fb->flags || !fb->tmp || !fb->tmp2 || !fb->queue ||
-            !fb->skip || !fb->heap || !fb->store || !fb->boxes || !fb->next) {
-                roid_feedback_free(fb);
-                return -ENOMEM;
+        fb->np = (size_t)grid->ny * grid->nx;
+        const double f = p->rescan_factor;
+        const fb_dims d = dims_of(p, grid);
+        fb->rescan_cap = (size_t)d.rescan_cap;
+        /* calloc: the masks start empty; the rest is written before it is read */
+#define ALLOC_OF(name, n)                                                                                              \
+        if (!(fb->name = calloc((size_t)(n), sizeof *fb->name))) {                                                     \
+                roid_feedback_free(fb);                                                                                \
+                return -ENOMEM;                                                                                        \
         }
+        FB_ARRAYS(ALLOC_OF, d)
+#undef ALLOC_OF
         for (uint32_t c = 0; c <= grid->nx; c++)
                 fb->bx[c] = fine_start(c, f);
         for (uint32_t c = 0; c <= grid->ny; c++)
                 fb->by[c] = fine_start(c, f);
-        /* The list can never exceed the fine lattice of the whole grid. */
-        uint64_t lattice = (uint64_t)fb->bx[grid->nx] * fb->by[grid->ny];
-        fb->rescan_cap = lattice < p->max_rescan ? (size_t)lattice : p->max_rescan;
-        fb->rescan = malloc((fb->rescan_cap ? fb->rescan_cap : 1) * 2 * sizeof *fb->rescan);
-        if (!fb->rescan) {
-                roid_feedback_free(fb);
-                return -ENOMEM;
-        }
 
         roid_feedback_view *v = &fb->v;
         v->ny = grid->ny;

@@ -73,7 +73,8 @@
  * Memory: allocated once per series in roid_feedback_new, bounded by the grid
  * size (ny * nx <= ROID_SCAN_MAX_POINTS; 13 bytes per point),
  * params.max_rescan (16 bytes a point, no more than the fine lattice has),
- * max_boxes and next_points; nothing per update.
+ * max_boxes and next_points (roid_feedback_state_bytes: the total); nothing
+ * per update.
  *
  * Ownership: the caller owns the roid_feedback; the view's arrays belong to it
  * and stay valid until the next update or free.  Threads: one thread at a time.
@@ -154,6 +155,10 @@ void roid_feedback_params_default(roid_feedback_params *p);
  * grid (shape 1..ROID_SCAN_MAX_POINTS, finite origin, finite non-zero step),
  * -ENOMEM. */
 int roid_feedback_new(const roid_feedback_params *p, const roid_scan_grid *grid, roid_feedback **ret, roid_err *err);
+/* What roid_feedback_new allocates for this grid and these parameters, in
+ * bytes: the caller counts it against [limits] max_analysis_bytes with the
+ * RoI state (roid_roi_params.other_state_bytes). */
+uint64_t roid_feedback_state_bytes(const roid_feedback_params *p, const roid_scan_grid *grid);
 void roid_feedback_free(roid_feedback *fb);
 
 /* Recomputes everything from the RoI state: after roid_roi_refit (online:

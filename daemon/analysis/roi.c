@@ -146,15 +146,17 @@ static int create(const roid_roi_params *p, uint32_t ny, uint32_t nx, bool maps_
         if (bytes > SIZE_MAX) /* a 32-bit build: every array is below the total */
                 return roid_err_set(err, -ENOMEM, "scan %u x %u at %u segments: %llu bytes of RoI state", ny, nx,
                                     p->n_segments, (unsigned long long)bytes);
-        if (p->max_state_bytes && bytes > p->max_state_bytes) {
-                char need[32], max[32];
+        const uint64_t other = maps_only ? 0 : p->other_state_bytes;
+        if (p->max_state_bytes && (bytes > p->max_state_bytes || other > p->max_state_bytes - bytes)) {
+                char need[32], max[32], oth[32];
                 return roid_err_set(err, -EMSGSIZE,
-                                    "scan %u x %u at %u segment%s needs %s of RoI state%s (%.0f bytes a point), "
+                                    "scan %u x %u at %u segment%s needs %s of RoI state%s (%.0f bytes a point)%s%s%s, "
                                     "more than max_analysis_bytes %s",
                                     ny, nx, p->n_segments, p->n_segments == 1 ? "" : "s",
                                     size_text(bytes, need, sizeof need),
                                     p->map_copies ? " with snapshots of its maps" : "", (double)bytes / (double)d.np,
-                                    size_text(p->max_state_bytes, max, sizeof max));
+                                    other ? " and " : "", other ? size_text(other, oth, sizeof oth) : "",
+                                    other ? " of feedback state" : "", size_text(p->max_state_bytes, max, sizeof max));
         }
         roid_roi *r = calloc(1, sizeof *r);
         if (!r)

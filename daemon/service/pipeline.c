@@ -607,6 +607,7 @@ static int an_series_state(roid_pipeline *pl, series_ctx *sc) {
         roid_feedback_free(ss->fb);
         ss->roi = NULL;
         ss->fb = NULL;
+        sc->ap.roi.other_state_bytes = roid_feedback_state_bytes(&sc->fp, &sc->grid);
         int r = roid_roi_new(&sc->ap.roi, sc->grid.ny, sc->grid.nx, &ss->roi, &err);
         if (r >= 0) {
                 roid_roi_hold_refits(ss->roi, true);

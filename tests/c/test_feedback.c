@@ -14,6 +14,7 @@
 #include "tap.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -812,7 +813,54 @@ static void test_stable_final(void) {
         roid_roi_free(r);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#else
+#define UNDER_ASAN 0
+#endif
+
+/* roid_feedback_state_bytes is what roid_feedback_new allocates, by malloc's
+ * own account (the daemon counts it against max_analysis_bytes): grids
+ * whose rescan lattice is below and above max_rescan, factors 1, 1.5 and 4. */
+static void test_state_bytes(void) {
+        static const struct {
+                uint32_t ny, nx;
+                double f;
+                size_t max_rescan;
+        } cases[] = {{40, 50, 1, 1u << 20}, {300, 200, 1.5, 1u << 20}, {1000, 1000, 4, 1u << 20}, {64, 64, 2, 100}};
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+                roid_feedback_params p;
+                roid_feedback_params_default(&p);
+                p.rescan_factor = cases[i].f;
+                p.max_rescan = cases[i].max_rescan;
+                const roid_scan_grid g = {.ny = cases[i].ny, .nx = cases[i].nx, .step_x = 1, .step_y = 1};
+                const uint64_t want = roid_feedback_state_bytes(&p, &g);
+                /* independently: 13 bytes a point, the rescan lattice (2 doubles a fine point, capped) */
+                const uint64_t fine =
+                        (uint64_t)ceil(cases[i].ny * cases[i].f - 0.5) * ceil(cases[i].nx * cases[i].f - 0.5);
+                const uint64_t lattice = fine < p.max_rescan ? fine : p.max_rescan;
+                const uint64_t floor_bytes = (uint64_t)cases[i].ny * cases[i].nx * 13 + lattice * 16;
+                tap_ok(want >= floor_bytes && want <= floor_bytes + 64 * 1024,
+                       "%u x %u, f %g: state_bytes %llu is 13 B a point + 16 B a rescan point (%llu) + small lists",
+                       g.ny, g.nx, p.rescan_factor, (unsigned long long)want, (unsigned long long)floor_bytes);
+                const struct mallinfo2 m0 = mallinfo2();
+                roid_feedback *fb = NULL;
+                roid_err err = {{0}};
+                int e = roid_feedback_new(&p, &g, &fb, &err);
+                const struct mallinfo2 m1 = mallinfo2();
+                const size_t used = (m1.uordblks + m1.hblkhd) - (m0.uordblks + m0.hblkhd);
+                if (!tap_ok(e == 0, "%u x %u: created (%s)", g.ny, g.nx, err.msg))
+                        continue;
+                if (!UNDER_ASAN) /* malloc rounds large blocks up to pages */
+                        tap_ok(used >= want && used <= want + 64 * 1024,
+                               "%u x %u, f %g: state_bytes %llu is what new allocates (%zu)", g.ny, g.nx,
+                               p.rescan_factor, (unsigned long long)want, used);
+                roid_feedback_free(fb);
+        }
+}
+
 int main(void) {
+        test_state_bytes();
         test_params();
         test_boxes_one();
         test_boxes_many();

@@ -214,6 +214,28 @@ static void test_state_bytes(void) {
                 if (e == 0)
                         roid_roi_free(r);
         }
+        /* other_state_bytes (the daemon's feedback state) counts with the
+         * RoI's: a state that fits alone is refused with it, naming both. */
+        {
+                roid_roi_params q;
+                roid_roi_params_default(&q);
+                const uint64_t roi = roid_roi_state_bytes(&q, 100, 100);
+                q.max_state_bytes = roi + 1000;
+                q.other_state_bytes = 1000;
+                roid_roi *r = NULL;
+                roid_err err = {{0}};
+                int e = roid_roi_new(&q, 100, 100, &r, &err);
+                tap_ok(e == 0, "RoI state + other state exactly at max_state_bytes: accepted (%s)", err.msg);
+                roid_roi_free(r);
+                r = NULL;
+                q.other_state_bytes = 1001;
+                e = roid_roi_new(&q, 100, 100, &r, &err);
+                tap_ok(e == -EMSGSIZE && !r && strstr(err.msg, " of feedback state"),
+                       "one byte of other state over: refused, naming the feedback state (%s)", err.msg);
+                q.other_state_bytes = UINT64_MAX;
+                e = roid_roi_new(&q, 100, 100, &r, &err);
+                tap_ok(e == -EMSGSIZE && !r, "other state near 2^64 does not wrap the sum (%s)", err.msg);
+        }
         /* map_copies counts a snapshot by its maps, which is what clone_maps
          * allocates; copy_maps keeps it fresh without allocating, a full
          * copy into it is refused. */
