@@ -7,11 +7,17 @@
  * Lines caused by outside input (a rejected message, a failing frame) use
  * ROID_LOG_LIMITED: each such call site shows at most `burst` lines per
  * `interval` (default 10 per 5 s, monotonic clock); calls beyond that only
- * increment the site's counter (no formatting, no write, no lock).  Nothing
- * is lost silently: the count is reported as one line
- *   "N similar lines suppressed in the last T s (file.c:LINE): <format>"
+ * increment the site's counter (no formatting, no write, no lock), except
+ * the first suppressed one of each summary, which formats its text into the
+ * site's sample.  Nothing is lost silently: the count is reported as one line
+ *   "N similar lines suppressed in the last T s (file.c:LINE); the first: <text>"
  * at the same level, before the site's next shown line, or by
  * roid_log_flush_suppressed() (the daemon's status timer, and at exit).
+ * <text> is the first suppressed line of those N, cut to at most
+ * ROID_LOG_SAMPLE_SIZE - 1 bytes on a UTF-8 character boundary ("..." at the
+ * end when cut), control characters (newlines) replaced by spaces.  When the
+ * summary overtook that line's formatting (another thread), it reads
+ * "...; format: <printf format of the site>" instead.
  * Startup, series-level and reload lines use plain roid_log: unlimited.
  */
 #ifndef ROID_SERVICE_LOG_H
@@ -45,14 +51,18 @@ void roid_logv(int level, const char *fmt, va_list ap);
 #define ROID_LOG_RATELIMIT_BURST       10u
 #define ROID_LOG_RATELIMIT_BURST_MAX   ((1u << 20) - 1) /* larger bursts are clamped */
 #define ROID_LOG_MAX_LIMITERS          256              /* call sites registered for the flush */
+#define ROID_LOG_SAMPLE_SIZE           256              /* bytes of a summary's first line, with its NUL */
 
 /* One per call site, static, zero-initialised but for the constant fields.
  * Private: use ROID_LOG_LIMITED. */
 typedef struct roid_log_limiter {
-        _Atomic uint64_t window;     /* start of the window in ms << 20 | lines shown in it; 0: none yet */
-        _Atomic uint64_t suppressed; /* not yet reported */
-        _Atomic uint64_t since_ms;   /* when the first of them was suppressed */
-        _Atomic int state;           /* 0 new, 1 registering, 2 registered (or the table was full) */
+        _Atomic uint64_t window;           /* start of the window in ms << 20 | lines shown in it; 0: none yet */
+        _Atomic uint64_t suppressed;       /* summaries made << 44 | calls suppressed since the last one */
+        _Atomic uint64_t since_ms;         /* when the first of them was suppressed */
+        _Atomic int state;                 /* 0 new, 1 registering, 2 registered (or the table was full) */
+        _Atomic int sample_lock;           /* spin lock: the first suppressed call of a summary, and the reporter */
+        uint64_t sample_for;               /* under sample_lock: 1 + the summary sample belongs to; 0: none */
+        char sample[ROID_LOG_SAMPLE_SIZE]; /* under sample_lock */
         int level;
         const char *fmt, *file;
         int line;
