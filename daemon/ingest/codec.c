@@ -374,29 +374,18 @@ AVX2_INLINE __m256i transpose8x8_avx2(__m256i x, __m256i m1, __m256i m2, __m256i
         return x;
 }
 
-/* Two words vectors (lanes: groups p, p+1 | 16+p, 16+p+1) to 32 plane bytes
- * at plane + 16p and plane + 128 + 16p. */
-AVX2_INLINE void store_pair_avx2(uint8_t *plane, size_t p, __m256i x, __m256i y, __m256i m1, __m256i m2, __m256i m3) {
-        x = transpose8x8_avx2(x, m1, m2, m3);
-        y = transpose8x8_avx2(y, m1, m2, m3);
-        _mm256_storeu_si256((__m256i *)(plane + 16 * p), _mm256_permute2x128_si256(x, y, 0x20));
-        _mm256_storeu_si256((__m256i *)(plane + 128 + 16 * p), _mm256_permute2x128_si256(x, y, 0x31));
-}
-
-/* As rows_to_plane_sse2 for 32 bytes per row (256 elements); the unpacks work
- * per 128-bit lane, so the high lanes hold elements 128..255. */
-AVX2_INLINE void rows_to_plane_avx2(const uint8_t *rows, size_t rowlen, uint8_t *plane) {
-        const __m256i m1 = _mm256_set1_epi64x(0x00AA00AA00AA00AAll);
-        const __m256i m2 = _mm256_set1_epi64x(0x0000CCCC0000CCCCll);
-        const __m256i m3 = _mm256_set1_epi64x(0x00000000F0F0F0F0ll);
-        __m256i r0 = _mm256_loadu_si256((const __m256i *)rows);
-        __m256i r1 = _mm256_loadu_si256((const __m256i *)(rows + rowlen));
-        __m256i r2 = _mm256_loadu_si256((const __m256i *)(rows + 2 * rowlen));
-        __m256i r3 = _mm256_loadu_si256((const __m256i *)(rows + 3 * rowlen));
-        __m256i r4 = _mm256_loadu_si256((const __m256i *)(rows + 4 * rowlen));
-        __m256i r5 = _mm256_loadu_si256((const __m256i *)(rows + 5 * rowlen));
-        __m256i r6 = _mm256_loadu_si256((const __m256i *)(rows + 6 * rowlen));
-        __m256i r7 = _mm256_loadu_si256((const __m256i *)(rows + 7 * rowlen));
+/* The byte transpose of 32 bytes of 8 rows (256 elements) into 64-bit words,
+ * one per group of 8 elements, byte k of a word from row r[k]; the unpacks
+ * work per 128-bit lane, so w[i] holds groups 2i, 2i + 1 | 16 + 2i, 17 + 2i. */
+AVX2_INLINE void rows_to_words_avx2(const uint8_t *const r[8], __m256i w[8]) {
+        __m256i r0 = _mm256_loadu_si256((const __m256i *)r[0]);
+        __m256i r1 = _mm256_loadu_si256((const __m256i *)r[1]);
+        __m256i r2 = _mm256_loadu_si256((const __m256i *)r[2]);
+        __m256i r3 = _mm256_loadu_si256((const __m256i *)r[3]);
+        __m256i r4 = _mm256_loadu_si256((const __m256i *)r[4]);
+        __m256i r5 = _mm256_loadu_si256((const __m256i *)r[5]);
+        __m256i r6 = _mm256_loadu_si256((const __m256i *)r[6]);
+        __m256i r7 = _mm256_loadu_si256((const __m256i *)r[7]);
         __m256i a0 = _mm256_unpacklo_epi8(r0, r1), a1 = _mm256_unpackhi_epi8(r0, r1);
         __m256i a2 = _mm256_unpacklo_epi8(r2, r3), a3 = _mm256_unpackhi_epi8(r2, r3);
         __m256i a4 = _mm256_unpacklo_epi8(r4, r5), a5 = _mm256_unpackhi_epi8(r4, r5);
@@ -405,10 +394,58 @@ AVX2_INLINE void rows_to_plane_avx2(const uint8_t *rows, size_t rowlen, uint8_t 
         __m256i b2 = _mm256_unpacklo_epi16(a1, a3), b3 = _mm256_unpackhi_epi16(a1, a3);
         __m256i b4 = _mm256_unpacklo_epi16(a4, a6), b5 = _mm256_unpackhi_epi16(a4, a6);
         __m256i b6 = _mm256_unpacklo_epi16(a5, a7), b7 = _mm256_unpackhi_epi16(a5, a7);
-        store_pair_avx2(plane, 0, _mm256_unpacklo_epi32(b0, b4), _mm256_unpackhi_epi32(b0, b4), m1, m2, m3);
-        store_pair_avx2(plane, 2, _mm256_unpacklo_epi32(b1, b5), _mm256_unpackhi_epi32(b1, b5), m1, m2, m3);
-        store_pair_avx2(plane, 4, _mm256_unpacklo_epi32(b2, b6), _mm256_unpackhi_epi32(b2, b6), m1, m2, m3);
-        store_pair_avx2(plane, 6, _mm256_unpacklo_epi32(b3, b7), _mm256_unpackhi_epi32(b3, b7), m1, m2, m3);
+        w[0] = _mm256_unpacklo_epi32(b0, b4), w[1] = _mm256_unpackhi_epi32(b0, b4);
+        w[2] = _mm256_unpacklo_epi32(b1, b5), w[3] = _mm256_unpackhi_epi32(b1, b5);
+        w[4] = _mm256_unpacklo_epi32(b2, b6), w[5] = _mm256_unpackhi_epi32(b2, b6);
+        w[6] = _mm256_unpacklo_epi32(b3, b7), w[7] = _mm256_unpackhi_epi32(b3, b7);
+}
+
+/* Bit-transposed words w[2i], w[2i + 1] (groups 2i, 2i + 1 | 16 + 2i, 17 + 2i)
+ * to 32 plane bytes at plane + 32i and plane + 128 + 32i. */
+AVX2_INLINE void store_words_avx2(uint8_t *plane, const __m256i w[8]) {
+        for (int i = 0; i < 4; i++) {
+                _mm256_storeu_si256((__m256i *)(plane + 32 * i),
+                                    _mm256_permute2x128_si256(w[2 * i], w[2 * i + 1], 0x20));
+                _mm256_storeu_si256((__m256i *)(plane + 128 + 32 * i),
+                                    _mm256_permute2x128_si256(w[2 * i], w[2 * i + 1], 0x31));
+        }
+}
+
+/* As rows_to_plane_sse2 for 32 bytes per row (256 elements). */
+AVX2_INLINE void rows_to_plane_avx2(const uint8_t *rows, size_t rowlen, uint8_t *plane) {
+        const __m256i m1 = _mm256_set1_epi64x(0x00AA00AA00AA00AAll);
+        const __m256i m2 = _mm256_set1_epi64x(0x0000CCCC0000CCCCll);
+        const __m256i m3 = _mm256_set1_epi64x(0x00000000F0F0F0F0ll);
+        const uint8_t *const r[8] = {rows,
+                                     rows + rowlen,
+                                     rows + 2 * rowlen,
+                                     rows + 3 * rowlen,
+                                     rows + 4 * rowlen,
+                                     rows + 5 * rowlen,
+                                     rows + 6 * rowlen,
+                                     rows + 7 * rowlen};
+        __m256i w[8];
+        rows_to_words_avx2(r, w);
+        for (int i = 0; i < 8; i++)
+                w[i] = transpose8x8_avx2(w[i], m1, m2, m3);
+        store_words_avx2(plane, w);
+}
+
+/* The same with GFNI: gf2p8affineqb(x, A) gives bit i of byte b as the parity
+ * of A's byte 7 - i and x's byte b, so with x the identity bytes (1 << b) and
+ * A a word whose byte k is row 7 - k, byte b of the result is bit b of the 8
+ * rows: the bit transpose in one instruction instead of eighteen.  The rows
+ * go to the unpacks in reverse order for that. */
+#define GFNI_INLINE __attribute__((target("avx2,gfni"), always_inline)) static inline
+GFNI_INLINE void rows_to_plane_gfni(const uint8_t *rows, size_t rowlen, uint8_t *plane) {
+        const __m256i id = _mm256_set1_epi64x(0x8040201008040201ll);
+        const uint8_t *const r[8] = {rows + 7 * rowlen, rows + 6 * rowlen, rows + 5 * rowlen, rows + 4 * rowlen,
+                                     rows + 3 * rowlen, rows + 2 * rowlen, rows + rowlen,     rows};
+        __m256i w[8];
+        rows_to_words_avx2(r, w);
+        for (int i = 0; i < 8; i++)
+                w[i] = _mm256_gf2p8affine_epi64_epi8(id, w[i], 0);
+        store_words_avx2(plane, w);
 }
 
 AVX2_INLINE void interleave2_avx2(const uint8_t *p0, const uint8_t *p1, size_t cnt, uint8_t *out) {
@@ -421,23 +458,33 @@ AVX2_INLINE void interleave2_avx2(const uint8_t *p0, const uint8_t *p1, size_t c
         }
 }
 
+/* ROWS_TO_PLANE: rows_to_plane_avx2 or rows_to_plane_gfni. */
+#define UNSHUFFLE_BODY(ROWS_TO_PLANE)                                                                                  \
+        do {                                                                                                           \
+                size_t rowlen = n / 8, e = 0;                                                                          \
+                _Alignas(32) uint8_t planes[ROID_BSLZ4_MAX_ELEM][CHUNK_AVX2];                                          \
+                for (; e + CHUNK_AVX2 <= n; e += CHUNK_AVX2) {                                                         \
+                        if (s == 1) {                                                                                  \
+                                ROWS_TO_PLANE(in + e / 8, rowlen, out + e);                                            \
+                                continue;                                                                              \
+                        }                                                                                              \
+                        for (size_t j = 0; j < s; j++)                                                                 \
+                                ROWS_TO_PLANE(in + 8 * j * rowlen + e / 8, rowlen, planes[j]);                         \
+                        if (s == 2)                                                                                    \
+                                interleave2_avx2(planes[0], planes[1], CHUNK_AVX2, out + e * s);                       \
+                        else                                                                                           \
+                                interleave_planes(planes[0], CHUNK_AVX2, s, CHUNK_AVX2, out + e * s);                  \
+                }                                                                                                      \
+                if (e < n)                                                                                             \
+                        unshuffle_sse2(in, out, n, s, e);                                                              \
+        } while (0)
+
 __attribute__((target("avx2"))) static void unshuffle_avx2(const uint8_t *in, uint8_t *out, size_t n, size_t s) {
-        size_t rowlen = n / 8, e = 0;
-        _Alignas(32) uint8_t planes[ROID_BSLZ4_MAX_ELEM][CHUNK_AVX2];
-        for (; e + CHUNK_AVX2 <= n; e += CHUNK_AVX2) {
-                if (s == 1) {
-                        rows_to_plane_avx2(in + e / 8, rowlen, out + e);
-                        continue;
-                }
-                for (size_t j = 0; j < s; j++)
-                        rows_to_plane_avx2(in + 8 * j * rowlen + e / 8, rowlen, planes[j]);
-                if (s == 2)
-                        interleave2_avx2(planes[0], planes[1], CHUNK_AVX2, out + e * s);
-                else
-                        interleave_planes(planes[0], CHUNK_AVX2, s, CHUNK_AVX2, out + e * s);
-        }
-        if (e < n)
-                unshuffle_sse2(in, out, n, s, e);
+        UNSHUFFLE_BODY(rows_to_plane_avx2);
+}
+
+__attribute__((target("avx2,gfni"))) static void unshuffle_gfni(const uint8_t *in, uint8_t *out, size_t n, size_t s) {
+        UNSHUFFLE_BODY(rows_to_plane_gfni);
 }
 
 __attribute__((target("avx2"))) static void shuffle_avx2(const uint8_t *in, uint8_t *out, size_t n, size_t s) {
@@ -471,6 +518,10 @@ static bool have_avx2(void) {
         return __builtin_cpu_supports("avx2");
 }
 
+static bool have_gfni(void) {
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("gfni");
+}
+
 #endif /* HAVE_X86 */
 
 const char *roid_bt_impl_name(roid_bt_impl impl) {
@@ -483,6 +534,8 @@ const char *roid_bt_impl_name(roid_bt_impl impl) {
                 return "sse2";
         case ROID_BT_AVX2:
                 return "avx2";
+        case ROID_BT_GFNI:
+                return "gfni";
         case ROID_BT_AUTO:
                 return "auto";
         }
@@ -492,13 +545,13 @@ const char *roid_bt_impl_name(roid_bt_impl impl) {
 static roid_bt_impl resolve_impl(roid_bt_impl impl) {
 #if HAVE_X86
         if (impl == ROID_BT_AUTO)
-                return have_avx2() ? ROID_BT_AVX2 : ROID_BT_SSE2;
-        if (impl == ROID_BT_AVX2 && !have_avx2())
+                return have_gfni() ? ROID_BT_GFNI : have_avx2() ? ROID_BT_AVX2 : ROID_BT_SSE2;
+        if ((impl == ROID_BT_AVX2 && !have_avx2()) || (impl == ROID_BT_GFNI && !have_gfni()))
                 return (roid_bt_impl)-1;
 #else
         if (impl == ROID_BT_AUTO)
                 return ROID_BT_SWAR;
-        if (impl == ROID_BT_SSE2 || impl == ROID_BT_AVX2)
+        if (impl == ROID_BT_SSE2 || impl == ROID_BT_AVX2 || impl == ROID_BT_GFNI)
                 return (roid_bt_impl)-1;
 #endif
         return impl;
@@ -516,6 +569,9 @@ static void transpose_block(bool unshuffle, roid_bt_impl impl, const uint8_t *in
         case ROID_BT_AVX2:
                 (unshuffle ? unshuffle_avx2 : shuffle_avx2)(in, out, n, s);
                 return;
+        case ROID_BT_GFNI: /* the shuffle (simulator, tests) has no bit transpose of words to speed up */
+                (unshuffle ? unshuffle_gfni : shuffle_avx2)(in, out, n, s);
+                return;
 #endif
         default:
                 (unshuffle ? unshuffle_swar : shuffle_swar)(in, out, n, s, 0);
@@ -527,7 +583,7 @@ static int transpose_with(bool unshuffle, roid_bt_impl impl, const uint8_t *in, 
         if (n % 8 || s == 0 || s > ROID_BSLZ4_MAX_ELEM)
                 return -EINVAL;
         roid_bt_impl r = resolve_impl(impl);
-        if ((int)r < 0 || r > ROID_BT_AVX2)
+        if ((int)r < 0 || r > ROID_BT_GFNI)
                 return -ENOTSUP;
         transpose_block(unshuffle, r, in, out, n, s);
         return 0;

@@ -50,13 +50,15 @@ void roid_bitshuffle_block(const uint8_t *in, uint8_t *out, size_t n, size_t ele
 #define ROID_BSLZ4_MAX_ELEM 16
 
 /* The bit transpose implementations, for tests and benchmarks.  BITWISE is
- * the one-bit-at-a-time oracle, SWAR the portable 8x8 bit-matrix version, AUTO
+ * the one-bit-at-a-time oracle, SWAR the portable 8x8 bit-matrix version,
+ * GFNI the AVX2 one whose unshuffle transposes bits with gf2p8affineqb, AUTO
  * the fastest this CPU has (what roid_bit*shuffle_block use). */
 typedef enum {
         ROID_BT_BITWISE,
         ROID_BT_SWAR,
         ROID_BT_SSE2,
         ROID_BT_AVX2,
+        ROID_BT_GFNI,
         ROID_BT_AUTO,
 } roid_bt_impl;
 const char *roid_bt_impl_name(roid_bt_impl impl);

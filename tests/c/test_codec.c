@@ -375,7 +375,7 @@ static void test_16m_frame(void) {
 
 /* ---- 4. round trips and transpose implementations -------------------------- */
 
-static const roid_bt_impl fast_impls[] = {ROID_BT_SWAR, ROID_BT_SSE2, ROID_BT_AVX2, ROID_BT_AUTO};
+static const roid_bt_impl fast_impls[] = {ROID_BT_SWAR, ROID_BT_SSE2, ROID_BT_AVX2, ROID_BT_GFNI, ROID_BT_AUTO};
 
 static void test_transpose_impls(void) {
         static const size_t counts[] = {8, 16, 64, 120, 128, 136, 248, 256, 264, 1024, 1032, 4096};
@@ -741,7 +741,7 @@ static void bench(void) {
                 if (m)
                         roid_bitshuffle_block(frame + k * blk * 2, sh + k * blk * 2, m, 2);
         }
-        roid_bt_impl impls[] = {ROID_BT_BITWISE, ROID_BT_SWAR, ROID_BT_SSE2, ROID_BT_AVX2};
+        roid_bt_impl impls[] = {ROID_BT_BITWISE, ROID_BT_SWAR, ROID_BT_SSE2, ROID_BT_AVX2, ROID_BT_GFNI};
         for (size_t ii = 0; ii < sizeof impls / sizeof impls[0]; ii++) {
                 if (roid_bitunshuffle_block_with(impls[ii], sh, out, 8, 2) == -ENOTSUP)
                         continue;
