@@ -547,8 +547,9 @@ int main(int argc, char **argv) {
                 simd = "avx2";
 #endif
         printf("{\"row\": \"machine\", \"cpu\": \"%s\", \"cores\": %ld, \"llc_mib\": %.1f, \"simd\": \"%s\", "
-               "\"liblz4\": \"%s\"}\n",
-               cpu, sysconf(_SC_NPROCESSORS_ONLN), llc / 1048576.0, simd, LZ4_versionString());
+               "\"bit_unshuffle\": \"%s\", \"liblz4\": \"%s\"}\n",
+               cpu, sysconf(_SC_NPROCESSORS_ONLN), llc / 1048576.0, simd, roid_bt_impl_name(roid_bt_impl_auto()),
+               LZ4_versionString());
         fflush(stdout);
         FILE *cases = NULL;
         if (o.dump) {

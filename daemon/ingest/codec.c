@@ -557,6 +557,10 @@ static roid_bt_impl resolve_impl(roid_bt_impl impl) {
         return impl;
 }
 
+roid_bt_impl roid_bt_impl_auto(void) {
+        return resolve_impl(ROID_BT_AUTO);
+}
+
 static void transpose_block(bool unshuffle, roid_bt_impl impl, const uint8_t *in, uint8_t *out, size_t n, size_t s) {
         switch (impl) {
         case ROID_BT_BITWISE:

@@ -62,6 +62,8 @@ typedef enum {
         ROID_BT_AUTO,
 } roid_bt_impl;
 const char *roid_bt_impl_name(roid_bt_impl impl);
+/* What ROID_BT_AUTO is on this CPU. */
+roid_bt_impl roid_bt_impl_auto(void);
 /* As roid_bit*shuffle_block with the given implementation; -ENOTSUP when this
  * build or CPU lacks it, -EINVAL for n not a multiple of 8 or a bad elem_size. */
 int roid_bitunshuffle_block_with(roid_bt_impl impl, const uint8_t *in, uint8_t *out, size_t n, size_t elem_size);

@@ -38,7 +38,9 @@ def main():
     machine = [r for r in rows if r["row"] == "machine"]
     assert len(machine) == 1 and machine[0]["cpu"] and positive(machine[0]["cores"]), machine
     assert "%d cores" % machine[0]["cores"] in table.splitlines()[0], table.splitlines()[0]
-    checked.append("machine row: cpu and core count, in the table's title")
+    assert machine[0]["bit_unshuffle"] in ("swar", "sse2", "avx2", "gfni"), machine
+    assert "bit unshuffle %s" % machine[0]["bit_unshuffle"] in table, "the table names the bit unshuffle in use"
+    checked.append("machine row: cpu and core count, in the table's title; the bit unshuffle in use, in its text")
 
     for shape, dtype in SHAPES.items():
         for S in (1, 8):
