@@ -9,8 +9,7 @@
 #include "service/log.h"
 
 struct roid_ingest {
-        roid_ingest_params p;
-        char channel[ROID_NAME_MAX];
+        roid_ingest_params p; /* limits and channel: the tracker's, per series */
         roid_sink sink;
         roid_counters *ctr;
         roid_parser *parser;
@@ -27,9 +26,7 @@ int roid_ingest_new(const roid_ingest_params *p, const roid_sink *sink, roid_cou
         if (!in)
                 return -ENOMEM;
         in->p = *p;
-        if (p->channel)
-                snprintf(in->channel, sizeof in->channel, "%s", p->channel);
-        in->p.channel = in->channel;
+        in->p.channel = NULL;
         in->sink = *sink;
         in->ctr = ctr;
         int r = roid_parser_new(&p->limits, &in->parser);
@@ -38,6 +35,7 @@ int roid_ingest_new(const roid_ingest_params *p, const roid_sink *sink, roid_cou
                 return r;
         }
         roid_tracker_init(&in->tr, &p->limits, ctr, p->implicit_series);
+        roid_tracker_set_next(&in->tr, &p->limits, p->channel);
         *ret = in;
         return 0;
 }
@@ -54,6 +52,10 @@ void roid_ingest_free(roid_ingest *in) {
 
 const roid_tracker *roid_ingest_tracker(const roid_ingest *in) {
         return &in->tr;
+}
+
+void roid_ingest_set_config(roid_ingest *in, const roid_limits *lim, const char *channel) {
+        roid_tracker_set_next(&in->tr, lim, channel);
 }
 
 static void end_series(roid_ingest *in, bool terminated) {
@@ -83,13 +85,16 @@ static void decode_image(roid_ingest *in, const roid_msg *m) {
         const roid_series *s = &in->tr.cur;
         bool any = false;
         for (unsigned c = 0; c < im->n_channels; c++) {
-                if (!roid_series_channel_selected(s, in->channel, im->channel[c].name, c))
+                if (!roid_series_channel_selected(s, s->channel, im->channel[c].name, c))
                         continue;
                 any = true;
                 const roid_blob *b = &im->channel[c].blob;
                 uint64_t bytes = (uint64_t)b->rows * b->cols * roid_dtype_size(b->dtype);
-                if (bytes > in->p.limits.max_frame_bytes) { /* the parser checks too: defence in depth */
-                        frame_failed(in, im->image_id, im->channel[c].name, "frame exceeds max_frame_bytes");
+                if (bytes > in->tr.lim.max_frame_bytes) { /* the parser checks too: defence in depth */
+                        char why[96];
+                        snprintf(why, sizeof why, "frame of %llu bytes exceeds max_frame_bytes %llu",
+                                 (unsigned long long)bytes, (unsigned long long)in->tr.lim.max_frame_bytes);
+                        frame_failed(in, im->image_id, im->channel[c].name, why);
                         continue;
                 }
                 if (bytes > in->buf_cap[c] && !in->p.defer_decode) {
@@ -128,7 +133,7 @@ static void decode_image(roid_ingest *in, const roid_msg *m) {
                         in->sink.frame(in->sink.ctx, &ev);
         }
         if (!any && im->n_channels)
-                frame_failed(in, im->image_id, in->channel, "the image has no such channel");
+                frame_failed(in, im->image_id, s->channel, "the image has no such channel");
 }
 
 int roid_ingest_msg(roid_ingest *in, const roid_msg *m) {
@@ -170,6 +175,28 @@ int roid_ingest_msg(roid_ingest *in, const roid_msg *m) {
         }
 }
 
+/* A message is parsed with the limits of the series it belongs to.  While
+ * new ones wait behind the open series (roid_ingest_set_config), a start
+ * opens the next series: it is parsed with the new limits, also when the open
+ * series' refuse it (a larger max_depth, say). */
+static int parse(roid_ingest *in, const roid_part *parts, size_t n_parts, roid_err *err) {
+        roid_parser_set_limits(in->parser, &in->tr.lim);
+        int r = roid_parse(in->parser, parts, n_parts, &in->msg, err);
+        if (!in->tr.next_set || (r >= 0 && in->msg.type != ROID_MSG_START))
+                return r;
+        roid_err err_next = {""};
+        roid_parser_set_limits(in->parser, &in->tr.next_lim);
+        int rn = roid_parse(in->parser, parts, n_parts, &in->msg, &err_next);
+        roid_parser_set_limits(in->parser, &in->tr.lim);
+        if (rn >= 0 && in->msg.type == ROID_MSG_START)
+                return rn;
+        if (r >= 0) { /* a start the new limits refuse */
+                *err = err_next;
+                return rn;
+        }
+        return r;
+}
+
 int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts) {
         uint64_t bytes = 0;
         for (size_t i = 0; i < n_parts; i++)
@@ -177,7 +204,7 @@ int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts) {
         roid_count(in->ctr, ROID_C_messages_received, 1);
         roid_count(in->ctr, ROID_C_bytes_received, bytes);
         roid_err err = {""};
-        int r = roid_parse(in->parser, parts, n_parts, &in->msg, &err);
+        int r = parse(in, parts, n_parts, &err);
         if (r < 0) {
                 roid_counter c = r == -EMSGSIZE  ? ROID_C_messages_bad_size
                                  : r == -ENOTSUP ? ROID_C_messages_unknown

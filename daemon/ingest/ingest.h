@@ -51,10 +51,10 @@ typedef struct {
 } roid_sink;
 
 typedef struct {
-        roid_limits limits;
+        roid_limits limits; /* of the first series (roid_ingest_set_config for later ones) */
         /* Which channel to decode: NULL or "" = every channel; otherwise a
          * name, or "#N" for the N-th channel of the series (default "#0" in
-         * the daemon). */
+         * the daemon).  Copied. */
         const char *channel;
         bool implicit_series; /* images without a start open a series (replay) */
         /* Hand the selected channels' blobs to sink.frame undecoded (pixels
@@ -76,6 +76,13 @@ int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts);
 int roid_ingest_msg(roid_ingest *in, const roid_msg *m);
 /* End of input: closes an open series (series_end with terminated=false). */
 void roid_ingest_flush(roid_ingest *in);
+
+/* Limits and channel selection (as in roid_ingest_params) for the series
+ * that start from now on (SIGHUP): the series in progress is parsed, tracked
+ * and decoded with the ones it started with to its end, and its frames carry
+ * its channel; the next start message is parsed with the new limits.  The
+ * selection a series is decoded with is roid_series.channel. */
+void roid_ingest_set_config(roid_ingest *in, const roid_limits *lim, const char *channel);
 
 const roid_tracker *roid_ingest_tracker(const roid_ingest *in);
 

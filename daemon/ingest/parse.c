@@ -30,6 +30,10 @@ void roid_parser_free(roid_parser *p) {
         free(p);
 }
 
+void roid_parser_set_limits(roid_parser *p, const roid_limits *lim) {
+        p->lim = *lim;
+}
+
 static bool is_cbor_start(const roid_part *pt) {
         const uint8_t *d = pt->data;
         if (pt->size >= 3 && d[0] == 0xd9 && d[1] == 0xd9 && d[2] == 0xf7)

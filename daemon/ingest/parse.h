@@ -25,6 +25,9 @@ typedef struct roid_parser roid_parser;
 
 int roid_parser_new(const roid_limits *lim, roid_parser **ret);
 void roid_parser_free(roid_parser *p);
+/* The limits of the following roid_parse() calls (the ingest keeps them to
+ * those of the series the message belongs to). */
+void roid_parser_set_limits(roid_parser *p, const roid_limits *lim);
 
 /* Which format the message is in, from its first bytes; ROID_FMT_NONE if
  * neither. */

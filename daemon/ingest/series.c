@@ -1,5 +1,6 @@
 #include "ingest/series.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,11 +28,28 @@ void roid_tracker_done(roid_tracker *t) {
         t->open = false;
 }
 
+static void adopt_next(roid_tracker *t) {
+        if (!t->next_set)
+                return;
+        t->lim = t->next_lim;
+        memcpy(t->channel, t->next_channel, sizeof t->channel);
+        t->next_set = false;
+}
+
+void roid_tracker_set_next(roid_tracker *t, const roid_limits *lim, const char *channel) {
+        t->next_lim = *lim;
+        snprintf(t->next_channel, sizeof t->next_channel, "%s", channel ? channel : "");
+        t->next_set = true;
+        if (!t->open)
+                adopt_next(t);
+}
+
 void roid_tracker_close_open(roid_tracker *t) {
         if (!t->open)
                 return;
         series_free(&t->cur);
         t->open = false;
+        adopt_next(t); /* the next series opens with what was set meanwhile */
 }
 
 void roid_tracker_release(roid_tracker *t) {
@@ -118,6 +136,7 @@ static int open_from_start(roid_tracker *t, const roid_msg *m, roid_err *err) {
         s->format = m->format;
         s->series_id = m->series_id;
         memcpy(s->series_unique_id, m->series_unique_id, sizeof s->series_unique_id);
+        memcpy(s->channel, t->channel, sizeof s->channel);
         s->start = *st;
         if (st->has_image_size) {
                 if (st->image_size_x > UINT32_MAX || st->image_size_y > UINT32_MAX ||
@@ -184,6 +203,7 @@ static int open_implicit(roid_tracker *t, const roid_msg *m) {
         s->format = m->format;
         s->series_id = m->series_id;
         memcpy(s->series_unique_id, m->series_unique_id, sizeof s->series_unique_id);
+        memcpy(s->channel, t->channel, sizeof s->channel);
         s->implicit = true;
         const roid_image_info *im = &m->u.image;
         s->start.n_channels = im->n_channels;

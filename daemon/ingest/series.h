@@ -14,6 +14,10 @@
  *   - an end with no open series, or of another series, is counted
  *     (ends_without_start) and ignored.
  *
+ * Limits and channel selection belong to a series: roid_tracker_set_next()
+ * changes them for the series that open from then on, so a series is tracked
+ * and decoded with the ones it opened with from its start to its end.
+ *
  * Ownership: the tracker owns the open roid_series, including copies of
  * everything of the start message it keeps (decoded pixel masks and
  * flatfields, user data, V1 configuration text).  Pointers handed out stay
@@ -37,6 +41,9 @@ typedef struct roid_series {
         uint64_t series_id;
         char series_unique_id[ROID_NAME_MAX];
         bool implicit; /* opened by an image or a file, not by a start message */
+        /* The channel selection this series is decoded with (the tracker's when
+         * it opened; "" = every channel): sel for the functions below. */
+        char channel[ROID_NAME_MAX];
 
         /* The start message as received; its blobs are replaced by the owned
          * copies below (pixel_mask/flatfield blobs are not valid here). */
@@ -64,11 +71,17 @@ typedef struct roid_series {
 } roid_series;
 
 typedef struct roid_tracker {
-        roid_limits lim;
+        roid_limits lim; /* of the open series, or of the next one when none is open */
         roid_counters *ctr;
         bool implicit_series;
         bool open;
         roid_series cur;
+        char channel[ROID_NAME_MAX]; /* selection the next series opens with */
+        /* Set while a series is open: what roid_tracker_set_next() asked for,
+         * adopted when that series closes. */
+        bool next_set;
+        roid_limits next_lim;
+        char next_channel[ROID_NAME_MAX];
 } roid_tracker;
 
 /* What a message did to the lifecycle. */
@@ -80,8 +93,15 @@ typedef enum {
                                 until roid_tracker_release() */
 } roid_tr_result;
 
+/* The channel selection starts as "" (every channel). */
 void roid_tracker_init(roid_tracker *t, const roid_limits *lim, roid_counters *ctr, bool implicit_series);
 void roid_tracker_done(roid_tracker *t);
+
+/* Limits and channel selection (NULL or "" = every channel; a name or "#N",
+ * checked by config.c) for the series that open from now on: at once when no
+ * series is open, otherwise as soon as the open one closes (never mid-series).
+ * A second call before that replaces the first. */
+void roid_tracker_set_next(roid_tracker *t, const roid_limits *lim, const char *channel);
 
 /* A start arrives while a series is open: call roid_tracker_close_open()
  * first (the caller tells its sinks the series ended unterminated), then

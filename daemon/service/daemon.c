@@ -41,6 +41,7 @@ typedef struct {
 } daemon_t;
 
 static void stop(daemon_t *d, const char *why);
+static void apply_timers(daemon_t *d, bool reloaded);
 
 /* ------------------------------------------------------------ ingest */
 
@@ -120,7 +121,7 @@ static void drain_pull(daemon_t *d) {
                         return;
                 }
                 roid_ingest_parts(d->in, parts, n);
-                if (d->p.cfg.exit_after_series > 0 && d->series_done >= d->p.cfg.exit_after_series) {
+                if (d->cfg.exit_after_series > 0 && d->series_done >= d->cfg.exit_after_series) {
                         stop(d, "the requested number of series has ended");
                         return;
                 }
@@ -170,6 +171,7 @@ static int ctl_set(void *ctx, const char *section, const char *key, const char *
         d->cfg = c;
         roid_config_format(&d->cfg, d->config_text, sizeof d->config_text);
         roid_pipeline_set_config(d->pl, &d->cfg, d->config_text);
+        apply_timers(d, false); /* status_interval */
         roid_log(ROID_LOG_NOTICE, "control: [%s] %s = %s (from the next series)", section, key, value);
         return 0;
 }
@@ -215,10 +217,69 @@ static void on_watchdog(uv_timer_t *h) {
 
 static void on_idle_timer(uv_timer_t *h) {
         daemon_t *d = h->data;
-        if (uv_now(&d->loop) / 1e3 - d->last_msg > d->p.cfg.idle_timeout) {
-                roid_log(ROID_LOG_NOTICE, "no message for %.1f s", d->p.cfg.idle_timeout);
+        if (d->cfg.idle_timeout > 0 && uv_now(&d->loop) / 1e3 - d->last_msg > d->cfg.idle_timeout) {
+                roid_log(ROID_LOG_NOTICE, "no message for %.1f s", d->cfg.idle_timeout);
                 stop(d, "idle timeout");
         }
+}
+
+static uint64_t status_ms(const daemon_t *d) {
+        return (uint64_t)(d->cfg.status_interval * 1e3);
+}
+
+/* The loop's timers follow d->cfg: the status interval, and the idle timeout
+ * (counted from now when a reload turns it on). */
+static void apply_timers(daemon_t *d, bool reloaded) {
+        if (d->stopping)
+                return;
+        if (uv_timer_get_repeat(&d->status_timer) != status_ms(d))
+                uv_timer_start(&d->status_timer, on_status_timer, status_ms(d), status_ms(d));
+        bool idle_on = uv_is_active((uv_handle_t *)&d->idle_timer);
+        if (d->cfg.idle_timeout > 0 && !idle_on) {
+                if (reloaded)
+                        d->last_msg = uv_now(&d->loop) / 1e3;
+                uv_timer_start(&d->idle_timer, on_idle_timer, 200, 200);
+        } else if (d->cfg.idle_timeout <= 0 && idle_on) {
+                uv_timer_stop(&d->idle_timer);
+        }
+}
+
+/* Keys a reload cannot change: their sockets, threads, queues or buffers are
+ * made once at the start (libzmq applies ZMQ_MAXMSGSIZE only to new
+ * connections, the detector socket's part arrays are sized by max_parts, the
+ * PUB socket belongs to the analysis thread, the writer takes its flush
+ * interval when it starts).  Each keeps the value it runs with (the one at the
+ * start: a control `set` of flush_interval waits for a restart too), and is
+ * named in a warning when the file changes it. */
+static void keep_restart_keys(const daemon_t *d, roid_config *c) {
+        const roid_config *o = &d->p.cfg;
+        char names[512] = "";
+        size_t len = 0;
+#define KEEP(changed, name, assign)                                                                                    \
+        do {                                                                                                           \
+                if (changed)                                                                                           \
+                        len += (size_t)snprintf(names + len, len < sizeof names ? sizeof names - len : 0, "%s%s",      \
+                                                len ? ", " : "", name);                                                \
+                assign;                                                                                                \
+        } while (0)
+        KEEP(strcmp(c->detector, o->detector), "[detector] endpoint",
+             memcpy(c->detector, o->detector, sizeof c->detector));
+        KEEP(strcmp(c->publish, o->publish), "[output] publish", memcpy(c->publish, o->publish, sizeof c->publish));
+        KEEP(strcmp(c->control, o->control), "[output] control", memcpy(c->control, o->control, sizeof c->control));
+        KEEP(c->sndhwm != o->sndhwm, "[output] publish_hwm", c->sndhwm = o->sndhwm);
+        KEEP(c->flush_interval != o->flush_interval, "[output] flush_interval", c->flush_interval = o->flush_interval);
+        KEEP(c->workers != o->workers, "[pipeline] workers", c->workers = o->workers);
+        KEEP(c->queue_depth != o->queue_depth, "[pipeline] queue_depth", c->queue_depth = o->queue_depth);
+        KEEP(c->limits.max_message_bytes != o->limits.max_message_bytes, "[limits] max_message_bytes",
+             c->limits.max_message_bytes = o->limits.max_message_bytes);
+        KEEP(c->limits.max_parts != o->limits.max_parts, "[limits] max_parts",
+             c->limits.max_parts = o->limits.max_parts);
+        KEEP(c->max_request_bytes != o->max_request_bytes, "[limits] max_request_bytes",
+             c->max_request_bytes = o->max_request_bytes);
+#undef KEEP
+        if (len)
+                roid_log(ROID_LOG_WARNING, "SIGHUP: %s not changed: changing %s needs a restart", names,
+                         strchr(names, ',') ? "them" : "it");
 }
 
 static void reload(daemon_t *d) {
@@ -230,21 +291,21 @@ static void reload(daemon_t *d) {
         } else if (d->p.reload(d->p.reload_ctx, &c, &err) < 0) {
                 roid_log(ROID_LOG_ERR, "SIGHUP: configuration not reloaded, the running one stays: %s", err.msg);
         } else {
-                if (strcmp(c.detector, d->cfg.detector) || strcmp(c.publish, d->cfg.publish) ||
-                    strcmp(c.control, d->cfg.control) || c.workers != d->cfg.workers ||
-                    c.queue_depth != d->cfg.queue_depth)
-                        roid_log(ROID_LOG_WARNING, "SIGHUP: endpoints, workers and queue_depth change only at a "
-                                                   "restart; the rest applies from the next series");
-                /* What only a restart can change stays as it is. */
-                memcpy(c.detector, d->cfg.detector, sizeof c.detector);
-                memcpy(c.publish, d->cfg.publish, sizeof c.publish);
-                memcpy(c.control, d->cfg.control, sizeof c.control);
-                c.workers = d->cfg.workers;
-                c.queue_depth = d->cfg.queue_depth;
+                keep_restart_keys(d, &c);
+                if (c.rcvhwm != d->cfg.rcvhwm) { /* libzmq applies a high-water mark to existing pipes too */
+                        if (zmq_setsockopt(roid_zsource_socket(d->src), ZMQ_RCVHWM, &c.rcvhwm, sizeof c.rcvhwm) < 0) {
+                                roid_log(ROID_LOG_ERR, "SIGHUP: [detector] receive_hwm: %s; %d stays",
+                                         zmq_strerror(errno), d->cfg.rcvhwm);
+                                c.rcvhwm = d->cfg.rcvhwm;
+                        }
+                }
                 d->cfg = c;
                 roid_log_set_level(c.log_level);
                 roid_config_format(&d->cfg, d->config_text, sizeof d->config_text);
+                /* The ingest and the pipeline switch channel at the same series start. */
                 roid_pipeline_set_config(d->pl, &d->cfg, d->config_text);
+                roid_ingest_set_config(d->in, &d->cfg.limits, d->cfg.channel[0] ? d->cfg.channel : "#0");
+                apply_timers(d, true);
                 roid_log(ROID_LOG_NOTICE, "SIGHUP: configuration reloaded; it applies from the next series");
         }
         char line[512];
@@ -323,9 +384,8 @@ int roid_daemon_run(const roid_daemon_params *p) {
         roid_pipeline_set_config(d->pl, &d->cfg, d->config_text);
         roid_pipeline_sink(d->pl, &d->inner);
         roid_sink sink = {.ctx = d, .series_start = on_series_start, .frame = on_frame, .series_end = on_series_end};
-        roid_ingest_params ip = {.limits = d->cfg.limits,
-                                 .channel = d->cfg.channel[0] ? d->cfg.channel : "#0",
-                                 .defer_decode = true};
+        roid_ingest_params ip = {
+                .limits = d->cfg.limits, .channel = d->cfg.channel[0] ? d->cfg.channel : "#0", .defer_decode = true};
         if ((r = roid_ingest_new(&ip, &sink, &d->ctr, &d->in)) < 0)
                 goto out;
         if (d->cfg.control[0]) {
@@ -366,8 +426,7 @@ int roid_daemon_run(const roid_daemon_params *p) {
         }
         uv_timer_init(&d->loop, &d->status_timer);
         d->status_timer.data = d;
-        uint64_t st_ms = (uint64_t)(d->cfg.status_interval * 1e3);
-        uv_timer_start(&d->status_timer, on_status_timer, st_ms, st_ms);
+        uv_timer_start(&d->status_timer, on_status_timer, status_ms(d), status_ms(d));
         uint64_t wd = roid_notify_watchdog_usec(d->nf);
         if (wd) {
                 uv_timer_init(&d->loop, &d->watchdog_timer);
@@ -375,14 +434,12 @@ int roid_daemon_run(const roid_daemon_params *p) {
                 uv_timer_start(&d->watchdog_timer, on_watchdog, 0, wd / 2000 ? wd / 2000 : 1);
         }
         d->last_msg = uv_now(&d->loop) / 1e3;
-        if (d->cfg.idle_timeout > 0) {
-                uv_timer_init(&d->loop, &d->idle_timer);
-                d->idle_timer.data = d;
-                uv_timer_start(&d->idle_timer, on_idle_timer, 200, 200);
-        }
+        uv_timer_init(&d->loop, &d->idle_timer); /* a reload may start it */
+        d->idle_timer.data = d;
+        apply_timers(d, false);
         roid_log(ROID_LOG_INFO, "detector %s%s%s%s%s, %u worker(s)", d->cfg.detector,
-                 d->cfg.publish[0] ? ", publishing on " : "", d->cfg.publish,
-                 d->cfg.control[0] ? ", control on " : "", d->cfg.control, d->cfg.workers);
+                 d->cfg.publish[0] ? ", publishing on " : "", d->cfg.publish, d->cfg.control[0] ? ", control on " : "",
+                 d->cfg.control, d->cfg.workers);
         char line[512];
         roid_pipeline_status_line(d->pl, line, sizeof line);
         roid_notify_ready(d->nf, line);
@@ -392,7 +449,7 @@ int roid_daemon_run(const roid_daemon_params *p) {
 out:
         if (d->in)
                 roid_ingest_flush(d->in); /* closes an open series: its end reaches the pipeline */
-        roid_pipeline_free(d->pl);     /* finishes queued work, writes the results file */
+        roid_pipeline_free(d->pl);        /* finishes queued work, writes the results file */
         if (d->in)
                 roid_counters_log(&d->ctr);
         roid_ingest_free(d->in);

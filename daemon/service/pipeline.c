@@ -936,8 +936,8 @@ static void sink_start(void *ctx, const roid_series *s) {
         sc->has_center = s->start.has_beam_center;
         sc->cx = s->start.beam_center_x;
         sc->cy = s->start.beam_center_y;
-        /* The ingest decodes by the same rule (roid_series_channel_selected). */
-        const char *named = roid_series_selected_channel(s, pl->cfg.channel[0] ? pl->cfg.channel : "#0");
+        /* The selection the ingest decodes this series with (roid_series_channel_selected). */
+        const char *named = roid_series_selected_channel(s, s->channel[0] ? s->channel : "#0");
         if (named)
                 snprintf(sc->channel_start, sizeof sc->channel_start, "%s", named);
         sc->dtype = s->dtype;

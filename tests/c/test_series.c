@@ -1,6 +1,9 @@
 /* Series lifecycle through the ingest: keyed on series identity and image_id,
  * not on arrival order.  Messages are built as parsed structs with
- * uncompressed pixels, so this test exercises series.c and ingest.c alone. */
+ * uncompressed pixels, so this test exercises series.c and ingest.c alone;
+ * the deferred limits are also checked through the parser, with CBOR
+ * messages written here. */
+#include <cbor.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,12 +17,15 @@ typedef struct {
         uint64_t sum_of_sums;
         char last_channel[ROID_NAME_MAX];
         char last_uid[ROID_NAME_MAX];
+        char start_sel[ROID_NAME_MAX]; /* roid_series.channel at the last start */
+        char last_error[256];
 } tally;
 
 static void t_start(void *ctx, const roid_series *s) {
         tally *t = ctx;
         t->starts++;
         snprintf(t->last_uid, sizeof t->last_uid, "%s", s->series_unique_id);
+        snprintf(t->start_sel, sizeof t->start_sel, "%s", s->channel);
 }
 static void t_end(void *ctx, const roid_series *s, bool term) {
         tally *t = ctx;
@@ -38,8 +44,9 @@ static void t_frame(void *ctx, const roid_frame_event *ev) {
 }
 static void t_err(void *ctx, const roid_series *s, uint64_t id, const char *ch, const char *msg) {
         tally *t = ctx;
-        (void)s, (void)id, (void)ch, (void)msg;
+        (void)s, (void)id, (void)ch;
         t->errors++;
+        snprintf(t->last_error, sizeof t->last_error, "%s", msg);
 }
 
 enum { R = 4, C = 6 };
@@ -254,13 +261,253 @@ static void test_selection_rule(void) {
                "#0 without a start list (V1): the image's first channel");
 }
 
+/* ---- configuration for the next series (SIGHUP) ---- */
+
+static uint16_t pixels2[R * C]; /* the second channel's frames: 10 everywhere */
+
+static roid_msg start2(uint64_t sid, const char *uid) {
+        roid_msg m = start_msg(sid, uid, 0);
+        m.u.start.n_channels = 2;
+        snprintf(m.u.start.channels[1], ROID_NAME_MAX, "threshold_2");
+        return m;
+}
+
+static roid_msg image2(uint64_t sid, const char *uid, uint64_t id) {
+        roid_msg m = image_msg(sid, uid, id, R, C);
+        m.u.image.n_channels = 2;
+        m.u.image.channel[1] = m.u.image.channel[0];
+        m.u.image.channel[1].blob.data = (const uint8_t *)pixels2;
+        snprintf(m.u.image.channel[1].name, ROID_NAME_MAX, "threshold_2");
+        return m;
+}
+
+static roid_ingest *mk_sel(tally *t, roid_counters *ctr, const char *channel, roid_limits *ret_lim) {
+        roid_sink sink = {
+                .ctx = t, .series_start = t_start, .series_end = t_end, .frame = t_frame, .frame_error = t_err};
+        roid_ingest_params p = {.channel = channel};
+        roid_limits_default(&p.limits);
+        p.limits.max_images = 1000;
+        roid_ingest *in = NULL;
+        if (roid_ingest_new(&p, &sink, ctr, &in) < 0)
+                abort();
+        *ret_lim = p.limits;
+        return in;
+}
+
+/* A channel set while a series runs applies from the next series start: the
+ * series in progress goes on with the channel it started with. */
+static void test_next_channel(void) {
+        tally t = {0};
+        roid_counters ctr = {0};
+        roid_limits lim;
+        roid_ingest *in = mk_sel(&t, &ctr, "#0", &lim);
+        roid_msg m = start2(1, "A");
+        roid_ingest_msg(in, &m);
+        tap_ok(!strcmp(t.start_sel, "#0"), "series A starts with #0 (%s)", t.start_sel);
+        m = image2(1, "A", 0);
+        roid_ingest_msg(in, &m);
+        roid_ingest_set_config(in, &lim, "#0");
+        roid_ingest_set_config(in, &lim, "#1"); /* the last call wins */
+        for (uint64_t id = 1; id < 4; id++) {
+                m = image2(1, "A", id);
+                roid_ingest_msg(in, &m);
+        }
+        tap_eq_u64((uint64_t)t.frames, 4, "series A after the change: one frame per image");
+        tap_ok(!strcmp(t.last_channel, "threshold_1"), "series A keeps decoding threshold_1 (%s)", t.last_channel);
+        tap_eq_u64(t.sum_of_sums, 4 * 276, "series A: threshold_1's pixels");
+        tap_ok(!strcmp(roid_ingest_tracker(in)->cur.channel, "#0"), "the open series still says #0");
+        m = end_msg(1, "A");
+        roid_ingest_msg(in, &m);
+        tap_ok(!strcmp(roid_ingest_tracker(in)->channel, "#1"), "once A ended, the next series' selection is #1");
+        t.sum_of_sums = 0;
+        m = start2(2, "B");
+        roid_ingest_msg(in, &m);
+        tap_ok(!strcmp(t.start_sel, "#1"), "series B starts with #1 (%s)", t.start_sel);
+        for (uint64_t id = 0; id < 3; id++) {
+                m = image2(2, "B", id);
+                roid_ingest_msg(in, &m);
+        }
+        tap_eq_u64((uint64_t)t.frames, 7, "series B: one frame per image");
+        tap_ok(!strcmp(t.last_channel, "threshold_2"), "series B decodes threshold_2 (%s)", t.last_channel);
+        tap_eq_u64(t.sum_of_sums, 3 * 10 * R * C, "series B: threshold_2's pixels");
+
+        /* A start without an end closes the open series: the change applies
+         * to the series that start opens. */
+        roid_ingest_set_config(in, &lim, "threshold_1");
+        m = start2(3, "C");
+        roid_ingest_msg(in, &m);
+        tap_eq_u64((uint64_t)(t.ends - t.ends_terminated), 1, "B closed unterminated by C's start");
+        tap_ok(!strcmp(t.start_sel, "threshold_1"), "series C starts with threshold_1 (%s)", t.start_sel);
+        m = image2(3, "C", 0);
+        roid_ingest_msg(in, &m);
+        tap_ok(!strcmp(t.last_channel, "threshold_1"), "series C decodes threshold_1 (%s)", t.last_channel);
+        tap_eq_u64(CNT(frames_failed), 0, "no frame failed");
+        roid_ingest_free(in);
+}
+
+/* Limits set while a series runs apply from the next series start. */
+static void test_next_limits(void) {
+        tally t = {0};
+        roid_counters ctr = {0};
+        roid_limits lim;
+        roid_ingest *in = mk_sel(&t, &ctr, "#0", &lim);
+        roid_limits small = lim;
+        small.max_images = 3;
+        small.max_frame_bytes = 2 * R * C - 2; /* one byte pair less than a frame */
+        roid_msg m = start2(1, "A");
+        roid_ingest_msg(in, &m);
+        roid_ingest_set_config(in, &small, "#0");
+        tap_eq_u64(roid_ingest_tracker(in)->lim.max_images, 1000, "the open series keeps max_images 1000");
+        m = image2(1, "A", 5);
+        roid_ingest_msg(in, &m);
+        tap_eq_u64((uint64_t)t.frames, 1, "series A: image_id 5 (above the new max_images 3) decoded");
+        tap_eq_u64(CNT(images_out_of_range), 0, "... and not counted out of range");
+        tap_eq_u64(CNT(frames_failed), 0, "series A: a frame above the new max_frame_bytes still decodes");
+        m = end_msg(1, "A");
+        roid_ingest_msg(in, &m);
+        m = start2(2, "B");
+        roid_ingest_msg(in, &m);
+        m = image2(2, "B", 5);
+        roid_ingest_msg(in, &m);
+        tap_eq_u64(CNT(images_out_of_range), 1, "series B: image_id 5 beyond max_images 3 is counted");
+        tap_eq_u64((uint64_t)t.frames, 1, "... and dropped");
+        m = image2(2, "B", 1);
+        roid_ingest_msg(in, &m);
+        tap_eq_u64(CNT(frames_failed), 1, "series B: a frame above max_frame_bytes fails");
+        tap_ok(strstr(t.last_error, "max_frame_bytes 46") != NULL, "... naming the limit: %s", t.last_error);
+        /* With no series open, a change applies at once. */
+        m = end_msg(2, "B");
+        roid_ingest_msg(in, &m);
+        roid_ingest_set_config(in, &lim, "#0");
+        tap_eq_u64(roid_ingest_tracker(in)->lim.max_images, 1000, "no series open: the change applies at once");
+        roid_ingest_free(in);
+}
+
+/* ---- the same through the parser: Stream V2 messages as CBOR ---- */
+
+typedef struct {
+        uint8_t b[4096];
+        size_t n;
+} wbuf;
+
+#define W(fn, ...) (w->n += fn(__VA_ARGS__, w->b + w->n, sizeof w->b - w->n))
+static void w_str(wbuf *w, const char *s) {
+        W(cbor_encode_string_start, strlen(s));
+        memcpy(w->b + w->n, s, strlen(s));
+        w->n += strlen(s);
+}
+
+static void w_head(wbuf *w, size_t n_keys, const char *type, uint64_t sid, const char *uid) {
+        w->n = 0;
+        W(cbor_encode_tag, 55799);
+        W(cbor_encode_map_start, n_keys + 3);
+        w_str(w, "type");
+        w_str(w, type);
+        w_str(w, "series_id");
+        W(cbor_encode_uint, sid);
+        w_str(w, "series_unique_id");
+        w_str(w, uid);
+}
+
+/* A start whose user data nests `depth` maps deep. */
+static void w_start(wbuf *w, uint64_t sid, const char *uid, unsigned depth) {
+        w_head(w, 5, "start", sid, uid);
+        w_str(w, "image_size_x");
+        W(cbor_encode_uint, C);
+        w_str(w, "image_size_y");
+        W(cbor_encode_uint, R);
+        w_str(w, "image_dtype");
+        w_str(w, "uint16");
+        w_str(w, "channels");
+        W(cbor_encode_array_start, 1);
+        w_str(w, "threshold_1");
+        w_str(w, "user_data");
+        for (unsigned i = 0; i < depth; i++) {
+                W(cbor_encode_map_start, 1);
+                w_str(w, "a");
+        }
+        W(cbor_encode_uint, 1);
+}
+
+static void w_image(wbuf *w, uint64_t sid, const char *uid, uint64_t id) {
+        w_head(w, 2, "image", sid, uid);
+        w_str(w, "image_id");
+        W(cbor_encode_uint, id);
+        w_str(w, "data");
+        W(cbor_encode_map_start, 1);
+        w_str(w, "threshold_1");
+        W(cbor_encode_tag, 40);
+        W(cbor_encode_array_start, 2);
+        W(cbor_encode_array_start, 2);
+        W(cbor_encode_uint, R);
+        W(cbor_encode_uint, C);
+        W(cbor_encode_tag, 69); /* uint16, little endian */
+        W(cbor_encode_bytestring_start, sizeof pixels);
+        memcpy(w->b + w->n, pixels, sizeof pixels);
+        w->n += sizeof pixels;
+}
+
+static int feed(roid_ingest *in, const wbuf *w) {
+        roid_part part = {w->b, w->n};
+        return roid_ingest_parts(in, &part, 1);
+}
+
+/* The parser follows the series too: the open series' messages are parsed
+ * with its limits, the next start with the new ones, also when the old ones
+ * would refuse it. */
+static void test_next_limits_parsed(void) {
+        tally t = {0};
+        roid_counters ctr = {0};
+        roid_limits lim;
+        roid_ingest *in = mk_sel(&t, &ctr, "#0", &lim);
+        roid_ingest_free(in);
+        lim.max_depth = 8;
+        roid_sink sink = {
+                .ctx = &t, .series_start = t_start, .series_end = t_end, .frame = t_frame, .frame_error = t_err};
+        roid_ingest_params p = {.channel = "#0", .limits = lim};
+        if (roid_ingest_new(&p, &sink, &ctr, &in) < 0)
+                abort();
+        wbuf *w = malloc(sizeof *w);
+        w_start(w, 1, "A", 2);
+        tap_eq_i64(feed(in, w), 0, "start A parsed with max_depth 8");
+        w_image(w, 1, "A", 0);
+        feed(in, w);
+        w_start(w, 9, "Z", 12);
+        tap_ok(feed(in, w) < 0, "a start nested 12 deep is refused with max_depth 8");
+        tap_eq_u64((uint64_t)t.starts, 1, "... and opens nothing");
+
+        roid_limits next = lim;
+        next.max_depth = 32;
+        next.max_frame_bytes = 2 * R * C - 2;
+        roid_ingest_set_config(in, &next, "#0");
+        w_image(w, 1, "A", 1);
+        tap_eq_i64(feed(in, w), 0, "series A: a frame above the new max_frame_bytes is parsed");
+        tap_eq_u64((uint64_t)t.frames, 2, "... and decoded");
+        w_start(w, 2, "B", 12);
+        tap_eq_i64(feed(in, w), 0, "start B nested 12 deep, no end of A: parsed with the new max_depth 32");
+        tap_eq_u64((uint64_t)t.starts, 2, "... opens series B");
+        tap_eq_u64((uint64_t)(t.ends - t.ends_terminated), 1, "... and closes A unterminated");
+        uint64_t bad = CNT(messages_bad_size);
+        w_image(w, 2, "B", 0);
+        tap_ok(feed(in, w) == -EMSGSIZE, "series B: a frame above max_frame_bytes is refused by the parser");
+        tap_eq_u64(CNT(messages_bad_size) - bad, 1, "... counted in messages_bad_size");
+        tap_eq_u64((uint64_t)t.frames, 2, "... and not decoded");
+        free(w);
+        roid_ingest_free(in);
+}
+
 int main(void) {
-        for (int i = 0; i < R * C; i++)
+        for (int i = 0; i < R * C; i++) {
                 pixels[i] = (uint16_t)i;
+                pixels2[i] = 10;
+        }
         test_normal_series();
         test_bad_sequences();
         test_implicit();
         test_channel_selection();
         test_selection_rule();
+        test_next_channel();
+        test_next_limits();
+        test_next_limits_parsed();
         return tap_done();
 }
