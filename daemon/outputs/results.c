@@ -446,19 +446,7 @@ static roid_results *alloc_writer(unsigned S) {
         return w;
 }
 
-int roid_results_open(const char *dir, const roid_results_meta *meta, roid_results **ret, char *ret_path,
-                      size_t path_size, roid_err *err) {
-        const roid_roi_params *p = meta->roi;
-        if (!p)
-                return roid_err_set(err, -EINVAL, "results: no RoI parameters");
-        if (p->n_segments < 1 || p->n_segments > ROID_MAX_SEGMENTS)
-                return roid_err_set(err, -EINVAL, "results: segments %u, must be 1..%u", p->n_segments,
-                                    ROID_MAX_SEGMENTS);
-        if (p->k < 2 || p->k > ROID_ROI_MAX_K)
-                return roid_err_set(err, -EINVAL, "results: k %u, must be 2..%u", p->k, ROID_ROI_MAX_K);
-        if (meta->ny < 1 || meta->nx < 1 || (uint64_t)meta->ny * meta->nx > ROID_SCAN_MAX_POINTS)
-                return roid_err_set(err, -EINVAL, "results: scan grid %u x %u, must be 1..%llu points", meta->ny,
-                                    meta->nx, (unsigned long long)ROID_SCAN_MAX_POINTS);
+int roid_results_path(const char *dir, const roid_results_meta *meta, char *buf, size_t size) {
         char id[ROID_NAME_MAX + 24];
         if (meta->series_unique_id && meta->series_unique_id[0]) {
                 size_t i = 0;
@@ -472,13 +460,34 @@ int roid_results_open(const char *dir, const roid_results_meta *meta, roid_resul
         } else {
                 snprintf(id, sizeof id, "%llu", (unsigned long long)meta->series_id);
         }
+        int n = snprintf(NULL, 0, "%s/roid_%s.h5", dir, id);
+        if (n < 0 || (size_t)n >= size)
+                return -ENAMETOOLONG;
+        snprintf(buf, size, "%s/roid_%s.h5", dir, id);
+        return 0;
+}
+
+int roid_results_open(const char *dir, const roid_results_meta *meta, roid_results **ret, char *ret_path,
+                      size_t path_size, roid_err *err) {
+        const roid_roi_params *p = meta->roi;
+        if (!p)
+                return roid_err_set(err, -EINVAL, "results: no RoI parameters");
+        if (p->n_segments < 1 || p->n_segments > ROID_MAX_SEGMENTS)
+                return roid_err_set(err, -EINVAL, "results: segments %u, must be 1..%u", p->n_segments,
+                                    ROID_MAX_SEGMENTS);
+        if (p->k < 2 || p->k > ROID_ROI_MAX_K)
+                return roid_err_set(err, -EINVAL, "results: k %u, must be 2..%u", p->k, ROID_ROI_MAX_K);
+        if (meta->ny < 1 || meta->nx < 1 || (uint64_t)meta->ny * meta->nx > ROID_SCAN_MAX_POINTS)
+                return roid_err_set(err, -EINVAL, "results: scan grid %u x %u, must be 1..%llu points", meta->ny,
+                                    meta->nx, (unsigned long long)ROID_SCAN_MAX_POINTS);
         roid_results *w = alloc_writer(p->n_segments);
         if (!w)
                 return -ENOMEM;
-        int n = snprintf(w->path, sizeof w->path, "%s/roid_%s.h5", dir, id);
-        if (n < 0 || (size_t)n >= sizeof w->path || (size_t)n >= path_size) {
+        int r = roid_results_path(dir, meta, w->path, sizeof w->path);
+        if (r < 0 || strlen(w->path) >= path_size) {
                 free_writer(w);
-                return roid_err_set(err, -ENAMETOOLONG, "output_dir: path of %d bytes too long", n);
+                return roid_err_set(err, -ENAMETOOLONG, "output_dir: the path of the results file in %s is too long",
+                                    dir);
         }
         w->S = p->n_segments;
         w->nmod = 2 * (p->n_segments > 1 ? 1 + p->n_segments : 1);
@@ -518,7 +527,7 @@ int roid_results_open(const char *dir, const roid_results_meta *meta, roid_resul
                 free_writer(w);
                 return r;
         }
-        memcpy(ret_path, w->path, (size_t)n + 1);
+        memcpy(ret_path, w->path, strlen(w->path) + 1);
         *ret = w;
         return 0;
 }

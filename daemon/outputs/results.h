@@ -71,6 +71,10 @@ typedef struct roid_results roid_results;
  * err naming the path and HDF5's innermost reason (e.g. errno text). */
 int roid_results_open(const char *dir, const roid_results_meta *meta, roid_results **ret, char *ret_path,
                       size_t path_size, roid_err *err);
+/* The path roid_results_open creates for dir and meta, without touching the
+ * file system: for a caller that hands the open to another thread.
+ * -ENAMETOOLONG (buf untouched) when it does not fit size bytes. */
+int roid_results_path(const char *dir, const roid_results_meta *meta, char *buf, size_t size);
 
 /* Appends n frames to the datasets of /entry/features and /entry/scan.  Readers see them
  * after the next flush.  After any write error the writer refuses further

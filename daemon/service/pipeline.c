@@ -668,6 +668,10 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                         .config_text = pl->config_text_an,
                 };
                 ss->writing = roid_writer_open(pl->writer, sc->ap.output_dir, &meta) >= 0;
+                /* Known now: the writer thread creates it later, and may not be done with
+                 * this series' open (nor its close) when the series message goes out. */
+                if (ss->writing && roid_results_path(sc->ap.output_dir, &meta, ss->path, sizeof ss->path) < 0)
+                        ss->path[0] = '\0';
         }
         roid_log(ROID_LOG_INFO, "series %" PRIu64 ": scan %u x %u (%s), %u segments, k %u", sc->series_id, sc->grid.ny,
                  sc->grid.nx, roid_scan_source_name(sc->grid.source), sc->ap.roi.n_segments, sc->ap.roi.k);
@@ -742,7 +746,6 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
         }
         if (ss->writing) {
                 roid_writer_close(pl->writer, pl->ctr);
-                roid_writer_last_path(pl->writer, ss->path, sizeof ss->path);
         }
         size_t in = 0, np = (size_t)sc->grid.ny * sc->grid.nx;
         const uint8_t *m = ss->roi ? roid_roi_mask(ss->roi) : NULL;
