@@ -1140,7 +1140,8 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
                 roid_log(ROID_LOG_WARNING, "fault injection: workers stall after their first frame (ROID_FAULT)");
         pl->t_start = pl->last_status_t = now_mono();
         pl->map_iv_eff = pl->snap_map_iv = NAN;
-        pl->cap_snap_next = cfg->next_points ? cfg->next_points : 1;
+        /* The most any series may ask for: next_points changes with set and SIGHUP (128 KB). */
+        pl->cap_snap_next = ROID_FB_MAX_NEXT;
         int r = -ENOMEM;
         pl->snap_next = calloc(pl->cap_snap_next, sizeof *pl->snap_next);
         if (!pl->snap_next)

@@ -15,6 +15,7 @@ results file."""
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,6 +223,7 @@ def main():
     estimated_center(tmp)
     refused_state(tmp)
     geometry_at_start(tmp)
+    ask_after_set(tmp)
     if failures:
         print(err[-3000:])
         print(f"{len(failures)} failures")
@@ -253,6 +255,43 @@ def estimated_center(tmp):
     src = src.decode() if isinstance(src, bytes) else src
     check(src == "estimated" and np.all(np.isfinite(bc)) and np.hypot(*(np.array(bc) - want)) < 0.5,
           f"estimated beam centre in the results file: {bc} ({src}), phantom's {want}")
+
+
+def ask_after_set(tmp):
+    """`set next_points` above the value roid started with: `ask` returns as
+    many points as the series' feedback ranked (its final scan_here next),
+    not the start-up value's worth."""
+    pc = free_port()
+    ctl_ep = f"tcp://127.0.0.1:{pc}"
+    det, roid, ctx, sub = daemon_with_subscriber(["--control", ctl_ep, "--idle-timeout", "60"])
+    sub.setsockopt(zmq.SUBSCRIBE, b"scan_here")
+    ctl = Control(ctx, ctl_ep)
+    r = ctl(cmd="set", values={"next_points": 300})
+    check(r["ok"] and r["applied"] == ["feedback.next_points"], f"set next_points 300: {r.get('applied')}")
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--source", "phantom:seed=9", "--shape", "64x64", "--scan",
+                            "24x24", "--quiet"])
+    CHILDREN.append(sim)
+    fin, end = None, None
+    t0 = time.time()
+    while time.time() - t0 < 60 and (fin is None or end is None):
+        if sub.poll(500):
+            topic, body = sub.recv_multipart()
+            b = msgpack.unpackb(body, raw=False)
+            if topic == b"scan_here" and b["final"]:
+                fin = b
+            if topic == b"series" and b["event"] == "end":
+                end = b
+    sim.wait()
+    ask = ctl(cmd="ask", n=300)
+    roid.send_signal(signal.SIGTERM)
+    roid.wait(timeout=60)
+    ctl.s.close(0)
+    sub.close(0)
+    ctx.term()
+    n_next = len(fin["next"]) if fin else -1
+    check(fin is not None and n_next > 32 and ask["ok"] and len(ask["points"]) == n_next,
+          f"ask(300) after set next_points 300: {len(ask.get('points', []))} points, final scan_here next "
+          f"{n_next} (more than the start-up 32)")
 
 
 def daemon_with_subscriber(args):
