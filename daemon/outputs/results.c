@@ -12,6 +12,9 @@
 
 #include "analysis/scan.h"
 
+/* Longest results file path (analysis.h ROID_PATH_MAX is the same). */
+#define RES_PATH_MAX 4096
+
 #define RESULTS_VERSION 2
 /* Frames converted (append) or read back (final labels) per HDF5 call. */
 #define BATCH   512
@@ -100,7 +103,7 @@ struct roid_results {
         uint64_t n;
         bool failed;
         char why[WHY_MAX]; /* HDF5's innermost reason for the first failure not yet reported */
-        char path[4096];
+        char path[RES_PATH_MAX];
         /* one batch of columns (append) or of read-back rows (final labels) */
         uint64_t *b_image_id;
         uint32_t *b_index;
@@ -446,7 +449,8 @@ static roid_results *alloc_writer(unsigned S) {
         return w;
 }
 
-int roid_results_path(const char *dir, const roid_results_meta *meta, char *buf, size_t size) {
+/* DIR/roid_<id>.h5 for version 1, DIR/roid_<id>_<version>.h5 after. */
+static int versioned_path(const char *dir, const roid_results_meta *meta, unsigned version, char *buf, size_t size) {
         char id[ROID_NAME_MAX + 24];
         if (meta->series_unique_id && meta->series_unique_id[0]) {
                 size_t i = 0;
@@ -460,11 +464,34 @@ int roid_results_path(const char *dir, const roid_results_meta *meta, char *buf,
         } else {
                 snprintf(id, sizeof id, "%llu", (unsigned long long)meta->series_id);
         }
-        int n = snprintf(NULL, 0, "%s/roid_%s.h5", dir, id);
+        char ver[16] = "";
+        if (version > 1)
+                snprintf(ver, sizeof ver, "_%u", version);
+        int n = snprintf(NULL, 0, "%s/roid_%s%s.h5", dir, id, ver);
         if (n < 0 || (size_t)n >= size)
                 return -ENAMETOOLONG;
-        snprintf(buf, size, "%s/roid_%s.h5", dir, id);
+        snprintf(buf, size, "%s/roid_%s%s.h5", dir, id, ver);
         return 0;
+}
+
+int roid_results_unique_path(const char *dir, const roid_results_meta *meta, const char *const *taken, size_t n_taken,
+                             char *buf, size_t size) {
+        char cand[RES_PATH_MAX];
+        for (unsigned v = 1; v <= ROID_RESULTS_MAX_VERSIONS; v++) {
+                int r = versioned_path(dir, meta, v, cand, sizeof cand);
+                if (r < 0 || strlen(cand) >= size)
+                        return -ENAMETOOLONG;
+                bool used = false;
+                for (size_t i = 0; i < n_taken && !used; i++)
+                        used = taken[i] && strcmp(taken[i], cand) == 0;
+                struct stat st;
+                /* an unreadable or missing directory is left for the create to report */
+                if (used || lstat(cand, &st) == 0)
+                        continue;
+                memcpy(buf, cand, strlen(cand) + 1);
+                return 0;
+        }
+        return -EEXIST;
 }
 
 int roid_results_open(const char *dir, const roid_results_meta *meta, roid_results **ret, char *ret_path,
@@ -483,11 +510,19 @@ int roid_results_open(const char *dir, const roid_results_meta *meta, roid_resul
         roid_results *w = alloc_writer(p->n_segments);
         if (!w)
                 return -ENOMEM;
-        int r = roid_results_path(dir, meta, w->path, sizeof w->path);
+        int r = 0;
+        if (meta->path && strlen(meta->path) < sizeof w->path)
+                memcpy(w->path, meta->path, strlen(meta->path) + 1);
+        else
+                r = meta->path ? -ENAMETOOLONG : roid_results_unique_path(dir, meta, NULL, 0, w->path, sizeof w->path);
         if (r < 0 || strlen(w->path) >= path_size) {
                 free_writer(w);
-                return roid_err_set(err, -ENAMETOOLONG, "output_dir: the path of the results file in %s is too long",
-                                    dir);
+                char base[RES_PATH_MAX] = "";
+                versioned_path(dir, meta, 1, base, sizeof base);
+                return r == -EEXIST ? roid_err_set(err, r, "output_dir: %s and its %d numbered versions exist already",
+                                                   base, ROID_RESULTS_MAX_VERSIONS - 1)
+                                    : roid_err_set(err, -ENAMETOOLONG,
+                                                   "output_dir: the path of the results file in %s is too long", dir);
         }
         w->S = p->n_segments;
         w->nmod = 2 * (p->n_segments > 1 ? 1 + p->n_segments : 1);
@@ -500,7 +535,7 @@ int roid_results_open(const char *dir, const roid_results_meta *meta, roid_resul
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
         hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
         bool good = ok(w, fapl) && ok(w, H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST)) &&
-                    ok(w, w->file = H5Fcreate(w->path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
+                    ok(w, w->file = H5Fcreate(w->path, H5F_ACC_EXCL, H5P_DEFAULT, fapl));
         if (fapl >= 0)
                 H5Pclose(fapl);
         if (!good) {

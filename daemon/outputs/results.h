@@ -60,21 +60,32 @@ typedef struct {
         int snake;
         const char *fast_axis, *scan_source;
         const char *config_text; /* effective configuration (INI text) or NULL */
+        /* The file to create (from roid_results_unique_path); NULL: open picks
+         * one the same way. */
+        const char *path;
 } roid_results_meta;
 
 typedef struct roid_results roid_results;
 
-/* Creates (truncates) DIR/roid_<id>.h5, id = series_unique_id made safe for
- * file names, else series_id, with every group and dataset, and starts SWMR
- * writing.  The path is in *ret_path (ROID_PATH_MAX bytes are enough).
- * -EINVAL (no roi parameters, bad grid), -ENAMETOOLONG, -ENOMEM, -EIO with
- * err naming the path and HDF5's innermost reason (e.g. errno text). */
+/* Creates meta->path, or the file roid_results_unique_path picks, with
+ * every group and dataset, and starts SWMR writing; never replaces a file
+ * (one that appeared meanwhile is -EIO).  The path is in *ret_path
+ * (ROID_PATH_MAX bytes are enough).  -EINVAL (no roi parameters, bad grid),
+ * -ENAMETOOLONG, -EEXIST (no free name), -ENOMEM, -EIO with err naming the
+ * path and HDF5's innermost reason (e.g. errno text). */
 int roid_results_open(const char *dir, const roid_results_meta *meta, roid_results **ret, char *ret_path,
                       size_t path_size, roid_err *err);
-/* The path roid_results_open creates for dir and meta, without touching the
- * file system: for a caller that hands the open to another thread.
- * -ENAMETOOLONG (buf untouched) when it does not fit size bytes. */
-int roid_results_path(const char *dir, const roid_results_meta *meta, char *buf, size_t size);
+
+#define ROID_RESULTS_MAX_VERSIONS 1000
+/* The results file of a series: DIR/roid_<id>.h5, id = series_unique_id
+ * made safe for file names, else series_id; when that exists or is one of
+ * taken[0..n_taken) (files handed to another thread not created yet), the
+ * first free of DIR/roid_<id>_2.h5 ... _1000.h5: series ids restart after a
+ * detector initialize, replays repeat, and a results file is never replaced.
+ * Touches only lstat.  -ENAMETOOLONG (buf untouched) when a name does not fit
+ * size bytes, -EEXIST when all are taken. */
+int roid_results_unique_path(const char *dir, const roid_results_meta *meta, const char *const *taken, size_t n_taken,
+                             char *buf, size_t size);
 
 /* Appends n frames to the datasets of /entry/features and /entry/scan.  Readers see them
  * after the next flush.  After any write error the writer refuses further

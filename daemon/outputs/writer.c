@@ -10,12 +10,13 @@
 
 #include "service/log.h"
 
-#define PATH_LEN 4096
+#define PATH_LEN     4096
+#define RECENT_OPENS 16
 /* Records taken off the queue and appended with one call. */
 #define BATCH 256
 
 typedef struct {
-        char *dir;
+        char *dir, *path;
         char *unique_id, *center_source, *fast_axis, *scan_source, *config_text;
         roid_roi_params roi;
         roid_results_meta meta; /* pointing into the copies above */
@@ -51,6 +52,12 @@ struct roid_writer {
         int first_err;
         roid_writer_stats stats;
         char last_path[PATH_LEN];
+
+        /* Producer only: the files of the last opens, which the thread may
+         * not have created yet (an older one exists when its name comes up
+         * again; if not, its open fails rather than replace anything). */
+        char *recent[RECENT_OPENS];
+        unsigned n_recent;
 
         pthread_mutex_t map_mu; /* producer state and the snapshot slot */
         bool p_open;
@@ -94,6 +101,7 @@ static void open_req_free(open_req *o) {
         if (!o)
                 return;
         free(o->dir);
+        free(o->path);
         free(o->unique_id);
         free(o->center_source);
         free(o->fast_axis);
@@ -377,13 +385,21 @@ static int dup_str(char **dst, const char *src, size_t max) {
         return *dst ? 0 : -ENOMEM;
 }
 
-int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *meta) {
+int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *meta, char *ret_path, size_t path_size) {
         if (!meta->roi)
                 return -EINVAL;
+        char path[PATH_LEN];
+        int r = roid_results_unique_path(dir, meta, (const char *const *)w->recent, RECENT_OPENS, path, sizeof path);
+        if (r < 0)
+                return r;
+        if (ret_path && strlen(path) >= path_size)
+                return -ENAMETOOLONG;
         open_req *o = calloc(1, sizeof *o);
         if (!o)
                 return -ENOMEM;
-        int r = dup_str(&o->dir, dir, PATH_LEN);
+        r = dup_str(&o->dir, dir, PATH_LEN);
+        if (r >= 0)
+                r = (o->path = strdup(path)) ? 0 : -ENOMEM;
         if (r >= 0)
                 r = dup_str(&o->unique_id, meta->series_unique_id, ROID_NAME_MAX);
         if (r >= 0)
@@ -405,6 +421,7 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         o->meta.fast_axis = o->fast_axis;
         o->meta.scan_source = o->scan_source;
         o->meta.config_text = o->config_text;
+        o->meta.path = o->path;
         o->meta.roi = &o->roi;
         item it = {.kind = IT_OPEN, .u.open = o};
         /* The generation changes before the item is queued, so a snapshot
@@ -415,8 +432,15 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         w->snap_pending = false;
         pthread_mutex_unlock(&w->map_mu);
         r = push(w, &it, NULL);
-        if (r < 0)
+        if (r < 0) {
                 open_req_free(o);
+                return r;
+        }
+        char *keep = strdup(path); /* NULL: this one is not remembered, the rest holds */
+        free(w->recent[w->n_recent % RECENT_OPENS]);
+        w->recent[w->n_recent++ % RECENT_OPENS] = keep;
+        if (ret_path)
+                memcpy(ret_path, path, strlen(path) + 1);
         return r;
 }
 
@@ -591,5 +615,7 @@ void roid_writer_free(roid_writer *w) {
         pthread_mutex_destroy(&w->map_mu);
         free(w->q);
         free(w->batch);
+        for (unsigned i = 0; i < RECENT_OPENS; i++)
+                free(w->recent[i]);
         free(w);
 }

@@ -64,12 +64,14 @@ int roid_writer_new(unsigned queue_depth, double flush_interval_s, roid_counters
  * counters), joins the thread, frees.  NULL is a no-op. */
 void roid_writer_free(roid_writer *w);
 
-/* Starts a series: the thread creates DIR/roid_<id>.h5 (see
- * roid_results_open).  A series still open is closed first (unterminated).
- * Returns after enqueuing: 0, -EINVAL (no roi parameters), -EMSGSIZE (config
- * text above ROID_WRITER_MAX_CONFIG), -ENOMEM; the file's own errors come
- * later (log, stats, wait_idle). */
-int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *meta);
+/* Starts a series: picks its file here (roid_results_unique_path, also
+ * skipping the files of opens still queued) and copies it to ret_path (NULL:
+ * not wanted); the thread creates it.  A series still open is closed first
+ * (unterminated).  Returns after enqueuing: 0, -EINVAL (no roi parameters),
+ * -EMSGSIZE (config text above ROID_WRITER_MAX_CONFIG), -ENAMETOOLONG (the
+ * path, or ret_path too small), -EEXIST (no free name), -ENOMEM; the file's own
+ * errors come later (log, stats, wait_idle). */
+int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *meta, char *ret_path, size_t path_size);
 /* Queues a copy of one record; waits while the queue is full.  -EINVAL with
  * no open series. */
 int roid_writer_append(roid_writer *w, const roid_frame_record *rec);

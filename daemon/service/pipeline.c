@@ -667,11 +667,13 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                         .scan_source = roid_scan_source_name(sc->grid.source),
                         .config_text = pl->config_text_an,
                 };
-                ss->writing = roid_writer_open(pl->writer, sc->ap.output_dir, &meta) >= 0;
-                /* Known now: the writer thread creates it later, and may not be done with
-                 * this series' open (nor its close) when the series message goes out. */
-                if (ss->writing && roid_results_path(sc->ap.output_dir, &meta, ss->path, sizeof ss->path) < 0)
-                        ss->path[0] = '\0';
+                /* The path is known now, though the writer thread creates the file later and
+                 * may not be done with it when the series message goes out. */
+                const int r = roid_writer_open(pl->writer, sc->ap.output_dir, &meta, ss->path, sizeof ss->path);
+                ss->writing = r >= 0;
+                if (r < 0)
+                        roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no results file in %s: %s", sc->series_id,
+                                 sc->ap.output_dir, strerror(-r));
         }
         roid_log(ROID_LOG_INFO, "series %" PRIu64 ": scan %u x %u (%s), %u segments, k %u", sc->series_id, sc->grid.ny,
                  sc->grid.nx, roid_scan_source_name(sc->grid.source), sc->ap.roi.n_segments, sc->ap.roi.k);

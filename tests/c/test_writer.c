@@ -286,7 +286,7 @@ static void test_crash(void) {
         if (pid == 0) {
                 roid_writer *w;
                 roid_results_meta m = meta_for("crash", NULL);
-                int bad = roid_writer_new(16, 3600, NULL, &w) < 0 || roid_writer_open(w, dir, &m) < 0;
+                int bad = roid_writer_new(16, 3600, NULL, &w) < 0 || roid_writer_open(w, dir, &m, NULL, 0) < 0;
                 for (uint64_t i = 0; !bad && i < N; i++) {
                         roid_frame_record rec;
                         make_record(i, &rec);
@@ -327,7 +327,7 @@ static void test_live(void) {
         roid_results_meta m = meta_for("live-1", "[analysis]\nk = 3\n");
         char uid[] = "live-1";
         m.series_unique_id = uid;
-        tap_ok(roid_writer_open(w, dir, &m) == 0, "live: open queued");
+        tap_ok(roid_writer_open(w, dir, &m, NULL, 0) == 0, "live: open queued");
         uid[0] = 'X'; /* the writer copied it */
         tap_eq_i64(roid_writer_wait_idle(w), 0, "live: file created");
         tap_ok(!strcmp(roid_writer_last_path(w, got, sizeof got), path), "live: last_path %s", got);
@@ -442,7 +442,7 @@ static void test_timer(void) {
         roid_writer *w;
         roid_writer_new(8, 0.2, NULL, &w);
         roid_results_meta m = meta_for("timer", NULL);
-        roid_writer_open(w, dir, &m);
+        roid_writer_open(w, dir, &m, NULL, 0);
         roid_frame_record rec;
         for (uint64_t i = 0; i < 10; i++) {
                 make_record(i, &rec);
@@ -469,7 +469,7 @@ static void test_backpressure(void) {
         roid_writer *w;
         roid_writer_new(2, 3600, NULL, &w);
         roid_results_meta m = meta_for("bp", NULL);
-        roid_writer_open(w, dir, &m);
+        roid_writer_open(w, dir, &m, NULL, 0);
         static roid_frame_record recs[NP];
         for (uint64_t i = 0; i < NP; i++)
                 make_record(i, &recs[i]);
@@ -519,7 +519,7 @@ static void test_errors(void) {
         /* 1. unwritable directory */
         capture_stderr(log);
         roid_results_meta m = meta_for("bad", NULL);
-        roid_writer_open(w, bad_dir, &m);
+        roid_writer_open(w, bad_dir, &m, NULL, 0);
         for (uint64_t i = 0; i < 10; i++) {
                 make_record(i, &rec);
                 roid_writer_append(w, &rec);
@@ -539,7 +539,7 @@ static void test_errors(void) {
 
         /* 2. the next series, good directory */
         m = meta_for("after-bad", NULL);
-        roid_writer_open(w, good_dir, &m);
+        roid_writer_open(w, good_dir, &m, NULL, 0);
         for (uint64_t i = 0; i < 5; i++) {
                 make_record(i, &rec);
                 roid_writer_append(w, &rec);
@@ -555,7 +555,7 @@ static void test_errors(void) {
         signal(SIGXFSZ, SIG_IGN);
         m = meta_for("full", NULL);
         series_path(path, sizeof path, good_dir, "full");
-        roid_writer_open(w, good_dir, &m);
+        roid_writer_open(w, good_dir, &m, NULL, 0);
         roid_writer_wait_idle(w);
         struct stat sb;
         stat(path, &sb);
@@ -590,7 +590,7 @@ static void test_errors(void) {
 
         /* 4. and again a good series */
         m = meta_for("after-full", NULL);
-        roid_writer_open(w, good_dir, &m);
+        roid_writer_open(w, good_dir, &m, NULL, 0);
         for (uint64_t i = 0; i < 5; i++) {
                 make_record(i, &rec);
                 roid_writer_append(w, &rec);
@@ -623,12 +623,62 @@ static void test_bad_args(void) {
                "append / map / close without an open series refused");
         roid_results_meta m = meta_for("x", NULL);
         m.roi = NULL;
-        tap_eq_i64(roid_writer_open(w, tmp, &m), -EINVAL, "open without RoI parameters refused");
+        tap_eq_i64(roid_writer_open(w, tmp, &m, NULL, 0), -EINVAL, "open without RoI parameters refused");
         m = meta_for("x", NULL);
-        roid_writer_open(w, tmp, &m);
+        roid_writer_open(w, tmp, &m, NULL, 0);
         tap_eq_i64(roid_writer_map(w, roi, true), -EINVAL, "final map of an unfinished state refused");
         roid_writer_free(w); /* closes the open series */
         roid_roi_free(roi);
+}
+
+/* A results file is never replaced: the same series id twice (V1 ids
+ * restart after a detector initialize), the second opened while the first
+ * open is still queued, and a file of that name made by someone else. */
+static void test_no_overwrite(void) {
+        char dir[300], p1[4096], p2[4096], p3[4096], want[4096];
+        snprintf(dir, sizeof dir, "%s/versions", tmp);
+        mkdir(dir, 0755);
+        roid_writer *w = NULL;
+        roid_writer_new(64, 3600, NULL, &w);
+        roid_frame_record rec;
+        roid_results_meta m = meta_for("dup", NULL);
+        int r1 = roid_writer_open(w, dir, &m, p1, sizeof p1);
+        for (uint64_t i = 0; i < 7; i++) {
+                make_record(i, &rec);
+                roid_writer_append(w, &rec);
+        }
+        roid_writer_close(w, NULL);
+        int r2 = roid_writer_open(w, dir, &m, p2, sizeof p2); /* the first open may not have run yet */
+        for (uint64_t i = 0; i < 3; i++) {
+                make_record(i, &rec);
+                roid_writer_append(w, &rec);
+        }
+        roid_writer_close(w, NULL);
+        roid_writer_wait_idle(w);
+        series_path(want, sizeof want, dir, "dup");
+        tap_ok(r1 == 0 && !strcmp(p1, want), "first series: %s", p1);
+        series_path(want, sizeof want, dir, "dup_2");
+        tap_ok(r2 == 0 && !strcmp(p2, want), "same id again: %s", p2);
+        summary s1, s2;
+        summarise(p1, true, &s1);
+        summarise(p2, true, &s2);
+        tap_ok(s1.rows == 7 && s2.rows == 3, "both kept: %ld and %ld rows", s1.rows, s2.rows);
+
+        /* someone else's file of the name: left alone */
+        series_path(want, sizeof want, dir, "other");
+        FILE *f = fopen(want, "w");
+        fputs("not ours\n", f);
+        fclose(f);
+        m = meta_for("other", NULL);
+        int r3 = roid_writer_open(w, dir, &m, p3, sizeof p3);
+        roid_writer_close(w, NULL);
+        roid_writer_wait_idle(w);
+        tap_ok(r3 == 0 && strstr(p3, "roid_other_2.h5") && count_in_file(want, "not ours") == 1,
+               "an existing file is not replaced (%s written instead)", p3);
+        char small[8];
+        tap_eq_i64(roid_writer_open(w, dir, &m, small, sizeof small), -ENAMETOOLONG,
+                   "a path buffer too small is refused before anything is queued");
+        roid_writer_free(w);
 }
 
 int main(void) {
@@ -646,6 +696,7 @@ int main(void) {
         test_backpressure();
         test_errors();
         test_bad_args();
+        test_no_overwrite();
         roid_geometry_free(&geom);
         char cmd[512];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
