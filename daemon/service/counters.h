@@ -31,7 +31,8 @@
         X(frames_dropped, "frames dropped by a full queue (queue_full = drop)")                                        \
         X(frames_analysed, "frames whose features reached the RoI state")                                              \
         X(frames_unplaced, "frames that lie off the scan grid (features kept out of the maps)")                        \
-        X(frames_not_analysed, "frames of a series without RoI state (grid over max_analysis_bytes, no memory)")       \
+        X(frames_not_analysed,                                                                                         \
+          "frames of a series without RoI state or scan grid (over max_analysis_bytes, no memory)")                    \
         X(results_failed, "results files that failed (unwritable directory, disk full): logged with the reason")       \
         X(results_frames_discarded, "frames of a failed results file that could not be written")
 

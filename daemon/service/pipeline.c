@@ -980,8 +980,14 @@ static void sink_frame(void *ctx, const roid_frame_event *ev) {
         roid_pipeline *pl = ctx;
         series_ctx *sc = pl->cur;
         roid_err err = {""};
-        if (!sc)
+        if (!sc) { /* its start was refused (logged with the reason): no scan grid, no memory */
+                roid_count(pl->ctr, ROID_C_frames_not_analysed, 1);
+                ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                 "series %" PRIu64 " image %" PRIu64 ": not analysed, the series has no analysis "
+                                 "context (see its start) [frames_not_analysed]",
+                                 ev->series->series_id, ev->image_id);
                 return;
+        }
         if (!sc->mask_taken) { /* the analysed channel is known with its first frame */
                 sc->mask_taken = true;
                 snprintf(sc->channel, sizeof sc->channel, "%s", ev->channel_name);
@@ -992,7 +998,14 @@ static void sink_frame(void *ctx, const roid_frame_event *ev) {
                         roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no memory for the pixel mask: not applied",
                                  sc->series_id);
         } else if (strcmp(sc->channel, ev->channel_name) != 0) {
-                return; /* one channel is analysed */
+                /* One channel is analysed; the ingest decodes only that one, so this
+                 * means a mismatch of the two (a bug), not a choice. */
+                roid_count(pl->ctr, ROID_C_frames_not_analysed, 1);
+                ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                 "series %" PRIu64 " image %" PRIu64 ": channel %s is not the analysed %s "
+                                 "[frames_not_analysed]",
+                                 sc->series_id, ev->image_id, ev->channel_name, sc->channel);
+                return;
         }
         job j = {.kind = JOB_FRAME, .sc = sc, .image_id = ev->image_id, .blob = *ev->blob, .t_arrival = now_mono()};
         j.pos_x = j.pos_y = NAN;
