@@ -1,6 +1,5 @@
 #include "analysis/scan.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -211,72 +210,17 @@ static int cbor_find_key(roid_cw_cursor *c, const char *key, roid_err *err) {
         return r;
 }
 
-/* ------------------------------------------------------------------ JSON */
-
-static int json_pair(const cJSON *v, const char *field, double ret[2], roid_err *err) {
-        if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
-                return roid_err_set(err, -EBADMSG, "%s: expected array of 2 numbers", field);
-        const cJSON *a = cJSON_GetArrayItem(v, 0), *b = cJSON_GetArrayItem(v, 1);
-        if (!cJSON_IsNumber(a) || !cJSON_IsNumber(b))
-                return roid_err_set(err, -EBADMSG, "%s: expected array of 2 numbers", field);
-        ret[0] = a->valuedouble;
-        ret[1] = b->valuedouble;
-        return 0;
-}
-
-static int json_text(const cJSON *v, const char *field, char *dst, size_t size, roid_err *err) {
-        if (!cJSON_IsString(v))
-                return roid_err_set(err, -EBADMSG, "%s: expected text string", field);
-        size_t n = strlen(v->valuestring);
-        if (n >= size)
-                return roid_err_set(err, -EINVAL, "%s: text of %zu bytes, at most %zu allowed", field, n, size - 1);
-        memcpy(dst, v->valuestring, n + 1);
-        return 0;
-}
-
-static int json_scan_map(const cJSON *m, raw_scan *s, roid_err *err) {
-        if (!cJSON_IsObject(m))
-                return roid_err_set(err, -EBADMSG, "user_data.scan: expected map");
-        int r = 0;
-        const cJSON *v;
-        cJSON_ArrayForEach(v, m) {
-                const char *k = v->string;
-                if (strcmp(k, "shape") == 0) {
-                        r = json_pair(v, "user_data.scan.shape", s->shape, err);
-                        s->has_shape = true;
-                } else if (strcmp(k, "origin") == 0) {
-                        r = json_pair(v, "user_data.scan.origin", s->origin, err);
-                        s->has_origin = true;
-                } else if (strcmp(k, "step") == 0) {
-                        r = json_pair(v, "user_data.scan.step", s->step, err);
-                        s->has_step = true;
-                } else if (strcmp(k, "snake") == 0) {
-                        if (!cJSON_IsBool(v))
-                                r = roid_err_set(err, -EBADMSG, "user_data.scan.snake: expected boolean");
-                        s->snake = cJSON_IsTrue(v);
-                        s->has_snake = true;
-                } else if (strcmp(k, "fast_axis") == 0) {
-                        r = json_text(v, "user_data.scan.fast_axis", s->fast, sizeof s->fast, err);
-                        s->has_fast = true;
-                } else if (strcmp(k, "units") == 0) {
-                        r = json_text(v, "user_data.scan.units", s->units, sizeof s->units, err);
-                        s->has_units = true;
-                }
-                if (r < 0)
-                        return r;
-        }
-        return 0;
-}
-
 /* ---------------------------------------------- JSON without allocation
  *
- * The per-image "position" is read on the hot path, so JSON image user data
- * is not parsed into a tree: a bounded scanner walks the top-level object,
- * steps over the members before "position" (checking their syntax, RFC 8259,
- * with at most max_depth nested containers, the top object included, as the
- * CBOR cursor counts them) and reads the first "position" member in place.
- * Text that is not a JSON object is not ours: 0, as for a map without the
- * key; what follows the member is not looked at. */
+ * JSON user data (V1 appendix) is never parsed into a tree: the per-image
+ * "position" is read on the hot path, and the series' "scan" may sit next to
+ * megabytes of beamline metadata that a tree would turn into gigabytes.  A
+ * bounded scanner walks the top-level object in O(size) time and constant
+ * memory, steps over the members before the key (checking their syntax, RFC
+ * 8259, with at most max_depth nested containers, the top object included, as
+ * the CBOR cursor counts them) and reads the first member with that key in
+ * place.  Text that is not a JSON object is not ours: 0, as for a map without
+ * the key; what follows the member is not looked at. */
 
 #define JSON_NUM_MAX 64 /* characters of one number literal */
 
@@ -305,6 +249,18 @@ static int hexval(char ch) {
                                         : -1;
 }
 
+static bool jhex4(jcur *c, unsigned *ret) {
+        unsigned v = 0;
+        for (int i = 0; i < 4; i++) {
+                int h = c->p < c->end ? hexval(*c->p++) : -1;
+                if (h < 0)
+                        return false;
+                v = v * 16 + (unsigned)h;
+        }
+        *ret = v;
+        return true;
+}
+
 /* Steps over a string whose opening quote is at c->p.  When want is not
  * NULL, *ret_eq tells whether its decoded text equals want (ASCII). */
 static bool jstring(jcur *c, const char *want, bool *ret_eq) {
@@ -326,13 +282,8 @@ static bool jstring(jcur *c, const char *want, bool *ret_eq) {
                                 return false;
                         ch = (unsigned char)*c->p++;
                         if (ch == 'u') {
-                                v = 0;
-                                for (int i = 0; i < 4; i++) {
-                                        int h = c->p < c->end ? hexval(*c->p++) : -1;
-                                        if (h < 0)
-                                                return false;
-                                        v = v * 16 + (unsigned)h;
-                                }
+                                if (!jhex4(c, &v))
+                                        return false;
                         } else {
                                 static const char esc[] = "\"\\/bfnrt", val[] = "\"\\/\b\f\n\r\t";
                                 const char *e = ch ? strchr(esc, ch) : NULL;
@@ -458,7 +409,7 @@ static int json_find_member(jcur *c, const char *key, unsigned max_depth, roid_e
                 int r = jskip(c, 1, max_depth);
                 if (r == -ELOOP)
                         return roid_err_set(err, -EBADMSG,
-                                            "user_data: JSON nested deeper than %u containers before "
+                                            "user_data: JSON nested deeper than %u containers (max_depth) before "
                                             "\"%s\"",
                                             max_depth, key);
                 if (r == 0 || !jeat(c, ','))
@@ -508,10 +459,170 @@ static int jpair(jcur *c, const char *field, double ret[2], roid_err *err) {
         return 0;
 }
 
-/* Parses V1 appendix text; NULL (no error) when it is not JSON at all: the
- * appendix is free-form and need not be ours. */
-static cJSON *json_parse(const roid_user_data *ud) {
-        return cJSON_ParseWithLength((const char *)ud->data, ud->size);
+/* Appends code point v to dst as UTF-8 (n bytes so far, written while they
+ * fit below size - 1). */
+static void put_utf8(char *dst, size_t size, size_t *n, unsigned v) {
+        uint8_t u[4];
+        size_t k;
+        if (v < 0x80) {
+                u[0] = (uint8_t)v;
+                k = 1;
+        } else if (v < 0x800) {
+                u[0] = (uint8_t)(0xc0 | v >> 6);
+                u[1] = (uint8_t)(0x80 | (v & 0x3f));
+                k = 2;
+        } else if (v < 0x10000) {
+                u[0] = (uint8_t)(0xe0 | v >> 12);
+                u[1] = (uint8_t)(0x80 | (v >> 6 & 0x3f));
+                u[2] = (uint8_t)(0x80 | (v & 0x3f));
+                k = 3;
+        } else {
+                u[0] = (uint8_t)(0xf0 | v >> 18);
+                u[1] = (uint8_t)(0x80 | (v >> 12 & 0x3f));
+                u[2] = (uint8_t)(0x80 | (v >> 6 & 0x3f));
+                u[3] = (uint8_t)(0x80 | (v & 0x3f));
+                k = 4;
+        }
+        for (size_t i = 0; i < k; i++, (*n)++)
+                if (*n + 1 < size)
+                        dst[*n] = (char)u[i];
+}
+
+/* Decodes the string whose opening quote is at c->p into dst (cut to size -
+ * 1 bytes, NUL-terminated); *ret_len is its whole decoded length, *ret_nul
+ * whether it holds a U+0000.  false when malformed (lone surrogates too). */
+static bool jstring_copy(jcur *c, char *dst, size_t size, size_t *ret_len, bool *ret_nul) {
+        size_t n = 0;
+        bool nul = false;
+        c->p++;
+        while (c->p < c->end) {
+                unsigned char ch = (unsigned char)*c->p++;
+                unsigned v = ch;
+                if (ch == '"') {
+                        dst[n < size ? n : size - 1] = '\0';
+                        *ret_len = n;
+                        *ret_nul = nul;
+                        return true;
+                }
+                if (ch < 0x20)
+                        return false;
+                if (ch != '\\') {
+                        if (n + 1 < size)
+                                dst[n] = (char)ch;
+                        n++;
+                        continue;
+                }
+                if (c->p >= c->end)
+                        return false;
+                ch = (unsigned char)*c->p++;
+                if (ch == 'u') {
+                        if (!jhex4(c, &v) || (v >= 0xdc00 && v < 0xe000))
+                                return false;
+                        if (v >= 0xd800 && v < 0xdc00) {
+                                unsigned lo;
+                                if (c->end - c->p < 2 || c->p[0] != '\\' || c->p[1] != 'u')
+                                        return false;
+                                c->p += 2;
+                                if (!jhex4(c, &lo) || lo < 0xdc00 || lo >= 0xe000)
+                                        return false;
+                                v = 0x10000 + ((v - 0xd800) << 10) + (lo - 0xdc00);
+                        }
+                } else {
+                        static const char esc[] = "\"\\/bfnrt", val[] = "\"\\/\b\f\n\r\t";
+                        const char *e = ch ? strchr(esc, ch) : NULL;
+                        if (!e)
+                                return false;
+                        v = (unsigned char)val[e - esc];
+                }
+                nul |= v == 0;
+                put_utf8(dst, size, &n, v);
+        }
+        return false;
+}
+
+/* A text member of the scan map at c. */
+static int jtext(jcur *c, const char *field, char *dst, size_t size, roid_err *err) {
+        char buf[ROID_SCAN_UNITS_MAX];
+        size_t n;
+        bool nul;
+        jws(c);
+        if (c->p >= c->end || *c->p != '"' || size > sizeof buf)
+                return roid_err_set(err, -EBADMSG, "%s: expected text string", field);
+        if (!jstring_copy(c, buf, size, &n, &nul))
+                return roid_err_set(err, -EBADMSG, "%s: malformed JSON string", field);
+        if (n >= size || nul)
+                return roid_err_set(err, -EINVAL, "%s: text of %zu bytes, at most %zu without NUL allowed", field, n,
+                                    size - 1);
+        memcpy(dst, buf, n + 1);
+        return 0;
+}
+
+static int jmalformed(const jcur *c, const char *start, const char *field, roid_err *err) {
+        return roid_err_set(err, -EBADMSG, "%s: malformed JSON at byte %zu", field, (size_t)(c->p - start));
+}
+
+/* Reads the object at c (the value of the top-level "scan", so nested at
+ * depth 2); unknown members are stepped over within max_depth.  Duplicate
+ * members: the last wins. */
+static int json_scan_map(jcur *c, const char *start, raw_scan *s, unsigned max_depth, roid_err *err) {
+        if (!jeat(c, '{'))
+                return roid_err_set(err, -EBADMSG, "user_data.scan: expected map");
+        if (max_depth < 2)
+                return roid_err_set(err, -EBADMSG, "user_data.scan: JSON nested deeper than %u containers (max_depth)",
+                                    max_depth);
+        if (jeat(c, '}'))
+                return 0;
+        for (;;) {
+                char k[16];
+                size_t n;
+                bool nul;
+                jws(c);
+                if (c->p >= c->end || *c->p != '"' || !jstring_copy(c, k, sizeof k, &n, &nul) || !jeat(c, ':'))
+                        return jmalformed(c, start, "user_data.scan", err);
+                if (n >= sizeof k || nul)
+                        k[0] = '\0'; /* not one of ours */
+                int r;
+                if (strcmp(k, "shape") == 0) {
+                        r = jpair(c, "user_data.scan.shape", s->shape, err);
+                        s->has_shape = true;
+                } else if (strcmp(k, "origin") == 0) {
+                        r = jpair(c, "user_data.scan.origin", s->origin, err);
+                        s->has_origin = true;
+                } else if (strcmp(k, "step") == 0) {
+                        r = jpair(c, "user_data.scan.step", s->step, err);
+                        s->has_step = true;
+                } else if (strcmp(k, "snake") == 0) {
+                        jws(c);
+                        r = 0;
+                        if (jliteral(c, "true"))
+                                s->snake = true;
+                        else if (jliteral(c, "false"))
+                                s->snake = false;
+                        else
+                                r = roid_err_set(err, -EBADMSG, "user_data.scan.snake: expected boolean");
+                        s->has_snake = true;
+                } else if (strcmp(k, "fast_axis") == 0) {
+                        r = jtext(c, "user_data.scan.fast_axis", s->fast, sizeof s->fast, err);
+                        s->has_fast = true;
+                } else if (strcmp(k, "units") == 0) {
+                        r = jtext(c, "user_data.scan.units", s->units, sizeof s->units, err);
+                        s->has_units = true;
+                } else {
+                        r = jskip(c, 2, max_depth);
+                        if (r == -ELOOP)
+                                return roid_err_set(err, -EBADMSG,
+                                                    "user_data.scan: JSON nested deeper than %u containers "
+                                                    "(max_depth)",
+                                                    max_depth);
+                        r = r == 0 ? jmalformed(c, start, "user_data.scan", err) : 0;
+                }
+                if (r < 0)
+                        return r;
+                if (jeat(c, '}'))
+                        return 0;
+                if (!jeat(c, ','))
+                        return jmalformed(c, start, "user_data.scan", err);
+        }
 }
 
 /* ------------------------------------------------------------ validation */
@@ -584,11 +695,15 @@ int roid_scan_from_user_data(const roid_user_data *ud, unsigned max_depth, roid_
                 if (r < 0)
                         return r;
         } else if (ud->kind == ROID_UD_JSON) {
-                cJSON *root = json_parse(ud);
-                const cJSON *m = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "scan") : NULL;
-                int r = m ? json_scan_map(m, &s, err) : 0;
-                cJSON_Delete(root);
-                if (r < 0 || !m)
+                const char *start = (const char *)ud->data;
+                jcur c = {start, start + ud->size};
+                if (max_depth == 0 || max_depth > ROID_CW_DEPTH_CAP)
+                        max_depth = ROID_CW_DEPTH_CAP;
+                int r = json_find_member(&c, "scan", max_depth, err);
+                if (r <= 0)
+                        return r;
+                r = json_scan_map(&c, start, &s, max_depth, err);
+                if (r < 0)
                         return r;
         } else {
                 return 0;

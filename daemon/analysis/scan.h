@@ -60,7 +60,12 @@ int roid_scan_grid_set_shape(roid_scan_grid *g, uint64_t ny, uint64_t nx, const 
  * fills *ret when present, 0 when the user data is absent, not a map, or has
  * no "scan" key (*ret untouched), or a negative errno with err naming the
  * key: -EBADMSG for a wrong type or malformed encoding, -EINVAL for a bad
- * value, -EMSGSIZE for a grid above ROID_SCAN_MAX_POINTS. */
+ * value, -EMSGSIZE for a grid above ROID_SCAN_MAX_POINTS.  Never allocates:
+ * O(size) time, whatever else the user data holds.  JSON goes through the
+ * bounded scanner described below for "position" (what precedes the first
+ * top-level "scan" must be well-formed JSON, else 0; its members are checked
+ * too, what follows it is not read).  Nesting beyond max_depth (0: 256)
+ * before or inside "scan" is -EBADMSG. */
 int roid_scan_from_user_data(const roid_user_data *ud, unsigned max_depth, roid_scan_grid *ret, roid_err *err);
 
 /* Reads {"position": [x, y]} from an image's user data: 1 and *ret_x, *ret_y,

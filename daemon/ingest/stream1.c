@@ -94,7 +94,7 @@ static void drop_tree(v1 *p) {
 }
 
 /* Deeper nesting than max_depth is refused before cJSON sees the text. */
-static int check_depth(v1 *p, size_t idx, const uint8_t *s, size_t n) {
+static int check_depth(v1 *p, size_t idx, const char *label, const uint8_t *s, size_t n) {
         unsigned depth = 0;
         bool str = false, esc = false;
         for (size_t i = 0; i < n; i++) {
@@ -110,7 +110,8 @@ static int check_depth(v1 *p, size_t idx, const uint8_t *s, size_t n) {
                         str = true;
                 } else if (ch == '{' || ch == '[') {
                         if (++depth > p->lim->max_depth)
-                                return roid_err_set(p->err, -EBADMSG, "part %zu: JSON nested deeper than %u", idx + 1,
+                                return roid_err_set(p->err, -EBADMSG,
+                                                    "part %zu%s: JSON nested deeper than max_depth %u", idx + 1, label,
                                                     p->lim->max_depth);
                 } else if ((ch == '}' || ch == ']') && depth > 0) {
                         depth--;
@@ -119,19 +120,27 @@ static int check_depth(v1 *p, size_t idx, const uint8_t *s, size_t n) {
         return 0;
 }
 
-/* Parses part idx as a JSON object.  The tree lives until the next call. */
-static int parse_json(v1 *p, size_t idx, cJSON **ret) {
+/* The checks every JSON-text part passes before anyone parses it: size
+ * against max_json_bytes, UTF-8, nesting against max_depth.  label follows
+ * "part N" in the messages. */
+static int check_json_text(v1 *p, size_t idx, const char *label) {
         const roid_part *pt = &p->parts[idx];
         if (pt->size > p->lim->max_json_bytes)
-                return roid_err_set(p->err, -EMSGSIZE, "part %zu: JSON of %zu bytes exceeds max_json_bytes %zu",
-                                    idx + 1, pt->size, p->lim->max_json_bytes);
+                return roid_err_set(p->err, -EMSGSIZE, "part %zu%s: JSON of %zu bytes exceeds max_json_bytes %zu",
+                                    idx + 1, label, pt->size, p->lim->max_json_bytes);
         /* JSON text is UTF-8 (RFC 8259 8.1), and roid publishes some of its
          * strings again; cJSON does not check. */
         const size_t bad = roid_utf8_invalid_at((const char *)pt->data, pt->size);
         if (bad < pt->size)
-                return roid_err_set(p->err, -EBADMSG, "part %zu: byte 0x%02x at %zu is not UTF-8", idx + 1,
+                return roid_err_set(p->err, -EBADMSG, "part %zu%s: byte 0x%02x at %zu is not UTF-8", idx + 1, label,
                                     pt->data[bad], bad);
-        int r = check_depth(p, idx, pt->data, pt->size);
+        return check_depth(p, idx, label, pt->data, pt->size);
+}
+
+/* Parses part idx as a JSON object.  The tree lives until the next call. */
+static int parse_json(v1 *p, size_t idx, cJSON **ret) {
+        const roid_part *pt = &p->parts[idx];
+        int r = check_json_text(p, idx, "");
         if (r < 0)
                 return r;
         drop_tree(p);
@@ -473,8 +482,16 @@ static int parse_header(v1 *p, const cJSON *root) {
                     (r = header_array(p, 6, "dcountrate_table-", ROID_DT_F32, &s->countrate_table)) < 0)
                         return r;
         }
-        if (p->n == want + 1)
+        /* The appendix is free text (header_appendix), not parsed here, but
+         * the scan reader reads it as JSON and the series keeps a copy: it
+         * passes the checks of any JSON part, and failing them refuses the
+         * whole header as for any other part (V2 refuses a start message whose
+         * user_data nests too deep). */
+        if (p->n == want + 1) {
+                if ((r = check_json_text(p, want, " (header appendix)")) < 0)
+                        return r;
                 p->m->user_data = (roid_user_data){ROID_UD_JSON, p->parts[want].data, p->parts[want].size};
+        }
         return 0;
 }
 
@@ -569,8 +586,11 @@ static int parse_image(v1 *p, const cJSON *root) {
         im->stop_time = (roid_rational){t1, 1000000000};
         im->real_time = (roid_rational){rt, 1000000000};
         im->has_times = a && b && c;
-        if (p->n == 5)
+        if (p->n == 5) {
+                if ((r = check_json_text(p, 4, " (image appendix)")) < 0)
+                        return r;
                 p->m->user_data = (roid_user_data){ROID_UD_JSON, p->parts[4].data, p->parts[4].size};
+        }
         return 0;
 }
 

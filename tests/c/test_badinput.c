@@ -142,7 +142,14 @@ static void build_start(wbuf *w) {
 
 /* ---- the pipeline under test ---- */
 static roid_counters ctr;
-static uint64_t good_sum, frames_seen, last_sum;
+static uint64_t good_sum, frames_seen, last_sum, series_starts;
+static size_t last_ud_size;
+
+static void on_series_start(void *ctx, const roid_series *s) {
+        (void)ctx;
+        series_starts++;
+        last_ud_size = s->user_data.size;
+}
 
 static void on_frame(void *ctx, const roid_frame_event *ev) {
         (void)ctx;
@@ -260,7 +267,7 @@ int main(void) {
         roid_log_set_prefix(0);
         /* Every case must show its line: unlimited until the flood below. */
         roid_log_set_ratelimit(ROID_LOG_RATELIMIT_INTERVAL_MS, 0);
-        roid_sink sink = {.frame = on_frame};
+        roid_sink sink = {.frame = on_frame, .series_start = on_series_start};
         roid_ingest_params ip = {.channel = ""};
         roid_limits_default(&ip.limits);
         ip.limits.max_pixels = 1 << 24;
@@ -439,6 +446,66 @@ int main(void) {
         tap_ok(heap1 <= heap0 + (1 << 20), "memory bounded over %zu bad messages (heap %zu -> %zu bytes)",
                300 * n_cases, heap0, heap1);
         tap_ok(feed_good(in), "after all of it, a good frame is processed");
+
+        /* V1: a header whose appendix is over max_json_bytes, or nested beyond
+         * max_depth, is refused and counted; the next good series goes on. */
+        static const char v1h[] = "{\"htype\":\"dheader-1.0\",\"series\":7,\"header_detail\":\"basic\"}";
+        static const char v1cfg[] = "{\"nimages\":3,\"ntrigger\":1,\"bit_depth_image\":16,"
+                                    "\"x_pixels_in_detector\":48,\"y_pixels_in_detector\":32}";
+        const size_t max = ip.limits.max_json_bytes;
+        char *app = malloc(max + 2);
+        memcpy(app, "{\"pad\":[0", 9);
+        for (size_t i = 9; i + 1 < max + 1; i += 2)
+                memcpy(app + i, ",0", 2);
+        memcpy(app + (max + 1) - 2, "]}", 2); /* max + 1 bytes: {"pad":[0,0,...,0]} */
+        char deep_app[2 * 33 + 1];
+        memset(deep_app, '[', 33);
+        memset(deep_app + 33, ']', 33);
+        struct {
+                const char *name;
+                roid_counter counter;
+                const char *log_words;
+                const void *app;
+                size_t app_len;
+        } v1bad[] = {
+                {"V1 appendix of max_json_bytes + 1", ROID_C_messages_bad_size, "exceeds max_json_bytes", app, max + 1},
+                {"V1 appendix nested 33 deep", ROID_C_messages_malformed, "deeper than max_depth 32", deep_app, 66},
+        };
+        for (size_t i = 0; i < 2; i++) {
+                roid_part hp[3] = {{(const uint8_t *)v1h, sizeof v1h - 1},
+                                   {(const uint8_t *)v1cfg, sizeof v1cfg - 1},
+                                   {v1bad[i].app, v1bad[i].app_len}};
+                uint64_t before = roid_counter_get(&ctr, v1bad[i].counter);
+                uint64_t starts = series_starts;
+                roid_ingest_parts(in, hp, 3);
+                const char *log = log_since_last();
+                tap_eq_u64(roid_counter_get(&ctr, v1bad[i].counter) - before, 1, v1bad[i].name);
+                tap_ok(series_starts == starts, "%s: no series started", v1bad[i].name);
+                tap_ok(strstr(log, v1bad[i].log_words) && strstr(log, "header appendix"),
+                       "%s: logged, naming the appendix and '%s'", v1bad[i].name, v1bad[i].log_words);
+                tap_diag("%s -> %.*s", v1bad[i].name, (int)strcspn(log, "\n"), log);
+        }
+        /* the good series: its appendix exactly max_json_bytes, then 3 images */
+        memcpy(app + max - 3, " ]}", 3); /* over the ",0]" there: still {"pad":[0,...,0]} */
+        roid_part hp[3] = {{(const uint8_t *)v1h, sizeof v1h - 1},
+                           {(const uint8_t *)v1cfg, sizeof v1cfg - 1},
+                           {(const uint8_t *)app, max}};
+        uint64_t starts = series_starts, frames0 = frames_seen, good_frames = 0;
+        roid_ingest_parts(in, hp, 3);
+        tap_ok(series_starts == starts + 1 && last_ud_size == max,
+               "the next good V1 header starts series 7 with its %zu-byte appendix", max);
+        for (int f = 0; f < 3; f++) {
+                char im[96];
+                snprintf(im, sizeof im, "{\"htype\":\"dimage-1.0\",\"series\":7,\"frame\":%d,\"hash\":\"\"}", f);
+                roid_part ip1[4] = {{(const uint8_t *)im, strlen(im)},
+                                    {(const uint8_t *)v1d, sizeof v1d - 1},
+                                    {(const uint8_t *)pixels, sizeof pixels},
+                                    {(const uint8_t *)v1c, sizeof v1c - 1}};
+                roid_ingest_parts(in, ip1, 4);
+                good_frames += frames_seen == frames0 + (uint64_t)f + 1 && last_sum == good_sum;
+        }
+        tap_eq_u64(good_frames, 3, "its 3 V1 images are processed with the right pixels");
+        free(app);
 
         roid_ingest_free(in);
         free(start);

@@ -1463,6 +1463,95 @@ static void test_v1_malformed(void) {
         }
 }
 
+/* {"pad":"xx...x"} of exactly size bytes (size >= 10). */
+static char *pad_json(size_t size) {
+        char *s = malloc(size + 1);
+        memcpy(s, "{\"pad\":\"", 8);
+        memset(s + 8, 'x', size - 10);
+        memcpy(s + size - 2, "\"}", 3);
+        return s;
+}
+
+/* The appendix (user data a beamline attaches) is held to the limits of the
+ * JSON parts: max_json_bytes, UTF-8, max_depth; failing them refuses the
+ * message, and the parser goes on with the next one. */
+static void test_v1_appendix(void) {
+        static const char *const details[] = {"none", "basic", "all"};
+        const size_t max = lim.max_json_bytes;
+        char *over = pad_json(max + 1), *at = pad_json(max), want[128];
+        parts ps = {0};
+        for (int d = 0; d < 3; d++) {
+                char what[64];
+                snprintf(what, sizeof what, "dheader %s + appendix of max_json_bytes + 1", details[d]);
+                add_header(&ps, details[d], "exts", false);
+                size_t idx = ps.n;
+                add(&ps, over, max + 1);
+                snprintf(want, sizeof want, "part %zu (header appendix): JSON of %zu bytes exceeds max_json_bytes %zu",
+                         idx + 1, max + 1, max);
+                expect_fail_parts(parser, what, ps.p, ps.n, -EMSGSIZE, want);
+                parts_free(&ps);
+
+                /* the next, good header is parsed, its appendix at the limit */
+                add_header(&ps, details[d], "exts", false);
+                add(&ps, at, max);
+                roid_msg m;
+                roid_err e = {{0}};
+                int r = roid_parse(parser, ps.p, ps.n, &m, &e);
+                tap_ok(r == 0 && m.type == ROID_MSG_START && m.user_data.kind == ROID_UD_JSON &&
+                               m.user_data.size == max && m.user_data.data == ps.p[ps.n - 1].data,
+                       "dheader %s + appendix of exactly max_json_bytes (%zu): accepted as user data (%d %s)",
+                       details[d], max, r, e.msg);
+                parts_free(&ps);
+        }
+
+        /* nesting: max_depth containers pass, one more is refused */
+        for (unsigned levels = lim.max_depth; levels <= lim.max_depth + 1; levels++) {
+                char *j = malloc(2 * levels + 32);
+                size_t n = 0;
+                for (unsigned i = 0; i < levels; i++)
+                        j[n++] = '[';
+                for (unsigned i = 0; i < levels; i++)
+                        j[n++] = ']';
+                add_header(&ps, "basic", "exts", false);
+                add(&ps, j, n);
+                if (levels == lim.max_depth) {
+                        roid_msg m;
+                        roid_err e = {{0}};
+                        int r = roid_parse(parser, ps.p, ps.n, &m, &e);
+                        tap_ok(r == 0 && m.user_data.size == n, "appendix nested %u deep: accepted (%d %s)", levels, r,
+                               e.msg);
+                } else {
+                        snprintf(want, sizeof want, "part 3 (header appendix): JSON nested deeper than max_depth %u",
+                                 lim.max_depth);
+                        expect_fail_parts(parser, "appendix nested max_depth + 1 deep", ps.p, ps.n, -EBADMSG, want);
+                }
+                parts_free(&ps);
+                free(j);
+        }
+        add_header(&ps, "none", "exts", false);
+        add_s(&ps, "{\"sample\":\"lyso\xffzyme\"}");
+        expect_fail_parts(parser, "appendix not UTF-8", ps.p, ps.n, -EBADMSG, "part 2 (header appendix): byte 0xff");
+        parts_free(&ps);
+
+        /* the image appendix likewise */
+        static const uint8_t px[24];
+        add_dimage(&ps, "uint8", 6, 4, "<", px, sizeof px, -1, false);
+        add(&ps, over, max + 1);
+        expect_fail_parts(parser, "dimage + appendix of max_json_bytes + 1", ps.p, ps.n, -EMSGSIZE,
+                          "part 5 (image appendix)");
+        parts_free(&ps);
+        add_dimage(&ps, "uint8", 6, 4, "<", px, sizeof px, -1, false);
+        add(&ps, at, max);
+        roid_msg m;
+        roid_err e = {{0}};
+        int r = roid_parse(parser, ps.p, ps.n, &m, &e);
+        tap_ok(r == 0 && m.type == ROID_MSG_IMAGE && m.user_data.size == max,
+               "dimage + appendix of exactly max_json_bytes: accepted (%d %s)", r, e.msg);
+        parts_free(&ps);
+        free(over);
+        free(at);
+}
+
 /* Random byte changes must give a clean result: success or one of the
  * documented errors with a message, never a crash (run under ASan too). */
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -1605,6 +1694,7 @@ int main(void) {
         test_v1_headers();
         test_v1_images();
         test_v1_malformed();
+        test_v1_appendix();
         test_mutations();
         test_no_alloc();
         roid_parser_free(parser);

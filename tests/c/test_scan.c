@@ -10,6 +10,30 @@
 #include "analysis/scan.h"
 #include "tap.h"
 
+/* Counts heap allocations, to show the JSON readers make none (the libc
+ * allocator only: ASan brings its own). */
+#if defined(__SANITIZE_ADDRESS__)
+#define COUNT_ALLOCS 0
+#else
+#define COUNT_ALLOCS 1
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+static unsigned long n_allocs;
+void *malloc(size_t n) {
+        n_allocs++;
+        return __libc_malloc(n);
+}
+void *calloc(size_t a, size_t b) {
+        n_allocs++;
+        return __libc_calloc(a, b);
+}
+void *realloc(void *p, size_t n) {
+        n_allocs++;
+        return __libc_realloc(p, n);
+}
+#endif
+
 /* ------------------------------------------------------ tiny CBOR writer */
 
 typedef struct {
@@ -217,6 +241,16 @@ static void test_bad(void) {
         expect_bad("{\"scan\":{\"shape\":[4,4],\"origin\":[1,\"a\"]}}", -EBADMSG, "origin");
         expect_bad("{\"scan\":{\"shape\":[4,4],\"units\":\"a-very-long-unit-name\"}}", -EINVAL, "units");
         expect_bad("{\"scan\":[4,4]}", -EBADMSG, "scan");
+        /* text members are decoded; NUL, lone surrogates, broken syntax inside
+         * "scan" are errors naming it (not a silent "no scan") */
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"units\":\"a\\u0000b\"}}", -EINVAL, "units");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"units\":\"\\ud800m\"}}", -EBADMSG, "units");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"units\":\"\\udc00m\"}}", -EBADMSG, "units");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"fast_axis\":\"\\u0078y\"}}", -EINVAL, "fast_axis");
+        expect_bad("{\"scan\":{\"shape\":[4,4] \"snake\":true}}", -EBADMSG, "user_data.scan");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"x\":[1,}}", -EBADMSG, "user_data.scan");
+        expect_bad("{\"scan\":{\"shape\":[4,4],", -EBADMSG, "user_data.scan");
+        expect_bad("{\"scan\":{\"shape\":[4,4],\"snake\":tru}}", -EBADMSG, "snake");
 
         /* CBOR: wrong type, truncated map, huge shape */
         cb c;
@@ -455,6 +489,123 @@ static void test_resolve(void) {
         tap_ok(r == -EBADMSG, "a malformed series grid is an error, not silently replaced");
 }
 
+/* head, then about `bytes` of "0,0,...,0", then tail: an array of the kind
+ * of metadata a beamline may attach to a series (head opens it, tail closes
+ * it). */
+static char *padded(const char *head, size_t bytes, const char *tail) {
+        char *s = malloc(strlen(head) + bytes + strlen(tail) + 2);
+        if (!s)
+                abort();
+        size_t n = (size_t)sprintf(s, "%s0", head);
+        while (n < bytes) {
+                s[n++] = ',';
+                s[n++] = '0';
+        }
+        strcpy(s + n, tail);
+        return s;
+}
+
+/* The series' "scan" is found next to megabytes of other user data without
+ * a tree: no allocation, and nesting is bounded by max_depth. */
+static void test_json_scan_bounded(void) {
+        roid_scan_grid g;
+        roid_err err = {{0}};
+        char *t = padded("{\"pad\":[", 8u << 20,
+                         "],\"scan\":{\"shape\":[7,9],\"units\":\"\\u00b5m\",\"fast_axis\":\"\\u0079\"}}");
+        roid_user_data u = ud_json(t);
+#if COUNT_ALLOCS
+        unsigned long before = n_allocs;
+        void *volatile probe = malloc(16);
+        free(probe);
+        tap_ok(n_allocs == before + 1, "the allocation counter sees a malloc");
+        before = n_allocs;
+#endif
+        int r = roid_scan_resolve(&u, NULL, true, 2500, 32, &g, &err);
+#if COUNT_ALLOCS
+        tap_ok(n_allocs == before, "8 MiB user data: %lu heap allocations", n_allocs - before);
+#else
+        tap_skip("allocation count needs the libc allocator (ASan build)");
+#endif
+        tap_ok(r == 0 && g.ny == 7 && g.nx == 9 && g.source == ROID_SCAN_FROM_SERIES &&
+                       g.fast_axis == ROID_SCAN_FAST_Y && strcmp(g.units, "\xc2\xb5m") == 0,
+               "8 MiB array before \"scan\": grid 7 x 9 from the series, units µm, fast y (%d %s)", r, err.msg);
+        free(t);
+
+        /* the huge array inside the scan map, under a key that is not ours */
+        t = padded("{\"scan\":{\"shape\":[3,5],\"p\":[", 8u << 20, "]}}");
+        u = ud_json(t);
+        r = roid_scan_resolve(&u, NULL, true, 2500, 32, &g, &err);
+        tap_ok(r == 0 && g.ny == 3 && g.nx == 5 && g.source == ROID_SCAN_FROM_SERIES,
+               "8 MiB array inside \"scan\": grid 3 x 5 (%d %s)", r, err.msg);
+        free(t);
+
+        /* nesting: 32 containers before "scan" pass, 33 fail naming max_depth */
+        roid_scan_grid keep;
+        for (unsigned levels = 32; levels <= 33; levels++) {
+                char *d = deep(levels); /* {"a":[[...1...]],"position":[1,2]} */
+                size_t n = strlen(d);
+                char *e = malloc(n + 32);
+                memcpy(e, d, n - 1);
+                strcpy(e + n - 1, ",\"scan\":{\"shape\":[2,2]}}");
+                u = ud_json(e);
+                roid_scan_grid_default(&g);
+                g.ny = 99;
+                keep = g;
+                err.msg[0] = '\0';
+                r = roid_scan_resolve(&u, NULL, true, 2500, 32, &g, &err);
+                if (levels == 32)
+                        tap_ok(r == 0 && g.ny == 2 && g.source == ROID_SCAN_FROM_SERIES,
+                               "32 levels before scan: found");
+                else
+                        tap_ok(r == -EBADMSG && strstr(err.msg, "max_depth") && strstr(err.msg, "32") &&
+                                       memcmp(&g, &keep, sizeof g) == 0,
+                               "33 levels before scan: %d, untouched, %s", r, err.msg);
+                free(e);
+                free(d);
+        }
+        /* nesting inside the scan map (its own level is 2) */
+        char in[256];
+        size_t n = (size_t)sprintf(in, "{\"scan\":{\"shape\":[2,2],\"x\":");
+        for (int i = 0; i < 31; i++)
+                in[n++] = '[';
+        for (int i = 0; i < 31; i++)
+                in[n++] = ']';
+        strcpy(in + n, "}}");
+        u = ud_json(in);
+        r = roid_scan_from_user_data(&u, 32, &g, &err);
+        tap_ok(r == -EBADMSG && strstr(err.msg, "user_data.scan") && strstr(err.msg, "max_depth"),
+               "33 levels inside scan: %d %s", r, err.msg);
+        r = roid_scan_from_user_data(&u, 33, &g, &err);
+        tap_ok(r == 1 && g.ny == 2, "the same with max_depth 33: found (%d)", r);
+        /* a depth bomb with max_depth 0 (the cap, 256) */
+        char *d = deep(100000);
+        u = ud_json(d);
+        r = roid_scan_resolve(&u, NULL, true, 2500, 0, &g, &err);
+        tap_ok(r == -EBADMSG && strstr(err.msg, "256"), "100000 levels, max_depth 0: %d %s", r, err.msg);
+        free(d);
+        /* cut anywhere, the text gives a grid or an error, never anything else */
+        const char *full = "{\"a\":[1,{\"b\":\"\\u00b5\"}],\"scan\":{\"shape\":[2,3],\"units\":\"\\ud83d\\udc99\","
+                           "\"snake\":true}}";
+        int odd = 0;
+        for (size_t cut = 0; cut <= strlen(full); cut++) {
+                char *c = malloc(cut + 1);
+                memcpy(c, full, cut);
+                roid_user_data v = {ROID_UD_JSON, (const uint8_t *)c, cut};
+                roid_scan_grid_default(&g);
+                err.msg[0] = '\0';
+                r = roid_scan_from_user_data(&v, 32, &g, &err);
+                bool whole = cut >= strlen(full) - 1; /* the top object's '}' is not read */
+                if (whole ? !(r == 1 && g.ny == 2 && g.nx == 3 && g.snake && strcmp(g.units, "\xf0\x9f\x92\x99") == 0)
+                          : !(r == 0 || (r < 0 && err.msg[0])))
+                        odd++;
+                free(c);
+        }
+        tap_ok(odd == 0,
+               "every cut of a JSON scan description: 0 or an error until the scan map is whole, then the grid (%d "
+               "odd)",
+               odd);
+}
+
 int main(void) {
         test_orders();
         test_user_data();
@@ -462,5 +613,6 @@ int main(void) {
         test_fly();
         test_json_position();
         test_resolve();
+        test_json_scan_bounded();
         return tap_done();
 }
