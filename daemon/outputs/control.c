@@ -2,6 +2,7 @@
 #include "outputs/control.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -25,7 +26,7 @@ struct roid_control {
         msgpack_packer pk;
         bool failed; /* a write into sb failed during this reply */
         msgpack_zone zone;
-        uint64_t requests, errors;
+        uint64_t requests, errors, unsent;
         char endpoint[256];
         char text[VALUE_MAX]; /* one set value as text */
 };
@@ -659,68 +660,105 @@ static const char oom_reply[] = "\x82\xa2ok\xc2\xa5"
                                 "error\xad"
                                 "out of memory";
 
-int roid_control_drain(roid_control *c) {
+static uint64_t mono_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Receives one request without blocking and replies to it: 1 when one was
+ * handled, 0 on EAGAIN, or a negative errno when the socket failed. */
+static int serve_one(roid_control *c) {
+        zmq_msg_t m;
+        const void *out;
+        size_t total, out_len;
+        unsigned parts = 1;
+        bool ok;
+        int r, more;
+
+        zmq_msg_init(&m);
+        do {
+                r = zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+                int e = errno;
+                zmq_msg_close(&m);
+                if (e == EAGAIN)
+                        return 0;
+                ROID_LOG_LIMITED(ROID_LOG_ERR, "control: receive: %s", zmq_strerror(e));
+                return -e;
+        }
+        total = zmq_msg_size(&m);
+        /* REP answers only after the last frame: read them all (the frames of
+         * a message arrive together). */
+        more = zmq_msg_more(&m);
+        while (more) {
+                zmq_msg_t x;
+                zmq_msg_init(&x);
+                do {
+                        r = zmq_msg_recv(&x, c->sock, ZMQ_DONTWAIT);
+                } while (r < 0 && errno == EINTR);
+                more = r >= 0 && zmq_msg_more(&x);
+                if (r >= 0) {
+                        total += zmq_msg_size(&x);
+                        parts++;
+                }
+                zmq_msg_close(&x);
+        }
+        c->requests++;
+        ok = handle(c, zmq_msg_data(&m), zmq_msg_size(&m), total, parts);
+        out = c->sb.data;
+        out_len = c->sb.size;
+        if (c->failed) {
+                /* Even the reply could not be built: a fixed one keeps the REP
+                 * socket from being left stuck. */
+                out = oom_reply;
+                out_len = sizeof(oom_reply) - 1;
+                ok = false;
+        }
+        if (!ok)
+                c->errors++;
+        msgpack_zone_clear(&c->zone);
+        zmq_msg_close(&m);
+        /* REP never blocks here: a reply that does not fit the client's
+         * ZMQ_SNDHWM queue is dropped inside libzmq (see control.h). */
+        do {
+                r = zmq_send(c->sock, out, out_len, ZMQ_DONTWAIT);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+                c->unsent++;
+                ROID_LOG_LIMITED(ROID_LOG_WARNING, "control: reply not sent: %s", zmq_strerror(errno));
+        }
+        return 1;
+}
+
+int roid_control_serve(roid_control *c, unsigned max_requests, uint64_t budget_ns, bool *ret_more) {
+        const uint64_t t0 = budget_ns ? mono_ns() : 0;
         int handled = 0;
 
         for (;;) {
-                zmq_msg_t m;
-                const void *out;
-                size_t total, out_len;
-                unsigned parts = 1;
-                bool ok;
-                int r, more;
-
-                zmq_msg_init(&m);
-                r = zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT);
-                if (r < 0) {
-                        int e = errno;
-                        zmq_msg_close(&m);
-                        if (e == EINTR)
-                                continue;
-                        if (e == EAGAIN)
-                                return handled;
-                        ROID_LOG_LIMITED(ROID_LOG_ERR, "control: receive: %s", zmq_strerror(e));
-                        return -e;
+                /* Checked before a receive: the one that would see EAGAIN is
+                 * not spent, so a caller told "more" may find nothing. */
+                if (handled > 0 && ((unsigned)handled >= max_requests || handled == INT_MAX ||
+                                    (budget_ns && mono_ns() - t0 >= budget_ns))) {
+                        *ret_more = true;
+                        return handled;
                 }
-                total = zmq_msg_size(&m);
-                /* REP answers only after the last frame: read them all (the
-                 * frames of a message arrive together). */
-                more = zmq_msg_more(&m);
-                while (more) {
-                        zmq_msg_t x;
-                        zmq_msg_init(&x);
-                        do {
-                                r = zmq_msg_recv(&x, c->sock, ZMQ_DONTWAIT);
-                        } while (r < 0 && errno == EINTR);
-                        more = r >= 0 && zmq_msg_more(&x);
-                        if (r >= 0) {
-                                total += zmq_msg_size(&x);
-                                parts++;
-                        }
-                        zmq_msg_close(&x);
-                }
-                c->requests++;
-                ok = handle(c, zmq_msg_data(&m), zmq_msg_size(&m), total, parts);
-                out = c->sb.data;
-                out_len = c->sb.size;
-                if (c->failed) {
-                        /* Even the reply could not be built: a fixed one keeps
-                         * the REP socket from being left stuck. */
-                        out = oom_reply;
-                        out_len = sizeof(oom_reply) - 1;
-                        ok = false;
-                }
-                if (!ok)
-                        c->errors++;
-                msgpack_zone_clear(&c->zone);
-                zmq_msg_close(&m);
-                do {
-                        r = zmq_send(c->sock, out, out_len, ZMQ_DONTWAIT);
-                } while (r < 0 && errno == EINTR);
+                int r = serve_one(c);
                 if (r < 0)
-                        ROID_LOG_LIMITED(ROID_LOG_WARNING, "control: reply not sent: %s", zmq_strerror(errno));
+                        return r;
+                if (r == 0) {
+                        *ret_more = false;
+                        return handled;
+                }
                 handled++;
         }
+}
+
+int roid_control_drain(roid_control *c) {
+        bool more;
+
+        return roid_control_serve(c, UINT_MAX, 0, &more);
 }
 
 void *roid_control_socket(roid_control *c) {
@@ -735,11 +773,15 @@ uint64_t roid_control_errors(const roid_control *c) {
         return c->errors;
 }
 
+uint64_t roid_control_unsent(const roid_control *c) {
+        return c->unsent;
+}
+
 int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes, const roid_control_handler *h,
                      roid_control **ret, roid_err *err) {
         roid_control *c;
         int64_t maxmsg;
-        int zero = 0, r;
+        int zero = 0, hwm = ROID_CONTROL_SNDHWM, r;
 
         if (!zctx || !endpoint || !*endpoint || !h)
                 return roid_err_set(err, -EINVAL, "control endpoint: empty");
@@ -766,7 +808,8 @@ int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes,
         }
         maxmsg = (int64_t)max_request_bytes * 2;
         if (zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0 ||
-            zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero)) < 0) {
+            zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero)) < 0 ||
+            zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) < 0) {
                 r = -errno;
                 roid_err_set(err, r, "control: setsockopt: %s", zmq_strerror(-r));
                 goto fail;

@@ -36,11 +36,12 @@
  *
  * Ownership: the control object owns its socket, receive and reply buffers.
  * Threads: one thread (the loop thread) owns it; the handlers run on that
- * thread, inside roid_control_drain.
+ * thread, inside roid_control_serve / roid_control_drain.
  */
 #ifndef ROID_OUTPUTS_CONTROL_H
 #define ROID_OUTPUTS_CONTROL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,6 +54,13 @@
 #define ROID_CONTROL_MAX_ASK     4096
 #define ROID_CONTROL_MIN_REQUEST 64
 #define ROID_CONTROL_MAX_REQUEST (16u << 20)
+/* Replies queued per client connection (ZMQ_SNDHWM; libzmq's default is
+ * 1000, i.e. 1000 map replies held for a client that does not read).  A REQ
+ * client has one request outstanding; 8 leaves room for a DEALER pipelining a
+ * few and for libzmq's late accounting of what the connection has taken.  A
+ * reply beyond it is dropped by libzmq's REP without an error (it never
+ * blocks); the client sees a timeout, as for a lost connection. */
+#define ROID_CONTROL_SNDHWM 8
 
 typedef struct {
         void *ctx;
@@ -77,12 +85,23 @@ const char *roid_control_endpoint(const roid_control *c);
 /* For ZMQ_FD / ZMQ_EVENTS polling by the loop. */
 void *roid_control_socket(roid_control *c);
 
-/* Receives every pending request without blocking (until EAGAIN) and replies
- * to each.  Returns the number of requests handled, or a negative errno when
- * the socket itself failed (ETERM). */
+/* Receives pending requests without blocking and replies to each, stopping
+ * at EAGAIN (*ret_more = false) or, when a request is still handled whole,
+ * once max_requests were handled or budget_ns (0: none) of monotonic time
+ * have passed (*ret_more = true).  At least one is handled when any is
+ * pending.  Returns the number handled, or a negative errno when the socket
+ * itself failed (ETERM; *ret_more untouched).
+ * ZMQ_FD is edge-triggered: it signals again only after a receive has seen
+ * EAGAIN, so after *ret_more = true the caller must call again soon (on the
+ * next loop iteration) without waiting for the fd. */
+int roid_control_serve(roid_control *c, unsigned max_requests, uint64_t budget_ns, bool *ret_more);
+/* roid_control_serve without bounds: until EAGAIN, however long clients keep
+ * sending (for tests and loops that serve nothing else). */
 int roid_control_drain(roid_control *c);
 
 uint64_t roid_control_requests(const roid_control *c); /* all requests received */
 uint64_t roid_control_errors(const roid_control *c);   /* requests answered with ok = false */
+/* Replies zmq_send refused (an error, not a full queue: see ROID_CONTROL_SNDHWM). */
+uint64_t roid_control_unsent(const roid_control *c);
 
 #endif

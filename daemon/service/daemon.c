@@ -16,6 +16,13 @@
 #include "service/pipeline.h"
 
 #define DRAIN_BATCH 1024 /* messages per wake-up before the loop looks at its other handles */
+/* Control requests per turn of the loop, whichever limit comes first.  A
+ * status reply takes ~0.1 ms to build, so a few clients polling at 1..10 Hz
+ * are served in one turn; a client flooding requests (or large `map` replies)
+ * then delays the detector socket, signals and the watchdog by ~2 ms a turn
+ * (one request is always served whole), not for as long as it sends. */
+#define CTL_BATCH     16
+#define CTL_BUDGET_NS 2000000u
 
 typedef struct {
         roid_daemon_params p;
@@ -23,6 +30,7 @@ typedef struct {
         char config_text[8192];
         uv_loop_t loop;
         uv_poll_t pull_poll, ctl_poll;
+        uv_idle_t ctl_idle; /* active while control requests may remain unread */
         uv_signal_t sig_term, sig_int, sig_hup;
         uv_timer_t status_timer, watchdog_timer, idle_timer;
         uv_async_t wake;
@@ -186,11 +194,41 @@ static int ctl_reset(void *ctx, roid_err *err) {
         return 0;
 }
 
+static void on_ctl_idle(uv_idle_t *h);
+
+/* One batch of requests.  ZMQ_FD signals again only after a receive saw
+ * EAGAIN: a batch that stopped short leaves the idle on, which serves the next
+ * batch on the next turn (after the detector socket, signals and timers had
+ * theirs) until EAGAIN. */
+static void ctl_serve(daemon_t *d) {
+        bool more = false;
+        if (d->stopping)
+                return;
+        if (roid_control_serve(d->ctl, CTL_BATCH, CTL_BUDGET_NS, &more) < 0)
+                more = false; /* logged; a failed socket (ETERM) would spin the idle */
+        if (d->stopping)      /* a handler (reset) may have stopped the loop: the idle is closing */
+                return;
+        if (more)
+                uv_idle_start(&d->ctl_idle, on_ctl_idle);
+        else
+                uv_idle_stop(&d->ctl_idle);
+}
+
+static void on_ctl_idle(uv_idle_t *h) {
+        ctl_serve(h->data);
+}
+
+/* The fd and the status timer: nothing to do while the idle already has the
+ * next batch in hand (one batch a turn). */
+static void ctl_kick(daemon_t *d) {
+        if (d->have_ctl && !uv_is_active((uv_handle_t *)&d->ctl_idle))
+                ctl_serve(d);
+}
+
 static void on_ctl(uv_poll_t *h, int status, int events) {
         (void)status;
         (void)events;
-        daemon_t *d = h->data;
-        roid_control_drain(d->ctl);
+        ctl_kick(h->data);
 }
 
 /* ------------------------------------------------------------ timers, signals */
@@ -201,9 +239,9 @@ static void on_status_timer(uv_timer_t *h) {
         roid_pipeline_status_line(d->pl, line, sizeof line);
         roid_notify_status(d->nf, line);
         roid_log_flush_suppressed();
-        /* A request that arrived during a send left no edge: look again. */
-        if (d->have_ctl)
-                roid_control_drain(d->ctl);
+        /* A safety net, one bounded batch: each batch ends at EAGAIN or leaves
+         * the idle on, so no request should wait for it. */
+        ctl_kick(d);
         if (d->pull_polling)
                 drain_pull(d);
 }
@@ -402,6 +440,8 @@ int roid_daemon_run(const roid_daemon_params *p) {
                 }
                 if ((r = poll_socket(d, &d->ctl_poll, roid_control_socket(d->ctl), on_ctl)) < 0)
                         goto out;
+                uv_idle_init(&d->loop, &d->ctl_idle);
+                d->ctl_idle.data = d;
                 d->have_ctl = true;
         }
         r = roid_zsource_new(d->zctx, d->cfg.detector, &d->cfg.limits, d->cfg.rcvhwm, &d->src, &err);

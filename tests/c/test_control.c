@@ -10,7 +10,10 @@
  * multipart, too deep, too wide, a container header claiming 4 Gi entries,
  * trailing bytes, invalid UTF-8 echoed safely, set with keys unknown to
  * control or to the handler (its message carried, what was applied listed),
- * restart-only keys and sections. */
+ * restart-only keys and sections.  Last, roid_control_serve's batches:
+ * requests queued by a DEALER over inproc (all there before the first call)
+ * are served 16 at a time then to EAGAIN, a slow handler ends a batch at its
+ * time budget, and every request still gets exactly one reply, in order. */
 #include "tap.h"
 
 #include <errno.h>
@@ -18,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <msgpack.h>
 #include <zmq.h>
@@ -37,6 +41,7 @@ typedef struct {
         roid_counters ctr;
         unsigned status_calls, map_calls, ask_calls, reset_calls;
         unsigned last_n;
+        long status_sleep_ns; /* a slow status handler, for the time budget */
         bool have_map;
         set_call sets[32];
         unsigned n_sets;
@@ -53,6 +58,11 @@ static int h_status(void *ctx, msgpack_packer *pk) {
                               .latency_p50_ms = NAN,
                               .latency_p99_ms = NAN};
         f->status_calls++;
+        if (f->status_sleep_ns > 0) {
+                struct timespec ts = {0, f->status_sleep_ns};
+                while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                        ;
+        }
         return roid_pack_status(pk, &v);
 }
 
@@ -252,6 +262,124 @@ static void bad_b(builder *b, const char *want, const char *what) {
 }
 
 /* ------------------------------------------------------------------ tests */
+
+/* Queues n status requests (the DEALER's empty delimiter, then the request). */
+static void queue_status(void *dealer, unsigned n) {
+        static const char status_req[] = "\x81\xa3"
+                                         "cmd\xa6"
+                                         "status";
+        for (unsigned i = 0; i < n; i++) {
+                zmq_send(dealer, "", 0, ZMQ_SNDMORE);
+                zmq_send(dealer, status_req, sizeof(status_req) - 1, 0);
+        }
+}
+
+/* Reads the DEALER's replies without waiting: how many are one ok status
+ * reply each (an empty delimiter, then one frame). */
+static unsigned status_replies(void *dealer, unsigned *ret_other) {
+        unsigned good = 0, other = 0;
+        for (;;) {
+                zmq_msg_t m[2];
+                int more = 1;
+                unsigned frames = 0;
+                size_t sizes[2] = {0, 0};
+                reply r = {0};
+                while (more) {
+                        zmq_msg_t x;
+                        zmq_msg_init(&x);
+                        if (zmq_msg_recv(&x, dealer, ZMQ_DONTWAIT) < 0) {
+                                zmq_msg_close(&x);
+                                if (frames)
+                                        other++;
+                                *ret_other = other;
+                                return good;
+                        }
+                        more = zmq_msg_more(&x);
+                        if (frames < 2) {
+                                zmq_msg_init(&m[frames]);
+                                zmq_msg_move(&m[frames], &x);
+                                sizes[frames] = zmq_msg_size(&m[frames]);
+                        }
+                        zmq_msg_close(&x);
+                        frames++;
+                }
+                if (frames == 2 && sizes[0] == 0) {
+                        size_t off = 0;
+                        r.buf = malloc(sizes[1]);
+                        memcpy(r.buf, zmq_msg_data(&m[1]), sizes[1]);
+                        msgpack_zone_init(&r.zone, 2048);
+                        r.decoded = msgpack_unpack(r.buf, sizes[1], &off, &r.zone, &r.obj) == MSGPACK_UNPACK_SUCCESS &&
+                                    r.obj.type == MSGPACK_OBJECT_MAP;
+                }
+                if (r.decoded && is_ok(&r) && str_eq(get(&r.obj, "cmd"), "status"))
+                        good++;
+                else
+                        other++;
+                reply_free(&r);
+                for (unsigned i = 0; i < frames && i < 2; i++)
+                        zmq_msg_close(&m[i]);
+        }
+}
+
+static void test_batch(fake *f, const roid_control_handler *h) {
+        roid_control *c;
+        roid_err err = {{0}};
+        bool more = false;
+        unsigned other = 0, total = 0, calls = 0, max_batch = 0;
+        int zero = 0;
+
+        if (!tap_ok(roid_control_new(zctx, "inproc://test-control-batch", MAX_REQ, h, &c, &err) == 0,
+                    "batch: control bound on inproc (%s)", err.msg))
+                return;
+        void *dealer = zmq_socket(zctx, ZMQ_DEALER);
+        zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof(zero));
+        zmq_connect(dealer, "inproc://test-control-batch");
+
+        queue_status(dealer, 40);
+        tap_eq_i64(roid_control_serve(c, 16, 0, &more), 16, "batch: 40 queued, the first call serves 16");
+        tap_ok(more, "... and says more may remain");
+        tap_eq_i64(roid_control_serve(c, 16, 0, &more), 16, "batch: the second call serves 16");
+        tap_ok(more, "... more may remain");
+        more = true;
+        tap_eq_i64(roid_control_serve(c, 16, 0, &more), 8, "batch: the third call serves the last 8");
+        tap_ok(!more, "... and saw EAGAIN (more = false)");
+        more = true;
+        tap_eq_i64(roid_control_serve(c, 16, 0, &more), 0, "batch: nothing pending: 0");
+        tap_ok(!more, "... more = false");
+        tap_eq_u64(status_replies(dealer, &other), 40, "batch: 40 ok status replies");
+        tap_eq_u64(other, 0, "... and nothing else");
+
+        queue_status(dealer, 3);
+        tap_eq_i64(roid_control_serve(c, 0, 0, &more), 1, "batch: max_requests 0 still serves one");
+        tap_ok(more, "... more may remain");
+        tap_eq_i64(roid_control_drain(c), 2, "batch: drain serves the other 2");
+
+        /* 1.5 ms a request against a 2 ms budget: the second request ends a
+         * batch (the first alone may, on a slow machine). */
+        f->status_sleep_ns = 1500000;
+        queue_status(dealer, 7);
+        for (int r; (r = roid_control_serve(c, 16, 2000000, &more)) > 0 && calls < 20;) {
+                calls++;
+                total += (unsigned)r;
+                if ((unsigned)r > max_batch)
+                        max_batch = (unsigned)r;
+                if (!more)
+                        break;
+        }
+        f->status_sleep_ns = 0;
+        tap_eq_u64(total, 7, "budget: the 7 slow requests all served");
+        tap_ok(max_batch >= 1 && max_batch <= 2 && calls >= 4,
+               "budget: at most 2 per 2 ms batch (largest %u, %u calls)", max_batch, calls);
+        tap_ok(!more, "budget: the last call saw EAGAIN");
+        tap_eq_u64(status_replies(dealer, &other), 10, "budget: 10 more ok status replies");
+        tap_eq_u64(other, 0, "... and nothing else");
+        tap_eq_u64(roid_control_requests(c), 50, "batch: 50 requests counted");
+        tap_eq_u64(roid_control_errors(c), 0, "batch: no errors");
+        tap_eq_u64(roid_control_unsent(c), 0, "batch: every reply sent");
+
+        zmq_close(dealer);
+        roid_control_free(c);
+}
 
 static void test_good(fake *f) {
         reply r;
@@ -641,6 +769,7 @@ int main(void) {
         test_good(&f);
         test_bad(&f);
         test_set_errors(&f);
+        test_batch(&f, &h);
         tap_eq_u64(roid_control_requests(ctl), n_requests, "every request counted");
         tap_eq_u64(roid_control_errors(ctl), n_bad, "every bad request counted as an error");
 

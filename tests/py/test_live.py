@@ -281,7 +281,7 @@ def ask_after_set(tmp):
                 fin = b
             if topic == b"series" and b["event"] == "end":
                 end = b
-    sim.wait()
+    sim.wait(timeout=60)
     ask = ctl(cmd="ask", n=300)
     roid.send_signal(signal.SIGTERM)
     roid.wait(timeout=60)
