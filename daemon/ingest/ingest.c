@@ -138,6 +138,12 @@ static void decode_image(roid_ingest *in, const roid_msg *m) {
 
 int roid_ingest_msg(roid_ingest *in, const roid_msg *m) {
         roid_err err = {""};
+        if (m->user_data_ignored[0]) {
+                roid_count(in->ctr, ROID_C_user_data_ignored, 1);
+                ROID_LOG_LIMITED(ROID_LOG_WARNING, "%s message of series %llu: its user data is left out: %s [%s]",
+                                 roid_msg_type_name(m->type), (unsigned long long)m->series_id, m->user_data_ignored,
+                                 roid_counter_name(ROID_C_user_data_ignored));
+        }
         if (roid_tracker_would_close(&in->tr, m))
                 end_series(in, false);
         if (m->type == ROID_MSG_IMAGE)

@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "service/err.h"
 #include <stdbool.h>
 
 #define ROID_MAX_CHANNELS 8
@@ -136,6 +138,11 @@ typedef struct {
         uint64_t series_id;
         char series_unique_id[ROID_NAME_MAX]; /* "" when absent (V1 has none) */
         roid_user_data user_data;             /* V2 user_data / V1 appendix part */
+        /* Why user data the message carried was left out ("" when none was):
+         * over max_json_bytes, or a V1 appendix that is not UTF-8 or nests
+         * beyond max_depth.  The message itself stands; the ingest counts it
+         * (user_data_ignored). */
+        char user_data_ignored[ROID_ERR_MAX];
         union {
                 roid_start_info start;
                 roid_image_info image;

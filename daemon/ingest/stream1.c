@@ -137,6 +137,21 @@ static int check_json_text(v1 *p, size_t idx, const char *label) {
         return check_depth(p, idx, label, pt->data, pt->size);
 }
 
+/* An appendix (free text a beamline attaches, read as JSON by the scan
+ * reader and copied with the series) that fails the JSON parts' checks is
+ * left out, and the message stands: losing a series' header, or an image, to
+ * its attachment would cost more than the attachment. */
+static void take_appendix(v1 *p, size_t idx, const char *label) {
+        roid_err e = {""}, *saved = p->err;
+        p->err = &e;
+        int r = check_json_text(p, idx, label);
+        p->err = saved;
+        if (r < 0)
+                snprintf(p->m->user_data_ignored, sizeof p->m->user_data_ignored, "%s", e.msg);
+        else
+                p->m->user_data = (roid_user_data){ROID_UD_JSON, p->parts[idx].data, p->parts[idx].size};
+}
+
 /* Parses part idx as a JSON object.  The tree lives until the next call. */
 static int parse_json(v1 *p, size_t idx, cJSON **ret) {
         const roid_part *pt = &p->parts[idx];
@@ -482,16 +497,8 @@ static int parse_header(v1 *p, const cJSON *root) {
                     (r = header_array(p, 6, "dcountrate_table-", ROID_DT_F32, &s->countrate_table)) < 0)
                         return r;
         }
-        /* The appendix is free text (header_appendix), not parsed here, but
-         * the scan reader reads it as JSON and the series keeps a copy: it
-         * passes the checks of any JSON part, and failing them refuses the
-         * whole header as for any other part (V2 refuses a start message whose
-         * user_data nests too deep). */
-        if (p->n == want + 1) {
-                if ((r = check_json_text(p, want, " (header appendix)")) < 0)
-                        return r;
-                p->m->user_data = (roid_user_data){ROID_UD_JSON, p->parts[want].data, p->parts[want].size};
-        }
+        if (p->n == want + 1)
+                take_appendix(p, want, " (header appendix)");
         return 0;
 }
 
@@ -586,11 +593,8 @@ static int parse_image(v1 *p, const cJSON *root) {
         im->stop_time = (roid_rational){t1, 1000000000};
         im->real_time = (roid_rational){rt, 1000000000};
         im->has_times = a && b && c;
-        if (p->n == 5) {
-                if ((r = check_json_text(p, 4, " (image appendix)")) < 0)
-                        return r;
-                p->m->user_data = (roid_user_data){ROID_UD_JSON, p->parts[4].data, p->parts[4].size};
-        }
+        if (p->n == 5)
+                take_appendix(p, 4, " (image appendix)");
         return 0;
 }
 

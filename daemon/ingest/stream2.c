@@ -217,9 +217,15 @@ static int get_span(s2 *p, roid_user_data *ret) {
                 roid_err_prefix(p->err, "user_data");
                 return r;
         }
+        const size_t size = (size_t)(p->c.pos - start);
+        if (size > p->lim->max_json_bytes) { /* left out, the message stands (V1's appendix alike) */
+                snprintf(p->m->user_data_ignored, sizeof p->m->user_data_ignored,
+                         "user_data: %zu bytes exceeds max_json_bytes %zu", size, p->lim->max_json_bytes);
+                return 0;
+        }
         ret->kind = ROID_UD_CBOR;
         ret->data = start;
-        ret->size = (size_t)(p->c.pos - start);
+        ret->size = size;
         return 0;
 }
 

@@ -30,7 +30,7 @@ void stream1_arena_free_internal(stream1_arena *a);
 
 /* Stream V1: a multipart message.  An appendix part (user data) is not
  * parsed, but is held to the JSON parts' max_json_bytes, UTF-8 and max_depth
- * like them; one that fails refuses the message. */
+ * like them; one that fails is left out (m->user_data_ignored says why). */
 int stream1_parse_internal(stream1_arena *a, const roid_part *parts, size_t n_parts, const roid_limits *lim,
                            roid_msg *m, roid_err *err);
 

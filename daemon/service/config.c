@@ -128,7 +128,7 @@ typedef struct {
         X("limits", "max_parts", NULL, "N", "32", K_INT, limits.max_parts, 4, 1024, 0,                                 \
           "most parts of one multipart message, 4..1024")                                                              \
         X("limits", "max_json_bytes", NULL, "BYTES", "4M", K_SIZE, limits.max_json_bytes, 1024, GiB, 0,                \
-          "largest JSON part of a Stream V1 message, 1K..1G")                                                          \
+          "largest JSON part (V1) and user data of a message, 1K..1G")                                                 \
         X("limits", "max_pixels", NULL, "N", "64M", K_SIZE, limits.max_pixels, 1, 4 * GiB, 0,                          \
           "most pixels of one frame (rows x columns), 1..4G")                                                          \
         X("limits", "max_frame_bytes", NULL, "BYTES", "256M", K_SIZE, limits.max_frame_bytes, 1024, 64 * GiB, 0,       \

@@ -23,6 +23,7 @@
         X(images_received, "image messages parsed")                                                                    \
         X(images_before_start, "images with no open series (dropped)")                                                 \
         X(images_other_series, "images of a series other than the open one (dropped)")                                 \
+        X(user_data_ignored, "user data left out of a message (over max_json_bytes; V1: not UTF-8, too deep)")         \
         X(images_duplicate, "images whose image_id was already seen (ignored)")                                        \
         X(images_out_of_range, "images whose image_id is beyond number_of_images")                                     \
         X(images_bad_shape, "images whose shape or dtype disagree with the series")                                    \

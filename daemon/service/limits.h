@@ -10,7 +10,7 @@
 typedef struct {
         size_t max_message_bytes;    /* all parts of one message together */
         size_t max_parts;            /* parts of one multipart message */
-        size_t max_json_bytes;       /* one JSON part (V1) */
+        size_t max_json_bytes;       /* one JSON part (V1), the user data of a message */
         uint64_t max_pixels;         /* pixels of one frame (rows x cols) */
         uint64_t max_frame_bytes;    /* decoded bytes of one frame and channel */
         uint64_t max_images;         /* image_id bound for per-series tracking */

@@ -591,6 +591,31 @@ static void test_built_start(void) {
                "user_data is the raw span of {\"scan\": {\"shape\": [3, 4]}}");
         tap_ok(s->virtual_pixel_interpolation_enabled, "virtual_pixel_interpolation_enabled");
 
+        /* user_data over max_json_bytes is left out, with the reason; the
+         * start stands (its series would be lost otherwise); at the limit it is kept. */
+        for (int over = 1; over >= 0; over--) {
+                roid_limits l2 = lim;
+                l2.max_json_bytes = ud1 - ud0 - (size_t)over;
+                roid_parser *p2 = NULL;
+                roid_parser_new(&l2, &p2);
+                roid_part whole = {w->b, w->n};
+                roid_msg m2;
+                roid_err e2 = {{0}};
+                r = roid_parse(p2, &whole, 1, &m2, &e2);
+                char want[96];
+                snprintf(want, sizeof want, "user_data: %zu bytes exceeds max_json_bytes %zu", ud1 - ud0,
+                         l2.max_json_bytes);
+                if (over)
+                        tap_ok(r == 0 && m2.type == ROID_MSG_START && m2.u.start.n_channels == 2 &&
+                                       m2.user_data.kind == ROID_UD_NONE && !strcmp(m2.user_data_ignored, want),
+                               "user_data one byte over max_json_bytes: left out, the start stands (%d %s; %s)", r,
+                               e2.msg, m2.user_data_ignored);
+                else
+                        tap_ok(r == 0 && m2.user_data.size == ud1 - ud0 && !m2.user_data_ignored[0],
+                               "user_data of exactly max_json_bytes: kept (%d %s)", r, e2.msg);
+                roid_parser_free(p2);
+        }
+
         /* The same message without tag 55799 (a bare map) is V2 too. */
         roid_part pt = {w->b + 3, w->n - 3};
         tap_ok(roid_detect_format(&pt, 1) == ROID_FMT_V2, "bare map detected as V2");
@@ -1472,9 +1497,20 @@ static char *pad_json(size_t size) {
         return s;
 }
 
+/* Parses ps: the message must stand as `type` with its user data left out
+ * and the reason naming `words`. */
+static void expect_ud_left_out(const char *what, const parts *ps, roid_msg_type type, const char *words) {
+        roid_msg m;
+        roid_err e = {{0}};
+        int r = roid_parse(parser, ps->p, ps->n, &m, &e);
+        tap_ok(r == 0 && m.type == type && m.user_data.kind == ROID_UD_NONE && m.user_data.size == 0 &&
+                       strstr(m.user_data_ignored, words),
+               "%s: the message stands, its user data left out (%d %s; %s)", what, r, e.msg, m.user_data_ignored);
+}
+
 /* The appendix (user data a beamline attaches) is held to the limits of the
- * JSON parts: max_json_bytes, UTF-8, max_depth; failing them refuses the
- * message, and the parser goes on with the next one. */
+ * JSON parts: max_json_bytes, UTF-8, max_depth.  One that fails is left out
+ * with the reason, and its message (a series' header, an image) stands. */
 static void test_v1_appendix(void) {
         static const char *const details[] = {"none", "basic", "all"};
         const size_t max = lim.max_json_bytes;
@@ -1488,23 +1524,24 @@ static void test_v1_appendix(void) {
                 add(&ps, over, max + 1);
                 snprintf(want, sizeof want, "part %zu (header appendix): JSON of %zu bytes exceeds max_json_bytes %zu",
                          idx + 1, max + 1, max);
-                expect_fail_parts(parser, what, ps.p, ps.n, -EMSGSIZE, want);
+                expect_ud_left_out(what, &ps, ROID_MSG_START, want);
                 parts_free(&ps);
 
-                /* the next, good header is parsed, its appendix at the limit */
+                /* at the limit: the user data */
                 add_header(&ps, details[d], "exts", false);
                 add(&ps, at, max);
                 roid_msg m;
                 roid_err e = {{0}};
                 int r = roid_parse(parser, ps.p, ps.n, &m, &e);
                 tap_ok(r == 0 && m.type == ROID_MSG_START && m.user_data.kind == ROID_UD_JSON &&
-                               m.user_data.size == max && m.user_data.data == ps.p[ps.n - 1].data,
+                               m.user_data.size == max && m.user_data.data == ps.p[ps.n - 1].data &&
+                               !m.user_data_ignored[0],
                        "dheader %s + appendix of exactly max_json_bytes (%zu): accepted as user data (%d %s)",
                        details[d], max, r, e.msg);
                 parts_free(&ps);
         }
 
-        /* nesting: max_depth containers pass, one more is refused */
+        /* nesting: max_depth containers pass, one more is left out */
         for (unsigned levels = lim.max_depth; levels <= lim.max_depth + 1; levels++) {
                 char *j = malloc(2 * levels + 32);
                 size_t n = 0;
@@ -1523,22 +1560,21 @@ static void test_v1_appendix(void) {
                 } else {
                         snprintf(want, sizeof want, "part 3 (header appendix): JSON nested deeper than max_depth %u",
                                  lim.max_depth);
-                        expect_fail_parts(parser, "appendix nested max_depth + 1 deep", ps.p, ps.n, -EBADMSG, want);
+                        expect_ud_left_out("appendix nested max_depth + 1 deep", &ps, ROID_MSG_START, want);
                 }
                 parts_free(&ps);
                 free(j);
         }
         add_header(&ps, "none", "exts", false);
         add_s(&ps, "{\"sample\":\"lyso\xffzyme\"}");
-        expect_fail_parts(parser, "appendix not UTF-8", ps.p, ps.n, -EBADMSG, "part 2 (header appendix): byte 0xff");
+        expect_ud_left_out("appendix not UTF-8", &ps, ROID_MSG_START, "part 2 (header appendix): byte 0xff");
         parts_free(&ps);
 
         /* the image appendix likewise */
         static const uint8_t px[24];
         add_dimage(&ps, "uint8", 6, 4, "<", px, sizeof px, -1, false);
         add(&ps, over, max + 1);
-        expect_fail_parts(parser, "dimage + appendix of max_json_bytes + 1", ps.p, ps.n, -EMSGSIZE,
-                          "part 5 (image appendix)");
+        expect_ud_left_out("dimage + appendix of max_json_bytes + 1", &ps, ROID_MSG_IMAGE, "part 5 (image appendix)");
         parts_free(&ps);
         add_dimage(&ps, "uint8", 6, 4, "<", px, sizeof px, -1, false);
         add(&ps, at, max);
