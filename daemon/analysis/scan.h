@@ -79,7 +79,8 @@ int roid_scan_position_from_user_data(const roid_user_data *ud, unsigned max_dep
                                       roid_err *err);
 
 /* The series' grid: its user data, else *config (may be NULL), else the 1 x N
- * line.  Returns 0, or a negative errno when the series' scan description is
+ * line (N = number_of_images, at most ROID_SCAN_MAX_POINTS: the images past
+ * it lie off the grid).  Returns 0, or a negative errno when the series' scan description is
  * malformed (then the caller decides; the analysis falls back to the config or
  * the line and logs err). */
 int roid_scan_resolve(const roid_user_data *series_ud, const roid_scan_grid *config, bool has_number_of_images,
