@@ -20,7 +20,6 @@ import json
 import os
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import msgpack
 import numpy as np
 import zmq
 
+from roidtest import check, failures, free_port, typed
+
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 SRC = os.environ.get("ROID_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -40,23 +41,6 @@ AGENT = os.path.join(SRC, "tools", "roid-agent")
 NY = NX = 32
 SCALE = 8
 TIMEOUT = 300  # the sanitizer build is slow
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def typed(a):
-    return np.frombuffer(a["data"], dtype=np.dtype(a["dtype"]).newbyteorder("<")).reshape(a["shape"])
 
 
 def load(path, name):

@@ -22,25 +22,14 @@ import time
 import msgpack
 import zmq
 
+from roidtest import check, failures, free_port
+
 FLOOD_S = 12.0   # SIGTERM goes at 5 s or later: the flood outlasts every bound below
 SERIES_S = 5.0   # 300 small frames take ~0.1 s when nothing else runs
 STOP_S = 3.0
 FRAMES = 300
 NFLOOD = 4
-failures = []
 CHILDREN = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def flood(ep, seconds):

@@ -9,13 +9,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
+
+from roidtest import free_port
 
 SRC = os.environ.get("ROID_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
 UNIT = os.path.join(SRC, "deploy", "roid.service")
@@ -93,12 +94,6 @@ def allowed_syscalls(unit):
             names |= expand(n.split(":")[0], groups)
         allow = allow - names if deny else allow | names
     return allow
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def traced_child(tracer, exe, timeout=30):

@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,18 +22,14 @@ import cbor2
 import h5py
 import numpy as np
 
+from roidtest import free_port
+
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 NY = NX = 24
 OUTSIDE = 7
 FLY = f"repeat=2,order=shuffle,jitter=0.3,outside={OUTSIDE},seed=5"
 PHANTOM = "seed=3"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def record_and_replay(d, name, sim_args):

@@ -28,27 +28,12 @@ import msgpack
 import numpy as np
 import zmq
 
+from roidtest import check, failures, free_port, typed
+
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 NY = NX = 32
-failures = []
 CHILDREN = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def typed(a):
-    return np.frombuffer(a["data"], dtype=np.dtype(a["dtype"]).newbyteorder("<")).reshape(a["shape"])
 
 
 class Control:
@@ -161,7 +146,6 @@ def main():
         try:
             with h5py.File(path, "r") as f:
                 mask = f["/entry/roi/mask"][()]
-                clusters = f["/entry/clusters/labels"][()] if "/entry/clusters/labels" in f else None
                 ids = f["/entry/scan/image_id"][()]
                 sums = f["/entry/features/sum"][()]
                 comf = f["/entry/features/com"][()]

@@ -24,7 +24,6 @@ the geometry of the channel it expects at the start).
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,21 +36,10 @@ import msgpack
 import numpy as np
 import zmq
 
+from roidtest import check, failures, free_port
+
 ROID = os.environ["ROID"]
 CHANNELS = ["threshold_1", "threshold_2"]
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def typed(a, tag):

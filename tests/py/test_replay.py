@@ -4,10 +4,7 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
-import time
 import unittest
 
 import cbor2

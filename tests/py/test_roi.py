@@ -4,7 +4,6 @@ KMeans, and numpy recomputations of the features and the filtered maps."""
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,15 +18,11 @@ from sklearn.metrics import adjusted_rand_score
 sys.path.insert(0, os.path.dirname(__file__))
 import features_ref  # noqa: E402
 
+from roidtest import free_port
+
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 NY = NX = 48
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def filtered_maps(f, S):

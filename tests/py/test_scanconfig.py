@@ -3,7 +3,6 @@ message carries no scan description is placed on the grid of [scan] shape /
 --scan, with snake and fast axis honoured; a series that does carry one keeps
 its own (the series knows best what was scanned)."""
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -11,21 +10,10 @@ import tempfile
 import h5py
 import numpy as np
 
+from roidtest import check, failures, free_port
+
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def record(tmp, name, extra):

@@ -20,7 +20,6 @@ the main particle."""
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,16 +28,12 @@ import unittest
 import h5py
 import numpy as np
 
+from roidtest import free_port
+
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 SETTINGS = [("dose 1e6", "seed=3,small_radius=0.08:0.12"), ("dose 1e4", "seed=3,small_radius=0.08:0.12,photons=1e4")]
 SEGMENTS = (1, 8, 16)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def auc(pos, neg):

@@ -21,6 +21,8 @@ import h5py
 import msgpack
 import zmq
 
+from roidtest import free_port
+
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 NY = NX = 24
@@ -41,12 +43,6 @@ SLOW = 5.0 if sanitized() else 1.0
 
 def note(msg):
     print(f"# {msg}", file=sys.stderr)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Notify:
@@ -332,7 +328,6 @@ class Service(unittest.TestCase):
             self.assertEqual(rep["state"], "idle")
             self.assertIsNotNone(z.recv(b"status", lambda b: True, 30), "no status on the publish socket")
 
-            t0 = time.monotonic()
             pings = [f for f in self.notify.drain(2.0) if f.get("WATCHDOG") == "1"]
             note(f"idle: {len(pings)} WATCHDOG=1 in 2 s (WATCHDOG_USEC=500000)")
             self.assertGreaterEqual(len(pings), 3)

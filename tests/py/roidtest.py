@@ -1,0 +1,26 @@
+"""What the Python tests share: the record of failed checks, free TCP ports
+on loopback, and the typed arrays roid publishes (proto/live.md).  Imported
+by the tests, which /usr/bin/python3 runs from this directory."""
+import socket
+
+import numpy as np
+
+failures = []
+
+
+def check(cond, what):
+    """Prints one line per check; a test exits non-zero when any failed."""
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        failures.append(what)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def typed(a):
+    """A published typed array {dtype, shape, data (little-endian)} as numpy."""
+    return np.frombuffer(a["data"], dtype=np.dtype(a["dtype"]).newbyteorder("<")).reshape(a["shape"])
