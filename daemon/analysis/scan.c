@@ -261,6 +261,22 @@ static bool jhex4(jcur *c, unsigned *ret) {
         return true;
 }
 
+/* After a backslash: the escape's code unit (a \uXXXX as it stands, no
+ * surrogate pairing). */
+static bool jescape(jcur *c, unsigned *ret) {
+        if (c->p >= c->end)
+                return false;
+        unsigned char ch = (unsigned char)*c->p++;
+        if (ch == 'u')
+                return jhex4(c, ret);
+        static const char esc[] = "\"\\/bfnrt", val[] = "\"\\/\b\f\n\r\t";
+        const char *e = ch ? strchr(esc, ch) : NULL;
+        if (!e)
+                return false;
+        *ret = (unsigned char)val[e - esc];
+        return true;
+}
+
 /* Steps over a string whose opening quote is at c->p.  When want is not
  * NULL, *ret_eq tells whether its decoded text equals want (ASCII). */
 static bool jstring(jcur *c, const char *want, bool *ret_eq) {
@@ -277,21 +293,8 @@ static bool jstring(jcur *c, const char *want, bool *ret_eq) {
                 }
                 if (ch < 0x20)
                         return false;
-                if (ch == '\\') {
-                        if (c->p >= c->end)
-                                return false;
-                        ch = (unsigned char)*c->p++;
-                        if (ch == 'u') {
-                                if (!jhex4(c, &v))
-                                        return false;
-                        } else {
-                                static const char esc[] = "\"\\/bfnrt", val[] = "\"\\/\b\f\n\r\t";
-                                const char *e = ch ? strchr(esc, ch) : NULL;
-                                if (!e)
-                                        return false;
-                                v = (unsigned char)val[e - esc];
-                        }
-                }
+                if (ch == '\\' && !jescape(c, &v))
+                        return false;
                 if (eq) {
                         eq = want[k] != '\0' && v == (unsigned char)want[k];
                         k++;
@@ -512,27 +515,17 @@ static bool jstring_copy(jcur *c, char *dst, size_t size, size_t *ret_len, bool 
                         n++;
                         continue;
                 }
-                if (c->p >= c->end)
+                const bool u = c->p < c->end && *c->p == 'u';
+                if (!jescape(c, &v) || (u && v >= 0xdc00 && v < 0xe000))
                         return false;
-                ch = (unsigned char)*c->p++;
-                if (ch == 'u') {
-                        if (!jhex4(c, &v) || (v >= 0xdc00 && v < 0xe000))
+                if (u && v >= 0xd800 && v < 0xdc00) { /* a high surrogate: its low one must follow */
+                        unsigned lo;
+                        if (c->end - c->p < 2 || c->p[0] != '\\' || c->p[1] != 'u')
                                 return false;
-                        if (v >= 0xd800 && v < 0xdc00) {
-                                unsigned lo;
-                                if (c->end - c->p < 2 || c->p[0] != '\\' || c->p[1] != 'u')
-                                        return false;
-                                c->p += 2;
-                                if (!jhex4(c, &lo) || lo < 0xdc00 || lo >= 0xe000)
-                                        return false;
-                                v = 0x10000 + ((v - 0xd800) << 10) + (lo - 0xdc00);
-                        }
-                } else {
-                        static const char esc[] = "\"\\/bfnrt", val[] = "\"\\/\b\f\n\r\t";
-                        const char *e = ch ? strchr(esc, ch) : NULL;
-                        if (!e)
+                        c->p += 2;
+                        if (!jhex4(c, &lo) || lo < 0xdc00 || lo >= 0xe000)
                                 return false;
-                        v = (unsigned char)val[e - esc];
+                        v = 0x10000 + ((v - 0xd800) << 10) + (lo - 0xdc00);
                 }
                 nul |= v == 0;
                 put_utf8(dst, size, &n, v);
