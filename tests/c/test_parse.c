@@ -15,33 +15,7 @@
 #include "ingest/cborwalk.h"
 #include "ingest/parse.h"
 
-/* Counting allocator, to show that steady-state parsing allocates nothing.
- * ASan brings its own malloc, so the count is only kept without it. */
-#if defined(__SANITIZE_ADDRESS__)
-#define COUNT_ALLOCS 0
-#else
-#define COUNT_ALLOCS 1
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void __libc_free(void *);
-static unsigned long n_allocs;
-void *malloc(size_t n) {
-        n_allocs++;
-        return __libc_malloc(n);
-}
-void *calloc(size_t a, size_t b) {
-        n_allocs++;
-        return __libc_calloc(a, b);
-}
-void *realloc(void *p, size_t n) {
-        n_allocs++;
-        return __libc_realloc(p, n);
-}
-void free(void *p) {
-        __libc_free(p);
-}
-#endif
+#include "alloccount.h"
 
 static roid_limits lim;
 static roid_parser *parser;
@@ -1691,11 +1665,11 @@ static void test_no_alloc(void) {
         bad += roid_parse(parser, v1.p, v1.n, &m, &e) != 0;
         bad += roid_parse(parser, hdr.p, hdr.n, &m, &e) != 0;
 #if COUNT_ALLOCS
-        unsigned long before = n_allocs;
+        unsigned long before = alloc_count();
         void *volatile probe = malloc(16);
         free(probe);
-        tap_ok(n_allocs == before + 1, "the allocation counter sees a malloc");
-        before = n_allocs;
+        tap_ok(alloc_count() == before + 1, "the allocation counter sees a malloc");
+        before = alloc_count();
 #endif
         for (int i = 0; i < 200; i++) {
                 bad += roid_parse(parser, &pt, 1, &m, &e) != 0;
@@ -1704,7 +1678,7 @@ static void test_no_alloc(void) {
                 bad += roid_parse(parser, hdr.p, hdr.n, &m, &e) != 0;
         }
 #if COUNT_ALLOCS
-        unsigned long used = n_allocs - before;
+        unsigned long used = alloc_count() - before;
         tap_ok(used == 0, "600 V1/V2 messages after warm-up: %lu heap allocations", used);
 #else
         tap_skip("allocation count needs the libc allocator (ASan build)");

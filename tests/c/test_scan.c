@@ -10,29 +10,7 @@
 #include "analysis/scan.h"
 #include "tap.h"
 
-/* Counts heap allocations, to show the JSON readers make none (the libc
- * allocator only: ASan brings its own). */
-#if defined(__SANITIZE_ADDRESS__)
-#define COUNT_ALLOCS 0
-#else
-#define COUNT_ALLOCS 1
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-static unsigned long n_allocs;
-void *malloc(size_t n) {
-        n_allocs++;
-        return __libc_malloc(n);
-}
-void *calloc(size_t a, size_t b) {
-        n_allocs++;
-        return __libc_calloc(a, b);
-}
-void *realloc(void *p, size_t n) {
-        n_allocs++;
-        return __libc_realloc(p, n);
-}
-#endif
+#include "alloccount.h"
 
 /* ------------------------------------------------------ tiny CBOR writer */
 
@@ -518,15 +496,15 @@ static void test_json_scan_bounded(void) {
                          "],\"scan\":{\"shape\":[7,9],\"units\":\"\\u00b5m\",\"fast_axis\":\"\\u0079\"}}");
         roid_user_data u = ud_json(t);
 #if COUNT_ALLOCS
-        unsigned long before = n_allocs;
+        unsigned long before = alloc_count();
         void *volatile probe = malloc(16);
         free(probe);
-        tap_ok(n_allocs == before + 1, "the allocation counter sees a malloc");
-        before = n_allocs;
+        tap_ok(alloc_count() == before + 1, "the allocation counter sees a malloc");
+        before = alloc_count();
 #endif
         int r = roid_scan_resolve(&u, NULL, true, 2500, 32, &g, &err);
 #if COUNT_ALLOCS
-        tap_ok(n_allocs == before, "8 MiB user data: %lu heap allocations", n_allocs - before);
+        tap_ok(alloc_count() == before, "8 MiB user data: %lu heap allocations", alloc_count() - before);
 #else
         tap_skip("allocation count needs the libc allocator (ASan build)");
 #endif
