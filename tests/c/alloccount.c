@@ -1,11 +1,19 @@
 #include "alloccount.h"
 
 #include <stddef.h>
+#include <stdlib.h>
 
 static unsigned long n_allocs;
 
 unsigned long alloc_count(void) {
         return n_allocs;
+}
+
+bool alloc_count_sees_malloc(void) {
+        const unsigned long before = n_allocs;
+        void *volatile probe = malloc(16);
+        free(probe);
+        return n_allocs == before + 1;
 }
 
 #if COUNT_ALLOCS

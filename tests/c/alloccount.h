@@ -6,6 +6,8 @@
 #ifndef ROID_TESTS_ALLOCCOUNT_H
 #define ROID_TESTS_ALLOCCOUNT_H
 
+#include <stdbool.h>
+
 #if defined(__SANITIZE_ADDRESS__)
 #define COUNT_ALLOCS 0
 #else
@@ -14,5 +16,7 @@
 
 /* Calls of malloc, calloc and realloc so far (0 when COUNT_ALLOCS is 0). */
 unsigned long alloc_count(void);
+/* Whether one malloc shows in the count: check it before trusting a 0. */
+bool alloc_count_sees_malloc(void);
 
 #endif

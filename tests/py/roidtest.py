@@ -2,10 +2,12 @@
 on loopback, and the typed arrays roid publishes (proto/live.md).  Imported
 by the tests, which /usr/bin/python3 runs from this directory."""
 import socket
+import sys
 
 import numpy as np
 
 failures = []
+CHILDREN = []  # processes a test started: killed at its end whatever happened
 
 
 def check(cond, what):
@@ -24,3 +26,14 @@ def free_port():
 def typed(a):
     """A published typed array {dtype, shape, data (little-endian)} as numpy."""
     return np.frombuffer(a["data"], dtype=np.dtype(a["dtype"]).newbyteorder("<")).reshape(a["shape"])
+
+
+def run(main):
+    """sys.exit(main()), never leaving a process of CHILDREN behind (a check
+    that raised, a timeout)."""
+    try:
+        sys.exit(main())
+    finally:
+        for p in CHILDREN:
+            if p.poll() is None:
+                p.kill()

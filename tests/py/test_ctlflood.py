@@ -22,14 +22,13 @@ import time
 import msgpack
 import zmq
 
-from roidtest import check, failures, free_port
+from roidtest import CHILDREN, check, failures, free_port, run
 
 FLOOD_S = 12.0   # SIGTERM goes at 5 s or later: the flood outlasts every bound below
 SERIES_S = 5.0   # 300 small frames take ~0.1 s when nothing else runs
 STOP_S = 3.0
 FRAMES = 300
 NFLOOD = 4
-CHILDREN = []
 
 
 def flood(ep, seconds):
@@ -186,9 +185,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--flood":
         flood(sys.argv[2], float(sys.argv[3]))
         sys.exit(0)
-    try:
-        sys.exit(main())
-    finally:  # never leave a process behind when a check raised
-        for p in CHILDREN:
-            if p.poll() is None:
-                p.kill()
+    run(main)

@@ -17,7 +17,6 @@ import os
 import socket
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,12 +27,11 @@ import msgpack
 import numpy as np
 import zmq
 
-from roidtest import check, failures, free_port, typed
+from roidtest import CHILDREN, check, failures, free_port, run, typed
 
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 NY = NX = 32
-CHILDREN = []
 
 
 class Control:
@@ -442,9 +440,4 @@ def geometry_at_start(tmp):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:  # never leave a daemon behind when a check raised
-        for p in CHILDREN:
-            if p.poll() is None:
-                p.kill()
+    run(main)
