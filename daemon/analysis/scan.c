@@ -751,8 +751,8 @@ int roid_scan_resolve(const roid_user_data *series_ud, const roid_scan_grid *con
                         /* A longer series still gets its line: the images past it lie
                          * off the grid (counted), and the series is analysed, or refused
                          * by max_analysis_bytes with the reason, rather than dropped. */
-                        if (n > ROID_SCAN_MAX_POINTS)
-                                n = ROID_SCAN_MAX_POINTS;
+                        if (n > ROID_SCAN_MAX_LINE)
+                                n = ROID_SCAN_MAX_LINE;
                         r = roid_scan_grid_set_shape(&g, 1, n, "number_of_images", err);
                         if (r < 0)
                                 return r;

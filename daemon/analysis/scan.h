@@ -11,8 +11,8 @@
  * Where the grid comes from (roid_scan_resolve): the start message's user data
  * when it is a map with key "scan" (proto/scan-user-data.md), else the
  * configuration, else a 1 x N line of number_of_images (N = 1 if the start
- * message does not give it), so that a series without scan metadata still
- * gets per-frame features and a one-row map.
+ * message does not give it, at most ROID_SCAN_MAX_LINE), so that a series
+ * without scan metadata still gets per-frame features and a one-row map.
  *
  * Ownership: plain data, no pointers.  Threads: any; nothing is shared.
  */
@@ -28,7 +28,11 @@
 /* 16 Mi points: 16 x the largest ptychography scans in use, and 128 MiB for a
  * double map; bounds every per-series allocation made from the grid. */
 #define ROID_SCAN_MAX_POINTS (UINT64_C(1) << 24)
-#define ROID_SCAN_UNITS_MAX  16
+/* The fallback line's longest: a series without scan metadata is a movie or
+ * a scan nobody described, where a map of its first 2^20 images (RoI state
+ * about 1.8 GB at 8 segments) is all the line can show; the rest lie off it. */
+#define ROID_SCAN_MAX_LINE  (UINT64_C(1) << 20)
+#define ROID_SCAN_UNITS_MAX 16
 
 typedef enum { ROID_SCAN_FAST_X = 0, ROID_SCAN_FAST_Y } roid_scan_fast;
 
@@ -79,7 +83,7 @@ int roid_scan_position_from_user_data(const roid_user_data *ud, unsigned max_dep
                                       roid_err *err);
 
 /* The series' grid: its user data, else *config (may be NULL), else the 1 x N
- * line (N = number_of_images, at most ROID_SCAN_MAX_POINTS: the images past
+ * line (N = number_of_images, at most ROID_SCAN_MAX_LINE: the images past
  * it lie off the grid).  Returns 0, or a negative errno when the series' scan description is
  * malformed (then the caller decides; the analysis falls back to the config or
  * the line and logs err). */

@@ -10,8 +10,7 @@
 
 #include "service/log.h"
 
-#define PATH_LEN     4096
-#define RECENT_OPENS 16
+#define PATH_LEN 4096
 /* Records taken off the queue and appended with one call. */
 #define BATCH 256
 
@@ -53,13 +52,12 @@ struct roid_writer {
         roid_writer_stats stats;
         char last_path[PATH_LEN];
 
-        /* Producer only: the files of the last opens, which the thread may
-         * not have created yet (an older one exists when its name comes up
-         * again; if not, its open fails rather than replace anything). */
-        char *recent[RECENT_OPENS];
-        unsigned n_recent;
-
-        pthread_mutex_t map_mu; /* producer state and the snapshot slot */
+        pthread_mutex_t map_mu; /* producer state, the snapshot slot, the pending files */
+        /* The files of the opens queued and not yet tried by the thread (at
+         * most the queue's capacity, and the one in hand): a name chosen for
+         * a new series must be none of them nor exist. */
+        const char **pending;
+        size_t n_pending;
         bool p_open;
         uint64_t p_gen; /* series opened by the producer */
         roid_roi *snap;
@@ -108,6 +106,18 @@ static void open_req_free(open_req *o) {
         free(o->scan_source);
         free(o->config_text);
         free(o);
+}
+
+/* The thread tried to create path (or the open was never queued): from now
+ * on the file system tells whether the name is taken. */
+static void pending_done(roid_writer *w, const char *path) {
+        pthread_mutex_lock(&w->map_mu);
+        for (size_t i = 0; i < w->n_pending; i++)
+                if (w->pending[i] == path) {
+                        w->pending[i] = w->pending[--w->n_pending];
+                        break;
+                }
+        pthread_mutex_unlock(&w->map_mu);
 }
 
 static void item_release(item *it) {
@@ -307,9 +317,10 @@ static void *thread_main(void *arg) {
                                 w->count--;
                                 pthread_cond_broadcast(&w->not_full);
                                 pthread_mutex_unlock(&w->mu);
-                                if (one.kind == IT_OPEN)
+                                if (one.kind == IT_OPEN) {
                                         do_open(w, one.u.open);
-                                else
+                                        pending_done(w, one.u.open->path);
+                                } else
                                         do_close(w, &one);
                                 item_release(&one);
                         }
@@ -389,7 +400,11 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         if (!meta->roi)
                 return -EINVAL;
         char path[PATH_LEN];
-        int r = roid_results_unique_path(dir, meta, (const char *const *)w->recent, RECENT_OPENS, path, sizeof path);
+        pthread_mutex_lock(&w->map_mu);
+        int r = w->n_pending > w->cap
+                        ? -ENOBUFS /* cannot be: each is a queued open */
+                        : roid_results_unique_path(dir, meta, w->pending, w->n_pending, path, sizeof path);
+        pthread_mutex_unlock(&w->map_mu);
         if (r < 0)
                 return r;
         if (ret_path && strlen(path) >= path_size)
@@ -430,15 +445,14 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         w->p_open = true;
         w->p_gen++;
         w->snap_pending = false;
+        w->pending[w->n_pending++] = o->path; /* before the thread can see the open */
         pthread_mutex_unlock(&w->map_mu);
         r = push(w, &it, NULL);
         if (r < 0) {
+                pending_done(w, o->path);
                 open_req_free(o);
                 return r;
         }
-        char *keep = strdup(path); /* NULL: this one is not remembered, the rest holds */
-        free(w->recent[w->n_recent % RECENT_OPENS]);
-        w->recent[w->n_recent++ % RECENT_OPENS] = keep;
         if (ret_path)
                 memcpy(ret_path, path, strlen(path) + 1);
         return r;
@@ -565,9 +579,11 @@ int roid_writer_new(unsigned queue_depth, double flush_interval_s, roid_counters
         w->batch_cap = queue_depth < BATCH ? queue_depth : BATCH;
         w->q = calloc(w->cap, sizeof *w->q);
         w->batch = calloc(w->batch_cap, sizeof *w->batch);
-        if (!w->q || !w->batch) {
+        w->pending = calloc(w->cap + 1, sizeof *w->pending);
+        if (!w->q || !w->batch || !w->pending) {
                 free(w->q);
                 free(w->batch);
+                free(w->pending);
                 free(w);
                 return -ENOMEM;
         }
@@ -615,7 +631,6 @@ void roid_writer_free(roid_writer *w) {
         pthread_mutex_destroy(&w->map_mu);
         free(w->q);
         free(w->batch);
-        for (unsigned i = 0; i < RECENT_OPENS; i++)
-                free(w->recent[i]);
+        free(w->pending);
         free(w);
 }

@@ -453,10 +453,12 @@ static void test_resolve(void) {
         tap_ok(r == 0 && g.ny == 1 && g.nx == 1, "no number_of_images: 1 x 1");
         r = roid_scan_resolve(NULL, NULL, true, UINT64_C(1) << 30, 32, &g, &err);
         uint32_t row, col;
-        tap_ok(r == 0 && g.ny == 1 && g.nx == ROID_SCAN_MAX_POINTS && g.source == ROID_SCAN_FROM_LINE &&
-                       roid_scan_index(&g, ROID_SCAN_MAX_POINTS - 1, &row, &col) == 0 &&
-                       roid_scan_index(&g, ROID_SCAN_MAX_POINTS, &row, &col) == -ERANGE,
-               "number_of_images 2^30: the line of ROID_SCAN_MAX_POINTS, later images off it (%d %s)", r, err.msg);
+        tap_ok(r == 0 && g.ny == 1 && g.nx == ROID_SCAN_MAX_LINE && g.source == ROID_SCAN_FROM_LINE &&
+                       roid_scan_index(&g, ROID_SCAN_MAX_LINE - 1, &row, &col) == 0 &&
+                       roid_scan_index(&g, ROID_SCAN_MAX_LINE, &row, &col) == -ERANGE,
+               "number_of_images 2^30: the line of ROID_SCAN_MAX_LINE, later images off it (%d %s)", r, err.msg);
+        r = roid_scan_resolve(NULL, NULL, true, ROID_SCAN_MAX_LINE, 32, &g, &err);
+        tap_ok(r == 0 && g.nx == ROID_SCAN_MAX_LINE, "number_of_images = ROID_SCAN_MAX_LINE: that line");
         roid_scan_grid_default(&cfg);
         roid_scan_grid_set_shape(&cfg, 50, 50, "t", NULL);
         cfg.source = ROID_SCAN_FROM_CONFIG;

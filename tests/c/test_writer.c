@@ -679,6 +679,32 @@ static void test_no_overwrite(void) {
         tap_eq_i64(roid_writer_open(w, dir, &m, small, sizeof small), -ENAMETOOLONG,
                    "a path buffer too small is refused before anything is queued");
         roid_writer_free(w);
+
+        /* 20 series of one id queued faster than the thread creates them:
+         * 20 names, 20 files, none failed */
+        enum { BURST = 20 };
+        roid_writer_new(4 * BURST, 3600, NULL, &w);
+        static char paths[BURST][4096];
+        m = meta_for("burst", NULL);
+        int distinct = 0, opened = 0;
+        for (int i = 0; i < BURST; i++) {
+                opened += roid_writer_open(w, dir, &m, paths[i], sizeof paths[i]) == 0;
+                roid_writer_close(w, NULL);
+        }
+        int r_idle = roid_writer_wait_idle(w);
+        roid_writer_stats st;
+        roid_writer_get_stats(w, &st);
+        for (int i = 0; i < BURST; i++) {
+                bool dup = false;
+                for (int j = 0; j < i; j++)
+                        dup |= !strcmp(paths[i], paths[j]);
+                struct stat sb;
+                distinct += !dup && stat(paths[i], &sb) == 0;
+        }
+        tap_ok(opened == BURST && distinct == BURST && r_idle == 0 && st.series_failed == 0,
+               "%d opens of one id queued at once: %d distinct files written, %llu failed (last %s)", BURST, distinct,
+               (unsigned long long)st.series_failed, paths[BURST - 1]);
+        roid_writer_free(w);
 }
 
 int main(void) {
