@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -358,10 +357,11 @@ static bool counter_attrs(roid_results *w) {
 /* After a write error (disk full) HDF5 1.10 cannot close the file: H5Fclose
  * retries the failed writes, fails, and leaves a half-freed file that crashes
  * the library when it is closed again at exit.  So the file's descriptor is
- * pointed at an anonymous memory file, where the remaining writes succeed and
- * vanish, and the file on disk is extended (sparse) to the end of file HDF5
- * recorded, so that readers do not refuse it as truncated.  What the last
- * successful flush wrote stays readable. */
+ * pointed at /dev/null, where the remaining writes succeed and vanish (an
+ * anonymous memory file would do too, but for the file-size limit, which
+ * applies to it as well: found by review), and the file on disk is extended
+ * (sparse) to the end of file HDF5 recorded, so that readers do not refuse it
+ * as truncated.  What the last successful flush wrote stays readable. */
 static void detach(roid_results *w) {
         if (w->file < 0)
                 return;
@@ -383,7 +383,7 @@ static void detach(roid_results *w) {
                 if (fd >= 0)
                         close(fd);
         }
-        int m = memfd_create("roid-discarded", MFD_CLOEXEC);
+        int m = open("/dev/null", O_RDWR | O_CLOEXEC); /* reads: zeros, as past the end of a file */
         if (m >= 0) {
                 dup2(m, *(int *)h);
                 close(m);

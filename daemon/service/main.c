@@ -21,7 +21,6 @@
 #include "service/limits.h"
 #include "service/log.h"
 
-
 static volatile sig_atomic_t stop_requested;
 
 static void on_signal(int sig) {
@@ -451,9 +450,8 @@ static int cmd_replay(const options *o, int n_inputs, char **inputs) {
         bool chan_given = false;
         for (size_t i = 0; i < o->n_ov; i++)
                 chan_given |= strcmp(o->ov[i].key, "channel") == 0;
-        roid_ingest_params ip = {.limits = cfg->limits,
-                                 .channel = chan_given ? cfg->channel : "",
-                                 .implicit_series = !o->strict};
+        roid_ingest_params ip = {
+                .limits = cfg->limits, .channel = chan_given ? cfg->channel : "", .implicit_series = !o->strict};
         if ((r = roid_ingest_new(&ip, &sink, &ctr, &in)) < 0)
                 goto out;
         int failed = 0;
@@ -481,6 +479,10 @@ out:
 
 int main(int argc, char **argv) {
         static options o;
+        /* A file at the size limit (RLIMIT_FSIZE, systemd LimitFSIZE=) must
+         * fail its write with EFBIG, which the results writer and the
+         * recorder report and count like a full disk, not kill the process. */
+        signal(SIGXFSZ, SIG_IGN);
         if (argc > 1 &&
             (strcmp(argv[1], "record") == 0 || strcmp(argv[1], "replay") == 0 || strcmp(argv[1], "run") == 0)) {
                 cmd_name = argv[1];
@@ -521,8 +523,8 @@ int main(int argc, char **argv) {
                         roid_log(ROID_LOG_ERR, "unexpected argument '%s'", argv[optind]);
                         return 2;
                 }
-                roid_daemon_params dp = {.cfg = o.cfg, .reload = o.config_path ? reload_config : NULL,
-                                         .reload_ctx = &o};
+                roid_daemon_params dp = {
+                        .cfg = o.cfg, .reload = o.config_path ? reload_config : NULL, .reload_ctx = &o};
                 r = roid_daemon_run(&dp); /* libuv handles the signals */
         }
         return r < 0 ? 1 : 0;

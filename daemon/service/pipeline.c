@@ -199,7 +199,10 @@ static void series_ctx_free(series_ctx *sc) {
         free(sc);
 }
 
-/* Builds the geometry once per series, on the first frame a worker decodes. */
+/* Builds the geometry once per series, on the first frame a worker decodes.
+ * A frame the beam centre cannot be estimated from (-ENODATA: nothing above
+ * 0, a closed shutter) fails alone and the next frame tries again; any other
+ * error holds for the whole series. */
 static int series_geometry(series_ctx *sc, const roid_frame *f, roid_err *err) {
         int st = atomic_load_explicit(&sc->geom_state, memory_order_acquire);
         if (st)
@@ -210,12 +213,17 @@ static int series_geometry(series_ctx *sc, const roid_frame *f, roid_err *err) {
         if (!st) {
                 r = roid_analysis_build_geometry(&sc->ap, f->dtype, f->rows, f->cols, sc->has_center, sc->cx, sc->cy, f,
                                                  sc->mask, &sc->geom, &sc->center_source, err);
-                if (r < 0)
+                if (r == -ENODATA)
+                        ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                         "series %" PRIu64 ": %s; the next frame tries again [frames_failed]",
+                                         sc->series_id, err->msg);
+                else if (r < 0)
                         roid_log(ROID_LOG_ERR, "series %" PRIu64 ": no detector geometry: %s", sc->series_id, err->msg);
                 else
                         roid_log(ROID_LOG_INFO, "series %" PRIu64 ": beam centre (%.2f, %.2f) px from %s",
                                  sc->series_id, sc->geom.center_x, sc->geom.center_y, sc->center_source);
-                atomic_store_explicit(&sc->geom_state, r < 0 ? -1 : 1, memory_order_release);
+                if (r != -ENODATA)
+                        atomic_store_explicit(&sc->geom_state, r < 0 ? -1 : 1, memory_order_release);
         } else if (st < 0) {
                 r = roid_err_set(err, -EINVAL, "no detector geometry for this series");
         }

@@ -206,6 +206,8 @@ def main():
     refused_state(tmp)
     geometry_at_start(tmp)
     ask_after_set(tmp)
+    blank_first_frame(tmp)
+    file_size_limit(tmp)
     if failures:
         print(err[-3000:])
         print(f"{len(failures)} failures")
@@ -237,6 +239,77 @@ def estimated_center(tmp):
     src = src.decode() if isinstance(src, bytes) else src
     check(src == "estimated" and np.all(np.isfinite(bc)) and np.hypot(*(np.array(bc) - want)) < 0.5,
           f"estimated beam centre in the results file: {bc} ({src}), phantom's {want}")
+
+
+def file_size_limit(tmp):
+    """Under a file-size limit (ulimit -f, systemd LimitFSIZE=) a results
+    file that reaches it fails like a full disk, logged and counted, and the
+    daemon goes on to the next series (it used to be killed by SIGXFSZ)."""
+    import resource
+    out = os.path.join(tmp, "fsize")
+    os.mkdir(out)
+    pd = free_port()
+    det = f"tcp://127.0.0.1:{pd}"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+
+    roid = subprocess.Popen([ROID, "--detector", det, "--output-dir", out, "--series", "2", "--idle-timeout", "60"],
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+    CHILDREN.append(roid)
+    for sid, scan in ((1, "90x90"), (2, "8x8")):
+        subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--scan", scan, "--series-id", str(sid),
+                        "--quiet", "--wait-connect", "20"], timeout=120)
+    try:
+        rc = roid.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        roid.kill()
+        rc = None
+    err = roid.stderr.read()
+    check(rc == 0, f"file-size limit: roid exits 0 after both series (rc {rc})")
+    check("File too large" in err and "results_failed=1" in err,
+          "the file at the limit is logged with the reason and counted (results_failed=1)")
+    small = [p for p in os.listdir(out) if p.endswith(".h5") and os.path.getsize(os.path.join(out, p)) < (1 << 20)]
+    ok = False
+    for p in small:
+        with h5py.File(os.path.join(out, p), "r") as f:
+            ok |= f["/entry/scan/image_id"].shape[0] == 64
+    check(ok, f"the next series is written whole ({small})")
+
+
+def blank_first_frame(tmp):
+    """A series without a beam centre (V1, header detail none) whose first
+    frame is blank, a closed shutter: that frame fails, the centre is
+    estimated from the next one, and the rest of the series is analysed."""
+    n, rows, cols = 16, 48, 64
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    frames = np.zeros((n, rows, cols), np.uint16)
+    for k in range(1, n):
+        frames[k] = (1000 * np.exp(-((xx - 30.0) ** 2 + (yy - 20.0) ** 2) / 18) + 3 + (k % 5)).astype(np.uint16)
+    src = os.path.join(tmp, "blank-first.h5")
+    with h5py.File(src, "w") as f:
+        f["/entry/data/data"] = frames
+    det, roid, ctx, sub = daemon_with_subscriber(["--series", "1"])
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--format", "v1", "--header-detail", "none", "--source",
+                            f"file:{src}", "--shape", f"{rows}x{cols}", "--scan", "4x4", "--quiet"])
+    CHILDREN.append(sim)
+    end = None
+    t0 = time.time()
+    while time.time() - t0 < 60 and end is None:
+        if sub.poll(500):
+            topic, body = sub.recv_multipart()
+            b = msgpack.unpackb(body, raw=False)
+            if topic == b"series" and b["event"] == "end":
+                end = b
+    sim.wait(timeout=60)
+    roid.wait(timeout=60)
+    err = roid.stderr.read()
+    sub.close(0)
+    ctx.term()
+    check(end is not None and end["frames_analysed"] == n - 1,
+          f"blank first frame: {end and end['frames_analysed']} of {n} frames analysed (all but it)")
+    check("no unmasked pixel above 0" in err and "tries again" in err,
+          "the blank frame failed with the reason; the next one tried again")
 
 
 def ask_after_set(tmp):
