@@ -397,7 +397,16 @@ out:
         int rw = roid_capture_writer_close(rc.w);
         if (r == 0)
                 r = rc.error ? rc.error : rw;
-        roid_log(ROID_LOG_NOTICE, "recorded %ld messages (%ld series ended) to %s", rc.messages, rc.series_ended, path);
+        if (rc.error || rw < 0)
+                /* stdio had some of them buffered when the write failed (disk full,
+                 * file-size limit): the file ends at its last complete message */
+                roid_log(ROID_LOG_ERR,
+                         "recording to %s failed: of %ld messages received (%ld series ended), those after the "
+                         "last complete one in the file are lost (roid replay counts them)",
+                         path, rc.messages, rc.series_ended);
+        else
+                roid_log(ROID_LOG_NOTICE, "recorded %ld messages (%ld series ended) to %s", rc.messages,
+                         rc.series_ended, path);
         return r;
 }
 
