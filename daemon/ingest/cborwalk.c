@@ -207,11 +207,17 @@ int roid_cw_next(roid_cw_cursor *c, roid_cw_item *ret, roid_err *err) {
                 used = 2;
         } else {
                 struct cbor_decoder_result r = cbor_stream_decode(c->pos, avail, &callbacks, &it);
-                if (r.status == CBOR_DECODER_NEDATA)
+                /* libcbor's required wraps for a declared length near 2^64 */
+                if (r.status == CBOR_DECODER_NEDATA && r.required > avail)
                         return roid_err_set(err, -EBADMSG,
                                             "CBOR truncated at offset %zu: item (initial byte 0x%02x) needs %zu bytes, "
                                             "%zu left",
                                             off, b, r.required, avail);
+                if (r.status == CBOR_DECODER_NEDATA)
+                        return roid_err_set(err, -EBADMSG,
+                                            "CBOR truncated at offset %zu: item (initial byte 0x%02x) declares more "
+                                            "than the %zu bytes left",
+                                            off, b, avail);
                 if (r.status != CBOR_DECODER_FINISHED || it.type == 0 || r.read == 0 || r.read > avail)
                         return roid_err_set(err, -EBADMSG, "malformed CBOR at offset %zu: initial byte 0x%02x", off, b);
                 used = r.read;

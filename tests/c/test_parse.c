@@ -238,6 +238,14 @@ static void test_cborwalk(void) {
                         bad++;
         }
         tap_ok(bad == 0, "cursor: every cut says 'truncated' (%zu do not)", bad);
+        /* a byte string declaring 2^64 - 1 bytes: libcbor's count of what it
+         * needs wraps; the message must not claim a few bytes would do */
+        static const uint8_t huge[] = {0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 'a', 'b', 'c'};
+        roid_cw_item hi;
+        roid_cw_init(&c, huge, sizeof huge, 32);
+        r = roid_cw_next(&c, &hi, &e);
+        tap_ok(r == -EBADMSG && strstr(e.msg, "truncated") && strstr(e.msg, "declares more than the 12 bytes left"),
+               "cursor: a length of 2^64 - 1 is named as such (%s)", e.msg);
 }
 
 /* ---- V2: DECTRIS's real messages ---- */
