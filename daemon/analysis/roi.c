@@ -341,9 +341,21 @@ static unsigned roi_side(const roid_roi *r, unsigned m) {
         return is_total(m) == (c[0] <= c[1]) ? 0 : 1;
 }
 
+/* Whether two centres stand apart, beyond rounding: a scan with no contrast
+ * (every frame alike) has means an ulp apart where points hold different
+ * numbers of frames, and centres that start or end there must label nothing,
+ * where a tie would have labelled every point RoI (found by review). */
+static bool apart(double c0, double c1) {
+        return fabs(c1 - c0) > 1e-9 * fmax(1.0, fmax(fabs(c0), fabs(c1)));
+}
+
+static bool split(const roid_kmeans *km) {
+        return km->initialized && apart(km->centers[0], km->centers[1]);
+}
+
 /* 1 when v falls on the RoI side (index `side`) of modality km's centres. */
 static inline uint8_t side_label(const roid_kmeans *km, unsigned side, double v) {
-        return km->initialized && roid_kmeans_nearest2(km->centers, v) == side;
+        return split(km) && roid_kmeans_nearest2(km->centers, v) == side;
 }
 
 /* The 3x3 mean over the seen neighbours of point i, then the log, for the
@@ -437,7 +449,7 @@ static void km1_partial(roid_roi *r, unsigned m) {
                         c[0] = x[s] < c[0] ? x[s] : c[0];
                         c[1] = x[s] > c[1] ? x[s] : c[1];
                 }
-                if (!(c[1] > c[0]))
+                if (!(c[1] > c[0]) || !apart(c[0], c[1]))
                         return;
                 roid_kmeans_set_centers(&r->km[m], c);
         }
@@ -468,7 +480,7 @@ static void set_cuts(roid_roi *r) {
                         n[0] = 1;
                 r->thr[m] = exp(0.5 * (c0 + c1));
                 for (int k = 0; k < 3; k++)
-                        r->lab_cut[m][k] = km->initialized && n[k] == side;
+                        r->lab_cut[m][k] = split(km) && n[k] == side;
         }
 }
 
