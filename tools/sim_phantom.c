@@ -192,8 +192,7 @@ static int parse_num(const char *key, const char *val, double min, double max, d
         errno = 0;
         v = strtod(val, &end);
         if (errno || end == val || *end || !(v >= min && v <= max))
-                return roid_err_set(err, -EINVAL, "source phantom: %s='%s' is not a number in %g..%g", key, val, min,
-                                    max);
+                return roid_err_set(err, -EINVAL, "%s='%s' is not a number in %g..%g", key, val, min, max);
         *ret = v;
         return 0;
 }
@@ -204,7 +203,7 @@ static int parse_range(const char *key, const char *val, double min, double max,
         const char *colon = strchr(val, ':');
         size_t n = colon ? (size_t)(colon - val) : strlen(val);
         if (n >= sizeof lo)
-                return roid_err_set(err, -EINVAL, "source phantom: %s='%s' is not LO:HI", key, val);
+                return roid_err_set(err, -EINVAL, "%s='%s' is not LO:HI", key, val);
         memcpy(lo, val, n);
         lo[n] = '\0';
         double v[2] = {0, 0};
@@ -212,7 +211,7 @@ static int parse_range(const char *key, const char *val, double min, double max,
         if (r == 0)
                 r = parse_num(key, colon ? colon + 1 : lo, min, max, &v[1], err);
         if (r == 0 && v[1] < v[0])
-                r = roid_err_set(err, -EINVAL, "source phantom: %s='%s': LO above HI", key, val);
+                r = roid_err_set(err, -EINVAL, "%s='%s': LO above HI", key, val);
         if (r == 0) {
                 ret[0] = v[0];
                 ret[1] = v[1];
@@ -240,8 +239,8 @@ static int parse_opts(const char *arg, popts *o, roid_err *err) {
                 int r = 0;
 
                 if (!eq || eq == p || (size_t)(eq - p) >= sizeof key || len - (size_t)(eq - p) - 1 >= sizeof val)
-                        return roid_err_set(err, -EINVAL, "source phantom: '%.*s' in '%s' is not key=value",
-                                            (int)(len > 64 ? 64 : len), p, arg);
+                        return roid_err_set(err, -EINVAL, "'%.*s' in '%s' is not key=value", (int)(len > 64 ? 64 : len),
+                                            p, arg);
                 memcpy(key, p, (size_t)(eq - p));
                 key[eq - p] = '\0';
                 memcpy(val, eq + 1, len - (size_t)(eq - p) - 1);
@@ -251,15 +250,14 @@ static int parse_opts(const char *arg, popts *o, roid_err *err) {
                         errno = 0;
                         unsigned long long s = strtoull(val, &e, 10);
                         if (errno || e == val || *e || val[0] == '-')
-                                return roid_err_set(err, -EINVAL,
-                                                    "source phantom: seed='%s' is not an unsigned integer", val);
+                                return roid_err_set(err, -EINVAL, "seed='%s' is not an unsigned integer", val);
                         o->seed = s;
                 } else if (strcmp(key, "photons") == 0) {
                         r = parse_num(key, val, 1, 1e12, &o->photons, err);
                 } else if (strcmp(key, "particles") == 0) {
                         r = parse_num(key, val, 0, MAX_PARTICLES, &v, err);
                         if (r == 0 && v != floor(v))
-                                r = roid_err_set(err, -EINVAL, "source phantom: particles='%s' is not an integer", val);
+                                r = roid_err_set(err, -EINVAL, "particles='%s' is not an integer", val);
                         if (r == 0)
                                 o->particles = (unsigned)v;
                 } else if (strcmp(key, "pupil") == 0) {
@@ -269,7 +267,7 @@ static int parse_opts(const char *arg, popts *o, roid_err *err) {
                 } else if (strcmp(key, "step") == 0) {
                         r = parse_num(key, val, 1, MAX_N, &v, err);
                         if (r == 0 && v != floor(v))
-                                r = roid_err_set(err, -EINVAL, "source phantom: step='%s' is not an integer", val);
+                                r = roid_err_set(err, -EINVAL, "step='%s' is not an integer", val);
                         if (r == 0)
                                 o->step = (uint32_t)v;
                 } else if (strcmp(key, "small_radius") == 0) {
@@ -278,15 +276,15 @@ static int parse_opts(const char *arg, popts *o, roid_err *err) {
                         r = parse_range(key, val, 0, 2 * M_PI, o->small_phi, err);
                 } else if (strcmp(key, "main") == 0) {
                         if (strcmp(val, "0") != 0 && strcmp(val, "1") != 0)
-                                return roid_err_set(err, -EINVAL, "source phantom: main='%s' is not 0 or 1", val);
+                                return roid_err_set(err, -EINVAL, "main='%s' is not 0 or 1", val);
                         o->with_main = val[0] == '1';
                 } else if (strcmp(key, "truth") == 0) {
                         if (!val[0])
-                                return roid_err_set(err, -EINVAL, "source phantom: truth= needs a path");
+                                return roid_err_set(err, -EINVAL, "truth= needs a path");
                         memcpy(o->truth, val, strlen(val) + 1);
                 } else {
                         return roid_err_set(err, -EINVAL,
-                                            "source phantom: unknown key '%s' (known: seed, photons, particles, "
+                                            "unknown key '%s' (known: seed, photons, particles, "
                                             "small_radius, small_phase, main, pupil, defocus, step, truth)",
                                             key);
                 }
@@ -307,7 +305,7 @@ static int make_probe(phantom *p, roid_err *err) {
         fftw_plan back = fftw_plan_dft_2d((int)n, (int)n, p->buf, p->buf, FFTW_BACKWARD, FFTW_ESTIMATE);
 
         if (!back)
-                return roid_err_set(err, -ENOMEM, "source phantom: FFTW cannot plan %ux%u", n, n);
+                return roid_err_set(err, -ENOMEM, "FFTW cannot plan %ux%u", n, n);
         for (uint32_t y = 0; y < n; y++) {
                 double ky = y < half ? (double)y : (double)y - n;
                 for (uint32_t x = 0; x < n; x++) {
@@ -324,13 +322,13 @@ static int make_probe(phantom *p, roid_err *err) {
                         total += creal(v) * creal(v) + cimag(v) * cimag(v);
                 }
         if (!(total > 0))
-                return roid_err_set(err, -EINVAL, "source phantom: empty probe (pupil %g px)", p->pupil);
+                return roid_err_set(err, -EINVAL, "empty probe (pupil %g px)", p->pupil);
 
         enum { PER_PX = 4 };
         size_t nbins = (size_t)n * PER_PX + 1; /* the corner is 0.71 n away */
         double *hist = calloc(nbins, sizeof *hist);
         if (!hist)
-                return roid_err_set(err, -ENOMEM, "source phantom: out of memory");
+                return roid_err_set(err, -ENOMEM, "out of memory");
         for (uint32_t y = 0; y < n; y++)
                 for (uint32_t x = 0; x < n; x++) {
                         double dy = (double)y - half, dx = (double)x - half;
@@ -530,7 +528,7 @@ static int write_truth(const phantom *p, const char *path, const float *mm, cons
         int r = 0;
 
         if (!mmask || !smask || !omask) {
-                r = roid_err_set(err, -ENOMEM, "source phantom: out of memory for the truth masks");
+                r = roid_err_set(err, -ENOMEM, "out of memory for the truth masks");
                 goto out;
         }
         for (uint32_t row = 0; row < p->ny; row++)
@@ -542,7 +540,7 @@ static int write_truth(const phantom *p, const char *path, const float *mm, cons
                 }
         f = fopen(path, "w");
         if (!f) {
-                r = roid_err_set(err, -errno, "source phantom: truth=%s: %s", path, strerror(errno));
+                r = roid_err_set(err, -errno, "truth=%s: %s", path, strerror(errno));
                 goto out;
         }
         fprintf(f,
@@ -574,12 +572,12 @@ static int write_truth(const phantom *p, const char *path, const float *mm, cons
         }
         fputs("]}\n", f);
         if (ferror(f)) {
-                r = roid_err_set(err, -EIO, "source phantom: truth=%s: write error", path);
+                r = roid_err_set(err, -EIO, "truth=%s: write error", path);
                 fclose(f);
                 goto out;
         }
         if (fclose(f) != 0)
-                r = roid_err_set(err, -errno, "source phantom: truth=%s: %s", path, strerror(errno));
+                r = roid_err_set(err, -errno, "truth=%s: %s", path, strerror(errno));
 out:
         free(mmask);
         free(smask);
@@ -620,18 +618,17 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
                 return ret;
         if (params->rows != params->cols || !is_pow2(params->rows) || params->rows < MIN_N || params->rows > MAX_N)
                 return roid_err_set(err, -EINVAL,
-                                    "source phantom: frame shape %" PRIu32 "x%" PRIu32
+                                    "frame shape %" PRIu32 "x%" PRIu32
                                     " (rows x cols) is not square NxN with N a power of two in %u..%u "
                                     "(use e.g. --shape 128x128)",
                                     params->rows, params->cols, MIN_N, MAX_N);
         if (params->nchannels < 1 || params->nchannels > ROID_MAX_CHANNELS)
-                return roid_err_set(err, -EINVAL, "source phantom: %u channels, expected 1..%u", params->nchannels,
-                                    ROID_MAX_CHANNELS);
+                return roid_err_set(err, -EINVAL, "%u channels, expected 1..%u", params->nchannels, ROID_MAX_CHANNELS);
         if (roid_dtype_size(params->dtype) == 0 || params->dtype == ROID_DT_F32)
-                return roid_err_set(err, -EINVAL, "source phantom: unsupported pixel type");
+                return roid_err_set(err, -EINVAL, "unsupported pixel type");
         p = calloc(1, sizeof *p);
         if (!p)
-                return roid_err_set(err, -ENOMEM, "source phantom: out of memory");
+                return roid_err_set(err, -ENOMEM, "out of memory");
         p->n = params->rows;
         p->dtype = params->dtype;
         p->nchannels = params->nchannels;
@@ -645,8 +642,7 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
         p->with_main = o.with_main;
         p->pupil = o.pupil > 0 ? o.pupil : fmin(p->n / 4.0, fmax(6.0, p->n / 16.0));
         if (p->pupil > p->n / 4.0) {
-                ret = roid_err_set(err, -EINVAL, "source phantom: pupil=%g is more than N/4 = %u pixels", p->pupil,
-                                   p->n / 4);
+                ret = roid_err_set(err, -EINVAL, "pupil=%g is more than N/4 = %u pixels", p->pupil, p->n / 4);
                 goto fail;
         }
         if (params->scan && params->scan->active) {
@@ -660,7 +656,7 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
         }
         if (p->ny < MIN_SCAN || p->nx < MIN_SCAN || (uint64_t)p->ny * p->nx > MAX_POINTS) {
                 ret = roid_err_set(err, -EINVAL,
-                                   "source phantom: scan %" PRIu32 "x%" PRIu32 " needs at least %ux%u and at most %u "
+                                   "scan %" PRIu32 "x%" PRIu32 " needs at least %ux%u and at most %u "
                                    "points",
                                    p->ny, p->nx, MIN_SCAN, MIN_SCAN, MAX_POINTS);
                 goto fail;
@@ -673,7 +669,7 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
                 if (!(p->lev[k] = malloc(npx * sizeof *p->lev[k])))
                         break;
         if (!p->probe || !p->buf || !p->lev[p->nlevels - 1]) {
-                ret = roid_err_set(err, -ENOMEM, "source phantom: out of memory for %ux%u frames", p->n, p->n);
+                ret = roid_err_set(err, -ENOMEM, "out of memory for %ux%u frames", p->n, p->n);
                 goto fail;
         }
         if ((ret = make_probe(p, err)) < 0)
@@ -682,7 +678,7 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
         uint64_t oh = (uint64_t)(p->ny - 1) * p->step + p->n, ow = (uint64_t)(p->nx - 1) * p->step + p->n;
         if (oh * ow > MAX_OBJ_PX) {
                 ret = roid_err_set(err, -EINVAL,
-                                   "source phantom: object of %" PRIu64 "x%" PRIu64 " pixels (scan %" PRIu32 "x%" PRIu32
+                                   "object of %" PRIu64 "x%" PRIu64 " pixels (scan %" PRIu32 "x%" PRIu32
                                    ", step %" PRIu32 ") is more than %" PRIu64 " pixels",
                                    oh, ow, p->ny, p->nx, p->step, MAX_OBJ_PX);
                 goto fail;
@@ -693,8 +689,7 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
         mm = calloc(oh * ow, sizeof *mm);
         sm = calloc(oh * ow, sizeof *sm);
         if (!p->obj || !mm || !sm) {
-                ret = roid_err_set(err, -ENOMEM, "source phantom: out of memory for a %" PRIu64 "x%" PRIu64 " object",
-                                   oh, ow);
+                ret = roid_err_set(err, -ENOMEM, "out of memory for a %" PRIu64 "x%" PRIu64 " object", oh, ow);
                 goto fail;
         }
         for (size_t i = 0; i < oh * ow; i++)
@@ -706,7 +701,7 @@ static int phantom_init(sim_source_params *params, void **ret_state, uint64_t *r
                 goto fail;
         p->plan = fftw_plan_dft_2d((int)p->n, (int)p->n, p->buf, p->buf, FFTW_FORWARD, FFTW_ESTIMATE);
         if (!p->plan) {
-                ret = roid_err_set(err, -ENOMEM, "source phantom: FFTW cannot plan %ux%u", p->n, p->n);
+                ret = roid_err_set(err, -ENOMEM, "FFTW cannot plan %ux%u", p->n, p->n);
                 goto fail;
         }
         free(mm);
@@ -770,7 +765,7 @@ static int phantom_fill(void *state, uint64_t frame_index, unsigned channel, voi
         bool diff = p->nchannels <= 3 && channel == 2;
 
         if (channel >= p->nchannels)
-                return roid_err_set(err, -EINVAL, "source phantom: channel %u of %u", channel, p->nchannels);
+                return roid_err_set(err, -EINVAL, "channel %u of %u", channel, p->nchannels);
         if (!p->have_cached || p->cached != frame_index)
                 render(p, frame_index);
         const uint32_t *a = p->lev[diff ? 0 : channel], *b = diff ? p->lev[1] : NULL;
