@@ -2,6 +2,7 @@
 on loopback, and the typed arrays roid publishes (proto/live.md).  Imported
 by the tests, which /usr/bin/python3 runs from this directory."""
 import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -37,3 +38,14 @@ def run(main):
         for p in CHILDREN:
             if p.poll() is None:
                 p.kill()
+
+
+def finish(proc, timeout):
+    """Waits for a daemon started with stderr=PIPE, text=True: (exit code or
+    None when it had to be killed after timeout seconds, its stderr)."""
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = None
+    return rc, proc.stderr.read()

@@ -31,7 +31,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from roidtest import check, failures, free_port, typed
+from roidtest import check, failures, finish, free_port, typed
 
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
@@ -319,12 +319,7 @@ def main():
     sub.close()
     req.close()
     roid.send_signal(signal.SIGTERM)
-    try:
-        rc = roid.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        roid.kill()
-        rc = None
-    err = roid.stderr.read()
+    rc, err = finish(roid, 120)
     check(rc == 0, f"roid exits 0 on SIGTERM (rc {rc})")
     if failures:
         print(err[-3000:])

@@ -27,7 +27,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from roidtest import CHILDREN, check, failures, free_port, run, typed
+from roidtest import CHILDREN, check, failures, finish, free_port, run, typed
 
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
@@ -260,12 +260,7 @@ def file_size_limit(tmp):
     for sid, scan in ((1, "90x90"), (2, "8x8")):
         subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--scan", scan, "--series-id", str(sid),
                         "--quiet", "--wait-connect", "20"], timeout=120)
-    try:
-        rc = roid.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        roid.kill()
-        rc = None
-    err = roid.stderr.read()
+    rc, err = finish(roid, 120)
     check(rc == 0, f"file-size limit: roid exits 0 after both series (rc {rc})")
     check("File too large" in err and "results_failed=1" in err,
           "the file at the limit is logged with the reason and counted (results_failed=1)")
@@ -419,12 +414,7 @@ def refused_state(tmp):
                     series.append(b)
                     if b["event"] == "end":
                         break
-    try:
-        rc = roid.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        roid.kill()
-        rc = None
-    err = roid.stderr.read()
+    rc, err = finish(roid, 60)
     sub.close(0)
     ctx.term()
     by = {(b["series_id"], b["event"]): b for b in series}
