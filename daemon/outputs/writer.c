@@ -549,15 +549,6 @@ size_t roid_writer_queue_capacity(const roid_writer *w) {
         return w->cap;
 }
 
-const char *roid_writer_last_path(roid_writer *w, char *buf, size_t size) {
-        if (!size)
-                return buf;
-        pthread_mutex_lock(&w->mu);
-        snprintf(buf, size, "%s", w->last_path);
-        pthread_mutex_unlock(&w->mu);
-        return buf;
-}
-
 void roid_writer_get_stats(roid_writer *w, roid_writer_stats *ret) {
         pthread_mutex_lock(&w->mu);
         *ret = w->stats;

@@ -26,7 +26,7 @@
  * Ownership: the writer copies everything it is given (meta and its strings,
  * records, counters, RoI states); nothing of the caller is kept.  Threads:
  * open / append / map / close from one producer thread at a time (the
- * analysis); queue_depth, queue_capacity, last_path, stats and wait_idle from
+ * analysis); queue_depth, queue_capacity, stats and wait_idle from
  * any thread; free from the thread that created it, after the producer is
  * done.
  */
@@ -95,8 +95,6 @@ int roid_writer_wait_idle(roid_writer *w);
 
 size_t roid_writer_queue_depth(const roid_writer *w);
 size_t roid_writer_queue_capacity(const roid_writer *w);
-/* Copies the path of the newest file created ("" if none) into buf; returns buf. */
-const char *roid_writer_last_path(roid_writer *w, char *buf, size_t size);
 void roid_writer_get_stats(roid_writer *w, roid_writer_stats *ret);
 
 #endif

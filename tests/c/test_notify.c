@@ -122,6 +122,15 @@ static void set_watchdog(const char *usec, long pid) {
                 unsetenv("WATCHDOG_PID");
 }
 
+/* A notifier for NOTIFY_SOCKET=sock with the watchdog environment given
+ * (usec NULL: none); NULL if new failed. */
+static roid_notify *notify_at(const char *sock, const char *usec, long pid) {
+        setenv("NOTIFY_SOCKET", sock, 1);
+        set_watchdog(usec, pid);
+        roid_notify *n = NULL;
+        return roid_notify_new(&n) == 0 ? n : NULL;
+}
+
 static void test_without_socket(void) {
         unsetenv("NOTIFY_SOCKET");
         set_watchdog("500000", (long)getpid());
@@ -193,10 +202,7 @@ static void test_messages(void) {
 }
 
 static void test_watchdog_env(void) {
-        roid_notify *n = NULL;
-        setenv("NOTIFY_SOCKET", path, 1);
-        set_watchdog("500000", (long)getpid());
-        roid_notify_new(&n);
+        roid_notify *n = notify_at(path, "500000", (long)getpid());
         tap_eq_u64(roid_notify_watchdog_usec(n), 500000, "WATCHDOG_USEC with our WATCHDOG_PID");
         roid_notify_free(n);
         set_watchdog("250000", 0);
@@ -227,10 +233,7 @@ static void tick(roid_notify *n, uint64_t progress, uint64_t pending, double now
 }
 
 static void test_watchdog_policy(void) {
-        roid_notify *n = NULL;
-        setenv("NOTIFY_SOCKET", path, 1);
-        set_watchdog("500000", (long)getpid());
-        roid_notify_new(&n);
+        roid_notify *n = notify_at(path, "500000", (long)getpid());
         /* ticks every 0.25 s (watchdog_usec / 2), stall_s = 2 */
         tick(n, 0, 0, 100.00, 1, "idle at start: ping");
         tick(n, 0, 0, 100.25, 1, "still idle: ping");
@@ -337,10 +340,8 @@ static void test_backlog(void) {
         static char msgs[64][2048];
         bool wf;
         drain();
-        setenv("NOTIFY_SOCKET", path, 1);
-        set_watchdog("500000", (long)getpid());
-        roid_notify *n = NULL;
-        tap_ok(roid_notify_new(&n) == 0, "backlog: new");
+        roid_notify *n = notify_at(path, "500000", (long)getpid());
+        tap_ok(n != NULL, "backlog: new");
         int sent = 0, waiting = 0, other = 0, calls = 0;
         uint64_t worst = 0, rl[2][2] = {{0}};
         char s[64];
@@ -420,10 +421,7 @@ static void test_overflow(void) {
         bool wf;
         uint64_t tb[10], ta[10];
         drain();
-        setenv("NOTIFY_SOCKET", path, 1);
-        set_watchdog(NULL, 0);
-        roid_notify *n = NULL;
-        roid_notify_new(&n);
+        roid_notify *n = notify_at(path, NULL, 0);
         int filled = fill_socket();
         bool all_wait = true;
         for (int k = 0; k < 10; k++) {
@@ -455,10 +453,7 @@ static void test_overflow(void) {
 static void test_free_and_ping(void) {
         char m[256];
         drain();
-        setenv("NOTIFY_SOCKET", path, 1);
-        set_watchdog(NULL, 0);
-        roid_notify *n = NULL;
-        roid_notify_new(&n);
+        roid_notify *n = notify_at(path, NULL, 0);
         int filled = fill_socket();
         tap_ok(roid_notify_stopping(n) == -EAGAIN && roid_notify_pending(n) == 1, "STOPPING=1 on a full socket waits");
         tap_ok(drain() == filled, "... and is not in the socket yet");
@@ -484,10 +479,7 @@ static void test_free_and_ping(void) {
 static void test_nobody_listens(void) {
         char gone[96];
         snprintf(gone, sizeof gone, "%s/gone", dir);
-        setenv("NOTIFY_SOCKET", gone, 1);
-        set_watchdog("500000", 0);
-        roid_notify *n = NULL;
-        roid_notify_new(&n);
+        roid_notify *n = notify_at(gone, "500000", 0);
         int a = roid_notify_ready(n, "x"), b = roid_notify_status(n, "y"), c = roid_notify_reloading(n),
             d = roid_notify_watchdog_tick(n, 1, 0, 1.0, 10.0);
         tap_ok(a == -ENOENT && b == -ENOENT && c == -ENOENT && d == -ENOENT && roid_notify_pending(n) == 0,

@@ -87,16 +87,24 @@ static roid_msg end_msg(uint64_t sid, const char *uid) {
         return m;
 }
 
-static roid_ingest *mk(tally *t, roid_counters *ctr, bool implicit) {
+/* An ingest reporting to t with the default limits but max_images 1000,
+ * decoding `channel` ("" every one); its limits in *ret_lim if not NULL. */
+static roid_ingest *mk_with(tally *t, roid_counters *ctr, const char *channel, bool implicit, roid_limits *ret_lim) {
         roid_sink sink = {
                 .ctx = t, .series_start = t_start, .series_end = t_end, .frame = t_frame, .frame_error = t_err};
-        roid_ingest_params p = {.channel = "", .implicit_series = implicit};
+        roid_ingest_params p = {.channel = channel, .implicit_series = implicit};
         roid_limits_default(&p.limits);
         p.limits.max_images = 1000;
         roid_ingest *in = NULL;
         if (roid_ingest_new(&p, &sink, ctr, &in) < 0)
                 abort();
+        if (ret_lim)
+                *ret_lim = p.limits;
         return in;
+}
+
+static roid_ingest *mk(tally *t, roid_counters *ctr, bool implicit) {
+        return mk_with(t, ctr, "", implicit, NULL);
 }
 
 #define CNT(name) roid_counter_get(&ctr, ROID_C_##name)
@@ -208,12 +216,7 @@ static void test_implicit(void) {
 static void test_channel_selection(void) {
         tally t = {0};
         roid_counters ctr = {0};
-        roid_sink sink = {
-                .ctx = &t, .series_start = t_start, .series_end = t_end, .frame = t_frame, .frame_error = t_err};
-        roid_ingest_params p = {.channel = "#1"};
-        roid_limits_default(&p.limits);
-        roid_ingest *in;
-        roid_ingest_new(&p, &sink, &ctr, &in);
+        roid_ingest *in = mk_with(&t, &ctr, "#1", false, NULL);
         roid_msg m = start_msg(1, "A", 2);
         m.u.start.n_channels = 2;
         snprintf(m.u.start.channels[1], ROID_NAME_MAX, "threshold_2");
@@ -281,26 +284,13 @@ static roid_msg image2(uint64_t sid, const char *uid, uint64_t id) {
         return m;
 }
 
-static roid_ingest *mk_sel(tally *t, roid_counters *ctr, const char *channel, roid_limits *ret_lim) {
-        roid_sink sink = {
-                .ctx = t, .series_start = t_start, .series_end = t_end, .frame = t_frame, .frame_error = t_err};
-        roid_ingest_params p = {.channel = channel};
-        roid_limits_default(&p.limits);
-        p.limits.max_images = 1000;
-        roid_ingest *in = NULL;
-        if (roid_ingest_new(&p, &sink, ctr, &in) < 0)
-                abort();
-        *ret_lim = p.limits;
-        return in;
-}
-
 /* A channel set while a series runs applies from the next series start: the
  * series in progress goes on with the channel it started with. */
 static void test_next_channel(void) {
         tally t = {0};
         roid_counters ctr = {0};
         roid_limits lim;
-        roid_ingest *in = mk_sel(&t, &ctr, "#0", &lim);
+        roid_ingest *in = mk_with(&t, &ctr, "#0", false, &lim);
         roid_msg m = start2(1, "A");
         roid_ingest_msg(in, &m);
         tap_ok(!strcmp(t.start_sel, "#0"), "series A starts with #0 (%s)", t.start_sel);
@@ -350,7 +340,7 @@ static void test_next_limits(void) {
         tally t = {0};
         roid_counters ctr = {0};
         roid_limits lim;
-        roid_ingest *in = mk_sel(&t, &ctr, "#0", &lim);
+        roid_ingest *in = mk_with(&t, &ctr, "#0", false, &lim);
         roid_limits small = lim;
         small.max_images = 3;
         small.max_frame_bytes = 2 * R * C - 2; /* one byte pair less than a frame */
@@ -459,7 +449,7 @@ static void test_next_limits_parsed(void) {
         tally t = {0};
         roid_counters ctr = {0};
         roid_limits lim;
-        roid_ingest *in = mk_sel(&t, &ctr, "#0", &lim);
+        roid_ingest *in = mk_with(&t, &ctr, "#0", false, &lim);
         roid_ingest_free(in);
         lim.max_depth = 8;
         roid_sink sink = {

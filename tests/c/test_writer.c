@@ -327,10 +327,11 @@ static void test_live(void) {
         roid_results_meta m = meta_for("live-1", "[analysis]\nk = 3\n");
         char uid[] = "live-1";
         m.series_unique_id = uid;
-        tap_ok(roid_writer_open(w, dir, &m, NULL, 0) == 0, "live: open queued");
+        tap_ok(roid_writer_open(w, dir, &m, got, sizeof got) == 0, "live: open queued");
         uid[0] = 'X'; /* the writer copied it */
         tap_eq_i64(roid_writer_wait_idle(w), 0, "live: file created");
-        tap_ok(!strcmp(roid_writer_last_path(w, got, sizeof got), path), "live: last_path %s", got);
+        struct stat st_live;
+        tap_ok(!strcmp(got, path) && stat(path, &st_live) == 0, "live: open's path %s, created", got);
         roid_roi *roi;
         roid_err err;
         roid_roi_new(&rp, NY, NX, &roi, &err);
