@@ -3,7 +3,11 @@
  * whole pattern and per azimuthal segment; the CoM standardised over the scan
  * (eq. 2) and its magnitude; 3x3 mean-filtered log maps; a two-cluster k-means
  * per modality; RoI = low-T cluster united with high-|CoM| cluster, united
- * over the segments; border grow/shrink and optional hole fill.
+ * over the segments; border grow/shrink and optional hole fill.  A modality
+ * labels nothing unless its two clusters explain its map better than one (a
+ * likelihood test, see significant() in roi.c): two-cluster k-means cuts any
+ * map in two, and on background alone (a scan's first lines, a segment that
+ * sees no object) the union of such cuts would mark every point.
  *
  * Modalities, m = 0 .. roid_roi_n_modalities()-1: 0 = T, 1 = |CoM| of the
  * whole pattern; with S > 1 segments also 2 + 2s = T_s and 3 + 2s = |CoM_s|.
@@ -125,7 +129,8 @@ const uint8_t *roid_roi_labels(const roid_roi *r, unsigned m);
 const uint8_t *roid_roi_online_labels(const roid_roi *r, unsigned m);
 /* Union of the online labels (0/1, unseen 0) at the last frame. */
 const uint8_t *roid_roi_online_mask(const roid_roi *r);
-/* Two centres of modality m: [RoI side, other]. */
+/* Two centres of modality m: [RoI side, other]; NaN while it labels nothing
+ * (no two clusters yet, or two that do not explain the map better than one). */
 const double *roid_roi_centres(const roid_roi *r, unsigned m);
 /* Final mask after finish (border and holes applied); NULL before.  The
  * unbordered union is roid_roi_raw_mask. */

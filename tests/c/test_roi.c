@@ -341,9 +341,93 @@ static void test_no_contrast(void) {
         }
 }
 
+static double gauss(void) {
+        return sqrt(-2 * log(1 - unif())) * cos(2 * M_PI * unif());
+}
+
+/* Two-cluster k-means cuts any map in two.  While a scan has measured only
+ * background (its first lines), or in a modality that sees no object, that
+ * cut halves the noise, and the union over modalities used to mark every
+ * point seen: 37 % of a phantom scan went by with every point RoI (found by
+ * review).  Here a 40 x 40 raster, 4 segments, Poisson-like noise, and an
+ * object (a disk of radius 6 around row 28, column 20: 30 % less T, a CoM
+ * spread ten times the background's) that only the whole-pattern modalities
+ * see: no RoI before the object's rows, the object after. */
+static void test_significance(void) {
+        enum { ny = 40, nx = 40, ns = 4 };
+        roid_roi_params q;
+        roid_roi_params_default(&q);
+        q.n_segments = ns;
+        q.cadence = 16;
+        roid_roi *r = NULL;
+        roid_err err = {{0}};
+        if (!tap_ok(roid_roi_new(&q, ny, nx, &r, &err) == 0, "40 x 40 state (%s)", err.msg))
+                return;
+        size_t worst_early = 0, seen_early = 0;
+        for (uint32_t y = 0; y < ny; y++)
+                for (uint32_t x = 0; x < nx; x++) {
+                        const bool obj = (y - 28.0) * (y - 28.0) + (x - 20.0) * (x - 20.0) < 36;
+                        roid_features f;
+                        memset(&f, 0, sizeof f);
+                        f.n_segments = ns;
+                        f.total = (obj ? 700 : 1000) + 30 * gauss();
+                        f.com_x = 50 + (obj ? 1 : 0.1) * gauss();
+                        f.com_y = 60 + (obj ? 1 : 0.1) * gauss();
+                        for (unsigned s = 0; s < ns; s++) {
+                                f.seg[s].sum = f.total / ns + 15 * gauss();
+                                f.seg[s].com_x = 50 + 10 * cos(s * M_PI / 2) + 0.2 * gauss();
+                                f.seg[s].com_y = 60 + 10 * sin(s * M_PI / 2) + 0.2 * gauss();
+                        }
+                        roid_roi_add(r, y, x, &f);
+                        /* the object's first row is 23: up to row 21 background only */
+                        if (y <= 21 && roid_roi_refits(r) > 0) {
+                                const uint8_t *on = roid_roi_online_mask(r);
+                                size_t in = 0;
+                                for (size_t i = 0; i <= (size_t)y * nx + x; i++)
+                                        in += on[i];
+                                worst_early = in > worst_early ? in : worst_early;
+                                seen_early = (size_t)y * nx + x + 1;
+                        }
+                }
+        tap_ok(seen_early > 800 && worst_early == 0,
+               "background only (first %zu points, refits every 16 frames): at most %zu points RoI online", seen_early,
+               worst_early);
+        roid_roi_finish(r);
+        const uint8_t *m = roid_roi_mask(r);
+        size_t obj_in = 0, obj_n = 0, far_in = 0, far_n = 0;
+        for (uint32_t y = 0; y < ny; y++)
+                for (uint32_t x = 0; x < nx; x++) {
+                        const double d2 = (y - 28.0) * (y - 28.0) + (x - 20.0) * (x - 20.0);
+                        if (d2 < 36)
+                                obj_n++, obj_in += m[y * nx + x];
+                        else if (d2 > 9 * 9)
+                                far_n++, far_in += m[y * nx + x];
+                }
+        tap_ok(obj_in * 10 >= obj_n * 9 && far_in * 100 <= far_n,
+               "finished: %zu of %zu object points RoI, %zu of %zu points 3 steps clear of it", obj_in, obj_n, far_in,
+               far_n);
+        /* the segments' CoMs saw no object: their modalities label nothing, and say so */
+        unsigned silent = 0;
+        for (unsigned k = 3; k < roid_roi_n_modalities(r); k += 2) {
+                const double *c = roid_roi_centres(r, k);
+                const uint8_t *lab = roid_roi_labels(r, k);
+                size_t n = 0;
+                for (size_t i = 0; i < (size_t)ny * nx; i++)
+                        n += lab[i] == 1;
+                silent += n == 0 && isnan(c[0]) && isnan(c[1]);
+        }
+        tap_ok(silent == ns, "%u of %u segment |CoM| modalities (no object there) label nothing, centres NaN", silent,
+               ns);
+        const double *c0 = roid_roi_centres(r, 0), *c1 = roid_roi_centres(r, 1);
+        tap_ok(c0[0] < c0[1] && c1[0] > c1[1], "T and |CoM| split: RoI-side centres %.3g (T), %.3g (|CoM|)", c0[0],
+               c1[0]);
+        roid_roi_free(r);
+}
+
 int main(void) {
         test_state_bytes();
         test_no_contrast();
+        test_significance();
         roid_roi_params p;
         roid_roi_params_default(&p);
         p.n_segments = S;
