@@ -246,9 +246,12 @@ static void on_status_timer(uv_timer_t *h) {
                 drain_pull(d);
 }
 
+/* Progress is work the analysis thread finished, not messages received: with
+ * queue_full = drop the loop goes on receiving (and dropping) while the
+ * workers or the analysis are stuck (found by review). */
 static void on_watchdog(uv_timer_t *h) {
         daemon_t *d = h->data;
-        uint64_t progress = roid_pipeline_progress(d->pl) + roid_counter_get(&d->ctr, ROID_C_messages_received);
+        const uint64_t progress = roid_pipeline_progress(d->pl);
         roid_notify_watchdog_tick(d->nf, progress, roid_pipeline_pending(d->pl), uv_now(&d->loop) / 1e3,
                                   d->cfg.watchdog_stall);
 }

@@ -358,13 +358,22 @@ class Service(unittest.TestCase):
     def test_watchdog_stops_when_stalled(self):
         """Workers stall (ROID_FAULT=stall-workers): with frames queued and no
         progress for [service] watchdog_stall = 1 s, WATCHDOG=1 stops."""
-        conf = BASE_CONF + "\n[service]\nwatchdog_stall = 1\n\n[pipeline]\nqueue_depth = 4\n"
+        self.watchdog_stall("wait", rate=0, frames=FRAMES)
+
+    def test_watchdog_stops_when_stalled_dropping(self):
+        """The same with queue_full = drop while the detector keeps sending:
+        the loop goes on receiving and dropping, which is no progress (the
+        messages received used to count as progress, and pings went on)."""
+        self.watchdog_stall("drop", rate=400, frames=100000)
+
+    def watchdog_stall(self, policy, rate, frames):
+        conf = BASE_CONF + f"\n[service]\nwatchdog_stall = 1\n\n[pipeline]\nqueue_depth = 4\nqueue_full = {policy}\n"
         d = self.start(conf, watchdog_usec=500000, env={"ROID_FAULT": "stall-workers"})
         self.ready(d)
         idle = [f for f in self.notify.drain(1.5) if f.get("WATCHDOG") == "1"]
         self.assertGreaterEqual(len(idle), 2, "pings while idle, before the stall")
         t0 = time.monotonic()
-        self.sim(d, 1, rate=0)
+        p = self.sim(d, 1, rate=rate, frames=frames)
         last, deadline, silent = time.monotonic(), time.monotonic() + 90, False
         while time.monotonic() < deadline and d.proc.poll() is None:
             m = self.notify.poll(0.1)
@@ -374,7 +383,9 @@ class Service(unittest.TestCase):
                 silent = True
                 break
         n = len(self.notify.since(t0, "WATCHDOG"))
-        self.assertTrue(silent, f"WATCHDOG=1 never stopped for > 2 s ({n} pings since the frames started)")
+        self.assertTrue(silent, f"{policy}: WATCHDOG=1 never stopped for > 2 s ({n} pings since the frames started)")
+        if policy == "drop":
+            self.assertIsNone(p.poll(), "the detector was still sending when the pings stopped")
         self.assertIsNone(d.proc.poll(), "the daemon keeps running; systemd is the one to restart it")
         self.assertIsNotNone(d.wait_stderr(r"watchdog", t0, 10), "the stall is logged")
 
