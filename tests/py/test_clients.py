@@ -13,9 +13,21 @@ per topic; the agent's suggest(5) and stop() agree with every scan_here the
 test also received (stable is reached during the scan with stable_refits = 1),
 and after the series suggest(5) equals the head of the final scan_here `next`
 and the control `ask` reply for n = 5, in push and in pull form; the agent's
-command line prints the same final points."""
+command line prints the same final points.
+
+Also, each without the phantom scan's daemon: tools/roid-map prints the results
+file of a fly scan with frames off the grid (index UINT32_MAX) point by point as
+the test derives it from the file's mask and on-grid index; roid-watch draws a
+map whose `clusters` is 255 at measured points not clustered yet (`counts` > 0)
+as measured, RoI ones as RoI, both in the terminal and in the PNG; roid-agent
+--once exits after the final update when the final scan_here is taken by the
+poll inside suggest() rather than by wait_update (a fake SUB socket makes that
+ordering certain)."""
+import contextlib
+import glob
 import importlib.machinery
 import importlib.util
+import io
 import json
 import os
 import select
@@ -27,6 +39,7 @@ import tempfile
 import time
 import zlib
 
+import h5py
 import msgpack
 import numpy as np
 import zmq
@@ -38,6 +51,7 @@ SIM = os.environ["ROID_SIM"]
 SRC = os.environ.get("ROID_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
 WATCH = os.path.join(SRC, "tools", "roid-watch")
 AGENT = os.path.join(SRC, "tools", "roid-agent")
+MAP = os.path.join(SRC, "tools", "roid-map")
 NY = NX = 32
 SCALE = 8
 TIMEOUT = 300  # the sanitizer build is slow
@@ -185,6 +199,183 @@ def wait_heard(procs, deadline):
     return not pending
 
 
+def check_map_off_grid(tmp):
+    """roid-map on a fly scan's results file in which some frames are off the grid (proto/results-file.md)."""
+    d = os.path.join(tmp, "fly")
+    os.mkdir(d)
+    ny, nx, outside = 12, 12, 5
+    det = f"tcp://127.0.0.1:{free_port()}"
+    roid = subprocess.Popen([ROID, "--detector", det, "--output-dir", d, "--series", "1", "--idle-timeout", "120"],
+                            stderr=subprocess.PIPE, text=True)
+    sim = subprocess.run([SIM, "--endpoint", det, "--source", "phantom:seed=3", "--shape", "64x64", "--dtype", "uint32",
+                          "--scan", f"{ny}x{nx},snake", "--image-user-data", '{"position":[0,0]}', "--fly",
+                          f"repeat=2,order=shuffle,jitter=0.3,outside={outside},seed=5", "--wait-connect", "20",
+                          "--quiet"], timeout=TIMEOUT)
+    rc, err = finish(roid, TIMEOUT)
+    files = glob.glob(os.path.join(d, "*.h5"))
+    check(sim.returncode == 0 and rc == 0 and len(files) == 1, f"fly scan: roid-sim, roid exit 0, {len(files)} file")
+    if len(files) != 1:
+        print(err[-3000:])
+        return
+    with h5py.File(files[0], "r") as f:
+        mask = f["/entry/roi/mask"][()].astype(bool)
+        index = f["/entry/scan/index"][()].astype(np.int64)
+    off = index[:, 0] == 0xFFFFFFFF
+    check(int(off.sum()) == outside and mask.shape == (ny, nx),
+          f"results file: {int(off.sum())} of {len(index)} frames off the grid (index UINT32_MAX)")
+    seen = np.zeros((ny, nx), bool)
+    seen[index[~off, 0], index[~off, 1]] = True
+    expect = ["".join(" " if not seen[r, c] else "#" if mask[r, c] else "." for c in range(nx)) for r in range(ny)]
+    p = subprocess.run([MAP, files[0]], capture_output=True, text=True, timeout=120)
+    lines = p.stdout.splitlines()
+    check(p.returncode == 0 and lines[:ny] == expect,
+          f"roid-map exits 0 (rc {p.returncode}) and prints the on-grid points: '#' RoI, '.' not, ' ' no frame"
+          + (f": {p.stderr.strip().splitlines()[-1]}" if p.stderr.strip() else ""))
+    check(len(lines) > ny and f"{len(index)} frames, {outside} off the grid, RoI: {int(mask.sum())} of" in lines[ny],
+          f"roid-map summary: {lines[ny] if len(lines) > ny else '(none)'}")
+
+
+def check_watch_unclustered(rw, tmp):
+    """roid-watch (text and PNG) on a map whose clusters are 255 at points measured since the last refit."""
+    ny, nx = 6, 10
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 4, (ny, nx)).astype(np.uint32)
+    counts[0, :] = 0  # not reached yet
+    counts[5, 7:] = 0
+    clusters = rng.integers(0, 3, (ny, nx)).astype(np.uint8)
+    clusters[3:, 4:] = 255  # measured after the last refit: not clustered yet
+    clusters[counts == 0] = 255
+    roi = np.zeros((ny, nx), np.uint8)
+    roi[2:5, 2:8] = 1  # part of it clustered, part not
+    fresh = (counts > 0) & (clusters == 255)
+    assert (fresh & (roi == 1)).sum() >= 4 and (fresh & (roi == 0)).sum() >= 4
+
+    def arr(a):
+        return {"dtype": a.dtype.name, "shape": list(a.shape), "data": a.astype(a.dtype.newbyteorder("<")).tobytes()}
+
+    ids = {"series_id": 4, "series_unique_id": "clients-unclustered"}
+    fmap = dict(ids, schema=1, seq=0, ny=ny, nx=nx, frames=int(counts.sum()), final=True, k=3, roi=arr(roi),
+                clusters=arr(clusters), counts=arr(counts), origin=[0.0, 0.0], step=[1.0, 1.0], units="")
+    fsh = dict(ids, schema=1, seq=0, final=True, stable=False, frames=int(counts.sum()), updates=1, next=[], boxes=[])
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub.bind(ep)
+    png = os.path.join(tmp, "unclustered.png")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    procs = [subprocess.Popen([WATCH, ep, "--once", "--no-color", "--timeout", "60"] + extra, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+             for extra in ([], ["--png", png, "--scale", str(SCALE)])]
+    pending = {p.stderr: p for p in procs}
+    deadline, seq = time.monotonic() + 60, 0
+    while pending and time.monotonic() < deadline:  # status until both hear (past the slow-joiner window)
+        pub.send_multipart([b"status", msgpack.packb({"schema": 1, "seq": seq})])
+        seq += 1
+        ready, _, _ = select.select(list(pending), [], [], 0.1)
+        for f in ready:
+            line = f.readline()
+            if "receiving from" in line or not line:
+                del pending[f]
+    pub.send_multipart([b"map", msgpack.packb(fmap)])
+    pub.send_multipart([b"scan_here", msgpack.packb(fsh)])
+    try:
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        outs = ["", ""]
+    pub.close()
+    rcs = [p.returncode for p in procs]
+    check(not pending and rcs == [0, 0], f"roid-watch, roid-watch --png on the hand-made map exit 0: {rcs}")
+
+    lines = outs[0].splitlines()
+    heads = [i for i, l in enumerate(lines) if l.startswith("series ")]
+    grid = lines[heads[-1] + 1:heads[-1] + 1 + ny] if heads else []
+    expect = ["".join(" " if counts[r, c] == 0 else "#" if roi[r, c] else
+                      rw.UNCLUSTERED_CHAR if clusters[r, c] == 255 else "0123456789"[clusters[r, c]]
+                      for c in range(nx)) for r in range(ny)]
+    n_hash = sum(l.count("#") for l in grid)
+    check(n_hash == int(roi.sum()) and grid == expect and rw.UNCLUSTERED_CHAR not in " #0123456789",
+          f"terminal: {n_hash} '#' for {int(roi.sum())} RoI points ({int((fresh & (roi == 1)).sum())} not clustered "
+          f"yet), ' ' only where counts is 0, '{rw.UNCLUSTERED_CHAR}' at unclustered points outside the RoI")
+
+    w, h, img, problems = read_png(png) if os.path.exists(png) else (0, 0, None, ["no PNG"])
+    check(img is not None and not problems and (w, h) == (nx * SCALE, ny * SCALE), f"PNG {w} x {h} parses")
+    if img is None:
+        return
+    cells = img.reshape(ny, SCALE, nx, SCALE, 3).transpose(0, 2, 1, 3, 4)
+    centre = cells[:, :, SCALE // 2, SCALE // 2].astype(int)
+    black = np.all(cells == 0, axis=(2, 3, 4))
+    bright = centre.max(axis=2) > 110
+    check(np.array_equal(black, counts == 0), f"PNG: black exactly where counts is 0 ({int(black.sum())} points)")
+    check(np.array_equal(bright, roi.astype(bool)),
+          f"PNG: full brightness exactly on the RoI, unclustered RoI points included ({int(bright.sum())} points)")
+    fresh_cols = {tuple(centre[r, c]) for r, c in zip(*np.nonzero(fresh & (roi == 1)))}
+    labelled = {tuple(centre[r, c]) for r, c in zip(*np.nonzero((clusters != 255) & (roi == 1)))}
+    check(len(fresh_cols) == 1 and not fresh_cols & (labelled | {(0, 0, 0)}),
+          f"PNG: unclustered RoI points in one colour of their own {sorted(fresh_cols)}")
+
+
+class FakeSub:
+    """Stands in for the agent's SUB socket: holds back the next batch of messages until a poll has found the
+    socket empty, so that they arrive between two polls (here: after wait_update's, before suggest's)."""
+
+    def __init__(self, batches):
+        self.queue, self.later, self.drained = [], list(batches), True
+
+    def poll(self, timeout=0):
+        if not self.queue and self.drained and self.later:
+            self.queue, self.drained = list(self.later.pop(0)), False
+        if self.queue:
+            return True
+        self.drained = True
+        time.sleep(min(timeout, 50) / 1000)
+        return False
+
+    def recv_multipart(self):
+        return self.queue.pop(0)
+
+    def close(self):
+        pass
+
+
+def check_agent_final_in_suggest():
+    """roid-agent --once when the final scan_here comes in between wait_update's poll and suggest's."""
+    ra = load(AGENT, "roid_agent_fed")  # its own copy: RoidAgent is replaced below
+    base = {"schema": 1, "series_id": 2, "series_unique_id": "clients-agent", "stable": False, "motor": False,
+            "units": "", "boxes": []}
+    first = dict(base, seq=0, final=False, frames=10, updates=1, next=[{"x": 1, "y": 2}, {"x": 3, "y": 4}])
+    last = dict(base, seq=1, final=True, frames=20, updates=2, next=[{"x": 5, "y": 6}, {"x": 7, "y": 8}])
+    batches = [[[b"scan_here", msgpack.packb(first)]], [[b"scan_here", msgpack.packb(last)]]]
+    real = ra.RoidAgent
+
+    class Fed(real):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.sub.close()
+            self.sub = FakeSub(batches)
+
+    ep = f"tcp://127.0.0.1:{free_port()}"  # never bound: the fake socket replaces the connection
+    probe = Fed(publish=ep)
+    fb = probe.wait_update(5.0)
+    pts = probe.suggest(2)
+    check(fb is not None and not fb["final"] and probe.latest["final"] and pts == [(5, 6), (7, 8)],
+          "agent: wait_update returns the first update, the poll in suggest() takes the final one")
+    ra.RoidAgent = Fed
+    out, argv = io.StringIO(), sys.argv
+    t0 = time.monotonic()
+    try:
+        sys.argv = ["roid-agent", "--publish", ep, "--n", "2", "--once", "--timeout", "3"]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            rc = ra.main()
+    finally:
+        sys.argv = argv
+    lines = [json.loads(l) for l in out.getvalue().splitlines() if l.startswith("{")]
+    check(rc == 0 and lines and lines[-1]["final"] and lines[-1]["points"] == [[5, 6], [7, 8]],
+          f"roid-agent --once exits 0 after printing the final points taken by suggest() (rc {rc}, "
+          f"{len(lines)} lines, {time.monotonic() - t0:.1f} s)")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="roid-clients-")
     det, pub, ctl_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
@@ -198,6 +389,9 @@ def main():
     ctx = zmq.Context.instance()
     ra = load(AGENT, "roid_agent")
     rw = load(WATCH, "roid_watch")
+    check_map_off_grid(tmp)
+    check_watch_unclustered(rw, tmp)
+    check_agent_final_in_suggest()
 
     # roid-watch reports seq gaps per topic.
     t = rw.SeqTracker()
