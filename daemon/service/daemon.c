@@ -356,19 +356,34 @@ static void reload(daemon_t *d) {
 
 static void on_signal(uv_signal_t *h, int sig) {
         daemon_t *d = h->data;
+        const char *name = sig == SIGHUP ? "SIGHUP" : sig == SIGTERM ? "SIGTERM" : "SIGINT";
+        if (d->stopping) {
+                roid_log(ROID_LOG_NOTICE, "%s received while stopping: ignored (queued work is being finished)", name);
+                return;
+        }
         if (sig == SIGHUP) {
                 reload(d);
                 return;
         }
-        roid_log(ROID_LOG_NOTICE, "%s received: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        roid_log(ROID_LOG_NOTICE, "%s received: stopping", name);
         stop(d, NULL);
 }
 
-/* Closes every handle but `keep` (the wake-up, which workers may still
- * signal until they are joined; it is unreferenced so the loop can end). */
-static void close_walk(uv_handle_t *h, void *keep) {
-        if (h != keep && !uv_is_closing(h))
-                uv_close(h, NULL);
+/* While stopping, every handle but the wake-up (which workers may still
+ * signal until they are joined) and the signal handles closes.  The signal
+ * handles stay until the queued work is finished: closing them puts back the
+ * default actions, and a SIGHUP (systemctl reload) or a second SIGTERM in that
+ * time killed roid with its results file half written (found by review).
+ * Those kept are unreferenced so that the loop can end. */
+static void close_walk(uv_handle_t *h, void *arg) {
+        const daemon_t *d = arg;
+        if (uv_is_closing(h))
+                return;
+        if (d && (h == (const uv_handle_t *)&d->wake || h->type == UV_SIGNAL)) {
+                uv_unref(h);
+                return;
+        }
+        uv_close(h, NULL);
 }
 
 static void stop(daemon_t *d, const char *why) {
@@ -378,7 +393,7 @@ static void stop(daemon_t *d, const char *why) {
         if (why)
                 roid_log(ROID_LOG_NOTICE, "stopping: %s", why);
         roid_notify_stopping(d->nf);
-        uv_walk(&d->loop, close_walk, &d->wake);
+        uv_walk(&d->loop, close_walk, d);
 }
 
 /* ------------------------------------------------------------ setup */
@@ -499,7 +514,13 @@ out:
         roid_control_free(d->ctl);
         roid_zsource_free(d->src);
         d->stopping = true;
-        uv_walk(&d->loop, close_walk, NULL); /* the workers are joined: the wake-up goes too */
+        /* Signals that came meanwhile: logged as ignored (a loop with no
+         * referenced handle would not look at them). */
+        if (d->sig_term.loop) { /* not on a failed start */
+                uv_ref((uv_handle_t *)&d->sig_term);
+                uv_run(&d->loop, UV_RUN_NOWAIT);
+        }
+        uv_walk(&d->loop, close_walk, NULL); /* the workers are joined: the wake-up and signals go too */
         uv_run(&d->loop, UV_RUN_DEFAULT);
         uv_loop_close(&d->loop);
         roid_notify_free(d->nf);

@@ -144,7 +144,7 @@ struct roid_pipeline {
         roid_publisher *pub;
         roid_writer *writer;
         _Atomic uint64_t progress;
-        bool fault_stall;
+        bool fault_stall, fault_slow;
         pthread_mutex_t stall_lock;
         pthread_cond_t stall_cond;
         _Atomic bool stopping;
@@ -415,6 +415,10 @@ static void *worker_main(void *arg) {
                         pl->wake(pl->wake_ctx);
                 if (pl->fault_stall && frames)
                         fault_stall(pl);
+                if (pl->fault_slow && frames) {
+                        const uint64_t ns = (uint64_t)n * 5000000u;
+                        nanosleep(&(struct timespec){(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)}, NULL);
+                }
         }
         return NULL;
 }
@@ -1159,8 +1163,11 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
         pthread_cond_init(&pl->stall_cond, NULL);
         const char *fault = getenv("ROID_FAULT");
         pl->fault_stall = fault && strcmp(fault, "stall-workers") == 0;
+        pl->fault_slow = fault && strcmp(fault, "slow-workers") == 0;
         if (pl->fault_stall)
                 roid_log(ROID_LOG_WARNING, "fault injection: workers stall after their first frame (ROID_FAULT)");
+        if (pl->fault_slow)
+                roid_log(ROID_LOG_WARNING, "fault injection: workers take 5 ms more per frame (ROID_FAULT)");
         pl->t_start = pl->last_status_t = now_mono();
         pl->map_iv_eff = pl->snap_map_iv = NAN;
         /* The most any series may ask for: next_points changes with set and SIGHUP (128 KB). */

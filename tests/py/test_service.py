@@ -418,6 +418,41 @@ class Service(unittest.TestCase):
         self.assertEqual(rows, ids)
         self.assertLessEqual(rows, FRAMES)
 
+    def test_signals_while_stopping(self):
+        """SIGHUP and a second SIGTERM while roid finishes its queued work
+        after SIGTERM are logged and ignored: it exits 0 with the results
+        file complete.  (stop() used to close the signal handles at once,
+        which put back the default actions: a reload in that time killed
+        roid with the file half written.)"""
+        conf = BASE_CONF + "\n[pipeline]\nqueue_depth = 64\nworkers = 1\n"
+        d = self.start(conf, env={"ROID_FAULT": "slow-workers"})  # 5 ms more a frame: 64 queued take 0.3 s
+        self.ready(d)
+        self.sim(d, 1, rate=0)
+        m = self.notify.wait(lambda f: (frames_analysed(f.get("STATUS", "")) or 0) >= 10, 120)
+        self.assertIsNotNone(m, "no STATUS= with frames analysed")
+        t = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        d.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.05)
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = d.proc.wait(60 * SLOW)
+        except subprocess.TimeoutExpired:
+            rc = None
+        note(f"SIGTERM, SIGHUP and SIGTERM 50 ms apart: exit {rc} after {time.monotonic() - t:.2f} s")
+        self.assertEqual(rc, 0, "\n".join(d.stderr()))
+        self.assertIsNotNone(d.wait_stderr(r"SIGHUP received while stopping: ignored", t, 5), "\n".join(d.stderr()))
+        files = glob.glob(os.path.join(d.out, "roid_*.h5"))
+        self.assertEqual(len(files), 1, files)
+        rows, ids, _ = read_results(files[0], timeout=0)
+        with h5py.File(files[0], "r") as f:
+            complete = f["/entry/counters"].attrs.get("complete")
+            final = f["/entry/roi/final"][()]
+        note(f"results file: {rows} rows, complete {complete}, final {final}")
+        self.assertEqual((rows, complete, final), (ids, 1, 1))
+        self.assertGreater(rows, 10)
+
     def series_segments(self, d, z, series_id):
         before = set(glob.glob(os.path.join(d.out, "roid_*.h5")))
         p = self.sim(d, series_id)
