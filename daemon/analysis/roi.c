@@ -28,10 +28,16 @@ struct roid_roi {
         uint32_t *seen_list, n_seen;   /* points with a frame, in arrival order */
         uint32_t *dirty, n_dirty;      /* points with a frame since the last refit */
         uint8_t *mark;                 /* 1: in dirty; 2: compute_maps' neighbourhood set */
-        double *acc_t, *acc_x, *acc_y; /* per channel and point: sums over its frames */
+        double *acc_t, *acc_x, *acc_y; /* per channel and point: sums over its frames (x, y: those in ncom) */
+        /* Per channel and point: the frames whose region (the frame, a
+         * segment) had counts.  An empty region's CoM is the beam centre
+         * (features.h), no measurement: far from a segment's usual CoM, it
+         * stood out in every |CoM| map, so such a frame gives its channel no
+         * CoM (neither to the point's mean nor to st[]); T counts it. */
+        uint32_t *ncom;
         double *acc_bf, *acc_df;
         double *lbd;                   /* 2 per point: log1p of the mean BF and DF (general clustering) */
-        roid_running_stats st[MAX_CH]; /* CoM (x, y) per channel over all frames */
+        roid_running_stats st[MAX_CH]; /* CoM (x, y) per channel over the frames in ncom */
 
         double *raw, *filt; /* nmod * np */
         uint8_t *lab, *lab_online;
@@ -65,6 +71,7 @@ struct roid_roi {
         X(acc_t, (uint64_t)(r)->nch *(r)->np * sizeof(double))                                                         \
         X(acc_x, (uint64_t)(r)->nch *(r)->np * sizeof(double))                                                         \
         X(acc_y, (uint64_t)(r)->nch *(r)->np * sizeof(double))                                                         \
+        X(ncom, (uint64_t)(r)->nch *(r)->np * sizeof(uint32_t))                                                        \
         X(acc_bf, (uint64_t)(r)->np * sizeof(double))                                                                  \
         X(acc_df, (uint64_t)(r)->np * sizeof(double))                                                                  \
         X(lbd, (uint64_t)2 * (r)->np * sizeof(double))                                                                 \
@@ -221,6 +228,7 @@ void roid_roi_free(roid_roi *r) {
         free(r->acc_t);
         free(r->acc_x);
         free(r->acc_y);
+        free(r->ncom);
         free(r->acc_bf);
         free(r->acc_df);
         free(r->lbd);
@@ -315,7 +323,9 @@ static void zstats(const roid_roi *r, zstat *ret) {
 
 /* Unfiltered values at seen point i, out[m * stride] for modality m: mean
  * T (even m), and the magnitude of the point's mean CoM standardised with the
- * scan-wide statistics, eq. 2 (odd m). */
+ * scan-wide statistics, eq. 2 (odd m); both means over the frames that give
+ * one (T: all; CoM: ncom).  A point none of whose frames gave a channel a CoM
+ * has |CoM| 0, at the scan's mean: seen, neutral, not NaN. */
 static void raw_totals(const roid_roi *r, size_t i, double *out, size_t stride) {
         double inv = 1.0 / r->cnt[i];
         for (unsigned c = 0; c < r->nch; c++)
@@ -323,9 +333,13 @@ static void raw_totals(const roid_roi *r, size_t i, double *out, size_t stride) 
 }
 
 static void raw_coms(const roid_roi *r, const zstat *z, size_t i, double *out, size_t stride) {
-        double inv = 1.0 / r->cnt[i];
         for (unsigned c = 0; c < r->nch; c++) {
                 size_t k = (size_t)c * r->np + i;
+                if (!r->ncom[k]) {
+                        out[(2 * c + 1) * stride] = 0;
+                        continue;
+                }
+                double inv = 1.0 / r->ncom[k];
                 double a = (r->acc_x[k] * inv - z[c].mean[0]) * z[c].isd[0];
                 double b = (r->acc_y[k] * inv - z[c].mean[1]) * z[c].isd[1];
                 out[(2 * c + 1) * stride] = sqrt(a * a + b * b);
@@ -654,8 +668,11 @@ int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f
                 double y = c == 0 ? f->com_y : f->seg[c - 1].com_y;
                 size_t k = (size_t)c * r->np + i;
                 r->acc_t[k] += t;
+                if (t == 0) /* empty: its CoM is the beam centre (or NaN), no measurement */
+                        continue;
                 r->acc_x[k] += x;
                 r->acc_y[k] += y;
+                r->ncom[k]++;
                 roid_running_stats_update(&r->st[c], (const double[2]){x, y});
         }
         r->acc_bf[i] += f->bf;

@@ -28,14 +28,25 @@
  *
  * Several frames on one point (fly scans binned to the grid) are averaged.
  *
+ * Empty regions.  A frame whose region (the whole frame, or a segment) has no
+ * counts (a dark frame: shutter closed, beam off; a segment without photons)
+ * reports the beam centre as that region's CoM (features.h): not a
+ * measurement, and for a segment 16-25 deviations from its usual CoM (on the
+ * phantom), an outlier in every |CoM| map.  Such a frame gives that channel
+ * no CoM: it is left out of the channel's scan-wide statistics and of the
+ * point's mean CoM (a count per channel and point of the frames that gave
+ * one).  A point none of whose frames gave one has |CoM| 0 there (at the
+ * scan's mean: seen, neutral, not NaN).  T counts every frame.
+ *
  * The clustering is kmeans.h's: per modality a two-centre roid_kmeans on the
  * line (roid_kmeans_step with decay 0.5, roid_kmeans_refine at the end), the
  * general map a roid_kmeans over D dimensions (partial_fit on at most 1024
  * sampled points per refit); the CoM statistics are roid_running_stats.
  *
- * Memory: allocated once in roid_roi_new, about 8 * (3C + 2M + D + 6) + 3M + 19 bytes
- * per point (C = 1 + S for S > 1, else 1; M = 2C; D = M + 2); nothing is
- * allocated per frame or per refit.
+ * Memory: allocated once in roid_roi_new, 8 * (3C + 2M + D + 5) + 4C + 2M + 26
+ * bytes per point (C = 1 + S for S > 1, else 1; M = 2C; D = M, + 1 each for
+ * BF and DF), = 80C + 8(D - M) + 66: 786 bytes at 8 segments, 3346 at 40; plus
+ * a fixed 8 KB a dimension of D; nothing is allocated per frame or per refit.
  *
  * Ownership: the caller owns the roid_roi; accessor pointers stay valid until
  * roid_roi_free.  Threads: one thread at a time.
@@ -79,13 +90,13 @@ void roid_roi_params_default(roid_roi_params *p);
 int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err);
 void roid_roi_free(roid_roi *r);
 /* What roid_roi_new allocates for a grid, but for a few KB of clustering
- * state (about 0.75 KB a point at 8 segments, 3.2 KB at 40), and the maps of
- * p->map_copies snapshots (0.33 KB a point at 8 segments, 1.3 KB at 40 each:
+ * state (786 bytes a point at 8 segments, 3346 at 40), and the maps of
+ * p->map_copies snapshots (332 bytes a point at 8 segments, 1484 at 40 each:
  * a clone kept fresh by roid_roi_copy_maps touches no more). */
 uint64_t roid_roi_state_bytes(const roid_roi_params *p, uint32_t ny, uint32_t nx);
 /* A snapshot for another thread: clone_maps allocates a copy of what the
  * accessors below return (counts, maps, labels, masks, centres, centroids;
- * about 45 % of the state), copy_maps refreshes it without allocating
+ * about 43 % of the state), copy_maps refreshes it without allocating
  * (-EINVAL unless of the same grid and parameters).  A snapshot can be read
  * but not fed, refitted or finished (roid_roi_add -EINVAL, refit and finish
  * do nothing).  roid_roi_copy copies a whole state into another whole state
@@ -118,7 +129,8 @@ const char *roid_roi_modality_name(const roid_roi *r, unsigned m, int *ret_segme
 /* Frames per point (ny * nx). */
 const uint32_t *roid_roi_counts(const roid_roi *r);
 /* Unfiltered map of modality m as of the last refit: mean T, or |CoM|
- * standardised with the scan-wide statistics (NaN = unseen). */
+ * standardised with the scan-wide statistics (NaN = unseen; |CoM| 0 where no
+ * frame of the point had counts in the region, see Empty regions above). */
 const double *roid_roi_raw_map(const roid_roi *r, unsigned m);
 /* Filtered log map of modality m as of the last refit (NaN = unseen). */
 const double *roid_roi_filtered(const roid_roi *r, unsigned m);

@@ -136,7 +136,7 @@ typedef struct {
         X("limits", "max_images", NULL, "N", "100000000", K_INT, limits.max_images, 1, 1e12, 0,                        \
           "largest image count or image_id of a series, 1..1000000000000")                                             \
         X("limits", "max_analysis_bytes", NULL, "BYTES", "0", K_SIZE, limits.max_analysis_bytes, 0, 1024 * GiB,        \
-          F_STATE, "largest RoI state of one series (1.75 KB a scan point at 8 segments), 0 = half the memory, 0..1T") \
+          F_STATE, "largest RoI state of one series (1.78 KB a scan point at 8 segments), 0 = half the memory, 0..1T") \
         X("limits", "max_depth", NULL, "N", "32", K_INT, limits.max_depth, 1, 256, F_DEPTH,                            \
           "deepest CBOR / JSON nesting accepted, 1..256")                                                              \
         X("limits", "max_request_bytes", NULL, "BYTES", "64K", K_SIZE, max_request_bytes, 64, 16 * 1024 * 1024, 0,     \

@@ -6,7 +6,11 @@
  * filtered maps of every modality equal what the definitions give when
  * computed here from the frames fed, in plain loops: mean T and mean CoM per
  * point, CoM standardised with the population mean and deviation over all
- * frames (eq. 2), 3x3 mean over the seen neighbours, log (floor 1e-12). */
+ * frames (eq. 2), 3x3 mean over the seen neighbours, log (floor 1e-12).  A
+ * region (the frame, a segment) with no counts in a frame has the beam centre
+ * as its CoM (features.h); that frame gives the channel no CoM: it is left out
+ * of the channel's statistics and of the point's mean, and a point none of
+ * whose frames gave one has |CoM| 0. */
 #include "tap.h"
 
 #include <errno.h>
@@ -32,15 +36,31 @@ static double unif(void) {
         return (double)(rng >> 11) / 9007199254740992.0;
 }
 
-/* Per channel c (0 = whole frame, 1 + s = segment s) and point. */
+/* Per channel c (0 = whole frame, 1 + s = segment s) and point; ncom: the
+ * frames whose region had counts, which alone give a CoM. */
 static double sum_t[NC][NY * NX], sum_x[NC][NY * NX], sum_y[NC][NY * NX];
-static unsigned cnt[NY * NX];
-/* Every frame's CoM per channel, for the scan-wide statistics. */
+static unsigned cnt[NY * NX], ncom[NC][NY * NX];
+/* Every CoM-giving frame's CoM per channel, for the scan-wide statistics. */
 #define MAXF 4096
 static double fx[NC][MAXF], fy[NC][MAXF];
-static unsigned nf;
+static unsigned nf, nfc[NC];
 
-static void feed(roid_roi *r, uint32_t y, uint32_t x) {
+static void reset_model(void) {
+        memset(sum_t, 0, sizeof sum_t), memset(sum_x, 0, sizeof sum_x), memset(sum_y, 0, sizeof sum_y);
+        memset(cnt, 0, sizeof cnt), memset(ncom, 0, sizeof ncom), memset(nfc, 0, sizeof nfc);
+        nf = 0;
+}
+
+/* The beam centre, where features.c puts the CoM of an empty region: far
+ * from every CoM fed here (tens of deviations). */
+#define BEAM_X 64.0
+#define BEAM_Y 64.0
+#define DARK   ((1u << S) - 1) /* every segment empty, so T = 0: a dark frame */
+
+/* A frame at (y, x); bit s of `empty`: segment s has no counts (sum 0, CoM
+ * at the beam centre), and with every bit the whole frame is dark.  The
+ * random draws are the same whatever `empty` is. */
+static void feed_empty(roid_roi *r, uint32_t y, uint32_t x, unsigned empty) {
         roid_features f;
         memset(&f, 0, sizeof f);
         f.n_segments = S;
@@ -53,9 +73,19 @@ static void feed(roid_roi *r, uint32_t y, uint32_t x) {
                 f.seg[s].sum = t / S * (0.8 + 0.4 * unif());
                 f.seg[s].com_x = 50 + 2 * unif();
                 f.seg[s].com_y = 60 + 2 * unif();
+                if (empty >> s & 1) {
+                        f.seg[s].sum = 0;
+                        f.seg[s].com_x = BEAM_X;
+                        f.seg[s].com_y = BEAM_Y;
+                }
         }
-        f.bf = 0.6 * t;
-        f.df = 0.1 * t;
+        if (empty == DARK) {
+                f.total = 0;
+                f.com_x = BEAM_X;
+                f.com_y = BEAM_Y;
+        }
+        f.bf = 0.6 * f.total;
+        f.df = 0.1 * f.total;
         roid_roi_add(r, y, x, &f);
         size_t i = (size_t)y * NX + x;
         cnt[i]++;
@@ -63,12 +93,20 @@ static void feed(roid_roi *r, uint32_t y, uint32_t x) {
                 double tt = c ? f.seg[c - 1].sum : f.total;
                 double xx = c ? f.seg[c - 1].com_x : f.com_x, yy = c ? f.seg[c - 1].com_y : f.com_y;
                 sum_t[c][i] += tt;
+                if (tt == 0)
+                        continue;
                 sum_x[c][i] += xx;
                 sum_y[c][i] += yy;
-                fx[c][nf] = xx;
-                fy[c][nf] = yy;
+                ncom[c][i]++;
+                fx[c][nfc[c]] = xx;
+                fy[c][nfc[c]] = yy;
+                nfc[c]++;
         }
         nf++;
+}
+
+static void feed(roid_roi *r, uint32_t y, uint32_t x) {
+        feed_empty(r, y, x, 0);
 }
 
 static void stats(const double *v, unsigned n, double *ret_mean, double *ret_sd) {
@@ -82,6 +120,15 @@ static void stats(const double *v, unsigned n, double *ret_mean, double *ret_sd)
         *ret_sd = sqrt(q / n);
 }
 
+/* |CoM| of channel c at point i standardised (eq. 2): the mean over the
+ * frames that gave a CoM; 0 when none did. */
+static double com_mag(unsigned c, size_t i, double mx, double sx, double my, double sy) {
+        if (!ncom[c][i])
+                return 0;
+        double a = (sum_x[c][i] / ncom[c][i] - mx) / sx, b = (sum_y[c][i] / ncom[c][i] - my) / sy;
+        return sqrt(a * a + b * b);
+}
+
 /* The online label of the frame just fed at point i, from the definition:
  * per modality the point's raw value (as check_maps computes it), its log,
  * RoI when nearer the RoI-side centre; returns how many modalities differ
@@ -90,10 +137,9 @@ static unsigned check_frame_labels(const roid_roi *r, size_t i) {
         unsigned bad = 0;
         for (unsigned c = 0; c < NC; c++) {
                 double mx, sx, my, sy;
-                stats(fx[c], nf, &mx, &sx);
-                stats(fy[c], nf, &my, &sy);
-                double a = (sum_x[c][i] / cnt[i] - mx) / sx, b = (sum_y[c][i] / cnt[i] - my) / sy;
-                const double raw[2] = {sum_t[c][i] / cnt[i], sqrt(a * a + b * b)};
+                stats(fx[c], nfc[c], &mx, &sx);
+                stats(fy[c], nfc[c], &my, &sy);
+                const double raw[2] = {sum_t[c][i] / cnt[i], com_mag(c, i, mx, sx, my, sy)};
                 for (unsigned k = 0; k < 2; k++) {
                         const unsigned m = 2 * c + k;
                         const double *cen = roid_roi_centres(r, m); /* [RoI side, other] */
@@ -114,14 +160,13 @@ static double check_maps(const roid_roi *r, unsigned *ret_bad_nan) {
         unsigned bad = 0;
         for (unsigned c = 0; c < NC; c++) {
                 double mx, sx, my, sy;
-                stats(fx[c], nf, &mx, &sx);
-                stats(fy[c], nf, &my, &sy);
+                stats(fx[c], nfc[c], &mx, &sx);
+                stats(fy[c], nfc[c], &my, &sy);
                 for (size_t i = 0; i < NY * NX; i++) {
                         if (!cnt[i])
                                 continue;
                         raw[2 * c][i] = sum_t[c][i] / cnt[i];
-                        double a = (sum_x[c][i] / cnt[i] - mx) / sx, b = (sum_y[c][i] / cnt[i] - my) / sy;
-                        raw[2 * c + 1][i] = sqrt(a * a + b * b);
+                        raw[2 * c + 1][i] = com_mag(c, i, mx, sx, my, sy);
                 }
         }
         for (unsigned m = 0; m < 2 * NC; m++) {
@@ -424,7 +469,151 @@ static void test_significance(void) {
         roid_roi_free(r);
 }
 
+/* Dark frames (shutter closed, beam off: T = 0, every segment empty, every
+ * CoM at the beam centre, tens of deviations from the scan's) at five
+ * background points far from the object.  Their CoMs used to enter the
+ * scan-wide statistics and the points' means: each dark point stood out in
+ * every |CoM| modality, the 3 x 3 filter spread it over its neighbours, and
+ * the RoI gained them (found by review).  Now the scan's final mask is the
+ * same as without the dark frames, and its maps are the definitions' with the
+ * dark frames' CoMs left out. */
+static const uint32_t dark_pts[][2] = {{1, 2}, {3, 27}, {20, 3}, {19, 26}, {0, 15}};
+
+static roid_roi *dark_scan(bool dark) {
+        roid_roi_params p;
+        roid_roi_params_default(&p);
+        p.n_segments = S;
+        p.cadence = 16;
+        roid_roi *r = NULL;
+        roid_err err;
+        if (roid_roi_new(&p, NY, NX, &r, &err) < 0)
+                return NULL;
+        rng = 0x9E3779B97F4A7C15ull;
+        reset_model();
+        for (uint32_t y = 0; y < NY; y++)
+                for (uint32_t x = 0; x < NX; x++) {
+                        unsigned e = 0;
+                        for (size_t k = 0; dark && k < sizeof dark_pts / sizeof *dark_pts; k++)
+                                e = dark_pts[k][0] == y && dark_pts[k][1] == x ? DARK : e;
+                        feed_empty(r, y, x, e);
+                }
+        roid_roi_finish(r);
+        return r;
+}
+
+static void test_dark_frames(void) {
+        roid_roi *clean = dark_scan(false);
+        roid_roi *dark = dark_scan(true); /* last: the model's sums are the dark scan's */
+        if (!tap_ok(clean && dark, "two 23 x 31 scans"))
+                goto out;
+        unsigned b;
+        const double worst = check_maps(dark, &b);
+        tap_ok(worst < 1e-9 && b == 0,
+               "dark frames: the maps are the definitions' with their CoMs left out (worst difference %.3g)", worst);
+        const uint8_t *mc = roid_roi_mask(clean), *md = roid_roi_mask(dark);
+        size_t nc = 0, nd = 0, obj = 0, nobj = 0, near = 0, moved = 0, edge = 0;
+        for (size_t i = 0; i < NY * NX; i++) {
+                const int y = (int)(i / NX), x = (int)(i % NX);
+                const bool o = (y - 11) * (y - 11) + (x - 14) * (x - 14) < 40;
+                nc += mc[i], nd += md[i], nobj += o, obj += mc[i] && o;
+                if (mc[i] == md[i])
+                        continue;
+                bool by_dark = false;
+                for (size_t k = 0; k < sizeof dark_pts / sizeof *dark_pts; k++)
+                        by_dark |= abs(y - (int)dark_pts[k][0]) <= 1 && abs(x - (int)dark_pts[k][1]) <= 1;
+                /* Elsewhere a point may flip only by sitting at a cut: the
+                 * dark points' own values (T 0, |CoM| 0) move the centres by
+                 * a hair.  Every modality whose label differs must hold it
+                 * within 0.02 (log units) of the midpoint of its centres. */
+                bool at_cut = true;
+                for (unsigned m = 0; m < 2 * NC; m++) {
+                        if (roid_roi_labels(clean, m)[i] == roid_roi_labels(dark, m)[i])
+                                continue;
+                        const double *cc = roid_roi_centres(clean, m), *cd = roid_roi_centres(dark, m);
+                        const double dc = fabs(roid_roi_filtered(clean, m)[i] - 0.5 * (cc[0] + cc[1]));
+                        const double dd = fabs(roid_roi_filtered(dark, m)[i] - 0.5 * (cd[0] + cd[1]));
+                        at_cut &= fmin(dc, dd) < 0.02; /* false when either side labels nothing (NaN) */
+                }
+                near += by_dark;
+                moved += !by_dark && !at_cut;
+                edge += !by_dark && at_cut;
+        }
+        tap_ok(obj == nobj && nc < 2 * nobj, "clean scan: RoI %zu points, all %zu object points among them", nc, nobj);
+        tap_ok(near == 0 && moved == 0 && edge <= 2,
+               "%zu dark frames add no RoI point: %zu points with them, %zu without; %zu differ in their 3 x 3 "
+               "neighbourhoods, %zu elsewhere, %zu more at a cut",
+               sizeof dark_pts / sizeof *dark_pts, nd, nc, near, moved, edge);
+out:
+        roid_roi_free(clean);
+        roid_roi_free(dark);
+}
+
+/* Regions empty in some frames only: segment 1 empty at every fifth point
+ * and in the second frame of revisited points (so empty in one frame of two,
+ * or in both), segment 3 at every seventh; point (7, 5) has only dark frames,
+ * point (15, 20) one dark frame and one lit.  After every refit the maps are
+ * the definitions': a channel's |CoM| is the mean over the frames whose region
+ * had counts, standardised over those frames only, 0 (not NaN) at a point
+ * where none had; T counts every frame. */
+static void test_empty_regions(void) {
+        roid_roi_params p;
+        roid_roi_params_default(&p);
+        p.n_segments = S;
+        p.cadence = 0;
+        roid_roi *r = NULL;
+        roid_err err;
+        if (!tap_ok(roid_roi_new(&p, NY, NX, &r, &err) == 0, "state for empty regions"))
+                return;
+        reset_model();
+        double worst = 0;
+        unsigned bad_nan = 0, refits = 0;
+        for (uint32_t y = 0; y < NY; y++)
+                for (uint32_t x = 0; x < NX; x++) {
+                        const size_t i = (size_t)y * NX + x;
+                        const bool dark = (y == 7 && x == 5) || (y == 15 && x == 20);
+                        feed_empty(r, y, x, dark ? DARK : (i % 5 == 0 ? 1u << 1 : 0) | (i % 7 == 0 ? 1u << 3 : 0));
+                        if (y == 7 && x == 5)
+                                feed_empty(r, y, x, DARK);
+                        else if (x % 6 == 2 || (y == 15 && x == 20))
+                                feed_empty(r, y, x, 1u << 1);
+                        if (nf % 17 == 0) {
+                                roid_roi_refit(r);
+                                unsigned b;
+                                worst = fmax(worst, check_maps(r, &b));
+                                bad_nan += b;
+                                refits++;
+                        }
+                }
+        roid_roi_finish(r);
+        unsigned b;
+        worst = fmax(worst, check_maps(r, &b));
+        bad_nan += b;
+        size_t part = 0, none = 0;
+        for (size_t i = 0; i < NY * NX; i++) {
+                part += ncom[2][i] > 0 && ncom[2][i] < cnt[i];
+                none += ncom[2][i] == 0;
+        }
+        tap_ok(refits > 30 && part > 20 && none > 20 && worst < 1e-9 && bad_nan == 0,
+               "segment 1 empty in some frames of %zu points, in all of %zu: maps match the definitions after %u "
+               "refits and finish (worst difference %.3g)",
+               part, none, refits, worst);
+        const size_t i = 7 * NX + 5;
+        unsigned zero = 0, finite = 0, seen = 0;
+        for (unsigned m = 0; m < 2 * NC; m++) {
+                zero += roid_roi_raw_map(r, m)[i] == 0;
+                finite += isfinite(roid_roi_filtered(r, m)[i]);
+                seen += roid_roi_labels(r, m)[i] != ROID_ROI_UNSEEN;
+        }
+        tap_ok(roid_roi_counts(r)[i] == 2 && zero == 2 * NC && finite == 2 * NC && seen == 2 * NC,
+               "a point of dark frames only: seen (%u frames), T and |CoM| 0 in %u of %d modalities, filtered finite "
+               "in %u, labelled in %u",
+               roid_roi_counts(r)[i], zero, 2 * NC, finite, seen);
+        roid_roi_free(r);
+}
+
 int main(void) {
+        test_dark_frames();
+        test_empty_regions();
         test_state_bytes();
         test_no_contrast();
         test_significance();
@@ -436,6 +625,7 @@ int main(void) {
         roid_err err;
         if (!tap_ok(roid_roi_new(&p, NY, NX, &r, &err) == 0, "roid_roi_new"))
                 return tap_done();
+        reset_model();
 
         /* Pass 1: raster over the even rows, refitting every 23 frames
          * (mid-row, so a refit's dirty set and its neighbours straddle rows). */
@@ -501,9 +691,7 @@ int main(void) {
         roid_roi_free(r);
 
         /* Online labels and held refits, on a fresh state with a cadence. */
-        memset(sum_t, 0, sizeof sum_t), memset(sum_x, 0, sizeof sum_x), memset(sum_y, 0, sizeof sum_y);
-        memset(cnt, 0, sizeof cnt);
-        nf = 0;
+        reset_model();
         p.cadence = 16;
         if (!tap_ok(roid_roi_new(&p, NY, NX, &r, &err) == 0, "roid_roi_new with cadence 16"))
                 return tap_done();
@@ -524,8 +712,7 @@ int main(void) {
                checked, 2 * NC, bad_lab);
         roid_roi_free(r);
 
-        memset(cnt, 0, sizeof cnt);
-        nf = 0;
+        reset_model();
         roid_roi_new(&p, NY, NX, &r, &err);
         roid_roi_hold_refits(r, true);
         for (uint32_t x = 0; x < 40; x++)
