@@ -71,6 +71,10 @@ typedef struct {
         _Atomic uint64_t decoded; /* frames of this series the workers decoded */
         roid_geometry geom;
         const char *center_source;
+        /* The configuration as text when the loop took this series' parameters
+         * from it, for the results file: a reload before the analysis thread
+         * reaches the series must not put another one beside them. */
+        char config_text[8192];
 } series_ctx;
 
 typedef enum { JOB_FRAME, JOB_START, JOB_END, JOB_RESET } job_kind;
@@ -125,8 +129,8 @@ struct roid_pipeline {
         roid_counters *ctr;
         roid_config cfg; /* loop thread: for the next series */
         pthread_mutex_t cfg_lock;
-        roid_config cfg_an; /* analysis thread's intervals (under cfg_lock) */
-        char config_text[8192];
+        roid_config cfg_an;     /* analysis thread's intervals (under cfg_lock) */
+        char config_text[8192]; /* loop thread: as text, copied into each series at its start */
         roid_zsource *src;
         roid_queue work, an;
         job pending[MAX_PENDING]; /* loop thread: not yet in the work queue */
@@ -162,7 +166,6 @@ struct roid_pipeline {
         size_t n_latency, latency_pos;
         uint64_t frame_seq;
         unsigned frame_every; /* copy of cfg_an's, taken under cfg_lock */
-        char config_text_an[8192];
 
         /* snapshot for control replies (snap_lock) */
         pthread_mutex_t snap_lock;
@@ -656,9 +659,6 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
         pl->n_arrival = 0;
         pl->n_latency = pl->latency_pos = 0;
         an_series_state(pl, sc);
-        pthread_mutex_lock(&pl->cfg_lock);
-        memcpy(pl->config_text_an, pl->config_text, sizeof pl->config_text_an);
-        pthread_mutex_unlock(&pl->cfg_lock);
         if (pl->writer && sc->ap.output_dir[0] && ss->roi) {
                 roid_results_meta meta = {
                         .series_unique_id = sc->unique_id,
@@ -677,7 +677,7 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                         .snake = sc->grid.snake,
                         .fast_axis = sc->grid.fast_axis == ROID_SCAN_FAST_X ? "x" : "y",
                         .scan_source = roid_scan_source_name(sc->grid.source),
-                        .config_text = pl->config_text_an,
+                        .config_text = sc->config_text,
                 };
                 /* The path is known now, though the writer thread creates the file later and
                  * may not be done with it when the series message goes out. */
@@ -944,6 +944,7 @@ static void sink_start(void *ctx, const roid_series *s) {
         memcpy(sc->unique_id, s->series_unique_id, sizeof sc->unique_id);
         sc->number_of_images = s->start.has_number_of_images ? s->start.number_of_images : 0;
         sc->ap = pl->cfg.analysis;
+        memcpy(sc->config_text, pl->config_text, sizeof sc->config_text); /* this thread writes it */
         sc->ap.roi.map_copies = 3; /* the control snapshot, and the writer's two it swaps with its thread */
         roid_feedback_params_default(&sc->fp);
         sc->fp.border = sc->ap.roi.border;
@@ -1055,10 +1056,10 @@ void roid_pipeline_set_wakeup(roid_pipeline *pl, void (*wake)(void *ctx), void *
 
 void roid_pipeline_set_config(roid_pipeline *pl, const roid_config *cfg, const char *config_text) {
         pl->cfg = *cfg;
-        pthread_mutex_lock(&pl->cfg_lock);
-        pl->cfg_an = *cfg;
         if (config_text)
                 snprintf(pl->config_text, sizeof pl->config_text, "%s", config_text);
+        pthread_mutex_lock(&pl->cfg_lock);
+        pl->cfg_an = *cfg;
         pthread_mutex_unlock(&pl->cfg_lock);
 }
 

@@ -453,6 +453,39 @@ class Service(unittest.TestCase):
         self.assertEqual((rows, complete, final), (ids, 1, 1))
         self.assertGreater(rows, 10)
 
+    def test_configuration_is_the_series_own(self):
+        """A reload after a series' start reached roid, before the analysis
+        thread got to it (frames queued): the results file's `configuration`
+        attribute is the one the series was analysed with, like its
+        parameters (it used to be the reloaded one)."""
+        conf = BASE_CONF + "\n[pipeline]\nqueue_depth = 64\n"
+        d = self.start(conf, env={"ROID_FAULT": "stall-workers"})  # held until SIGTERM
+        self.ready(d)
+        t = time.monotonic()
+        p = subprocess.Popen([SIM, "--endpoint", f"tcp://127.0.0.1:{d.det}", "--source", "phantom", "--shape", "64x64",
+                              "--scan", "4x4", "--series", "2", "--rate", "0", "--wait-connect", "120", "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        self.assertEqual(finish(p)[0], 0)
+        for n in (1, 2):
+            self.assertIsNotNone(d.wait_stderr(rf"series {n} \S+ started", t, 30), "\n".join(d.stderr()))
+        d.write_conf(conf.replace("segments = 8", "segments = 2"))
+        t = time.monotonic()
+        d.proc.send_signal(signal.SIGHUP)
+        self.assertIsNotNone(d.wait_stderr(r"reload", t, 30), "\n".join(d.stderr()))
+        self.assertEqual(d.stop(), 0)
+        files = sorted(glob.glob(os.path.join(d.out, "roid_*.h5")))
+        self.assertEqual(len(files), 2, files)
+        for path in files:
+            with h5py.File(path, "r") as f:
+                seg = int(f["/entry"].attrs["segments"])
+                text = f["/entry"].attrs["configuration"]
+                text = text.decode() if isinstance(text, bytes) else text
+                said = [line.split("=")[1].strip() for line in text.splitlines() if line.startswith("segments")]
+                shape = f["/entry/features/segment_sum"].shape
+            note(f"{os.path.basename(path)}: segments {seg}, segment_sum {shape}, configuration says {said}")
+            self.assertEqual((seg, shape[1], said), (8, 8, ["8"]))
+
     def series_segments(self, d, z, series_id):
         before = set(glob.glob(os.path.join(d.out, "roid_*.h5")))
         p = self.sim(d, series_id)
