@@ -69,6 +69,10 @@ typedef struct {
         pthread_mutex_t geom_lock;
         _Atomic int geom_state;   /* 0 not yet, 1 built, -1 failed */
         _Atomic uint64_t decoded; /* frames of this series the workers decoded */
+        /* Frames of this series lost on the loop thread, before a worker saw
+         * them (a full queue with queue_full = drop, position user data or bytes
+         * that fail, another channel): the end message counts them too. */
+        _Atomic uint64_t lost;
         roid_geometry geom;
         const char *center_source;
         /* The configuration as text when the loop took this series' parameters
@@ -599,7 +603,8 @@ static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
                 .k = sc->ap.roi.k,
                 .frames_analysed = ss->frames,
                 .analysis_error = ss->roi ? NULL : ss->error,
-                .frames_dropped = ss->unplaced + ss->failed + ss->not_analysed,
+                .frames_dropped = ss->unplaced + ss->failed + ss->not_analysed +
+                                  atomic_load_explicit(&sc->lost, memory_order_relaxed),
                 .roi_points = roi_points,
                 .terminated = terminated,
                 .results_path = ss->writing ? ss->path : NULL,
@@ -770,10 +775,12 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
         double dt = ss->t_first ? ss->t_last - ss->t_first : 0;
         roid_log(ROID_LOG_NOTICE,
                  "series %" PRIu64 "%s%s %s: %" PRIu64 " frames analysed, %" PRIu64 " frames decoded, %" PRIu64
-                 " failed, %.1f frames/s; RoI %zu of %zu points; %" PRIu64 " off the grid%s%s",
+                 " failed, %" PRIu64 " lost before decoding, %.1f frames/s; RoI %zu of %zu points; %" PRIu64
+                 " off the grid%s%s",
                  sc->series_id, sc->unique_id[0] ? " " : "", sc->unique_id, terminated ? "ended" : "closed without end",
-                 ss->frames, atomic_load(&sc->decoded), ss->failed, dt > 0 ? (double)ss->frames / dt : 0.0, in, np,
-                 ss->unplaced, ss->roi ? "" : "; not analysed, ", ss->roi ? "" : ss->error);
+                 ss->frames, atomic_load(&sc->decoded), ss->failed, atomic_load(&sc->lost),
+                 dt > 0 ? (double)ss->frames / dt : 0.0, in, np, ss->unplaced, ss->roi ? "" : "; not analysed, ",
+                 ss->roi ? "" : ss->error);
         publish_series(pl, true, terminated);
         an_series_free(pl);
 }
@@ -843,6 +850,7 @@ static void *analysis_main(void *arg) {
 
 static void drop_frame(roid_pipeline *pl, job *j) {
         zmq_msg_close(&j->msg);
+        atomic_fetch_add_explicit(&j->sc->lost, 1, memory_order_relaxed);
         roid_count(pl->ctr, ROID_C_frames_dropped, 1);
         uint64_t n = roid_counter_get(pl->ctr, ROID_C_frames_dropped);
         if ((n & (n - 1)) == 0) /* 1, 2, 4, ...: a flood does not flood the log */
@@ -1014,6 +1022,7 @@ static void sink_frame(void *ctx, const roid_frame_event *ev) {
                 /* One channel is analysed; the ingest decodes only that one, so this
                  * means a mismatch of the two (a bug), not a choice. */
                 roid_count(pl->ctr, ROID_C_frames_not_analysed, 1);
+                atomic_fetch_add_explicit(&sc->lost, 1, memory_order_relaxed);
                 ROID_LOG_LIMITED(ROID_LOG_WARNING,
                                  "series %" PRIu64 " image %" PRIu64 ": channel %s is not the analysed %s "
                                  "[frames_not_analysed]",
@@ -1028,6 +1037,7 @@ static void sink_frame(void *ctx, const roid_frame_event *ev) {
         const uint8_t *data = pl->src && !why ? roid_zsource_take(pl->src, ev->blob->data, &j.msg) : NULL;
         if (!data) {
                 roid_count(pl->ctr, ROID_C_frames_failed, 1);
+                atomic_fetch_add_explicit(&sc->lost, 1, memory_order_relaxed);
                 ROID_LOG_LIMITED(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 ": %s [frames_failed]",
                                  sc->series_id, ev->image_id, why ? why : "frame bytes not in a received part");
                 return;

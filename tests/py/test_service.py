@@ -486,6 +486,30 @@ class Service(unittest.TestCase):
             note(f"{os.path.basename(path)}: segments {seg}, segment_sum {shape}, configuration says {said}")
             self.assertEqual((seg, shape[1], said), (8, 8, ["8"]))
 
+    def test_end_counts_queue_drops(self):
+        """queue_full = drop with slow workers: the series end message's
+        frames_dropped includes the frames the work queue dropped (it used to
+        count only those lost after decoding), so analysed + dropped = sent."""
+        conf = BASE_CONF + "\n[pipeline]\nqueue_full = drop\nqueue_depth = 4\nworkers = 1\n"
+        d = self.start(conf, env={"ROID_FAULT": "slow-workers"})
+        self.ready(d)
+        z = Zmq(d, topics=(b"series", b"status"))
+        try:
+            time.sleep(0.3)  # the SUB connected
+            p = self.sim(d, 1, rate=0)
+            end = z.series_end(1)
+            self.assertIsNotNone(end, "\n".join(d.stderr()))
+            self.assertEqual(finish(p)[0], 0)
+            st = z.request({"cmd": "status"})
+        finally:
+            z.close()
+        dropped = st["counters"]["frames_dropped"]
+        note(f"end: {end['frames_analysed']} analysed, {end['frames_dropped']} dropped of {FRAMES}; "
+             f"counter frames_dropped {dropped}")
+        self.assertGreater(dropped, 0, "the queue dropped frames")
+        self.assertEqual(end["frames_analysed"] + end["frames_dropped"], FRAMES)
+        self.assertEqual(end["frames_dropped"], dropped, "one series: all the drops are its own")
+
     def series_segments(self, d, z, series_id):
         before = set(glob.glob(os.path.join(d.out, "roid_*.h5")))
         p = self.sim(d, series_id)
