@@ -556,8 +556,10 @@ static void publish_status(roid_pipeline *pl, double now) {
         double dt = now - pl->last_status_t;
         uint64_t fr = roid_counter_get(pl->ctr, ROID_C_frames_analysed);
         uint64_t by = roid_counter_get(pl->ctr, ROID_C_bytes_received);
-        double fps = dt > 0 ? (double)(fr - pl->last_status_frames) / dt : 0;
-        double bps = dt > 0 ? (double)(by - pl->last_status_bytes) / dt : 0;
+        /* A control reset zeroes the counters: over that interval the rates
+         * count from zero instead of wrapping to 1.8e19 (found by review). */
+        double fps = dt > 0 ? (double)(fr >= pl->last_status_frames ? fr - pl->last_status_frames : fr) / dt : 0;
+        double bps = dt > 0 ? (double)(by >= pl->last_status_bytes ? by - pl->last_status_bytes : by) / dt : 0;
         pl->last_status_t = now;
         pl->last_status_frames = fr;
         pl->last_status_bytes = by;

@@ -510,6 +510,32 @@ class Service(unittest.TestCase):
         self.assertEqual(end["frames_analysed"] + end["frames_dropped"], FRAMES)
         self.assertEqual(end["frames_dropped"], dropped, "one series: all the drops are its own")
 
+    def test_rates_after_reset(self):
+        """A control reset zeroes the counters mid-stream: the next status
+        rates count from it (they wrapped to about 9e19 before)."""
+        d = self.start()
+        self.ready(d)
+        z = Zmq(d, topics=(b"status",))
+        try:
+            time.sleep(0.3)
+            self.sim(d, 1, rate=300)
+            # well into the stream: the counters then fall at the reset below their last status
+            first = z.recv(b"status", lambda b: (b.get("counters") or {}).get("frames_analysed", 0) >= 200, 60)
+            self.assertIsNotNone(first, "no status with 200 frames analysed")
+            self.assertTrue(z.request({"cmd": "reset"})["ok"])
+            t, rates = time.monotonic(), []
+            while time.monotonic() - t < 1.0:
+                m = z.recv(b"status", lambda b: True, 1.0)
+                if m is not None:
+                    rates.append((m.get("frames_per_s") or 0, m.get("bytes_per_s") or 0))
+            st = z.request({"cmd": "status"})
+        finally:
+            z.close()
+        note(f"frames/s, bytes/s in the second after the reset: {rates[:4]} ...; control status {st['frames_per_s']}")
+        self.assertGreaterEqual(len(rates), 3)
+        self.assertTrue(all(0 <= f < 3000 and 0 <= b < 1e9 for f, b in rates), rates)
+        self.assertLess(st["frames_per_s"], 3000)
+
     def series_segments(self, d, z, series_id):
         before = set(glob.glob(os.path.join(d.out, "roid_*.h5")))
         p = self.sim(d, series_id)
