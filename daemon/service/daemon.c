@@ -258,6 +258,10 @@ static void on_watchdog(uv_timer_t *h) {
 
 static void on_idle_timer(uv_timer_t *h) {
         daemon_t *d = h->data;
+        /* Not idle while work waits: roid may have stopped reading the detector
+         * (queues full), which may well still be sending (found by review). */
+        if (!d->pull_polling || roid_pipeline_pending(d->pl) > 0)
+                d->last_msg = uv_now(&d->loop) / 1e3;
         if (d->cfg.idle_timeout > 0 && uv_now(&d->loop) / 1e3 - d->last_msg > d->cfg.idle_timeout) {
                 roid_log(ROID_LOG_NOTICE, "no message for %.1f s", d->cfg.idle_timeout);
                 stop(d, "idle timeout");

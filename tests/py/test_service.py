@@ -536,6 +536,18 @@ class Service(unittest.TestCase):
         self.assertTrue(all(0 <= f < 3000 and 0 <= b < 1e9 for f, b in rates), rates)
         self.assertLess(st["frames_per_s"], 3000)
 
+    def test_idle_timeout_waits_for_queued_work(self):
+        """idle_timeout counts time without messages and without queued work:
+        with the workers stuck the queues fill, roid stops reading the
+        detector, which goes on sending; roid used to exit as if idle."""
+        conf = BASE_CONF + "\n[pipeline]\nqueue_depth = 4\n\n[service]\nidle_timeout = 1\n"
+        d = self.start(conf, env={"ROID_FAULT": "stall-workers"})
+        self.ready(d)
+        self.sim(d, 1, rate=300)
+        time.sleep(3.0)
+        self.assertIsNone(d.proc.poll(), "exited with frames queued:\n" + "\n".join(d.stderr()))
+        self.assertEqual(d.stop(), 0)
+
     def series_segments(self, d, z, series_id):
         before = set(glob.glob(os.path.join(d.out, "roid_*.h5")))
         p = self.sim(d, series_id)
