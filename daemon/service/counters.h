@@ -27,8 +27,8 @@
         X(images_duplicate, "images whose image_id was already seen (ignored)")                                        \
         X(images_out_of_range, "images whose image_id is beyond number_of_images")                                     \
         X(images_bad_shape, "images whose shape or dtype disagree with the series")                                    \
-        X(frames_decoded, "channel frames decoded")                                                                    \
-        X(frames_failed, "channel frames that failed to decode")                                                       \
+        X(frames_decoded, "channel frames decoded (one whose geometry then fails counts in frames_failed too)")        \
+        X(frames_failed, "channel frames that failed: decoding, or the series geometry (blank frame, no centre)")      \
         X(frames_dropped, "frames dropped by a full queue (queue_full = drop)")                                        \
         X(frames_analysed, "frames whose features reached the RoI state")                                              \
         X(frames_unplaced, "frames that lie off the scan grid (features kept out of the maps)")                        \

@@ -834,7 +834,10 @@ static void *analysis_main(void *arg) {
                                         roid_log(ROID_LOG_NOTICE, "series %" PRIu64 ": RoI state reset",
                                                  pl->ss.sc->series_id);
                                         an_series_state(pl, pl->ss.sc);
+                                        /* the end message and log then speak of the frames since */
                                         pl->ss.frames = pl->ss.frames_at_map = 0;
+                                        pl->ss.unplaced = pl->ss.failed = pl->ss.not_analysed = 0;
+                                        pl->ss.t_first = 0;
                                         pl->n_arrival = 0;
                                 }
                                 break;
@@ -1076,6 +1079,8 @@ void roid_pipeline_set_config(roid_pipeline *pl, const roid_config *cfg, const c
 }
 
 void roid_pipeline_reset(roid_pipeline *pl) {
+        if (pl->cur) /* this thread counts its losses: from now on, like the counters */
+                atomic_store_explicit(&pl->cur->lost, 0, memory_order_relaxed);
         submit(pl, &(job){.kind = JOB_RESET});
 }
 

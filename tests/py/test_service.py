@@ -548,6 +548,30 @@ class Service(unittest.TestCase):
         self.assertIsNone(d.proc.poll(), "exited with frames queued:\n" + "\n".join(d.stderr()))
         self.assertEqual(d.stop(), 0)
 
+    def test_end_counts_from_a_reset(self):
+        """A control reset mid-series zeroes the counters and the series'
+        state: the end message's drops count from it too, as the counters do
+        (they mixed both sides of the reset)."""
+        conf = BASE_CONF + "\n[pipeline]\nqueue_full = drop\nqueue_depth = 4\nworkers = 1\n"
+        d = self.start(conf, env={"ROID_FAULT": "slow-workers"})
+        self.ready(d)
+        z = Zmq(d, topics=(b"series", b"status"))
+        try:
+            time.sleep(0.3)
+            p = self.sim(d, 1, rate=600)  # three times what the slowed worker takes
+            m = z.recv(b"status", lambda b: (b.get("counters") or {}).get("frames_dropped", 0) >= 20, 60)
+            self.assertIsNotNone(m, "no drops")
+            self.assertTrue(z.request({"cmd": "reset"})["ok"])
+            end = z.series_end(1)
+            self.assertIsNotNone(end, "\n".join(d.stderr()))
+            self.assertEqual(finish(p)[0], 0)
+            dropped = z.request({"cmd": "status"})["counters"]["frames_dropped"]
+        finally:
+            z.close()
+        note(f"after the reset: end says {end['frames_dropped']} dropped, the counter {dropped}")
+        self.assertGreater(dropped, 0)
+        self.assertEqual(end["frames_dropped"], dropped)
+
     def series_segments(self, d, z, series_id):
         before = set(glob.glob(os.path.join(d.out, "roid_*.h5")))
         p = self.sim(d, series_id)
