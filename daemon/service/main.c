@@ -237,8 +237,14 @@ static int build_config(const options *o, roid_config *ret, roid_err *err) {
                         return r;
                 }
         }
-        if ((r = roid_config_validate(&c, err)) < 0)
+        if ((r = roid_config_validate(&c, err)) < 0) {
+                /* keys checked together: their file (and options), no one line */
+                if (o->config_path)
+                        roid_err_prefix(err, "%s%s", o->config_path, o->n_ov ? " with the command line" : "");
+                else if (o->n_ov)
+                        roid_err_prefix(err, "command line");
                 return r;
+        }
         if (o->log_level)
                 c.log_level = o->log_level;
         *ret = c;

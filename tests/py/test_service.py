@@ -572,6 +572,19 @@ class Service(unittest.TestCase):
         self.assertGreater(dropped, 0)
         self.assertEqual(end["frames_dropped"], dropped)
 
+    def test_keys_checked_together_name_the_file(self):
+        """An error between two keys (df_inner not below df_outer) names the
+        file, as single-key errors name its line."""
+        path = os.path.join(self.tmp.name, "two-keys.conf")
+        with open(path, "w") as f:
+            f.write("[analysis]\ndf_inner = 5\ndf_outer = 5\n")
+        for extra, want in (((), path + ": "), (("--segments", "4"), path + " with the command line: ")):
+            p = subprocess.run([ROID, "--config", path, *extra],
+                               capture_output=True, text=True, timeout=60)
+            note(p.stderr.strip())
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("configuration: " + want + "[analysis] df_inner: 5 is not below df_outer 5", p.stderr)
+
     def series_segments(self, d, z, series_id):
         before = set(glob.glob(os.path.join(d.out, "roid_*.h5")))
         p = self.sim(d, series_id)
