@@ -19,6 +19,7 @@ struct roid_roi {
         size_t np;
         unsigned nch, nmod, ndim;
         uint64_t frames, since_refit, refits;
+        uint64_t dark;    /* frames without counts, left out (roid_roi_add) */
         bool hold_refits; /* the caller refits (roid_roi_hold_refits) */
         bool finished;
         bool maps_only; /* a roid_roi_copy_maps snapshot: for the accessors only */
@@ -44,7 +45,7 @@ struct roid_roi {
         uint8_t *online, *raw_mask, *mask, *tmp;
         uint32_t *queue;
         roid_kmeans km[MAX_MOD];    /* two centres per modality, d = 1 */
-        bool sig[MAX_MOD];          /* its two clusters explain its map better than one (significant) */
+        bool sig[MAX_MOD];          /* its cut stands out from noise (significant()) */
         double cen_out[MAX_MOD][2]; /* [RoI side, other] as of the last relabel */
         /* A frame's label per modality from its raw value v (floored as by
          * flog): lab_cut[m][0] below thr[m], [1] at it, [2] above. */
@@ -336,7 +337,7 @@ static void raw_coms(const roid_roi *r, const zstat *z, size_t i, double *out, s
         for (unsigned c = 0; c < r->nch; c++) {
                 size_t k = (size_t)c * r->np + i;
                 if (!r->ncom[k]) {
-                        out[(2 * c + 1) * stride] = 0;
+                        out[(2 * c + 1) * stride] = NAN;
                         continue;
                 }
                 double inv = 1.0 / r->ncom[k];
@@ -371,22 +372,36 @@ static bool split(const roid_roi *r, unsigned m) {
         return km->initialized && r->sig[m] && apart(km->centers[0], km->centers[1]);
 }
 
-/* Whether the two clusters of x[0..n) around centres c explain it better than
- * one: the classification log-likelihood of two normals (one per side of the
- * cut) against one normal,
- *     D = n/2 ln v - n0/2 ln v0 - n1/2 ln v1 + n0 ln(n0/n) + n1 ln(n1/n),
- * must exceed SIG_PRICE ln n.  Two-cluster k-means always cuts a map in two;
- * on a map of background alone (the first lines of a scan, or a segment that
- * sees no object) the cut halves the noise and the union over the modalities
- * would mark every point.  There D is about -0.19 n for large n, but the 3x3
- * filter makes neighbours alike and the scan front's points have fewer
- * neighbours, so on partial rasters of 8 to 192 points of normal T or
- * Rayleigh |CoM| noise D reached 7.8 ln n (800 trials each; BIC's price
- * would be 1.5 ln n).  An object whose contrast stands out of the noise
- * gives D of 0.2 n to 1.2 n on a 48 x 48 map (a disk of 1 % of the map at
- * 10 % less T, Poisson noise of 1000 counts: 0.19 n). */
+/* Whether the two clusters of x[0..n) around centres c are structure rather
+ * than noise.  Two-cluster k-means always cuts a map in two; on a map of
+ * background alone (the first lines of a scan, a segment that sees no
+ * object) the cut halves the noise, and the union over the modalities would
+ * mark every point.  A cut passes either test:
+ *  - D, the classification log-likelihood of two normals (one per side)
+ *    against one,
+ *        D = n/2 ln v - n0/2 ln v0 - n1/2 ln v1 + n0 ln(n0/n) + n1 ln(n1/n),
+ *    above SIG_PRICE ln n: a small object that stands out (a disk of 1 % of a
+ *    48 x 48 map at 10 % less T under Poisson noise of 1000 counts gives
+ *    0.19 n).  Noise gives about -0.19 n; but the 3x3 filter makes
+ *    neighbours alike and the scan front's points have fewer of them, so on
+ *    partial rasters of 8..192 points of T or |CoM| noise D reached 7.8 ln n.
+ *  - R2 = 1 - (within-cluster variance) / v, the share of the variance the
+ *    cut explains, above 2/pi + SIG_R2 / sqrt(n): a large object of weak
+ *    contrast, which k-means segments well but D, paying n H(n0/n) for the
+ *    labels, rejects (half the map at 0.95 sigma a frame: R2 0.70-0.72 at
+ *    48 x 48).  The best cut of normal noise explains 2/pi = 0.637; partial
+ *    rasters of T or |CoM| noise stayed below 0.637 + 1.65 / sqrt(n) (200
+ *    trials each, 64..40000 points).  A slow drift (a ramp, R2 0.72-0.75)
+ *    passes, as it does in the method without the test.
+ * Fewer than SIG_MIN points never pass: two lines of a narrow scan are too
+ * few to tell (with 8 segments, 18 modalities, some cut passed in 15-47 % of
+ * background scans 8-16 points wide, found by review). */
 #define SIG_PRICE 8.0
+#define SIG_R2    2.5
+#define SIG_MIN   64
 static bool significant(const double *c, const double *x, uint32_t n) {
+        if (n < SIG_MIN)
+                return false;
         double s[2] = {0, 0}, q[2] = {0, 0}, k[2] = {0, 0};
         for (uint32_t i = 0; i < n; i++) {
                 const unsigned j = roid_kmeans_nearest2(c, x[i]);
@@ -404,6 +419,8 @@ static bool significant(const double *c, const double *x, uint32_t n) {
         }
         if (!(qa > 0))
                 return false;
+        if (1 - (q[0] + q[1]) / qa > 2 / M_PI + SIG_R2 / sqrt((double)n))
+                return true;
         /* A flat side (all its values equal) is floored at 1e-12 of the map's
          * variance, so two distinct values pass, as they should. */
         const double v = qa / n, vmin = v * 1e-12, v0 = fmax(q[0] / k[0], vmin), v1 = fmax(q[1] / k[1], vmin);
@@ -414,7 +431,7 @@ static bool significant(const double *c, const double *x, uint32_t n) {
 
 /* 1 when v falls on the RoI side (index `side`) of modality m's centres. */
 static inline uint8_t side_label(const roid_roi *r, unsigned m, unsigned side, double v) {
-        return split(r, m) && roid_kmeans_nearest2(r->km[m].centers, v) == side;
+        return split(r, m) && !isnan(v) && roid_kmeans_nearest2(r->km[m].centers, v) == side;
 }
 
 /* The 3x3 mean over the seen neighbours of point i, then the log, for the
@@ -439,9 +456,11 @@ static void filter_point(roid_roi *r, size_t i, unsigned m0, unsigned step) {
         for (unsigned m = m0; m < r->nmod; m += step) {
                 const double *raw = r->raw + m * np;
                 double sum = 0;
+                unsigned k = 0;
                 for (unsigned q = 0; q < n; q++)
-                        sum += raw[nb[q]];
-                r->filt[m * np + i] = flog(sum / n);
+                        if (!isnan(raw[nb[q]])) /* a |CoM| no frame gave (Empty regions in roi.h) */
+                                sum += raw[nb[q]], k++;
+                r->filt[m * np + i] = k ? flog(sum / k) : NAN;
         }
 }
 
@@ -489,11 +508,16 @@ static void compute_maps(roid_roi *r, bool full) {
         r->n_dirty = 0;
 }
 
-/* The filtered values of modality m in seen_list order, into r->gather. */
-static const double *gather_modality(roid_roi *r, unsigned m) {
+/* The filtered values of modality m in seen_list order, into r->gather,
+ * leaving out the points without one (NaN: Empty regions in roi.h); their
+ * number in *ret_n. */
+static const double *gather_modality(roid_roi *r, unsigned m, uint32_t *ret_n) {
         const double *v = r->filt + m * r->np;
+        uint32_t n = 0;
         for (uint32_t s = 0; s < r->n_seen; s++)
-                r->gather[s] = v[r->seen_list[s]];
+                if (!isnan(v[r->seen_list[s]]))
+                        r->gather[n++] = v[r->seen_list[s]];
+        *ret_n = n;
         return r->gather;
 }
 
@@ -501,10 +525,14 @@ static const double *gather_modality(roid_roi *r, unsigned m) {
  * halved first so the centres follow the standardisation as it settles;
  * the first one starts from the map's extremes. */
 static void km1_partial(roid_roi *r, unsigned m) {
-        const double *x = gather_modality(r, m);
+        uint32_t n;
+        const double *x = gather_modality(r, m, &n);
+        r->sig[m] = false;
+        if (n == 0)
+                return;
         if (!r->km[m].initialized) {
                 double c[2] = {INFINITY, -INFINITY};
-                for (uint32_t s = 0; s < r->n_seen; s++) {
+                for (uint32_t s = 0; s < n; s++) {
                         c[0] = x[s] < c[0] ? x[s] : c[0];
                         c[1] = x[s] > c[1] ? x[s] : c[1];
                 }
@@ -512,17 +540,21 @@ static void km1_partial(roid_roi *r, unsigned m) {
                         return;
                 roid_kmeans_set_centers(&r->km[m], c);
         }
-        roid_kmeans_step(&r->km[m], x, r->n_seen, 0.5);
-        r->sig[m] = significant(r->km[m].centers, x, r->n_seen);
+        roid_kmeans_step(&r->km[m], x, n, 0.5);
+        r->sig[m] = significant(r->km[m].centers, x, n);
 }
 
 /* Full-batch Lloyd from the current centres. */
 static void km1_lloyd(roid_roi *r, unsigned m) {
         if (!r->km[m].initialized)
                 return;
-        const double *x = gather_modality(r, m);
-        roid_kmeans_refine(&r->km[m], x, r->n_seen, r->p.max_iter, r->klab, NULL, NULL);
-        r->sig[m] = significant(r->km[m].centers, x, r->n_seen);
+        uint32_t n;
+        const double *x = gather_modality(r, m, &n);
+        r->sig[m] = false;
+        if (n == 0)
+                return;
+        roid_kmeans_refine(&r->km[m], x, n, r->p.max_iter, r->klab, NULL, NULL);
+        r->sig[m] = significant(r->km[m].centers, x, n);
 }
 
 /* The labels roid_roi_add gives, as cuts on the raw value: the nearest of
@@ -576,7 +608,7 @@ static void relabel(roid_roi *r) {
  * the points seen. */
 static void build_features(roid_roi *r) {
         unsigned d = r->ndim;
-        double mean[ROID_KMEANS_MAX_D] = {0}, var[ROID_KMEANS_MAX_D] = {0};
+        double mean[ROID_KMEANS_MAX_D] = {0}, var[ROID_KMEANS_MAX_D] = {0}, cnt[ROID_KMEANS_MAX_D] = {0};
         for (uint32_t s = 0; s < r->n_seen; s++) {
                 size_t i = r->seen_list[s];
                 double *x = r->feat + (size_t)s * d;
@@ -588,25 +620,27 @@ static void build_features(roid_roi *r) {
                 if (r->p.use_df)
                         x[k++] = r->lbd[2 * i + 1];
                 for (k = 0; k < d; k++)
-                        mean[k] += x[k];
+                        if (!isnan(x[k])) /* a |CoM| no frame gave: at the mean below */
+                                mean[k] += x[k], cnt[k]++;
         }
         /* Two passes (mean, then deviations): no division per point. */
         for (unsigned k = 0; k < d; k++)
-                mean[k] /= r->n_seen;
+                mean[k] = cnt[k] ? mean[k] / cnt[k] : 0;
         for (uint32_t s = 0; s < r->n_seen; s++) {
                 const double *x = r->feat + (size_t)s * d;
                 for (unsigned k = 0; k < d; k++)
-                        var[k] += (x[k] - mean[k]) * (x[k] - mean[k]);
+                        if (!isnan(x[k]))
+                                var[k] += (x[k] - mean[k]) * (x[k] - mean[k]);
         }
         double isd[ROID_KMEANS_MAX_D];
         for (unsigned k = 0; k < d; k++) {
-                double sd = sqrt(var[k] / r->n_seen);
+                double sd = cnt[k] ? sqrt(var[k] / cnt[k]) : 0;
                 isd[k] = sd > 0 ? 1 / sd : 0;
         }
         for (uint32_t s = 0; s < r->n_seen; s++) {
                 double *x = r->feat + (size_t)s * d;
                 for (unsigned k = 0; k < d; k++)
-                        x[k] = (x[k] - mean[k]) * isd[k];
+                        x[k] = isnan(x[k]) ? 0 : (x[k] - mean[k]) * isd[k];
         }
 }
 
@@ -654,6 +688,12 @@ static void gk_finish(roid_roi *r) {
 int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f) {
         if (row >= r->ny || col >= r->nx || f->n_segments != r->p.n_segments || r->finished || r->maps_only)
                 return -EINVAL;
+        /* A frame without counts (beam off, shutter closed) measured nothing: it
+         * stays out of the maps, and its point unmeasured (Empty regions). */
+        if (f->total == 0) {
+                r->dark++;
+                return 0;
+        }
         size_t i = (size_t)row * r->nx + col;
         if (r->cnt[i] == 0)
                 r->seen_list[r->n_seen++] = (uint32_t)i;
@@ -690,7 +730,7 @@ int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f
         raw_coms(r, z, i, raw, 1);
         for (unsigned m = 0; m < r->nmod; m++) {
                 const double v = raw[m] > LOG_FLOOR ? raw[m] : LOG_FLOOR;
-                uint8_t l = r->lab_cut[m][v < r->thr[m] ? 0 : v > r->thr[m] ? 2 : 1];
+                uint8_t l = isnan(raw[m]) ? 0 : r->lab_cut[m][v < r->thr[m] ? 0 : v > r->thr[m] ? 2 : 1];
                 r->lab[m * r->np + i] = l;
                 any |= l;
         }
@@ -812,6 +852,10 @@ uint32_t roid_roi_nx(const roid_roi *r) {
 
 uint64_t roid_roi_frames(const roid_roi *r) {
         return r->frames;
+}
+
+uint64_t roid_roi_dark_frames(const roid_roi *r) {
+        return r->dark;
 }
 
 unsigned roid_roi_n_modalities(const roid_roi *r) {

@@ -4,10 +4,10 @@
  * (eq. 2) and its magnitude; 3x3 mean-filtered log maps; a two-cluster k-means
  * per modality; RoI = low-T cluster united with high-|CoM| cluster, united
  * over the segments; border grow/shrink and optional hole fill.  A modality
- * labels nothing unless its two clusters explain its map better than one (a
- * likelihood test, see significant() in roi.c): two-cluster k-means cuts any
- * map in two, and on background alone (a scan's first lines, a segment that
- * sees no object) the union of such cuts would mark every point.
+ * labels nothing unless its cut stands out from noise (significant() in
+ * roi.c): two-cluster k-means cuts any map in two, and on background alone (a
+ * scan's first lines, a segment that sees no object) the union of such cuts
+ * would mark every point.
  *
  * Modalities, m = 0 .. roid_roi_n_modalities()-1: 0 = T, 1 = |CoM| of the
  * whole pattern; with S > 1 segments also 2 + 2s = T_s and 3 + 2s = |CoM_s|.
@@ -28,15 +28,18 @@
  *
  * Several frames on one point (fly scans binned to the grid) are averaged.
  *
- * Empty regions.  A frame whose region (the whole frame, or a segment) has no
- * counts (a dark frame: shutter closed, beam off; a segment without photons)
- * reports the beam centre as that region's CoM (features.h): not a
- * measurement, and for a segment 16-25 deviations from its usual CoM (on the
- * phantom), an outlier in every |CoM| map.  Such a frame gives that channel
- * no CoM: it is left out of the channel's scan-wide statistics and of the
- * point's mean CoM (a count per channel and point of the frames that gave
- * one).  A point none of whose frames gave one has |CoM| 0 there (at the
- * scan's mean: seen, neutral, not NaN).  T counts every frame.
+ * Empty regions.  A frame without counts (T = 0: beam off, shutter closed)
+ * measured nothing: roid_roi_add leaves it out (roid_roi_dark_frames counts
+ * it), so a point with only such frames stays unmeasured, NaN in every map,
+ * where the feedback may ask for it again.  A segment without counts in a
+ * lit frame reports the beam centre as its CoM (features.h): no measurement
+ * either, and 16-25 deviations from the segment's usual CoM (on the phantom),
+ * an outlier in its |CoM| map.  Such a frame gives that segment no CoM: it is
+ * left out of the segment's scan-wide statistics and of the point's mean (a
+ * count per channel and point of the frames that gave one).  A point none of
+ * whose frames gave one has no |CoM| there: NaN in that modality's raw map,
+ * left out of its neighbours' 3x3 means, of its clustering and labels (0),
+ * and at the mean in the general clustering.  T_s counts every lit frame.
  *
  * The clustering is kmeans.h's: per modality a two-centre roid_kmeans on the
  * line (roid_kmeans_step with decay 0.5, roid_kmeans_refine at the end), the
@@ -106,7 +109,8 @@ int roid_roi_copy(roid_roi *dst, const roid_roi *src);
 int roid_roi_copy_maps(roid_roi *dst, const roid_roi *src);
 
 /* One frame at grid point (row, col).  f->n_segments must be the S of the
- * parameters.  Returns its online RoI label (0/1), or -EINVAL on a bad point. */
+ * parameters.  Returns its online RoI label (0/1; 0 for a frame without
+ * counts, left out), or -EINVAL on a bad point. */
 int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f);
 /* Online refit now (also done every `cadence` frames by roid_roi_add). */
 void roid_roi_refit(roid_roi *r);
@@ -123,6 +127,8 @@ void roid_roi_finish(roid_roi *r);
 uint32_t roid_roi_ny(const roid_roi *r);
 uint32_t roid_roi_nx(const roid_roi *r);
 uint64_t roid_roi_frames(const roid_roi *r);
+/* Frames without counts roid_roi_add left out (Empty regions above). */
+uint64_t roid_roi_dark_frames(const roid_roi *r);
 unsigned roid_roi_n_modalities(const roid_roi *r);
 /* "total", "com", "segment_total", "segment_com"; *ret_segment -1 or s. */
 const char *roid_roi_modality_name(const roid_roi *r, unsigned m, int *ret_segment);
@@ -142,7 +148,7 @@ const uint8_t *roid_roi_online_labels(const roid_roi *r, unsigned m);
 /* Union of the online labels (0/1, unseen 0) at the last frame. */
 const uint8_t *roid_roi_online_mask(const roid_roi *r);
 /* Two centres of modality m: [RoI side, other]; NaN while it labels nothing
- * (no two clusters yet, or two that do not explain the map better than one). */
+ * (no two clusters yet, or a cut that does not stand out from noise). */
 const double *roid_roi_centres(const roid_roi *r, unsigned m);
 /* Final mask after finish (border and holes applied); NULL before.  The
  * unbordered union is roid_roi_raw_mask. */

@@ -778,10 +778,11 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
         roid_log(ROID_LOG_NOTICE,
                  "series %" PRIu64 "%s%s %s: %" PRIu64 " frames analysed, %" PRIu64 " frames decoded, %" PRIu64
                  " failed, %" PRIu64 " lost before decoding, %.1f frames/s; RoI %zu of %zu points; %" PRIu64
-                 " off the grid%s%s",
+                 " off the grid; %" PRIu64 " without counts, left out of the maps%s%s",
                  sc->series_id, sc->unique_id[0] ? " " : "", sc->unique_id, terminated ? "ended" : "closed without end",
                  ss->frames, atomic_load(&sc->decoded), ss->failed, atomic_load(&sc->lost),
-                 dt > 0 ? (double)ss->frames / dt : 0.0, in, np, ss->unplaced, ss->roi ? "" : "; not analysed, ",
+                 dt > 0 ? (double)ss->frames / dt : 0.0, in, np, ss->unplaced,
+                 ss->roi ? roid_roi_dark_frames(ss->roi) : 0, ss->roi ? "" : "; not analysed, ",
                  ss->roi ? "" : ss->error);
         publish_series(pl, true, terminated);
         an_series_free(pl);
