@@ -417,6 +417,8 @@ int roid_kmeans_refine(roid_kmeans *km, const double *x, size_t n, unsigned max_
                                 for (unsigned j = 0; j < d; j++)
                                         km->centers[(size_t)c * d + j] = km->sums[(size_t)c * d + j] / km->wsum[c];
                 it++;
+                if (km->progress)
+                        km->progress(km->progress_ctx);
         }
         memset(km->counts, 0, k * sizeof *km->counts);
         for (size_t i = 0; i < n; i++)

@@ -57,6 +57,11 @@ typedef struct {
         uint64_t n_reassigned; /* centres re-seeded so far */
         uint64_t since_reassign;
         roid_rng rng;
+        /* Called once per roid_kmeans_refine iteration, a heartbeat for a
+         * watchdog (a refinement of a million points can take seconds); NULL:
+         * none.  Set by the owner after init. */
+        void (*progress)(void *ctx);
+        void *progress_ctx;
         /* scratch, preallocated */
         unsigned *labels; /* max_batch */
         double *dist;     /* max_batch: squared distance to the nearest centre */

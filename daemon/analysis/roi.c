@@ -192,10 +192,14 @@ static int create(const roid_roi_params *p, uint32_t ny, uint32_t nx, bool maps_
                 return -ENOMEM;
         }
         int e = roid_kmeans_init(&r->gk, p->k, r->ndim, BATCH, p->seed, err);
+        r->gk.progress = p->progress;
+        r->gk.progress_ctx = p->progress_ctx;
         for (unsigned m = 0; m < r->nmod && e == 0; m++) {
                 e = roid_kmeans_init(&r->km[m], 2, 1, 2, p->seed, err);
                 /* two centres on one line: no starved centre to re-seed */
                 r->km[m].reassignment_ratio = 0;
+                r->km[m].progress = p->progress;
+                r->km[m].progress_ctx = p->progress_ctx;
         }
         for (unsigned c = 0; c < r->nch && e == 0; c++)
                 e = roid_running_stats_init(&r->st[c], 2);
@@ -818,16 +822,23 @@ void roid_roi_morph(uint8_t *mask, uint32_t ny, uint32_t nx, int n, bool fill, u
                         mask[i] = 1;
 }
 
+static void heartbeat(const roid_roi *r) {
+        if (r->p.progress)
+                r->p.progress(r->p.progress_ctx);
+}
+
 void roid_roi_finish(roid_roi *r) {
         if (r->finished || r->maps_only)
                 return;
         memcpy(r->lab_online, r->lab, r->nmod * r->np);
         if (r->n_seen > 0) {
                 compute_maps(r, true);
+                heartbeat(r);
                 for (unsigned m = 0; m < r->nmod; m++) {
                         if (!r->km[m].initialized)
                                 km1_partial(r, m);
                         km1_lloyd(r, m);
+                        heartbeat(r);
                 }
                 /* relabel() rewrites online[]; the online union at the last
                  * frame is kept in raw_mask meanwhile. */

@@ -81,6 +81,11 @@ typedef struct {
         /* The series' other state (its feedback), counted with the RoI's
          * against max_state_bytes. */
         uint64_t other_state_bytes;
+        /* Called now and then during roid_roi_finish (after each step, and
+         * each Lloyd iteration), which takes seconds on a large grid: the
+         * daemon's watchdog counts it as progress.  NULL: none. */
+        void (*progress)(void *ctx);
+        void *progress_ctx;
 } roid_roi_params;
 
 typedef struct roid_roi roid_roi;

@@ -187,8 +187,7 @@ static int ctl_set(void *ctx, const char *section, const char *key, const char *
 static int ctl_reset(void *ctx, roid_err *err) {
         (void)err;
         daemon_t *d = ctx;
-        roid_counters_reset(&d->ctr);
-        roid_pipeline_reset(d->pl);
+        roid_pipeline_reset(d->pl); /* the counters too */
         resume(d);
         roid_log(ROID_LOG_NOTICE, "control: reset (counters, and the RoI state of the series in progress)");
         return 0;

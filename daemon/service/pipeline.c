@@ -164,6 +164,8 @@ struct roid_pipeline {
         double t_start, next_map, next_status, last_status_t, next_snapshot;
         double map_iv_eff; /* the map interval in effect: map_interval, or stretched by MAP_BUDGET */
         uint64_t last_status_frames, last_status_bytes;
+        uint64_t status_epoch;        /* reset_epoch as of the last status */
+        _Atomic uint64_t reset_epoch; /* control resets so far (loop thread) */
         double arrival[ARRIVAL_MAX];
         size_t n_arrival;
         double latency[LATENCY_RING];
@@ -242,6 +244,13 @@ static int series_geometry(series_ctx *sc, const roid_frame *f, roid_err *err) {
 
 static void an_push(roid_pipeline *pl, const an_item *it) {
         roid_queue_push(&pl->an, it, true);
+}
+
+/* Analysis thread, inside a long step (roid_roi_finish): the watchdog's
+ * progress, which otherwise moves once per batch of items. */
+static void an_heartbeat(void *ctx) {
+        roid_pipeline *pl = ctx;
+        atomic_fetch_add_explicit(&pl->progress, 1, memory_order_relaxed);
 }
 
 static void fault_stall(roid_pipeline *pl) {
@@ -554,10 +563,15 @@ static void status_view(roid_pipeline *pl, roid_status_view *v, double now, doub
 
 static void publish_status(roid_pipeline *pl, double now) {
         double dt = now - pl->last_status_t;
+        /* A control reset zeroes the counters: over that interval the rates
+         * count from it instead of wrapping to 1.8e19 (found by review). */
+        const uint64_t epoch = atomic_load_explicit(&pl->reset_epoch, memory_order_acquire);
+        if (epoch != pl->status_epoch)
+                pl->last_status_frames = pl->last_status_bytes = 0;
+        pl->status_epoch = epoch;
         uint64_t fr = roid_counter_get(pl->ctr, ROID_C_frames_analysed);
         uint64_t by = roid_counter_get(pl->ctr, ROID_C_bytes_received);
-        /* A control reset zeroes the counters: over that interval the rates
-         * count from zero instead of wrapping to 1.8e19 (found by review). */
+        /* and the few us between the reset and its epoch */
         double fps = dt > 0 ? (double)(fr >= pl->last_status_frames ? fr - pl->last_status_frames : fr) / dt : 0;
         double bps = dt > 0 ? (double)(by >= pl->last_status_bytes ? by - pl->last_status_bytes : by) / dt : 0;
         pl->last_status_t = now;
@@ -959,7 +973,9 @@ static void sink_start(void *ctx, const roid_series *s) {
         sc->number_of_images = s->start.has_number_of_images ? s->start.number_of_images : 0;
         sc->ap = pl->cfg.analysis;
         memcpy(sc->config_text, pl->config_text, sizeof sc->config_text); /* this thread writes it */
-        sc->ap.roi.map_copies = 3; /* the control snapshot, and the writer's two it swaps with its thread */
+        sc->ap.roi.map_copies = 3;          /* the control snapshot, and the writer's two it swaps with its thread */
+        sc->ap.roi.progress = an_heartbeat; /* a final refinement takes seconds on a large grid */
+        sc->ap.roi.progress_ctx = pl;
         roid_feedback_params_default(&sc->fp);
         sc->fp.border = sc->ap.roi.border;
         sc->fp.rescan_factor = pl->cfg.rescan_factor;
@@ -1080,6 +1096,9 @@ void roid_pipeline_set_config(roid_pipeline *pl, const roid_config *cfg, const c
 }
 
 void roid_pipeline_reset(roid_pipeline *pl) {
+        roid_counters_reset(pl->ctr);
+        /* After the counters: a status that sees the new epoch sees them reset. */
+        atomic_fetch_add_explicit(&pl->reset_epoch, 1, memory_order_release);
         if (pl->cur) /* this thread counts its losses: from now on, like the counters */
                 atomic_store_explicit(&pl->cur->lost, 0, memory_order_relaxed);
         submit(pl, &(job){.kind = JOB_RESET});

@@ -76,8 +76,8 @@ void roid_pipeline_set_wakeup(roid_pipeline *pl, void (*wake)(void *ctx), void *
 
 /* Parameters for the next series (SIGHUP, control `set`). */
 void roid_pipeline_set_config(roid_pipeline *pl, const roid_config *cfg, const char *config_text);
-/* Forget the current series' RoI state and start it again from the next
- * frame (control `reset`). */
+/* Zero the counters, and forget the current series' RoI state and counts and
+ * start them again from the next frame (control `reset`).  Loop thread. */
 void roid_pipeline_reset(roid_pipeline *pl);
 
 /* Watchdog inputs: items handled so far (any thread may read), and work

@@ -480,6 +480,39 @@ static void test_significance(void) {
         roid_roi_free(r);
 }
 
+/* roid_roi_finish takes seconds on a large grid (15 s at 1024 x 1024 and 8
+ * segments), longer than the daemon's watchdog_stall: it calls the progress
+ * hook after every step and every Lloyd iteration, which the daemon counts
+ * as progress (found by review: pings stopped in the middle of a finish with
+ * frames queued). */
+static unsigned beats;
+static void count_beat(void *ctx) {
+        (void)ctx;
+        beats++;
+}
+
+static void test_finish_heartbeat(void) {
+        roid_roi_params q;
+        roid_roi_params_default(&q);
+        q.n_segments = S;
+        q.cadence = 0;
+        q.progress = count_beat;
+        roid_roi *r = NULL;
+        roid_err err;
+        if (!tap_ok(roid_roi_new(&q, NY, NX, &r, &err) == 0, "state with a progress hook"))
+                return;
+        reset_model();
+        for (uint32_t y = 0; y < NY; y++)
+                for (uint32_t x = 0; x < NX; x++)
+                        feed(r, y, x);
+        tap_ok(beats == 0, "no heartbeat while frames are added (%u)", beats);
+        roid_roi_finish(r);
+        const unsigned nmod = roid_roi_n_modalities(r);
+        tap_ok(beats > 2 * nmod, "finish: %u heartbeats (%u modalities, each after its Lloyd iterations too)", beats,
+               nmod);
+        roid_roi_free(r);
+}
+
 /* A large object of weak contrast, which two-cluster k-means segments well:
  * half a 48 x 48 map at 3 % less T, 0.95 deviations of Poisson noise a
  * frame.  The likelihood test alone rejected its cut in every one of 20
@@ -700,6 +733,7 @@ static void test_empty_regions(void) {
 }
 
 int main(void) {
+        test_finish_heartbeat();
         test_weak_object();
         test_dark_frames();
         test_empty_regions();
