@@ -878,6 +878,10 @@ static void beam_center(void) {
                  3},
                 {ROID_DT_U8, 127, 131, {.bx = 70.2, .by = 60.9, .radius = 14, .peak = 400, .halo = 60, .bg = 1}, 2},
                 {ROID_DT_U32, 127, 131, {.bx = 52.8, .by = 80.1, .radius = 4, .peak = 1e8, .halo = 1e6, .bg = 10}, 2},
+                /* small beams across the gap cross (columns 32-33, rows 64-65): the
+                 * gap's own centre was a fixed point, 0.8 px off (found by review) */
+                {ROID_DT_U16, 96, 96, {.bx = 33, .by = 65, .radius = 4, .peak = 3000, .halo = 200, .bg = 2}, 0},
+                {ROID_DT_U16, 96, 96, {.bx = 32.4, .by = 64.7, .radius = 5, .peak = 3000, .halo = 200, .bg = 2}, 0},
         };
         for (size_t i = 0; i < sizeof tc / sizeof tc[0]; i++) {
                 void *px = simulate(tc[i].t, tc[i].rows, tc[i].cols, &tc[i].s);
