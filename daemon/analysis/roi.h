@@ -38,8 +38,10 @@
  * left out of the segment's scan-wide statistics and of the point's mean (a
  * count per channel and point of the frames that gave one).  A point none of
  * whose frames gave one has no |CoM| there: NaN in that modality's raw map,
- * left out of its neighbours' 3x3 means, of its clustering and labels (0),
- * and at the mean in the general clustering.  T_s counts every lit frame.
+ * left out of its neighbours' 3x3 means; its filtered value is the mean of
+ * its neighbours' (NaN, left out of the modality's clustering and labelled 0,
+ * when none has one); online it keeps the label of the last refit; at the mean
+ * in the general clustering.  T_s counts every lit frame.
  *
  * The clustering is kmeans.h's: per modality a two-centre roid_kmeans on the
  * line (roid_kmeans_step with decay 0.5, roid_kmeans_refine at the end), the

@@ -690,7 +690,8 @@ static bool write_plane(roid_results *w, int i, dtype t, unsigned m, const void 
 
 /* Per-frame cluster labels and the image ids in the mask, from the grid
  * points of the frames appended so far, read back block by block so that
- * nothing per frame is kept in memory. */
+ * nothing per frame is kept in memory.  A frame without counts measured
+ * nothing (the RoI state left it out) and is not listed. */
 static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8_t *glab) {
         hsize_t n = w->n, zero = 0, nin = 0;
         if (!ok(w, H5Dset_extent(w->md[M_CLABELS], &n)) || !ok(w, H5Dset_extent(w->md[M_IMAGE_IDS], &zero)))
@@ -698,7 +699,8 @@ static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8
         for (hsize_t s = 0; s < n; s += BATCH) {
                 hsize_t m = n - s < BATCH ? n - s : BATCH, nid = 0;
                 if (!rows_io(w, w->fd[F_INDEX], T_U32, false, s, m, 2, w->b_index) ||
-                    !rows_io(w, w->fd[F_IMAGE_ID], T_U64, false, s, m, 0, w->b_image_id))
+                    !rows_io(w, w->fd[F_IMAGE_ID], T_U64, false, s, m, 0, w->b_image_id) ||
+                    !rows_io(w, w->fd[F_SUM], T_F64, false, s, m, 0, w->b_sum))
                         return false;
                 for (hsize_t i = 0; i < m; i++) {
                         uint32_t row = w->b_index[2 * i], col = w->b_index[2 * i + 1];
@@ -707,7 +709,7 @@ static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8
                                 continue;
                         size_t p = (size_t)row * w->nx + col;
                         w->b_lab[i] = glab[p];
-                        if (mask[p]) /* compacted in place: nid <= i */
+                        if (mask[p] && w->b_sum[i] > 0) /* compacted in place: nid <= i */
                                 w->b_image_id[nid++] = w->b_image_id[i];
                 }
                 if (!rows_io(w, w->md[M_CLABELS], T_U8, true, s, m, 0, w->b_lab))

@@ -776,8 +776,10 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
                 return;
         }
         if (ss->roi) {
-                roid_roi_finish(ss->roi);
-                publish_map(pl, true);
+                roid_roi_finish(ss->roi); /* beats the watchdog's heart as it goes */
+                an_heartbeat(pl);
+                publish_map(pl, true); /* the final feedback, the snapshot, the file's copy */
+                an_heartbeat(pl);
         }
         if (ss->writing) {
                 roid_writer_close(pl->writer, pl->ctr);

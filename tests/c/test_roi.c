@@ -7,10 +7,11 @@
  * computed here from the frames fed, in plain loops: mean T and mean CoM per
  * point, CoM standardised with the population mean and deviation over all
  * frames (eq. 2), 3x3 mean over the seen neighbours, log (floor 1e-12).  A
- * region (the frame, a segment) with no counts in a frame has the beam centre
- * as its CoM (features.h); that frame gives the channel no CoM: it is left out
- * of the channel's statistics and of the point's mean, and a point none of
- * whose frames gave one has |CoM| 0. */
+ * frame without counts is left out; a segment with no counts in a frame has
+ * the beam centre as its CoM (features.h), and that frame gives the segment
+ * no CoM: it is left out of the channel's statistics and of the point's mean;
+ * a point none of whose frames gave one has a NaN |CoM|, left out of the 3x3
+ * means. */
 #include "tap.h"
 
 #include <errno.h>
@@ -668,6 +669,58 @@ out:
         roid_roi_free(dark);
 }
 
+/* A point inside the object whose segment 0 never has counts: its |CoM_0|
+ * is NaN, its filtered value its neighbours' mean, so a refit labels it with
+ * the object; a new frame there (a fly scan's revisit) keeps that label
+ * online instead of dropping it to 0 until the next refit (found by review). */
+static void test_nan_point_label(void) {
+        enum { n = 24, ns = 2 };
+        roid_roi_params q;
+        roid_roi_params_default(&q);
+        q.n_segments = ns;
+        q.cadence = 64;
+        roid_roi *r = NULL;
+        roid_err err;
+        if (!tap_ok(roid_roi_new(&q, n, n, &r, &err) == 0, "24 x 24 state, 2 segments"))
+                return;
+        const uint32_t py = 12, px = 12;
+        rng = 99;
+        for (int pass = 0; pass < 2; pass++)
+                for (uint32_t y = 0; y < n; y++)
+                        for (uint32_t x = 0; x < n; x++) {
+                                if (pass && (y != py || x != px))
+                                        continue;
+                                const bool obj = (y - 12.0) * (y - 12.0) + (x - 12.0) * (x - 12.0) < 30;
+                                roid_features f;
+                                memset(&f, 0, sizeof f);
+                                f.n_segments = ns;
+                                f.total = 1000 + 10 * unif();
+                                f.com_x = 100 + unif();
+                                f.com_y = 100 + unif();
+                                for (unsigned s = 0; s < ns; s++) {
+                                        f.seg[s].sum = f.total / ns;
+                                        f.seg[s].com_x = 100 + unif() + (obj && s == 0 ? 8 : 0);
+                                        f.seg[s].com_y = 100 + unif();
+                                }
+                                if (y == py && x == px) {
+                                        f.seg[0].sum = 0;
+                                        f.seg[0].com_x = f.seg[0].com_y = 64;
+                                        f.seg[1].sum = f.total;
+                                }
+                                if (pass) /* the revisit: after the last refit */
+                                        roid_roi_refit(r);
+                                const uint8_t before = roid_roi_labels(r, 3)[py * n + px];
+                                const int l = roid_roi_add(r, y, x, &f);
+                                if (pass)
+                                        tap_ok(before == 1 && roid_roi_labels(r, 3)[py * n + px] == 1 && l == 1 &&
+                                                       isnan(roid_roi_raw_map(r, 3)[py * n + px]),
+                                               "a point without |CoM_0|, labelled RoI by the refit (%u), keeps it when "
+                                               "a frame arrives (%u, returned %d)",
+                                               before, roid_roi_labels(r, 3)[py * n + px], l);
+                        }
+        roid_roi_free(r);
+}
+
 /* Regions empty in some frames only: segment 1 empty at every fifth point
  * and in the second frame of revisited points (so empty in one frame of two,
  * or in both), segment 3 at every seventh; point (7, 5) has only dark frames,
@@ -734,6 +787,7 @@ static void test_empty_regions(void) {
 
 int main(void) {
         test_finish_heartbeat();
+        test_nan_point_label();
         test_weak_object();
         test_dark_frames();
         test_empty_regions();

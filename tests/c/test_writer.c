@@ -316,6 +316,59 @@ static void test_crash(void) {
                "crash: a non-SWMR open is refused as documented (%s)", s.open_error);
 }
 
+/* A frame without counts (beam off) at a point of the RoI, beside its lit
+ * frame (a fly scan's revisit): the RoI state leaves it out, and so does
+ * roi/image_ids, the frames a reconstruction code reads (it listed it). */
+static void test_dark_frame_ids(void) {
+        char dir[512], path[1024];
+        snprintf(dir, sizeof dir, "%s/dark", tmp);
+        mkdir(dir, 0755);
+        series_path(path, sizeof path, dir, "dark");
+        roid_writer *w;
+        roid_results_meta m = meta_for("dark", NULL);
+        roid_roi *roi;
+        roid_err err;
+        if (!tap_ok(roid_writer_new(64, 3600, NULL, &w) == 0 && roid_writer_open(w, dir, &m, NULL, 0) == 0 &&
+                            roid_roi_new(&rp, NY, NX, &roi, &err) == 0,
+                    "dark: writer and RoI state"))
+                return;
+        roid_frame_record rec;
+        for (uint64_t i = 0; i < NP; i++) {
+                make_record(i, &rec);
+                roid_roi_add(roi, rec.row, rec.col, &rec.f);
+                roid_writer_append(w, &rec);
+        }
+        const uint32_t p = 3 * NX + 4; /* in the object */
+        memset(&rec, 0, sizeof rec);
+        rec.image_id = NP;
+        rec.row = p / NX;
+        rec.col = p % NX;
+        rec.pos_x = rec.pos_y = NAN;
+        rec.f.n_segments = rp.n_segments;
+        rec.f.com_x = rec.f.com_y = 12; /* the beam centre, as features.c gives an empty frame */
+        for (unsigned s = 0; s < rp.n_segments; s++)
+                rec.f.seg[s].com_x = rec.f.seg[s].com_y = 12;
+        roid_roi_add(roi, rec.row, rec.col, &rec.f);
+        roid_writer_append(w, &rec);
+        roid_roi_finish(roi);
+        roid_writer_map(w, roi, true);
+        roid_counters ctr;
+        roid_counters_reset(&ctr);
+        roid_writer_close(w, &ctr);
+        tap_eq_i64(roid_writer_wait_idle(w), 0, "dark: written and closed");
+        long in = 0;
+        for (int q = 0; q < NP; q++)
+                in += roid_roi_mask(roi)[q];
+        summary s;
+        summarise(path, true, &s);
+        tap_ok(roid_roi_mask(roi)[p] && roid_roi_dark_frames(roi) == 1 && s.rows == NP + 1 && s.n_image_ids == in &&
+                       s.image_ids_ok == 1,
+               "dark: %ld rows; the point is RoI; image_ids lists its lit frame only (%ld ids, %ld RoI points)", s.rows,
+               s.n_image_ids, in);
+        roid_roi_free(roi);
+        roid_writer_free(w);
+}
+
 static void test_live(void) {
         char dir[512], path[1024], got[4096];
         snprintf(dir, sizeof dir, "%s/live", tmp);
@@ -718,6 +771,7 @@ int main(void) {
         }
         setup_geometry();
         test_crash(); /* first: fork before this process has threads */
+        test_dark_frame_ids();
         test_live();
         test_timer();
         test_backpressure();

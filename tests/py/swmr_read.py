@@ -53,7 +53,9 @@ def summary(path, plain):
     # from the file's own index.
     placed = (idx[:, 0] < ny) & (idx[:, 1] < nx)
     r, c = np.where(placed, idx[:, 0], 0), np.where(placed, idx[:, 1], 0)
-    want_ids = np.sort(ids[placed & (mask[r, c] != 0)])
+    # frames without counts measured nothing and are not listed
+    lit = e["features/sum"][()] > 0
+    want_ids = np.sort(ids[placed & (mask[r, c] != 0) & lit])
     got_ids = np.sort(e["roi/image_ids"][()])
     print("n_image_ids", len(got_ids))
     print("image_ids_ok", int(np.array_equal(want_ids, got_ids)))
