@@ -48,7 +48,7 @@ struct roid_roi {
         bool sig[MAX_MOD];          /* its cut stands out from noise (significant()) */
         double cen_out[MAX_MOD][2]; /* [RoI side, other] as of the last relabel */
         /* A frame's label per modality from its raw value v (floored as by
-         * flog): lab_cut[m][0] below thr[m], [1] at it, [2] above. */
+         * mlog): lab_cut[m][0] below thr[m], [1] at it, [2] above. */
         double thr[MAX_MOD];
         uint8_t lab_cut[MAX_MOD][3];
 
@@ -355,6 +355,16 @@ static double flog(double v) {
         return log(v > LOG_FLOOR ? v : LOG_FLOOR);
 }
 
+/* The log scale modality m is clustered on: log(1 + T) for a total, which
+ * is log T at the counts of a diffraction frame but keeps a point of few
+ * counts near its neighbours (a 3x3 mean of 0 counts, at low dose, sat at
+ * log 1e-12 = -27.6, an outlier that two-cluster k-means isolated and the
+ * noise test passed: short-lived RoI points in 5-13 % of background scans at
+ * 20 counts a frame, found by review); log |CoM| for a centre of mass. */
+static double mlog(unsigned m, double v) {
+        return is_total(m) ? log1p(v > 0 ? v : 0) : flog(v);
+}
+
 /* Index 0/1 of the RoI-side centre: low T, high |CoM|. */
 static unsigned roi_side(const roid_roi *r, unsigned m) {
         const double *c = r->km[m].centers;
@@ -466,7 +476,7 @@ static void filter_point(roid_roi *r, size_t i, unsigned m0, unsigned step) {
                 for (unsigned q = 0; q < n; q++)
                         if (!isnan(raw[nb[q]])) /* a |CoM| no frame gave (Empty regions in roi.h) */
                                 sum += raw[nb[q]], k++;
-                r->filt[m * np + i] = k ? flog(sum / k) : NAN;
+                r->filt[m * np + i] = k ? mlog(m, sum / k) : NAN;
         }
 }
 
@@ -565,9 +575,9 @@ static void km1_lloyd(roid_roi *r, unsigned m) {
 
 /* The labels roid_roi_add gives, as cuts on the raw value: the nearest of
  * two centres on the log scale flips at their midpoint, so a frame needs one
- * comparison with exp(midpoint) per modality instead of a log (equal to
- * side_label(flog(v)) but where the two roundings differ, within an ulp of the
- * cut).  Taken whenever the centres change. */
+ * comparison with exp(midpoint) (expm1 for a total) per modality instead of
+ * a log (equal to side_label(mlog(v)) but where the two roundings differ,
+ * within an ulp of the cut).  Taken whenever the centres change. */
 static void set_cuts(roid_roi *r) {
         for (unsigned m = 0; m < r->nmod; m++) {
                 const roid_kmeans *km = &r->km[m];
@@ -579,7 +589,7 @@ static void set_cuts(roid_roi *r) {
                         n[2] = 1;
                 else if (c1 < c0)
                         n[0] = 1;
-                r->thr[m] = exp(0.5 * (c0 + c1));
+                r->thr[m] = is_total(m) ? expm1(0.5 * (c0 + c1)) : exp(0.5 * (c0 + c1));
                 for (int k = 0; k < 3; k++)
                         r->lab_cut[m][k] = split(r, m) && n[k] == side;
         }
@@ -735,7 +745,7 @@ int roid_roi_add(roid_roi *r, uint32_t row, uint32_t col, const roid_features *f
         raw_totals(r, i, raw, 1);
         raw_coms(r, z, i, raw, 1);
         for (unsigned m = 0; m < r->nmod; m++) {
-                const double v = raw[m] > LOG_FLOOR ? raw[m] : LOG_FLOOR;
+                const double v = raw[m] > LOG_FLOOR ? raw[m] : is_total(m) ? 0 : LOG_FLOOR;
                 /* a |CoM| no frame gave: the point keeps what the last refit gave it */
                 const uint8_t old = r->lab[m * r->np + i];
                 uint8_t l = isnan(raw[m]) ? old == 1 : r->lab_cut[m][v < r->thr[m] ? 0 : v > r->thr[m] ? 2 : 1];

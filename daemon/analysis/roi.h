@@ -1,7 +1,8 @@
 /* roi.h - the per-series region-of-interest state of the ptychography RoI
  * method (Lin et al.): per scan point total intensity T and centre of mass,
  * whole pattern and per azimuthal segment; the CoM standardised over the scan
- * (eq. 2) and its magnitude; 3x3 mean-filtered log maps; a two-cluster k-means
+ * (eq. 2) and its magnitude; 3x3 mean-filtered log maps (log(1 + T), which
+ * is log T but at a few counts, and log |CoM|); a two-cluster k-means
  * per modality; RoI = low-T cluster united with high-|CoM| cluster, united
  * over the segments; border grow/shrink and optional hole fill.  A modality
  * labels nothing unless its cut stands out from noise (significant() in
@@ -22,7 +23,7 @@
  * the final mask.
  *
  * General clustering: k clusters over the standardised per-point vectors
- * [filtered log T, log |CoM|, the same per segment, log(1 + BF), log(1 + DF)]
+ * [filtered log(1 + T), log |CoM|, the same per segment, log(1 + BF), log(1 + DF)]
  * (BF/DF only when the geometry has them): k-means++ seeding, a mini-batch
  * step per cadence, Lloyd at the end.
  *

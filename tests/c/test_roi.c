@@ -6,7 +6,7 @@
  * filtered maps of every modality equal what the definitions give when
  * computed here from the frames fed, in plain loops: mean T and mean CoM per
  * point, CoM standardised with the population mean and deviation over all
- * frames (eq. 2), 3x3 mean over the seen neighbours, log (floor 1e-12).  A
+ * frames (eq. 2), 3x3 mean over the seen neighbours, log(1 + T), log |CoM| (floor 1e-12).  A
  * frame without counts is left out; a segment with no counts in a frame has
  * the beam centre as its CoM (features.h), and that frame gives the segment
  * no CoM: it is left out of the channel's statistics and of the point's mean;
@@ -149,7 +149,7 @@ static unsigned check_frame_labels(const roid_roi *r, size_t i) {
                         const double *cen = roid_roi_centres(r, m); /* [RoI side, other] */
                         if (isnan(cen[0]))
                                 continue;
-                        const double v = log(fmax(raw[k], 1e-12));
+                        const double v = k ? log(fmax(raw[k], 1e-12)) : log1p(raw[k]);
                         const unsigned want = !isnan(raw[k]) && fabs(v - cen[0]) < fabs(v - cen[1]);
                         bad += roid_roi_labels(r, m)[i] != want;
                 }
@@ -197,7 +197,7 @@ static double check_maps(const roid_roi *r, unsigned *ret_bad_nan) {
                                         if (!n || isnan(got_f[i]))
                                                 continue;
                                 }
-                                double want_f = log(fmax(s / n, 1e-12));
+                                double want_f = m % 2 ? log(fmax(s / n, 1e-12)) : log1p(s / n);
                                 /* T: relative; |CoM|: in units of the deviation (the
                                  * state's running statistics round differently from
                                  * the two-pass ones here); filtered: in log units. */

@@ -40,14 +40,16 @@ def filtered_maps(f, S):
     out = []
     for t, c in chans:
         z = (c - c.mean(axis=0)) / c.std(axis=0)
-        for v in (t, np.hypot(z[:, 0], z[:, 1])):
+        for k, v in enumerate((t, np.hypot(z[:, 0], z[:, 1]))):
             acc = np.zeros((NY, NX))
             np.add.at(acc, (idx[:, 0], idx[:, 1]), v)
             raw = np.where(seen, acc / np.maximum(cnt, 1), 0)
             pad, pc = np.pad(raw, 1), np.pad(seen.astype(float), 1)
             s9 = sum(pad[1 + dy:1 + dy + NY, 1 + dx:1 + dx + NX] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
             n9 = sum(pc[1 + dy:1 + dy + NY, 1 + dx:1 + dx + NX] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-            out.append(np.where(seen, np.log(np.maximum(s9 / np.maximum(n9, 1), 1e-12)), np.nan))
+            mean = s9 / np.maximum(n9, 1)
+            # log(1 + T) for a total, log |CoM| (floor 1e-12) for a centre of mass
+            out.append(np.where(seen, np.log1p(mean) if k == 0 else np.log(np.maximum(mean, 1e-12)), np.nan))
     return np.array(out), seen
 
 
