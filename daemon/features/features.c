@@ -1049,8 +1049,14 @@ int roid_estimate_beam_center(const roid_frame *f, const uint32_t *mask, double 
 
         /* 3. centroid of the half-maximum region near it */
         const double rad = 1.5 * sqrt((double)n_half / M_PI) + 4.0;
-        /* until it settles (a hundredth of a pixel), at most 30 times: once a series */
-        for (int it = 0; it < 30; it++) {
+        /* Until it settles (a hundredth of a pixel), at most ITERS times: once a
+         * series.  Where it does not (a beam on a gap crossing can cycle by a
+         * quarter of a pixel, found by review), the mean of the last TAIL. */
+        enum { ITERS = 30, TAIL = 8 };
+        double tail_x = 0, tail_y = 0;
+        unsigned n_tail = 0;
+        bool settled = false;
+        for (int it = 0; it < ITERS; it++) {
                 const long y0 = lround(fmax(0, ceil(ey - rad))), y1 = lround(fmin(f->rows - 1.0, floor(ey + rad)));
                 const long x0 = lround(fmax(0, ceil(ex - rad))), x1 = lround(fmin(f->cols - 1.0, floor(ex + rad)));
                 double sw = 0, swx = 0, swy = 0;
@@ -1066,9 +1072,12 @@ int roid_estimate_beam_center(const roid_frame *f, const uint32_t *mask, double 
                                  * masked made the gap's own centre one too: 0.9 px off for a beam
                                  * of radius 4 with a 2-pixel gap through it, found by review.) */
                                 double v;
+                                const double mx = 2 * ex - (double)x, my = 2 * ey - (double)y;
                                 if (mask && mask[i]) {
-                                        if (!mirror_value(f, mask, 2 * ex - (double)x, 2 * ey - (double)y, &v))
+                                        if (!mirror_value(f, mask, mx, my, &v))
                                                 continue;
+                                } else if (mx < -0.5 || my < -0.5 || mx > f->cols - 0.5 || my > f->rows - 0.5) {
+                                        continue; /* its mirror is off the frame: the beam's other half is not seen */
                                 } else {
                                         v = (double)pixel_at(f, i);
                                 }
@@ -1084,8 +1093,16 @@ int roid_estimate_beam_center(const roid_frame *f, const uint32_t *mask, double 
                 const double step = fabs(swx / sw - ex) + fabs(swy / sw - ey);
                 ex = swx / sw;
                 ey = swy / sw;
-                if (step < 0.01)
+                if (step < 0.01) {
+                        settled = true;
                         break;
+                }
+                if (it >= ITERS - TAIL)
+                        tail_x += ex, tail_y += ey, n_tail++;
+        }
+        if (!settled && n_tail) {
+                ex = tail_x / n_tail;
+                ey = tail_y / n_tail;
         }
         *ret_x = ex;
         *ret_y = ey;

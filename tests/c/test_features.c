@@ -882,6 +882,8 @@ static void beam_center(void) {
                  * gap's own centre was a fixed point, 0.8 px off (found by review) */
                 {ROID_DT_U16, 96, 96, {.bx = 33, .by = 65, .radius = 4, .peak = 3000, .halo = 200, .bg = 2}, 0},
                 {ROID_DT_U16, 96, 96, {.bx = 32.4, .by = 64.7, .radius = 5, .peak = 3000, .halo = 200, .bg = 2}, 0},
+                /* near the edge: pixels whose mirror is off the frame are left out */
+                {ROID_DT_U16, 96, 96, {.bx = 3.3, .by = 40.2, .radius = 6, .peak = 3000, .halo = 200, .bg = 2}, 0},
         };
         for (size_t i = 0; i < sizeof tc / sizeof tc[0]; i++) {
                 void *px = simulate(tc[i].t, tc[i].rows, tc[i].cols, &tc[i].s);

@@ -150,6 +150,7 @@ static unsigned check_frame_labels(const roid_roi *r, size_t i) {
                         if (isnan(cen[0]))
                                 continue;
                         const double v = k ? log(fmax(raw[k], 1e-12)) : log1p(raw[k]);
+                        /* no |CoM| (NaN): the refit's label is kept, 0 at a first visit, all here */
                         const unsigned want = !isnan(raw[k]) && fabs(v - cen[0]) < fabs(v - cen[1]);
                         bad += roid_roi_labels(r, m)[i] != want;
                 }
