@@ -215,6 +215,28 @@ static double check_maps(const roid_roi *r, unsigned *ret_bad_nan) {
         return worst;
 }
 
+/* A state of ny x nx points, nseg segments, refits every `cadence` frames
+ * (0: by hand); NULL if it cannot be made. */
+static roid_roi *state(uint32_t ny, uint32_t nx, unsigned nseg, unsigned cadence) {
+        roid_roi_params q;
+        roid_roi_params_default(&q);
+        q.n_segments = nseg;
+        q.cadence = cadence;
+        roid_roi *r = NULL;
+        roid_err err;
+        return roid_roi_new(&q, ny, nx, &r, &err) == 0 ? r : NULL;
+}
+
+/* A refit, then the maps against the definitions: the worst difference so
+ * far, the points whose NaN disagrees, the refits. */
+static void refit_check(roid_roi *r, double *worst, unsigned *bad_nan, unsigned *refits) {
+        roid_roi_refit(r);
+        unsigned b;
+        *worst = fmax(*worst, check_maps(r, &b));
+        *bad_nan += b;
+        (*refits)++;
+}
+
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
 #else
@@ -676,13 +698,8 @@ out:
  * online instead of dropping it to 0 until the next refit (found by review). */
 static void test_nan_point_label(void) {
         enum { n = 24, ns = 2 };
-        roid_roi_params q;
-        roid_roi_params_default(&q);
-        q.n_segments = ns;
-        q.cadence = 64;
-        roid_roi *r = NULL;
-        roid_err err;
-        if (!tap_ok(roid_roi_new(&q, n, n, &r, &err) == 0, "24 x 24 state, 2 segments"))
+        roid_roi *r = state(n, n, ns, 64);
+        if (!tap_ok(r != NULL, "24 x 24 state, 2 segments"))
                 return;
         const uint32_t py = 12, px = 12;
         rng = 99;
@@ -731,13 +748,8 @@ static void test_nan_point_label(void) {
  * had (left out of the neighbours' means); T counts every lit frame; dark
  * frames are left out. */
 static void test_empty_regions(void) {
-        roid_roi_params p;
-        roid_roi_params_default(&p);
-        p.n_segments = S;
-        p.cadence = 0;
-        roid_roi *r = NULL;
-        roid_err err;
-        if (!tap_ok(roid_roi_new(&p, NY, NX, &r, &err) == 0, "state for empty regions"))
+        roid_roi *r = state(NY, NX, S, 0);
+        if (!tap_ok(r != NULL, "state for empty regions"))
                 return;
         reset_model();
         double worst = 0;
@@ -751,13 +763,8 @@ static void test_empty_regions(void) {
                                 feed_empty(r, y, x, DARK);
                         else if (x % 6 == 2 || (y == 15 && x == 20))
                                 feed_empty(r, y, x, 1u << 1);
-                        if (nf % 17 == 0) {
-                                roid_roi_refit(r);
-                                unsigned b;
-                                worst = fmax(worst, check_maps(r, &b));
-                                bad_nan += b;
-                                refits++;
-                        }
+                        if (nf % 17 == 0)
+                                refit_check(r, &worst, &bad_nan, &refits);
                 }
         roid_roi_finish(r);
         unsigned b;
@@ -812,13 +819,8 @@ int main(void) {
         for (uint32_t y = 0; y < NY; y += 2)
                 for (uint32_t x = 0; x < NX; x++) {
                         feed(r, y, x);
-                        if (nf % 23 == 0) {
-                                roid_roi_refit(r);
-                                unsigned b;
-                                worst = fmax(worst, check_maps(r, &b));
-                                bad_nan += b;
-                                refits++;
-                        }
+                        if (nf % 23 == 0)
+                                refit_check(r, &worst, &bad_nan, &refits);
                 }
         /* Pass 2: the odd rows (neighbours of every earlier point change), a
          * few revisited points of both passes (fly-scan binning), refits. */
@@ -827,19 +829,10 @@ int main(void) {
                         feed(r, y, x);
                         if (x % 7 == 3)
                                 feed(r, y - 1, (x * 5) % NX);
-                        if (nf % 29 == 0) {
-                                roid_roi_refit(r);
-                                unsigned b;
-                                worst = fmax(worst, check_maps(r, &b));
-                                bad_nan += b;
-                                refits++;
-                        }
+                        if (nf % 29 == 0)
+                                refit_check(r, &worst, &bad_nan, &refits);
                 }
-        roid_roi_refit(r);
-        unsigned b;
-        worst = fmax(worst, check_maps(r, &b));
-        bad_nan += b;
-        refits++;
+        refit_check(r, &worst, &bad_nan, &refits);
         tap_ok(refits > 20, "%u refits checked over %u frames", refits, nf);
         tap_ok(worst < 1e-9,
                "raw and filtered maps of all %d modalities match the definitions after every refit "
@@ -853,6 +846,7 @@ int main(void) {
         feed(r, 5, 8);
         roid_roi_refit(r);
         tap_ok(ft[5 * NX + 5] == before, "a point two steps from a revisit keeps its filtered T");
+        unsigned b;
         tap_ok(check_maps(r, &b) < 1e-9 && b == 0, "and every map still matches after it");
 
         /* The final maps (a full recomputation) agree with the online ones. */

@@ -271,6 +271,13 @@ static void series_path(char *buf, size_t size, const char *dir, const char *id)
         snprintf(buf, size, "%s/roid_%s.h5", dir, id);
 }
 
+/* A test's own directory under tmp, and the path of series id's file in it. */
+static void test_dir(const char *name, const char *id, char *dir, size_t dsize, char *path, size_t psize) {
+        snprintf(dir, dsize, "%s/%s", tmp, name);
+        mkdir(dir, 0755);
+        series_path(path, psize, dir, id);
+}
+
 /* ---------------------------------------------------------------- tests */
 
 /* A child writes and flushes N records, then dies without closing: the file
@@ -278,9 +285,7 @@ static void series_path(char *buf, size_t size, const char *dir, const char *id)
 static void test_crash(void) {
         enum { N = 37 };
         char dir[512], path[1024];
-        snprintf(dir, sizeof dir, "%s/crash", tmp);
-        mkdir(dir, 0755);
-        series_path(path, sizeof path, dir, "crash");
+        test_dir("crash", "crash", dir, sizeof dir, path, sizeof path);
         fflush(stdout);
         pid_t pid = fork();
         if (pid == 0) {
@@ -321,9 +326,7 @@ static void test_crash(void) {
  * roi/image_ids, the frames a reconstruction code reads (it listed it). */
 static void test_dark_frame_ids(void) {
         char dir[512], path[1024];
-        snprintf(dir, sizeof dir, "%s/dark", tmp);
-        mkdir(dir, 0755);
-        series_path(path, sizeof path, dir, "dark");
+        test_dir("dark", "dark", dir, sizeof dir, path, sizeof path);
         roid_writer *w;
         roid_results_meta m = meta_for("dark", NULL);
         roid_roi *roi;
@@ -371,9 +374,7 @@ static void test_dark_frame_ids(void) {
 
 static void test_live(void) {
         char dir[512], path[1024], got[4096];
-        snprintf(dir, sizeof dir, "%s/live", tmp);
-        mkdir(dir, 0755);
-        series_path(path, sizeof path, dir, "live-1");
+        test_dir("live", "live-1", dir, sizeof dir, path, sizeof path);
         roid_writer *w;
         tap_ok(roid_writer_new(64, 3600, NULL, &w) == 0, "live: writer started");
         tap_eq_u64(roid_writer_queue_capacity(w), 64, "live: capacity");
@@ -490,9 +491,7 @@ static void test_live(void) {
 /* The flush timer alone makes the rows visible. */
 static void test_timer(void) {
         char dir[512], path[1024];
-        snprintf(dir, sizeof dir, "%s/timer", tmp);
-        mkdir(dir, 0755);
-        series_path(path, sizeof path, dir, "timer");
+        test_dir("timer", "timer", dir, sizeof dir, path, sizeof path);
         roid_writer *w;
         roid_writer_new(8, 0.2, NULL, &w);
         roid_results_meta m = meta_for("timer", NULL);
@@ -517,9 +516,7 @@ static void test_timer(void) {
 static void test_backpressure(void) {
         enum { N = 1000 };
         char dir[512], path[1024];
-        snprintf(dir, sizeof dir, "%s/bp", tmp);
-        mkdir(dir, 0755);
-        series_path(path, sizeof path, dir, "bp");
+        test_dir("bp", "bp", dir, sizeof dir, path, sizeof path);
         roid_writer *w;
         roid_writer_new(2, 3600, NULL, &w);
         roid_results_meta m = meta_for("bp", NULL);
