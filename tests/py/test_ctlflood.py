@@ -162,7 +162,9 @@ def main():
     check(any("SIGTERM received" in l for _, l in lines), "SIGTERM logged")
 
     gaps = [b - a for a, b in zip(notify.pings, notify.pings[1:]) if a >= t_flood and b <= t_term]
-    check(len(gaps) >= 4 and max(gaps) < 1.5,
+    # pings are due every 0.5 s; a loop held by the flood shows a gap of its 5 s, one or two late
+    # pings on a loaded machine (ASan beside other tests: 1.1 s seen) do not fail it
+    check(len(gaps) >= 4 and max(gaps) < 2.5,
           "WATCHDOG=1 every ~0.5 s during the flood: %d pings, largest gap %.2f s" %
           (len(gaps) + 1, max(gaps) if gaps else float("nan")))
 

@@ -424,8 +424,9 @@ class Service(unittest.TestCase):
         file complete.  (stop() used to close the signal handles at once,
         which put back the default actions: a reload in that time killed
         roid with the file half written.)"""
-        conf = BASE_CONF + "\n[pipeline]\nqueue_depth = 64\nworkers = 1\n"
-        d = self.start(conf, env={"ROID_FAULT": "slow-workers"})  # 5 ms more a frame: 64 queued take 0.3 s
+        conf = BASE_CONF + "\n[pipeline]\nqueue_depth = 256\nworkers = 1\n"
+        # 5 ms more a frame: 256 queued take 1.3 s, the signals below have that long
+        d = self.start(conf, env={"ROID_FAULT": "slow-workers"})
         self.ready(d)
         self.sim(d, 1, rate=0)
         m = self.notify.wait(lambda f: (frames_analysed(f.get("STATUS", "")) or 0) >= 10, 120)
@@ -540,11 +541,12 @@ class Service(unittest.TestCase):
         """idle_timeout counts time without messages and without queued work:
         with the workers stuck the queues fill, roid stops reading the
         detector, which goes on sending; roid used to exit as if idle."""
-        conf = BASE_CONF + "\n[pipeline]\nqueue_depth = 4\n\n[service]\nidle_timeout = 1\n"
+        # idle_timeout 3 s: the detector's first message must come before it, even on a loaded machine
+        conf = BASE_CONF + "\n[pipeline]\nqueue_depth = 4\n\n[service]\nidle_timeout = 3\n"
         d = self.start(conf, env={"ROID_FAULT": "stall-workers"})
         self.ready(d)
         self.sim(d, 1, rate=300)
-        time.sleep(3.0)
+        time.sleep(6.0)
         self.assertIsNone(d.proc.poll(), "exited with frames queued:\n" + "\n".join(d.stderr()))
         self.assertEqual(d.stop(), 0)
 
