@@ -1,9 +1,13 @@
 """What the Python tests share: the record of failed checks, free TCP ports
-on loopback, and the typed arrays roid publishes (proto/live.md).  Imported
-by the tests, which /usr/bin/python3 runs from this directory."""
+on loopback, the service manager's end of NOTIFY_SOCKET, and the typed arrays
+roid publishes (proto/live.md).  Imported by the tests, which
+/usr/bin/python3 runs from this directory."""
+import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -34,6 +38,76 @@ def free_port():
             _given.add(port)
             return port
     raise RuntimeError("no fresh free port")
+
+
+class Notify:
+    """The service manager's end of NOTIFY_SOCKET.  A thread reads every
+    datagram at once, as systemd does: the kernel queues only
+    net.unix.max_dgram_qlen (often 10) unread datagrams, after which
+    sd_notify() in the daemon blocks."""
+
+    def __init__(self, d):
+        self.path = os.path.join(d, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.log = []  # (monotonic time, {key: value}, raw text)
+        self.next = 0  # the first datagram poll() has not returned yet
+        self.cond = threading.Condition()
+        self.running = True
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while self.running:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            text = data.decode()
+            fields = dict(line.split("=", 1) for line in text.split("\n") if "=" in line)
+            with self.cond:
+                self.log.append((time.monotonic(), fields, text))
+                self.cond.notify_all()
+
+    def close(self):
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+    def poll(self, timeout):
+        """The next datagram not returned before, or None after timeout seconds."""
+        with self.cond:
+            if self.cond.wait_for(lambda: self.next < len(self.log), max(timeout, 0)):
+                self.next += 1
+                return self.log[self.next - 1][1]
+            return None
+
+    def wait(self, pred, timeout):
+        """The first new datagram for which pred(fields) holds, or None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            m = self.poll(left)
+            if m is not None and pred(m):
+                return m
+
+    def drain(self, seconds):
+        """Everything that arrives within the next `seconds` (and anything unread)."""
+        got, deadline = [], time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            m = self.poll(left)
+            if m is not None:
+                got.append(m)
+        return got
+
+    def since(self, t, key):
+        with self.cond:
+            return [(ts, f) for ts, f, _ in self.log if ts >= t and key in f]
 
 
 def typed(a):

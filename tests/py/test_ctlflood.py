@@ -12,7 +12,6 @@ the batching, one drain served the flood to its end and all of these waited
 for it.  `test_ctlflood.py --flood EP SECONDS` is the flooding client."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 import msgpack
 import zmq
 
-from roidtest import CHILDREN, check, failures, free_port, run
+from roidtest import CHILDREN, Notify, check, failures, free_port, run
 
 FLOOD_S = 12.0   # SIGTERM goes at 5 s or later: the flood outlasts every bound below
 SERIES_S = 5.0   # 300 small frames take ~0.1 s when nothing else runs
@@ -64,34 +63,11 @@ def flood(ep, seconds):
     ctx.term()
 
 
-class Notify:
-    """NOTIFY_SOCKET's other end: the times of WATCHDOG=1 datagrams."""
-
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.1)
-        self.pings, self.running = [], True
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        while self.running:
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if b"WATCHDOG=1" in data.split(b"\n"):
-                self.pings.append(time.monotonic())
-
-
 def main():
     tmp = tempfile.mkdtemp(prefix="roid-ctlflood-")
     det, ctl_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
-    notify = Notify(os.path.join(tmp, "notify"))
-    env = dict(os.environ, NOTIFY_SOCKET=os.path.join(tmp, "notify"), WATCHDOG_USEC="1000000")
+    notify = Notify(tmp)
+    env = dict(os.environ, NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")
     # WATCHDOG_PID must be roid's pid: the shell exports its own and execs roid.
     roid = subprocess.Popen(["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"', "sh", os.environ["ROID"],
                              "--detector", det, "--control", ctl_ep, "--output-dir", "", "--status-interval", "0.5"],
@@ -161,7 +137,8 @@ def main():
           (roid.returncode, t_exit - t_term, STOP_S, flood_end - t_exit))
     check(any("SIGTERM received" in l for _, l in lines), "SIGTERM logged")
 
-    gaps = [b - a for a, b in zip(notify.pings, notify.pings[1:]) if a >= t_flood and b <= t_term]
+    pings = [t for t, f in notify.since(t_flood, "WATCHDOG") if f["WATCHDOG"] == "1" and t <= t_term]
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
     # pings are due every 0.5 s; a loop held by the flood shows a gap of its 5 s, one or two late
     # pings on a loaded machine (ASan beside other tests: 1.1 s seen) do not fail it
     check(len(gaps) >= 4 and max(gaps) < 2.5,
@@ -176,7 +153,7 @@ def main():
     check(all(got >= 20 and 0 <= first < 2.0 for _, got, first in results),
           "every flooding client gets replies, its first within 2 s: " +
           ", ".join("%d sent %d answered (first %.2f s)" % r for r in results))
-    notify.running = False
+    notify.close()
     if failures:
         print("roid's log:\n" + "\n".join("%7.2f %s" % (t - t_flood, l) for t, l in lines))
     print("%d checks failed" % len(failures) if failures else "all checks passed")

@@ -21,7 +21,7 @@ import h5py
 import msgpack
 import zmq
 
-from roidtest import free_port
+from roidtest import Notify, free_port
 
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
@@ -43,76 +43,6 @@ SLOW = 5.0 if sanitized() else 1.0
 
 def note(msg):
     print(f"# {msg}", file=sys.stderr)
-
-
-class Notify:
-    """The service manager's end of NOTIFY_SOCKET.  A thread reads every
-    datagram at once, as systemd does: the kernel queues only
-    net.unix.max_dgram_qlen (often 10) unread datagrams, after which
-    sd_notify() in the daemon blocks."""
-
-    def __init__(self, d):
-        self.path = os.path.join(d, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.1)
-        self.log = []  # (monotonic time, {key: value}, raw text)
-        self.next = 0  # the first datagram poll() has not returned yet
-        self.cond = threading.Condition()
-        self.running = True
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        while self.running:
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            text = data.decode()
-            fields = dict(line.split("=", 1) for line in text.split("\n") if "=" in line)
-            with self.cond:
-                self.log.append((time.monotonic(), fields, text))
-                self.cond.notify_all()
-
-    def close(self):
-        self.running = False
-        self.thread.join(5)
-        self.sock.close()
-
-    def poll(self, timeout):
-        """The next datagram not returned before, or None after timeout seconds."""
-        with self.cond:
-            if self.cond.wait_for(lambda: self.next < len(self.log), max(timeout, 0)):
-                self.next += 1
-                return self.log[self.next - 1][1]
-            return None
-
-    def wait(self, pred, timeout):
-        """The first new datagram for which pred(fields) holds, or None."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            m = self.poll(left)
-            if m is not None and pred(m):
-                return m
-
-    def drain(self, seconds):
-        """Everything that arrives within the next `seconds` (and anything unread)."""
-        got, deadline = [], time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            m = self.poll(left)
-            if m is not None:
-                got.append(m)
-        return got
-
-    def since(self, t, key):
-        with self.cond:
-            return [(ts, f) for ts, f, _ in self.log if ts >= t and key in f]
 
 
 class Daemon:
