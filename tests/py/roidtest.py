@@ -3,6 +3,7 @@ on loopback, the service manager's end of NOTIFY_SOCKET, and the typed arrays
 roid publishes (proto/live.md).  Imported by the tests, which
 /usr/bin/python3 runs from this directory."""
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -23,16 +24,37 @@ def check(cond, what):
 
 
 _given = set()
+# Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by
+# default), so no connect() or bind(0) in any process can take a port between our
+# probe and the daemon's bind; each test process draws its own random ports.
+_PORTS = (20000, 32767)
+_rng = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(v) for v in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port():
-    """A TCP port on loopback that nothing listens on now, and one this process
-    has not been given before: the kernel may hand the same free port to
-    two binds in a row, and a daemon given it for two endpoints fails (seen
-    about twice in 10,000 triples)."""
-    for _ in range(1000):
+    """A TCP port on loopback that nothing listens on now, outside the
+    kernel's ephemeral range where it can, and one this process has not been
+    given before (a daemon given the same port for two endpoints fails)."""
+    elo, ehi = _ephemeral_range()
+    outside = elo > _PORTS[1] or ehi < _PORTS[0]
+    for _ in range(2000):
+        port = _rng.randint(*_PORTS) if outside else 0
+        if port in _given:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             port = s.getsockname()[1]
         if port not in _given:
             _given.add(port)
