@@ -1,4 +1,4 @@
-/* control.c - the REP control socket (proto/live.md, "Control"). */
+/* control.c - the control socket (proto/live.md, "Control"). */
 #include "outputs/control.h"
 
 #include <inttypes.h>
@@ -666,52 +666,96 @@ static uint64_t mono_ns(void) {
         return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Receives one request without blocking and replies to it: 1 when one was
- * handled, 0 on EAGAIN, or a negative errno when the socket failed. */
-static int serve_one(roid_control *c) {
-        zmq_msg_t m;
-        const void *out;
-        size_t total, out_len;
-        unsigned parts = 1;
-        bool ok;
-        int r, more;
-
-        zmq_msg_init(&m);
+static int recv_part(void *sock, zmq_msg_t *m) {
+        int r;
         do {
-                r = zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT);
+                r = zmq_msg_recv(m, sock, ZMQ_DONTWAIT);
         } while (r < 0 && errno == EINTR);
-        if (r < 0) {
-                int e = errno;
-                zmq_msg_close(&m);
-                if (e == EAGAIN)
-                        return 0;
-                ROID_LOG_LIMITED(ROID_LOG_ERR, "control: receive: %s", zmq_strerror(e));
-                return -e;
+        return r < 0 ? -errno : 0;
+}
+
+/* Sends the envelope and the reply.  ZMQ_ROUTER_MANDATORY makes the first
+ * frame fail when the client's queue is full (EAGAIN) or the client is gone
+ * (EHOSTUNREACH); once it is accepted the rest of the message fits. */
+static int send_reply(roid_control *c, zmq_msg_t *env, unsigned n_env, const void *out, size_t out_len) {
+        int r;
+        for (unsigned i = 0; i < n_env; i++) {
+                do {
+                        r = zmq_send(c->sock, zmq_msg_data(&env[i]), zmq_msg_size(&env[i]), ZMQ_SNDMORE | ZMQ_DONTWAIT);
+                } while (r < 0 && errno == EINTR);
+                if (r < 0)
+                        return -errno;
         }
-        total = zmq_msg_size(&m);
-        /* REP answers only after the last frame: read them all (the frames of
-         * a message arrive together). */
-        more = zmq_msg_more(&m);
+        do {
+                r = zmq_send(c->sock, out, out_len, ZMQ_DONTWAIT);
+        } while (r < 0 && errno == EINTR);
+        return r < 0 ? -errno : 0;
+}
+
+/* Receives one request without blocking and replies to it: 1 when one was
+ * handled, 0 on EAGAIN, or a negative errno when the socket failed.
+ * A message is [routing id, envelope..., empty delimiter, request]: what a
+ * REQ (or a REQ behind brokers) sends.  Without an empty frame before its
+ * last one (a DEALER sending bare requests) the request is the frame after
+ * the routing id.  The reply goes back with the same envelope. */
+static int serve_one(roid_control *c) {
+        zmq_msg_t f[ROID_CONTROL_MAX_ENVELOPE + 1];
+        unsigned kept = 0, n = 0, delim = 0, body, parts;
+        size_t total = 0, size[ROID_CONTROL_MAX_ENVELOPE + 1];
+        const void *out;
+        size_t out_len;
+        bool ok, more;
+        int r;
+
+        zmq_msg_init(&f[0]);
+        r = recv_part(c->sock, &f[0]);
+        if (r < 0) {
+                zmq_msg_close(&f[0]);
+                if (r == -EAGAIN)
+                        return 0;
+                ROID_LOG_LIMITED(ROID_LOG_ERR, "control: receive: %s", zmq_strerror(-r));
+                return r;
+        }
+        kept = n = 1;
+        size[0] = zmq_msg_size(&f[0]);
+        /* The frames of a message arrive together: read them all, keeping the
+         * first ones (the envelope and the request) and the size of every one. */
+        more = zmq_msg_more(&f[0]);
         while (more) {
                 zmq_msg_t x;
-                zmq_msg_init(&x);
-                do {
-                        r = zmq_msg_recv(&x, c->sock, ZMQ_DONTWAIT);
-                } while (r < 0 && errno == EINTR);
-                more = r >= 0 && zmq_msg_more(&x);
-                if (r >= 0) {
-                        total += zmq_msg_size(&x);
-                        parts++;
+                zmq_msg_t *m = kept < ROID_CONTROL_MAX_ENVELOPE + 1 ? &f[kept] : &x;
+                zmq_msg_init(m);
+                r = recv_part(c->sock, m);
+                more = r == 0 && zmq_msg_more(m);
+                if (r < 0) {
+                        zmq_msg_close(m);
+                        break;
                 }
-                zmq_msg_close(&x);
+                if (m == &x) {
+                        total += zmq_msg_size(&x);
+                        zmq_msg_close(&x);
+                } else {
+                        size[kept] = zmq_msg_size(m);
+                        if (!delim && size[kept] == 0 && more && kept < ROID_CONTROL_MAX_ENVELOPE)
+                                delim = kept;
+                        kept++;
+                }
+                n++;
         }
+        body = delim ? delim + 1 : 1;
+        for (unsigned i = body; i < kept; i++)
+                total += size[i];
+        parts = n > body ? n - body : 0;
         c->requests++;
-        ok = handle(c, zmq_msg_data(&m), zmq_msg_size(&m), total, parts);
+        if (parts == 0)
+                ok = handle(c, NULL, 0, 0, 0);
+        else
+                ok = handle(c, zmq_msg_data(&f[body]), size[body], total, parts);
         out = c->sb.data;
         out_len = c->sb.size;
         if (c->failed) {
-                /* Even the reply could not be built: a fixed one keeps the REP
-                 * socket from being left stuck. */
+                /* Even the reply could not be built: a fixed one still tells
+                 * the client, whose REQ would otherwise wait for ever. */
                 out = oom_reply;
                 out_len = sizeof(oom_reply) - 1;
                 ok = false;
@@ -719,16 +763,16 @@ static int serve_one(roid_control *c) {
         if (!ok)
                 c->errors++;
         msgpack_zone_clear(&c->zone);
-        zmq_msg_close(&m);
-        /* REP never blocks here: a reply that does not fit the client's
-         * ZMQ_SNDHWM queue is dropped inside libzmq (see control.h). */
-        do {
-                r = zmq_send(c->sock, out, out_len, ZMQ_DONTWAIT);
-        } while (r < 0 && errno == EINTR);
+        r = send_reply(c, f, delim ? delim + 1 : 1, out, out_len);
         if (r < 0) {
                 c->unsent++;
-                ROID_LOG_LIMITED(ROID_LOG_WARNING, "control: reply not sent: %s", zmq_strerror(errno));
+                ROID_LOG_LIMITED(ROID_LOG_WARNING, "control: reply not sent: %s",
+                                 r == -EAGAIN ? "the client does not take it (its queue is full, or it has gone)"
+                                 : r == -EHOSTUNREACH ? "the client has gone"
+                                                      : zmq_strerror(-r));
         }
+        for (unsigned i = 0; i < kept; i++)
+                zmq_msg_close(&f[i]);
         return 1;
 }
 
@@ -781,7 +825,7 @@ int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes,
                      roid_control **ret, roid_err *err) {
         roid_control *c;
         int64_t maxmsg;
-        int zero = 0, hwm = ROID_CONTROL_SNDHWM, r;
+        int zero = 0, one = 1, hwm = ROID_CONTROL_SNDHWM, r;
 
         if (!zctx || !endpoint || !*endpoint || !h)
                 return roid_err_set(err, -EINVAL, "control endpoint: empty");
@@ -800,7 +844,7 @@ int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes,
                 free(c);
                 return -ENOMEM;
         }
-        c->sock = zmq_socket(zctx, ZMQ_REP);
+        c->sock = zmq_socket(zctx, ZMQ_ROUTER);
         if (!c->sock) {
                 r = -errno;
                 roid_err_set(err, r, "control: zmq_socket: %s", zmq_strerror(-r));
@@ -809,7 +853,8 @@ int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes,
         maxmsg = (int64_t)max_request_bytes * 2;
         if (zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) < 0 ||
             zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero)) < 0 ||
-            zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) < 0) {
+            zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) < 0 ||
+            zmq_setsockopt(c->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one)) < 0) {
                 r = -errno;
                 roid_err_set(err, r, "control: setsockopt: %s", zmq_strerror(-r));
                 goto fail;

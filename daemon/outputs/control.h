@@ -1,8 +1,10 @@
-/* control.h - roid's control socket: a bound ZeroMQ REP socket answering
- * msgpack requests "status", "map", "set", "ask" and "reset"
- * (proto/live.md is the wire specification).
+/* control.h - roid's control socket: a bound ZeroMQ ROUTER socket answering
+ * msgpack requests "status", "map", "set", "ask" and "reset" like a REP
+ * (proto/live.md is the wire specification).  ROUTER rather than REP because
+ * REP drops a reply the client does not take without a word; with
+ * ZMQ_ROUTER_MANDATORY each such reply is counted (roid_control_unsent).
  *
- * Every request gets exactly one reply (a REP that does not answer is stuck):
+ * Every request gets exactly one reply (a REQ client waits for it):
  * a request that is too large, multipart, not msgpack, not a map, nested
  * deeper than ROID_CONTROL_MAX_DEPTH, with a container of more than
  * ROID_CONTROL_MAX_ENTRIES entries, without a known "cmd", or with a key or
@@ -54,12 +56,16 @@
 #define ROID_CONTROL_MAX_ASK     4096
 #define ROID_CONTROL_MIN_REQUEST 64
 #define ROID_CONTROL_MAX_REQUEST (16u << 20)
+/* Frames before a request that are echoed with its reply: the routing id,
+ * the identities brokers add, the empty delimiter.  A request with more is
+ * answered as one without a delimiter (see roid_control_serve). */
+#define ROID_CONTROL_MAX_ENVELOPE 8
 /* Replies queued per client connection (ZMQ_SNDHWM; libzmq's default is
  * 1000, i.e. 1000 map replies held for a client that does not read).  A REQ
  * client has one request outstanding; 8 leaves room for a DEALER pipelining a
  * few and for libzmq's late accounting of what the connection has taken.  A
- * reply beyond it is dropped by libzmq's REP without an error (it never
- * blocks); the client sees a timeout, as for a lost connection. */
+ * reply beyond it is not sent (roid never blocks) and is counted as unsent;
+ * the client sees a timeout, as for a lost connection. */
 #define ROID_CONTROL_SNDHWM 8
 
 typedef struct {
@@ -75,7 +81,7 @@ typedef struct {
 
 typedef struct roid_control roid_control;
 
-/* Binds a REP socket.  max_request_bytes in ROID_CONTROL_MIN_REQUEST ..
+/* Binds the ROUTER socket.  max_request_bytes in ROID_CONTROL_MIN_REQUEST ..
  * ROID_CONTROL_MAX_REQUEST (-EINVAL otherwise); the handler is copied. */
 int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes, const roid_control_handler *h,
                      roid_control **ret, roid_err *err);
@@ -101,7 +107,8 @@ int roid_control_drain(roid_control *c);
 
 uint64_t roid_control_requests(const roid_control *c); /* all requests received */
 uint64_t roid_control_errors(const roid_control *c);   /* requests answered with ok = false */
-/* Replies zmq_send refused (an error, not a full queue: see ROID_CONTROL_SNDHWM). */
+/* Replies not sent: the client's queue was full (ROID_CONTROL_SNDHWM), the
+ * client had gone, or zmq_send failed. */
 uint64_t roid_control_unsent(const roid_control *c);
 
 #endif

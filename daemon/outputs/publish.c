@@ -248,11 +248,13 @@ int roid_pack_status(msgpack_packer *pk, const roid_status_view *v) {
                 msgpack_pack_nil(pk);
         }
         kv(pk, &n, "control");
-        msgpack_pack_map(pk, 2);
+        msgpack_pack_map(pk, 3);
         key(pk, "requests");
         msgpack_pack_uint64(pk, v->control_requests);
         key(pk, "errors");
         msgpack_pack_uint64(pk, v->control_errors);
+        key(pk, "unsent");
+        msgpack_pack_uint64(pk, v->control_unsent);
         return n;
 }
 

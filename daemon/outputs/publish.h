@@ -93,6 +93,7 @@ typedef struct {
         const roid_publisher *pub; /* NULL: "published" is nil */
         uint64_t control_requests; /* control socket counts (0 without one) */
         uint64_t control_errors;
+        uint64_t control_unsent;
 } roid_status_view;
 
 typedef struct {

@@ -157,7 +157,10 @@ static void on_wake(uv_async_t *h) {
 
 static int ctl_status(void *ctx, msgpack_packer *pk) {
         daemon_t *d = ctx;
-        return roid_pipeline_pack_status(d->pl, pk, roid_control_requests(d->ctl), roid_control_errors(d->ctl));
+        /* this request counted, as the status topic will show it */
+        roid_pipeline_set_control_counts(d->pl, roid_control_requests(d->ctl), roid_control_errors(d->ctl),
+                                         roid_control_unsent(d->ctl));
+        return roid_pipeline_pack_status(d->pl, pk);
 }
 
 static int ctl_map(void *ctx, msgpack_packer *pk) {
@@ -205,7 +208,9 @@ static void ctl_serve(daemon_t *d) {
                 return;
         if (roid_control_serve(d->ctl, CTL_BATCH, CTL_BUDGET_NS, &more) < 0)
                 more = false; /* logged; a failed socket (ETERM) would spin the idle */
-        if (d->stopping)      /* a handler (reset) may have stopped the loop: the idle is closing */
+        roid_pipeline_set_control_counts(d->pl, roid_control_requests(d->ctl), roid_control_errors(d->ctl),
+                                         roid_control_unsent(d->ctl));
+        if (d->stopping) /* a handler (reset) may have stopped the loop: the idle is closing */
                 return;
         if (more)
                 uv_idle_start(&d->ctl_idle, on_ctl_idle);

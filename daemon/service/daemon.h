@@ -1,7 +1,7 @@
 /* daemon.h - roid's main loop (libuv): the detector socket, the control
  * socket, signals, timers and systemd notification, around the pipeline.
  *
- * The loop thread owns the PULL and REP sockets and runs ingest (receive,
+ * The loop thread owns the PULL and control (ROUTER) sockets and runs ingest (receive,
  * parse, series lifecycle); the PUB socket is bound here before READY=1 and
  * then belongs to the analysis thread (pipeline.h).  A wake-up on a socket's
  * ZMQ_FD is edge-like: the loop receives until EAGAIN every time, and again

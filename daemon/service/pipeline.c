@@ -164,8 +164,9 @@ struct roid_pipeline {
         double t_start, next_map, next_status, last_status_t, next_snapshot;
         double map_iv_eff; /* the map interval in effect: map_interval, or stretched by MAP_BUDGET */
         uint64_t last_status_frames, last_status_bytes;
-        uint64_t status_epoch;        /* reset_epoch as of the last status */
-        _Atomic uint64_t reset_epoch; /* control resets so far (loop thread) */
+        uint64_t status_epoch;                                 /* reset_epoch as of the last status */
+        _Atomic uint64_t reset_epoch;                          /* control resets so far (loop thread) */
+        _Atomic uint64_t ctl_requests, ctl_errors, ctl_unsent; /* the control socket's (loop thread) */
         double arrival[ARRIVAL_MAX];
         size_t n_arrival;
         double latency[LATENCY_RING];
@@ -558,6 +559,9 @@ static void status_view(roid_pipeline *pl, roid_status_view *v, double now, doub
                 .latency_p99_ms = p99,
                 .map_interval_s = map_iv,
                 .pub = pl->pub,
+                .control_requests = atomic_load_explicit(&pl->ctl_requests, memory_order_relaxed),
+                .control_errors = atomic_load_explicit(&pl->ctl_errors, memory_order_relaxed),
+                .control_unsent = atomic_load_explicit(&pl->ctl_unsent, memory_order_relaxed),
         };
 }
 
@@ -1156,8 +1160,13 @@ int roid_pipeline_pack_ask(roid_pipeline *pl, unsigned n, msgpack_packer *pk) {
         return r;
 }
 
-int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk, uint64_t control_requests,
-                              uint64_t control_errors) {
+void roid_pipeline_set_control_counts(roid_pipeline *pl, uint64_t requests, uint64_t errors, uint64_t unsent) {
+        atomic_store_explicit(&pl->ctl_requests, requests, memory_order_relaxed);
+        atomic_store_explicit(&pl->ctl_errors, errors, memory_order_relaxed);
+        atomic_store_explicit(&pl->ctl_unsent, unsent, memory_order_relaxed);
+}
+
+int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk) {
         char uid[ROID_NAME_MAX] = "";
         roid_series_ref ref = {0};
         if (pl->cur) { /* the loop thread's own view of the open series */
@@ -1170,8 +1179,6 @@ int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk, uint64_t co
         roid_status_view v;
         status_view(pl, &v, now_mono(), fps, NAN, p50, p99, map_iv, ref);
         v.pub = NULL; /* the publisher belongs to the analysis thread */
-        v.control_requests = control_requests;
-        v.control_errors = control_errors;
         return roid_pack_status(pk, &v);
 }
 

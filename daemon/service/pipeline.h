@@ -93,8 +93,10 @@ void roid_pipeline_wait_idle(roid_pipeline *pl);
  * -ENODATA before the first map. */
 int roid_pipeline_pack_map(roid_pipeline *pl, msgpack_packer *pk);
 int roid_pipeline_pack_ask(roid_pipeline *pl, unsigned n, msgpack_packer *pk);
-int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk, uint64_t control_requests,
-                              uint64_t control_errors);
+int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk);
+/* The control socket's counts, for both status paths (the control reply
+ * and the status topic).  Loop thread. */
+void roid_pipeline_set_control_counts(roid_pipeline *pl, uint64_t requests, uint64_t errors, uint64_t unsent);
 
 /* One line for sd_notify STATUS=. */
 void roid_pipeline_status_line(roid_pipeline *pl, char *buf, size_t size);

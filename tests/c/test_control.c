@@ -42,6 +42,7 @@ typedef struct {
         unsigned status_calls, map_calls, ask_calls, reset_calls;
         unsigned last_n;
         long status_sleep_ns; /* a slow status handler, for the time budget */
+        size_t status_pad;    /* bytes of padding in a status reply */
         bool have_map;
         set_call sets[32];
         unsigned n_sets;
@@ -63,7 +64,14 @@ static int h_status(void *ctx, msgpack_packer *pk) {
                 while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
                         ;
         }
-        return roid_pack_status(pk, &v);
+        int n = roid_pack_status(pk, &v);
+        if (n >= 0 && f->status_pad) {
+                static char pad[1 << 20];
+                msgpack_pack_str_with_body(pk, "pad", 3);
+                msgpack_pack_bin_with_body(pk, pad, f->status_pad < sizeof pad ? f->status_pad : sizeof pad);
+                n++;
+        }
+        return n;
 }
 
 static int h_map(void *ctx, msgpack_packer *pk) {
@@ -225,11 +233,12 @@ static void b_str(builder *b, const char *s) {
         msgpack_pack_str_with_body(&b->pk, s, strlen(s));
 }
 
+static const char status_req[] = "\x81\xa3"
+                                 "cmd\xa6"
+                                 "status";
+
 /* A good status request and its checks: the server must still work. */
 static void still_works(const char *after) {
-        static const char status_req[] = "\x81\xa3"
-                                         "cmd\xa6"
-                                         "status";
         reply r;
         n_requests++;
         bool got = rpc_raw(status_req, sizeof(status_req) - 1, 1, 3000, &r);
@@ -378,6 +387,121 @@ static void test_batch(fake *f, const roid_control_handler *h) {
         tap_eq_u64(roid_control_unsent(c), 0, "batch: every reply sent");
 
         zmq_close(dealer);
+        roid_control_free(c);
+}
+
+/* Serves until n more requests were received (or 5 s passed). */
+static void serve_until(roid_control *c, uint64_t n) {
+        for (int i = 0; i < 1000 && roid_control_requests(c) < n; i++) {
+                roid_control_drain(c);
+                struct timespec ts = {0, 5000000};
+                nanosleep(&ts, NULL);
+        }
+}
+
+/* A client that never reads its replies: libzmq's REP dropped what did not
+ * fit its queue without a word.  Every reply is now either delivered or
+ * counted as unsent.  And a client gone before its reply: counted. */
+static void test_unread(fake *f, const roid_control_handler *h) {
+        roid_control *c;
+        roid_err err = {{0}};
+        unsigned other = 0;
+        int zero = 0, small = 4096, one = 1;
+        const unsigned N = 64;
+
+        if (!tap_ok(roid_control_new(zctx, "tcp://127.0.0.1:*", MAX_REQ, h, &c, &err) == 0,
+                    "unread: control bound on tcp (%s)", err.msg))
+                return;
+        void *dealer = zmq_socket(zctx, ZMQ_DEALER);
+        zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof(zero));
+        zmq_setsockopt(dealer, ZMQ_RCVHWM, &one, sizeof(one));
+        zmq_setsockopt(dealer, ZMQ_RCVBUF, &small, sizeof(small));
+        zmq_connect(dealer, roid_control_endpoint(c));
+        f->status_pad = 256 << 10; /* 64 x 256 KiB: far beyond the socket buffers and 8 queued replies */
+        queue_status(dealer, N);
+        serve_until(c, N);
+        f->status_pad = 0;
+        uint64_t unsent = roid_control_unsent(c);
+        tap_eq_u64(roid_control_requests(c), N, "unread: 64 requests received");
+        tap_ok(unsent > 0 && unsent < N, "unread: %llu replies that did not fit the client's queue counted as unsent",
+               (unsigned long long)unsent);
+        /* Now read: every reply that was not counted arrives. */
+        unsigned got = 0;
+        for (int i = 0; i < 400 && got + unsent < N; i++) {
+                got += status_replies(dealer, &other);
+                struct timespec ts = {0, 5000000};
+                nanosleep(&ts, NULL);
+        }
+        tap_ok(got + unsent == N, "unread: replies received (%u) + unsent (%llu) = requests", got,
+               (unsigned long long)unsent);
+        tap_eq_u64(other, 0, "unread: nothing else received");
+        zmq_close(dealer);
+
+        /* A DEALER sending a bare request (no empty delimiter) gets a bare
+         * reply; one behind a broker (two more envelope frames) gets its
+         * envelope back. */
+        void *bare = zmq_socket(zctx, ZMQ_DEALER);
+        zmq_setsockopt(bare, ZMQ_LINGER, &zero, sizeof(zero));
+        zmq_connect(bare, roid_control_endpoint(c));
+        for (int env = 0; env < 2; env++) {
+                if (env) {
+                        zmq_send(bare, "hop", 3, ZMQ_SNDMORE);
+                        zmq_send(bare, "", 0, ZMQ_SNDMORE);
+                }
+                zmq_send(bare, status_req, sizeof(status_req) - 1, 0);
+                serve_until(c, N + 1 + (unsigned)env);
+                zmq_pollitem_t pi = {.socket = bare, .events = ZMQ_POLLIN};
+                char frames[4][8] = {{0}};
+                size_t sizes[4] = {0}, nf = 0;
+                reply r = {0};
+                for (int more = zmq_poll(&pi, 1, 5000) == 1; more && nf < 4; nf++) {
+                        zmq_msg_t m;
+                        zmq_msg_init(&m);
+                        zmq_msg_recv(&m, bare, 0);
+                        sizes[nf] = zmq_msg_size(&m);
+                        memcpy(frames[nf], zmq_msg_data(&m), sizes[nf] < 8 ? sizes[nf] : 8);
+                        more = zmq_msg_more(&m);
+                        if (!more) {
+                                size_t off = 0;
+                                r.buf = malloc(sizes[nf]);
+                                memcpy(r.buf, zmq_msg_data(&m), sizes[nf]);
+                                msgpack_zone_init(&r.zone, 2048);
+                                r.decoded = msgpack_unpack(r.buf, sizes[nf], &off, &r.zone, &r.obj) ==
+                                            MSGPACK_UNPACK_SUCCESS;
+                        }
+                        zmq_msg_close(&m);
+                }
+                if (env == 0)
+                        tap_ok(nf == 1 && r.decoded && is_ok(&r), "bare DEALER request: one-frame ok reply");
+                else
+                        tap_ok(nf == 3 && sizes[0] == 3 && !memcmp(frames[0], "hop", 3) && sizes[1] == 0 && r.decoded &&
+                                       is_ok(&r),
+                               "request behind a broker: envelope echoed, ok reply (%zu frames)", nf);
+                reply_free(&r);
+        }
+        zmq_close(bare);
+
+        /* A REQ that sends and is closed before roid answers.  The monitor
+         * says when libzmq has seen the connection close. */
+        void *mon = zmq_socket(zctx, ZMQ_PAIR);
+        zmq_socket_monitor(roid_control_socket(c), "inproc://test-control-mon", ZMQ_EVENT_DISCONNECTED);
+        zmq_connect(mon, "inproc://test-control-mon");
+        void *gone = zmq_socket(zctx, ZMQ_REQ);
+        zmq_setsockopt(gone, ZMQ_LINGER, &zero, sizeof(zero));
+        zmq_connect(gone, roid_control_endpoint(c));
+        zmq_send(gone, status_req, sizeof(status_req) - 1, 0);
+        zmq_pollitem_t it = {.socket = roid_control_socket(c), .events = ZMQ_POLLIN};
+        tap_ok(zmq_poll(&it, 1, 5000) == 1, "gone: the request arrived");
+        zmq_close(gone);
+        zmq_pollitem_t mi = {.socket = mon, .events = ZMQ_POLLIN};
+        tap_ok(zmq_poll(&mi, 1, 5000) == 1, "gone: libzmq saw the connection close");
+        /* The I/O thread tells the socket (ends the pipe) just after the event. */
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+        tap_eq_i64(roid_control_drain(c), 1, "gone: its request served");
+        tap_eq_u64(roid_control_unsent(c), unsent + 1, "gone: the reply to a closed client counted as unsent");
+        zmq_socket_monitor(roid_control_socket(c), NULL, 0);
+        zmq_close(mon);
         roid_control_free(c);
 }
 
@@ -770,6 +894,7 @@ int main(void) {
         test_bad(&f);
         test_set_errors(&f);
         test_batch(&f, &h);
+        test_unread(&f, &h);
         tap_eq_u64(roid_control_requests(ctl), n_requests, "every request counted");
         tap_eq_u64(roid_control_errors(ctl), n_bad, "every bad request counted as an error");
 

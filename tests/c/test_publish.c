@@ -506,7 +506,8 @@ static void test_topics(void *ctx) {
                                .latency_p99_ms = NAN,
                                .pub = p,
                                .control_requests = 7,
-                               .control_errors = 2};
+                               .control_errors = 2,
+                               .control_unsent = 5};
         t0 = now_real();
         tap_eq_i64(roid_publish_status(p, &st), 0, "publish status");
         t1 = now_real();
@@ -530,7 +531,8 @@ static void test_topics(void *ctx) {
                 tap_ok(u64(get(get(pub, "map"), "sent")) == 3 && u64(get(get(pub, "map"), "dropped")) == 0 &&
                                u64(get(get(pub, "status"), "sent")) == status_sent,
                        "status: published counts per topic");
-                tap_ok(u64(get(ctl, "requests")) == 7 && u64(get(ctl, "errors")) == 2, "status: control counts");
+                tap_ok(u64(get(ctl, "requests")) == 7 && u64(get(ctl, "errors")) == 2 && u64(get(ctl, "unsent")) == 5,
+                       "status: control counts");
                 tap_ok(str_eq(get(o, "version"), ROID_VERSION), "status: version");
         }
         rx_free(&m);

@@ -182,6 +182,13 @@ def main():
     check(ivs and all(abs(v - 0.1) < 1e-9 for v in ivs) and abs(stat["map_interval_s"] - 0.1) < 1e-9,
           f"status map_interval_s is the configured 0.1 s ({len(ivs)} status messages with it)")
 
+    # The status topic carries the control socket's counts too: 6 requests (status, map and 4 bad ones)
+    # before the stream, 5 of them errors (the map before any series, the 4 bad ones), every reply sent.
+    cts = [b["control"] for t, b in msgs if t == "status"]
+    check(cts and cts[-1]["requests"] >= 6 and cts[-1]["errors"] >= 5 and cts[-1]["unsent"] == 0 and
+          all(a["requests"] <= b["requests"] for a, b in zip(cts, cts[1:])),
+          f"status topic: control counts {cts[-1] if cts else None}")
+
     # A `set` applies to the next series: stream a second one with 4 segments.
     r = ctl(cmd="set", values={"segments": 4, "k": 3})
     check(r["ok"] and r["applied"] == ["analysis.segments", "analysis.k"], f"set applied: {r.get('applied')}")
