@@ -38,25 +38,26 @@ typedef struct {
 /* Bare keys `set` accepts, from config.h.  Keys of [scan] and any other key
  * of these sections are given as "section.key". */
 static const set_key bare_keys[] = {
-        {"analysis", "segments"},     {"analysis", "k"},
-        {"analysis", "cadence"},      {"analysis", "border"},
-        {"analysis", "fill_holes"},   {"analysis", "seed"},
-        {"analysis", "bf_radius"},    {"analysis", "df_inner"},
-        {"analysis", "df_outer"},     {"analysis", "center_x"},
-        {"analysis", "center_y"},     {"feedback", "rescan_factor"},
-        {"feedback", "next_points"},  {"feedback", "stable_refits"},
-        {"output", "map_interval"},   {"output", "status_interval"},
-        {"output", "frame_every"},    {"output", "directory"},
-        {"output", "flush_interval"},
+        {"analysis", "segments"},    {"analysis", "k"},
+        {"analysis", "cadence"},     {"analysis", "border"},
+        {"analysis", "fill_holes"},  {"analysis", "seed"},
+        {"analysis", "bf_radius"},   {"analysis", "df_inner"},
+        {"analysis", "df_outer"},    {"analysis", "center_x"},
+        {"analysis", "center_y"},    {"feedback", "rescan_factor"},
+        {"feedback", "next_points"}, {"feedback", "stable_refits"},
+        {"output", "map_interval"},  {"output", "status_interval"},
+        {"output", "frame_every"},   {"output", "directory"},
 };
 
 static const char *const set_sections[] = {"analysis", "scan", "feedback", "output"};
 
-/* Sockets and their queue: changing them means rebinding under the client's feet. */
+/* Sockets and their queue: changing them means rebinding under the client's
+ * feet; the writer's flush interval is fixed when its thread starts. */
 static const set_key restart_keys[] = {
         {"output", "publish"},
         {"output", "control"},
         {"output", "publish_hwm"},
+        {"output", "flush_interval"},
 };
 
 /* ------------------------------------------------------------- reply buffer */
@@ -515,9 +516,26 @@ static bool do_set(roid_control *c, const msgpack_object *req) {
                 if (r < 0) {
                         char msg[ROID_ERR_MAX];
                         snprintf(msg, sizeof(msg), "values.%s: %s", name, err.msg[0] ? err.msg : strerror(-r));
+                        if (c->h.commit) {
+                                roid_err ignored = {{0}};
+                                c->h.commit(c->h.ctx, false, &ignored);
+                        }
                         pairs = reply_begin(c, false, "set");
                         error_pairs(c, msg);
-                        pack_applied(c, values, i);
+                        pack_applied(c, values, c->h.commit ? 0 : i);
+                        reply_end(c, pairs + 2);
+                        return false;
+                }
+        }
+        if (c->h.commit) {
+                roid_err err = {{0}};
+                int r = c->h.commit(c->h.ctx, true, &err);
+                if (r < 0) {
+                        char msg[ROID_ERR_MAX];
+                        snprintf(msg, sizeof(msg), "values: %s", err.msg[0] ? err.msg : strerror(-r));
+                        pairs = reply_begin(c, false, "set");
+                        error_pairs(c, msg);
+                        pack_applied(c, values, 0);
                         reply_end(c, pairs + 2);
                         return false;
                 }

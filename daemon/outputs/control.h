@@ -25,16 +25,21 @@
  * NULL makes its command answer "not available".
  *
  * set {"values": {key: value, ...}}: a key is "section.key" (sections
- * analysis, scan, feedback, output; output.publish, output.control and
- * output.publish_hwm need a restart and are refused) or a bare key of
+ * analysis, scan, feedback, output; output.publish, output.control,
+ * output.publish_hwm and output.flush_interval need a restart and are
+ * refused) or a bare key of
  * [analysis] (segments k cadence border fill_holes seed bf_radius df_inner
  * df_outer center_x center_y), [feedback] (rescan_factor next_points
  * stable_refits) or [output] (map_interval status_interval frame_every
- * directory flush_interval).  Values may be int, float, bool, str, or an
+ * directory).  Values may be int, float, bool, str, or an
  * array of 2 numbers; they reach the handler as config-file text ("3",
  * "0.5", "true", "48,64").  The whole request is checked before the first
- * handler call; then the handler is called key by key in request order and
- * the first failure stops it (the reply lists what was applied).
+ * handler call; then set is called key by key in request order (it stages
+ * the key) and commit once: with apply = true after every key was staged
+ * (it checks the keys together and applies them all, or refuses), with
+ * apply = false after set refused a key (nothing is applied).  A request is
+ * applied whole or not at all.  Without commit, each set applies at once
+ * and the first failure stops the request.
  *
  * Ownership: the control object owns its socket, receive and reply buffers.
  * Threads: one thread (the loop thread) owns it; the handlers run on that
@@ -75,6 +80,8 @@ typedef struct {
         /* value as text, as in a config file line; 0 or a negative errno
          * with err saying why (the reply carries err's text). */
         int (*set)(void *ctx, const char *section, const char *key, const char *value, roid_err *err);
+        /* Optional: 0 or a negative errno with err saying why (see above). */
+        int (*commit)(void *ctx, bool apply, roid_err *err);
         int (*ask)(void *ctx, unsigned n, msgpack_packer *pk); /* n in 1..ROID_CONTROL_MAX_ASK */
         int (*reset)(void *ctx, roid_err *err);
 } roid_control_handler;

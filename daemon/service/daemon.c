@@ -27,6 +27,10 @@
 typedef struct {
         roid_daemon_params p;
         roid_config cfg;
+        roid_config staged; /* a control `set` in progress (valid while staging) */
+        bool staging;
+        char staged_log[1024]; /* its keys, for the log line */
+        unsigned ctl_sets;     /* `set` requests applied since the configuration was loaded */
         char config_text[8192];
         uv_loop_t loop;
         uv_poll_t pull_poll, ctl_poll;
@@ -171,19 +175,48 @@ static int ctl_ask(void *ctx, unsigned n, msgpack_packer *pk) {
         return roid_pipeline_pack_ask(((daemon_t *)ctx)->pl, n, pk);
 }
 
+/* When a key changed by `set` takes effect (proto/live.md, "set"). */
+static const char *takes_effect(const char *section, const char *key) {
+        if (strcmp(section, "output") != 0 || !strcmp(key, "directory"))
+                return "from the next series";
+        return "at once";
+}
+
+/* A request's keys are staged one by one and applied together by ctl_commit,
+ * so that keys checked as a pair (center_x and center_y, df_inner below
+ * df_outer) can be set in one request, in any order. */
 static int ctl_set(void *ctx, const char *section, const char *key, const char *value, roid_err *err) {
         daemon_t *d = ctx;
-        roid_config c = d->cfg;
-        int r = roid_config_set(&c, section, key, value, err);
-        if (r >= 0)
-                r = roid_config_validate(&c, err);
+        if (!d->staging) {
+                d->staged = d->cfg;
+                d->staging = true;
+                d->staged_log[0] = 0;
+        }
+        int r = roid_config_set(&d->staged, section, key, value, err);
         if (r < 0)
                 return r;
-        d->cfg = c;
+        size_t n = strlen(d->staged_log);
+        snprintf(d->staged_log + n, sizeof d->staged_log - n, "%s[%s] %s = %s (%s)", n ? "; " : "", section, key, value,
+                 takes_effect(section, key));
+        return 0;
+}
+
+static int ctl_commit(void *ctx, bool apply, roid_err *err) {
+        daemon_t *d = ctx;
+        if (!d->staging)
+                return 0;
+        d->staging = false;
+        if (!apply)
+                return 0;
+        int r = roid_config_validate(&d->staged, err);
+        if (r < 0)
+                return r;
+        d->cfg = d->staged;
         roid_config_format(&d->cfg, d->config_text, sizeof d->config_text);
         roid_pipeline_set_config(d->pl, &d->cfg, d->config_text);
         apply_timers(d, false); /* status_interval */
-        roid_log(ROID_LOG_NOTICE, "control: [%s] %s = %s (from the next series)", section, key, value);
+        roid_log(ROID_LOG_NOTICE, "control: set %s", d->staged_log);
+        d->ctl_sets++;
         return 0;
 }
 
@@ -356,6 +389,12 @@ static void reload(daemon_t *d) {
                 roid_ingest_set_config(d->in, &d->cfg.limits, d->cfg.channel[0] ? d->cfg.channel : "#0");
                 apply_timers(d, true);
                 roid_log(ROID_LOG_NOTICE, "SIGHUP: configuration reloaded; it applies from the next series");
+                if (d->ctl_sets)
+                        roid_log(ROID_LOG_WARNING,
+                                 "SIGHUP: the file's values replace what %u control set request%s changed since the "
+                                 "last load",
+                                 d->ctl_sets, d->ctl_sets == 1 ? "" : "s");
+                d->ctl_sets = 0;
         }
         char line[512];
         roid_pipeline_status_line(d->pl, line, sizeof line);
@@ -454,6 +493,7 @@ int roid_daemon_run(const roid_daemon_params *p) {
                 goto out;
         if (d->cfg.control[0]) {
                 roid_control_handler h = {.ctx = d,
+                                          .commit = ctl_commit,
                                           .status = ctl_status,
                                           .map = ctl_map,
                                           .set = ctl_set,

@@ -41,8 +41,10 @@ typedef struct {
         roid_counters ctr;
         unsigned status_calls, map_calls, ask_calls, reset_calls;
         unsigned last_n;
-        long status_sleep_ns; /* a slow status handler, for the time budget */
-        size_t status_pad;    /* bytes of padding in a status reply */
+        long status_sleep_ns;             /* a slow status handler, for the time budget */
+        size_t status_pad;                /* bytes of padding in a status reply */
+        unsigned commits, aborts, staged; /* commit calls; keys staged since the last one */
+        bool refuse_commit;
         bool have_map;
         set_call sets[32];
         unsigned n_sets;
@@ -98,6 +100,32 @@ static int h_set(void *ctx, const char *section, const char *key, const char *va
                 snprintf(c->key, sizeof(c->key), "%s", key);
                 snprintf(c->value, sizeof(c->value), "%s", value);
         }
+        return 0;
+}
+
+/* With commit: h_set stages, h_commit applies (or refuses) them together. */
+static int h_set_staged(void *ctx, const char *section, const char *key, const char *value, roid_err *err) {
+        fake *f = ctx;
+        int r = h_set(ctx, section, key, value, err);
+        if (r == 0)
+                f->staged++;
+        return r;
+}
+
+static int h_commit(void *ctx, bool apply, roid_err *err) {
+        fake *f = ctx;
+        if (!apply) {
+                f->aborts++;
+                f->staged = 0;
+                return 0;
+        }
+        if (f->refuse_commit) {
+                f->aborts++;
+                f->staged = 0;
+                return roid_err_set(err, -EINVAL, "[analysis] center_x, center_y: give both or neither");
+        }
+        f->commits++;
+        f->staged = 0;
         return 0;
 }
 
@@ -505,6 +533,65 @@ static void test_unread(fake *f, const roid_control_handler *h) {
         roid_control_free(c);
 }
 
+/* set with a commit handler: a request is applied whole or not at all. */
+static void test_commit(fake *f, const roid_control_handler *h) {
+        roid_control_handler hc = *h;
+        roid_control *saved = ctl;
+        void *saved_req = req;
+        roid_err err = {{0}};
+        char text[300];
+        reply r;
+
+        hc.set = h_set_staged;
+        hc.commit = h_commit;
+        if (!tap_ok(roid_control_new(zctx, "tcp://127.0.0.1:*", MAX_REQ, &hc, &ctl, &err) == 0,
+                    "commit: control bound (%s)", err.msg)) {
+                ctl = saved;
+                return;
+        }
+        req = new_req();
+        for (int round = 0; round < 3; round++) {
+                builder b;
+                b_init(&b);
+                msgpack_pack_map(&b.pk, 2);
+                b_str(&b, "cmd");
+                b_str(&b, "set");
+                b_str(&b, "values");
+                msgpack_pack_map(&b.pk, 3);
+                b_str(&b, "center_y");
+                msgpack_pack_double(&b.pk, 16.5);
+                b_str(&b, "k");
+                msgpack_pack_int(&b.pk, round == 1 ? 99 : 3); /* round 1: the handler refuses k */
+                b_str(&b, "center_x");
+                msgpack_pack_int(&b.pk, 16);
+                f->refuse_commit = round == 2;
+                unsigned commits = f->commits, aborts = f->aborts;
+                bool got = rpc_raw(b.sb.data, b.sb.size, 1, 3000, &r) && r.decoded;
+                const msgpack_object *ap = got ? get(&r.obj, "applied") : NULL;
+                bool ap_ok = ap && ap->type == MSGPACK_OBJECT_ARRAY;
+                if (round == 0)
+                        tap_ok(got && is_ok(&r) && ap_ok && ap->via.array.size == 3 && f->commits == commits + 1 &&
+                                       f->aborts == aborts,
+                               "commit: three keys staged, committed once, all listed as applied");
+                else if (round == 1)
+                        tap_ok(got && !is_ok(&r) && ap_ok && ap->via.array.size == 0 && f->aborts == aborts + 1 &&
+                                       f->commits == commits &&
+                                       strstr(error_text(&r, text, sizeof text), "values.analysis.k: "),
+                               "commit: a refused key aborts the request, nothing applied (%s)", text);
+                else
+                        tap_ok(got && !is_ok(&r) && ap_ok && ap->via.array.size == 0 && f->commits == commits &&
+                                       strstr(error_text(&r, text, sizeof text), "values: [analysis] center_x"),
+                               "commit: a refused commit applies nothing and says why (%s)", text);
+                reply_free(&r);
+                msgpack_sbuffer_destroy(&b.sb);
+        }
+        f->refuse_commit = false;
+        zmq_close(req);
+        roid_control_free(ctl);
+        req = saved_req;
+        ctl = saved;
+}
+
 static void test_good(fake *f) {
         reply r;
         builder b;
@@ -895,6 +982,7 @@ int main(void) {
         test_set_errors(&f);
         test_batch(&f, &h);
         test_unread(&f, &h);
+        test_commit(&f, &h);
         tap_eq_u64(roid_control_requests(ctl), n_requests, "every request counted");
         tap_eq_u64(roid_control_errors(ctl), n_bad, "every bad request counted as an error");
 

@@ -192,6 +192,15 @@ def main():
     # A `set` applies to the next series: stream a second one with 4 segments.
     r = ctl(cmd="set", values={"segments": 4, "k": 3})
     check(r["ok"] and r["applied"] == ["analysis.segments", "analysis.k"], f"set applied: {r.get('applied')}")
+    # Keys checked together go in one request, in any order; a request is applied whole or not at all.
+    r = ctl(cmd="set", values={"center_y": 16.5, "k": 2, "center_x": 16})
+    check(r["ok"] and r["applied"] == ["analysis.center_y", "analysis.k", "analysis.center_x"],
+          f"set center_y, k, center_x in one request: {r.get('error') or r.get('applied')}")
+    r = ctl(cmd="set", values={"k": 4, "df_outer": 5, "df_inner": 9})
+    check(not r["ok"] and r["applied"] == [] and "df_inner" in r["error"],
+          f"set df_inner above df_outer: refused whole, k not applied ({r.get('error')})")
+    r = ctl(cmd="set", values={"k": 3, "df_inner": 9, "df_outer": 14})
+    check(r["ok"], f"set df_inner before df_outer: {r.get('error') or 'applied'}")
     # Issue 5's burst: 10,000 messages as fast as the simulator can, then nothing.
     sim = subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "10000", "--series-id", "2",
                           "--quiet"], timeout=120)
@@ -208,6 +217,12 @@ def main():
         with h5py.File(os.path.join(tmp, p), "r") as f:
             if f["/entry/scan/image_id"].shape[0] == 10000:
                 check(f["/entry/features/segment_sum"].shape[1] == 4, "second series analysed with 4 segments")
+                a = f["/entry"].attrs
+                conf = a["configuration"]
+                conf = conf.decode() if isinstance(conf, bytes) else str(conf)
+                check(a["df_radius_inner"] == 9 and a["df_radius_outer"] == 14 and "center_x = 16\n" in conf and
+                      "center_y = 16.5\n" in conf and "\nk = 3\n" in conf,
+                      "second series: df radii, beam centre and k set over the control socket")
     budget(tmp)
     estimated_center(tmp)
     refused_state(tmp)

@@ -148,15 +148,18 @@ class Clients:
         self.sub.connect(f"tcp://127.0.0.1:{d.pub}")
         self.series = []
 
-    def status(self):
+    def rpc(self, req):
         s = self.ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(f"tcp://127.0.0.1:{self.d.ctl}")
         try:
-            s.send(msgpack.packb({"cmd": "status"}))
+            s.send(msgpack.packb(req))
             return msgpack.unpackb(s.recv(), raw=False) if s.poll(30000) else None
         finally:
             s.close()
+
+    def status(self):
+        return self.rpc({"cmd": "status"})
 
     def counter(self, name):
         st = self.status()
@@ -313,9 +316,18 @@ def main():
         line = d.wait_log(r"exceeds max_frame_bytes 4096.*\[messages_bad_size\]", mark, 10)
         check(line is not None, f"... logged naming the limit: {line}")
 
+        # A control set, then a reload: the file's values replace it, and the log says so.
+        r = c.rpc({"cmd": "set", "values": {"k": 3}})
+        check(r and r["ok"], f"control set k = 3: {r}")
+        r = c.rpc({"cmd": "set", "values": {"output.flush_interval": 30}})
+        check(r and not r["ok"] and "restart roid" in r["error"],
+              f"control set of output.flush_interval refused (fixed while the writer runs): {r and r.get('error')}")
+
         # Series 3: a reload between series; exit_after_series applies too.
         mark = len(d.log())
-        d.reload(CONF3)
+        lines = d.reload(CONF3)
+        check(any("replace what 1 control set request changed" in ln for ln in lines),
+              "the reload warns that it replaces a control set")
         n3 = 20
         det.start(3, 64, 64, n3)
         for i in range(n3):
