@@ -76,7 +76,11 @@ static void usage(FILE *f) {
                         continue;
                 char left[64];
                 snprintf(left, sizeof left, "--%s%s%s", k[i].option, k[i].arg ? " " : "", k[i].arg ? k[i].arg : "");
-                fprintf(f, "  %-22s%s\n  %-22s([%s] %s, default %s)\n", left, k[i].help, "", k[i].section, k[i].key,
+                if (strlen(left) >= 22) /* too long for the column: the help goes on its own line */
+                        fprintf(f, "  %s\n  %-22s%s\n", left, "", k[i].help);
+                else
+                        fprintf(f, "  %-22s%s\n", left, k[i].help);
+                fprintf(f, "  %-22s([%s] %s, default %s)\n", "", k[i].section, k[i].key,
                         k[i].def && k[i].def[0] ? k[i].def : "none");
         }
         fputs("\nReplay inputs: captures (CBOR sequences of arrays of byte strings, as written by\n"

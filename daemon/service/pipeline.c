@@ -167,6 +167,13 @@ struct roid_pipeline {
         uint64_t status_epoch;                                 /* reset_epoch as of the last status */
         _Atomic uint64_t reset_epoch;                          /* control resets so far (loop thread) */
         _Atomic uint64_t ctl_requests, ctl_errors, ctl_unsent; /* the control socket's (loop thread) */
+        /* The last series once it has ended, for status ("the current series,
+         * else the last one"): one copy per thread that publishes status. */
+        struct last_series {
+                bool known;
+                uint64_t series_id;
+                char unique_id[ROID_NAME_MAX];
+        } loop_last, an_last;
         double arrival[ARRIVAL_MAX];
         size_t n_arrival;
         double latency[LATENCY_RING];
@@ -467,6 +474,12 @@ static void latency_percentiles(roid_pipeline *pl, double *p50, double *p99) {
         *p99 = tmp[(size_t)ceil(0.99 * (double)(n - 1))] * 1e3;
 }
 
+static void remember(struct last_series *l, uint64_t series_id, const char *unique_id) {
+        l->known = true;
+        l->series_id = series_id;
+        snprintf(l->unique_id, sizeof l->unique_id, "%s", unique_id);
+}
+
 static roid_series_ref series_ref(const series_ctx *sc) {
         if (!sc)
                 return (roid_series_ref){0};
@@ -542,11 +555,15 @@ static void publish_map(roid_pipeline *pl, bool final) {
         roid_publish_scan_here(pl->pub, &ref, &fv);
 }
 
+/* open: the series in progress, if any; else the last one is shown, idle. */
 static void status_view(roid_pipeline *pl, roid_status_view *v, double now, double fps, double bps, double p50,
-                        double p99, double map_iv, roid_series_ref ref) {
+                        double p99, double map_iv, roid_series_ref open, const struct last_series *last) {
+        roid_series_ref ref = open;
+        if (!open.known && last->known)
+                ref = (roid_series_ref){.known = true, .series_id = last->series_id, .unique_id = last->unique_id};
         *v = (roid_status_view){
                 .series = ref,
-                .state = ref.known ? "acquiring" : "idle",
+                .state = open.known ? "acquiring" : "idle",
                 .ctr = pl->ctr,
                 .uptime_s = now - pl->t_start,
                 .frames_per_s = fps,
@@ -592,7 +609,7 @@ static void publish_status(roid_pipeline *pl, double now) {
         if (!pl->pub)
                 return;
         roid_status_view v;
-        status_view(pl, &v, now, fps, bps, p50, p99, pl->map_iv_eff, series_ref(pl->ss.sc));
+        status_view(pl, &v, now, fps, bps, p50, p99, pl->map_iv_eff, series_ref(pl->ss.sc), &pl->an_last);
         roid_publish_status(pl->pub, &v);
 }
 
@@ -634,6 +651,8 @@ static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
 
 static void an_series_free(roid_pipeline *pl) {
         series_state *ss = &pl->ss;
+        if (ss->sc)
+                remember(&pl->an_last, ss->sc->series_id, ss->sc->unique_id);
         roid_roi_free(ss->roi);
         roid_feedback_free(ss->fb);
         series_ctx_free(ss->sc);
@@ -725,6 +744,15 @@ static double budget(roid_pipeline *pl, double normal) {
         return behind ? BEHIND_BUDGET : normal;
 }
 
+/* Every frame_every-th frame with features, placed on the grid or not. */
+static void maybe_publish_frame(roid_pipeline *pl, const roid_frame_record *rec, int label) {
+        unsigned every = pl->frame_every;
+        if (pl->pub && every && pl->frame_seq++ % every == 0) {
+                roid_frame_view fv = {.series = series_ref(pl->ss.sc), .rec = rec, .label = label};
+                roid_publish_frame(pl->pub, &fv);
+        }
+}
+
 static void an_record(roid_pipeline *pl, an_item *it) {
         series_state *ss = &pl->ss;
         if (!ss->sc || it->sc != ss->sc)
@@ -737,6 +765,7 @@ static void an_record(roid_pipeline *pl, an_item *it) {
         if (rec->row == ROID_NOT_PLACED) {
                 ss->unplaced++;
                 roid_count(pl->ctr, ROID_C_frames_unplaced, 1);
+                maybe_publish_frame(pl, rec, -1);
         } else if (ss->roi) {
                 int label = roid_roi_add(ss->roi, rec->row, rec->col, &rec->f);
                 const double now = now_mono();
@@ -760,11 +789,7 @@ static void an_record(roid_pipeline *pl, an_item *it) {
                 ss->t_last = now;
                 if (pl->n_arrival < ARRIVAL_MAX)
                         pl->arrival[pl->n_arrival++] = rec->t_arrival;
-                unsigned every = pl->frame_every;
-                if (pl->pub && every && pl->frame_seq++ % every == 0) {
-                        roid_frame_view fv = {.series = series_ref(ss->sc), .rec = rec, .label = label};
-                        roid_publish_frame(pl->pub, &fv);
-                }
+                maybe_publish_frame(pl, rec, label);
         } else {
                 ss->not_analysed++;
                 roid_count(pl->ctr, ROID_C_frames_not_analysed, 1);
@@ -1021,6 +1046,7 @@ static void sink_end(void *ctx, const roid_series *s, bool terminated) {
         (void)s;
         if (!pl->cur)
                 return;
+        remember(&pl->loop_last, pl->cur->series_id, pl->cur->unique_id);
         submit(pl, &(job){.kind = JOB_END, .sc = pl->cur, .terminated = terminated});
         pl->cur = NULL;
 }
@@ -1149,12 +1175,29 @@ int roid_pipeline_pack_map(roid_pipeline *pl, msgpack_packer *pk) {
         return r;
 }
 
+/* The series the loop thread has open (it runs the control handlers). */
+static roid_series_ref open_series(roid_pipeline *pl, char uid[ROID_NAME_MAX]) {
+        if (!pl->cur)
+                return (roid_series_ref){0};
+        memcpy(uid, pl->cur->unique_id, ROID_NAME_MAX);
+        return (roid_series_ref){.known = true, .series_id = pl->cur->series_id, .unique_id = uid};
+}
+
 int roid_pipeline_pack_ask(roid_pipeline *pl, unsigned n, msgpack_packer *pk) {
+        char uid[ROID_NAME_MAX] = "";
+        roid_series_ref open = open_series(pl, uid);
         pthread_mutex_lock(&pl->snap_lock);
-        int r = -ENODATA;
-        if (pl->snap_roi) {
+        /* The latest feedback, unless a newer series has none yet: then no
+         * suggestion (updates 0, no points), as proto/live.md says. */
+        bool latest =
+                pl->snap_roi &&
+                (!open.known || (open.series_id == pl->snap_series_id && !strcmp(open.unique_id, pl->snap_unique_id)));
+        int r;
+        if (latest) {
                 roid_series_ref ref = {.known = true, .series_id = pl->snap_series_id, .unique_id = pl->snap_unique_id};
                 r = roid_pack_suggest(pk, &ref, &pl->snap_fb, n);
+        } else {
+                r = roid_pack_suggest(pk, &open, NULL, n);
         }
         pthread_mutex_unlock(&pl->snap_lock);
         return r;
@@ -1168,16 +1211,12 @@ void roid_pipeline_set_control_counts(roid_pipeline *pl, uint64_t requests, uint
 
 int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk) {
         char uid[ROID_NAME_MAX] = "";
-        roid_series_ref ref = {0};
-        if (pl->cur) { /* the loop thread's own view of the open series */
-                memcpy(uid, pl->cur->unique_id, sizeof uid);
-                ref = (roid_series_ref){.known = true, .series_id = pl->cur->series_id, .unique_id = uid};
-        }
+        roid_series_ref ref = open_series(pl, uid);
         pthread_mutex_lock(&pl->snap_lock);
         double fps = pl->snap_fps, p50 = pl->snap_p50, p99 = pl->snap_p99, map_iv = pl->snap_map_iv;
         pthread_mutex_unlock(&pl->snap_lock);
         roid_status_view v;
-        status_view(pl, &v, now_mono(), fps, NAN, p50, p99, map_iv, ref);
+        status_view(pl, &v, now_mono(), fps, NAN, p50, p99, map_iv, ref, &pl->loop_last);
         v.pub = NULL; /* the publisher belongs to the analysis thread */
         return roid_pack_status(pk, &v);
 }

@@ -90,7 +90,7 @@ void roid_pipeline_wait_idle(roid_pipeline *pl);
 /* Control replies from the latest snapshot (taken at a map publication, at
  * most every 0.25 s, and always for the final map),
  * with the contract of control.h: the number of key/value pairs packed, or
- * -ENODATA before the first map. */
+ * (map only) -ENODATA before the series' first map; ask then packs no points. */
 int roid_pipeline_pack_map(roid_pipeline *pl, msgpack_packer *pk);
 int roid_pipeline_pack_ask(roid_pipeline *pl, unsigned n, msgpack_packer *pk);
 int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk);

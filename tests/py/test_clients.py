@@ -235,6 +235,33 @@ def check_map_off_grid(tmp):
           f"roid-map summary: {lines[ny] if len(lines) > ny else '(none)'}")
 
 
+def check_map_live(tmp):
+    """roid-map on a results file roid is still writing: read as SWMR, the online map, said so."""
+    d = os.path.join(tmp, "live")
+    os.mkdir(d)
+    det = f"tcp://127.0.0.1:{free_port()}"
+    roid = subprocess.Popen([ROID, "--detector", det, "--output-dir", d, "--series", "1", "--idle-timeout", "120"],
+                            stderr=subprocess.PIPE, text=True)
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--source", "phantom:seed=3", "--shape", "32x32", "--scan",
+                            "16x16", "--rate", "40", "--wait-connect", "20", "--quiet"])
+    files, t0 = [], time.time()
+    while time.time() - t0 < 30 and not files:
+        time.sleep(0.2)
+        files = glob.glob(os.path.join(d, "*.h5"))
+    time.sleep(1.5)  # a flush or two with rows in it
+    p = subprocess.run([MAP, files[0]], capture_output=True, text=True, timeout=120) if files else None
+    running = sim.poll() is None
+    sim.kill()
+    sim.wait()
+    roid.terminate()
+    finish(roid, TIMEOUT)
+    lines = p.stdout.splitlines() if p else []
+    check(p is not None and running and p.returncode == 0 and len(lines) == 16 + 2 and
+          lines[-1].startswith("online RoI") and " frames, RoI: " in lines[-2],
+          f"roid-map on a file being written: exit 0, the online map, said so "
+          f"(rc {p and p.returncode}: {lines[-1] if lines else p and p.stderr.strip()[-200:]})")
+
+
 def check_watch_unclustered(rw, tmp):
     """roid-watch (text and PNG) on a map whose clusters are 255 at points measured since the last refit."""
     ny, nx = 6, 10
@@ -390,6 +417,7 @@ def main():
     ra = load(AGENT, "roid_agent")
     rw = load(WATCH, "roid_watch")
     check_map_off_grid(tmp)
+    check_map_live(tmp)
     check_watch_unclustered(rw, tmp)
     check_agent_final_in_suggest()
 

@@ -224,6 +224,7 @@ def main():
                       "center_y = 16.5\n" in conf and "\nk = 3\n" in conf,
                       "second series: df radii, beam centre and k set over the control socket")
     budget(tmp)
+    off_grid_and_after(tmp)
     estimated_center(tmp)
     refused_state(tmp)
     geometry_at_start(tmp)
@@ -383,6 +384,50 @@ def daemon_with_subscriber(args):
     while time.time() - t0 < 20 and not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):
         pass
     return det, roid, ctx, sub
+
+
+def off_grid_and_after(tmp):
+    """Frames off the scan grid are published on the frame topic too, with
+    row and col nil; after the series ends, status names it while idle."""
+    pc = free_port()
+    ctl_ep = f"tcp://127.0.0.1:{pc}"
+    det, roid, ctx, sub = daemon_with_subscriber(["--scan", "4x5", "--frame-every", "1", "--control", ctl_ep,
+                                                  "--status-interval", "0.1"])
+    sub.setsockopt(zmq.SUBSCRIBE, b"frame")
+    ctl = Control(ctx, ctl_ep)
+    ask = ctl(cmd="ask", n=3)
+    check(ask["ok"] and ask["updates"] == 0 and ask["points"] == [] and ask["series_id"] is None,
+          f"ask before any series: ok, no update, no points ({ask.get('error')})")
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "16x16", "--frames", "24", "--series-id", "77",
+                            "--quiet"])
+    CHILDREN.append(sim)
+    frames, end, idle = [], None, None
+    t0 = time.time()
+    while time.time() - t0 < 60 and idle is None:
+        if sub.poll(500):
+            topic, body = sub.recv_multipart()
+            b = msgpack.unpackb(body, raw=False)
+            if topic == b"frame":
+                frames.append(b)
+            if topic == b"series" and b["event"] == "end":
+                end = b
+            if topic == b"status" and end is not None and b["state"] == "idle":
+                idle = b
+    sim.wait(timeout=60)
+    st = ctl(cmd="status")
+    roid.send_signal(signal.SIGTERM)
+    roid.wait(timeout=60)
+    ctl.s.close(0)
+    sub.close(0)
+    ctx.term()
+    off = [b for b in frames if b["row"] is None]
+    check(len(frames) == 24 and sorted(b["image_id"] for b in off) == [20, 21, 22, 23] and
+          all(b["col"] is None and b["label"] is None for b in off),
+          f"frame topic: 24 frames, the 4 off the 4 x 5 grid with row/col nil ({len(frames)}, {len(off)} off)")
+    check(idle is not None and idle["series_id"] == 77 and st["ok"] and st["state"] == "idle" and
+          st["series_id"] == 77,
+          f"after the end, status (topic and reply) names the last series while idle "
+          f"({idle and idle['series_id']}, {st.get('series_id')})")
 
 
 def budget(tmp):
