@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "service/log.h"
 
@@ -193,7 +194,8 @@ static int dataset_layout(hid_t ds, const char *name, hid_t type, uint32_t rows,
 
 /* Frames are read one by one up to the declared count: make sure that count
  * is backed by storage, so a lying or unfinished file cannot keep us reading
- * fill values.  *ret_written is the number of chunks written (chunk per frame). */
+ * fill values.  *ret_written is the number of chunks written (chunk per frame).
+ * A virtual dataset has no storage of its own: vds_open() checks its sources. */
 static int check_storage(hid_t ds, hid_t space, const char *name, const h5_layout *lay, uint64_t nframes,
                          size_t frame_bytes, hsize_t filesize, hsize_t *ret_written, roid_err *err) {
         char why[128];
@@ -246,6 +248,429 @@ static int dataset_file_size(hid_t ds, hsize_t *ret) {
         return e < 0 ? -EIO : 0;
 }
 
+/* ---- virtual datasets (VDS) ----
+ * HDF5 reads the parts of a VDS whose source file or dataset cannot be opened
+ * as fill values, without an error.  So each mapping's source is opened here
+ * first, found the way HDF5 finds it, and a frame is read only when every
+ * pixel of it comes from a mapping whose source opened. */
+
+#define VDS_MAX_MAPPINGS 4096 /* far more than a detector's data files per series */
+#define VDS_NAME_MAX     4096 /* source file and dataset names, as PATH_MAX */
+
+typedef struct {
+        hid_t vspace;   /* the mapping's selection in the VDS */
+        hsize_t lo, hi; /* the frames it touches; lo > hi: none */
+        char *file, *dset;
+        char why[96]; /* "": the source opened */
+} vds_map;
+
+typedef struct {
+        vds_map *m;
+        size_t n, n_bad;
+        size_t *active, n_active; /* mappings touching the current run of frames */
+        hsize_t next_change;      /* first frame after that run */
+        bool started;
+        char msg[256]; /* why the last frame asked about is not read */
+} vds_maps;
+
+static void vds_free(vds_maps *v) {
+        for (size_t i = 0; i < v->n; i++) {
+                if (v->m[i].vspace >= 0)
+                        H5Sclose(v->m[i].vspace);
+                free(v->m[i].file);
+                free(v->m[i].dset);
+        }
+        free(v->m);
+        free(v->active);
+        memset(v, 0, sizeof *v);
+}
+
+/* prefix + '/' + name into buf, as HDF5 joins them; false if it does not fit. */
+static bool join_path(char *buf, size_t size, const char *prefix, size_t plen, const char *name) {
+        bool slash = plen > 0 && prefix[plen - 1] != '/';
+        int n = snprintf(buf, size, "%.*s%s%s", (int)plen, prefix, slash ? "/" : "", name);
+        return n >= 0 && (size_t)n < size;
+}
+
+static hid_t try_open(const char *path) {
+        return H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+}
+
+/* Opens a mapping's source file as HDF 1.10 does (H5Pset_virtual in
+ * H5Ppublic.h): an absolute name as it is, else its last component; then
+ * under each prefix of HDF5_VDS_PREFIX (':'-separated), under the prefix of
+ * the dataset's access list (HDF5_VDS_PREFIX when set, "${ORIGIN}" standing
+ * for the VDS file's directory), in the VDS file's directory, relative to the
+ * working directory, and in the directory of the VDS file's real path. */
+static hid_t open_source_file(hid_t vfile, hid_t dapl, const char *name) {
+        static char cand[2 * VDS_NAME_MAX + 64], vpath[VDS_NAME_MAX], extdir[2 * VDS_NAME_MAX], pfx[VDS_NAME_MAX];
+        hid_t f;
+        const char *tmp = name;
+        if (name[0] == '/') {
+                if ((f = try_open(name)) >= 0)
+                        return f;
+                tmp = strrchr(name, '/') + 1;
+        }
+        /* The VDS file's directory, absolute (HDF5's "extpath"). */
+        extdir[0] = '\0';
+        ssize_t vl = H5Fget_name(vfile, vpath, sizeof vpath);
+        if (vl > 0 && (size_t)vl < sizeof vpath) {
+                const char *slash = strrchr(vpath, '/');
+                size_t dl = slash ? (size_t)(slash - vpath) + 1 : 0;
+                char cwd[VDS_NAME_MAX];
+                if (vpath[0] == '/')
+                        snprintf(extdir, sizeof extdir, "%.*s", (int)dl, vpath);
+                else if (getcwd(cwd, sizeof cwd))
+                        snprintf(extdir, sizeof extdir, "%s/%.*s", cwd, (int)dl, vpath);
+        }
+        const char *env = getenv("HDF5_VDS_PREFIX");
+        if (env && *env) {
+                for (const char *p = env; *p;) {
+                        const char *e = strchr(p, ':');
+                        size_t len = e ? (size_t)(e - p) : strlen(p);
+                        if (len && join_path(cand, sizeof cand, p, len, tmp) && (f = try_open(cand)) >= 0)
+                                return f;
+                        p += len + (e != NULL);
+                }
+        }
+        const char *prop = env && *env ? env : NULL;
+        if (!prop) {
+                ssize_t pl = H5Pget_virtual_prefix(dapl, NULL, 0);
+                if (pl > 0 && (size_t)pl < sizeof pfx && H5Pget_virtual_prefix(dapl, pfx, sizeof pfx) == pl)
+                        prop = pfx;
+        }
+        if (prop && *prop && strcmp(prop, ".") != 0) {
+                static const char origin[] = "${ORIGIN}";
+                char full[2 * VDS_NAME_MAX];
+                bool fits = true;
+                if (strncmp(prop, origin, sizeof origin - 1) == 0) {
+                        int n = snprintf(full, sizeof full, "%s%s", extdir, prop + sizeof origin - 1);
+                        fits = n >= 0 && (size_t)n < sizeof full;
+                } else {
+                        fits = strlen(prop) < sizeof full;
+                        if (fits)
+                                strcpy(full, prop);
+                }
+                if (fits && join_path(cand, sizeof cand, full, strlen(full), tmp) && (f = try_open(cand)) >= 0)
+                        return f;
+        }
+        if (extdir[0] && join_path(cand, sizeof cand, extdir, strlen(extdir), tmp) && (f = try_open(cand)) >= 0)
+                return f;
+        if ((f = try_open(tmp)) >= 0)
+                return f;
+        char *real = vl > 0 ? realpath(vpath, NULL) : NULL;
+        f = -1;
+        if (real) {
+                char *slash = strrchr(real, '/');
+                if (slash && join_path(cand, sizeof cand, real, (size_t)(slash - real) + 1, tmp))
+                        f = try_open(cand);
+                free(real);
+        }
+        return f;
+}
+
+/* Is the source dataset's storage there for everything the mapping selects?
+ * why is left empty when it is. */
+static void check_source(hid_t src, hid_t srcspace, char *why, size_t size) {
+        hid_t sp = H5Dget_space(src), pl = H5Dget_create_plist(src);
+        hsize_t d[H5S_MAX_RANK], lo[H5S_MAX_RANK], hi[H5S_MAX_RANK], cd[H5S_MAX_RANK];
+        int rank = sp >= 0 ? H5Sget_simple_extent_dims(sp, d, NULL) : -1;
+        if (rank < 0 || pl < 0) {
+                snprintf(why, size, "cannot be read (shape or properties)");
+                goto out;
+        }
+        /* An "all" selection is stored without the source's extent (HDF5 takes
+         * it from the source when opened); a hyperslab must lie inside it. */
+        if (H5Sget_select_type(srcspace) == H5S_SEL_HYPERSLABS && H5Sget_select_npoints(srcspace) > 0) {
+                int srank = H5Sget_simple_extent_ndims(srcspace);
+                if (srank != rank) {
+                        snprintf(why, size, "is %d-D, the mapping selects in %d-D", rank, srank);
+                        goto out;
+                }
+                if (H5Sget_select_bounds(srcspace, lo, hi) < 0) {
+                        snprintf(why, size, "mapping selection unreadable");
+                        goto out;
+                }
+                for (int k = 0; k < rank; k++)
+                        if (hi[k] >= d[k]) {
+                                snprintf(why, size, "has %llu elements in dimension %d, the mapping reads up to %llu",
+                                         (unsigned long long)d[k], k, (unsigned long long)hi[k]);
+                                goto out;
+                        }
+        }
+        H5D_layout_t layout = H5Pget_layout(pl);
+        if (layout == H5D_CONTIGUOUS) {
+                hsize_t fsize = 0, bytes = H5Dget_storage_size(src);
+                haddr_t off = H5Dget_offset(src);
+                hssize_t npts = H5Sget_simple_extent_npoints(sp);
+                if (npts > 0 && off == HADDR_UNDEF)
+                        snprintf(why, size, "is not written (no storage allocated)");
+                else if (npts > 0 && dataset_file_size(src, &fsize) == 0 && (off > fsize || bytes > fsize - off))
+                        snprintf(why, size, "does not fit in its file of %llu bytes (truncated?)",
+                                 (unsigned long long)fsize);
+        } else if (layout == H5D_CHUNKED) {
+                hsize_t n = 0, want = 1;
+                if (H5Pget_chunk(pl, rank, cd) != rank || H5Dget_num_chunks(src, sp, &n) < 0) {
+                        snprintf(why, size, "chunk index unreadable");
+                        goto out;
+                }
+                for (int k = 0; k < rank; k++)
+                        want *= cd[k] ? (d[k] + cd[k] - 1) / cd[k] : 0;
+                if (n < want)
+                        snprintf(why, size, "has %llu of its %llu chunks written (unfinished?)", (unsigned long long)n,
+                                 (unsigned long long)want);
+        } else if (layout == H5D_VIRTUAL) {
+                snprintf(why, size, "is itself virtual (nested mappings are not followed)");
+        }
+out:
+        if (pl >= 0)
+                H5Pclose(pl);
+        if (sp >= 0)
+                H5Sclose(sp);
+}
+
+/* Opens the source of mapping m and fills m->why when it cannot be read. */
+static void probe_source(hid_t ds, vds_map *m, hid_t srcspace) {
+        hid_t vfile = H5Iget_file_id(ds), dapl = H5Dget_access_plist(ds), sf = -1, src = -1;
+        if (vfile < 0 || dapl < 0) {
+                snprintf(m->why, sizeof m->why, "cannot be looked up");
+                goto out;
+        }
+        if (strcmp(m->file, ".") == 0) {
+                sf = vfile;
+                vfile = -1;
+        } else if ((sf = open_source_file(vfile, dapl, m->file)) < 0) {
+                snprintf(m->why, sizeof m->why, "source file not found or not HDF5");
+                goto out;
+        }
+        hid_t o = H5Oopen(sf, m->dset, H5P_DEFAULT);
+        if (o < 0) {
+                snprintf(m->why, sizeof m->why, "no such dataset in the source file");
+                goto out;
+        }
+        bool is_ds = H5Iget_type(o) == H5I_DATASET;
+        H5Oclose(o);
+        if (!is_ds || (src = H5Dopen2(sf, m->dset, H5P_DEFAULT)) < 0) {
+                snprintf(m->why, sizeof m->why, "source is not a readable dataset");
+                goto out;
+        }
+        char why[96] = "";
+        check_source(src, srcspace, why, sizeof why);
+        if (why[0])
+                snprintf(m->why, sizeof m->why, "source dataset %s", why);
+out:
+        if (src >= 0)
+                H5Dclose(src);
+        if (sf >= 0)
+                H5Fclose(sf);
+        if (vfile >= 0)
+                H5Fclose(vfile);
+        if (dapl >= 0)
+                H5Pclose(dapl);
+}
+
+static bool unlimited_sel(hid_t sp) {
+        hsize_t start[H5S_MAX_RANK], stride[H5S_MAX_RANK], count[H5S_MAX_RANK], block[H5S_MAX_RANK];
+        int rank = H5Sget_simple_extent_ndims(sp);
+        if (rank <= 0 || rank > H5S_MAX_RANK || H5Sget_select_type(sp) != H5S_SEL_HYPERSLABS ||
+            H5Sis_regular_hyperslab(sp) <= 0 || H5Sget_regular_hyperslab(sp, start, stride, count, block) < 0)
+                return false;
+        for (int k = 0; k < rank; k++)
+                if (count[k] == H5S_UNLIMITED || block[k] == H5S_UNLIMITED)
+                        return true;
+        return false;
+}
+
+#define VDS_SHOWN 255
+
+static void shorten(char **s) {
+        if (*s && strlen(*s) > VDS_SHOWN) {
+                (*s)[VDS_SHOWN] = '\0';
+                char *n = realloc(*s, VDS_SHOWN + 1);
+                if (n)
+                        *s = n;
+        }
+}
+
+/* One name of mapping i (file or dataset), bounded. */
+static int mapping_name(hid_t dcpl, size_t i, bool file, const char *name, char **ret, roid_err *err) {
+        ssize_t len = file ? H5Pget_virtual_filename(dcpl, i, NULL, 0) : H5Pget_virtual_dsetname(dcpl, i, NULL, 0);
+        if (len < 0)
+                return roid_err_set(err, -EIO, "%s: mapping %zu: source %s name unreadable", name, i,
+                                    file ? "file" : "dataset");
+        if (len == 0 || len >= VDS_NAME_MAX)
+                return roid_err_set(err, -EBADMSG, "%s: mapping %zu: source %s name of %zd bytes (1 to %d)", name, i,
+                                    file ? "file" : "dataset", len, VDS_NAME_MAX - 1);
+        char *s = malloc((size_t)len + 1);
+        if (!s)
+                return roid_err_set(err, -ENOMEM, "%s: no memory for a mapping's name", name);
+        ssize_t got = file ? H5Pget_virtual_filename(dcpl, i, s, (size_t)len + 1)
+                           : H5Pget_virtual_dsetname(dcpl, i, s, (size_t)len + 1);
+        if (got != len) {
+                free(s);
+                return roid_err_set(err, -EIO, "%s: mapping %zu: source %s name unreadable", name, i,
+                                    file ? "file" : "dataset");
+        }
+        s[len] = '\0';
+        *ret = s;
+        return 0;
+}
+
+/* Reads the mappings of the VDS ds and opens every source.  Unlimited and
+ * printf-style mappings (whose sources are found only while reading) are
+ * refused.  Mappings whose source cannot be read are logged here; the frames
+ * they touch are failed by vds_frame(). */
+static int vds_open(hid_t ds, const char *name, const char *uid, long long first, vds_maps *ret, roid_err *err) {
+        vds_maps v = {0};
+        size_t n = 0;
+        int r = 0;
+        hid_t dcpl = H5Dget_create_plist(ds);
+        if (dcpl < 0 || H5Pget_virtual_count(dcpl, &n) < 0) {
+                r = roid_err_set(err, -EIO, "%s: cannot read the virtual dataset's mappings", name);
+                goto out;
+        }
+        if (n > VDS_MAX_MAPPINGS) {
+                r = roid_err_set(err, -EMSGSIZE, "%s: virtual dataset of %zu mappings (at most %d)", name, n,
+                                 VDS_MAX_MAPPINGS);
+                goto out;
+        }
+        v.m = calloc(n ? n : 1, sizeof *v.m);
+        v.active = calloc(n ? n : 1, sizeof *v.active);
+        if (!v.m || !v.active) {
+                r = roid_err_set(err, -ENOMEM, "%s: no memory for %zu mappings", name, n);
+                goto out;
+        }
+        for (; v.n < n; v.n++) {
+                size_t i = v.n;
+                vds_map *m = &v.m[i];
+                m->vspace = -1;
+                m->lo = 1;
+                m->hi = 0;
+                if ((r = mapping_name(dcpl, i, true, name, &m->file, err)) < 0 ||
+                    (r = mapping_name(dcpl, i, false, name, &m->dset, err)) < 0) {
+                        v.n++; /* so vds_free() sees the name read */
+                        goto out;
+                }
+                hid_t src = H5Pget_virtual_srcspace(dcpl, i);
+                m->vspace = H5Pget_virtual_vspace(dcpl, i);
+                if (src < 0 || m->vspace < 0) {
+                        if (src >= 0)
+                                H5Sclose(src);
+                        v.n++;
+                        r = roid_err_set(err, -EIO, "%s: mapping %zu (%.60s:%.60s): selection unreadable", name, i,
+                                         m->file, m->dset);
+                        goto out;
+                }
+                H5S_sel_type vt = H5Sget_select_type(m->vspace);
+                hsize_t lo[3], hi[3];
+                if (unlimited_sel(m->vspace) || unlimited_sel(src) || strchr(m->file, '%') || strchr(m->dset, '%')) {
+                        r = roid_err_set(err, -ENOTSUP,
+                                         "%s: mapping %zu (%.60s:%.60s) is unlimited or printf-style; roid replays "
+                                         "fixed mappings only",
+                                         name, i, m->file, m->dset);
+                } else if (vt != H5S_SEL_NONE && vt != H5S_SEL_ALL && vt != H5S_SEL_HYPERSLABS) {
+                        r = roid_err_set(err, -ENOTSUP, "%s: mapping %zu (%.60s:%.60s): point selection", name, i,
+                                         m->file, m->dset);
+                } else if (H5Sget_simple_extent_ndims(m->vspace) != 3) {
+                        r = roid_err_set(err, -EBADMSG, "%s: mapping %zu (%.60s:%.60s) is not 3-D", name, i, m->file,
+                                         m->dset);
+                } else if (H5Sget_select_npoints(m->vspace) > 0) {
+                        if (H5Sget_select_bounds(m->vspace, lo, hi) < 0)
+                                r = roid_err_set(err, -EIO, "%s: mapping %zu (%.60s:%.60s): selection unreadable", name,
+                                                 i, m->file, m->dset);
+                        m->lo = lo[0];
+                        m->hi = hi[0];
+                        if (r == 0)
+                                probe_source(ds, m, src);
+                }
+                /* Kept for messages only: bounded to VDS_SHOWN bytes each. */
+                shorten(&m->file);
+                shorten(&m->dset);
+                H5Sclose(src);
+                if (r < 0) {
+                        v.n++;
+                        goto out;
+                }
+                if (m->why[0]) {
+                        v.n_bad++;
+                        ROID_LOG_LIMITED(
+                                ROID_LOG_ERR,
+                                "%s: virtual dataset %s: images %llu..%llu map to %s:%s: %s; they are not replayed "
+                                "[frames_failed]",
+                                uid, name, (unsigned long long)(first + m->lo), (unsigned long long)(first + m->hi),
+                                m->file, m->dset, m->why);
+                }
+        }
+out:
+        if (dcpl >= 0)
+                H5Pclose(dcpl);
+        if (r < 0)
+                vds_free(&v);
+        else
+                *ret = v;
+        return r;
+}
+
+/* NULL when frame i of the VDS is read from sources that opened, every pixel
+ * of it; else why not.  Frames are asked about in increasing order: the
+ * mappings touching them change only at a mapping's first or last frame. */
+static const char *vds_frame(vds_maps *v, hsize_t i, uint32_t rows, uint32_t cols) {
+        if (!v->started || i >= v->next_change) {
+                v->started = true;
+                v->n_active = 0;
+                v->next_change = HSIZE_UNDEF;
+                for (size_t k = 0; k < v->n; k++) {
+                        const vds_map *m = &v->m[k];
+                        if (m->lo > m->hi)
+                                continue;
+                        if (m->lo <= i && i <= m->hi)
+                                v->active[v->n_active++] = k;
+                        hsize_t c = m->lo > i ? m->lo : m->hi >= i ? m->hi + 1 : HSIZE_UNDEF;
+                        if (c < v->next_change)
+                                v->next_change = c;
+                }
+        }
+        hsize_t start[3] = {i, 0, 0}, end[3] = {i, rows - 1, cols - 1}, cnt[3] = {1, rows, cols};
+        hssize_t want = (hssize_t)rows * cols, got = 0;
+        hid_t acc = -1;
+        const char *bad = NULL;
+        for (size_t a = 0; a < v->n_active && !bad; a++) {
+                const vds_map *m = &v->m[v->active[a]];
+                if (m->why[0]) {
+                        if (H5Sselect_intersect_block(m->vspace, start, end) != 0) {
+                                snprintf(v->msg, sizeof v->msg, "its source %.100s:%.100s cannot be read", m->file,
+                                         m->dset);
+                                bad = v->msg;
+                        }
+                        continue;
+                }
+                hid_t part = H5Scopy(m->vspace);
+                hssize_t np = -1;
+                if (part >= 0 && H5Sselect_hyperslab(part, H5S_SELECT_AND, start, NULL, cnt, NULL) >= 0)
+                        np = H5Sget_select_npoints(part);
+                if (np < 0) {
+                        bad = "mapping selection unreadable";
+                } else if (np > 0 && acc < 0) {
+                        acc = part;
+                        part = -1;
+                } else if (np > 0 && H5Smodify_select(acc, H5S_SELECT_OR, part) < 0) {
+                        bad = "mapping selections cannot be combined";
+                }
+                if (part >= 0)
+                        H5Sclose(part);
+        }
+        if (acc >= 0) {
+                got = H5Sget_select_npoints(acc);
+                H5Sclose(acc);
+        }
+        if (!bad && got != want) {
+                snprintf(v->msg, sizeof v->msg, "%lld of its %lld pixels are mapped to a source", (long long)got,
+                         (long long)want);
+                bad = v->msg;
+        }
+        return bad;
+}
+
 static void send_end(roid_ingest *in, const char *uid) {
         roid_msg end = {.type = ROID_MSG_END};
         snprintf(end.series_unique_id, sizeof end.series_unique_id, "%s", uid);
@@ -261,7 +686,8 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
         uint8_t *chunk = NULL, *raw = NULL;
         int r = 0;
-        hsize_t dims[3], filesize = 0;
+        hsize_t dims[3], filesize = 0, vds_failed = 0;
+        vds_maps vds = {0};
         char why[128], ts[32];
         if (space < 0 || type < 0 || dataset_file_size(ds, &filesize) < 0) {
                 r = roid_err_set(err, -EIO, "%s: cannot read its shape and type: %s", name, h5_reason(why, sizeof why));
@@ -313,6 +739,9 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         long long first = read_int_attr(ds, "image_nr_low", 1) - 1;
         if (first < 0)
                 first = 0;
+        bool is_vds = lay.layout == H5D_VIRTUAL;
+        if (is_vds && (r = vds_open(ds, name, uid, first, &vds, err)) < 0)
+                goto out;
 
         roid_msg m = {.type = ROID_MSG_START, .format = ROID_FMT_NONE, .series_id = 0};
         snprintf(m.series_unique_id, sizeof m.series_unique_id, "%s", uid);
@@ -376,6 +805,9 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
                                 bad = "chunk larger than the file";
                         else if (csize > lim->max_message_bytes)
                                 bad = "chunk larger than max_message_bytes";
+                } else if (is_vds) {
+                        bad = vds_frame(&vds, i, rows, cols);
+                        vds_failed += bad != NULL;
                 }
                 if (bad) {
                         csize = 0;
@@ -418,7 +850,20 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         }
         if (whole)
                 send_end(in, uid);
+        for (size_t k = 0; k < vds.n && vds.n_bad; k++) {
+                const vds_map *vm = &vds.m[k];
+                if (vm->why[0]) {
+                        /* Like a master's missing data file: an error once the rest is replayed. */
+                        r = roid_err_set(err, -ENOENT,
+                                         "%s: virtual dataset: source %.70s:%.60s: %.60s; %llu frames not replayed "
+                                         "(%zu of %zu sources unreadable)",
+                                         name, vm->file, vm->dset, vm->why, (unsigned long long)vds_failed, vds.n_bad,
+                                         vds.n);
+                        break;
+                }
+        }
 out:
+        vds_free(&vds);
         free(chunk);
         free(raw);
         if (type >= 0)

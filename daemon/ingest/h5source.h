@@ -8,6 +8,14 @@
  * image_nr_low - 1 + index (EIGER numbers images from 1 in its files), and
  * an end.  A master file's external links data_000001, ... are followed.
  *
+ * A virtual dataset (VDS) is read through HDF5 from its source datasets,
+ * found as HDF5 finds them (HDF5_VDS_PREFIX, the VDS file's directory, "."
+ * for the VDS's own file).  A frame is delivered only when every pixel of it
+ * is mapped to a source that opens and is written; the frames of a mapping
+ * whose source cannot be read are failed and counted, the rest of the series
+ * is replayed, and the call then returns -ENOENT naming that source.
+ * Unlimited and printf-style mappings are refused (-ENOTSUP).
+ *
  * Threads: HDF5 is not thread-safe in Debian's serial build; call from one
  * thread.
  */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -998,6 +999,193 @@ static void test_bytes(void) {
         free(good);
 }
 
+/* ---- virtual datasets (VDS) ---- */
+
+typedef struct {
+        const char *file, *dset; /* as stored in the mapping */
+        uint64_t vfirst, n;      /* frames vfirst.. of the VDS */
+        uint64_t sfirst, sn;     /* from frames sfirst.. of a source of sn frames */
+        bool unlimited;          /* an unlimited virtual selection */
+} vmap;
+
+/* A uint16 VDS of n frames at DS (rows x cols, fill value 0), mapped as given. */
+static int write_vds(const char *name, uint32_t rows, uint32_t cols, uint64_t n, const vmap *m, size_t nm,
+                     void (*extra)(hid_t f)) {
+        hid_t f = new_file(name, false);
+        if (f < 0)
+                return -1;
+        if (extra)
+                extra(f);
+        hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        uint16_t fill = 0;
+        H5Pset_fill_value(dcpl, H5T_NATIVE_UINT16, &fill);
+        hsize_t vd[3] = {n, rows, cols}, vmax[3] = {n, rows, cols};
+        for (size_t i = 0; i < nm; i++)
+                if (m[i].unlimited)
+                        vmax[0] = H5S_UNLIMITED;
+        int rc = 0;
+        for (size_t i = 0; i < nm && rc == 0; i++) {
+                hsize_t sd[3] = {m[i].sn, rows, cols}, smax[3] = {m[i].unlimited ? H5S_UNLIMITED : m[i].sn, rows, cols};
+                hsize_t voff[3] = {m[i].vfirst, 0, 0}, soff[3] = {m[i].sfirst, 0, 0}, cnt[3] = {m[i].n, rows, cols};
+                hid_t vs = H5Screate_simple(3, vd, vmax), ss = H5Screate_simple(3, sd, smax);
+                if (m[i].unlimited) {
+                        hsize_t one[3] = {1, 1, 1}, ublk[3] = {H5S_UNLIMITED, rows, cols};
+                        H5Sselect_hyperslab(vs, H5S_SELECT_SET, voff, NULL, one, ublk);
+                        H5Sselect_hyperslab(ss, H5S_SELECT_SET, soff, NULL, one, ublk);
+                } else {
+                        H5Sselect_hyperslab(vs, H5S_SELECT_SET, voff, NULL, cnt, NULL);
+                        H5Sselect_hyperslab(ss, H5S_SELECT_SET, soff, NULL, cnt, NULL);
+                }
+                if (H5Pset_virtual(dcpl, vs, m[i].file, m[i].dset, ss) < 0)
+                        rc = -1;
+                H5Sclose(vs);
+                H5Sclose(ss);
+        }
+        hid_t sp = H5Screate_simple(3, vd, vmax), lc = lcpl_mkdirs();
+        hid_t ds = rc == 0 ? H5Dcreate2(f, DS, H5T_NATIVE_UINT16, sp, lc, dcpl, H5P_DEFAULT) : -1;
+        if (ds < 0)
+                rc = -1;
+        else
+                H5Dclose(ds);
+        H5Pclose(lc);
+        H5Sclose(sp);
+        H5Pclose(dcpl);
+        H5Fclose(f);
+        return rc;
+}
+
+/* The frames of image ids 0..5 in the same file, at /entry/raw/data (ids 0..2) and
+ * /entry/raw/more (ids 3..5). */
+static void raw_in_same_file(hid_t f) {
+        enum { R = 16, C = 20 };
+        static uint16_t buf[3][R][C];
+        const char *paths[2] = {"/entry/raw/data", "/entry/raw/more"};
+        hsize_t d[3] = {3, R, C};
+        for (int p = 0; p < 2; p++) {
+                for (int k = 0; k < 3; k++)
+                        fill_frame(buf[k], ROID_DT_U16, R, C, (uint64_t)(3 * p + k));
+                hid_t ds = bare_dataset(f, paths[p], H5T_NATIVE_UINT16, 3, d, NULL, 0, 0, NULL, false);
+                H5Dwrite(ds, H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+                H5Dclose(ds);
+        }
+}
+
+static void test_vds(void) {
+        enum { R = 16, C = 20 };
+        /* Sources: vds-a.h5 holds the frames of image ids 0..2, vds-b.h5 those of 3..5
+         * (image_nr_low 1 and 4), so a frame read through the VDS can be checked. */
+        h5spec s = spec(ROID_DT_U16, R, C, 3, 0);
+        s.layout = L_CONTIG;
+        write_h5("vds-a.h5", &s);
+        s.nr_low = 4;
+        write_h5("vds-b.h5", &s);
+
+        /* Names relative to the VDS file's directory (the test runs elsewhere), one stored
+         * as an absolute path that no longer exists: HDF5 then looks for its last component. */
+        vmap full[] = {{"vds-a.h5", DS, 0, 3, 0, 3, false}, {"/no/such/dir/vds-b.h5", DS, 3, 3, 0, 3, false}};
+        write_vds("vds-full.h5", R, C, 6, full, 2, NULL);
+        result res = replay(tpath("vds-full.h5"));
+        tap_ok(res.r == 0 && all_ids(0, 6) && T.frames_ok == 6 && CNT(frames_failed) == 0 && T.starts == 1 &&
+                       T.ends_terminated == 1,
+               "VDS of two source files, all present: 6 frames, pixel for pixel (r=%d %s, %d frames, %d right)", res.r,
+               res.err.msg, T.frames, T.frames_ok);
+
+        /* The second source file is missing: its frames must not come out as fill values. */
+        vmap part[] = {{"vds-a.h5", DS, 0, 3, 0, 3, false}, {"vds-gone.h5", DS, 3, 3, 0, 3, false}};
+        write_vds("vds-part.h5", R, C, 6, part, 2, NULL);
+        res = replay(tpath("vds-part.h5"));
+        const char *log = log_since_last();
+        tap_ok(res.r < 0 && strstr(res.err.msg, "vds-part.h5") && strstr(res.err.msg, "vds-gone.h5") &&
+                       strstr(res.err.msg, DS) && strstr(res.err.msg, "virtual"),
+               "VDS with one source file missing: error naming the VDS, the source file and dataset (%s)", res.err.msg);
+        tap_ok(all_ids(0, 3) && T.frames_ok == 3 && T.starts == 1 && T.ends == 1,
+               "... the 3 frames of the present source delivered, right, the series closed (%d frames, %d right)",
+               T.frames, T.frames_ok);
+        tap_ok(CNT(frames_failed) == 3 && T.errors == 3 && T.err_ids[0] == 3 && T.err_ids[2] == 5 &&
+                       CNT(frames_decoded) == 3,
+               "... frames 3..5 reported as failed and counted (failed %llu, decoded %llu)",
+               (unsigned long long)CNT(frames_failed), (unsigned long long)CNT(frames_decoded));
+        tap_ok(strstr(log, "vds-gone.h5") && strstr(log, "3..5"), "... the log names the source and its images 3..5");
+
+        /* Every source missing (the reviewer's case): no frame of fill values at all. */
+        vmap none[] = {{"vds-gone.h5", DS, 0, 3, 0, 3, false}};
+        write_vds("vds-none.h5", R, C, 3, none, 1, NULL);
+        res = replay(tpath("vds-none.h5"));
+        tap_ok(res.r < 0 && strstr(res.err.msg, "vds-gone.h5") && T.frames == 0 && CNT(frames_failed) == 3 &&
+                       T.starts == T.ends,
+               "VDS whose only source is missing: error, 0 frames, 3 failed (%d frames, %s)", T.frames, res.err.msg);
+
+        /* The source file is there, the dataset in it is not. */
+        vmap nods[] = {{"vds-a.h5", DS, 0, 3, 0, 3, false}, {"vds-b.h5", "/entry/data/nothing", 3, 3, 0, 3, false}};
+        write_vds("vds-nods.h5", R, C, 6, nods, 2, NULL);
+        res = replay(tpath("vds-nods.h5"));
+        tap_ok(res.r < 0 && strstr(res.err.msg, "vds-b.h5") && strstr(res.err.msg, "/entry/data/nothing") &&
+                       all_ids(0, 3) && T.frames_ok == 3 && CNT(frames_failed) == 3,
+               "VDS whose second source dataset is missing: error naming it, 3 good frames (%s)", res.err.msg);
+
+        /* "." is the VDS's own file. */
+        vmap self[] = {{".", "/entry/raw/data", 0, 3, 0, 3, false}, {".", "/entry/raw/more", 3, 3, 0, 3, false}};
+        write_vds("vds-self.h5", R, C, 6, self, 2, raw_in_same_file);
+        res = replay(tpath("vds-self.h5"));
+        tap_ok(res.r == 0 && all_ids(0, 6) && T.frames_ok == 6 && CNT(frames_failed) == 0,
+               "VDS mapping \".\" (its own file): 6 frames, pixel for pixel (r=%d %s, %d right)", res.r, res.err.msg,
+               T.frames_ok);
+        vmap selfgone[] = {{".", "/entry/raw/data", 0, 3, 0, 3, false}, {".", "/entry/raw/gone", 3, 3, 0, 3, false}};
+        write_vds("vds-selfgone.h5", R, C, 6, selfgone, 2, raw_in_same_file);
+        res = replay(tpath("vds-selfgone.h5"));
+        tap_ok(res.r < 0 && strstr(res.err.msg, ".:/entry/raw/gone") && all_ids(0, 3) && T.frames_ok == 3 &&
+                       CNT(frames_failed) == 3,
+               "VDS mapping \".\" to a missing dataset: error naming it, the 3 other frames right (%s)", res.err.msg);
+
+        /* Frame 6 is mapped to nothing: it would be all fill values. */
+        vmap gap[] = {{"vds-a.h5", DS, 0, 3, 0, 3, false}, {"vds-b.h5", DS, 3, 3, 0, 3, false}};
+        write_vds("vds-gap.h5", R, C, 7, gap, 2, NULL);
+        res = replay(tpath("vds-gap.h5"));
+        tap_ok(res.r == 0 && all_ids(0, 6) && T.frames_ok == 6 && CNT(frames_failed) == 1 && T.err_ids[0] == 6,
+               "VDS with an unmapped 7th frame: 6 frames delivered, frame 6 failed (r=%d, %d frames, %llu failed)",
+               res.r, T.frames, (unsigned long long)CNT(frames_failed));
+
+        /* HDF5_VDS_PREFIX: the VDS in a subdirectory, its source in the directory above.
+         * roid must find the source exactly when HDF5 itself reads the real pixels. */
+        char sub[128];
+        snprintf(sub, sizeof sub, "%s/sub", tmpdir);
+        mkdir(sub, 0700);
+        vmap pre[] = {{"vds-a.h5", DS, 0, 3, 0, 3, false}};
+        write_vds("sub/vds-prefix.h5", R, C, 3, pre, 1, NULL);
+        for (int env = 0; env < 2; env++) {
+                if (env)
+                        setenv("HDF5_VDS_PREFIX", tmpdir, 1);
+                uint16_t got[R * C], want[R * C];
+                hid_t f = H5Fopen(tpath("sub/vds-prefix.h5"), H5F_ACC_RDONLY, H5P_DEFAULT);
+                hid_t ds = H5Dopen2(f, DS, H5P_DEFAULT), fs = H5Dget_space(ds);
+                hsize_t off[3] = {0, 0, 0}, cnt[3] = {1, R, C};
+                hid_t ms = H5Screate_simple(3, cnt, NULL);
+                H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
+                H5Dread(ds, H5T_NATIVE_UINT16, ms, fs, H5P_DEFAULT, got);
+                H5Sclose(ms);
+                H5Sclose(fs);
+                H5Dclose(ds);
+                H5Fclose(f);
+                fill_frame(want, ROID_DT_U16, R, C, 0);
+                bool hdf5_found = memcmp(got, want, sizeof got) == 0;
+                res = replay(tpath("sub/vds-prefix.h5"));
+                bool roid_found = res.r == 0 && all_ids(0, 3) && T.frames_ok == 3;
+                bool roid_missing = res.r < 0 && strstr(res.err.msg, "vds-a.h5") && T.frames == 0;
+                tap_ok(hdf5_found == (bool)env && (env ? roid_found : roid_missing),
+                       "VDS in a subdirectory, source above it, HDF5_VDS_PREFIX %s: HDF5 reads %s, roid %s (%s)",
+                       env ? "set to it" : "unset", hdf5_found ? "the pixels" : "fill values",
+                       roid_found ? "delivers the 3 frames" : "fails them", res.err.msg);
+                unsetenv("HDF5_VDS_PREFIX");
+        }
+        unlink(tpath("sub/vds-prefix.h5"));
+        rmdir(sub);
+
+        /* Unlimited mappings are refused, not replayed in part. */
+        vmap unl[] = {{"vds-a.h5", DS, 0, 3, 0, 3, true}};
+        write_vds("vds-unlim.h5", R, C, 3, unl, 1, NULL);
+        expect_error("VDS with an unlimited mapping", replay(tpath("vds-unlim.h5")), "vds-a.h5", "unlimited", NULL);
+}
+
 static void rm_tmpdir(void) {
         DIR *d = opendir(tmpdir);
         if (!d)
@@ -1031,6 +1219,7 @@ int main(void) {
         test_unwritten();
         test_corrupt_chunks();
         test_bytes();
+        test_vds();
         tap_ok(id_leaks == 0, "no replay left an HDF5 file or object open (%d did)", id_leaks);
 
         rm_tmpdir();
