@@ -465,12 +465,16 @@ static int cmd_replay(const options *o, int n_inputs, char **inputs) {
                 roid_analysis_sink(an, &t.s[t.n++]);
         }
         roid_sink sink = tee_sink(&t);
-        /* Replay decodes every channel unless one is named on the command line. */
+        /* Replay decodes every channel unless one is named on the command line,
+         * or the analysis runs: it then analyses the channel the daemon would
+         * ([detector] channel, else the first). */
         bool chan_given = false;
         for (size_t i = 0; i < o->n_ov; i++)
                 chan_given |= strcmp(o->ov[i].key, "channel") == 0;
-        roid_ingest_params ip = {
-                .limits = cfg->limits, .channel = chan_given ? cfg->channel : "", .implicit_series = !o->strict};
+        const char *chan = chan_given ? cfg->channel : "";
+        if (!chan_given && an)
+                chan = cfg->channel[0] ? cfg->channel : "#0";
+        roid_ingest_params ip = {.limits = cfg->limits, .channel = chan, .implicit_series = !o->strict};
         if ((r = roid_ingest_new(&ip, &sink, &ctr, &in)) < 0)
                 goto out;
         int failed = 0;

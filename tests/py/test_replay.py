@@ -8,6 +8,7 @@ import tempfile
 import unittest
 
 import cbor2
+import h5py
 import zmq
 
 ROID = os.environ["ROID"]
@@ -61,6 +62,25 @@ class ReplayStream2(unittest.TestCase):
         self.assertEqual(len(ends), 1)
         self.assertTrue(ends[0]["terminated"], "the end message closes the series")
         self.assertEqual(ends[0]["images"], 3)
+
+    def test_analysis_channel_from_config(self):
+        """replay --output-dir analyses the configuration's [detector] channel, as the daemon would."""
+        files = [data(f"stream2/r500k_bslz4_16bit_00000{i}.cbor") for i in (1, 2, 3)]
+        files.append(data("stream2/r500k_bslz4_16bit_000011.cbor"))
+        with tempfile.TemporaryDirectory() as d:
+            for chan, name in (("threshold_2", "threshold_2"), (None, "threshold_1")):  # None: the default
+                conf, out = os.path.join(d, f"{name}.conf"), os.path.join(d, name)
+                os.mkdir(out)
+                with open(conf, "w") as f:
+                    f.write((f"[detector]\nchannel = {chan}\n" if chan else "") + "[scan]\nshape = 1x3\n")
+                p = subprocess.run([ROID, "replay", "--config", conf, "--output-dir", out, *files],
+                                   capture_output=True, text=True, timeout=300)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                (res,) = os.listdir(out)
+                with h5py.File(os.path.join(out, res), "r") as h:
+                    sums = sorted(int(v) for v in h["/entry/features/sum"][()])
+                want = sorted(self.REF[i][name][0] for i in range(3))
+                self.assertEqual(sums, want, f"channel '{chan}' analyses {name}")
 
     def test_channel_selection(self):
         p, lines = replay("--channel", "difference", data("stream2/r500k_bslz4_16bit_000002.cbor"))
