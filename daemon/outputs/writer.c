@@ -1,12 +1,15 @@
 #include "outputs/writer.h"
 
+#include <errno.h>
 #include <hdf5.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "service/log.h"
 
@@ -624,4 +627,20 @@ void roid_writer_free(roid_writer *w) {
         free(w->batch);
         free(w->pending);
         free(w);
+}
+
+int roid_writer_check_dir(const char *dir, roid_err *err) {
+        struct stat st;
+        if (stat(dir, &st) < 0) {
+                int r = -errno;
+                return roid_err_set(err, r, "[output] directory %s: %s", dir, strerror(-r));
+        }
+        if (!S_ISDIR(st.st_mode))
+                return roid_err_set(err, -ENOTDIR, "[output] directory %s: not a directory", dir);
+        if (access(dir, W_OK | X_OK) < 0) {
+                int r = -errno;
+                return roid_err_set(err, r, "[output] directory %s: results files cannot be created there: %s", dir,
+                                    strerror(-r));
+        }
+        return 0;
 }

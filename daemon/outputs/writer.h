@@ -41,6 +41,7 @@
 #include "analysis/roi.h"
 #include "outputs/results.h"
 #include "service/counters.h"
+#include "service/err.h"
 
 #define ROID_WRITER_MAX_QUEUE  65536
 #define ROID_WRITER_MAX_CONFIG (1u << 20) /* bytes of configuration text stored in a file */
@@ -63,6 +64,12 @@ int roid_writer_new(unsigned queue_depth, double flush_interval_s, roid_counters
 /* Writes everything queued, closes an open file (as unterminated: no
  * counters), joins the thread, frees.  NULL is a no-op. */
 void roid_writer_free(roid_writer *w);
+
+/* Can results files be created in dir?  0, or a negative errno with err
+ * naming [output] directory, the path and why (not there, not a directory,
+ * not writable).  For the start, a reload and a control `set`, so that a typo
+ * shows at once rather than at the first series.  Any thread. */
+int roid_writer_check_dir(const char *dir, roid_err *err);
 
 /* Starts a series: picks its file here (roid_results_unique_path, also
  * skipping the files of opens still queued) and copies it to ret_path (NULL:

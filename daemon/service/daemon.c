@@ -11,6 +11,7 @@
 #include "ingest/zsource.h"
 #include "outputs/control.h"
 #include "outputs/publish.h"
+#include "outputs/writer.h"
 #include "service/log.h"
 #include "service/notify.h"
 #include "service/pipeline.h"
@@ -209,6 +210,9 @@ static int ctl_commit(void *ctx, bool apply, roid_err *err) {
         if (!apply)
                 return 0;
         int r = roid_config_validate(&d->staged, err);
+        if (r >= 0 && d->staged.analysis.output_dir[0] &&
+            strcmp(d->staged.analysis.output_dir, d->cfg.analysis.output_dir) != 0)
+                r = roid_writer_check_dir(d->staged.analysis.output_dir, err);
         if (r < 0)
                 return r;
         d->cfg = d->staged;
@@ -370,7 +374,8 @@ static void reload(daemon_t *d) {
         roid_notify_reloading(d->nf);
         if (!d->p.reload) {
                 roid_log(ROID_LOG_WARNING, "SIGHUP: no configuration file was given (--config): nothing to reload");
-        } else if (d->p.reload(d->p.reload_ctx, &c, &err) < 0) {
+        } else if (d->p.reload(d->p.reload_ctx, &c, &err) < 0 ||
+                   (c.analysis.output_dir[0] && roid_writer_check_dir(c.analysis.output_dir, &err) < 0)) {
                 roid_log(ROID_LOG_ERR, "SIGHUP: configuration not reloaded, the running one stays: %s", err.msg);
         } else {
                 keep_restart_keys(d, &c);
@@ -558,6 +563,12 @@ out:
         roid_pipeline_free(d->pl);        /* finishes queued work, writes the results file */
         if (d->in)
                 roid_counters_log(&d->ctr);
+        const uint64_t lost_files = roid_counter_get(&d->ctr, ROID_C_results_failed);
+        if (r == 0 && lost_files) {
+                roid_log(ROID_LOG_ERR, "exit status 1: %" PRIu64 " results file%s failed (logged above)", lost_files,
+                         lost_files == 1 ? "" : "s");
+                r = -EIO;
+        }
         roid_ingest_free(d->in);
         roid_control_free(d->ctl);
         roid_zsource_free(d->src);

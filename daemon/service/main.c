@@ -15,6 +15,7 @@
 #include "ingest/parse.h"
 #include "ingest/zsource.h"
 #include "outputs/jsonl.h"
+#include "outputs/writer.h"
 #include "service/config.h"
 #include "service/counters.h"
 #include "service/daemon.h"
@@ -527,6 +528,11 @@ int main(int argc, char **argv) {
                 return 0;
         }
         int r;
+        if (strcmp(cmd_name, "record") != 0 && o.cfg.analysis.output_dir[0] &&
+            roid_writer_check_dir(o.cfg.analysis.output_dir, &err) < 0) {
+                roid_log(ROID_LOG_ERR, "configuration: %s", err.msg);
+                return 2;
+        }
         if (strcmp(cmd_name, "record") == 0) {
                 if (argc - optind != 2) {
                         roid_log(ROID_LOG_ERR, "record needs ENDPOINT and FILE");

@@ -201,6 +201,9 @@ def main():
           f"set df_inner above df_outer: refused whole, k not applied ({r.get('error')})")
     r = ctl(cmd="set", values={"k": 3, "df_inner": 9, "df_outer": 14})
     check(r["ok"], f"set df_inner before df_outer: {r.get('error') or 'applied'}")
+    r = ctl(cmd="set", values={"directory": os.path.join(tmp, "no-such-dir")})
+    check(not r["ok"] and "[output] directory" in r["error"] and "No such file" in r["error"],
+          f"set output.directory to a missing directory: refused ({r.get('error')})")
     # Issue 5's burst: 10,000 messages as fast as the simulator can, then nothing.
     sim = subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "10000", "--series-id", "2",
                           "--quiet"], timeout=120)
@@ -225,6 +228,7 @@ def main():
                       "second series: df radii, beam centre and k set over the control socket")
     budget(tmp)
     off_grid_and_after(tmp)
+    output_dir_checked(tmp)
     estimated_center(tmp)
     refused_state(tmp)
     geometry_at_start(tmp)
@@ -284,7 +288,8 @@ def file_size_limit(tmp):
         subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--scan", scan, "--series-id", str(sid),
                         "--quiet", "--wait-connect", "20"], timeout=120)
     rc, err = finish(roid, 120)
-    check(rc == 0, f"file-size limit: roid exits 0 after both series (rc {rc})")
+    check(rc == 1 and "exit status 1: 1 results file failed" in err,
+          f"file-size limit: roid goes on to the end and exits 1, a results file having failed (rc {rc})")
     check("File too large" in err and "results_failed=1" in err,
           "the file at the limit is logged with the reason and counted (results_failed=1)")
     small = [p for p in os.listdir(out) if p.endswith(".h5") and os.path.getsize(os.path.join(out, p)) < (1 << 20)]
@@ -384,6 +389,20 @@ def daemon_with_subscriber(args):
     while time.time() - t0 < 20 and not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):
         pass
     return det, roid, ctx, sub
+
+
+def output_dir_checked(tmp):
+    """An output directory that is not there, or not a directory, stops roid
+    (daemon and replay) at start with exit status 2, naming it."""
+    plain = os.path.join(tmp, "plain-file")
+    open(plain, "w").close()
+    for d, why in ((os.path.join(tmp, "missing", "dir"), "No such file or directory"), (plain, "not a directory")):
+        for cmd in ([ROID, "--output-dir", d, "--series", "1"],
+                    [ROID, "replay", "--output-dir", d, os.path.join(tmp, "none.cbor")]):
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            check(p.returncode == 2 and f"[output] directory {d}: {why}" in p.stderr,
+                  f"{'replay' if 'replay' in cmd else 'daemon'} with output directory {os.path.basename(d)}: "
+                  f"exit 2 naming it (rc {p.returncode}: {p.stderr.strip()[-160:]})")
 
 
 def off_grid_and_after(tmp):
