@@ -1,11 +1,17 @@
 #include "ingest/zsource.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
+#include "service/log.h"
+
 struct roid_zsource {
         void *sock;
+        void *mon;     /* PAIR reading the socket's connection events, or NULL */
+        bool given_up; /* a connection closed and libzmq is not connecting again */
+        char endpoint[256];
         roid_limits lim;
         size_t n;
         zmq_msg_t *msg;   /* lim.max_parts of them */
@@ -44,6 +50,7 @@ int roid_zsource_new(void *ctx, const char *endpoint, const roid_limits *lim, in
                                  zmq_strerror(errno));
                 goto fail;
         }
+        snprintf(z->endpoint, sizeof z->endpoint, "%s", endpoint);
         *ret = z;
         return 0;
 fail:
@@ -59,6 +66,10 @@ void roid_zsource_free(roid_zsource *z) {
         if (!z)
                 return;
         release(z);
+        if (z->mon) {
+                zmq_socket_monitor(z->sock, NULL, 0);
+                zmq_close(z->mon);
+        }
         zmq_close(z->sock);
         free(z->msg);
         free(z->parts);
@@ -117,4 +128,108 @@ const void *roid_zsource_take(roid_zsource *z, const void *data, zmq_msg_t *dst)
                 return (const uint8_t *)zmq_msg_data(dst) + off;
         }
         return NULL;
+}
+
+int roid_zsource_watch(roid_zsource *z, void *ctx, roid_err *err) {
+        char addr[64];
+        int zero = 0;
+        if (z->mon)
+                return 0;
+        snprintf(addr, sizeof addr, "inproc://roid-zsource-%p", (void *)z);
+        if (zmq_socket_monitor(z->sock, addr,
+                               ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECT_RETRIED |
+                                       ZMQ_EVENT_CONNECT_DELAYED) < 0)
+                return roid_err_set(err, -errno, "detector socket monitor: %s", zmq_strerror(errno));
+        void *m = zmq_socket(ctx, ZMQ_PAIR);
+        if (!m || zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof zero) < 0 || zmq_connect(m, addr) < 0) {
+                int r = roid_err_set(err, -errno, "detector socket monitor: %s", zmq_strerror(errno));
+                if (m)
+                        zmq_close(m);
+                zmq_socket_monitor(z->sock, NULL, 0);
+                return r;
+        }
+        z->mon = m;
+        return 0;
+}
+
+void *roid_zsource_monitor(roid_zsource *z) {
+        return z->mon;
+}
+
+/* One event: [u16 event, u32 value] in host order, then the peer's address. */
+static int read_event(void *mon, uint16_t *ret_event, char *addr, size_t size) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, mon, ZMQ_DONTWAIT) < 0) {
+                int e = errno;
+                zmq_msg_close(&m);
+                return -e;
+        }
+        uint16_t ev = 0;
+        if (zmq_msg_size(&m) >= 6)
+                memcpy(&ev, zmq_msg_data(&m), sizeof ev);
+        int more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+        addr[0] = '\0';
+        while (more) { /* the address, and nothing else in today's libzmq */
+                zmq_msg_init(&m);
+                if (zmq_msg_recv(&m, mon, 0) < 0) {
+                        zmq_msg_close(&m);
+                        break;
+                }
+                if (!addr[0]) {
+                        size_t n = zmq_msg_size(&m) < size - 1 ? zmq_msg_size(&m) : size - 1;
+                        memcpy(addr, zmq_msg_data(&m), n);
+                        addr[n] = '\0';
+                }
+                more = zmq_msg_more(&m);
+                zmq_msg_close(&m);
+        }
+        *ret_event = ev;
+        return 0;
+}
+
+int roid_zsource_events(roid_zsource *z) {
+        unsigned lost = 0;
+        char addr[256];
+        uint16_t ev = 0;
+        if (!z->mon)
+                return 0;
+        while (read_event(z->mon, &ev, addr, sizeof addr) == 0) {
+                const char *peer = addr[0] ? addr : z->endpoint;
+                if (ev == ZMQ_EVENT_CONNECTED) {
+                        z->given_up = false;
+                        roid_log(ROID_LOG_INFO, "detector %s: connected", peer);
+                } else if (ev == ZMQ_EVENT_CONNECT_RETRIED || ev == ZMQ_EVENT_CONNECT_DELAYED) {
+                        z->given_up = false; /* libzmq is connecting again */
+                } else if (ev == ZMQ_EVENT_DISCONNECTED) {
+                        lost++;
+                        z->given_up = true; /* until libzmq says it is connecting again */
+                        ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                         "detector %s: connection closed, by the detector or by libzmq on a message "
+                                         "part over [limits] max_message_bytes %zu; messages on their way over it "
+                                         "are lost; reconnecting [connections_lost]",
+                                         peer, z->lim.max_message_bytes);
+                }
+        }
+        return (int)lost;
+}
+
+bool roid_zsource_given_up(roid_zsource *z) {
+        roid_zsource_events(z);
+        return z->given_up;
+}
+
+int roid_zsource_reconnect(roid_zsource *z, roid_err *err) {
+        /* The endpoint's session is gone; disconnect only forgets it. */
+        zmq_disconnect(z->sock, z->endpoint);
+        if (zmq_connect(z->sock, z->endpoint) < 0)
+                return roid_err_set(err, -errno, "cannot connect to detector endpoint '%s' again: %s", z->endpoint,
+                                    zmq_strerror(errno));
+        z->given_up = false;
+        roid_log(ROID_LOG_WARNING,
+                 "detector %s: libzmq gave the connection up (a message part over max_message_bytes "
+                 "%zu): connecting again",
+                 z->endpoint, z->lim.max_message_bytes);
+        return 0;
 }

@@ -6,6 +6,10 @@
  * not have more than limits.max_parts parts: the excess parts are received
  * and discarded, and the message is reported as too large.
  *
+ * A connection closed under a message part over the limit loses the messages
+ * still on their way over it, like any closed connection: with
+ * roid_zsource_watch the owner hears of every close (roid_zsource_events).
+ *
  * Ownership: the zsource owns the socket and the zmq_msg_t of the last
  * message received; the parts handed out stay valid until the next
  * roid_zsource_recv().  Threads: the socket belongs to the thread that
@@ -14,6 +18,7 @@
 #ifndef ROID_INGEST_ZSOURCE_H
 #define ROID_INGEST_ZSOURCE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <zmq.h>
@@ -42,5 +47,24 @@ int roid_zsource_recv(roid_zsource *z, const roid_part **ret_parts, size_t *ret_
  * *dst (small parts live inside the zmq_msg_t and move with it), or NULL if
  * no part holds it. */
 const void *roid_zsource_take(roid_zsource *z, const void *data, zmq_msg_t *dst);
+
+/* Watches the socket's connections (zmq_socket_monitor into a PAIR socket
+ * the zsource owns, same thread rule).  Its events must then be read, or
+ * libzmq's I/O thread may wait on them: poll roid_zsource_monitor's ZMQ_FD
+ * (edge-triggered) and call roid_zsource_events until it returns.  Each
+ * connect is logged; each close is logged (rate-limited) naming the
+ * endpoint, and counted by the return value: the number of connections
+ * closed since the last call. */
+int roid_zsource_watch(roid_zsource *z, void *ctx, roid_err *err);
+void *roid_zsource_monitor(roid_zsource *z); /* NULL until watched */
+int roid_zsource_events(roid_zsource *z);
+/* libzmq connects again after a connection closes, except after a protocol
+ * error, which a part over max_message_bytes is: then it gives the endpoint
+ * up and roid would hear nothing more.  True when a close was seen and no
+ * reconnect attempt followed (reads the pending events first); the owner
+ * asks a moment (a second) after a close and then calls
+ * roid_zsource_reconnect, which connects to the endpoint anew. */
+bool roid_zsource_given_up(roid_zsource *z);
+int roid_zsource_reconnect(roid_zsource *z, roid_err *err);
 
 #endif

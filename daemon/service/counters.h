@@ -16,6 +16,7 @@
         X(messages_malformed, "messages that could not be parsed (bad CBOR/JSON/tags)")                                \
         X(messages_bad_size, "messages whose sizes disagree with their shape or exceed a limit")                       \
         X(messages_unknown, "messages of an unknown type or htype")                                                    \
+        X(connections_lost, "detector connections closed (by the detector, or on a part over max_message_bytes)")      \
         X(series_started, "start / dheader messages accepted")                                                         \
         X(series_ended, "end / dseries_end messages accepted")                                                         \
         X(series_unterminated, "series closed by a new start without an end")                                          \
@@ -23,8 +24,9 @@
         X(images_received, "image messages parsed")                                                                    \
         X(images_before_start, "images with no open series (dropped)")                                                 \
         X(images_other_series, "images of a series other than the open one (dropped)")                                 \
-        X(user_data_ignored, "user data left out of a message (over max_json_bytes; V1: not UTF-8, too deep)")         \
+        X(user_data_ignored, "user data left out of a message (over max_json_bytes or max_depth; V1: not UTF-8)")      \
         X(images_duplicate, "images whose image_id was already seen (ignored)")                                        \
+        X(images_unchecked, "images accepted without duplicate detection (its bitmap full or out of memory)")          \
         X(images_out_of_range, "images whose image_id is beyond number_of_images")                                     \
         X(images_bad_shape, "images whose shape or dtype disagree with the series")                                    \
         X(frames_decoded, "channel frames decoded (one whose geometry then fails counts in frames_failed too)")        \

@@ -34,10 +34,10 @@ typedef struct {
         unsigned ctl_sets;     /* `set` requests applied since the configuration was loaded */
         char config_text[8192];
         uv_loop_t loop;
-        uv_poll_t pull_poll, ctl_poll;
+        uv_poll_t pull_poll, ctl_poll, mon_poll;
         uv_idle_t ctl_idle; /* active while control requests may remain unread */
         uv_signal_t sig_term, sig_int, sig_hup;
-        uv_timer_t status_timer, watchdog_timer, idle_timer;
+        uv_timer_t status_timer, watchdog_timer, idle_timer, revive_timer;
         uv_async_t wake;
         bool pull_polling, have_ctl, stopping;
         void *zctx;
@@ -81,6 +81,28 @@ static void on_pull(uv_poll_t *h, int status, int events) {
         (void)status;
         (void)events;
         drain_pull(h->data);
+}
+
+/* A second after a detector connection closed: if libzmq gave it up (a part
+ * over max_message_bytes), connect again (zsource.h). */
+static void on_revive(uv_timer_t *t) {
+        daemon_t *d = t->data;
+        roid_err err = {""};
+        if (roid_zsource_given_up(d->src) && roid_zsource_reconnect(d->src, &err) < 0)
+                roid_log(ROID_LOG_ERR, "%s", err.msg);
+}
+
+/* Connection events of the detector socket (zsource.h). */
+static void on_mon(uv_poll_t *h, int status, int events) {
+        (void)status;
+        (void)events;
+        daemon_t *d = h->data;
+        int lost = roid_zsource_events(d->src);
+        if (lost > 0) {
+                roid_count(&d->ctr, ROID_C_connections_lost, (uint64_t)lost);
+                if (!d->stopping)
+                        uv_timer_start(&d->revive_timer, on_revive, 1000, 0);
+        }
 }
 
 static void pull_start(daemon_t *d, bool on) {
@@ -524,6 +546,15 @@ int roid_daemon_run(const roid_daemon_params *p) {
         if ((r = poll_socket(d, &d->pull_poll, roid_zsource_socket(d->src), on_pull)) < 0)
                 goto out;
         d->pull_polling = true;
+        uv_timer_init(&d->loop, &d->revive_timer);
+        d->revive_timer.data = d;
+        uv_unref((uv_handle_t *)&d->revive_timer);
+        if (roid_zsource_watch(d->src, d->zctx, &err) < 0 ||
+            poll_socket(d, &d->mon_poll, roid_zsource_monitor(d->src), on_mon) < 0)
+                roid_log(ROID_LOG_WARNING, "detector connections not watched: %s",
+                         err.msg[0] ? err.msg : "poll failed");
+        else
+                uv_unref((uv_handle_t *)&d->mon_poll); /* it never keeps the loop alive */
         uv_async_init(&d->loop, &d->wake, on_wake);
         d->wake.data = d;
         uv_unref((uv_handle_t *)&d->wake);
@@ -555,6 +586,7 @@ int roid_daemon_run(const roid_daemon_params *p) {
         roid_pipeline_status_line(d->pl, line, sizeof line);
         roid_notify_ready(d->nf, line);
         drain_pull(d); /* anything that arrived before the loop started */
+        on_mon(&d->mon_poll, 0, 0);
         uv_run(&d->loop, UV_RUN_DEFAULT);
         r = d->error;
 out:

@@ -384,6 +384,35 @@ class Service(unittest.TestCase):
         self.assertEqual((rows, complete, final), (ids, 1, 1))
         self.assertGreater(rows, 10)
 
+    def test_connection_lost_is_counted(self):
+        """A message part over max_message_bytes makes libzmq close the
+        detector connection, losing what was on its way over it: roid says
+        so, counts it (connections_lost) and takes the next series whole."""
+        d = self.start(BASE_CONF + "\n[limits]\nmax_message_bytes = 64K\n")
+        self.ready(d)
+        z = Zmq(d)
+        try:
+            t = time.monotonic()
+            big = subprocess.Popen([SIM, "--endpoint", f"tcp://127.0.0.1:{d.det}", "--shape", "256x256",
+                                    "--compression", "none", "--frames", "3", "--series-id", "1", "--rate", "0",
+                                    "--wait-connect", "120", "--quiet"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self.procs.append(big)
+            line = d.wait_stderr(r"connection closed.*max_message_bytes 65536.*\[connections_lost\]", t, 60)
+            self.assertIsNotNone(line, "\n".join(d.stderr()))
+            big.kill()
+            big.wait()
+            st = z.request({"cmd": "status"})
+            self.assertGreaterEqual(st["counters"].get("connections_lost", 0), 1, st["counters"])
+            p = self.sim(d, 2, frames=NY * NX)
+            end = z.series_end(2)
+            rc, err = finish(p)
+            self.assertEqual(rc, 0, err)
+            self.assertIsNotNone(end)
+            self.assertEqual((end["frames_analysed"], end["frames_dropped"]), (NY * NX, 0))
+        finally:
+            z.close()
+
     def test_configuration_is_the_series_own(self):
         """A reload after a series' start reached roid, before the analysis
         thread got to it (frames queued): the results file's `configuration`
