@@ -109,10 +109,10 @@ int roid_capture_next(roid_capture_reader *r, roid_part *parts, size_t max_parts
         if (r->single) {
                 if (r->single_done)
                         return 0;
+                r->single_done = true; /* skipped if too large: the file holds nothing else */
                 if (r->size > r->lim.max_message_bytes)
                         return roid_err_set(err, -EMSGSIZE, "message file of %zu bytes exceeds max_message_bytes %zu",
                                             r->size, r->lim.max_message_bytes);
-                r->single_done = true;
                 parts[0] = (roid_part){r->map, r->size};
                 *ret_n = 1;
                 return 1;
@@ -135,7 +135,11 @@ int roid_capture_next(roid_capture_reader *r, roid_part *parts, size_t max_parts
         }
         roid_cw_iter iter;
         roid_cw_iter_init(&iter, &it);
+        /* A record over a limit is still walked to its end (nothing is stored
+         * past the limit): it is skipped, the next one can be read. */
+        const size_t room = max_parts < r->lim.max_parts ? max_parts : r->lim.max_parts;
         size_t n = 0, total = 0;
+        bool over_bytes = false;
         while ((e = roid_cw_iter_next(&r->cur, &iter, err)) > 0) {
                 roid_cw_item p;
                 e = roid_cw_next(&r->cur, &p, err);
@@ -147,21 +151,21 @@ int roid_capture_next(roid_capture_reader *r, roid_part *parts, size_t max_parts
                                          roid_cw_describe(&p, d, sizeof d));
                         goto bad;
                 }
-                if (n >= max_parts || n >= r->lim.max_parts) {
-                        e = roid_err_set(err, -EMSGSIZE, "more than %zu parts in one record",
-                                         max_parts < r->lim.max_parts ? max_parts : r->lim.max_parts);
-                        goto bad;
-                }
-                total += p.len;
-                if (total > r->lim.max_message_bytes) {
-                        e = roid_err_set(err, -EMSGSIZE, "record exceeds max_message_bytes %zu",
-                                         r->lim.max_message_bytes);
-                        goto bad;
-                }
-                parts[n++] = (roid_part){p.ptr, p.len};
+                over_bytes |= p.len > r->lim.max_message_bytes - total;
+                if (!over_bytes)
+                        total += p.len;
+                if (n < room && !over_bytes)
+                        parts[n] = (roid_part){p.ptr, p.len};
+                n++;
         }
         if (e < 0)
                 goto bad;
+        if (n > room)
+                return roid_err_set(err, -EMSGSIZE, "capture record at byte %zu: %zu parts exceed %s %zu: skipped", at,
+                                    n, room < r->lim.max_parts ? "the caller's max_parts" : "max_parts", room);
+        if (over_bytes)
+                return roid_err_set(err, -EMSGSIZE, "capture record at byte %zu exceeds max_message_bytes %zu: skipped",
+                                    at, r->lim.max_message_bytes);
         *ret_n = n;
         return 1;
 bad:

@@ -29,9 +29,13 @@ int roid_capture_writer_close(roid_capture_writer *w);
 
 int roid_capture_reader_open(const char *path, const roid_limits *lim, roid_capture_reader **ret, roid_err *err);
 /* Next record: 1 and *ret_n parts in parts[0..max_parts), 0 at the clean end
- * of the file, negative errno on a malformed record (err says where).  The
- * reader cannot resynchronise: after a malformed record every call returns
- * that error again. */
+ * of the file, negative errno otherwise (err names the record's byte offset).
+ * -EMSGSIZE: a well-formed record over max_parts (or the max_parts given
+ * here) or max_message_bytes was skipped; the next call reads the record
+ * after it (count it as messages_bad_size, roid_ingest_rejected(), as the
+ * live path does).  Any other error is a record that cannot be delimited
+ * (truncated, not an array of byte strings): the reader cannot
+ * resynchronise, and every later call returns that error again. */
 int roid_capture_next(roid_capture_reader *r, roid_part *parts, size_t max_parts, size_t *ret_n, roid_err *err);
 /* Byte offset of the next record (for messages). */
 size_t roid_capture_offset(const roid_capture_reader *r);

@@ -203,6 +203,30 @@ static int parse(roid_ingest *in, const roid_part *parts, size_t n_parts, roid_e
         return r;
 }
 
+static roid_counter rejected_counter(int r) {
+        return r == -EMSGSIZE  ? ROID_C_messages_bad_size
+               : r == -ENOTSUP ? ROID_C_messages_unknown
+                               : ROID_C_messages_malformed;
+}
+
+/* A message refused before it became a roid_msg: counted, logged, told to
+ * the sink.  what: "" or " (n part(s), m bytes)". */
+static int reject(roid_ingest *in, int r, const char *what, const char *why) {
+        const roid_counter c = rejected_counter(r);
+        const uint64_t id = roid_counter_get(in->ctr, ROID_C_messages_received);
+        roid_count(in->ctr, c, 1);
+        ROID_LOG_LIMITED(ROID_LOG_ERR, "message %llu%s rejected: %s [%s]", (unsigned long long)id, what, why,
+                         roid_counter_name(c));
+        if (in->sink.message_error)
+                in->sink.message_error(in->sink.ctx, id, why);
+        return r;
+}
+
+int roid_ingest_rejected(roid_ingest *in, int r, const char *why) {
+        roid_count(in->ctr, ROID_C_messages_received, 1);
+        return reject(in, r, "", why);
+}
+
 int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts) {
         uint64_t bytes = 0;
         for (size_t i = 0; i < n_parts; i++)
@@ -212,17 +236,9 @@ int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts) {
         roid_err err = {""};
         int r = parse(in, parts, n_parts, &err);
         if (r < 0) {
-                roid_counter c = r == -EMSGSIZE  ? ROID_C_messages_bad_size
-                                 : r == -ENOTSUP ? ROID_C_messages_unknown
-                                                 : ROID_C_messages_malformed;
-                roid_count(in->ctr, c, 1);
-                ROID_LOG_LIMITED(ROID_LOG_ERR, "message %llu (%zu part(s), %llu bytes) rejected: %s [%s]",
-                                 (unsigned long long)roid_counter_get(in->ctr, ROID_C_messages_received), n_parts,
-                                 (unsigned long long)bytes, err.msg, roid_counter_name(c));
-                if (in->sink.message_error)
-                        in->sink.message_error(in->sink.ctx, roid_counter_get(in->ctr, ROID_C_messages_received),
-                                               err.msg);
-                return r;
+                char what[64];
+                snprintf(what, sizeof what, " (%zu part(s), %llu bytes)", n_parts, (unsigned long long)bytes);
+                return reject(in, r, what, err.msg);
         }
         return roid_ingest_msg(in, &in->msg);
 }

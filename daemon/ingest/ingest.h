@@ -72,6 +72,12 @@ void roid_ingest_free(roid_ingest *in);
 /* One whole (multipart) message.  Returns 0, or a negative errno that has
  * already been logged and counted (for callers that want to react). */
 int roid_ingest_parts(roid_ingest *in, const roid_part *parts, size_t n_parts);
+/* A message its source had to discard before it could be parsed (too many
+ * parts, too large: r = -EMSGSIZE; a capture record roid_capture_next()
+ * skipped): counted (messages_received and, as for roid_ingest_parts(),
+ * messages_bad_size for -EMSGSIZE), logged with why, reported to
+ * sink.message_error.  Returns r. */
+int roid_ingest_rejected(roid_ingest *in, int r, const char *why);
 /* An already parsed message (HDF5 files, tests). */
 int roid_ingest_msg(roid_ingest *in, const roid_msg *m);
 /* End of input: closes an open series (series_end with terminated=false). */

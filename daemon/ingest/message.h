@@ -139,8 +139,8 @@ typedef struct {
         char series_unique_id[ROID_NAME_MAX]; /* "" when absent (V1 has none) */
         roid_user_data user_data;             /* V2 user_data / V1 appendix part */
         /* Why user data the message carried was left out ("" when none was):
-         * over max_json_bytes, or a V1 appendix that is not UTF-8 or nests
-         * beyond max_depth.  The message itself stands; the ingest counts it
+         * over max_json_bytes, nested beyond max_depth, or a V1 appendix that
+         * is not UTF-8.  The message itself stands; the ingest counts it
          * (user_data_ignored). */
         char user_data_ignored[ROID_ERR_MAX];
         union {

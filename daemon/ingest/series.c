@@ -16,6 +16,8 @@ static void series_free(roid_series *s) {
                 free(s->pixel_mask[i]);
                 free(s->flatfield[i]);
         }
+        for (uint32_t i = 0; i < s->n_seen; i++)
+                free(s->seen[i].bits);
         free(s->seen);
         free(s->config_json);
         free(s->ud_copy);
@@ -157,12 +159,19 @@ static int open_from_start(roid_tracker *t, const roid_msg *m, roid_err *err) {
                         roid_err_prefix(err, "start: pixel_mask of channel %s", st->channels[c]);
                         goto fail;
                 }
+                /* roid does not use flatfields: a bad one is left out, the series stands. */
+                roid_err ferr = {""};
                 r = copy_blob_decoded(&st->flatfield[c], s->rows, s->cols, ROID_DT_F32, (void **)&s->flatfield[c],
-                                      &t->lim, err);
-                if (r < 0) {
-                        roid_err_prefix(err, "start: flatfield of channel %s", st->channels[c]);
+                                      &t->lim, &ferr);
+                if (r == -ENOMEM) {
+                        r = roid_err_set(err, r, "start: no memory for the flatfield of channel %s", st->channels[c]);
                         goto fail;
                 }
+                if (r < 0)
+                        ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                         "series %llu: start: flatfield of channel %s left out (roid does not use it): "
+                                         "%s",
+                                         (unsigned long long)m->series_id, st->channels[c], ferr.msg);
                 if (s->pixel_mask[c] && !s->rows) {
                         s->rows = st->pixel_mask[c].rows;
                         s->cols = st->pixel_mask[c].cols;
@@ -215,31 +224,62 @@ static int open_implicit(roid_tracker *t, const roid_msg *m) {
         return 0;
 }
 
-/* Marks image_id seen; -EEXIST if it was, -EMSGSIZE beyond max_images. */
+/* Pages of the seen bitmap a series may hold. */
+static uint32_t seen_max_pages(const roid_limits *lim) {
+        const uint64_t dense = lim->max_images / ROID_SEEN_PAGE_IDS + (lim->max_images % ROID_SEEN_PAGE_IDS != 0);
+        return dense < ROID_SEEN_MAX_PAGES ? (uint32_t)dense : ROID_SEEN_MAX_PAGES;
+}
+
+/* Marks image_id seen: 0, -EEXIST if it was, -EMSGSIZE beyond max_images,
+ * -ENOSPC when its page would exceed seen_max_pages(), -ENOMEM.  Ids mostly
+ * come in order, so the last page hit answers without a search; a page is
+ * allocated once per ROID_SEEN_PAGE_IDS ids at most. */
 static int mark_seen(roid_tracker *t, uint64_t id) {
         roid_series *s = &t->cur;
         if (id >= t->lim.max_images)
                 return -EMSGSIZE;
-        if (id >= s->seen_bits) {
-                /* Grows geometrically, so only during the first images of a series. */
-                uint64_t want = s->seen_bits ? s->seen_bits : 4096;
-                if (s->start.has_number_of_images && s->start.number_of_images > want)
-                        want = s->start.number_of_images;
-                while (want <= id)
-                        want *= 2;
-                if (want > t->lim.max_images)
-                        want = t->lim.max_images;
-                uint8_t *n = realloc(s->seen, (size_t)((want + 7) / 8));
-                if (!n)
-                        return -ENOMEM;
-                memset(n + (s->seen_bits + 7) / 8, 0, (size_t)((want + 7) / 8 - (s->seen_bits + 7) / 8));
-                s->seen = n;
-                s->seen_bits = want;
+        const uint64_t page = id / ROID_SEEN_PAGE_IDS;
+        uint32_t at;
+        if (s->n_seen && s->seen[s->seen_last].page == page) {
+                at = s->seen_last;
+        } else {
+                uint32_t lo = 0, hi = s->n_seen;
+                while (lo < hi) {
+                        const uint32_t mid = lo + (hi - lo) / 2;
+                        if (s->seen[mid].page < page)
+                                lo = mid + 1;
+                        else
+                                hi = mid;
+                }
+                at = lo;
+                if (at == s->n_seen || s->seen[at].page != page) {
+                        if (s->n_seen >= seen_max_pages(&t->lim))
+                                return -ENOSPC;
+                        if (s->n_seen == s->seen_cap) {
+                                uint32_t cap = s->seen_cap ? s->seen_cap * 2 : 16;
+                                if (cap > seen_max_pages(&t->lim))
+                                        cap = seen_max_pages(&t->lim);
+                                roid_seen_page *n = realloc(s->seen, (size_t)cap * sizeof *n);
+                                if (!n)
+                                        return -ENOMEM;
+                                s->seen = n;
+                                s->seen_cap = cap;
+                        }
+                        uint8_t *bits = calloc(1, ROID_SEEN_PAGE_IDS / 8);
+                        if (!bits)
+                                return -ENOMEM;
+                        memmove(&s->seen[at + 1], &s->seen[at], (size_t)(s->n_seen - at) * sizeof *s->seen);
+                        s->seen[at] = (roid_seen_page){page, bits};
+                        s->n_seen++;
+                }
+                s->seen_last = at;
         }
-        uint8_t bit = (uint8_t)(1u << (id & 7));
-        if (s->seen[id >> 3] & bit)
+        const uint64_t bit = id % ROID_SEEN_PAGE_IDS;
+        uint8_t *byte = &s->seen[at].bits[bit >> 3];
+        const uint8_t mask = (uint8_t)(1u << (bit & 7));
+        if (*byte & mask)
                 return -EEXIST;
-        s->seen[id >> 3] |= bit;
+        *byte |= mask;
         return 0;
 }
 
@@ -248,6 +288,19 @@ static int check_shape(roid_tracker *t, const roid_msg *m, roid_err *err) {
         const roid_image_info *im = &m->u.image;
         for (unsigned c = 0; c < im->n_channels; c++) {
                 const roid_blob *b = &im->channel[c].blob;
+                /* Only the channels that are decoded have to fit the series. */
+                if (!roid_series_channel_selected(s, s->channel, im->channel[c].name, c)) {
+                        if ((s->rows && (b->rows != s->rows || b->cols != s->cols)) ||
+                            (s->dtype != ROID_DT_NONE && b->dtype != s->dtype))
+                                ROID_LOG_LIMITED(
+                                        ROID_LOG_WARNING,
+                                        "series %llu image %llu: channel %s (not selected, ignored) is %u x %u "
+                                        "%s, the series is %u x %u %s",
+                                        (unsigned long long)s->series_id, (unsigned long long)im->image_id,
+                                        im->channel[c].name, b->rows, b->cols, roid_dtype_name(b->dtype), s->rows,
+                                        s->cols, roid_dtype_name(s->dtype));
+                        continue;
+                }
                 if (!s->rows) {
                         s->rows = b->rows;
                         s->cols = b->cols;
@@ -313,10 +366,32 @@ int roid_tracker_feed(roid_tracker *t, const roid_msg *m, roid_err *err) {
                         return roid_err_set(err, ROID_TR_IGNORED, "image %llu of series %llu is a duplicate: ignored",
                                             (unsigned long long)id, (unsigned long long)m->series_id);
                 }
-                if (r < 0) {
+                if (r == -EMSGSIZE) {
                         roid_count(t->ctr, ROID_C_images_out_of_range, 1);
                         return roid_err_set(err, ROID_TR_IGNORED, "image_id %llu is beyond max_images %llu: dropped",
                                             (unsigned long long)id, (unsigned long long)t->lim.max_images);
+                }
+                if (r < 0) { /* the frame is still good: only the duplicate check is lost */
+                        roid_count(t->ctr, ROID_C_images_unchecked, 1);
+                        if (!t->cur.seen_unchecked) {
+                                char why[192];
+                                if (r == -ENOMEM)
+                                        snprintf(why, sizeof why,
+                                                 "no memory (ENOMEM) for its page of the duplicate "
+                                                 "detection bitmap");
+                                else
+                                        snprintf(why, sizeof why,
+                                                 "the duplicate detection bitmap is full: %u pages of %u ids (the cap "
+                                                 "for max_images %llu, at most %u pages)",
+                                                 seen_max_pages(&t->lim), ROID_SEEN_PAGE_IDS,
+                                                 (unsigned long long)t->lim.max_images, ROID_SEEN_MAX_PAGES);
+                                roid_log(ROID_LOG_WARNING,
+                                         "series %llu image_id %llu: %s; it and later such images of this series are "
+                                         "accepted without duplicate detection [%s]",
+                                         (unsigned long long)t->cur.series_id, (unsigned long long)id, why,
+                                         roid_counter_name(ROID_C_images_unchecked));
+                        }
+                        t->cur.seen_unchecked = true;
                 }
                 if (t->cur.start.has_number_of_images && id >= t->cur.start.number_of_images) {
                         /* Kept: the data is real even if the count in the start was not. */

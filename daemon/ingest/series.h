@@ -14,6 +14,15 @@
  *   - an end with no open series, or of another series, is counted
  *     (ends_without_start) and ignored.
  *
+ * Duplicate detection keeps a paged bitmap of the accepted image_ids: a page
+ * covers ROID_SEEN_PAGE_IDS consecutive ids (4 KiB) and is allocated when the
+ * first id in it is accepted, so its memory follows the ids received, not the
+ * largest one.  A series holds at most min(ceil(max_images /
+ * ROID_SEEN_PAGE_IDS), ROID_SEEN_MAX_PAGES) pages (32 MiB, plus 16 bytes of
+ * directory per page); an image whose page would exceed that, or whose page
+ * cannot be allocated (ENOMEM), is accepted without the check and counted
+ * (images_unchecked), with one warning per series.
+ *
  * Limits and channel selection belong to a series: roid_tracker_set_next()
  * changes them for the series that open from then on, so a series is tracked
  * and decoded with the ones it opened with from its start to its end.
@@ -35,6 +44,14 @@
 #include "service/counters.h"
 #include "service/err.h"
 #include "service/limits.h"
+
+#define ROID_SEEN_PAGE_IDS  (4096u * 8)
+#define ROID_SEEN_MAX_PAGES 8192u
+
+typedef struct {
+        uint64_t page; /* image_id / ROID_SEEN_PAGE_IDS */
+        uint8_t *bits;
+} roid_seen_page;
 
 typedef struct roid_series {
         roid_format format;
@@ -64,9 +81,10 @@ typedef struct roid_series {
         uint64_t max_image_id; /* largest accepted, valid if images_accepted */
 
         /* private */
-        uint8_t *seen;      /* bitmap of accepted image_ids */
-        uint64_t seen_bits; /* capacity of seen, in bits */
-        char *config_json;  /* V1 detector configuration text */
+        roid_seen_page *seen;                 /* pages of the accepted image_ids, sorted by page */
+        uint32_t n_seen, seen_cap, seen_last; /* seen_last: the page hit last */
+        bool seen_unchecked;                  /* warned that duplicate detection degraded */
+        char *config_json;                    /* V1 detector configuration text */
         uint8_t *ud_copy;
 } roid_series;
 

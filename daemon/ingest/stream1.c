@@ -19,6 +19,10 @@
 #define ARENA_SLACK  4096
 #define ARENA_MIN    (64 * 1024)
 #define ARENA_ALIGN  16
+/* Kept between messages up to this size (headers of a few KiB); a larger
+ * part's arena (up to ARENA_FACTOR x max_json_bytes) is released after its
+ * message, so it is a transient cost, not a pinned one. */
+#define ARENA_KEEP (1024 * 1024)
 
 /* The arena of the parse running on this thread; NULL outside roid_parse(),
  * when the hooks fall back to malloc/free for other cJSON users. */
@@ -630,5 +634,7 @@ int stream1_parse_internal(stream1_arena *a, const roid_part *parts, size_t n_pa
         int r = parse(&p);
         drop_tree(&p);
         active = NULL;
+        if (a->cap > ARENA_KEEP) /* nothing points into it any more (user data and blobs point into parts) */
+                stream1_arena_free_internal(a);
         return r;
 }

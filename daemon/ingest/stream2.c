@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ingest/cborwalk.h"
+#include "service/log.h"
 #include "service/text.h"
 
 #define TAG_DATETIME       0
@@ -210,17 +211,40 @@ static int get_date(s2 *p, const char *field, char *dst, size_t size) {
         return get_text(p, field, dst, size);
 }
 
+/* user_data is opaque to roid: it is delimited with the cursor's hard depth
+ * cap (the walk stays bounded), so that nesting beyond max_depth costs only
+ * the user data, not the message. */
+static int skip_user_data(s2 *p) {
+        const unsigned depth = p->c.max_depth;
+        p->c.max_depth = ROID_CW_DEPTH_CAP;
+        int r = roid_cw_skip(&p->c, p->err);
+        p->c.max_depth = depth;
+        if (r < 0)
+                roid_err_prefix(p->err, "user_data");
+        return r;
+}
+
+/* The image's scan position, when it has one, is in its user data. */
+#define UD_LOST_POSITION "; a scan position it carried is lost (the image is then placed by its image_id)"
+
 static int get_span(s2 *p, roid_user_data *ret) {
         const uint8_t *start = p->c.pos;
-        int r = roid_cw_skip(&p->c, p->err);
-        if (r < 0) {
-                roid_err_prefix(p->err, "user_data");
+        int r = skip_user_data(p);
+        if (r < 0)
                 return r;
-        }
         const size_t size = (size_t)(p->c.pos - start);
+        const char *lost = p->m->type == ROID_MSG_IMAGE ? UD_LOST_POSITION : "";
         if (size > p->lim->max_json_bytes) { /* left out, the message stands (V1's appendix alike) */
                 snprintf(p->m->user_data_ignored, sizeof p->m->user_data_ignored,
-                         "user_data: %zu bytes exceeds max_json_bytes %zu", size, p->lim->max_json_bytes);
+                         "user_data: %zu bytes exceeds max_json_bytes %zu%s", size, p->lim->max_json_bytes, lost);
+                return 0;
+        }
+        roid_cw_cursor c;
+        roid_err e = {""};
+        roid_cw_init(&c, start, size, p->lim->max_depth);
+        if (roid_cw_skip(&c, &e) < 0) { /* delimited above: only the depth can fail */
+                snprintf(p->m->user_data_ignored, sizeof p->m->user_data_ignored,
+                         "user_data: nested deeper than max_depth %u%s", p->lim->max_depth, lost);
                 return 0;
         }
         ret->kind = ROID_UD_CBOR;
@@ -705,7 +729,7 @@ static int get_image_dtype(s2 *p) {
         return 0;
 }
 
-static int start_field(s2 *p, const roid_cw_item *k) {
+static int start_value(s2 *p, const roid_cw_item *k) {
         roid_start_info *s = &p->m->u.start;
         static const struct {
                 const char *key;
@@ -803,6 +827,56 @@ static int start_field(s2 *p, const roid_cw_item *k) {
         return roid_cw_skip(&p->c, p->err);
 }
 
+/* Start fields roid parses but never uses (nothing past the parser reads
+ * them): a flaw in one costs that field, not the series. */
+static const char *const unused_fields[] = {
+        "arm_date",
+        "count_time",
+        "countrate_correction_enabled",
+        "countrate_correction_lookup_table",
+        "detector_description",
+        "detector_serial_number",
+        "detector_translation",
+        "flatfield",
+        "flatfield_enabled",
+        "frame_time",
+        "goniometer",
+        "incident_energy",
+        "incident_wavelength",
+        "pixel_mask_enabled",
+        "pixel_size_x",
+        "pixel_size_y",
+        "saturation_value",
+        "sensor_material",
+        "sensor_thickness",
+        "threshold_energy",
+        "virtual_pixel_interpolation_enabled",
+};
+
+static int start_field(s2 *p, const roid_cw_item *k) {
+        bool unused = false;
+        for (size_t i = 0; i < sizeof unused_fields / sizeof unused_fields[0] && !unused; i++)
+                unused = key_is(k, unused_fields[i]);
+        if (!unused)
+                return start_value(p, k);
+        const uint8_t *at = p->c.pos;
+        roid_err e = {""}, *saved = p->err;
+        p->err = &e;
+        int r = start_value(p, k);
+        p->err = saved;
+        if (r >= 0)
+                return r;
+        /* Pass 1 delimited the value; whatever start_value() half-filled is
+         * flagged absent or never resolved. */
+        p->c.pos = at;
+        r = roid_cw_skip(&p->c, p->err);
+        if (r < 0)
+                return r;
+        ROID_LOG_LIMITED(ROID_LOG_WARNING, "start message: field %.*s left out (roid does not use it): %s", (int)k->len,
+                         (const char *)k->ptr, e.msg);
+        return 0;
+}
+
 static int find_channel(const roid_start_info *s, const char *name) {
         for (unsigned i = 0; i < s->n_channels; i++)
                 if (strcmp(s->channels[i], name) == 0)
@@ -862,6 +936,8 @@ static int get_data(s2 *p) {
         }
         if (r < 0)
                 return r;
+        if (n == 0) /* an image without a frame must not use up its image_id */
+                return roid_err_set(p->err, -EBADMSG, "data: empty map, at least one channel expected");
         im->n_channels = n;
         return 0;
 }
@@ -922,6 +998,8 @@ int stream2_parse_internal(const uint8_t *buf, size_t size, const roid_limits *l
                         if (r < 0)
                                 return r;
                         r = check_tstr(&p, "type", &type);
+                } else if (key_is(&key, "user_data")) {
+                        r = skip_user_data(&p);
                 } else {
                         r = roid_cw_skip(&p.c, err);
                 }
@@ -958,6 +1036,8 @@ int stream2_parse_internal(const uint8_t *buf, size_t size, const roid_limits *l
                         r = get_name(&p, "series_unique_id", m->series_unique_id, sizeof m->series_unique_id);
                 else if (key_is(&key, "user_data") && m->type != ROID_MSG_END)
                         r = get_span(&p, &m->user_data);
+                else if (key_is(&key, "user_data"))
+                        r = skip_user_data(&p);
                 else if (m->type == ROID_MSG_START)
                         r = start_field(&p, &key);
                 else if (m->type == ROID_MSG_IMAGE)

@@ -20,7 +20,8 @@ int stream2_parse_internal(const uint8_t *buf, size_t size, const roid_limits *l
 
 /* Bump allocator that cJSON allocates from while a V1 message is parsed.
  * Reset before every JSON part; grown (bounded by the part size, itself
- * bounded by max_json_bytes) only when a part needs more than before. */
+ * bounded by max_json_bytes) only when a part needs more than before, and
+ * released after a message that grew it beyond 1 MiB. */
 typedef struct {
         uint8_t *buf;
         size_t cap, used;

@@ -144,9 +144,7 @@ static void drain_pull(daemon_t *d) {
                 }
                 d->last_msg = uv_now(&d->loop) / 1e3;
                 if (r == -EMSGSIZE) {
-                        roid_count(&d->ctr, ROID_C_messages_received, 1);
-                        roid_count(&d->ctr, ROID_C_messages_bad_size, 1);
-                        ROID_LOG_LIMITED(ROID_LOG_ERR, "%s [messages_bad_size]", err.msg);
+                        roid_ingest_rejected(d->in, r, err.msg);
                         continue;
                 }
                 if (r < 0) {

@@ -8,9 +8,13 @@
 #include <stdint.h>
 
 typedef struct {
-        size_t max_message_bytes;    /* all parts of one message together */
-        size_t max_parts;            /* parts of one multipart message */
-        size_t max_json_bytes;       /* one JSON part (V1), the user data of a message */
+        size_t max_message_bytes; /* all parts of one message together */
+        size_t max_parts;         /* parts of one multipart message */
+        /* One JSON part (V1), the user data of a message.  Parsing a V1 JSON
+         * part takes up to ~40x its size of parser memory while its message
+         * is parsed (160 MiB at the default 4 MiB); a parser arena grown past
+         * 1 MiB is released after that message. */
+        size_t max_json_bytes;
         uint64_t max_pixels;         /* pixels of one frame (rows x cols) */
         uint64_t max_frame_bytes;    /* decoded bytes of one frame and channel */
         uint64_t max_images;         /* image_id bound for per-series tracking */

@@ -431,12 +431,24 @@ static int replay_capture(const char *path, const roid_limits *lim, roid_ingest 
                 roid_log(ROID_LOG_ERR, "%s", err.msg);
                 return r;
         }
-        roid_part parts[64];
+        roid_part *parts = calloc(lim->max_parts, sizeof *parts);
         size_t n;
-        while (!stop_requested && (r = roid_capture_next(rd, parts, 64, &n, &err)) > 0)
+        if (!parts) {
+                roid_capture_reader_close(rd);
+                return -ENOMEM;
+        }
+        while (!stop_requested && (r = roid_capture_next(rd, parts, lim->max_parts, &n, &err)) != 0) {
+                if (r == -EMSGSIZE) { /* skipped whole: the next record follows */
+                        roid_ingest_rejected(in, r, err.msg);
+                        continue;
+                }
+                if (r < 0)
+                        break;
                 roid_ingest_parts(in, parts, n);
+        }
         if (r < 0)
                 roid_log(ROID_LOG_ERR, "%s: %s: the rest of the file is not read", path, err.msg);
+        free(parts);
         roid_capture_reader_close(rd);
         return r < 0 ? r : 0;
 }

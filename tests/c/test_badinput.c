@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ingest/cborwalk.h"
 #include "ingest/codec.h"
 #include "ingest/ingest.h"
 #include "service/log.h"
@@ -117,10 +118,10 @@ static img_spec good_spec(uint64_t id) {
                           .payload_len = bslz4_good_len};
 }
 
-static void build_start(wbuf *w) {
+static void build_start_n(wbuf *w, size_t extra_keys) {
         w->n = 0;
         w_tag(w, 55799);
-        w_map(w, 8);
+        w_map(w, 8 + extra_keys);
         w_str(w, "type");
         w_str(w, "start");
         w_str(w, "series_id");
@@ -138,6 +139,61 @@ static void build_start(wbuf *w) {
         w_str(w, "channels");
         w_arr(w, 1);
         w_str(w, "threshold_1");
+}
+
+static void build_start(wbuf *w) {
+        build_start_n(w, 0);
+}
+
+/* The good start with one more key: a channel map (flatfield, pixel_mask)
+ * of a rows x cols array of typed-array tag `tag` (4-byte elements). */
+static void build_start_map(wbuf *w, const char *key, uint64_t tag, uint64_t rows, uint64_t cols) {
+        static const uint32_t zeros[NPIX];
+        build_start_n(w, 1);
+        w_str(w, key);
+        w_map(w, 1);
+        w_str(w, "threshold_1");
+        w_tag(w, 40);
+        w_arr(w, 2);
+        w_arr(w, 2);
+        w_uint(w, rows);
+        w_uint(w, cols);
+        w_tag(w, tag);
+        w_bytes(w, zeros, (size_t)rows * cols * 4);
+}
+
+/* An image of series 5 whose data map has n_ch (0 or 1) good channels, and
+ * user_data nested ud_depth arrays deep when ud_depth > 0. */
+static void build_image_ud(wbuf *w, uint64_t id, unsigned n_ch, unsigned ud_depth) {
+        w->n = 0;
+        w_tag(w, 55799);
+        w_map(w, ud_depth ? 6 : 5);
+        w_str(w, "type");
+        w_str(w, "image");
+        w_str(w, "series_id");
+        w_uint(w, 5);
+        w_str(w, "series_unique_id");
+        w_str(w, "S5");
+        w_str(w, "image_id");
+        w_uint(w, id);
+        w_str(w, "data");
+        w_map(w, n_ch);
+        if (n_ch) {
+                w_str(w, "threshold_1");
+                w_tag(w, 40);
+                w_arr(w, 2);
+                w_arr(w, 2);
+                w_uint(w, ROWS);
+                w_uint(w, COLS);
+                w_tag(w, 69);
+                w_bytes(w, pixels, sizeof pixels);
+        }
+        if (ud_depth) {
+                w_str(w, "user_data");
+                for (unsigned i = 0; i < ud_depth; i++)
+                        w_arr(w, 1);
+                w_uint(w, 1);
+        }
 }
 
 /* ---- the pipeline under test ---- */
@@ -508,6 +564,84 @@ int main(void) {
         }
         tap_eq_u64(good_frames, 3, "its 3 V1 images are processed with the right pixels");
         free(app);
+
+        /* V2: an image without a channel is malformed and does not use up
+         * its image_id. */
+        wbuf *x = calloc(1, sizeof *x);
+        roid_part xp;
+        uint64_t mal = roid_counter_get(&ctr, ROID_C_messages_malformed), fr0 = frames_seen;
+        uint64_t dups = roid_counter_get(&ctr, ROID_C_images_duplicate);
+        roid_ingest_parts(in, &sp, 1); /* a fresh series 5 */
+        log_since_last();
+        build_image_ud(x, 0, 0, 0);
+        xp = (roid_part){x->b, x->n};
+        roid_ingest_parts(in, &xp, 1);
+        const char *log = log_since_last();
+        tap_eq_u64(roid_counter_get(&ctr, ROID_C_messages_malformed) - mal, 1,
+                   "V2 image 0 with an empty data map: counted in messages_malformed");
+        tap_ok(strstr(log, "data: empty map") != NULL, "... logged naming data: %.*s", (int)strcspn(log, "\n"), log);
+        build_image_ud(x, 0, 1, 0);
+        xp = (roid_part){x->b, x->n};
+        roid_ingest_parts(in, &xp, 1);
+        tap_ok(frames_seen == fr0 + 1 && last_sum == good_sum &&
+                       roid_counter_get(&ctr, ROID_C_images_duplicate) == dups,
+               "... and the good image 0 after it is processed, not a duplicate");
+
+        /* V2 user_data nested beyond max_depth is left out, the image stands;
+         * beyond the walker's own cap the message is refused, naming it. */
+        uint64_t ign = roid_counter_get(&ctr, ROID_C_user_data_ignored);
+        mal = roid_counter_get(&ctr, ROID_C_messages_malformed);
+        build_image_ud(x, 1, 1, 40);
+        xp = (roid_part){x->b, x->n};
+        roid_ingest_parts(in, &xp, 1);
+        log = log_since_last();
+        tap_ok(frames_seen == fr0 + 2 && last_sum == good_sum, "V2 image with user_data nested 40 deep: processed");
+        tap_ok(roid_counter_get(&ctr, ROID_C_user_data_ignored) - ign == 1 &&
+                       roid_counter_get(&ctr, ROID_C_messages_malformed) == mal,
+               "... its user_data counted in user_data_ignored, the message not malformed");
+        tap_ok(strstr(log, "user_data") && strstr(log, "max_depth 32") && strstr(log, "image_id"),
+               "... logged naming user_data, the limit and the scan position: %.*s", (int)strcspn(log, "\n"), log);
+        build_image_ud(x, 2, 1, ROID_CW_DEPTH_CAP + 10);
+        xp = (roid_part){x->b, x->n};
+        roid_ingest_parts(in, &xp, 1);
+        log = log_since_last();
+        tap_ok(roid_counter_get(&ctr, ROID_C_messages_malformed) - mal == 1 && frames_seen == fr0 + 2 &&
+                       strstr(log, "user_data"),
+               "V2 user_data nested %d deep: refused, naming user_data: %.*s", ROID_CW_DEPTH_CAP + 10,
+               (int)strcspn(log, "\n"), log);
+        build_image_ud(x, 2, 1, 0);
+        xp = (roid_part){x->b, x->n};
+        roid_ingest_parts(in, &xp, 1);
+        tap_ok(frames_seen == fr0 + 3, "... and the good image 2 after it is processed");
+
+        /* V2 start: a flaw in a field roid does not use (flatfield) costs that
+         * field, not the series; one in a field it uses (pixel_mask) still
+         * refuses the start. */
+        struct {
+                const char *name, *key;
+                uint64_t tag, rows, cols;
+                bool starts;
+        } st[] = {
+                {"flatfield of typed-array tag 70 (uint32)", "flatfield", 70, ROWS, COLS, true},
+                {"flatfield of unsupported typed-array tag 72", "flatfield", 72, ROWS, COLS, true},
+                {"flatfield of another shape", "flatfield", 85, COLS, ROWS, true},
+                {"pixel_mask of another shape", "pixel_mask", 70, COLS, ROWS, false},
+                {"pixel_mask of typed-array tag 85 (float32)", "pixel_mask", 85, ROWS, COLS, false},
+        };
+        for (size_t i = 0; i < sizeof st / sizeof st[0]; i++) {
+                build_start_map(x, st[i].key, st[i].tag, st[i].rows, st[i].cols);
+                uint64_t starts = series_starts;
+                xp = (roid_part){x->b, x->n};
+                roid_ingest_parts(in, &xp, 1);
+                log = log_since_last();
+                tap_ok((series_starts == starts + 1) == st[i].starts && strstr(log, st[i].key),
+                       "V2 start with a %s: %s, logged naming %s: %.*s", st[i].name,
+                       st[i].starts ? "the series starts" : "refused", st[i].key, (int)strcspn(log, "\n"), log);
+                if (!st[i].starts)
+                        roid_ingest_parts(in, &sp, 1);
+                tap_ok(feed_good(in), "... and the next good frame is processed");
+        }
+        free(x);
 
         roid_ingest_free(in);
         free(start);

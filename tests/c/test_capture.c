@@ -1,12 +1,14 @@
 /* Captures: a CBOR sequence of arrays of byte strings.  Round trip through
- * the writer and reader, bare single-message files, and malformed files that
- * must stop the reader with a message, never crash it. */
+ * the writer and reader, bare single-message files, malformed files that
+ * must stop the reader with a message, never crash it, and records over a
+ * limit that are skipped. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "ingest/capture.h"
+#include "ingest/ingest.h"
 #include "tap.h"
 
 static char path[256];
@@ -102,11 +104,75 @@ static void test_malformed(void) {
         }
 }
 
+/* A well-formed record over max_parts or max_message_bytes is skipped with
+ * an error naming its byte offset and the limit, and the next record is read;
+ * the ingest counts it as the live path counts such a message. */
+static void test_skip_over_limit(void) {
+        roid_capture_writer *w;
+        roid_capture_writer_open(path, &w);
+        static uint8_t big[200];
+        roid_part many[6], one = {(const uint8_t *)"b", 1}, fat = {big, sizeof big}, last = {(const uint8_t *)"d", 1};
+        for (int i = 0; i < 6; i++)
+                many[i] = (roid_part){(const uint8_t *)"{}", 2};
+        roid_capture_write(w, many, 6);
+        roid_capture_write(w, &one, 1);
+        roid_capture_write(w, &fat, 1);
+        roid_capture_write(w, &last, 1);
+        roid_capture_writer_close(w);
+
+        roid_limits lim;
+        roid_limits_default(&lim);
+        lim.max_parts = 4;
+        lim.max_message_bytes = 100;
+        roid_capture_reader *r;
+        roid_err err = {""};
+        roid_capture_reader_open(path, &lim, &r, &err);
+        roid_counters ctr = {0};
+        roid_ingest_params ip = {.channel = "", .limits = lim};
+        roid_sink sink = {0};
+        roid_ingest *in;
+        roid_ingest_new(&ip, &sink, &ctr, &in);
+        roid_part p[8];
+        size_t n = 99;
+        int e = roid_capture_next(r, p, 8, &n, &err);
+        tap_ok(e == -EMSGSIZE && n == 99 && strstr(err.msg, "record at byte 0") && strstr(err.msg, "max_parts 4"),
+               "6 parts over max_parts 4: skipped, naming the offset and the limit (%s)", err.msg);
+        roid_ingest_rejected(in, e, err.msg);
+        tap_ok(roid_counter_get(&ctr, ROID_C_messages_bad_size) == 1 &&
+                       roid_counter_get(&ctr, ROID_C_messages_received) == 1,
+               "... counted in messages_received and messages_bad_size");
+        e = roid_capture_next(r, p, 8, &n, &err);
+        tap_ok(e == 1 && n == 1 && p[0].size == 1 && p[0].data[0] == 'b', "the next record is read");
+        const size_t at = roid_capture_offset(r);
+        char want[48];
+        snprintf(want, sizeof want, "record at byte %zu", at);
+        e = roid_capture_next(r, p, 8, &n, &err);
+        tap_ok(e == -EMSGSIZE && strstr(err.msg, want) && strstr(err.msg, "max_message_bytes 100"),
+               "200 bytes over max_message_bytes 100: skipped, naming the offset and the limit (%s)", err.msg);
+        e = roid_capture_next(r, p, 8, &n, &err);
+        tap_ok(e == 1 && n == 1 && p[0].data[0] == 'd', "the record after it is read");
+        tap_ok(roid_capture_next(r, p, 8, &n, &err) == 0, "clean end of file");
+        roid_capture_reader_close(r);
+        roid_ingest_free(in);
+
+        /* A record over the limit and then cut: the cut one stops the reader. */
+        static const uint8_t cut[] = {0x85, 0x40, 0x40, 0x40, 0x40, 0x40, 0x81, 0x45, 'a'};
+        write_file(cut, sizeof cut);
+        roid_capture_reader_open(path, &lim, &r, &err);
+        e = roid_capture_next(r, p, 8, &n, &err);
+        int e2 = roid_capture_next(r, p, 8, &n, &err);
+        int e3 = roid_capture_next(r, p, 8, &n, &err);
+        tap_ok(e == -EMSGSIZE && e2 == -EBADMSG && e3 == -EBADMSG && strstr(err.msg, "byte 6"),
+               "a truncated record after a skipped one stops the reader for good (%s)", err.msg);
+        roid_capture_reader_close(r);
+}
+
 int main(void) {
         snprintf(path, sizeof path, "/tmp/roid-test-capture-%d.cbors", (int)getpid());
         test_round_trip();
         test_single_message();
         test_malformed();
+        test_skip_over_limit();
         unlink(path);
         return tap_done();
 }

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,10 @@
 #include "ingest/parse.h"
 
 #include "alloccount.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+size_t __sanitizer_get_current_allocated_bytes(void); /* the ASan allocator's heap in use */
+#endif
 
 static roid_limits lim;
 static roid_parser *parser;
@@ -1694,6 +1699,60 @@ static void test_no_alloc(void) {
         free(d);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+static size_t heap_in_use(void) {
+        return __sanitizer_get_current_allocated_bytes();
+}
+#else
+static size_t heap_in_use(void) {
+        struct mallinfo2 mi = mallinfo2();
+        return mi.uordblks + mi.hblkhd;
+}
+#endif
+
+/* A V1 JSON part of max_json_bytes costs its ~40x of cJSON arena only while
+ * its message is parsed; small headers after it allocate nothing again. */
+static void test_arena_bounded(void) {
+        roid_parser *ps;
+        if (roid_parser_new(&lim, &ps) < 0)
+                return;
+        const size_t cap = lim.max_json_bytes;
+        char *cfg = malloc(cap);
+        size_t k = (size_t)sprintf(cfg, "{\"a\":[0");
+        while (k + 4 < cap) {
+                memcpy(cfg + k, ",0", 2);
+                k += 2;
+        }
+        memcpy(cfg + k, "]}", 2);
+        k += 2;
+        static const char h[] = "{\"htype\":\"dheader-1.0\",\"series\":1,\"header_detail\":\"basic\"}";
+        static const char small[] = "{\"nimages\":3}";
+        roid_part pt[2] = {{(const uint8_t *)h, sizeof h - 1}, {(const uint8_t *)cfg, k}};
+        roid_msg m;
+        roid_err e = {""};
+        const size_t heap0 = heap_in_use();
+        int r = roid_parse(ps, pt, 2, &m, &e);
+        const size_t grew = heap_in_use() - heap0;
+        tap_ok(r == 0 && grew < (2u << 20),
+               "a %zu-byte V1 configuration part parses (%d %s) and leaves %zu bytes behind (< 2 MiB)", k, r, e.msg,
+               grew);
+        pt[1] = (roid_part){(const uint8_t *)small, sizeof small - 1};
+        int bad = roid_parse(ps, pt, 2, &m, &e) != 0; /* warm-up */
+#if COUNT_ALLOCS
+        const unsigned long before = alloc_count();
+#endif
+        for (int i = 0; i < 100; i++)
+                bad += roid_parse(ps, pt, 2, &m, &e) != 0;
+#if COUNT_ALLOCS
+        tap_ok(bad == 0 && alloc_count() == before, "100 small headers after it: %lu heap allocations, %d failures",
+               alloc_count() - before, bad);
+#else
+        tap_ok(bad == 0, "100 small headers after it parse (%d failures)", bad);
+#endif
+        free(cfg);
+        roid_parser_free(ps);
+}
+
 int main(void) {
         roid_limits_default(&lim);
         if (roid_parser_new(&lim, &parser) < 0) {
@@ -1712,6 +1771,7 @@ int main(void) {
         test_v1_appendix();
         test_mutations();
         test_no_alloc();
+        test_arena_bounded();
         roid_parser_free(parser);
         return tap_done();
 }

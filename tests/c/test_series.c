@@ -4,12 +4,18 @@
  * the deferred limits are also checked through the parser, with CBOR
  * messages written here. */
 #include <cbor.h>
+#include <inttypes.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ingest/ingest.h"
 #include "tap.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+size_t __sanitizer_get_current_allocated_bytes(void); /* the ASan allocator's heap in use */
+#endif
 
 typedef struct {
         int starts, ends, ends_terminated, frames, errors;
@@ -399,7 +405,8 @@ static void w_head(wbuf *w, size_t n_keys, const char *type, uint64_t sid, const
         w_str(w, uid);
 }
 
-/* A start whose user data nests `depth` maps deep. */
+/* A start whose vendor key nests `depth` maps deep (not user_data: that is
+ * left out when too deep, the start stands). */
 static void w_start(wbuf *w, uint64_t sid, const char *uid, unsigned depth) {
         w_head(w, 5, "start", sid, uid);
         w_str(w, "image_size_x");
@@ -411,7 +418,7 @@ static void w_start(wbuf *w, uint64_t sid, const char *uid, unsigned depth) {
         w_str(w, "channels");
         W(cbor_encode_array_start, 1);
         w_str(w, "threshold_1");
-        w_str(w, "user_data");
+        w_str(w, "x_vendor");
         for (unsigned i = 0; i < depth; i++) {
                 W(cbor_encode_map_start, 1);
                 w_str(w, "a");
@@ -486,6 +493,118 @@ static void test_next_limits_parsed(void) {
         roid_ingest_free(in);
 }
 
+/* A channel that is not decoded need not fit the series: a bad one is
+ * ignored, the selected channel's frame goes on.  A bad selected channel
+ * still drops the image. */
+static void test_bad_unselected_channel(void) {
+        tally t = {0};
+        roid_counters ctr = {0};
+        roid_ingest *in = mk_with(&t, &ctr, "threshold_1", false, NULL);
+        roid_msg m = start2(1, "A");
+        roid_ingest_msg(in, &m);
+        m = image2(1, "A", 0);
+        m.u.image.channel[1].blob.rows = R / 2; /* threshold_2 is half the height */
+        m.u.image.channel[1].blob.size /= 2;
+        roid_ingest_msg(in, &m);
+        tap_eq_u64((uint64_t)t.frames, 1, "bad unselected threshold_2: threshold_1's frame is decoded");
+        tap_ok(!strcmp(t.last_channel, "threshold_1") && t.sum_of_sums == 276,
+               "... with threshold_1's pixels (channel %s, sum %" PRIu64 ")", t.last_channel, t.sum_of_sums);
+        tap_eq_u64(CNT(images_bad_shape), 0, "... and the image is not counted as badly shaped");
+        m = image2(1, "A", 1);
+        m.u.image.channel[1].blob.dtype = ROID_DT_U8; /* and of another dtype */
+        m.u.image.channel[1].blob.size /= 2;
+        roid_ingest_msg(in, &m);
+        tap_eq_u64((uint64_t)t.frames, 2, "an unselected channel of another dtype: the frame is decoded too");
+        m = image2(1, "A", 2);
+        m.u.image.channel[0].blob.rows = R / 2; /* the selected one is bad */
+        m.u.image.channel[0].blob.size /= 2;
+        roid_ingest_msg(in, &m);
+        tap_eq_u64((uint64_t)t.frames, 2, "a bad selected channel: no frame");
+        tap_eq_u64(CNT(images_bad_shape), 1, "... counted in images_bad_shape");
+        m = image2(1, "A", 2);
+        roid_ingest_msg(in, &m);
+        tap_eq_u64((uint64_t)t.frames, 3, "... and its image_id is still free for the good image");
+        roid_ingest_free(in);
+
+        /* Every channel decoded: each must fit. */
+        tally t2 = {0};
+        roid_counters ctr2 = {0};
+        in = mk_with(&t2, &ctr2, "", false, NULL);
+        m = start2(1, "A");
+        roid_ingest_msg(in, &m);
+        m = image2(1, "A", 0);
+        m.u.image.channel[1].blob.rows = R / 2;
+        m.u.image.channel[1].blob.size /= 2;
+        roid_ingest_msg(in, &m);
+        tap_ok(t2.frames == 0 && roid_counter_get(&ctr2, ROID_C_images_bad_shape) == 1,
+               "every channel selected: a bad threshold_2 drops the image, counted");
+        roid_ingest_free(in);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+static size_t heap_in_use(void) {
+        return __sanitizer_get_current_allocated_bytes();
+}
+#else
+static size_t heap_in_use(void) {
+        struct mallinfo2 mi = mallinfo2();
+        return mi.uordblks + mi.hblkhd;
+}
+#endif
+
+/* Duplicate detection costs memory by the image_ids received, not by the
+ * largest one: with max_images 10^12 an id near it is tracked in one page. */
+static void test_sparse_ids(void) {
+        tally t = {0};
+        roid_counters ctr = {0};
+        roid_limits lim;
+        roid_ingest *in = mk_with(&t, &ctr, "", false, &lim);
+        roid_ingest_free(in);
+        lim.max_images = 1000000000000ull;
+        roid_sink sink = {
+                .ctx = &t, .series_start = t_start, .series_end = t_end, .frame = t_frame, .frame_error = t_err};
+        roid_ingest_params p = {.channel = "", .limits = lim};
+        if (roid_ingest_new(&p, &sink, &ctr, &in) < 0)
+                abort();
+        const size_t heap0 = heap_in_use();
+        roid_msg m = start_msg(1, "A", 0);
+        roid_ingest_msg(in, &m);
+        const uint64_t ids[] = {999999999999ull, 0, 500000000000ull, 999999999999ull, 0};
+        for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+                m = image_msg(1, "A", ids[i], R, C);
+                roid_ingest_msg(in, &m);
+        }
+        const size_t grew = heap_in_use() - heap0;
+        tap_eq_u64((uint64_t)t.frames, 3, "ids 999999999999, 0, 5e11 with max_images 1e12: all three decoded");
+        tap_eq_u64(CNT(images_duplicate), 2, "... their repeats are duplicates");
+        tap_ok(CNT(images_out_of_range) == 0 && CNT(images_unchecked) == 0, "... none out of range, none unchecked");
+        tap_ok(grew < (1u << 20), "... and the duplicate detection took %zu bytes (< 1 MiB)", grew);
+        m = end_msg(1, "A");
+        roid_ingest_msg(in, &m);
+
+        /* One id in each of more pages than the cap allows: the frames go on,
+         * counted unchecked; the memory stops at the cap. */
+        m = start_msg(2, "B", 0);
+        roid_ingest_msg(in, &m);
+        const size_t heap1 = heap_in_use();
+        const uint64_t stride = (uint64_t)ROID_SEEN_PAGE_IDS * 1000;
+        for (uint64_t k = 0; k <= ROID_SEEN_MAX_PAGES; k++) {
+                m = image_msg(2, "B", k * stride, R, C);
+                roid_ingest_msg(in, &m);
+        }
+        const size_t cap_bytes = (size_t)ROID_SEEN_MAX_PAGES * (ROID_SEEN_PAGE_IDS / 8 + 64);
+        tap_eq_u64((uint64_t)t.frames, 3 + ROID_SEEN_MAX_PAGES + 1,
+                   "sparse ids in ROID_SEEN_MAX_PAGES + 1 pages: "
+                   "every frame decoded");
+        tap_eq_u64(CNT(images_unchecked), 1, "... the one past the page cap counted in images_unchecked");
+        tap_ok(heap_in_use() - heap1 <= cap_bytes, "... memory within the cap (%zu bytes, cap %zu)",
+               heap_in_use() - heap1, cap_bytes);
+        m = image_msg(2, "B", stride, R, C);
+        roid_ingest_msg(in, &m);
+        tap_eq_u64(CNT(images_duplicate), 3, "... a repeat within the tracked pages is still a duplicate");
+        roid_ingest_free(in);
+}
+
 int main(void) {
         for (int i = 0; i < R * C; i++) {
                 pixels[i] = (uint16_t)i;
@@ -499,5 +618,7 @@ int main(void) {
         test_next_channel();
         test_next_limits();
         test_next_limits_parsed();
+        test_bad_unselected_channel();
+        test_sparse_ids();
         return tap_done();
 }
