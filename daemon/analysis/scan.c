@@ -708,6 +708,8 @@ int roid_scan_from_user_data(const roid_user_data *ud, unsigned max_depth, roid_
 int roid_scan_position_from_user_data(const roid_user_data *ud, unsigned max_depth, double *ret_x, double *ret_y,
                                       roid_err *err) {
         double v[2] = {0, 0};
+        if (ud && ud->kind == ROID_UD_LEFT_OUT)
+                return roid_err_set(err, -ENODATA, "user data left out (see above): a position it carried is unknown");
         if (!ud || !ud->data || ud->size == 0)
                 return 0;
         if (ud->kind == ROID_UD_CBOR) {

@@ -78,7 +78,8 @@ int roid_scan_from_user_data(const roid_user_data *ud, unsigned max_depth, roid_
  * image appendix) through a bounded scanner that checks the syntax of the
  * members before the first top-level "position" and reads that one in place;
  * text that is not a JSON object gives 0.  Nesting beyond max_depth
- * containers (0: 256) is -EBADMSG in both. */
+ * containers (0: 256) is -EBADMSG in both.  -ENODATA: the message's user
+ * data was left out (ROID_UD_LEFT_OUT), so its position is unknown. */
 int roid_scan_position_from_user_data(const roid_user_data *ud, unsigned max_depth, double *ret_x, double *ret_y,
                                       roid_err *err);
 

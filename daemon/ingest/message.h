@@ -57,8 +57,11 @@ typedef struct {
         uint64_t num, den;
 } roid_rational;
 
-/* Opaque user data span: raw CBOR item (V2) or JSON text (V1 appendix). */
-typedef enum { ROID_UD_NONE = 0, ROID_UD_CBOR, ROID_UD_JSON } roid_ud_kind;
+/* Opaque user data span: raw CBOR item (V2) or JSON text (V1 appendix).
+ * ROID_UD_LEFT_OUT: the message carried user data that was left out
+ * (user_data_ignored says why): what it said, a scan position for one, is
+ * unknown, which is not the same as absent. */
+typedef enum { ROID_UD_NONE = 0, ROID_UD_CBOR, ROID_UD_JSON, ROID_UD_LEFT_OUT } roid_ud_kind;
 typedef struct {
         roid_ud_kind kind;
         const uint8_t *data;

@@ -150,9 +150,10 @@ static void take_appendix(v1 *p, size_t idx, const char *label) {
         p->err = &e;
         int r = check_json_text(p, idx, label);
         p->err = saved;
-        if (r < 0)
+        if (r < 0) {
                 snprintf(p->m->user_data_ignored, sizeof p->m->user_data_ignored, "%s", e.msg);
-        else
+                p->m->user_data = (roid_user_data){ROID_UD_LEFT_OUT, NULL, 0};
+        } else
                 p->m->user_data = (roid_user_data){ROID_UD_JSON, p->parts[idx].data, p->parts[idx].size};
 }
 

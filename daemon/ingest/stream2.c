@@ -225,7 +225,7 @@ static int skip_user_data(s2 *p) {
 }
 
 /* The image's scan position, when it has one, is in its user data. */
-#define UD_LOST_POSITION "; a scan position it carried is lost (the image is then placed by its image_id)"
+#define UD_LOST_POSITION "; a scan position it carried is lost (the image is then not placed)"
 
 static int get_span(s2 *p, roid_user_data *ret) {
         const uint8_t *start = p->c.pos;
@@ -237,6 +237,7 @@ static int get_span(s2 *p, roid_user_data *ret) {
         if (size > p->lim->max_json_bytes) { /* left out, the message stands (V1's appendix alike) */
                 snprintf(p->m->user_data_ignored, sizeof p->m->user_data_ignored,
                          "user_data: %zu bytes exceeds max_json_bytes %zu%s", size, p->lim->max_json_bytes, lost);
+                ret->kind = ROID_UD_LEFT_OUT;
                 return 0;
         }
         roid_cw_cursor c;
@@ -245,6 +246,7 @@ static int get_span(s2 *p, roid_user_data *ret) {
         if (roid_cw_skip(&c, &e) < 0) { /* delimited above: only the depth can fail */
                 snprintf(p->m->user_data_ignored, sizeof p->m->user_data_ignored,
                          "user_data: nested deeper than max_depth %u%s", p->lim->max_depth, lost);
+                ret->kind = ROID_UD_LEFT_OUT;
                 return 0;
         }
         ret->kind = ROID_UD_CBOR;

@@ -92,6 +92,7 @@ typedef struct {
         size_t blob_off;
         zmq_msg_t msg;
         double pos_x, pos_y, t_arrival;
+        bool position_unknown; /* its user data, which may have held one, was left out */
 } job;
 
 typedef enum { AN_START, AN_RECORD, AN_FAILED, AN_END, AN_RESET } an_kind;
@@ -282,6 +283,10 @@ static void frame_failed(worker *w, job *j, an_item *it, const roid_err *err) {
 /* Ends job j's frame with its record; placed as roid_analysis_place says. */
 static void frame_done(worker *w, job *j, an_item *it, int placed, const roid_err *err) {
         roid_pipeline *pl = w->pl;
+        if (j->position_unknown) { /* not placed by its image_id: in a fly scan that would be wrong */
+                it->rec.row = it->rec.col = ROID_NOT_PLACED;
+                placed = -1; /* said at ingest */
+        }
         if (placed == 0 && roid_counter_get(pl->ctr, ROID_C_frames_unplaced) == 0)
                 ROID_LOG_LIMITED(ROID_LOG_WARNING,
                                  "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
@@ -1086,7 +1091,10 @@ static void sink_frame(void *ctx, const roid_frame_event *ev) {
         job j = {.kind = JOB_FRAME, .sc = sc, .image_id = ev->image_id, .blob = *ev->blob, .t_arrival = now_mono()};
         j.pos_x = j.pos_y = NAN;
         const char *why = NULL;
-        if (roid_scan_position_from_user_data(ev->user_data, sc->ap.max_depth, &j.pos_x, &j.pos_y, &err) < 0)
+        const int pr = roid_scan_position_from_user_data(ev->user_data, sc->ap.max_depth, &j.pos_x, &j.pos_y, &err);
+        if (pr == -ENODATA)
+                j.position_unknown = true;
+        else if (pr < 0)
                 why = err.msg;
         const uint8_t *data = pl->src && !why ? roid_zsource_take(pl->src, ev->blob->data, &j.msg) : NULL;
         if (!data) {

@@ -413,6 +413,39 @@ class Service(unittest.TestCase):
         finally:
             z.close()
 
+    def test_left_out_user_data_is_not_placed(self):
+        """A fly-scan image whose user data is left out (nested beyond
+        max_depth) has an unknown position: it is kept, off the grid, and
+        counted, not placed by its image_id as if it were a step scan."""
+        d = self.start(BASE_CONF + "\n[limits]\nmax_depth = 4\n")
+        self.ready(d)
+        n = 16
+        z = Zmq(d, topics=(b"series", b"status"))
+        self.assertIsNotNone(z.recv(b"status", lambda b: True, 30), "the subscriber has joined")
+        p = subprocess.Popen([SIM, "--endpoint", f"tcp://127.0.0.1:{d.det}", "--shape", "32x32", "--scan", "4x4",
+                              "--fly", "repeat=1,order=shuffle,seed=3", "--image-user-data",
+                              '{"position": [0, 0], "deep": {"a": {"b": {"c": {"d": 1}}}}}', "--series-id", "1",
+                              "--wait-connect", "120", "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        try:
+            end = z.series_end(1)
+        finally:
+            z.close()
+        self.assertEqual(finish(p)[0], 0)
+        self.assertIsNotNone(end, "\n".join(d.stderr()))
+        self.assertEqual(d.stop(), 0)
+        (path,) = glob.glob(os.path.join(d.out, "roid_*.h5"))
+        with h5py.File(path, "r") as f:
+            index = f["/entry/scan/index"][()]
+            ignored = int(f["/entry/counters"].attrs["user_data_ignored"])
+            unplaced = int(f["/entry/counters"].attrs["frames_unplaced"])
+        note(f"{len(index)} rows, index rows {sorted(set(index[:, 0].tolist()))}, user_data_ignored {ignored}, "
+             f"frames_unplaced {unplaced}")
+        self.assertEqual(len(index), n)
+        self.assertTrue((index == 0xFFFFFFFF).all(), "no image placed by its image_id")
+        self.assertEqual((ignored, unplaced), (n, n))
+
     def test_configuration_is_the_series_own(self):
         """A reload after a series' start reached roid, before the analysis
         thread got to it (frames queued): the results file's `configuration`
