@@ -1,6 +1,6 @@
 """roid as a systemd service (issue 5): the sd_notify protocol as the service
 manager sees it on a datagram socket the test owns (READY=1 only once the PUB
-and REP endpoints are bound, STATUS= with counters, WATCHDOG=1 and its stall
+and control endpoints are bound, STATUS= with counters, WATCHDOG=1 and its stall
 policy, RELOADING=1/READY=1 on SIGHUP, STOPPING=1), a clean stop on SIGTERM
 during traffic with a consistent results file, SIGHUP reloads (good and bad
 files), and configuration errors at start (exit status 2, the key named).
