@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +19,18 @@
 #define VALUE_MAX 4096 /* text of one set value (a path at most) */
 #define NAME_MAX_ 64   /* section or key name */
 
+/* Bytes of large replies libzmq holds for clients (freed on its I/O thread);
+ * shared with those replies, so it outlives the control object if need be. */
+typedef struct {
+        _Atomic size_t bytes;
+        _Atomic unsigned refs;
+} queued_bytes;
+
 struct roid_control {
         void *sock;
+        queued_bytes *queued;
+        size_t max_queued;
+        const char *cmd; /* the command of the request being handled, or NULL */
         roid_control_handler h;
         size_t max_request;
         msgpack_sbuffer sb;
@@ -644,7 +655,7 @@ static bool handle(roid_control *c, const uint8_t *data, size_t len, size_t tota
         }
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
                 if (str_is(cmd, cmds[i]))
-                        name = cmds[i];
+                        name = c->cmd = cmds[i];
         if (!name) {
                 reply_error(c, NULL, "cmd: \"%s\" is not one of status, map, set, ask, reset",
                             clip(shown, sizeof(shown), cmd->via.str.ptr, cmd->via.str.size));
@@ -692,6 +703,53 @@ static int recv_part(void *sock, zmq_msg_t *m) {
         return r < 0 ? -errno : 0;
 }
 
+static void queued_unref(queued_bytes *q) {
+        if (atomic_fetch_sub_explicit(&q->refs, 1, memory_order_acq_rel) == 1)
+                free(q);
+}
+
+/* libzmq is done with a large reply (any thread). */
+static void reply_free(void *data, void *hint) {
+        queued_bytes *q = hint;
+        size_t *blk = (size_t *)data - 1;
+        atomic_fetch_sub_explicit(&q->bytes, *blk, memory_order_relaxed);
+        free(blk);
+        queued_unref(q);
+}
+
+/* The reply's body: a large one in a buffer of its own whose bytes count
+ * until libzmq frees it; a small one copied by libzmq as usual. */
+static int send_body(roid_control *c, const void *out, size_t len) {
+        int r;
+        if (len < ROID_CONTROL_COUNTED_REPLY) {
+                do {
+                        r = zmq_send(c->sock, out, len, ZMQ_DONTWAIT);
+                } while (r < 0 && errno == EINTR);
+                return r < 0 ? -errno : 0;
+        }
+        size_t *blk = malloc(sizeof(size_t) + len);
+        if (!blk)
+                return -ENOMEM;
+        *blk = len;
+        memcpy(blk + 1, out, len);
+        zmq_msg_t m;
+        atomic_fetch_add_explicit(&c->queued->refs, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->queued->bytes, len, memory_order_relaxed);
+        if (zmq_msg_init_data(&m, blk + 1, len, reply_free, c->queued) < 0) {
+                reply_free(blk + 1, c->queued);
+                return -ENOMEM;
+        }
+        do {
+                r = zmq_msg_send(&m, c->sock, ZMQ_DONTWAIT);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+                r = -errno;
+                zmq_msg_close(&m); /* reply_free */
+                return r;
+        }
+        return 0;
+}
+
 /* Sends the envelope and the reply.  ZMQ_ROUTER_MANDATORY makes the first
  * frame fail when the client's queue is full (EAGAIN) or the client is gone
  * (EHOSTUNREACH); once it is accepted the rest of the message fits. */
@@ -704,10 +762,7 @@ static int send_reply(roid_control *c, zmq_msg_t *env, unsigned n_env, const voi
                 if (r < 0)
                         return -errno;
         }
-        do {
-                r = zmq_send(c->sock, out, out_len, ZMQ_DONTWAIT);
-        } while (r < 0 && errno == EINTR);
-        return r < 0 ? -errno : 0;
+        return send_body(c, out, out_len);
 }
 
 /* Receives one request without blocking and replies to it: 1 when one was
@@ -765,6 +820,7 @@ static int serve_one(roid_control *c) {
                 total += size[i];
         parts = n > body ? n - body : 0;
         c->requests++;
+        c->cmd = NULL;
         if (parts == 0)
                 ok = handle(c, NULL, 0, 0, 0);
         else
@@ -776,6 +832,20 @@ static int serve_one(roid_control *c) {
                  * the client, whose REQ would otherwise wait for ever. */
                 out = oom_reply;
                 out_len = sizeof(oom_reply) - 1;
+                ok = false;
+        }
+        /* A large map or ask reply while others wait in libzmq for clients
+         * that do not read them: refused, so that clients cannot make roid
+         * hold more than max_queued (one reply always may wait). */
+        const size_t q = atomic_load_explicit(&c->queued->bytes, memory_order_relaxed);
+        if (ok && out_len >= ROID_CONTROL_COUNTED_REPLY && q > 0 && (q >= c->max_queued || out_len > c->max_queued - q) && c->cmd &&
+            (!strcmp(c->cmd, "map") || !strcmp(c->cmd, "ask"))) {
+                reply_error(c, c->cmd,
+                            "%s: busy: %.1f MiB of replies wait for clients that have not read them (at most %.1f "
+                            "MiB); try again",
+                            c->cmd, q / 1048576.0, c->max_queued / 1048576.0);
+                out = c->sb.data;
+                out_len = c->sb.size;
                 ok = false;
         }
         if (!ok)
@@ -853,6 +923,13 @@ int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes,
         c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
+        c->queued = calloc(1, sizeof(*c->queued));
+        if (!c->queued) {
+                free(c);
+                return -ENOMEM;
+        }
+        c->queued->refs = 1;
+        c->max_queued = ROID_CONTROL_MAX_QUEUED;
         c->h = *h;
         c->max_request = max_request_bytes;
         msgpack_sbuffer_init(&c->sb);
@@ -901,7 +978,17 @@ void roid_control_free(roid_control *c) {
                 return;
         if (c->sock)
                 zmq_close(c->sock);
+        if (c->queued)
+                queued_unref(c->queued); /* replies still in libzmq hold it */
         msgpack_zone_destroy(&c->zone);
         msgpack_sbuffer_destroy(&c->sb);
         free(c);
+}
+
+size_t roid_control_queued_bytes(const roid_control *c) {
+        return atomic_load_explicit(&c->queued->bytes, memory_order_relaxed);
+}
+
+void roid_control_set_max_queued(roid_control *c, size_t bytes) {
+        c->max_queued = bytes;
 }

@@ -72,6 +72,12 @@
  * reply beyond it is not sent (roid never blocks) and is counted as unsent;
  * the client sees a timeout, as for a lost connection. */
 #define ROID_CONTROL_SNDHWM 8
+/* SNDHWM bounds replies per connection, not the connections: large replies
+ * (map, ask: from ROID_CONTROL_COUNTED_REPLY bytes) are counted until libzmq
+ * frees them, and one that would take the total over ROID_CONTROL_MAX_QUEUED
+ * is replaced by a "busy" error (one large reply may always wait). */
+#define ROID_CONTROL_COUNTED_REPLY (64u << 10)
+#define ROID_CONTROL_MAX_QUEUED    ((size_t)256 << 20)
 
 typedef struct {
         void *ctx;
@@ -117,5 +123,9 @@ uint64_t roid_control_errors(const roid_control *c);   /* requests answered with
 /* Replies not sent: the client's queue was full (ROID_CONTROL_SNDHWM), the
  * client had gone, or zmq_send failed. */
 uint64_t roid_control_unsent(const roid_control *c);
+/* Bytes of large replies libzmq still holds (any thread). */
+size_t roid_control_queued_bytes(const roid_control *c);
+/* The bound on them (ROID_CONTROL_MAX_QUEUED; tests make it smaller). */
+void roid_control_set_max_queued(roid_control *c, size_t bytes);
 
 #endif

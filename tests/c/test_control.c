@@ -43,6 +43,7 @@ typedef struct {
         unsigned last_n;
         long status_sleep_ns;             /* a slow status handler, for the time budget */
         size_t status_pad;                /* bytes of padding in a status reply */
+        size_t map_pad;                   /* and in a map reply */
         unsigned commits, aborts, staged; /* commit calls; keys staged since the last one */
         bool refuse_commit;
         bool have_map;
@@ -85,6 +86,12 @@ static int h_map(void *ctx, msgpack_packer *pk) {
         msgpack_pack_uint32(pk, 3);
         msgpack_pack_str_with_body(pk, "nx", 2);
         msgpack_pack_uint32(pk, 4);
+        if (f->map_pad) {
+                static char pad[1 << 20];
+                msgpack_pack_str_with_body(pk, "pad", 3);
+                msgpack_pack_bin_with_body(pk, pad, f->map_pad < sizeof pad ? f->map_pad : sizeof pad);
+                return 3;
+        }
         return 2;
 }
 
@@ -530,6 +537,72 @@ static void test_unread(fake *f, const roid_control_handler *h) {
         tap_eq_u64(roid_control_unsent(c), unsent + 1, "gone: the reply to a closed client counted as unsent");
         zmq_socket_monitor(roid_control_socket(c), NULL, 0);
         zmq_close(mon);
+        roid_control_free(c);
+}
+
+/* Many clients asking for large maps and reading nothing: the bytes libzmq
+ * holds for them stay bounded, the excess is refused as busy, and every
+ * byte is given back once the clients read. */
+static void test_queued(fake *f, const roid_control_handler *h) {
+        roid_control *c;
+        roid_err err = {{0}};
+        int zero = 0, small = 4096;
+        enum { CLIENTS = 6, EACH = 6 };
+        static const char map_req[] = "\x81\xa3"
+                                      "cmd\xa3"
+                                      "map";
+        void *cl[CLIENTS];
+
+        if (!tap_ok(roid_control_new(zctx, "tcp://127.0.0.1:*", MAX_REQ, h, &c, &err) == 0,
+                    "queued: control bound (%s)", err.msg))
+                return;
+        roid_control_set_max_queued(c, 2 << 20);
+        f->have_map = true;
+        f->map_pad = 1 << 20; /* 36 MiB in all: more than the sockets' kernel buffers take */
+        for (int i = 0; i < CLIENTS; i++) {
+                cl[i] = zmq_socket(zctx, ZMQ_DEALER);
+                zmq_setsockopt(cl[i], ZMQ_LINGER, &zero, sizeof(zero));
+                zmq_setsockopt(cl[i], ZMQ_RCVBUF, &small, sizeof(small));
+                zmq_connect(cl[i], roid_control_endpoint(c));
+                for (int k = 0; k < EACH; k++) {
+                        zmq_send(cl[i], "", 0, ZMQ_SNDMORE);
+                        zmq_send(cl[i], map_req, sizeof(map_req) - 1, 0);
+                }
+        }
+        const uint64_t err0 = roid_control_errors(c);
+        size_t most = 0;
+        for (int i = 0; i < 1000 && roid_control_requests(c) < CLIENTS * EACH; i++) {
+                roid_control_drain(c);
+                if (roid_control_queued_bytes(c) > most)
+                        most = roid_control_queued_bytes(c);
+                struct timespec ts = {0, 2000000};
+                nanosleep(&ts, NULL);
+        }
+        f->map_pad = 0;
+        const uint64_t busy = roid_control_errors(c) - err0;
+        tap_eq_u64(roid_control_requests(c), CLIENTS * EACH, "queued: 36 map requests of 1 MiB replies");
+        tap_ok(most <= (3u << 20) + 4096 && busy > 0,
+               "queued: at most %zu bytes held for clients that do not read (bound 2 MiB + one reply); %llu busy "
+               "replies",
+               most, (unsigned long long)busy);
+        /* the clients read: libzmq frees every reply */
+        size_t left = SIZE_MAX;
+        for (int i = 0; i < 1000 && left; i++) {
+                for (int k = 0; k < CLIENTS; k++) {
+                        zmq_msg_t m;
+                        zmq_msg_init(&m);
+                        while (zmq_msg_recv(&m, cl[k], ZMQ_DONTWAIT) >= 0)
+                                ;
+                        zmq_msg_close(&m);
+                }
+                left = roid_control_queued_bytes(c);
+                struct timespec ts = {0, 2000000};
+                nanosleep(&ts, NULL);
+        }
+        tap_eq_u64(left, 0, "queued: every reply's bytes given back once the clients read");
+        for (int i = 0; i < CLIENTS; i++)
+                zmq_close(cl[i]);
+        f->have_map = false;
         roid_control_free(c);
 }
 
@@ -983,6 +1056,7 @@ int main(void) {
         test_batch(&f, &h);
         test_unread(&f, &h);
         test_commit(&f, &h);
+        test_queued(&f, &h);
         tap_eq_u64(roid_control_requests(ctl), n_requests, "every request counted");
         tap_eq_u64(roid_control_errors(ctl), n_bad, "every bad request counted as an error");
 
