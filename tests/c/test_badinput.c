@@ -599,7 +599,7 @@ int main(void) {
         tap_ok(roid_counter_get(&ctr, ROID_C_user_data_ignored) - ign == 1 &&
                        roid_counter_get(&ctr, ROID_C_messages_malformed) == mal,
                "... its user_data counted in user_data_ignored, the message not malformed");
-        tap_ok(strstr(log, "user_data") && strstr(log, "max_depth 32") && strstr(log, "image_id"),
+        tap_ok(strstr(log, "user_data") && strstr(log, "max_depth 32") && strstr(log, "position it carried is lost"),
                "... logged naming user_data, the limit and the scan position: %.*s", (int)strcspn(log, "\n"), log);
         build_image_ud(x, 2, 1, ROID_CW_DEPTH_CAP + 10);
         xp = (roid_part){x->b, x->n};

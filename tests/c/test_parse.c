@@ -594,7 +594,7 @@ static void test_built_start(void) {
                          l2.max_json_bytes);
                 if (over)
                         tap_ok(r == 0 && m2.type == ROID_MSG_START && m2.u.start.n_channels == 2 &&
-                                       m2.user_data.kind == ROID_UD_NONE && !strcmp(m2.user_data_ignored, want),
+                                       m2.user_data.kind == ROID_UD_LEFT_OUT && !strcmp(m2.user_data_ignored, want),
                                "user_data one byte over max_json_bytes: left out, the start stands (%d %s; %s)", r,
                                e2.msg, m2.user_data_ignored);
                 else
@@ -1490,7 +1490,7 @@ static void expect_ud_left_out(const char *what, const parts *ps, roid_msg_type 
         roid_msg m;
         roid_err e = {{0}};
         int r = roid_parse(parser, ps->p, ps->n, &m, &e);
-        tap_ok(r == 0 && m.type == type && m.user_data.kind == ROID_UD_NONE && m.user_data.size == 0 &&
+        tap_ok(r == 0 && m.type == type && m.user_data.kind == ROID_UD_LEFT_OUT && m.user_data.size == 0 &&
                        strstr(m.user_data_ignored, words),
                "%s: the message stands, its user data left out (%d %s; %s)", what, r, e.msg, m.user_data_ignored);
 }
