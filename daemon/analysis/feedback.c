@@ -135,6 +135,15 @@ uint64_t roid_feedback_state_bytes(const roid_feedback_params *p, const roid_sca
         return bytes;
 }
 
+void roid_feedback_view_max(const roid_feedback_params *p, const roid_scan_grid *grid, uint64_t *ret_points,
+                            uint64_t *ret_rescan, uint64_t *ret_next, uint64_t *ret_boxes) {
+        const fb_dims d = dims_of(p, grid);
+        *ret_points = d.np;
+        *ret_rescan = d.rescan_cap;
+        *ret_next = p->next_points;
+        *ret_boxes = d.boxes;
+}
+
 void roid_feedback_free(roid_feedback *fb) {
         if (!fb)
                 return;

@@ -159,6 +159,10 @@ int roid_feedback_new(const roid_feedback_params *p, const roid_scan_grid *grid,
  * bytes: the caller counts it against [limits] max_analysis_bytes with the
  * RoI state (roid_roi_params.other_state_bytes). */
 uint64_t roid_feedback_state_bytes(const roid_feedback_params *p, const roid_scan_grid *grid);
+/* Elements the arrays of a view can hold at most: mask and skip (one a grid
+ * point), rescan points, next points, boxes (for the size of a message). */
+void roid_feedback_view_max(const roid_feedback_params *p, const roid_scan_grid *grid, uint64_t *ret_points,
+                            uint64_t *ret_rescan, uint64_t *ret_next, uint64_t *ret_boxes);
 void roid_feedback_free(roid_feedback *fb);
 
 /* Recomputes everything from the RoI state: after roid_roi_refit (online:

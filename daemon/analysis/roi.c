@@ -165,7 +165,8 @@ static int create(const roid_roi_params *p, uint32_t ny, uint32_t nx, bool maps_
                                     size_text(bytes, need, sizeof need),
                                     p->map_copies ? " with snapshots of its maps" : "", (double)bytes / (double)d.np,
                                     other ? " and " : "", other ? size_text(other, oth, sizeof oth) : "",
-                                    other ? " of feedback state" : "", size_text(p->max_state_bytes, max, sizeof max));
+                                    other ? " of feedback and published messages" : "",
+                                    size_text(p->max_state_bytes, max, sizeof max));
         }
         roid_roi *r = calloc(1, sizeof *r);
         if (!r)

@@ -81,7 +81,7 @@ typedef struct {
         unsigned max_iter;        /* Lloyd iterations at the end */
         uint64_t max_state_bytes; /* roid_roi_new refuses a larger state; 0: no bound */
         unsigned map_copies;      /* snapshots of the maps the caller keeps, counted in the state */
-        /* The series' other state (its feedback), counted with the RoI's
+        /* The series' other state (its feedback, the messages published of it), counted with the RoI's
          * against max_state_bytes. */
         uint64_t other_state_bytes;
         /* Called now and then during roid_roi_finish (after each step, and

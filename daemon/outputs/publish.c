@@ -759,3 +759,14 @@ void roid_publisher_free(roid_publisher *p) {
                 msgpack_sbuffer_destroy(&p->sbs[t]);
         free(p);
 }
+
+uint64_t roid_publish_series_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid) {
+        uint64_t points, rescan, next, boxes;
+        roid_feedback_view_max(fp, grid, &points, &rescan, &next, &boxes);
+        /* map: roi, clusters (1 byte a point), counts (4), total, com (8 + 8);
+         * scan_here: mask (1), skip (4), rescan (2 x 8 a point), next points
+         * and boxes as maps of a few numbers; 4 KiB for the keys around. */
+        const uint64_t map = 22 * points + 4096;
+        const uint64_t scan_here = 5 * points + 16 * rescan + 96 * next + 160 * boxes + 4096;
+        return (uint64_t)(1 + ZC_POOL) * (map + scan_here);
+}

@@ -127,6 +127,12 @@ typedef struct {
         int label;                    /* online RoI label 0/1; < 0 = unknown (nil) */
 } roid_frame_view;
 
+/* The most the publisher can hold for a series on this grid: each of the
+ * map and scan_here topics keeps its packing buffer and a pool of buffers in
+ * flight, each as large as that topic's largest message.  Counted in the
+ * series' analysis state (max_analysis_bytes). */
+uint64_t roid_publish_series_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid);
+
 /* Binds a PUB socket (ZMQ_SNDHWM = sndhwm, ZMQ_XPUB_NODROP, ZMQ_LINGER 0).
  * -EINVAL (err names the value) or the zmq errno (err names the endpoint). */
 int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publisher **ret, roid_err *err);

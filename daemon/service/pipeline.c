@@ -671,7 +671,8 @@ static int an_series_state(roid_pipeline *pl, series_ctx *sc) {
         roid_feedback_free(ss->fb);
         ss->roi = NULL;
         ss->fb = NULL;
-        sc->ap.roi.other_state_bytes = roid_feedback_state_bytes(&sc->fp, &sc->grid);
+        sc->ap.roi.other_state_bytes = roid_feedback_state_bytes(&sc->fp, &sc->grid) +
+                                       (pl->pub ? roid_publish_series_bytes(&sc->fp, &sc->grid) : 0);
         int r = roid_roi_new(&sc->ap.roi, sc->grid.ny, sc->grid.nx, &ss->roi, &err);
         if (r >= 0) {
                 roid_roi_hold_refits(ss->roi, true);

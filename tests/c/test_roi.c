@@ -310,7 +310,7 @@ static void test_state_bytes(void) {
                 r = NULL;
                 q.other_state_bytes = 1001;
                 e = roid_roi_new(&q, 100, 100, &r, &err);
-                tap_ok(e == -EMSGSIZE && !r && strstr(err.msg, " of feedback state"),
+                tap_ok(e == -EMSGSIZE && !r && strstr(err.msg, " of feedback and published messages"),
                        "one byte of other state over: refused, naming the feedback state (%s)", err.msg);
                 q.other_state_bytes = UINT64_MAX;
                 e = roid_roi_new(&q, 100, 100, &r, &err);
