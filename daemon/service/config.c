@@ -136,7 +136,9 @@ typedef struct {
         X("limits", "max_images", NULL, "N", "100000000", K_INT, limits.max_images, 1, 1e12, 0,                        \
           "largest image count or image_id of a series, 1..1000000000000")                                             \
         X("limits", "max_analysis_bytes", NULL, "BYTES", "0", K_SIZE, limits.max_analysis_bytes, 0, 1024 * GiB,        \
-          F_STATE, "largest RoI state of one series (1.78 KB a scan point at 8 segments), 0 = half the memory, 0..1T") \
+          F_STATE,                                                                                                     \
+          "largest RoI state of one series (1.78 KB a scan point at 8 segments); 0: half the memory or of the "        \
+          "cgroup memory limit, if lower; 0..1T")                                                                      \
         X("limits", "max_depth", NULL, "N", "32", K_INT, limits.max_depth, 1, 256, F_DEPTH,                            \
           "deepest CBOR / JSON nesting accepted, 1..256")                                                              \
         X("limits", "max_request_bytes", NULL, "BYTES", "64K", K_SIZE, max_request_bytes, 64, 16 * 1024 * 1024, 0,     \
@@ -407,8 +409,19 @@ static int parse_size(const char *v, uint64_t *ret) {
         return 0;
 }
 
+/* A number written in hexadecimal (strtod reads "0x1p4"): the docs promise decimal. */
+static bool hexadecimal(const char *v) {
+        for (const char *t = v; *t; t++) {
+                const char *d = t + (*t == '+' || *t == '-');
+                if ((t == v || t[-1] == ',' || isspace((unsigned char)t[-1])) && d[0] == '0' &&
+                    (d[1] == 'x' || d[1] == 'X'))
+                        return true;
+        }
+        return false;
+}
+
 static bool parse_double(const char *v, double *ret) {
-        if (!*v || isspace((unsigned char)*v))
+        if (!*v || isspace((unsigned char)*v) || hexadecimal(v))
                 return false;
         char *end;
         errno = 0;
@@ -453,11 +466,20 @@ static bool parse_pair(const char *v, double *a, double *b) {
         return parse_double(first, a) && parse_double(second, b) && isfinite(*a) && isfinite(*b);
 }
 
-static int check_string(const char *name, const spec *s, const char *v, size_t n, roid_err *err) {
+static int check_string(const char *name, const char *key, const spec *s, const char *v, size_t n, roid_err *err) {
         char sh[64];
-        if (n >= s->size)
-                return roid_err_set(err, -EINVAL, "%s: '%s' is longer than %zu bytes", name, shown(v, sh, sizeof sh),
-                                    s->size - 1);
+        /* roid_config_format writes it as one "key = value" line, which must load again. */
+        const size_t quotes = needs_quotes(v, n) ? 2 : 0, field = s->size - 1,
+                     line = ROID_CONFIG_LINE_MAX - strlen(key) - 3 - quotes;
+        if (n > line && line < field)
+                return roid_err_set(err, -EINVAL,
+                                    "%s: '%s' is %zu bytes, longer than the %zu that fit in a configuration line "
+                                    "('%s = ...'%s, at most %d characters)",
+                                    name, shown(v, sh, sizeof sh), n, line, key, quotes ? " with quotes" : "",
+                                    ROID_CONFIG_LINE_MAX);
+        if (n > field)
+                return roid_err_set(err, -EINVAL, "%s: '%s' is %zu bytes, longer than %zu bytes", name,
+                                    shown(v, sh, sizeof sh), n, field);
         for (size_t i = 0; i < n; i++) {
                 unsigned char c = (unsigned char)v[i];
                 if (c < 0x20 || c == 0x7f)
@@ -513,7 +535,7 @@ static int set_value(roid_config *cfg, size_t i, const char *v, roid_err *err) {
                         v++;
                         n -= 2;
                 }
-                int r = check_string(name, s, v, n, err);
+                int r = check_string(name, keys[i].key, s, v, n, err);
                 if (r < 0)
                         return r;
                 memset(p, 0, s->size);
@@ -570,6 +592,9 @@ static int set_value(roid_config *cfg, size_t i, const char *v, roid_err *err) {
                         memcpy(p, &x, sizeof x);
                         return 0;
                 }
+                if (hexadecimal(v))
+                        return roid_err_set(err, -EINVAL, "%s: '%s' is hexadecimal; write a decimal number (%s)", name,
+                                            vs, range);
                 if (!parse_double(v, &x))
                         return roid_err_set(err, -EINVAL, "%s: '%s' is not a number (%s%s)", name, vs, range,
                                             s->kind == K_OPTDBL ? ", or empty for not set" : "");
@@ -638,6 +663,9 @@ static int set_value(roid_config *cfg, size_t i, const char *v, roid_err *err) {
         }
         case K_PAIR: {
                 double d[2];
+                if (hexadecimal(v))
+                        return roid_err_set(err, -EINVAL, "%s: '%s' is hexadecimal; write two decimal numbers A,B",
+                                            name, vs);
                 if (!parse_pair(v, &d[0], &d[1]))
                         return roid_err_set(err, -EINVAL, "%s: '%s' is not two finite numbers A,B%s", name, vs,
                                             (s->flags & F_NONZERO) ? ", both non-zero" : "");
@@ -758,9 +786,32 @@ static int load_fail(load_ctx *c, int r, const char *what) {
         return 0;
 }
 
+/* libinih also splits "key : value"; the docs know only '='.  True when the
+ * first separator of a key line, before any " ;" comment, is ':' (so
+ * "publish = tcp://0.0.0.0:5557" and "k = 3 ; a: b" are fine). */
+static bool colon_separated(const char *line, bool first) {
+        if (first && strncmp(line, "\xef\xbb\xbf", 3) == 0) /* libinih skips a BOM */
+                line += 3;
+        while (isspace((unsigned char)*line))
+                line++;
+        if (!*line || strchr(";#[", *line))
+                return false;
+        for (const char *p = line; *p; p++) {
+                if (*p == '=')
+                        return false;
+                if (*p == ':')
+                        return true;
+                if (*p == ';' && p > line && isspace((unsigned char)p[-1]))
+                        return false;
+        }
+        return false;
+}
+
 /* libinih's reader: one physical line per call (so its line numbers are
  * ours), leading blanks dropped (so an indented key is not a continuation of
- * the previous value), over-long lines and NUL bytes refused rather than cut. */
+ * the previous value), over-long lines, NUL bytes and ':' separators refused
+ * rather than cut or guessed.  A '\r' before '\n' is not counted, so a CRLF
+ * file holds lines as long as any other. */
 static char *read_line(char *str, int num, void *stream) {
         load_ctx *c = stream;
         if (c->rc < 0)
@@ -778,6 +829,14 @@ static char *read_line(char *str, int num, void *stream) {
                 }
                 if (ch == '\n')
                         break;
+                if (ch == '\r') {
+                        int next = getc(c->f);
+                        if (next == '\n' || next == EOF) {
+                                c->bytes += next == '\n';
+                                break;
+                        }
+                        ungetc(next, c->f);
+                }
                 if (ch == '\0') {
                         load_fail(c, -EINVAL, "NUL byte");
                         return NULL;
@@ -799,6 +858,13 @@ static char *read_line(char *str, int num, void *stream) {
         if (!any)
                 return NULL;
         str[n] = '\0';
+        if (colon_separated(str, c->line == 1)) {
+                char what[160];
+                snprintf(what, sizeof what, "syntax error: '%.60s' separates key and value with ':'; write key = value",
+                         str);
+                load_fail(c, -EINVAL, what);
+                return NULL;
+        }
         return str;
 }
 

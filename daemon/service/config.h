@@ -10,13 +10,16 @@
  * SIGHUP with a bad file keeps the running configuration.
  *
  * Values: numbers are whole or decimal as the key says, parsed strictly (the
- * whole text, no NaN or infinity); byte sizes and pixel counts take a K, M, G
+ * whole text, decimal only: no hexadecimal, NaN or infinity); byte sizes and pixel counts take a K, M, G
  * or T suffix (powers of 1024); booleans are true/false, yes/no, on/off, 1/0;
  * a string may be wrapped in double quotes (removed once) and must be UTF-8
  * (it is published again as msgpack text).  In a file, lines
  * starting with # or ; are comments, " ;" starts a comment after a value,
  * leading blanks are ignored (no continuation lines), a key given twice takes
- * the last value, and a line holds at most ROID_CONFIG_LINE_MAX characters.
+ * the last value, key and value are separated by '=' (libinih's ':' is
+ * refused), and a line holds at most ROID_CONFIG_LINE_MAX characters.  A
+ * string value from any source must fit in such a line as "key = value" (with
+ * the quotes it needs), so the formatted configuration always loads.
  *
  * Ownership: plain data, no pointers (strings are arrays); copy freely.  The
  * key table is static and constant.
@@ -133,8 +136,9 @@ int roid_config_validate(const roid_config *cfg, roid_err *err);
 
 /* Writes the effective configuration as INI text (every key, for the results
  * file and `roid --print-config`); roid_config_load of it onto any
- * configuration gives back an equal one (as long as every line fits in
- * ROID_CONFIG_LINE_MAX: a directory of over 180 bytes does not).  Returns the length it needed
+ * configuration gives back an equal one: every line fits in
+ * ROID_CONFIG_LINE_MAX, as roid_config_set and roid_config_validate refuse a
+ * string whose "key = value" line would not.  Returns the length it needed
  * (snprintf semantics); buf may be NULL when size is 0. */
 int roid_config_format(const roid_config *cfg, char *buf, size_t size);
 

@@ -18,16 +18,27 @@ typedef struct {
         uint64_t max_pixels;         /* pixels of one frame (rows x cols) */
         uint64_t max_frame_bytes;    /* decoded bytes of one frame and channel */
         uint64_t max_images;         /* image_id bound for per-series tracking */
-        uint64_t max_analysis_bytes; /* RoI state of one series; 0: half the memory */
+        uint64_t max_analysis_bytes; /* RoI state of one series; 0: half the memory or cgroup limit */
         unsigned max_depth;          /* CBOR / JSON nesting */
 } roid_limits;
 
 /* Defaults fit an EIGER2 16M at 32 bit with room to spare:
  * 512 MiB message, 32 parts, 4 MiB JSON, 64 Mi pixels, 256 MiB frame,
- * 100,000,000 images, RoI state up to half the memory, depth 32. */
+ * 100,000,000 images, RoI state up to half the memory (or of the cgroup's
+ * limit), depth 32. */
 void roid_limits_default(roid_limits *l);
 
-/* max_analysis_bytes in effect: 0 stands for half the physical memory. */
+/* max_analysis_bytes in effect: 0 stands for half the smaller of the
+ * physical memory and the memory limit of roid's cgroup (v2 memory.max of it
+ * or a parent: systemd's MemoryMax=), where more would be killed, not
+ * refused. */
 uint64_t roid_limits_analysis_bytes(const roid_limits *l);
+
+/* limits.c, for tests: the smallest cgroup v2 memory.max of the cgroup named
+ * by the "0::/path" line of proc_cgroup (/proc/self/cgroup) and of its
+ * parents, under mount (/sys/fs/cgroup); UINT64_MAX when there is none or
+ * any of it cannot be read.  roid_limits_analysis_bytes takes half of the
+ * smaller of this and the physical memory for max_analysis_bytes = 0. */
+uint64_t roid_limits_cgroup_memory_internal(const char *proc_cgroup, const char *mount);
 
 #endif

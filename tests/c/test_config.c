@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "service/config.h"
@@ -45,7 +46,7 @@ static const key_case cases[] = {
          "directory",
          "/var/lib/roid",
          "/var/lib/roid",
-         {{long_path, "longer than 4095"}, {"a\tb", "control character"}, {"a ;b", "comment"}}},
+         {{long_path, "longer than the 185"}, {"a\tb", "control character"}, {"a ;b", "comment"}}},
         {"output", "publish", "tcp://0.0.0.0:5557", "tcp://0.0.0.0:5557", {{"5557", "transport://address"}}},
         {"output", "control", "tcp://0.0.0.0:5558", "tcp://0.0.0.0:5558", {{"tcp://", "transport://address"}}},
         {"output", "publish_hwm", "10", "10", {{"0", "1..100000"}, {"100001", "1..100000"}}},
@@ -58,7 +59,11 @@ static const key_case cases[] = {
           {"nan", "0.002..3600"},
           {"inf", "0.002..3600"},
           {"1s", "0.002..3600"}}},
-        {"output", "status_interval", "2.5", "2.5", {{"0", "0.05..3600"}, {"", "0.05..3600"}}},
+        {"output",
+         "status_interval",
+         "2.5",
+         "2.5",
+         {{"0", "0.05..3600"}, {"", "0.05..3600"}, {"0x10", "hexadecimal"}, {"-0X1p-2", "hexadecimal"}}},
         {"output", "frame_every", "10", "10", {{"-1", "0..1000000000"}, {"1000000001", "0..1000000000"}}},
         {"output", "flush_interval", "0.25", "0.25", {{"-1", "0.05..3600"}}},
         {"analysis", "segments", "16", "16", {{"0", "1..40"}, {"41", "1..40"}, {"eight", "1..40"}}},
@@ -81,7 +86,7 @@ static const key_case cases[] = {
          "1030.5",
          "1030.5",
          {{"inf", "-65536..65536"}, {"x", "-65536..65536"}, {"70000", "-65536..65536"}}},
-        {"analysis", "center_y", "-12", "-12", {{"1e999", "-65536..65536"}}},
+        {"analysis", "center_y", "-12", "-12", {{"1e999", "-65536..65536"}, {"0x1p4", "hexadecimal"}}},
         {"scan",
          "shape",
          "64x128",
@@ -89,7 +94,7 @@ static const key_case cases[] = {
          {{"64", "NYxNX"}, {"0x5", "16777216"}, {"8192x8192", "16777216"}, {"-3x4", "NYxNX"}}},
         {"scan", "snake", "on", "true", {{"sideways", "true/false"}}},
         {"scan", "fast_axis", "y", "y", {{"z", "x, y"}, {"X", "x, y"}}},
-        {"scan", "origin", "-1.5, 2", "-1.5,2", {{"1", "A,B"}, {"1,nan", "A,B"}}},
+        {"scan", "origin", "-1.5, 2", "-1.5,2", {{"1", "A,B"}, {"1,nan", "A,B"}, {"1, 0x2", "hexadecimal"}}},
         {"scan", "step", "0.05,-0.05", "0.05,-0.05", {{"0,1", "non-zero"}, {"1;2", "A,B"}}},
         {"scan", "units", "um", "um", {{"micrometres!!!!!", "longer than 15"}}},
         {"feedback", "rescan_factor", "4", "4", {{"0.5", "1..16"}, {"17", "1..16"}}},
@@ -303,8 +308,9 @@ static void test_keys(void) {
         {
                 const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
                 tap_ok(def.limits.max_analysis_bytes == 0 &&
-                               def.analysis.roi.max_state_bytes == (uint64_t)pages * (uint64_t)page / 2,
-                       "max_analysis_bytes 0 (the default) bounds the RoI state by half the memory (%.1f GiB)",
+                               def.analysis.roi.max_state_bytes == roid_limits_analysis_bytes(&def.limits) &&
+                               def.analysis.roi.max_state_bytes <= (uint64_t)pages * (uint64_t)page / 2,
+                       "max_analysis_bytes 0 (the default) bounds the RoI state by at most half the memory (%.1f GiB)",
                        (double)def.analysis.roi.max_state_bytes / (1u << 30));
                 roid_config_set(&c, "limits", "max_analysis_bytes", "3G", &err);
                 tap_ok(c.limits.max_analysis_bytes == (uint64_t)3 << 30 &&
@@ -737,6 +743,243 @@ static void test_garbage(void) {
                loaded, refused);
 }
 
+/* Every string value, whatever sets it, fits in one "key = value" line of
+ * ROID_CONFIG_LINE_MAX characters, so --print-config's output loads. */
+static void test_line_fit(void) {
+        roid_config def, c;
+        roid_config_default(&def);
+        roid_err err = {""};
+        char v[300];
+        /* "directory = " is 12 characters: 185 bytes of value fill the line. */
+        memset(v, 0, sizeof v);
+        v[0] = '/';
+        memset(v + 1, 'd', 184);
+        c = def;
+        int r = roid_config_set(&c, "output", "directory", v, &err);
+        tap_ok(r == 0 && strlen(c.analysis.output_dir) == 185, "a 185-byte directory fills a line and is taken (%s)",
+               err.msg);
+        char *text = format(&c);
+        const char *p = tmp_write(text);
+        roid_config d = def;
+        r = roid_config_load(&d, p, &err);
+        unlink(p);
+        tap_ok(r == 0 && strcmp(d.analysis.output_dir, v) == 0, "and its formatted configuration loads (%s)", err.msg);
+        free(text);
+
+        v[185] = 'd';
+        c = def;
+        err.msg[0] = 0;
+        r = roid_config_set(&c, "output", "directory", v, &err);
+        tap_ok(r == -EINVAL && has(err.msg, "[output] directory") && has(err.msg, "186 bytes") && has(err.msg, "185") &&
+                       has(err.msg, "197") && memcmp(&c, &def, sizeof c) == 0,
+               "a 186-byte directory (command line, control set) is refused naming key, length, limit: %s", err.msg);
+
+        /* Quotes a value needs count: a leading blank leaves 183 bytes. */
+        memset(v, 0, sizeof v);
+        v[0] = '"';
+        v[1] = ' ';
+        memset(v + 2, 'q', 182);
+        v[184] = '"';
+        c = def;
+        err.msg[0] = 0;
+        r = roid_config_set(&c, "output", "directory", v, &err);
+        text = format(&c);
+        p = tmp_write(text);
+        d = def;
+        int r2 = roid_config_load(&d, p, &err);
+        unlink(p);
+        tap_ok(r == 0 && r2 == 0 && strlen(d.analysis.output_dir) == 183 && d.analysis.output_dir[0] == ' ',
+               "a 183-byte directory that needs quotes is taken and loads again (%d, %d, %s)", r, r2, err.msg);
+        free(text);
+        memmove(v + 3, v + 2, 183);
+        v[2] = 'q';
+        c = def;
+        r = roid_config_set(&c, "output", "directory", v, &err);
+        tap_ok(r == -EINVAL && has(err.msg, "184 bytes") && has(err.msg, "183") && has(err.msg, "quotes"),
+               "a 184-byte one is refused, quotes counted: %s", err.msg);
+
+        /* Endpoints' fields hold 255 bytes; the line holds 186 after "endpoint = ". */
+        memset(v, 0, sizeof v);
+        memcpy(v, "ipc:///", 7);
+        memset(v + 7, 'e', 180);
+        c = def;
+        r = roid_config_set(&c, "detector", "endpoint", v, &err);
+        tap_ok(r == -EINVAL && has(err.msg, "[detector] endpoint") && has(err.msg, "187 bytes") && has(err.msg, "186"),
+               "a 187-byte endpoint is refused: %s", err.msg);
+        v[186] = 0;
+        c = def;
+        err.msg[0] = 0;
+        r = roid_config_set(&c, "detector", "endpoint", v, &err);
+        tap_ok(r == 0, "a 186-byte endpoint is taken (%s)", err.msg);
+
+        /* A file line with less spacing than the formatted one: refused by key too. */
+        char line[300];
+        snprintf(line, sizeof line, "[output]\ndirectory=/%0185d\n", 0);
+        p = tmp_write(line);
+        c = def;
+        r = roid_config_load(&c, p, &err);
+        unlink(p);
+        tap_ok(r == -EINVAL && has(err.msg, ":2: [output] directory") && has(err.msg, "186 bytes") &&
+                       memcmp(&c, &def, sizeof c) == 0,
+               "a file's 196-character 'directory=' line whose value would not fit 'directory = ' is refused: %s",
+               err.msg);
+
+        /* A configuration built in code: validate says so. */
+        c = def;
+        memset(c.analysis.output_dir, 'x', 190);
+        r = roid_config_validate(&c, &err);
+        tap_ok(r == -EINVAL && has(err.msg, "[output] directory") && has(err.msg, "190 bytes"),
+               "validate refuses a directory set in code that would not fit: %s", err.msg);
+
+        /* CRLF: the '\r' does not count, a 197-character line still loads. */
+        snprintf(line, sizeof line, "[output]\r\ndirectory = /%0184d\r\n", 0);
+        p = tmp_write(line);
+        c = def;
+        err.msg[0] = 0;
+        r = roid_config_load(&c, p, &err);
+        unlink(p);
+        tap_ok(r == 0 && strlen(c.analysis.output_dir) == 185, "a 197-character line ending in CRLF loads (%s)",
+               err.msg);
+}
+
+/* "key : value" (libinih's other separator) and hexadecimal numbers are refused. */
+static void test_syntax_strict(void) {
+        roid_config def, c;
+        roid_config_default(&def);
+        roid_err err = {""};
+        char want[128];
+
+        const char *p = tmp_write("[analysis]\nk = 3\nsegments : 4\n");
+        c = def;
+        int r = roid_config_load(&c, p, &err);
+        snprintf(want, sizeof want, "%s:3:", p);
+        tap_ok(r == -EINVAL && has(err.msg, want) && has(err.msg, "write key = value") && has(err.msg, "segments") &&
+                       memcmp(&c, &def, sizeof c) == 0,
+               "'segments : 4' is refused naming file:line: %s", err.msg);
+        unlink(p);
+
+        p = tmp_write("[output]\npublish : tcp://0.0.0.0:5557\n");
+        c = def;
+        r = roid_config_load(&c, p, &err);
+        tap_ok(r == -EINVAL && has(err.msg, ":2:") && has(err.msg, "key = value"), "'publish : tcp://...' too: %s",
+               err.msg);
+        unlink(p);
+
+        /* ':' in values and comments is fine. */
+        p = tmp_write(
+                "\xef\xbb\xbf; roid: a comment\n[output]\n# another: one\npublish = tcp://0.0.0.0:5557 ; note: x\n"
+                "control = ipc:///tmp/a:b\n[scan]\n  units = m:s\n");
+        c = def;
+        err.msg[0] = 0;
+        r = roid_config_load(&c, p, &err);
+        tap_ok(r == 0 && strcmp(c.publish, "tcp://0.0.0.0:5557") == 0 && strcmp(c.control, "ipc:///tmp/a:b") == 0 &&
+                       strcmp(c.analysis.scan.units, "m:s") == 0,
+               "':' inside values and comments (BOM first) loads (%s)", err.msg);
+        unlink(p);
+
+        p = tmp_write("[output]\nmap_interval = 0x10\n");
+        c = def;
+        r = roid_config_load(&c, p, &err);
+        tap_ok(r == -EINVAL && has(err.msg, ":2: [output] map_interval") && has(err.msg, "'0x10'") &&
+                       has(err.msg, "hexadecimal") && c.map_interval == def.map_interval,
+               "map_interval = 0x10 is refused, not read as 16: %s", err.msg);
+        unlink(p);
+        c = def;
+        r = roid_config_set(&c, "scan", "step", "0x1,1", &err);
+        tap_ok(r == -EINVAL && has(err.msg, "[scan] step") && has(err.msg, "hexadecimal"), "step 0x1,1 refused: %s",
+               err.msg);
+        r = roid_config_set(&c, "analysis", "center_x", "-0x10", &err);
+        tap_ok(r == -EINVAL && has(err.msg, "[analysis] center_x") && has(err.msg, "hexadecimal"),
+               "center_x -0x10 refused: %s", err.msg);
+        err.msg[0] = 0;
+        r = roid_config_set(&c, "output", "map_interval", "1e1", &err);
+        tap_ok(r == 0 && c.map_interval == 10, "a decimal exponent is still a decimal number (%s)", err.msg);
+}
+
+static void put_file(const char *dir, const char *rel, const char *text) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, rel);
+        /* parents first */
+        for (char *s = path + strlen(dir) + 1; (s = strchr(s, '/')); s++) {
+                *s = 0;
+                mkdir(path, 0700);
+                *s = '/';
+        }
+        FILE *f = fopen(path, "w");
+        if (f) {
+                fputs(text, f);
+                fclose(f);
+        }
+}
+
+/* The cgroup v2 memory limit, on fake /proc/self/cgroup and cgroup trees. */
+static void test_cgroup(void) {
+        char root[] = "/tmp/roid-test-cgroup-XXXXXX";
+        if (!mkdtemp(root)) {
+                tap_ok(false, "mkdtemp");
+                return;
+        }
+        char cg[600], mnt[600];
+        snprintf(cg, sizeof cg, "%s/cgroup", root);
+        const struct {
+                const char *name, *proc;
+                const char *files[4][2]; /* path under the mount, content */
+                uint64_t want;
+        } cases[] = {
+                {"limit on the leaf",
+                 "12:memory:/x\n0::/system.slice/roid.service\n",
+                 {{"system.slice/roid.service/memory.max", "17179869184\n"}, {"system.slice/memory.max", "max\n"}},
+                 (uint64_t)16 << 30},
+                {"limit only on a parent",
+                 "0::/a/b/c\n",
+                 {{"a/b/c/memory.max", "max\n"}, {"a/b/memory.max", "max\n"}, {"a/memory.max", "1073741824\n"}},
+                 (uint64_t)1 << 30},
+                {"the smaller of leaf and parent",
+                 "0::/a/b\n",
+                 {{"a/b/memory.max", "3221225472\n"}, {"a/memory.max", "2147483648\n"}},
+                 (uint64_t)2 << 30},
+                {"max everywhere",
+                 "0::/a/b\n",
+                 {{"a/b/memory.max", "max\n"}, {"a/memory.max", "max\n"}, {"memory.max", "max\n"}},
+                 UINT64_MAX},
+                {"leaf file missing, parent limited",
+                 "0::/a/b\n",
+                 {{"a/memory.max", "5368709120\n"}},
+                 (uint64_t)5 << 30},
+                {"no memory.max anywhere", "0::/a/b\n", {{"a/b/cgroup.procs", "1\n"}}, UINT64_MAX},
+                {"garbage is no limit", "0::/a\n", {{"a/memory.max", "12abc\n"}}, UINT64_MAX},
+                {"a namespace's root", "0::/\n", {{"memory.max", "536870912\n"}}, (uint64_t)512 << 20},
+                {"cgroup v1 only", "4:memory:/a\n1:cpu:/\n", {{"a/memory.max", "1024\n"}}, UINT64_MAX},
+                {"outside the namespace", "0::/../x\n", {{"memory.max", "1024\n"}}, UINT64_MAX},
+        };
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                snprintf(mnt, sizeof mnt, "%s/fs%zu", root, i);
+                mkdir(mnt, 0700);
+                for (int j = 0; j < 4 && cases[i].files[j][0]; j++)
+                        put_file(mnt, cases[i].files[j][0], cases[i].files[j][1]);
+                put_file(root, "cgroup", cases[i].proc);
+                uint64_t got = roid_limits_cgroup_memory_internal(cg, mnt);
+                tap_ok(got == cases[i].want, "cgroup: %s: %llu (want %llu)", cases[i].name, (unsigned long long)got,
+                       (unsigned long long)cases[i].want);
+        }
+        snprintf(mnt, sizeof mnt, "%s/fs0", root);
+        snprintf(cg, sizeof cg, "%s/missing", root);
+        tap_ok(roid_limits_cgroup_memory_internal(cg, mnt) == UINT64_MAX, "cgroup: no /proc/self/cgroup, no limit");
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+        if (system(cmd) != 0)
+                tap_diag("could not remove %s", root);
+
+        /* The real default. */
+        roid_limits l;
+        roid_limits_default(&l);
+        const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        const uint64_t half = (uint64_t)pages * (uint64_t)page / 2, got = roid_limits_analysis_bytes(&l);
+        tap_ok(l.max_analysis_bytes == 0 && got > 0 && got <= half,
+               "max_analysis_bytes 0 here: %.2f GiB, at most half the physical memory %.2f GiB",
+               (double)got / (1u << 30), (double)half / (1u << 30));
+}
+
 int main(void) {
         test_defaults();
         test_table_covered();
@@ -747,5 +990,8 @@ int main(void) {
         test_validate();
         test_docs();
         test_garbage();
+        test_line_fit();
+        test_syntax_strict();
+        test_cgroup();
         return tap_done();
 }
