@@ -66,10 +66,7 @@ void roid_zsource_free(roid_zsource *z) {
         if (!z)
                 return;
         release(z);
-        if (z->mon) {
-                zmq_socket_monitor(z->sock, NULL, 0);
-                zmq_close(z->mon);
-        }
+        roid_zsource_unwatch(z);
         zmq_close(z->sock);
         free(z->msg);
         free(z->parts);
@@ -216,7 +213,6 @@ int roid_zsource_events(roid_zsource *z) {
 }
 
 bool roid_zsource_given_up(roid_zsource *z) {
-        roid_zsource_events(z);
         return z->given_up;
 }
 
@@ -232,4 +228,13 @@ int roid_zsource_reconnect(roid_zsource *z, roid_err *err) {
                  "%zu): connecting again",
                  z->endpoint, z->lim.max_message_bytes);
         return 0;
+}
+
+void roid_zsource_unwatch(roid_zsource *z) {
+        if (!z->mon)
+                return;
+        zmq_socket_monitor(z->sock, NULL, 0);
+        zmq_close(z->mon);
+        z->mon = NULL;
+        z->given_up = false;
 }

@@ -57,13 +57,14 @@ const void *roid_zsource_take(roid_zsource *z, const void *data, zmq_msg_t *dst)
  * closed since the last call. */
 int roid_zsource_watch(roid_zsource *z, void *ctx, roid_err *err);
 void *roid_zsource_monitor(roid_zsource *z); /* NULL until watched */
+void roid_zsource_unwatch(roid_zsource *z);  /* stops watching (free does too) */
 int roid_zsource_events(roid_zsource *z);
 /* libzmq connects again after a connection closes, except after a protocol
  * error, which a part over max_message_bytes is: then it gives the endpoint
  * up and roid would hear nothing more.  True when a close was seen and no
- * reconnect attempt followed (reads the pending events first); the owner
- * asks a moment (a second) after a close and then calls
- * roid_zsource_reconnect, which connects to the endpoint anew. */
+ * reconnect attempt followed, as of the events roid_zsource_events has read;
+ * the owner asks a moment (a second) after a close, having read the events,
+ * and then calls roid_zsource_reconnect, which connects to the endpoint anew. */
 bool roid_zsource_given_up(roid_zsource *z);
 int roid_zsource_reconnect(roid_zsource *z, roid_err *err);
 

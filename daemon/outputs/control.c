@@ -717,52 +717,55 @@ static void reply_free(void *data, void *hint) {
         queued_unref(q);
 }
 
-/* The reply's body: a large one in a buffer of its own whose bytes count
- * until libzmq frees it; a small one copied by libzmq as usual. */
-static int send_body(roid_control *c, const void *out, size_t len) {
-        int r;
+/* The reply's body as a message: a large one in a buffer of its own whose
+ * bytes count until libzmq frees it; a small one copied. */
+static int make_body(roid_control *c, const void *out, size_t len, zmq_msg_t *ret) {
         if (len < ROID_CONTROL_COUNTED_REPLY) {
-                do {
-                        r = zmq_send(c->sock, out, len, ZMQ_DONTWAIT);
-                } while (r < 0 && errno == EINTR);
-                return r < 0 ? -errno : 0;
+                if (zmq_msg_init_size(ret, len) < 0)
+                        return -ENOMEM;
+                if (len)
+                        memcpy(zmq_msg_data(ret), out, len);
+                return 0;
         }
         size_t *blk = malloc(sizeof(size_t) + len);
         if (!blk)
                 return -ENOMEM;
         *blk = len;
         memcpy(blk + 1, out, len);
-        zmq_msg_t m;
         atomic_fetch_add_explicit(&c->queued->refs, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&c->queued->bytes, len, memory_order_relaxed);
-        if (zmq_msg_init_data(&m, blk + 1, len, reply_free, c->queued) < 0) {
+        if (zmq_msg_init_data(ret, blk + 1, len, reply_free, c->queued) < 0) {
                 reply_free(blk + 1, c->queued);
                 return -ENOMEM;
-        }
-        do {
-                r = zmq_msg_send(&m, c->sock, ZMQ_DONTWAIT);
-        } while (r < 0 && errno == EINTR);
-        if (r < 0) {
-                r = -errno;
-                zmq_msg_close(&m); /* reply_free */
-                return r;
         }
         return 0;
 }
 
-/* Sends the envelope and the reply.  ZMQ_ROUTER_MANDATORY makes the first
- * frame fail when the client's queue is full (EAGAIN) or the client is gone
- * (EHOSTUNREACH); once it is accepted the rest of the message fits. */
-static int send_reply(roid_control *c, zmq_msg_t *env, unsigned n_env, const void *out, size_t out_len) {
+static int send_part(void *sock, zmq_msg_t *m, int flags) {
         int r;
-        for (unsigned i = 0; i < n_env; i++) {
-                do {
-                        r = zmq_send(c->sock, zmq_msg_data(&env[i]), zmq_msg_size(&env[i]), ZMQ_SNDMORE | ZMQ_DONTWAIT);
-                } while (r < 0 && errno == EINTR);
-                if (r < 0)
-                        return -errno;
-        }
-        return send_body(c, out, out_len);
+        do {
+                r = zmq_msg_send(m, sock, flags | ZMQ_DONTWAIT);
+        } while (r < 0 && errno == EINTR);
+        return r < 0 ? -errno : 0;
+}
+
+/* Sends the envelope (the frames are sent, not copied) and the reply.  The
+ * body is made first: once the first frame is out, the message must be
+ * finished, or the next reply would join it.  ZMQ_ROUTER_MANDATORY makes
+ * the first frame fail when the client's queue is full (EAGAIN) or the
+ * client is gone (EHOSTUNREACH); once it is accepted the rest fits. */
+static int send_reply(roid_control *c, zmq_msg_t *env, unsigned n_env, const void *out, size_t out_len) {
+        zmq_msg_t body;
+        int r = make_body(c, out, out_len, &body);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; r == 0 && i < n_env; i++)
+                r = send_part(c->sock, &env[i], ZMQ_SNDMORE);
+        if (r == 0)
+                r = send_part(c->sock, &body, 0);
+        if (r < 0)
+                zmq_msg_close(&body); /* not sent: freed (reply_free for a large one) */
+        return r;
 }
 
 /* Receives one request without blocking and replies to it: 1 when one was
@@ -838,7 +841,8 @@ static int serve_one(roid_control *c) {
          * that do not read them: refused, so that clients cannot make roid
          * hold more than max_queued (one reply always may wait). */
         const size_t q = atomic_load_explicit(&c->queued->bytes, memory_order_relaxed);
-        if (ok && out_len >= ROID_CONTROL_COUNTED_REPLY && q > 0 && (q >= c->max_queued || out_len > c->max_queued - q) && c->cmd &&
+        if (ok && out_len >= ROID_CONTROL_COUNTED_REPLY && q > 0 &&
+            (q >= c->max_queued || out_len > c->max_queued - q) && c->cmd &&
             (!strcmp(c->cmd, "map") || !strcmp(c->cmd, "ask"))) {
                 reply_error(c, c->cmd,
                             "%s: busy: %.1f MiB of replies wait for clients that have not read them (at most %.1f "

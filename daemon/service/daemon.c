@@ -39,7 +39,7 @@ typedef struct {
         uv_signal_t sig_term, sig_int, sig_hup;
         uv_timer_t status_timer, watchdog_timer, idle_timer, revive_timer;
         uv_async_t wake;
-        bool pull_polling, have_ctl, stopping;
+        bool pull_polling, have_ctl, stopping, watching;
         void *zctx;
         roid_zsource *src;
         roid_control *ctl;
@@ -83,26 +83,35 @@ static void on_pull(uv_poll_t *h, int status, int events) {
         drain_pull(h->data);
 }
 
-/* A second after a detector connection closed: if libzmq gave it up (a part
- * over max_message_bytes), connect again (zsource.h). */
-static void on_revive(uv_timer_t *t) {
-        daemon_t *d = t->data;
-        roid_err err = {""};
-        if (roid_zsource_given_up(d->src) && roid_zsource_reconnect(d->src, &err) < 0)
-                roid_log(ROID_LOG_ERR, "%s", err.msg);
-}
+static void on_revive(uv_timer_t *t);
 
-/* Connection events of the detector socket (zsource.h). */
-static void on_mon(uv_poll_t *h, int status, int events) {
-        (void)status;
-        (void)events;
-        daemon_t *d = h->data;
+/* Connection events of the detector socket (zsource.h): closes counted, and
+ * a second after one, a look whether libzmq is connecting again. */
+static void watch_events(daemon_t *d) {
+        if (!d->watching)
+                return;
         int lost = roid_zsource_events(d->src);
         if (lost > 0) {
                 roid_count(&d->ctr, ROID_C_connections_lost, (uint64_t)lost);
                 if (!d->stopping)
                         uv_timer_start(&d->revive_timer, on_revive, 1000, 0);
         }
+}
+
+/* If libzmq gave the connection up (a part over max_message_bytes), connect
+ * again. */
+static void on_revive(uv_timer_t *t) {
+        daemon_t *d = t->data;
+        roid_err err = {""};
+        watch_events(d); /* the events up to now, counted */
+        if (roid_zsource_given_up(d->src) && roid_zsource_reconnect(d->src, &err) < 0)
+                roid_log(ROID_LOG_ERR, "%s", err.msg);
+}
+
+static void on_mon(uv_poll_t *h, int status, int events) {
+        (void)status;
+        (void)events;
+        watch_events(h->data);
 }
 
 static void pull_start(daemon_t *d, bool on) {
@@ -547,12 +556,17 @@ int roid_daemon_run(const roid_daemon_params *p) {
         uv_timer_init(&d->loop, &d->revive_timer);
         d->revive_timer.data = d;
         uv_unref((uv_handle_t *)&d->revive_timer);
-        if (roid_zsource_watch(d->src, d->zctx, &err) < 0 ||
-            poll_socket(d, &d->mon_poll, roid_zsource_monitor(d->src), on_mon) < 0)
+        const char *fault = getenv("ROID_FAULT");
+        if ((fault && !strcmp(fault, "no-watch") && roid_err_set(&err, -EMFILE, "fault injection (ROID_FAULT)")) ||
+            roid_zsource_watch(d->src, d->zctx, &err) < 0 ||
+            poll_socket(d, &d->mon_poll, roid_zsource_monitor(d->src), on_mon) < 0) {
                 roid_log(ROID_LOG_WARNING, "detector connections not watched: %s",
                          err.msg[0] ? err.msg : "poll failed");
-        else
+                roid_zsource_unwatch(d->src); /* events nobody reads would pile up */
+        } else {
+                d->watching = true;
                 uv_unref((uv_handle_t *)&d->mon_poll); /* it never keeps the loop alive */
+        }
         uv_async_init(&d->loop, &d->wake, on_wake);
         d->wake.data = d;
         uv_unref((uv_handle_t *)&d->wake);
@@ -584,7 +598,7 @@ int roid_daemon_run(const roid_daemon_params *p) {
         roid_pipeline_status_line(d->pl, line, sizeof line);
         roid_notify_ready(d->nf, line);
         drain_pull(d); /* anything that arrived before the loop started */
-        on_mon(&d->mon_poll, 0, 0);
+        watch_events(d);
         uv_run(&d->loop, UV_RUN_DEFAULT);
         r = d->error;
 out:

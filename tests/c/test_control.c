@@ -31,6 +31,21 @@
 
 #define MAX_REQ 256
 
+/* ----------------------------------------------- malloc that fails on call */
+
+/* Linked with -Wl,--wrap=malloc (tests/meson.build): the test's and
+ * libroid's malloc calls come here (libzmq's do not).  While fail_from is
+ * set, a request of that many bytes or more fails. */
+void *__real_malloc(size_t n);
+void *__wrap_malloc(size_t n);
+static size_t fail_from;
+
+void *__wrap_malloc(size_t n) {
+        if (fail_from && n >= fail_from)
+                return NULL;
+        return __real_malloc(n);
+}
+
 /* ------------------------------------------------------------ fake daemon */
 
 typedef struct {
@@ -606,6 +621,60 @@ static void test_queued(fake *f, const roid_control_handler *h) {
         roid_control_free(c);
 }
 
+/* A large reply whose buffer cannot be had: that client gets no reply
+ * (counted), and the next client's reply is whole, not appended to a message
+ * left half sent. */
+static void test_reply_oom(fake *f, const roid_control_handler *h) {
+        roid_control *c;
+        roid_err err = {{0}};
+        int zero = 0;
+        static const char map_req[] = "\x81\xa3"
+                                      "cmd\xa3"
+                                      "map";
+        if (!tap_ok(roid_control_new(zctx, "inproc://test-control-oom", MAX_REQ, h, &c, &err) == 0,
+                    "oom: control bound (%s)", err.msg))
+                return;
+        void *a = zmq_socket(zctx, ZMQ_REQ), *b = zmq_socket(zctx, ZMQ_REQ);
+        zmq_setsockopt(a, ZMQ_LINGER, &zero, sizeof(zero));
+        zmq_setsockopt(b, ZMQ_LINGER, &zero, sizeof(zero));
+        zmq_connect(a, "inproc://test-control-oom");
+        zmq_connect(b, "inproc://test-control-oom");
+        f->have_map = true;
+        f->map_pad = 256 << 10;
+        zmq_send(a, map_req, sizeof(map_req) - 1, 0);
+        fail_from = 128 << 10; /* the reply's own buffer; the packing buffer grew before */
+        serve_until(c, 1);
+        fail_from = 0;
+        f->map_pad = 0;
+        zmq_send(b, status_req, sizeof(status_req) - 1, 0);
+        serve_until(c, 2);
+        zmq_pollitem_t it[2] = {{.socket = a, .events = ZMQ_POLLIN}, {.socket = b, .events = ZMQ_POLLIN}};
+        zmq_poll(it, 2, 2000);
+        bool a_got = it[0].revents & ZMQ_POLLIN, b_ok = false;
+        if (it[1].revents & ZMQ_POLLIN) {
+                zmq_msg_t m;
+                zmq_msg_init(&m);
+                reply r = {0};
+                if (zmq_msg_recv(&m, b, 0) >= 0 && !zmq_msg_more(&m)) {
+                        size_t off = 0;
+                        msgpack_zone_init(&r.zone, 2048);
+                        r.buf = malloc(zmq_msg_size(&m));
+                        memcpy(r.buf, zmq_msg_data(&m), zmq_msg_size(&m));
+                        b_ok = msgpack_unpack(r.buf, zmq_msg_size(&m), &off, &r.zone, &r.obj) ==
+                                       MSGPACK_UNPACK_SUCCESS &&
+                               is_ok(&r) && str_eq(get(&r.obj, "cmd"), "status");
+                        reply_free(&r);
+                }
+                zmq_msg_close(&m);
+        }
+        tap_ok(!a_got && roid_control_unsent(c) == 1, "oom: no buffer for a large reply: none sent, counted unsent");
+        tap_ok(b_ok, "oom: the next client's reply is whole and its own");
+        f->have_map = false;
+        zmq_close(a);
+        zmq_close(b);
+        roid_control_free(c);
+}
+
 /* set with a commit handler: a request is applied whole or not at all. */
 static void test_commit(fake *f, const roid_control_handler *h) {
         roid_control_handler hc = *h;
@@ -1057,6 +1126,7 @@ int main(void) {
         test_unread(&f, &h);
         test_commit(&f, &h);
         test_queued(&f, &h);
+        test_reply_oom(&f, &h);
         tap_eq_u64(roid_control_requests(ctl), n_requests, "every request counted");
         tap_eq_u64(roid_control_errors(ctl), n_bad, "every bad request counted as an error");
 

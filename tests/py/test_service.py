@@ -413,6 +413,24 @@ class Service(unittest.TestCase):
         finally:
             z.close()
 
+    def test_runs_without_the_connection_watch(self):
+        """When the detector connections cannot be watched (no file
+        descriptor left for the monitor: ROID_FAULT=no-watch stands for it),
+        roid says so and takes the series as usual (it crashed at start)."""
+        d = self.start(env={"ROID_FAULT": "no-watch"})
+        self.ready(d)
+        z = Zmq(d)
+        try:
+            p = self.sim(d, 1, frames=NY * NX)
+            end = z.series_end(1)
+        finally:
+            z.close()
+        self.assertEqual(finish(p)[0], 0)
+        self.assertIsNotNone(end, "\n".join(d.stderr()))
+        self.assertEqual(end["frames_analysed"], NY * NX)
+        self.assertTrue(any("detector connections not watched" in line for line in d.stderr()))
+        self.assertEqual(d.stop(), 0)
+
     def test_left_out_user_data_is_not_placed(self):
         """A fly-scan image whose user data is left out (nested beyond
         max_depth) has an unknown position: it is kept, off the grid, and
