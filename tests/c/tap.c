@@ -1,5 +1,10 @@
 #include "tap.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+size_t __sanitizer_get_current_allocated_bytes(void); /* the ASan allocator's heap in use */
+#endif
+
+#include <malloc.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -90,4 +95,13 @@ uint8_t *tap_slurp(const char *path, size_t *ret_size) {
         if (b)
                 *ret_size = (size_t)n;
         return b;
+}
+
+size_t tap_heap_in_use(void) {
+#if defined(__SANITIZE_ADDRESS__)
+        return __sanitizer_get_current_allocated_bytes();
+#else
+        struct mallinfo2 mi = mallinfo2();
+        return mi.uordblks + mi.hblkhd;
+#endif
 }

@@ -21,5 +21,8 @@ int tap_done(void);
 const char *tap_data(const char *rel);
 /* Reads a whole file into a malloc'd buffer; NULL on error. */
 uint8_t *tap_slurp(const char *path, size_t *ret_size);
+/* Bytes of the heap in use now (glibc's mallinfo2, or ASan's allocator's
+ * count under ASan), for the tests that bound what a path may keep. */
+size_t tap_heap_in_use(void);
 
 #endif

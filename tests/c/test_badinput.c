@@ -3,7 +3,6 @@
  * no crash, bounded memory, and the next good frame must be processed. */
 #include <cbor.h>
 #include <inttypes.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -302,11 +301,6 @@ static bool feed_good(roid_ingest *in) {
         return frames_seen == before + 1 && last_sum == good_sum;
 }
 
-static size_t heap_in_use(void) {
-        struct mallinfo2 mi = mallinfo2();
-        return mi.uordblks + mi.hblkhd;
-}
-
 int main(void) {
         for (int i = 0; i < NPIX; i++)
                 pixels[i] = (uint16_t)((i * 37) % 1000);
@@ -486,7 +480,7 @@ int main(void) {
          * here), and every other line is counted in a summary line. */
         enum { REPS = 300, SITES_MAX = 10 };
         roid_log_set_ratelimit(60000, ROID_LOG_RATELIMIT_BURST);
-        size_t heap0 = heap_in_use();
+        size_t heap0 = tap_heap_in_use();
         for (int rep = 0; rep < REPS; rep++)
                 for (size_t i = 0; i < n_cases; i++)
                         roid_ingest_parts(in, cases[i]->parts, cases[i]->n_parts);
@@ -498,7 +492,7 @@ int main(void) {
         tap_eq_u64(shown + suppressed - count_summaries, REPS * round_lines,
                    "log: lines shown + suppressed == the lines of the rounds unlimited");
         roid_log_set_ratelimit(ROID_LOG_RATELIMIT_INTERVAL_MS, 0);
-        size_t heap1 = heap_in_use();
+        size_t heap1 = tap_heap_in_use();
         tap_ok(heap1 <= heap0 + (1 << 20), "memory bounded over %zu bad messages (heap %zu -> %zu bytes)",
                300 * n_cases, heap0, heap1);
         tap_ok(feed_good(in), "after all of it, a good frame is processed");

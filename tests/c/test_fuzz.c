@@ -15,7 +15,6 @@
  * ROID_FUZZ_ROUNDS overrides the number of rounds, ROID_FUZZ_SEED the seed. */
 #include <cbor.h>
 #include <inttypes.h>
-#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,11 +133,6 @@ static uint64_t accounted(void) {
         return s;
 }
 
-static size_t heap_in_use(void) {
-        struct mallinfo2 mi = mallinfo2();
-        return mi.uordblks + mi.hblkhd;
-}
-
 /* ---- mutations ---- */
 
 static const uint8_t interesting[] = {0x00, 0x01, 0x7f, 0x80, 0xff, 0x17, 0x18, 0x19, 0x1a, 0x1b,
@@ -244,7 +238,7 @@ int main(void) {
                 roid_ingest_parts(in, &(roid_part){seed[i].b, seed[i].n}, 1);
         for (int i = 0; i < NV1; i++)
                 feed_v1(in, &v1[i]);
-        const size_t heap0 = heap_in_use();
+        const size_t heap0 = tap_heap_in_use();
         size_t heap_max = heap0;
 
         uint8_t *buf = malloc(MSG_MAX);
@@ -291,7 +285,7 @@ int main(void) {
                                 feed_v1(in, &v1[0]);
                         fuzz_v2_image(&seed[1], 7, next_good++, ROWS, COLS, "bslz4", bs, bs_n);
                 }
-                const size_t h = heap_in_use();
+                const size_t h = tap_heap_in_use();
                 if (h > heap_max)
                         heap_max = h;
         }

@@ -37,7 +37,6 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <malloc.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -61,11 +60,6 @@
 #include "tap.h"
 
 #define PICK(a) ((a)[fuzz_rnd_below(sizeof(a) / sizeof((a)[0]))])
-
-static size_t heap_in_use(void) {
-        struct mallinfo2 mi = mallinfo2();
-        return mi.uordblks + mi.hblkhd;
-}
 
 static char tmpdir[64];
 
@@ -628,7 +622,7 @@ static void fuzz_config(unsigned rounds) {
         uint8_t *b = malloc(CONF_CAP);
         size_t heap0 = 0, heap_max = 0;
         for (unsigned r = 0; r <= rounds; r++) {
-                const size_t h = heap_in_use(); /* after the previous round */
+                const size_t h = tap_heap_in_use(); /* after the previous round */
                 if (r == rounds / 10 || r == 0)
                         heap_max = heap0 = h;
                 else if (h > heap_max)
@@ -1103,7 +1097,7 @@ static void fuzz_capture(unsigned rounds) {
         size_t heap0 = 0, heap_max = 0;
         for (unsigned r = 0; r < rounds; r++) {
                 if (r == rounds / 10 || r == 0)
-                        heap_max = heap0 = heap_in_use();
+                        heap_max = heap0 = tap_heap_in_use();
                 const cap_seed *s = &seed[fuzz_rnd_below((size_t)n_seed)], *o = &seed[fuzz_rnd_below((size_t)n_seed)];
                 const size_t n = fuzz_rnd_below(16) ? mutate_capture(b, s, o) : (memcpy(b, s->b, s->n), s->n);
                 roid_limits lim;
@@ -1222,7 +1216,7 @@ static void fuzz_capture(unsigned rounds) {
                         break;
                 }
                 roid_capture_reader_close(rd);
-                const size_t h = heap_in_use();
+                const size_t h = tap_heap_in_use();
                 if (h > heap_max)
                         heap_max = h;
         }
@@ -2110,7 +2104,7 @@ static void fuzz_control(unsigned rounds) {
         size_t heap0 = 0, heap_max = 0;
         for (unsigned r = 0; r < rounds; r++) {
                 if (r == rounds / 10 || r == 0)
-                        heap_max = heap0 = heap_in_use();
+                        heap_max = heap0 = tap_heap_in_use();
                 f.round = r;
                 const unsigned nq = 1 + (unsigned)(fuzz_rnd_below(3) ? 0 : fuzz_rnd_below(BATCH_MAX));
                 for (unsigned q = 0; q < nq; q++) {
@@ -2201,7 +2195,7 @@ static void fuzz_control(unsigned rounds) {
                                      cmds[c], f.calls[c], want[c]);
                                 want[c] = f.calls[c];
                         }
-                const size_t hh = heap_in_use();
+                const size_t hh = tap_heap_in_use();
                 if (hh > heap_max)
                         heap_max = hh;
         }

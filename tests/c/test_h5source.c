@@ -6,7 +6,6 @@
  * declared frame. */
 #include <dirent.h>
 #include <hdf5.h>
-#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,11 +58,6 @@ static double now_s(void) {
         struct timespec t;
         clock_gettime(CLOCK_MONOTONIC, &t);
         return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static size_t heap_in_use(void) {
-        struct mallinfo2 mi = mallinfo2();
-        return mi.uordblks + mi.hblkhd;
 }
 
 /* ---- simulated detector frames: sparse photon counts, gap pixels at the
@@ -572,7 +566,7 @@ static void test_structure(void) {
         roid_limits_default(&lim);
         hsize_t dbig[3] = {3, 10000, 10000}, cbig[3] = {1, 10000, 10000};
         bare_file("bigpx.h5", H5T_NATIVE_UINT16, 3, dbig, cbig, BSLZ4, 5, bscd);
-        size_t heap0 = heap_in_use();
+        size_t heap0 = tap_heap_in_use();
         expect_error("10000 x 10000 frames", replay(tpath("bigpx.h5")), "10000 x 10000", "max_pixels", NULL);
         hsize_t dhuge[3] = {1, 1ull << 33, 4}, chuge[3] = {1, 1, 1};
         bare_file("hugepx.h5", H5T_NATIVE_UINT16, 3, dhuge, chuge, 0, 0, NULL);
@@ -586,8 +580,9 @@ static void test_structure(void) {
         expect_error("1024 x 1024 uint32 frames over max_frame_bytes 1 MiB", replay_lim(tpath("bigbytes.h5"), &small),
                      "max_frame_bytes", NULL);
         if (!UNDER_ASAN)
-                tap_ok(heap_in_use() < heap0 + (8u << 20), "no frame buffer allocated for rejected shapes (heap +%zd)",
-                       (ssize_t)(heap_in_use() - heap0));
+                tap_ok(tap_heap_in_use() < heap0 + (8u << 20),
+                       "no frame buffer allocated for rejected shapes (heap +%zd)",
+                       (ssize_t)(tap_heap_in_use() - heap0));
 
         hsize_t d0[3] = {3, 0, 40};
         bare_file("zerorows.h5", H5T_NATIVE_UINT16, 3, d0, NULL, 0, 0, NULL);
@@ -747,7 +742,7 @@ static void test_unwritten(void) {
         s.n_write = 3;
         s.ncd = 5;
         memcpy(s.cd, bscd, sizeof bscd);
-        size_t heap0 = heap_in_use();
+        size_t heap0 = tap_heap_in_use();
         write_h5("huge-n.h5", &s);
         expect_error("10^9 frames declared, 3 written", replay(tpath("huge-n.h5")), "1000000000", "max_images", NULL);
         s.latest = s.unlimited = true;
@@ -765,7 +760,7 @@ static void test_unwritten(void) {
                 s.n_write = 4;
                 s.latest = s.unlimited = latest;
                 write_h5("sparse.h5", &s);
-                heap0 = heap_in_use();
+                heap0 = tap_heap_in_use();
                 result res = replay(tpath("sparse.h5"));
                 const char *log = log_since_last();
                 tap_ok(res.r == 0 && res.secs < 10, "%s10^7 frames declared, 4 written: r=%d in %.2f s",
@@ -777,8 +772,8 @@ static void test_unwritten(void) {
                 tap_ok(strstr(log, "not written") && strstr(log, "6..9999999"),
                        "... the log says which frames were not written");
                 if (!UNDER_ASAN)
-                        tap_ok(heap_in_use() < heap0 + (16u << 20), "... heap bounded (+%zd bytes)",
-                               (ssize_t)(heap_in_use() - heap0));
+                        tap_ok(tap_heap_in_use() < heap0 + (16u << 20), "... heap bounded (+%zd bytes)",
+                               (ssize_t)(tap_heap_in_use() - heap0));
         }
 
         /* Uncompressed: unwritten chunks must not be delivered as frames of fill values. */

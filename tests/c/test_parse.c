@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +18,6 @@
 #include "alloccount.h"
 
 #if defined(__SANITIZE_ADDRESS__)
-size_t __sanitizer_get_current_allocated_bytes(void); /* the ASan allocator's heap in use */
 #endif
 
 static roid_limits lim;
@@ -1699,17 +1697,6 @@ static void test_no_alloc(void) {
         free(d);
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-static size_t heap_in_use(void) {
-        return __sanitizer_get_current_allocated_bytes();
-}
-#else
-static size_t heap_in_use(void) {
-        struct mallinfo2 mi = mallinfo2();
-        return mi.uordblks + mi.hblkhd;
-}
-#endif
-
 /* A V1 JSON part of max_json_bytes costs its ~40x of cJSON arena only while
  * its message is parsed; small headers after it allocate nothing again. */
 static void test_arena_bounded(void) {
@@ -1730,9 +1717,9 @@ static void test_arena_bounded(void) {
         roid_part pt[2] = {{(const uint8_t *)h, sizeof h - 1}, {(const uint8_t *)cfg, k}};
         roid_msg m;
         roid_err e = {""};
-        const size_t heap0 = heap_in_use();
+        const size_t heap0 = tap_heap_in_use();
         int r = roid_parse(ps, pt, 2, &m, &e);
-        const size_t grew = heap_in_use() - heap0;
+        const size_t grew = tap_heap_in_use() - heap0;
         tap_ok(r == 0 && grew < (2u << 20),
                "a %zu-byte V1 configuration part parses (%d %s) and leaves %zu bytes behind (< 2 MiB)", k, r, e.msg,
                grew);

@@ -16,7 +16,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,10 +243,6 @@ static void refit_check(roid_roi *r, double *worst, unsigned *bad_nan, unsigned 
 #endif
 
 /* Bytes malloc has handed out (heap and mmap'd blocks). */
-static size_t heap_in_use(void) {
-        const struct mallinfo2 mi = mallinfo2();
-        return mi.uordblks + mi.hblkhd;
-}
 
 /* roid_roi_state_bytes is what roid_roi_new allocates (measured by malloc's
  * own account), and max_state_bytes refuses a larger state before any of it
@@ -266,9 +261,9 @@ static void test_state_bytes(void) {
                 const uint64_t want = roid_roi_state_bytes(&p, cases[i].ny, cases[i].nx);
                 roid_roi *r = NULL;
                 roid_err err = {{0}};
-                size_t h0 = heap_in_use();
+                size_t h0 = tap_heap_in_use();
                 int e = roid_roi_new(&p, cases[i].ny, cases[i].nx, &r, &err);
-                size_t used = heap_in_use() - h0;
+                size_t used = tap_heap_in_use() - h0;
                 if (!tap_ok(e == 0, "%u x %u, S %u: created (%s)", cases[i].ny, cases[i].nx, cases[i].s, err.msg))
                         continue;
                 if (!UNDER_ASAN)
@@ -281,10 +276,10 @@ static void test_state_bytes(void) {
                 roid_roi *untouched = (roid_roi *)&err;
                 r = untouched;
                 p.max_state_bytes = want - 1;
-                h0 = heap_in_use();
+                h0 = tap_heap_in_use();
                 e = roid_roi_new(&p, cases[i].ny, cases[i].nx, &r, &err);
                 tap_ok(e == -EMSGSIZE && r == untouched && strstr(err.msg, "max_analysis_bytes") &&
-                               (UNDER_ASAN || heap_in_use() == h0),
+                               (UNDER_ASAN || tap_heap_in_use() == h0),
                        "%u x %u, S %u: one byte over max_state_bytes is refused, nothing allocated (%s)", cases[i].ny,
                        cases[i].nx, cases[i].s, err.msg);
                 p.max_state_bytes = want;
@@ -340,18 +335,18 @@ static void test_state_bytes(void) {
                                 roid_roi_add(src, y, (y * 13) % nx, &f);
                         }
                         roid_roi_refit(src);
-                        size_t h0 = heap_in_use();
+                        size_t h0 = tap_heap_in_use();
                         int e = roid_roi_clone_maps(src, &snap);
-                        const size_t used = heap_in_use() - h0;
+                        const size_t used = tap_heap_in_use() - h0;
                         if (tap_ok(e == 0, "clone_maps")) {
                                 if (!UNDER_ASAN)
                                         tap_ok(maps < state / 2 && used >= maps && used <= maps + 256 * 1024,
                                                "a snapshot allocates its maps' %.1f MiB (%.1f MiB; the state is "
                                                "%.1f MiB)",
                                                maps / 1048576.0, used / 1048576.0, state / 1048576.0);
-                                h0 = heap_in_use();
+                                h0 = tap_heap_in_use();
                                 e = roid_roi_copy_maps(snap, src);
-                                tap_ok(e == 0 && (UNDER_ASAN || heap_in_use() == h0) &&
+                                tap_ok(e == 0 && (UNDER_ASAN || tap_heap_in_use() == h0) &&
                                                memcmp(roid_roi_online_mask(snap), roid_roi_online_mask(src),
                                                       (size_t)ny * nx) == 0 &&
                                                memcmp(roid_roi_counts(snap), roid_roi_counts(src),

@@ -5,7 +5,6 @@
  * messages written here. */
 #include <cbor.h>
 #include <inttypes.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +13,6 @@
 #include "tap.h"
 
 #if defined(__SANITIZE_ADDRESS__)
-size_t __sanitizer_get_current_allocated_bytes(void); /* the ASan allocator's heap in use */
 #endif
 
 typedef struct {
@@ -541,17 +539,6 @@ static void test_bad_unselected_channel(void) {
         roid_ingest_free(in);
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-static size_t heap_in_use(void) {
-        return __sanitizer_get_current_allocated_bytes();
-}
-#else
-static size_t heap_in_use(void) {
-        struct mallinfo2 mi = mallinfo2();
-        return mi.uordblks + mi.hblkhd;
-}
-#endif
-
 /* Duplicate detection costs memory by the image_ids received, not by the
  * largest one: with max_images 10^12 an id near it is tracked in one page. */
 static void test_sparse_ids(void) {
@@ -566,7 +553,7 @@ static void test_sparse_ids(void) {
         roid_ingest_params p = {.channel = "", .limits = lim};
         if (roid_ingest_new(&p, &sink, &ctr, &in) < 0)
                 abort();
-        const size_t heap0 = heap_in_use();
+        const size_t heap0 = tap_heap_in_use();
         roid_msg m = start_msg(1, "A", 0);
         roid_ingest_msg(in, &m);
         const uint64_t ids[] = {999999999999ull, 0, 500000000000ull, 999999999999ull, 0};
@@ -574,7 +561,7 @@ static void test_sparse_ids(void) {
                 m = image_msg(1, "A", ids[i], R, C);
                 roid_ingest_msg(in, &m);
         }
-        const size_t grew = heap_in_use() - heap0;
+        const size_t grew = tap_heap_in_use() - heap0;
         tap_eq_u64((uint64_t)t.frames, 3, "ids 999999999999, 0, 5e11 with max_images 1e12: all three decoded");
         tap_eq_u64(CNT(images_duplicate), 2, "... their repeats are duplicates");
         tap_ok(CNT(images_out_of_range) == 0 && CNT(images_unchecked) == 0, "... none out of range, none unchecked");
@@ -586,7 +573,7 @@ static void test_sparse_ids(void) {
          * counted unchecked; the memory stops at the cap. */
         m = start_msg(2, "B", 0);
         roid_ingest_msg(in, &m);
-        const size_t heap1 = heap_in_use();
+        const size_t heap1 = tap_heap_in_use();
         const uint64_t stride = (uint64_t)ROID_SEEN_PAGE_IDS * 1000;
         for (uint64_t k = 0; k <= ROID_SEEN_MAX_PAGES; k++) {
                 m = image_msg(2, "B", k * stride, R, C);
@@ -597,8 +584,8 @@ static void test_sparse_ids(void) {
                    "sparse ids in ROID_SEEN_MAX_PAGES + 1 pages: "
                    "every frame decoded");
         tap_eq_u64(CNT(images_unchecked), 1, "... the one past the page cap counted in images_unchecked");
-        tap_ok(heap_in_use() - heap1 <= cap_bytes, "... memory within the cap (%zu bytes, cap %zu)",
-               heap_in_use() - heap1, cap_bytes);
+        tap_ok(tap_heap_in_use() - heap1 <= cap_bytes, "... memory within the cap (%zu bytes, cap %zu)",
+               tap_heap_in_use() - heap1, cap_bytes);
         m = image_msg(2, "B", stride, R, C);
         roid_ingest_msg(in, &m);
         tap_eq_u64(CNT(images_duplicate), 3, "... a repeat within the tracked pages is still a duplicate");
