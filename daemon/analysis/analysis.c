@@ -27,6 +27,7 @@ struct roid_analysis {
         uint32_t *index;
         double *sum, *com, *seg_sum, *seg_com, *bf, *df;
         char last_output[ROID_PATH_MAX];
+        uint64_t results_failed;
         uint64_t series_id;
         char series_unique_id[ROID_NAME_MAX];
 };
@@ -358,8 +359,10 @@ static void on_end(void *ctx, const roid_series *s, bool terminated) {
                  s->series_id, terminated ? "ended" : "closed", roid_roi_frames(a->roi), in, np, a->dropped);
         if (a->p.output_dir[0]) {
                 int r = write_results(a, &err);
-                if (r < 0)
+                if (r < 0) {
                         roid_log(ROID_LOG_ERR, "series %" PRIu64 ": results not written: %s", s->series_id, err.msg);
+                        a->results_failed++;
+                }
         }
         a->active = false;
 }
@@ -383,4 +386,8 @@ const char *roid_analysis_last_output(const roid_analysis *a) {
 
 uint64_t roid_analysis_frames_dropped(const roid_analysis *a) {
         return a->dropped;
+}
+
+uint64_t roid_analysis_results_failed(const roid_analysis *a) {
+        return a->results_failed;
 }

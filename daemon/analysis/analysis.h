@@ -48,6 +48,9 @@ const char *roid_analysis_last_output(const roid_analysis *a);
 /* Frames of the last series that could not be used (no grid point, bad
  * frame, no geometry). */
 uint64_t roid_analysis_frames_dropped(const roid_analysis *a);
+/* Results files that could not be written since roid_analysis_new (each
+ * logged with the reason): `roid replay` then exits 1, as the daemon. */
+uint64_t roid_analysis_results_failed(const roid_analysis *a);
 
 /* The pieces shared with the daemon's pipeline (service/pipeline.c), so the
  * replay and the live daemon compute exactly the same thing. */

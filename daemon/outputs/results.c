@@ -1,5 +1,6 @@
 #include "outputs/results.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
@@ -100,7 +101,7 @@ struct roid_results {
         unsigned S, nmod, d, k;
         uint32_t ny, nx;
         uint64_t n;
-        bool failed;
+        bool failed, detached;
         char why[WHY_MAX]; /* HDF5's innermost reason for the first failure not yet reported */
         char path[RES_PATH_MAX];
         /* one batch of columns (append) or of read-back rows (final labels) */
@@ -121,6 +122,10 @@ static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
         int code;
         if (en && sscanf(en, "errno = %d", &code) == 1) {
                 int head = (int)strcspn(e->desc, ":");
+                if (en - e->desc < head) /* "unable to extend file properly, errno = 27, ..." */
+                        head = (int)(en - e->desc);
+                while (head > 0 && (e->desc[head - 1] == ',' || e->desc[head - 1] == ' '))
+                        head--;
                 snprintf(why, WHY_MAX, "%.*s: %s", head, e->desc, strerror(code));
         } else {
                 snprintf(why, WHY_MAX, "%s", e->desc);
@@ -385,9 +390,24 @@ static void detach(roid_results *w) {
         }
         int m = open("/dev/null", O_RDWR | O_CLOEXEC); /* reads: zeros, as past the end of a file */
         if (m >= 0) {
-                dup2(m, *(int *)h);
+                w->detached = dup2(m, *(int *)h) >= 0;
                 close(m);
         }
+}
+
+/* A failed flush leaves the metadata cache with the entries it could not
+ * write and its skip list still enabled, so HDF5 1.10 fails every later flush
+ * ("slist already enabled?"), that of H5Fclose too, whose failure frees the
+ * file only half and leaves its id for H5_term_library to crash on at exit
+ * (found with a write failing in the first flush, H5Fstart_swmr_write's).
+ * Once detached, a flush writes every dirty entry and takes the skip list
+ * down but still fails (that check, and the truncate to the end of file it
+ * recorded, which /dev/null refuses); the next one finds nothing to do. */
+static bool settle(roid_results *w) {
+        for (int i = 0; i < 4; i++)
+                if (H5Fflush(w->file, H5F_SCOPE_LOCAL) >= 0)
+                        return true;
+        return false;
 }
 
 static void close_handles(roid_results *w, int *r) {
@@ -402,6 +422,8 @@ static void close_handles(roid_results *w, int *r) {
                         *r = -EIO;
         if (w->entry >= 0 && H5Gclose(w->entry) < 0)
                 *r = -EIO;
+        if (w->file >= 0 && w->detached && !settle(w))
+                *r = -EIO; /* H5Fclose will fail as well: nothing better to do */
         if (w->file >= 0 && H5Fclose(w->file) < 0)
                 *r = -EIO;
 }
@@ -531,16 +553,27 @@ int roid_results_open(const char *dir, const roid_results_meta *meta, roid_resul
         w->ny = meta->ny;
         w->nx = meta->nx;
 
+        /* Created here, not by H5Fcreate(H5F_ACC_EXCL), so that the file a
+         * failed H5Fcreate leaves (its superblock could not be written) is
+         * known to be this call's own and is removed. */
+        int fd = open(w->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd < 0) {
+                r = roid_err_set(err, -EIO, "HDF5: cannot create %s: %s", w->path, strerror(errno));
+                free_writer(w);
+                return r;
+        }
+        close(fd);
         /* Errors are reported through err, not printed by HDF5. */
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
         hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
         bool good = ok(w, fapl) && ok(w, H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST)) &&
-                    ok(w, w->file = H5Fcreate(w->path, H5F_ACC_EXCL, H5P_DEFAULT, fapl));
+                    ok(w, w->file = H5Fcreate(w->path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
         if (fapl >= 0)
                 H5Pclose(fapl);
         if (!good) {
-                int r = roid_err_set(err, -EIO, "HDF5: cannot create %s: %s", w->path,
-                                     w->why[0] ? w->why : "no reason given");
+                r = roid_err_set(err, -EIO, "HDF5: cannot create %s: %s", w->path,
+                                 w->why[0] ? w->why : "no reason given");
+                unlink(w->path);
                 free_writer(w);
                 return r;
         }

@@ -72,7 +72,8 @@ typedef struct roid_results roid_results;
  * (one that appeared meanwhile is -EIO).  The path is in *ret_path
  * (ROID_PATH_MAX bytes are enough).  -EINVAL (no roi parameters, bad grid),
  * -ENAMETOOLONG, -EEXIST (no free name), -ENOMEM, -EIO with err naming the
- * path and HDF5's innermost reason (e.g. errno text). */
+ * path and HDF5's innermost reason (e.g. errno text); a file that could not be
+ * completed (disk full, file-size limit) is removed. */
 int roid_results_open(const char *dir, const roid_results_meta *meta, roid_results **ret, char *ret_path,
                       size_t path_size, roid_err *err);
 
@@ -115,7 +116,10 @@ int roid_results_flush(roid_results *w, roid_err *err);
 uint64_t roid_results_frames(const roid_results *w);
 
 /* Stores the counters (NULL: left at 0) and complete = 1 as attributes of
- * /entry/counters (unless a write failed) and closes.  Returns the first error of the close (-EIO). */
+ * /entry/counters (unless a write failed) and closes.  Returns the first error of the close (-EIO).
+ * After a failed write the file keeps what the last successful flush wrote,
+ * readable by SWMR readers as a file whose writer died; HDF5 is left with
+ * nothing open either way. */
 int roid_results_close(roid_results *w, const roid_counters *ctr);
 
 #endif

@@ -504,8 +504,14 @@ static int cmd_replay(const options *o, int n_inputs, char **inputs) {
         }
         roid_ingest_flush(in);
         fflush(stdout);
+        /* as the daemon: a results file lost (disk full) is exit status 1 */
+        uint64_t lost = an ? roid_analysis_results_failed(an) : 0;
+        roid_count(&ctr, ROID_C_results_failed, lost);
         roid_counters_log(&ctr);
-        r = failed ? -EIO : 0;
+        if (!failed && lost)
+                roid_log(ROID_LOG_ERR, "exit status 1: %llu results file%s failed (logged above)",
+                         (unsigned long long)lost, lost == 1 ? "" : "s");
+        r = failed || lost ? -EIO : 0;
 out:
         roid_ingest_free(in);
         roid_analysis_free(an);

@@ -6,8 +6,10 @@
  * attenuated and shifted over an object region of the scan), the RoI state
  * from roid_roi_add.  Also: the flush timer, back-pressure of a tiny queue,
  * an unwritable directory and a file-size limit hit mid-series (both logged
- * once, counted, the next series written normally). */
+ * once, counted, the next series written normally), and a file-size limit
+ * at every point of a results file's life (test_size_sweep). */
 #include <fcntl.h>
+#include <hdf5.h>
 #include <math.h>
 #include <signal.h>
 #include <spawn.h>
@@ -319,6 +321,197 @@ static void test_crash(void) {
         summarise(path, true, &s);
         tap_ok(!s.opened && strstr(s.open_error, "already open for write"),
                "crash: a non-SWMR open is refused as documented (%s)", s.open_error);
+}
+
+/* ------------------------------------------------- failures at every size */
+
+enum { SW_PASSES = 3, SW_RECS = 3 * NP };
+enum { SW_WRITTEN, SW_CREATE, SW_LAYOUT, SW_LATER, SW__KINDS, SW_BAD = 10 };
+static roid_frame_record sw_recs[SW_RECS];
+
+/* Rows of /entry/features/sum as an SWMR reader sees them; -1: unreadable. */
+static long swmr_rows(const char *path) {
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, H5P_DEFAULT);
+        if (f < 0)
+                return -1;
+        long rows = -1;
+        hid_t d = H5Dopen2(f, "/entry/features/sum", H5P_DEFAULT);
+        hid_t sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+        hsize_t n = 0;
+        if (sp >= 0 && H5Sget_simple_extent_dims(sp, &n, NULL) == 1)
+                rows = (long)n;
+        if (sp >= 0)
+                H5Sclose(sp);
+        if (d >= 0)
+                H5Dclose(d);
+        H5Fclose(f);
+        return rows;
+}
+
+/* The child of test_size_sweep: writes a results file of SW_PASSES x
+ * (records, online map, flush), the final map and the close, under a file-size
+ * limit of `limit` bytes; its exit status is the outcome (SW_*), SW_BAD + n
+ * for a broken expectation.  It must exit normally: HDF5 closes what is left
+ * open at exit, and crashed doing so. */
+static void sweep_child(const char *path, rlim_t limit) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit lim;
+        getrlimit(RLIMIT_FSIZE, &lim);
+        lim.rlim_cur = limit < lim.rlim_max ? limit : lim.rlim_max;
+        if (setrlimit(RLIMIT_FSIZE, &lim) < 0)
+                exit(SW_BAD);
+        roid_results_meta m = meta_for("sweep", "[roi]\nk = 3\n");
+        m.path = path;
+        roid_results *w = NULL;
+        char got[4096];
+        roid_err err = {0};
+        int r = roid_results_open(NULL, &m, &w, got, sizeof got, &err);
+        struct stat sb;
+        if (r < 0) {
+                bool create = strstr(err.msg, "cannot create") != NULL, layout = strstr(err.msg, "the layout") != NULL;
+                if (r != -EIO || !strstr(err.msg, "File too large") || (!create && !layout))
+                        exit(SW_BAD + 1);
+                if (stat(path, &sb) == 0) /* a create failure removes its file */
+                        exit(SW_BAD + 2);
+                if (H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL) != 0)
+                        exit(SW_BAD + 3);
+                exit(create ? SW_CREATE : SW_LAYOUT);
+        }
+        roid_roi *roi = NULL;
+        if (roid_roi_new(&rp, NY, NX, &roi, &err) < 0)
+                exit(SW_BAD + 4);
+        bool failed = false;
+        for (int pass = 0; pass < SW_PASSES; pass++) {
+                for (int i = 0; i < SW_RECS; i++)
+                        roid_roi_add(roi, sw_recs[i].row, sw_recs[i].col, &sw_recs[i].f);
+                failed |= roid_results_append(w, sw_recs, SW_RECS, &err) < 0;
+                failed |= roid_results_write_map(w, roi, false, &err) < 0;
+                failed |= roid_results_flush(w, &err) < 0;
+        }
+        roid_roi_finish(roi);
+        failed |= roid_results_write_map(w, roi, true, &err) < 0;
+        r = roid_results_close(w, NULL);
+        roid_roi_free(roi);
+        if (failed ? r != -EIO : r != 0 && r != -EIO) /* the close itself may fail */
+                exit(SW_BAD + 5);
+        if (H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL) != 0)
+                exit(SW_BAD + 6);
+        long rows = swmr_rows(path); /* a later failure leaves the file readable */
+        if (rows < 0 || rows > SW_PASSES * SW_RECS || (r == 0 && rows != SW_PASSES * SW_RECS))
+                exit(SW_BAD + 7);
+        exit(r == 0 ? SW_WRITTEN : SW_LATER);
+}
+
+/* A results file written under every file-size limit from 0 to its full size
+ * (as a disk that fills up at that point): in steps of 16 bytes up to where
+ * its layout is complete (H5Fcreate's superblock, then the first flush,
+ * H5Fstart_swmr_write's, which writes the whole layout), then of 1021 bytes
+ * (each chunk's data and index); a few children at a time.  Each outcome is
+ * a failure logged in err, a file removed (create) or readable (later), and a
+ * normal exit: HDF5 1.10 used to be left with a file it could not close,
+ * which crashed the process at exit. */
+static void test_size_sweep(void) {
+        char dir[512], path[1024];
+        test_dir("sweep", "sweep", dir, sizeof dir, path, sizeof path);
+        for (int i = 0; i < SW_RECS; i++)
+                make_record((uint64_t)i, &sw_recs[i]);
+        /* the sizes of the bare layout and of the whole file, without a limit */
+        off_t size[2] = {0, 0};
+        for (int full = 0; full < 2; full++) {
+                snprintf(path, sizeof path, "%s/size%d.h5", dir, full);
+                fflush(stdout);
+                pid_t pid = fork();
+                if (pid == 0) {
+                        if (full)
+                                sweep_child(path, RLIM_INFINITY);
+                        roid_results_meta m = meta_for("sweep", "[roi]\nk = 3\n");
+                        m.path = path;
+                        roid_results *w = NULL;
+                        char got[4096];
+                        roid_err err;
+                        int r = roid_results_open(NULL, &m, &w, got, sizeof got, &err);
+                        exit(r < 0 || roid_results_close(w, NULL) < 0 ? 1 : 0);
+                }
+                int st = -1;
+                struct stat sb;
+                waitpid(pid, &st, 0);
+                if (WIFEXITED(st) && WEXITSTATUS(st) == 0 && stat(path, &sb) == 0)
+                        size[full] = sb.st_size;
+        }
+        tap_ok(size[0] > 0 && size[1] > size[0], "size sweep: layout %lld bytes, whole file %lld bytes",
+               (long long)size[0], (long long)size[1]);
+        if (size[0] <= 0 || size[1] <= size[0])
+                return;
+        enum { PAR = 8 };
+        struct {
+                pid_t pid;
+                off_t limit;
+        } run[PAR] = {{0}};
+        int kinds[SW__KINDS] = {0}, crashed = 0, bad = 0, n = 0;
+        char first_bad[256] = "";
+        off_t layout_end = size[0] + 4096; /* the layout's first flush extends the file past its final size */
+        /* past the layout, a prime step: every alignment to HDF5's blocks comes by (the
+         * suite's time under ASan on two cores: 256 took three minutes) */
+        for (off_t limit = 0;; limit += limit < 1024 ? 16 : limit < layout_end ? 64 : 1021) {
+                bool last = limit > size[1] + 1024; /* one limit at or past the full size */
+                /* wait for a free slot (or, at the end, for all) */
+                for (;;) {
+                        int busy = 0, slot = -1;
+                        for (int i = 0; i < PAR; i++)
+                                if (run[i].pid)
+                                        busy++;
+                                else if (slot < 0)
+                                        slot = i;
+                        if ((!last && slot >= 0) || (last && !busy)) {
+                                if (!last) {
+                                        char p[1024];
+                                        snprintf(p, sizeof p, "%s/limit%lld.h5", dir, (long long)limit);
+                                        fflush(stdout);
+                                        pid_t pid = fork();
+                                        if (pid == 0)
+                                                sweep_child(p, (rlim_t)limit);
+                                        run[slot].pid = pid;
+                                        run[slot].limit = limit;
+                                        n++;
+                                }
+                                break;
+                        }
+                        int st = -1;
+                        pid_t pid = wait(&st);
+                        if (pid < 0 && errno != EINTR) { /* no child left: cannot happen */
+                                bad++;
+                                memset(run, 0, sizeof run);
+                        }
+                        for (int i = 0; pid > 0 && i < PAR; i++) {
+                                if (run[i].pid != pid)
+                                        continue;
+                                int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+                                if (code >= 0 && code < SW__KINDS) {
+                                        kinds[code]++;
+                                } else {
+                                        crashed += code < 0;
+                                        bad += code >= 0;
+                                        if (!first_bad[0])
+                                                snprintf(first_bad, sizeof first_bad, "limit %lld: %s %d",
+                                                         (long long)run[i].limit, code < 0 ? "signal" : "exit status",
+                                                         code < 0 ? WTERMSIG(st) : code);
+                                }
+                                char p[1024];
+                                snprintf(p, sizeof p, "%s/limit%lld.h5", dir, (long long)run[i].limit);
+                                unlink(p);
+                                run[i].pid = 0;
+                        }
+                }
+                if (last)
+                        break;
+        }
+        tap_ok(crashed == 0 && bad == 0,
+               "size sweep: %d limits, every child exited normally (%d crashed, %d broke an "
+               "expectation%s%s)",
+               n, crashed, bad, first_bad[0] ? ": first " : "", first_bad);
+        tap_ok(kinds[SW_CREATE] > 0 && kinds[SW_LAYOUT] > 0 && kinds[SW_LATER] > 0 && kinds[SW_WRITTEN] > 0,
+               "size sweep: failures creating (%d), writing the layout (%d), later (%d); written whole (%d)",
+               kinds[SW_CREATE], kinds[SW_LAYOUT], kinds[SW_LATER], kinds[SW_WRITTEN]);
 }
 
 /* A frame without counts (beam off) at a point of the RoI, beside its lit
@@ -768,6 +961,7 @@ int main(void) {
         }
         setup_geometry();
         test_crash(); /* first: fork before this process has threads */
+        test_size_sweep();
         test_dark_frame_ids();
         test_live();
         test_timer();

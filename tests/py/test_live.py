@@ -235,6 +235,7 @@ def main():
     ask_after_set(tmp)
     blank_first_frame(tmp)
     file_size_limit(tmp)
+    replay_results_failed(tmp)
     if failures:
         print(err[-3000:])
         print(f"{len(failures)} failures")
@@ -298,6 +299,49 @@ def file_size_limit(tmp):
         with h5py.File(os.path.join(out, p), "r") as f:
             ok |= f["/entry/scan/image_id"].shape[0] == 64
     check(ok, f"the next series is written whole ({small})")
+
+
+def replay_results_failed(tmp):
+    """`roid replay --output-dir` whose results file fails exits 1, as the
+    daemon, saying why (it exited 0): at a file-size limit hit while the
+    file's layout is written (which also crashed it at exit, in HDF5's
+    cleanup: SIGSEGV) and at one hit later; without a limit it exits 0."""
+    import resource
+    cap = os.path.join(tmp, "replay-fail.cbors")
+    port = free_port()
+    rec = subprocess.Popen([ROID, "record", f"tcp://127.0.0.1:{port}", cap, "--series", "1"],
+                           stderr=subprocess.PIPE, text=True)
+    CHILDREN.append(rec)
+    subprocess.run([SIM, "--endpoint", f"tcp://127.0.0.1:{port}", "--source", "phantom", "--shape", "64x64", "--scan",
+                    "8x8", "--series-id", "3", "--wait-connect", "20", "--quiet"], check=True, timeout=60)
+    rec.communicate(timeout=60)
+    for kib, what in ((16, "the layout"), (256, "later"), (None, "no limit")):
+        out = os.path.join(tmp, f"replay-fail-{kib}")
+        os.mkdir(out)
+
+        def limit():
+            if kib:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (kib << 10, resource.RLIM_INFINITY))
+        p = subprocess.run([ROID, "replay", "--output-dir", out, cap], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=limit, timeout=120)
+        files = [f for f in os.listdir(out) if f.endswith(".h5")]
+        if kib is None:
+            check(p.returncode == 0 and "exit status 1" not in p.stderr and len(files) == 1,
+                  f"replay without a limit: exit 0, {files} written")
+            continue
+        check(p.returncode == 1 and "results not written" in p.stderr and "results_failed=1" in p.stderr and
+              "exit status 1: 1 results file failed" in p.stderr,
+              f"replay, file-size limit {kib} KiB ({what}): exit 1 (rc {p.returncode}), the failure logged and counted")
+        if kib == 16:
+            check("writing the layout failed" in p.stderr and not files,
+                  f"  the file that failed while created is removed ({files})")
+        else:
+            rows = -1
+            for f in files:  # as a file killed while written: readable in SWMR mode
+                with h5py.File(os.path.join(out, f), "r", libver="latest", swmr=True) as h:
+                    rows = h["/entry/features/sum"].shape[0]
+            check(len(files) == 1 and 0 <= rows <= 64,
+                  f"  the file that failed later is left readable by SWMR readers ({files}, {rows} rows)")
 
 
 def blank_first_frame(tmp):
