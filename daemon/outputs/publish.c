@@ -686,7 +686,7 @@ uint64_t roid_publisher_dropped(const roid_publisher *p, roid_topic t) {
 
 int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publisher **ret, roid_err *err) {
         roid_publisher *p;
-        int one = 1, zero = 0, r;
+        int zero = 0, r;
 
         if (!zctx || !endpoint || !*endpoint)
                 return roid_err_set(err, -EINVAL, "publish endpoint: empty");
@@ -713,8 +713,11 @@ int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publis
                 roid_err_set(err, r, "publish: zmq_socket: %s", zmq_strerror(-r));
                 goto fail;
         }
+        /* No ZMQ_XPUB_NODROP: with it, one subscriber that stops reading
+         * makes every send fail, and a hung dashboard would silence the scan
+         * controller's scan_here (found in a soak test).  libzmq drops for
+         * that subscriber alone; it sees the gap in seq. */
         if (zmq_setsockopt(p->sock, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm)) < 0 ||
-            zmq_setsockopt(p->sock, ZMQ_XPUB_NODROP, &one, sizeof(one)) < 0 ||
             zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof(zero)) < 0) {
                 r = -errno;
                 roid_err_set(err, r, "publish: setsockopt: %s", zmq_strerror(-r));

@@ -9,15 +9,14 @@
  * "uint8"|"uint32"|"float64", "shape": [...], "data": bin}, the data
  * little-endian in C order.
  *
- * Never blocks: messages are sent with ZMQ_DONTWAIT on a socket with
- * ZMQ_XPUB_NODROP = 1, so a subscriber whose queue (ZMQ_SNDHWM here plus its
- * ZMQ_RCVHWM) is full makes the send fail with EAGAIN, which is counted as
- * dropped for that topic, instead of libzmq discarding the message silently.
- * Trade-off: libzmq admits a message only when every subscriber of that topic
- * has room, so one slow subscriber makes everyone miss the message; in
- * exchange every drop is counted here and visible to every subscriber as a
- * gap in "seq" (per topic, incremented for every message attempted, so
- * seq = sent + dropped).  The daemon's loop never waits for a client.
+ * Never blocks: messages are sent with ZMQ_DONTWAIT; a subscriber whose
+ * queue (ZMQ_SNDHWM here plus its ZMQ_RCVHWM) is full misses the message
+ * (libzmq drops it for that subscriber alone), the others receive it.  Not
+ * ZMQ_XPUB_NODROP: it counted every drop, but one subscriber that stopped
+ * reading made every send fail, for every subscriber.  Every subscriber sees
+ * a drop as a gap in "seq" (per topic, incremented for every message
+ * attempted: seq = sent + dropped, dropped being what roid did not send).
+ * The daemon's loop never waits for a client.
  *
  * Memory: one msgpack_sbuffer, cleared and reused; once it has grown to the
  * largest map nothing is allocated per message by the encoder (libzmq copies
@@ -133,7 +132,7 @@ typedef struct {
  * series' analysis state (max_analysis_bytes). */
 uint64_t roid_publish_series_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid);
 
-/* Binds a PUB socket (ZMQ_SNDHWM = sndhwm, ZMQ_XPUB_NODROP, ZMQ_LINGER 0).
+/* Binds a PUB socket (ZMQ_SNDHWM = sndhwm, ZMQ_LINGER 0).
  * -EINVAL (err names the value) or the zmq errno (err names the endpoint). */
 int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publisher **ret, roid_err *err);
 void roid_publisher_free(roid_publisher *p);
@@ -143,8 +142,9 @@ uint64_t roid_publisher_sent(const roid_publisher *p, roid_topic t);
 uint64_t roid_publisher_dropped(const roid_publisher *p, roid_topic t);
 const char *roid_topic_name(roid_topic t);
 
-/* Each returns 0 when sent, -EAGAIN when dropped because a subscriber was
- * full, another negative errno (-ENOMEM, zmq errors, -EINVAL on a NULL
+/* Each returns 0 when sent, -EAGAIN when a large message was dropped because
+ * its topic's buffers are all still queued for a subscriber, another
+ * negative errno (-ENOMEM, zmq errors, -EINVAL on a NULL
  * required pointer) when it could not be sent; every failure counts as
  * dropped and advances seq. */
 int roid_publish_status(roid_publisher *p, const roid_status_view *v);

@@ -592,8 +592,10 @@ static void test_topics(void *ctx) {
         roid_publisher_free(p);
 }
 
-/* A subscriber of "map" that never reads: maps are refused (-EAGAIN) and
- * counted, statuses (no subscriber of them is full) still go out. */
+/* A subscriber of everything that never reads: the others still get every
+ * message (with ZMQ_XPUB_NODROP one stuck subscriber made every send fail,
+ * and a hung dashboard silenced the scan controller's scan_here); the stuck
+ * one, once it reads, sees the gap in seq. */
 static void test_drops(void *ctx) {
         roid_publisher *p = NULL;
         roid_err err = {{0}};
@@ -602,70 +604,97 @@ static void test_drops(void *ctx) {
         enum { N = 300 };
         rx_msg m;
 
-        if (!tap_ok(roid_publisher_new(ctx, "inproc://live-drops", 1, &p, &err) == 0, "inproc publisher (%s)", err.msg))
+        if (!tap_ok(roid_publisher_new(ctx, "inproc://live-drops", 100, &p, &err) == 0, "inproc publisher (%s)",
+                    err.msg))
                 exit(1);
-        void *sub = sub_socket(ctx, "inproc://live-drops", "map", 1);
+        void *stuck = sub_socket(ctx, "inproc://live-drops", "", 1);
+        void *reader = sub_socket(ctx, "inproc://live-drops", "map", 1);
         roid_roi *roi = make_roi();
         roid_map_view mv = {.series = ref, .roi = roi};
         uint64_t seq0 = 0;
-        bool joined = false;
-        for (int i = 0; i < 500 && !joined; i++) {
+        bool joined = false, joined_reader = false;
+        for (int i = 0; i < 500 && !(joined && joined_reader); i++) {
                 roid_publish_map(p, &mv);
-                if (rx(sub, 10, &m)) {
+                if (rx(stuck, 10, &m)) {
                         joined = true;
                         seq0 = u64(get(&m.obj, "seq"));
                 }
                 rx_free(&m);
-        }
-        if (!tap_ok(joined, "map subscriber joined"))
-                exit(1);
-        while (rx(sub, 20, &m)) {
-                seq0 = u64(get(&m.obj, "seq"));
+                if (rx(reader, 10, &m))
+                        joined_reader = true;
                 rx_free(&m);
         }
+        if (!tap_ok(joined && joined_reader, "both subscribers joined"))
+                exit(1);
+        while (rx(stuck, 20, &m)) {
+                if (!strcmp(m.topic, "map"))
+                        seq0 = u64(get(&m.obj, "seq"));
+                rx_free(&m);
+        }
+        while (rx(reader, 20, &m))
+                rx_free(&m);
         uint64_t attempted0 = roid_publisher_sent(p, ROID_TOPIC_MAP) + roid_publisher_dropped(p, ROID_TOPIC_MAP);
         tap_eq_u64(attempted0, seq0 + 1, "map: sent + dropped = seq of the next message");
-        uint64_t sent0 = roid_publisher_sent(p, ROID_TOPIC_MAP), dropped0 = roid_publisher_dropped(p, ROID_TOPIC_MAP);
 
-        /* The subscriber does not read: every call must still return. */
-        unsigned n_ok = 0, n_again = 0, n_other = 0, st_ok = 0;
+        /* The stuck one does not read; the reader reads as they come.  Each
+         * time the stuck queue fills up again, libzmq 4.3.4 loses one
+         * message for the other subscribers too (4 in 300 here): they see
+         * it as a gap in seq, like any drop. */
+        unsigned n_ok = 0, st_ok = 0, read = 0;
+        uint64_t last_read = seq0, gaps = 0;
+        bool increasing = true;
         for (unsigned i = 0; i < N; i++) {
-                int r = roid_publish_map(p, &mv);
-                n_ok += r == 0;
-                n_again += r == -EAGAIN;
-                n_other += r != 0 && r != -EAGAIN;
+                n_ok += roid_publish_map(p, &mv) == 0;
                 st_ok += roid_publish_status(p, &st) == 0;
-        }
-        tap_eq_u64(n_ok + n_again, N, "every map publish returned 0 or -EAGAIN");
-        tap_eq_u64(n_other, 0, "no other error");
-        tap_ok(n_again > 0, "maps dropped by the full subscriber: %u of %u", n_again, N);
-        tap_ok(n_ok <= 4, "at most the two queues' worth sent (%u)", n_ok);
-        tap_eq_u64(roid_publisher_dropped(p, ROID_TOPIC_MAP) - dropped0, n_again, "dropped count = -EAGAIN returns");
-        tap_eq_u64(roid_publisher_sent(p, ROID_TOPIC_MAP) - sent0, n_ok, "sent count = 0 returns");
-        tap_eq_u64(st_ok, N, "statuses (nobody full subscribed) all sent");
-        tap_eq_u64(roid_publisher_dropped(p, ROID_TOPIC_STATUS), 0, "no status dropped");
-
-        /* Now read: the queued maps, then a new one after a gap of seq. */
-        uint64_t got = 0, last = seq0;
-        while (rx(sub, 50, &m)) {
-                uint64_t s = u64(get(&m.obj, "seq"));
-                tap_ok(m.ok && !strcmp(m.topic, "map") && s > last, "queued map seq %llu after %llu",
-                       (unsigned long long)s, (unsigned long long)last);
-                last = s;
-                got++;
+                if (rx(reader, i + 1 < N ? 20 : 2000, &m) && !strcmp(m.topic, "map")) {
+                        uint64_t s = u64(get(&m.obj, "seq"));
+                        increasing &= s > last_read;
+                        gaps += s > last_read ? s - last_read - 1 : 0;
+                        last_read = s;
+                        read++;
+                }
                 rx_free(&m);
         }
-        tap_eq_u64(got, n_ok, "the subscriber received exactly the maps sent");
-        tap_eq_i64(roid_publish_map(p, &mv), 0, "map sent once the subscriber has read");
-        if (tap_ok(rx(sub, 2000, &m), "map after the drops received")) {
+        while (rx(reader, 50, &m)) { /* any the loop did not wait for */
                 uint64_t s = u64(get(&m.obj, "seq"));
-                tap_eq_u64(s, seq0 + 1 + N, "its seq counts every attempt");
-                tap_ok(s - last - 1 >= n_again || got == 0, "gap of %llu seen by the subscriber (dropped %u)",
-                       (unsigned long long)(s - last - 1), n_again);
+                increasing &= s > last_read;
+                gaps += s > last_read ? s - last_read - 1 : 0;
+                last_read = s;
+                read++;
+                rx_free(&m);
         }
-        rx_free(&m);
+        tap_eq_u64(n_ok, N, "every map publish returns 0 with a subscriber that does not read");
+        tap_eq_u64(st_ok, N, "every status too");
+        tap_ok(read >= N - N / 25 && increasing && read + gaps == N,
+               "the reading subscriber got %u of %u maps, in order, each one missing seen as a gap", read, N);
+        tap_eq_u64(roid_publisher_dropped(p, ROID_TOPIC_MAP), 0, "nothing dropped by roid");
 
-        zmq_close(sub);
+        /* The stuck one reads now: what its queue held, then a gap. */
+        uint64_t got = 0, last = seq0;
+        while (rx(stuck, 50, &m)) {
+                if (!strcmp(m.topic, "map")) {
+                        last = u64(get(&m.obj, "seq"));
+                        got++;
+                }
+                rx_free(&m);
+        }
+        tap_ok(got < N, "the stuck subscriber's queue held %llu maps (its high-water marks)", (unsigned long long)got);
+        tap_eq_i64(roid_publish_map(p, &mv), 0, "a map after it read");
+        bool seen = false;
+        while (!seen && rx(stuck, 2000, &m)) {
+                if (!strcmp(m.topic, "map")) {
+                        uint64_t s = u64(get(&m.obj, "seq"));
+                        tap_eq_u64(s, seq0 + 1 + N, "its seq counts every map published");
+                        tap_ok(s - last - 1 >= N - got, "the stuck subscriber sees a gap of %llu in seq",
+                               (unsigned long long)(s - last - 1));
+                        seen = true;
+                }
+                rx_free(&m);
+        }
+        tap_ok(seen, "map after the gap received");
+
+        zmq_close(stuck);
+        zmq_close(reader);
         roid_roi_free(roi);
         roid_publisher_free(p);
 }
