@@ -73,6 +73,7 @@ typedef struct {
          * them (a full queue with queue_full = drop, position user data or bytes
          * that fail, another channel): the end message counts them too. */
         _Atomic uint64_t lost;
+        _Atomic bool unplaced_said; /* the first frame off the grid was logged (workers) */
         roid_geometry geom;
         const char *center_source;
         /* The configuration as text when the loop took this series' parameters
@@ -282,12 +283,13 @@ static void frame_failed(worker *w, job *j, an_item *it, const roid_err *err) {
 
 /* Ends job j's frame with its record; placed as roid_analysis_place says. */
 static void frame_done(worker *w, job *j, an_item *it, int placed, const roid_err *err) {
-        roid_pipeline *pl = w->pl;
+        (void)w;
         if (j->position_unknown) { /* not placed by its image_id: in a fly scan that would be wrong */
                 it->rec.row = it->rec.col = ROID_NOT_PLACED;
                 placed = -1; /* said at ingest */
         }
-        if (placed == 0 && roid_counter_get(pl->ctr, ROID_C_frames_unplaced) == 0)
+        /* Once a series: the workers race, the counter comes later. */
+        if (placed == 0 && !atomic_exchange_explicit(&j->sc->unplaced_said, true, memory_order_relaxed))
                 ROID_LOG_LIMITED(ROID_LOG_WARNING,
                                  "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
                                  j->sc->series_id, j->image_id, err->msg);

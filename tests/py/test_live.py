@@ -455,7 +455,7 @@ def off_grid_and_after(tmp):
     pc = free_port()
     ctl_ep = f"tcp://127.0.0.1:{pc}"
     det, roid, ctx, sub = daemon_with_subscriber(["--scan", "4x5", "--frame-every", "1", "--control", ctl_ep,
-                                                  "--status-interval", "0.1"])
+                                                  "--status-interval", "0.1", "--workers", "2"])
     sub.setsockopt(zmq.SUBSCRIBE, b"frame")
     ctl = Control(ctx, ctl_ep)
     ask = ctl(cmd="ask", n=3)
@@ -480,6 +480,7 @@ def off_grid_and_after(tmp):
     st = ctl(cmd="status")
     roid.send_signal(signal.SIGTERM)
     roid.wait(timeout=60)
+    log = roid.stderr.read()
     ctl.s.close(0)
     sub.close(0)
     ctx.term()
@@ -487,6 +488,8 @@ def off_grid_and_after(tmp):
     check(len(frames) == 24 and sorted(b["image_id"] for b in off) == [20, 21, 22, 23] and
           all(b["col"] is None and b["label"] is None for b in off),
           f"frame topic: 24 frames, the 4 off the 4 x 5 grid with row/col nil ({len(frames)}, {len(off)} off)")
+    said = log.count("further ones are counted only")
+    check(said == 1, f"the first frame off the grid is logged, once ({said} lines, two workers)")
     check(idle is not None and idle["series_id"] == 77 and st["ok"] and st["state"] == "idle" and
           st["series_id"] == 77,
           f"after the end, status (topic and reply) names the last series while idle "
