@@ -283,6 +283,15 @@ static void b_str(builder *b, const char *s) {
         msgpack_pack_str_with_body(&b->pk, s, strlen(s));
 }
 
+/* {"cmd": "set", "values": {...n pairs to follow}} */
+static void set_begin(builder *b, uint32_t n) {
+        msgpack_pack_map(&b->pk, 2);
+        b_str(b, "cmd");
+        b_str(b, "set");
+        b_str(b, "values");
+        msgpack_pack_map(&b->pk, n);
+}
+
 static const char status_req[] = "\x81\xa3"
                                  "cmd\xa6"
                                  "status";
@@ -695,11 +704,7 @@ static void test_commit(fake *f, const roid_control_handler *h) {
         for (int round = 0; round < 3; round++) {
                 builder b;
                 b_init(&b);
-                msgpack_pack_map(&b.pk, 2);
-                b_str(&b, "cmd");
-                b_str(&b, "set");
-                b_str(&b, "values");
-                msgpack_pack_map(&b.pk, 3);
+                set_begin(&b, 3);
                 b_str(&b, "center_y");
                 msgpack_pack_double(&b.pk, 16.5);
                 b_str(&b, "k");
@@ -782,11 +787,7 @@ static void test_good(fake *f) {
         /* set: every value type, bare and dotted keys */
         n_requests++;
         b_init(&b);
-        msgpack_pack_map(&b.pk, 2);
-        b_str(&b, "cmd");
-        b_str(&b, "set");
-        b_str(&b, "values");
-        msgpack_pack_map(&b.pk, 8);
+        set_begin(&b, 8);
         b_str(&b, "k");
         msgpack_pack_int(&b.pk, 3);
         b_str(&b, "analysis.cadence");
@@ -995,22 +996,14 @@ static void test_set_errors(fake *f) {
 
         /* a key unknown to the handler: its message is carried */
         b_init(&b);
-        msgpack_pack_map(&b.pk, 2);
-        b_str(&b, "cmd");
-        b_str(&b, "set");
-        b_str(&b, "values");
-        msgpack_pack_map(&b.pk, 1);
+        set_begin(&b, 1);
         b_str(&b, "analysis.nosuch");
         msgpack_pack_int(&b.pk, 1);
         bad_b(&b, "values.analysis.nosuch: [analysis] nosuch: unknown key", "set analysis.nosuch");
 
         /* the handler refuses the second value: the first was applied */
         b_init(&b);
-        msgpack_pack_map(&b.pk, 2);
-        b_str(&b, "cmd");
-        b_str(&b, "set");
-        b_str(&b, "values");
-        msgpack_pack_map(&b.pk, 3);
+        set_begin(&b, 3);
         b_str(&b, "cadence");
         msgpack_pack_int(&b.pk, 8);
         b_str(&b, "k");
@@ -1047,11 +1040,7 @@ static void test_set_errors(fake *f) {
         };
         for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
                 b_init(&b);
-                msgpack_pack_map(&b.pk, 2);
-                b_str(&b, "cmd");
-                b_str(&b, "set");
-                b_str(&b, "values");
-                msgpack_pack_map(&b.pk, 2);
+                set_begin(&b, 2);
                 b_str(&b, "k"); /* valid, but nothing is applied when any key is bad */
                 msgpack_pack_int(&b.pk, 3);
                 b_str(&b, keys[i].key);
@@ -1062,11 +1051,7 @@ static void test_set_errors(fake *f) {
         static const char *const kinds[] = {"nil", "map", "bin", "array of 3"};
         for (int i = 0; i < 4; i++) {
                 b_init(&b);
-                msgpack_pack_map(&b.pk, 2);
-                b_str(&b, "cmd");
-                b_str(&b, "set");
-                b_str(&b, "values");
-                msgpack_pack_map(&b.pk, 1);
+                set_begin(&b, 1);
                 b_str(&b, "k");
                 if (i == 0)
                         msgpack_pack_nil(&b.pk);
