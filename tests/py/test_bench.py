@@ -81,6 +81,9 @@ def main():
             if "max_rate" not in r:
                 ff = r.get("first_failed", {})
                 assert r.get("not_measured") and positive(ff.get("frames")) and "counters" in ff, r
+                # ... and the daemon's series line was understood (a change of
+                # its text once made every rung "not sustained")
+                assert positive(ff.get("daemon_fps")) and "decoded" in ff, ff
                 continue
             assert r["decoded"] == r["frames"] and positive(r["frames"]), r
             assert positive(r.get("p50_ms")) and positive(r.get("p99_ms")) and r["p50_ms"] <= r["p99_ms"], r
