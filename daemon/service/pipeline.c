@@ -288,8 +288,11 @@ static void frame_done(worker *w, job *j, an_item *it, int placed, const roid_er
                 it->rec.row = it->rec.col = ROID_NOT_PLACED;
                 placed = -1; /* said at ingest */
         }
-        /* Once a series: the workers race, the counter comes later. */
-        if (placed == 0 && !atomic_exchange_explicit(&j->sc->unplaced_said, true, memory_order_relaxed))
+        /* Once a series: the workers race, the counter comes later.  Read
+         * first, so that a grid overflowing frame after frame does not bounce
+         * the flag's cache line between the workers. */
+        if (placed == 0 && !atomic_load_explicit(&j->sc->unplaced_said, memory_order_relaxed) &&
+            !atomic_exchange_explicit(&j->sc->unplaced_said, true, memory_order_relaxed))
                 ROID_LOG_LIMITED(ROID_LOG_WARNING,
                                  "series %" PRIu64 " image %" PRIu64 ": %s (further ones are counted only)",
                                  j->sc->series_id, j->image_id, err->msg);
