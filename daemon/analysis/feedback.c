@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "service/limits.h"
+
 /* Bits of the per-point work flags. */
 enum {
         F_SRC = 1,    /* source RoI */
@@ -169,9 +171,9 @@ int roid_feedback_new(const roid_feedback_params *p, const roid_scan_grid *grid,
         const double f = p->rescan_factor;
         const fb_dims d = dims_of(p, grid);
         fb->rescan_cap = (size_t)d.rescan_cap;
-        /* calloc: the masks start empty; the rest is written before it is read */
+        /* zeroed: the masks start empty; committed: see limits.h */
 #define ALLOC_OF(name, n)                                                                                              \
-        if (!(fb->name = calloc((size_t)(n), sizeof *fb->name))) {                                                     \
+        if (!(fb->name = roid_calloc_committed((size_t)(n), sizeof *fb->name))) {                                      \
                 roid_feedback_free(fb);                                                                                \
                 return -ENOMEM;                                                                                        \
         }

@@ -7,6 +7,7 @@
 
 #include "analysis/kmeans.h"
 #include "analysis/scan.h"
+#include "service/limits.h"
 
 #define MAX_CH    (ROID_MAX_SEGMENTS + 1)
 #define MAX_MOD   (2 * MAX_CH)
@@ -181,7 +182,7 @@ static int create(const roid_roi_params *p, uint32_t ny, uint32_t nx, bool maps_
         roid_rng_seed(&r->rng, p->seed);
         size_t np = r->np, nm = r->nmod * np;
         bool ok = true;
-#define ROI_ALLOC(name, bytes) ok = (r->name = calloc(1, (size_t)(bytes))) != NULL && ok;
+#define ROI_ALLOC(name, bytes) ok = (r->name = roid_calloc_committed(1, (size_t)(bytes))) != NULL && ok;
         if (!maps_only) {
                 ROI_STATE(ROI_ALLOC, r)
         }

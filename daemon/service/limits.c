@@ -88,6 +88,20 @@ uint64_t roid_limits_cgroup_memory_internal(const char *proc_cgroup, const char 
         return best;
 }
 
+/* Through a volatile pointer: the compiler turns malloc + memset(0) into
+ * calloc, which leaves fresh pages untouched. */
+static void *(*const volatile zero_fill)(void *, int, size_t) = memset;
+
+void *roid_calloc_committed(size_t n, size_t size) {
+        if (size && n > SIZE_MAX / size)
+                return NULL;
+        const size_t bytes = n * size > 0 ? n * size : 1;
+        void *p = malloc(bytes);
+        if (p)
+                zero_fill(p, 0, bytes);
+        return p;
+}
+
 uint64_t roid_limits_analysis_bytes(const roid_limits *l) {
         if (l->max_analysis_bytes)
                 return l->max_analysis_bytes;
