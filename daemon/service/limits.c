@@ -88,17 +88,16 @@ uint64_t roid_limits_cgroup_memory_internal(const char *proc_cgroup, const char 
         return best;
 }
 
-/* Through a volatile pointer: the compiler turns malloc + memset(0) into
- * calloc, which leaves fresh pages untouched. */
-static void *(*const volatile zero_fill)(void *, int, size_t) = memset;
-
 void *roid_calloc_committed(size_t n, size_t size) {
-        if (size && n > SIZE_MAX / size)
+        char *p = calloc(n, size);
+        if (!p)
                 return NULL;
-        const size_t bytes = n * size > 0 ? n * size : 1;
-        void *p = malloc(bytes);
-        if (p)
-                zero_fill(p, 0, bytes);
+        /* calloc leaves fresh pages untouched: a write to each (4 KiB is the
+         * smallest page) maps it now.  volatile, or the stores of zeros into
+         * zeroed memory would be dropped. */
+        volatile char *v = p;
+        for (size_t i = 0, bytes = n * size; i < bytes; i += 4096)
+                v[i] = 0;
         return p;
 }
 

@@ -41,7 +41,7 @@ uint64_t roid_limits_analysis_bytes(const roid_limits *l);
  * page, and the first write to it then costs a copy-on-write fault and a TLB
  * shootdown interrupt to every CPU the process ran on: twice the cost, at
  * frame rate, and far more in a virtual machine.  NULL on overflow or when
- * out of memory. */
+ * out of memory, like calloc. */
 void *roid_calloc_committed(size_t n, size_t size);
 
 /* limits.c, for tests: the smallest cgroup v2 memory.max of the cgroup named
