@@ -8,7 +8,10 @@
  * labels nothing unless its cut stands out from noise (significant() in
  * roi.c): two-cluster k-means cuts any map in two, and on background alone (a
  * scan's first lines, a segment that sees no object) the union of such cuts
- * would mark every point.
+ * would mark every point.  A segment's total labels only while its low side
+ * holds at most half of the points: a phase object deflects the beam and
+ * raises T_s in some segments, where "low T_s" would be the background
+ * (may_label() in roi.c).
  *
  * Modalities, m = 0 .. roid_roi_n_modalities()-1: 0 = T, 1 = |CoM| of the
  * whole pattern; with S > 1 segments also 2 + 2s = T_s and 3 + 2s = |CoM_s|.

@@ -525,6 +525,115 @@ static void test_significance(void) {
  * hook after every step and every Lloyd iteration, which the daemon counts
  * as progress (found by review: pings stopped in the middle of a finish with
  * frames queued). */
+/* Small phase particles deflect the beam: the bright-field disk shifts, so
+ * some segments gain intensity where others lose it, and no T changes for
+ * the whole pattern.  Here frames are rendered (48 x 48 uint16, a disk of
+ * radius 9 at 150 counts a pixel on 0.3 outside, Poisson noise) on a 40 x 40
+ * raster with three phase particles whose deflection, up to 1.5 pixels,
+ * fades over about two scan steps, and reduced by roid_features_compute.  A
+ * segment whose T rises over a particle splits into the few bright points
+ * and the background, and "low T_s is RoI" marked the whole background: 1,600
+ * of 1,600 points at 8 segments (found by review).  The RoI must stay near
+ * the particles, online and final, and find them. */
+#define PH_N   40
+#define PH_DET 48
+static double ph_poisson(double lam) {
+        if (lam > 30) {
+                double v = floor(lam + sqrt(lam) * gauss() + 0.5);
+                return v > 0 ? v : 0;
+        }
+        double l = exp(-lam), p = 1;
+        unsigned k = 0;
+        do {
+                k++;
+                p *= unif();
+        } while (p > l);
+        return k - 1;
+}
+
+static void test_phase_particles(void) {
+        static const double part[3][2] = {{8, 30}, {31, 29}, {33, 9}}; /* row, column */
+        static uint16_t pix[PH_DET * PH_DET];
+        const unsigned segs[2] = {1, 8};
+        roid_geometry geo[2];
+        roid_roi *roi[2] = {NULL, NULL};
+        roid_err err = {{0}};
+        bool ok = true;
+        for (int k = 0; k < 2; k++) {
+                roid_geometry_params gp;
+                roid_geometry_params_default(&gp);
+                gp.rows = gp.cols = PH_DET;
+                gp.dtype = ROID_DT_U16;
+                gp.center_x = gp.center_y = PH_DET / 2;
+                gp.n_segments = segs[k];
+                roid_roi_params p;
+                roid_roi_params_default(&p);
+                p.n_segments = segs[k];
+                ok = roid_geometry_init(&geo[k], &gp, &err) == 0 && ok;
+                ok = roid_roi_new(&p, PH_N, PH_N, &roi[k], &err) == 0 && ok;
+        }
+        if (!tap_ok(ok, "phase particles: geometries and states (%s)", err.msg))
+                return;
+        unsigned truth = 0, strong = 0, online_max[2] = {0, 0};
+        bool is_truth[PH_N * PH_N], is_strong[PH_N * PH_N];
+        for (uint32_t y = 0; y < PH_N; y++)
+                for (uint32_t x = 0; x < PH_N; x++) {
+                        double dx = 0, dy = 0;
+                        for (int q = 0; q < 3; q++) {
+                                const double ey = ((double)y - part[q][0]) / 1.2, ex = ((double)x - part[q][1]) / 1.2;
+                                const double g = 1.5 * exp(-0.5 * (ex * ex + ey * ey));
+                                dx += g * ex, dy += g * ey;
+                        }
+                        const double d = hypot(dx, dy);
+                        const size_t i = (size_t)y * PH_N + x;
+                        truth += is_truth[i] = d >= 0.25;
+                        strong += is_strong[i] = d >= 0.75;
+                        for (uint32_t r = 0; r < PH_DET; r++)
+                                for (uint32_t c = 0; c < PH_DET; c++) {
+                                        /* the disk's share of the pixel, from 4 x 4 samples */
+                                        unsigned in = 0;
+                                        for (int sy = 0; sy < 4; sy++)
+                                                for (int sx = 0; sx < 4; sx++) {
+                                                        const double u = (double)c + (sx - 1.5) / 4 - PH_DET / 2 - dx;
+                                                        const double v = (double)r + (sy - 1.5) / 4 - PH_DET / 2 - dy;
+                                                        in += u * u + v * v < 81;
+                                                }
+                                        pix[r * PH_DET + c] = (uint16_t)ph_poisson(0.3 + 150.0 * in / 16);
+                                }
+                        const roid_frame f = {.dtype = ROID_DT_U16, .rows = PH_DET, .cols = PH_DET, .pixels = pix};
+                        for (int k = 0; k < 2; k++) {
+                                roid_features ft;
+                                if (roid_features_compute(&geo[k], &f, &ft, &err) < 0 ||
+                                    roid_roi_add(roi[k], y, x, &ft) < 0)
+                                        ok = false;
+                                const uint8_t *on = roid_roi_online_mask(roi[k]);
+                                unsigned n_on = 0;
+                                for (size_t j = 0; j <= i; j++)
+                                        n_on += on[j] != 0;
+                                online_max[k] = n_on > online_max[k] ? n_on : online_max[k];
+                        }
+                }
+        tap_ok(ok, "phase particles: every frame reduced and added");
+        for (int k = 0; k < 2; k++) {
+                roid_roi_finish(roi[k]);
+                const uint8_t *m = roid_roi_mask(roi[k]);
+                unsigned n = 0, found = 0;
+                for (size_t i = 0; i < PH_N * PH_N; i++) {
+                        n += m[i] != 0;
+                        found += is_strong[i] && m[i];
+                }
+                tap_ok(n <= 4 * truth && online_max[k] <= 4 * truth,
+                       "phase particles, S = %u: the RoI stays near the %u deflecting points: %u final, at most %u "
+                       "online",
+                       segs[k], truth, n, online_max[k]);
+                tap_ok(2 * found >= strong,
+                       "phase particles, S = %u: the RoI holds %u of the %u most deflecting points", segs[k], found,
+                       strong);
+                roid_roi_free(roi[k]);
+                roid_geometry_free(&geo[k]);
+        }
+}
+
 static unsigned beats;
 static void count_beat(void *ctx) {
         (void)ctx;
@@ -810,6 +919,7 @@ static void test_empty_regions(void) {
 }
 
 int main(void) {
+        test_phase_particles();
         test_finish_heartbeat();
         test_nan_point_label();
         test_weak_object();
