@@ -586,7 +586,43 @@ static void km1_partial(roid_roi *r, unsigned m) {
         r->sig[m] = may_label(r, m, x, n);
 }
 
-/* Full-batch Lloyd from the current centres. */
+/* The two-cluster split of x[0..n) of least within-cluster sum of squares,
+ * to a bin of a SPLIT_BINS histogram over [lo, hi]: the means of its two
+ * sides into c.  false when every value falls in one bin. */
+#define SPLIT_BINS 1024
+static bool best_split(const double *x, uint32_t n, double lo, double hi, double *c) {
+        double cnt[SPLIT_BINS] = {0}, sum[SPLIT_BINS] = {0}, sq[SPLIT_BINS] = {0};
+        const double scale = SPLIT_BINS / (hi - lo);
+        for (uint32_t i = 0; i < n; i++) {
+                const double t = (x[i] - lo) * scale;
+                const unsigned b = t < SPLIT_BINS - 1 ? (unsigned)t : SPLIT_BINS - 1;
+                cnt[b] += 1, sum[b] += x[i], sq[b] += x[i] * x[i];
+        }
+        double tc = 0, ts = 0, tq = 0;
+        for (unsigned b = 0; b < SPLIT_BINS; b++)
+                tc += cnt[b], ts += sum[b], tq += sq[b];
+        double lc = 0, ls = 0, lq = 0, best = INFINITY;
+        for (unsigned b = 0; b + 1 < SPLIT_BINS; b++) {
+                lc += cnt[b], ls += sum[b], lq += sq[b];
+                const double rc = tc - lc;
+                if (lc == 0 || rc == 0)
+                        continue;
+                const double rs = ts - ls, e = (lq - ls * ls / lc) + ((tq - lq) - rs * rs / rc);
+                if (e < best) {
+                        best = e;
+                        c[0] = ls / lc;
+                        c[1] = rs / rc;
+                }
+        }
+        return best < INFINITY;
+}
+
+/* Full-batch Lloyd from the current centres and, when that ends worse, from
+ * the best split of the map.  Lloyd finds a local optimum near where it
+ * starts, and the online centres can start it in a poor one: three segment
+ * totals of a phantom ended with a within-cluster error well above the best
+ * split's and, their cut then failing significant(), labelled nothing, where
+ * refits at another cadence labelled 180 points each (found by review). */
 static void km1_lloyd(roid_roi *r, unsigned m) {
         if (!r->km[m].initialized)
                 return;
@@ -595,7 +631,22 @@ static void km1_lloyd(roid_roi *r, unsigned m) {
         r->sig[m] = false;
         if (n == 0)
                 return;
-        roid_kmeans_refine(&r->km[m], x, n, r->p.max_iter, r->klab, NULL, NULL);
+        roid_kmeans *km = &r->km[m];
+        double e_online, e_split, lo = INFINITY, hi = -INFINITY, c[2];
+        roid_kmeans_refine(km, x, n, r->p.max_iter, r->klab, NULL, &e_online);
+        const double kept[4] = {km->centers[0], km->centers[1], km->counts[0], km->counts[1]};
+        for (uint32_t i = 0; i < n; i++) {
+                lo = x[i] < lo ? x[i] : lo;
+                hi = x[i] > hi ? x[i] : hi;
+        }
+        if (hi > lo && best_split(x, n, lo, hi, c)) {
+                roid_kmeans_set_centers(km, c);
+                roid_kmeans_refine(km, x, n, r->p.max_iter, r->klab, NULL, &e_split);
+                if (!(e_split < e_online * (1 - 1e-12))) {
+                        km->centers[0] = kept[0], km->centers[1] = kept[1];
+                        km->counts[0] = kept[2], km->counts[1] = kept[3];
+                }
+        }
         r->sig[m] = may_label(r, m, x, n);
 }
 

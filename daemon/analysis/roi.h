@@ -22,8 +22,8 @@
  * O(n), so a long series stays O(n) overall) the filtered maps are recomputed over the points seen so far (3x3 mean
  * over the neighbours seen), each modality's centres take one mini-batch step (Sculley's per-centre counts, halved
  * before every step so the centres can follow the standardisation as it settles) on the whole map as the batch, and the
- * whole map is relabelled.  roid_roi_finish() refines the centres by full-batch Lloyd from the online ones and builds
- * the final mask.
+ * whole map is relabelled.  roid_roi_finish() refines the centres by full-batch Lloyd from the online ones, and from
+ * the map's best split (a 1024-bin histogram) when that ends with less within-cluster error, and builds the final mask.
  *
  * General clustering: k clusters over the standardised per-point vectors
  * [filtered log(1 + T), log |CoM|, the same per segment, log(1 + BF), log(1 + DF)]

@@ -282,9 +282,10 @@ static void test_state_bytes(void) {
                 if (!tap_ok(e == 0, "%u x %u, S %u: created (%s)", cases[i].ny, cases[i].nx, cases[i].s, err.msg))
                         continue;
                 /* committed at creation (limits.h), not page by page during the
-                 * scan; a small state may reuse pages the heap already had */
+                 * scan (lazily, 41-44 % were); a small state may reuse pages the
+                 * heap already had, a large one some */
                 if (want >= (16u << 20))
-                        tap_ok(rss >= want - want / 16,
+                        tap_ok(rss >= want - want / 4,
                                "%u x %u, S %u: the state is resident once created (%llu of %llu bytes)", cases[i].ny,
                                cases[i].nx, cases[i].s, (unsigned long long)rss, (unsigned long long)want);
                 if (!UNDER_ASAN)
@@ -551,14 +552,16 @@ static double ph_poisson(double lam) {
         return k - 1;
 }
 
-static void test_phase_particles(void) {
+/* Features of every point of the phase-particle scan at 1 and 8 segments. */
+static roid_features ph_feat[2][PH_N * PH_N];
+static bool ph_truth[PH_N * PH_N], ph_strong[PH_N * PH_N];
+
+static bool ph_render(void) {
         static const double part[3][2] = {{8, 30}, {31, 29}, {33, 9}}; /* row, column */
         static uint16_t pix[PH_DET * PH_DET];
         const unsigned segs[2] = {1, 8};
         roid_geometry geo[2];
-        roid_roi *roi[2] = {NULL, NULL};
         roid_err err = {{0}};
-        bool ok = true;
         for (int k = 0; k < 2; k++) {
                 roid_geometry_params gp;
                 roid_geometry_params_default(&gp);
@@ -566,16 +569,10 @@ static void test_phase_particles(void) {
                 gp.dtype = ROID_DT_U16;
                 gp.center_x = gp.center_y = PH_DET / 2;
                 gp.n_segments = segs[k];
-                roid_roi_params p;
-                roid_roi_params_default(&p);
-                p.n_segments = segs[k];
-                ok = roid_geometry_init(&geo[k], &gp, &err) == 0 && ok;
-                ok = roid_roi_new(&p, PH_N, PH_N, &roi[k], &err) == 0 && ok;
+                if (roid_geometry_init(&geo[k], &gp, &err) < 0)
+                        return false;
         }
-        if (!tap_ok(ok, "phase particles: geometries and states (%s)", err.msg))
-                return;
-        unsigned truth = 0, strong = 0, online_max[2] = {0, 0};
-        bool is_truth[PH_N * PH_N], is_strong[PH_N * PH_N];
+        bool ok = true;
         for (uint32_t y = 0; y < PH_N; y++)
                 for (uint32_t x = 0; x < PH_N; x++) {
                         double dx = 0, dy = 0;
@@ -586,8 +583,8 @@ static void test_phase_particles(void) {
                         }
                         const double d = hypot(dx, dy);
                         const size_t i = (size_t)y * PH_N + x;
-                        truth += is_truth[i] = d >= 0.25;
-                        strong += is_strong[i] = d >= 0.75;
+                        ph_truth[i] = d >= 0.25;
+                        ph_strong[i] = d >= 0.75;
                         for (uint32_t r = 0; r < PH_DET; r++)
                                 for (uint32_t c = 0; c < PH_DET; c++) {
                                         /* the disk's share of the pixel, from 4 x 4 samples */
@@ -601,37 +598,100 @@ static void test_phase_particles(void) {
                                         pix[r * PH_DET + c] = (uint16_t)ph_poisson(0.3 + 150.0 * in / 16);
                                 }
                         const roid_frame f = {.dtype = ROID_DT_U16, .rows = PH_DET, .cols = PH_DET, .pixels = pix};
-                        for (int k = 0; k < 2; k++) {
-                                roid_features ft;
-                                if (roid_features_compute(&geo[k], &f, &ft, &err) < 0 ||
-                                    roid_roi_add(roi[k], y, x, &ft) < 0)
-                                        ok = false;
-                                const uint8_t *on = roid_roi_online_mask(roi[k]);
-                                unsigned n_on = 0;
-                                for (size_t j = 0; j <= i; j++)
-                                        n_on += on[j] != 0;
-                                online_max[k] = n_on > online_max[k] ? n_on : online_max[k];
-                        }
+                        for (int k = 0; k < 2; k++)
+                                ok = roid_features_compute(&geo[k], &f, &ph_feat[k][i], &err) == 0 && ok;
                 }
-        tap_ok(ok, "phase particles: every frame reduced and added");
+        for (int k = 0; k < 2; k++)
+                roid_geometry_free(&geo[k]);
+        return ok;
+}
+
+/* The phase-particle scan in raster order into a new state; the largest
+ * online RoI along the way into *ret_online_max. */
+static roid_roi *ph_scan(int k, unsigned cadence, unsigned *ret_online_max) {
+        roid_roi_params p;
+        roid_roi_params_default(&p);
+        p.n_segments = k ? 8 : 1;
+        p.cadence = cadence;
+        roid_roi *r;
+        roid_err err;
+        if (roid_roi_new(&p, PH_N, PH_N, &r, &err) < 0)
+                return NULL;
+        unsigned online_max = 0;
+        for (size_t i = 0; i < PH_N * PH_N; i++) {
+                roid_roi_add(r, (uint32_t)(i / PH_N), (uint32_t)(i % PH_N), &ph_feat[k][i]);
+                const uint8_t *on = roid_roi_online_mask(r);
+                unsigned n_on = 0;
+                for (size_t j = 0; j <= i; j++)
+                        n_on += on[j] != 0;
+                online_max = n_on > online_max ? n_on : online_max;
+        }
+        roid_roi_finish(r);
+        *ret_online_max = online_max;
+        return r;
+}
+
+static void test_phase_particles(void) {
+        if (!tap_ok(ph_render(), "phase particles: every frame rendered and reduced"))
+                return;
+        unsigned truth = 0, strong = 0;
+        for (size_t i = 0; i < PH_N * PH_N; i++)
+                truth += ph_truth[i], strong += ph_strong[i];
         for (int k = 0; k < 2; k++) {
-                roid_roi_finish(roi[k]);
-                const uint8_t *m = roid_roi_mask(roi[k]);
+                unsigned online_max;
+                roid_roi *r = ph_scan(k, 64, &online_max);
+                if (!tap_ok(r != NULL, "phase particles, S = %u: a state", k ? 8 : 1))
+                        continue;
+                const uint8_t *m = roid_roi_mask(r);
                 unsigned n = 0, found = 0;
                 for (size_t i = 0; i < PH_N * PH_N; i++) {
                         n += m[i] != 0;
-                        found += is_strong[i] && m[i];
+                        found += ph_strong[i] && m[i];
                 }
-                tap_ok(n <= 4 * truth && online_max[k] <= 4 * truth,
+                tap_ok(n <= 4 * truth && online_max <= 4 * truth,
                        "phase particles, S = %u: the RoI stays near the %u deflecting points: %u final, at most %u "
                        "online",
-                       segs[k], truth, n, online_max[k]);
+                       k ? 8 : 1, truth, n, online_max);
                 tap_ok(2 * found >= strong,
-                       "phase particles, S = %u: the RoI holds %u of the %u most deflecting points", segs[k], found,
+                       "phase particles, S = %u: the RoI holds %u of the %u most deflecting points", k ? 8 : 1, found,
                        strong);
-                roid_roi_free(roi[k]);
-                roid_geometry_free(&geo[k]);
+                roid_roi_free(r);
         }
+}
+
+/* The final clustering of each modality is the map's, not the online
+ * history's: Lloyd from the online centres can end in a poor local optimum,
+ * and the final labels then depended on the cadence of the online refits
+ * (found by review).  The same frames at four cadences give the same final
+ * labels in every modality. */
+static void test_final_independent_of_cadence(void) {
+        static const unsigned cad[] = {0, 16, 64, 200};
+        roid_roi *r[4];
+        unsigned online_max;
+        bool ok = true;
+        for (int c = 0; c < 4; c++)
+                ok = (r[c] = ph_scan(1, cad[c], &online_max)) != NULL && ok;
+        if (!tap_ok(ok, "cadences: states"))
+                return;
+        const unsigned nm = roid_roi_n_modalities(r[0]);
+        for (int c = 1; c < 4; c++) {
+                unsigned differ = 0, worst_m = 0, worst = 0;
+                for (unsigned m = 0; m < nm; m++) {
+                        const uint8_t *a = roid_roi_labels(r[0], m), *b = roid_roi_labels(r[c], m);
+                        unsigned d = 0;
+                        for (size_t i = 0; i < PH_N * PH_N; i++)
+                                d += a[i] != b[i];
+                        differ += d != 0;
+                        if (d > worst)
+                                worst = d, worst_m = m;
+                }
+                tap_ok(differ == 0,
+                       "8 segments, cadence %u against 0: final labels alike in every modality (%u of %u differ; at "
+                       "most %u points, modality %u)",
+                       cad[c], differ, nm, worst, worst_m);
+        }
+        for (int c = 0; c < 4; c++)
+                roid_roi_free(r[c]);
 }
 
 static unsigned beats;
@@ -920,6 +980,7 @@ static void test_empty_regions(void) {
 
 int main(void) {
         test_phase_particles();
+        test_final_independent_of_cadence();
         test_finish_heartbeat();
         test_nan_point_label();
         test_weak_object();
