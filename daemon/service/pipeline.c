@@ -179,6 +179,7 @@ struct roid_pipeline {
         double arrival[ARRIVAL_MAX];
         size_t n_arrival;
         double latency[LATENCY_RING];
+        double latency_tmp[LATENCY_RING]; /* reordered by the percentiles */
         size_t n_latency, latency_pos;
         uint64_t frame_seq;
         unsigned frame_every; /* copy of cfg_an's, taken under cfg_lock */
@@ -466,22 +467,46 @@ static void latency_add(roid_pipeline *pl, double v) {
                 pl->n_latency++;
 }
 
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *)a, y = *(const double *)b;
-        return (x > y) - (x < y);
+double roid_select_internal(double *v, size_t n, size_t k) {
+        ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1;
+        const ptrdiff_t kk = (ptrdiff_t)k;
+        while (lo < hi) {
+                /* Hoare's partition around the median of three (Wirth's Find):
+                 * the pivot is in the range, so the scans stop inside it */
+                const double a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
+                const double pivot = a < b ? (b < c ? b : a < c ? c : a) : (a < c ? a : b < c ? c : b);
+                ptrdiff_t i = lo, j = hi;
+                while (i <= j) {
+                        while (v[i] < pivot)
+                                i++;
+                        while (v[j] > pivot)
+                                j--;
+                        if (i <= j) {
+                                const double t = v[i];
+                                v[i++] = v[j];
+                                v[j--] = t;
+                        }
+                }
+                if (kk <= j)
+                        hi = j;
+                else if (kk >= i)
+                        lo = i;
+                else
+                        break; /* v[j+1..i-1] all equal the pivot */
+        }
+        return v[kk];
 }
 
 static void latency_percentiles(roid_pipeline *pl, double *p50, double *p99) {
-        static double tmp[LATENCY_RING]; /* analysis thread only */
         size_t n = pl->n_latency;
         if (!n) {
                 *p50 = *p99 = NAN;
                 return;
         }
+        double *tmp = pl->latency_tmp;
         memcpy(tmp, pl->latency, n * sizeof(double));
-        qsort(tmp, n, sizeof(double), cmp_double);
-        *p50 = tmp[(n - 1) / 2] * 1e3;
-        *p99 = tmp[(size_t)ceil(0.99 * (double)(n - 1))] * 1e3;
+        *p50 = roid_select_internal(tmp, n, (n - 1) / 2) * 1e3;
+        *p99 = roid_select_internal(tmp, n, (size_t)ceil(0.99 * (double)(n - 1))) * 1e3;
 }
 
 static void remember(struct last_series *l, uint64_t series_id, const char *unique_id) {
