@@ -8,6 +8,8 @@
  * is not an array (a single-message .cbor file, e.g. one Stream V2 message)
  * is read as one record of one part.
  *
+ * Ownership: the caller owns each reader and writer (open / close); parts
+ * handed out point into the reader's mapping and are not copied.
  * Threads: one thread per reader/writer.
  */
 #ifndef ROID_INGEST_CAPTURE_H

@@ -3,7 +3,9 @@
  *
  * Both fill a caller-provided roid_msg that the caller zeroed; on failure it
  * may be half-filled and must be discarded (parse.c copies it out only on
- * success).  Threads: one thread at a time per arena / message.
+ * success).  Ownership: the caller owns the message and the V1 arena; the
+ * message owns no memory (message.h).
+ * Threads: one thread at a time per arena / message.
  */
 #ifndef ROID_INGEST_STREAM_INTERNAL_H
 #define ROID_INGEST_STREAM_INTERNAL_H

@@ -940,6 +940,7 @@ int roid_control_new(void *zctx, const char *endpoint, size_t max_request_bytes,
         msgpack_packer_init(&c->pk, c, write_cb);
         if (!msgpack_zone_init(&c->zone, 4096)) {
                 msgpack_sbuffer_destroy(&c->sb);
+                free(c->queued);
                 free(c);
                 return -ENOMEM;
         }

@@ -2,6 +2,8 @@
  * rejects.  Every error path counts in exactly one of these; "nothing a user
  * gave roid is lost silently".
  *
+ * Ownership: the daemon owns one roid_counters for its lifetime and lends a
+ * pointer to every module that counts; they never free it.
  * Threads: counters are relaxed atomics; any thread may add, any may read.
  */
 #ifndef ROID_SERVICE_COUNTERS_H

@@ -3,6 +3,9 @@
  * Functions that can fail on outside input return a negative errno and, when
  * given a non-NULL roid_err, write one line saying what was wrong (which
  * field, which value, which limit).  The caller adds context and logs it.
+ *
+ * Ownership: a roid_err is a fixed buffer the caller owns (no allocation).
+ * Threads: one roid_err per thread; the functions are reentrant.
  */
 #ifndef ROID_SERVICE_ERR_H
 #define ROID_SERVICE_ERR_H

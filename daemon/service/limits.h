@@ -1,5 +1,9 @@
 /* limits.h - the bound on every resource a detector, a capture file or a
  * client can make roid allocate.  Checked before anything is allocated.
+ *
+ * Ownership: roid_limits is plain data, copied by whoever needs it;
+ * roid_calloc_committed's memory belongs to the caller (free()).
+ * Threads: reentrant; the limits are read-only once configured.
  */
 #ifndef ROID_SERVICE_LIMITS_H
 #define ROID_SERVICE_LIMITS_H
