@@ -78,6 +78,7 @@ struct roid_writer {
         roid_roi *work;
         roid_frame_record *batch;
         size_t batch_cap;
+        size_t due_at; /* records that make an append due: half the queue at most */
 };
 
 static void now_plus(struct timespec *ts, double s) {
@@ -280,6 +281,7 @@ static void do_append(roid_writer *w, size_t n) {
         w->dirty = true;
         pthread_mutex_lock(&w->mu);
         w->stats.frames_written += n;
+        w->stats.appends++;
         pthread_mutex_unlock(&w->mu);
 }
 
@@ -296,11 +298,32 @@ static void do_close(roid_writer *w, item *it) {
         close_file(w, it->u.close.have_ctr ? &c : NULL);
 }
 
+/* Whether the records at the head of the queue go out now.  Each append
+ * costs HDF5 a few allocations and a hyperslab write per dataset, so records
+ * wait for a batch (w->due_at), unless something follows them (an open, a map, a
+ * close), the flush is due (an SWMR reader sees nothing newer before it
+ * anyway), wait_idle or stop asks, or there is no file to append to.  With a
+ * detector paced slower than the writer, every frame used to be an append of
+ * its own: about 17 allocations a frame (found by an audit). */
+static bool append_due(const roid_writer *w) {
+        if (w->q[w->head].kind != IT_APPEND || w->stop || w->done_seq != w->req_seq || !writable(w) ||
+            past(&w->deadline))
+                return true;
+        size_t run = 0;
+        while (run < w->count && run < w->due_at && w->q[(w->head + run) % w->cap].kind == IT_APPEND)
+                run++;
+        return run == w->due_at || run < w->count;
+}
+
 static void *thread_main(void *arg) {
         roid_writer *w = arg;
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
         pthread_mutex_lock(&w->mu);
         for (;;) {
+                if (w->count > 0 && !append_due(w)) {
+                        pthread_cond_timedwait(&w->not_empty, &w->mu, &w->deadline);
+                        continue;
+                }
                 if (w->count > 0) {
                         /* A run of records goes out in one append; other
                          * items one by one, in order. */
@@ -382,7 +405,9 @@ static int push(roid_writer *w, const item *it, const roid_frame_record *rec) {
                 *slot = *it;
         }
         w->count++;
-        pthread_cond_signal(&w->not_empty);
+        /* a record alone waits for its batch or the flush (append_due) */
+        if (!rec || w->count >= w->due_at)
+                pthread_cond_signal(&w->not_empty);
         pthread_mutex_unlock(&w->mu);
         return 0;
 }
@@ -571,6 +596,8 @@ int roid_writer_new(unsigned queue_depth, double flush_interval_s, roid_counters
         w->interval = flush_interval_s;
         w->cap = queue_depth;
         w->batch_cap = queue_depth < BATCH ? queue_depth : BATCH;
+        /* the other half is room for the producer while a batch is written */
+        w->due_at = queue_depth / 2 < w->batch_cap ? (queue_depth > 1 ? queue_depth / 2 : 1) : w->batch_cap;
         w->q = calloc(w->cap, sizeof *w->q);
         w->batch = calloc(w->batch_cap, sizeof *w->batch);
         w->pending = calloc(w->cap + 1, sizeof *w->pending);

@@ -4,7 +4,10 @@
  * side slot for RoI map snapshots.  It writes one SWMR results file per
  * series (results.h), flushes it every flush_interval_s so that readers see
  * the frames within that time, and writes the latest map snapshot at each
- * flush.
+ * flush.  Frame records are appended in batches of up to 256 (or half the
+ * queue depth, so that the producer has room while a batch is written): a
+ * record waits in the queue for its batch, for whatever follows it, for
+ * wait_idle or for the next flush, never longer.
  *
  * Queue full: roid_writer_append WAITS for room.  A results file must not
  * lose frames, so a slow disk slows the pipeline (the back-pressure goes up to
@@ -53,6 +56,7 @@ typedef struct {
         uint64_t series_written;   /* files closed without an error */
         uint64_t series_failed;    /* series whose file failed (each logged once) */
         uint64_t frames_written;   /* frame records appended to a file */
+        uint64_t appends;          /* appends that wrote them: a batch each */
         uint64_t frames_discarded; /* records of failed series (or with no open series) */
 } roid_writer_stats;
 

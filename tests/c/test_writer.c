@@ -565,6 +565,57 @@ static void test_dark_frame_ids(void) {
         roid_writer_free(w);
 }
 
+/* Records paced slower than the writer go out in batches: each append is
+ * a few HDF5 allocations and a write per dataset, and one per frame was
+ * about 17 allocations a frame.  They wait for a full batch, anything queued
+ * after them, wait_idle, or the flush, which an SWMR reader waits for anyway. */
+static void test_batched(void) {
+        char dir[512], path[1024];
+        test_dir("batched", "batched-1", dir, sizeof dir, path, sizeof path);
+        roid_writer *w;
+        if (!tap_ok(roid_writer_new(256, 5, NULL, &w) == 0, "batched: writer started, 256 deep (batches of 128)"))
+                return;
+        roid_results_meta m = meta_for("batched-1", NULL);
+        tap_ok(roid_writer_open(w, dir, &m, NULL, 0) == 0 && roid_writer_wait_idle(w) == 0, "batched: file created");
+        roid_frame_record rec;
+        roid_writer_stats st;
+        for (uint64_t i = 0; i < 40; i++) {
+                make_record(i, &rec);
+                roid_writer_append(w, &rec);
+                nanosleep(&(struct timespec){0, 2000000}, NULL);
+        }
+        roid_writer_get_stats(w, &st);
+        tap_ok(st.appends == 0 && st.frames_written == 0,
+               "batched: 40 records 2 ms apart wait for their batch or the flush in 5 s (%llu appends)",
+               (unsigned long long)st.appends);
+        roid_writer_wait_idle(w);
+        roid_writer_get_stats(w, &st);
+        tap_ok(st.appends == 1 && st.frames_written == 40, "batched: wait_idle writes them in one append (%llu, %llu)",
+               (unsigned long long)st.appends, (unsigned long long)st.frames_written);
+        roid_writer_free(w);
+
+        /* The flush does not wait for a batch: records show up within it. */
+        test_dir("batched2", "batched-2", dir, sizeof dir, path, sizeof path);
+        if (!tap_ok(roid_writer_new(64, 0.2, NULL, &w) == 0, "batched: writer flushing every 0.2 s"))
+                return;
+        m = meta_for("batched-2", NULL);
+        roid_writer_open(w, dir, &m, NULL, 0);
+        for (uint64_t i = 0; i < 10; i++) {
+                make_record(i, &rec);
+                roid_writer_append(w, &rec);
+        }
+        for (int t = 0; t < 1000; t++) { /* 10 s at most */
+                roid_writer_get_stats(w, &st);
+                if (st.frames_written == 10)
+                        break;
+                nanosleep(&(struct timespec){0, 10000000}, NULL);
+        }
+        tap_ok(st.frames_written == 10 && st.appends == 1,
+               "batched: 10 records appended by the flush timer alone, in %llu append(s)",
+               (unsigned long long)st.appends);
+        roid_writer_free(w);
+}
+
 static void test_live(void) {
         char dir[512], path[1024], got[4096];
         test_dir("live", "live-1", dir, sizeof dir, path, sizeof path);
@@ -964,6 +1015,7 @@ int main(void) {
         test_size_sweep();
         test_dark_frame_ids();
         test_live();
+        test_batched();
         test_timer();
         test_backpressure();
         test_errors();
