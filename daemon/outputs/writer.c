@@ -405,8 +405,10 @@ static int push(roid_writer *w, const item *it, const roid_frame_record *rec) {
                 *slot = *it;
         }
         w->count++;
-        /* a record alone waits for its batch or the flush (append_due) */
-        if (!rec || w->count >= w->due_at)
+        /* A record waits for its batch or the flush (append_due): the thread
+         * is woken when one is due, and for the first record, so that a
+         * thread without a file (no timed wait) discards it now. */
+        if (!rec || w->count == 1 || w->count >= w->due_at)
                 pthread_cond_signal(&w->not_empty);
         pthread_mutex_unlock(&w->mu);
         return 0;

@@ -4,10 +4,11 @@
  * side slot for RoI map snapshots.  It writes one SWMR results file per
  * series (results.h), flushes it every flush_interval_s so that readers see
  * the frames within that time, and writes the latest map snapshot at each
- * flush.  Frame records are appended in batches of up to 256 (or half the
- * queue depth, so that the producer has room while a batch is written): a
- * record waits in the queue for its batch, for whatever follows it, for
- * wait_idle or for the next flush, never longer.
+ * flush.  Frame records are appended in batches: an append is due when half
+ * the queue depth (at most 256) is queued, so that the producer has room
+ * while it is written; a record waits in the queue for that, for whatever
+ * follows it, for wait_idle or for the next flush, never longer, and is
+ * discarded at once when there is no file to write to.
  *
  * Queue full: roid_writer_append WAITS for room.  A results file must not
  * lose frames, so a slow disk slows the pipeline (the back-pressure goes up to

@@ -96,8 +96,11 @@ void *roid_calloc_committed(size_t n, size_t size) {
          * smallest page) maps it now.  volatile, or the stores of zeros into
          * zeroed memory would be dropped. */
         volatile char *v = p;
-        for (size_t i = 0, bytes = n * size; i < bytes; i += 4096)
+        const size_t bytes = n * size;
+        for (size_t i = 0; i < bytes; i += 4096)
                 v[i] = 0;
+        if (bytes > 0) /* p is not page-aligned: the last page may start after the last write */
+                v[bytes - 1] = 0;
         return p;
 }
 

@@ -20,9 +20,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "analysis/roi.h"
+#include "service/limits.h"
 
 #define NY 23
 #define NX 31
@@ -258,6 +260,32 @@ static uint64_t resident_bytes(void) {
                 fclose(f);
         }
         return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* roid_calloc_committed: zeroed, and every page of the block resident at
+ * once, the last too (the block does not start on a page boundary). */
+static void test_calloc_committed(void) {
+        static const size_t sizes[] = {1, 4096, 413690, 1048576, 1052671, 8u << 20};
+        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+                unsigned char *p = roid_calloc_committed(1, sizes[i]);
+                if (!tap_ok(p != NULL, "committed %zu bytes", sizes[i]))
+                        continue;
+                /* residency before reading: a read maps the zero page, which counts as resident */
+                const uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1), e = (uintptr_t)p + sizes[i];
+                const size_t pages = (e - a + page - 1) / page;
+                unsigned char vec[4096];
+                size_t absent = pages <= sizeof vec ? 0 : pages;
+                if (pages <= sizeof vec && mincore((void *)a, e - a, vec) == 0)
+                        for (size_t k = 0; k < pages; k++)
+                                absent += !(vec[k] & 1);
+                size_t nonzero = 0;
+                for (size_t k = 0; k < sizes[i]; k++)
+                        nonzero += p[k] != 0;
+                tap_ok(nonzero == 0 && absent == 0, "committed %zu bytes: zeroed, %zu of %zu pages not resident",
+                       sizes[i], absent, pages);
+                free(p);
+        }
 }
 
 static void test_state_bytes(void) {
@@ -979,6 +1007,7 @@ static void test_empty_regions(void) {
 }
 
 int main(void) {
+        test_calloc_committed();
         test_phase_particles();
         test_final_independent_of_cadence();
         test_finish_heartbeat();

@@ -832,6 +832,32 @@ static void test_errors(void) {
                "unwritable dir: counted (failed %llu, discarded %llu)", (unsigned long long)st.series_failed,
                (unsigned long long)st.frames_discarded);
 
+        /* 1b. records of a failed series are discarded as they come, not when
+         * a batch or the close comes (the thread has no flush to wait for) */
+        {
+                roid_writer *w2;
+                roid_writer_new(64, 0.1, NULL, &w2);
+                capture_stderr(log);
+                m = meta_for("bad2", NULL);
+                roid_writer_open(w2, bad_dir, &m, NULL, 0);
+                roid_writer_wait_idle(w2);
+                restore_stderr();
+                for (uint64_t i = 0; i < 3; i++) {
+                        make_record(i, &rec);
+                        roid_writer_append(w2, &rec);
+                }
+                for (int t = 0; t < 1000; t++) { /* 10 s at most */
+                        roid_writer_get_stats(w2, &st);
+                        if (st.frames_discarded == 3)
+                                break;
+                        nanosleep(&(struct timespec){0, 10000000}, NULL);
+                }
+                tap_ok(st.frames_discarded == 3 && roid_writer_queue_depth(w2) == 0,
+                       "unwritable dir: 3 records appended later are discarded without a close (%llu, depth %zu)",
+                       (unsigned long long)st.frames_discarded, roid_writer_queue_depth(w2));
+                roid_writer_free(w2);
+        }
+
         /* 2. the next series, good directory */
         m = meta_for("after-bad", NULL);
         roid_writer_open(w, good_dir, &m, NULL, 0);
