@@ -37,7 +37,9 @@ int roid_capture_reader_open(const char *path, const roid_limits *lim, roid_capt
  * after it (count it as messages_bad_size, roid_ingest_rejected(), as the
  * live path does).  Any other error is a record that cannot be delimited
  * (truncated, not an array of byte strings): the reader cannot
- * resynchronise, and every later call returns that error again. */
+ * resynchronise, and every later call returns that error again.  parts is
+ * the caller's scratch: on an error its entries are unspecified, *ret_n is
+ * untouched. */
 int roid_capture_next(roid_capture_reader *r, roid_part *parts, size_t max_parts, size_t *ret_n, roid_err *err);
 /* Byte offset of the next record (for messages). */
 size_t roid_capture_offset(const roid_capture_reader *r);
