@@ -417,41 +417,47 @@ static bool split(const roid_roi *r, unsigned m) {
 #define SIG_PRICE 8.0
 #define SIG_R2    2.5
 #define SIG_MIN   64
-static bool significant(const double *c, const double *x, uint32_t n) {
+static bool significant(const double *c, const double *x, uint32_t n, double *ret_k) {
         if (n < SIG_MIN)
                 return false;
-        double s[2] = {0, 0}, q[2] = {0, 0}, k[2] = {0, 0};
+        /* Selects, not k[j] += 1: an indexed sum waits for the previous one
+         * through memory.  Each side's sums add the same terms in the same
+         * order as before (x + 0.0 is x), so the decisions are unchanged. */
+        double s0 = 0, s1 = 0, q0 = 0, q1 = 0, qa = 0;
+        uint32_t n1 = 0;
         for (uint32_t i = 0; i < n; i++) {
-                const unsigned j = roid_kmeans_nearest2(c, x[i]);
-                k[j] += 1;
-                s[j] += x[i];
+                const double v = x[i];
+                const bool j = roid_kmeans_nearest2(c, v);
+                n1 += j;
+                s0 += j ? 0.0 : v;
+                s1 += j ? v : 0.0;
         }
+        const double k[2] = {(double)(n - n1), (double)n1};
         if (k[0] < 2 || k[1] < 2)
                 return false;
-        const double mean[2] = {s[0] / k[0], s[1] / k[1]}, all = (s[0] + s[1]) / n;
-        double qa = 0;
+        const double mean0 = s0 / k[0], mean1 = s1 / k[1], all = (s0 + s1) / n;
         for (uint32_t i = 0; i < n; i++) {
-                const unsigned j = roid_kmeans_nearest2(c, x[i]);
-                q[j] += (x[i] - mean[j]) * (x[i] - mean[j]);
-                qa += (x[i] - all) * (x[i] - all);
+                const double v = x[i];
+                const bool j = roid_kmeans_nearest2(c, v);
+                const double d = v - (j ? mean1 : mean0), e = v - all;
+                q0 += j ? 0.0 : d * d;
+                q1 += j ? d * d : 0.0;
+                qa += e * e;
         }
         if (!(qa > 0))
                 return false;
-        if (1 - (q[0] + q[1]) / qa > 2 / M_PI + SIG_R2 / sqrt((double)n))
+        ret_k[0] = k[0], ret_k[1] = k[1];
+        if (1 - (q0 + q1) / qa > 2 / M_PI + SIG_R2 / sqrt((double)n))
                 return true;
         /* A flat side (all its values equal) is floored at 1e-12 of the map's
          * variance, so two distinct values pass, as they should. */
-        const double v = qa / n, vmin = v * 1e-12, v0 = fmax(q[0] / k[0], vmin), v1 = fmax(q[1] / k[1], vmin);
+        const double v = qa / n, vmin = v * 1e-12, v0 = fmax(q0 / k[0], vmin), v1 = fmax(q1 / k[1], vmin);
         const double d =
                 0.5 * (n * log(v) - k[0] * log(v0) - k[1] * log(v1)) + k[0] * log(k[0] / n) + k[1] * log(k[1] / n);
         return d > SIG_PRICE * log((double)n);
 }
 
 /* 1 when v falls on the RoI side (index `side`) of modality m's centres. */
-static inline uint8_t side_label(const roid_roi *r, unsigned m, unsigned side, double v) {
-        return split(r, m) && !isnan(v) && roid_kmeans_nearest2(r->km[m].centers, v) == side;
-}
-
 /* The 3x3 mean over the seen neighbours of point i, then the log, for the
  * modalities m0, m0 + step, ... */
 static void filter_point(roid_roi *r, size_t i, unsigned m0, unsigned step) {
@@ -551,16 +557,10 @@ static const double *gather_modality(roid_roi *r, unsigned m, uint32_t *ret_n) {
  * pattern's T alike, so an absorbing object over more than half of the scan
  * is still labelled by the whole pattern's T, which this rule leaves alone. */
 static bool may_label(const roid_roi *r, unsigned m, const double *x, uint32_t n) {
-        const double *c = r->km[m].centers;
-        if (!significant(c, x, n))
+        double k[2];
+        if (!significant(r->km[m].centers, x, n, k))
                 return false;
-        if (m < 2 || !is_total(m))
-                return true;
-        const unsigned side = roi_side(r, m);
-        uint64_t k = 0;
-        for (uint32_t i = 0; i < n; i++)
-                k += roid_kmeans_nearest2(c, x[i]) == side;
-        return 2 * k <= n;
+        return m < 2 || !is_total(m) || 2 * k[roi_side(r, m)] <= n;
 }
 
 /* One mini-batch step on the whole current map of modality m, the counts
@@ -653,7 +653,7 @@ static void km1_lloyd(roid_roi *r, unsigned m) {
 /* The labels roid_roi_add gives, as cuts on the raw value: the nearest of
  * two centres on the log scale flips at their midpoint, so a frame needs one
  * comparison with exp(midpoint) (expm1 for a total) per modality instead of
- * a log (equal to side_label(mlog(v)) but where the two roundings differ,
+ * a log (equal to relabel()'s label of mlog(v) but where the two roundings differ,
  * within an ulp of the cut).  Taken whenever the centres change. */
 static void set_cuts(roid_roi *r) {
         for (unsigned m = 0; m < r->nmod; m++) {
@@ -684,12 +684,16 @@ static void relabel(roid_roi *r) {
                 r->online[r->seen_list[s]] = 0;
         for (unsigned m = 0; m < r->nmod; m++) {
                 const double *v = r->filt + m * np;
-                uint8_t *lab = r->lab + m * np;
+                uint8_t *lab = r->lab + m * np, *online = r->online;
+                const uint32_t *seen = r->seen_list, n_seen = r->n_seen;
+                /* in locals: the byte stores below may alias any of r's fields */
                 const unsigned side = roi_side(r, m);
-                for (uint32_t s = 0; s < r->n_seen; s++) {
-                        size_t i = r->seen_list[s];
-                        lab[i] = side_label(r, m, side, v[i]);
-                        r->online[i] |= lab[i];
+                const bool labels = split(r, m);
+                const double c[2] = {r->km[m].centers[0], r->km[m].centers[1]};
+                for (uint32_t s = 0; s < n_seen; s++) {
+                        const size_t i = seen[s];
+                        lab[i] = labels && !isnan(v[i]) && roid_kmeans_nearest2(c, v[i]) == side;
+                        online[i] |= lab[i];
                 }
         }
         set_cuts(r);
