@@ -603,40 +603,39 @@ static int send_body(roid_publisher *p, zc_buf *b) {
         return r;
 }
 
-static int finish(roid_publisher *p, roid_topic t, int pairs) {
+/* Sends the packed message of topic t: 0 or a negative errno. */
+static int send_message(roid_publisher *p, roid_topic t, int pairs) {
         const char *name = topic_names[t];
         int r;
 
-        if (p->failed || pairs < 0 || pairs > 0xffff) {
-                r = -ENOMEM;
-                goto drop;
-        }
+        if (p->failed || pairs < 0 || pairs > 0xffff)
+                return -ENOMEM;
         p->sb->data[1] = (char)(pairs >> 8);
         p->sb->data[2] = (char)(pairs & 0xff);
         zc_buf *b = NULL;
-        if (p->sb->size >= ZC_MIN && !(b = idle_buffer(p, t))) {
-                r = -EAGAIN;
-                goto drop;
-        }
+        if (p->sb->size >= ZC_MIN && !(b = idle_buffer(p, t)))
+                return -EAGAIN;
         do {
                 r = zmq_send(p->sock, name, strlen(name), ZMQ_SNDMORE | ZMQ_DONTWAIT);
         } while (r < 0 && errno == EINTR);
-        if (r < 0) {
-                r = -errno;
-                goto drop;
-        }
+        if (r < 0)
+                return -errno;
         /* libzmq admits a message on its first frame: the HWM counts whole
          * messages, so the second frame of an admitted message is not refused. */
-        r = send_body(p, b);
-        if (r < 0) {
+        if (send_body(p, b) < 0) {
                 r = -errno;
                 ROID_LOG_LIMITED(ROID_LOG_WARNING, "publish %s: second frame not sent: %s", name, zmq_strerror(-r));
-                goto drop;
+                return r;
         }
-        p->sent[t]++;
         return 0;
-drop:
-        p->dropped[t]++;
+}
+
+static int finish(roid_publisher *p, roid_topic t, int pairs) {
+        const int r = send_message(p, t, pairs);
+        if (r < 0)
+                p->dropped[t]++;
+        else
+                p->sent[t]++;
         return r;
 }
 
