@@ -628,6 +628,7 @@ int roid_writer_new(unsigned queue_depth, double flush_interval_s, roid_counters
                 pthread_mutex_destroy(&w->map_mu);
                 free(w->q);
                 free(w->batch);
+                free(w->pending);
                 free(w);
                 return -r;
         }
