@@ -40,10 +40,12 @@
 #include "features/features.h"
 #include "ingest/capture.h"
 #include "ingest/parse.h"
+#include "ingest/series.h"
 #include "outputs/control.h"
 #include "outputs/publish.h"
 #include "outputs/writer.h"
 #include "service/config.h"
+#include "service/counters.h"
 #include "service/limits.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -640,6 +642,111 @@ static void test_ingest(void) {
         unlink(path);
 }
 
+/* A Stream V1 start (dheader basic + the detector configuration + a user
+ * appendix large enough that the parser's JSON arena grows), parsed, then fed
+ * to a series tracker, which copies the user data and the configuration. */
+#define V1_APPENDIX 200000
+static char v1_appendix[V1_APPENDIX + 64];
+static const char v1_head[] = "{\"header_detail\":\"basic\",\"htype\":\"dheader-1.0\",\"series\":6}";
+static const char v1_cfg[] = "{\"beam_center_x\":10.5,\"beam_center_y\":12.0,\"bit_depth_image\":16,"
+                             "\"compression\":\"bslz4\",\"nimages\":4,\"ntrigger\":1,\"x_pixels_in_detector\":32,"
+                             "\"y_pixels_in_detector\":24,\"x_pixel_size\":7.5e-05,\"y_pixel_size\":7.5e-05}";
+
+typedef struct {
+        roid_parser *parser;
+        roid_limits lim;
+        roid_part parts[3];
+        roid_msg msg, before;
+} v1_ctx;
+
+static void v1_prepare(void *ctx) {
+        v1_ctx *c = ctx;
+        memset(&c->msg, 0xa5, sizeof c->msg);
+        c->before = c->msg;
+}
+
+static int v1_call(void *ctx, roid_err *err) {
+        v1_ctx *c = ctx;
+        return roid_parse(c->parser, c->parts, 3, &c->msg, err);
+}
+
+static bool v1_untouched(void *ctx) {
+        v1_ctx *c = ctx;
+        return memcmp(&c->msg, &c->before, sizeof c->msg) == 0;
+}
+
+static void v1_undo(void *ctx) {
+        v1_ctx *c = ctx;
+        tap_ok(c->msg.type == ROID_MSG_START && c->msg.user_data.size > V1_APPENDIX,
+               "V1 start: the parse that succeeded gives the start with its %zu bytes of user data",
+               c->msg.user_data.size);
+        /* a fresh parser for the next countdown: its arena must grow again */
+        roid_parser_free(c->parser);
+        c->parser = NULL;
+        roid_parser_new(&c->lim, &c->parser);
+}
+
+typedef struct {
+        roid_tracker tr;
+        roid_counters ctr;
+        roid_limits lim;
+        const roid_msg *msg;
+} track_ctx;
+
+static void track_prepare(void *ctx) {
+        track_ctx *c = ctx;
+        roid_tracker_init(&c->tr, &c->lim, &c->ctr, false);
+}
+
+static int track_call(void *ctx, roid_err *err) {
+        track_ctx *c = ctx;
+        const int r = roid_tracker_feed(&c->tr, c->msg, err);
+        return r == ROID_TR_STARTED ? 0 : r < 0 ? r : -EPROTO;
+}
+
+static bool track_untouched(void *ctx) {
+        track_ctx *c = ctx;
+        const bool closed = !c->tr.open;
+        roid_tracker_done(&c->tr);
+        return closed;
+}
+
+static void track_undo(void *ctx) {
+        track_ctx *c = ctx;
+        tap_ok(c->tr.open && c->tr.cur.user_data.size > V1_APPENDIX,
+               "V1 start: the tracker that opened the series holds a copy of its user data");
+        roid_tracker_done(&c->tr);
+}
+
+static void test_v1_start(void) {
+        static v1_ctx pc;
+        int len = snprintf(v1_appendix, sizeof v1_appendix, "{\"note\":\"");
+        memset(v1_appendix + len, 'x', V1_APPENDIX);
+        snprintf(v1_appendix + len + V1_APPENDIX, sizeof v1_appendix - (size_t)len - V1_APPENDIX, "\"}");
+        roid_limits_default(&pc.lim);
+        pc.parts[0] = (roid_part){(const uint8_t *)v1_head, strlen(v1_head)};
+        pc.parts[1] = (roid_part){(const uint8_t *)v1_cfg, strlen(v1_cfg)};
+        pc.parts[2] = (roid_part){(const uint8_t *)v1_appendix, strlen(v1_appendix)};
+        if (!tap_ok(roid_parser_new(&pc.lim, &pc.parser) == 0, "V1 start: a parser"))
+                return;
+        target t = {"roid_parse (V1 start, arena grows)", 0, &pc, v1_prepare, v1_call, v1_untouched, v1_undo};
+        countdown(&t);
+
+        roid_err err;
+        roid_msg msg;
+        if (!tap_ok(roid_parse(pc.parser, pc.parts, 3, &msg, &err) == 0, "V1 start parsed for the tracker (%s)",
+                    err.msg))
+                goto out;
+        static track_ctx tc;
+        roid_limits_default(&tc.lim);
+        roid_counters_reset(&tc.ctr);
+        tc.msg = &msg;
+        t = (target){"roid_tracker_feed (V1 start)", 0, &tc, track_prepare, track_call, track_untouched, track_undo};
+        countdown(&t);
+out:
+        roid_parser_free(pc.parser);
+}
+
 /* ---------------------------------------------------------------- config */
 
 typedef struct {
@@ -933,6 +1040,7 @@ int main(int argc, char **argv) {
         test_roi();
         test_feedback();
         test_ingest();
+        test_v1_start();
         test_config();
         test_writer();
         test_zmq();
