@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,7 +65,11 @@ typedef struct {
         detail detail;
         const char *user_data, *image_user_data;
         sim_scan scan;
-        const char *fly; /* --fly KEY=VALUE,... or NULL */
+        double origin[2], step[2]; /* --scan origin= and step=: motor position of point (0, 0), per column, per row */
+        char units[16];            /* --scan units=, "" when not given */
+        bool motor;                /* origin, step or units given: announced, positions sent in motor units */
+        const char *fly;           /* --fly KEY=VALUE,... or NULL */
+        const char *positions;     /* --positions FILE or NULL */
         const char *source;
         bool mask;
         int hwm;             /* -1: ZeroMQ's default */
@@ -95,11 +100,13 @@ typedef struct {
         uint64_t mask_count;
         slot *ring;
         uint64_t ring_len;
-        cJSON *user_data;       /* start user_data / V1 header appendix, or NULL */
-        cJSON *image_ud;        /* per-image user data template, or NULL */
-        cJSON *image_ud_pos;    /* its "position" array when a scan fills it in */
-        sim_visit *visits;      /* --fly: where each image was taken */
-        uint8_t *outside;       /* --fly: 1 where the position sent lies off the grid */
+        cJSON *user_data;    /* start user_data / V1 header appendix, or NULL */
+        cJSON *image_ud;     /* per-image user data template, or NULL */
+        cJSON *image_ud_pos; /* its "position" array when a scan fills it in */
+        sim_visit *visits;   /* --fly: where each image was taken */
+        uint8_t *outside;    /* --fly: 1 where the position sent lies off the grid */
+        double *positions;   /* --positions: npositions x [x, y], motor units, sent as they are */
+        uint64_t npositions;
         uint8_t *image_ud_cbor; /* fixed per-image user data, encoded once */
         size_t image_ud_cbor_len;
         char *image_ud_text; /* V1 image appendix buffer */
@@ -170,14 +177,25 @@ static void usage(FILE *f) {
               "  --user-data JSON         v2 start user_data (as CBOR) / v1 header appendix\n"
               "  --image-user-data JSON   per image user data / v1 image appendix; with --scan a\n"
               "                           \"position\" member is set to the image's [x, y]\n"
-              "  --scan NYxNX[,snake]     adds {\"scan\":{\"shape\":[ny,nx],\"snake\":b,\"fast_axis\":\"x\"}}\n"
-              "                           to the start user_data\n"
+              "  --scan NYxNX[,snake][,origin=X0:Y0][,step=DX:DY][,units=U]\n"
+              "                           the scan performed; adds {\"scan\":{\"shape\":[ny,nx],\"snake\":b,\n"
+              "                           \"fast_axis\":\"x\"}} to the start user_data, with origin, step\n"
+              "                           and units when given; positions sent are then motor positions\n"
+              "                           x = X0 + col * DX, y = Y0 + row * DY. A --user-data object\n"
+              "                           with its own \"scan\" announces that grid instead (e.g. the\n"
+              "                           finer lattice of a rescan) and --scan only places the sample\n"
               "  --fly KEY=VALUE,...      fly scan over the --scan grid (needs --image-user-data with a\n"
               "                           \"position\"): repeat=N images per point (1), order=grid|shuffle\n"
               "                           (grid), jitter=F positions off the point by up to F steps in\n"
               "                           x and y, uniformly (0, F < 0.5), outside=N images sent at x =\n"
               "                           nx + 1.5 (+ jitter), off the grid (0), seed=U (1);\n"
               "                           the phantom renders each image where it was taken\n"
+              "  --positions FILE         images at the motor positions of FILE, a JSON array of [x, y]\n"
+              "                           in the units of --scan's origin and step, one image each, in\n"
+              "                           order (needs --scan and --image-user-data with a \"position\",\n"
+              "                           which carries each [x, y] as given); the phantom renders each\n"
+              "                           where it was taken, relative to the --scan grid (clamped to\n"
+              "                           its field); at most 100000 positions\n"
               "  --source pattern|file:PATH.h5|phantom   frame source (default pattern)\n"
               "  --ring N                 distinct frames pre-rendered for sources without a\n"
               "                           period of their own (default 64)\n"
@@ -245,6 +263,57 @@ static int pick(const char *opt, const char *s, const char *const *names, int n)
         die("%s: unknown value '%s'", opt, s);
 }
 
+/* "X:Y" into two finite numbers. */
+static void parse_xy(const char *opt, const char *s, double ret[2]) {
+        char *end, *end2;
+
+        errno = 0;
+        double x = strtod(s, &end);
+        if (errno || end == s || *end != ':')
+                die("%s: '%s' is not X:Y", opt, s);
+        double y = strtod(end + 1, &end2);
+        if (errno || end2 == end + 1 || *end2 || !isfinite(x) || !isfinite(y))
+                die("%s: '%s' is not X:Y (two finite numbers)", opt, s);
+        ret[0] = x;
+        ret[1] = y;
+}
+
+/* What follows NYxNX in --scan: ",snake", ",origin=X0:Y0", ",step=DX:DY", ",units=U". */
+static void parse_scan_keys(const char *rest, opts *o) {
+        char buf[256];
+
+        if (strlen(rest) >= sizeof buf)
+                die("--scan: too long");
+        strcpy(buf, rest);
+        if (buf[0] && buf[0] != ',')
+                die("--scan: expected NYxNX[,snake][,origin=X0:Y0][,step=DX:DY][,units=U], got '%s'", rest);
+        for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+                char *eq = strchr(kv, '=');
+                if (strcmp(kv, "snake") == 0) {
+                        o->scan.snake = true;
+                        continue;
+                }
+                if (!eq)
+                        die("--scan: '%s' is not snake or KEY=VALUE (origin, step, units)", kv);
+                *eq = '\0';
+                const char *v = eq + 1;
+                if (strcmp(kv, "origin") == 0) {
+                        parse_xy("--scan origin", v, o->origin);
+                } else if (strcmp(kv, "step") == 0) {
+                        parse_xy("--scan step", v, o->step);
+                        if (o->step[0] == 0 || o->step[1] == 0)
+                                die("--scan step: '%s' has a zero step", v);
+                } else if (strcmp(kv, "units") == 0) {
+                        if (strlen(v) >= sizeof o->units)
+                                die("--scan units: '%s' is longer than %zu bytes", v, sizeof o->units - 1);
+                        strcpy(o->units, v);
+                } else {
+                        die("--scan: unknown key '%s' (snake, origin, step, units)", kv);
+                }
+                o->motor = true;
+        }
+}
+
 static void parse_args(int argc, char **argv, opts *o) {
         enum {
                 O_FORMAT = 256,
@@ -262,6 +331,7 @@ static void parse_args(int argc, char **argv, opts *o) {
                 O_IUD,
                 O_SCAN,
                 O_FLY,
+                O_POSITIONS,
                 O_SOURCE,
                 O_MASK,
                 O_HWM,
@@ -288,6 +358,7 @@ static void parse_args(int argc, char **argv, opts *o) {
                 {"image-user-data", required_argument, NULL, O_IUD},
                 {"scan", required_argument, NULL, O_SCAN},
                 {"fly", required_argument, NULL, O_FLY},
+                {"positions", required_argument, NULL, O_POSITIONS},
                 {"source", required_argument, NULL, O_SOURCE},
                 {"mask", no_argument, NULL, O_MASK},
                 {"hwm", required_argument, NULL, O_HWM},
@@ -319,7 +390,8 @@ static void parse_args(int argc, char **argv, opts *o) {
                     .hwm = -1,
                     .wait_connect = -1,
                     .linger = -1,
-                    .ring = 64};
+                    .ring = 64,
+                    .step = {1, 1}};
         while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
                 switch (c) {
                 case O_FORMAT:
@@ -366,14 +438,14 @@ static void parse_args(int argc, char **argv, opts *o) {
                         break;
                 case O_SCAN:
                         parse_pair("--scan", optarg, 1000000, &o->scan.ny, &o->scan.nx, &rest);
-                        if (strcmp(rest, ",snake") == 0)
-                                o->scan.snake = true;
-                        else if (*rest)
-                                die("--scan: expected NYxNX or NYxNX,snake, got '%s'", optarg);
+                        parse_scan_keys(rest, o);
                         o->scan.active = true;
                         break;
                 case O_FLY:
                         o->fly = optarg;
+                        break;
+                case O_POSITIONS:
+                        o->positions = optarg;
                         break;
                 case O_SOURCE:
                         o->source = optarg;
@@ -415,6 +487,10 @@ static void parse_args(int argc, char **argv, opts *o) {
                 die("--channels: Stream V1 carries one threshold only");
         if (o->fly && !o->scan.active)
                 die("--fly needs --scan");
+        if (o->positions && !o->scan.active)
+                die("--positions needs --scan (the grid the positions are taken on)");
+        if (o->positions && o->fly)
+                die("--positions and --fly exclude each other");
         if (o->scan.active && !o->frames_set)
                 o->frames = (uint64_t)o->scan.ny * o->scan.nx;
         if (!o->endpoint)
@@ -714,6 +790,61 @@ static void make_visits(sim *s) {
                 s->o.frames = n;
 }
 
+#define MAX_POSITIONS_BYTES ((long)16 << 20)
+
+/* The visits of --positions: each [x, y] of FILE (motor units of the --scan
+ * grid) belongs to its nearest grid point, clamped to the grid, and lies off
+ * it by the rest, in steps (the phantom clamps that to its field). */
+static void load_positions(sim *s) {
+        const char *path = s->o.positions;
+        FILE *f = fopen(path, "rb");
+        if (!f)
+                die("--positions %s: %s", path, strerror(errno));
+        struct stat st;
+        if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode))
+                die("--positions %s: not a regular file", path);
+        if (st.st_size > MAX_POSITIONS_BYTES)
+                die("--positions %s: %lld bytes, at most %ld", path, (long long)st.st_size, MAX_POSITIONS_BYTES);
+        long size = (long)st.st_size;
+        char *text = xmalloc((size_t)size + 1);
+        if (fread(text, 1, (size_t)size, f) != (size_t)size)
+                die("--positions %s: read error", path);
+        fclose(f);
+        text[size] = '\0';
+        cJSON *arr = strlen(text) == (size_t)size ? cJSON_ParseWithOpts(text, NULL, 1) : NULL;
+        free(text);
+        if (!cJSON_IsArray(arr))
+                die("--positions %s: not a JSON array of [x, y] positions", path);
+        int n = cJSON_GetArraySize(arr);
+        if (n < 1 || n > MAX_RING)
+                die("--positions %s: %d positions, expected 1..%u", path, n, MAX_RING);
+        const sim_scan *sc = &s->o.scan;
+        s->positions = xmalloc((size_t)n * 2 * sizeof *s->positions);
+        s->visits = xmalloc((size_t)n * sizeof *s->visits);
+        int i = 0;
+        for (const cJSON *p = arr->child; p; p = p->next, i++) {
+                const cJSON *x = cJSON_GetArrayItem(p, 0), *y = cJSON_GetArrayItem(p, 1);
+                if (!cJSON_IsArray(p) || cJSON_GetArraySize(p) != 2 || !cJSON_IsNumber(x) || !cJSON_IsNumber(y) ||
+                    !isfinite(x->valuedouble) || !isfinite(y->valuedouble))
+                        die("--positions %s: element %d is not [x, y] (two finite numbers)", path, i);
+                double u = (x->valuedouble - s->o.origin[0]) / s->o.step[0];
+                double v = (y->valuedouble - s->o.origin[1]) / s->o.step[1];
+                if (!isfinite(u) || !isfinite(v))
+                        die("--positions %s: element %d [%g, %g] is not on the scale of the grid", path, i,
+                            x->valuedouble, y->valuedouble);
+                double col = fmin(fmax(round(u), 0), sc->nx - 1), row = fmin(fmax(round(v), 0), sc->ny - 1);
+                s->visits[i] = (sim_visit){(uint32_t)row, (uint32_t)col, u - col, v - row};
+                s->positions[2 * i] = x->valuedouble;
+                s->positions[2 * i + 1] = y->valuedouble;
+        }
+        cJSON_Delete(arr);
+        s->npositions = (uint64_t)n;
+        s->o.scan.visits = s->visits;
+        s->o.scan.nvisits = (uint64_t)n;
+        if (!s->o.frames_set)
+                s->o.frames = (uint64_t)n;
+}
+
 static cJSON *parse_json_opt(const char *opt, const char *text) {
         cJSON *j = cJSON_Parse(text);
 
@@ -730,6 +861,9 @@ static void prepare_user_data(sim *s) {
                         s->user_data = cJSON_CreateObject();
                 if (!cJSON_IsObject(s->user_data))
                         die("--user-data must be a JSON object to be combined with --scan");
+        }
+        /* A "scan" of --user-data is announced as it is: a grid other than the one performed. */
+        if (s->o.scan.active && !cJSON_GetObjectItemCaseSensitive(s->user_data, "scan")) {
                 cJSON *scan = cJSON_CreateObject();
                 cJSON *shape = cJSON_CreateArray();
                 cJSON_AddItemToArray(shape, cJSON_CreateNumber(s->o.scan.ny));
@@ -737,11 +871,18 @@ static void prepare_user_data(sim *s) {
                 cJSON_AddItemToObject(scan, "shape", shape);
                 cJSON_AddBoolToObject(scan, "snake", s->o.scan.snake);
                 cJSON_AddStringToObject(scan, "fast_axis", "x");
-                cJSON_DeleteItemFromObjectCaseSensitive(s->user_data, "scan");
+                if (s->o.motor) {
+                        cJSON_AddItemToObject(scan, "origin", cJSON_CreateDoubleArray(s->o.origin, 2));
+                        cJSON_AddItemToObject(scan, "step", cJSON_CreateDoubleArray(s->o.step, 2));
+                        cJSON_AddStringToObject(scan, "units", s->o.units);
+                }
                 cJSON_AddItemToObject(s->user_data, "scan", scan);
         }
-        if (!s->o.image_user_data)
+        if (!s->o.image_user_data) {
+                if (s->positions)
+                        die("--positions needs --image-user-data with a \"position\" member");
                 return;
+        }
         s->image_ud = parse_json_opt("--image-user-data", s->o.image_user_data);
         if (s->o.scan.active && cJSON_IsObject(s->image_ud) &&
             cJSON_GetObjectItemCaseSensitive(s->image_ud, "position")) {
@@ -752,7 +893,8 @@ static void prepare_user_data(sim *s) {
                 s->image_ud_pos = pos;
         }
         if (s->visits && !s->image_ud_pos)
-                die("--fly: --image-user-data needs a \"position\" member for the positions");
+                die("%s: --image-user-data needs a \"position\" member for the positions",
+                    s->positions ? "--positions" : "--fly");
         /* Sizes: CBOR of a JSON text is at most 9 bytes per character (a
          * 1-character number as float64); printed positions add digits. */
         size_t tlen = strlen(s->o.image_user_data);
@@ -786,16 +928,25 @@ static void update_image_ud(sim *s, uint64_t i) {
 
         if (!s->image_ud_pos)
                 return;
-        if (s->visits) {
-                uint64_t k = i % s->o.scan.nvisits;
-                const sim_visit *v = &s->visits[k];
-                px = s->outside[k] ? s->o.scan.nx + 0.5 + v->dx + 1 : v->col + v->dx;
-                py = v->row + v->dy;
+        if (s->positions) {
+                uint64_t k = i % s->npositions;
+                px = s->positions[2 * k];
+                py = s->positions[2 * k + 1];
         } else {
-                uint64_t x, y;
-                scan_position(&s->o.scan, i, &x, &y);
-                px = (double)x;
-                py = (double)y;
+                double u, v; /* in grid steps */
+                if (s->visits) {
+                        uint64_t k = i % s->o.scan.nvisits;
+                        const sim_visit *vi = &s->visits[k];
+                        u = s->outside[k] ? s->o.scan.nx + 0.5 + vi->dx + 1 : vi->col + vi->dx;
+                        v = vi->row + vi->dy;
+                } else {
+                        uint64_t x, y;
+                        scan_position(&s->o.scan, i, &x, &y);
+                        u = (double)x;
+                        v = (double)y;
+                }
+                px = s->o.origin[0] + u * s->o.step[0];
+                py = s->o.origin[1] + v * s->o.step[1];
         }
         cJSON_SetNumberValue(cJSON_GetArrayItem(s->image_ud_pos, 0), px);
         cJSON_SetNumberValue(cJSON_GetArrayItem(s->image_ud_pos, 1), py);
@@ -1286,6 +1437,8 @@ int main(int argc, char **argv) {
 
         if (s.o.fly)
                 make_visits(&s);
+        if (s.o.positions)
+                load_positions(&s);
         const sim_source_ops *src = sim_source_find(s.o.source, &arg);
         if (!src)
                 die("--source: unknown source '%s' (pattern, file:PATH.h5, phantom)", s.o.source);
@@ -1444,6 +1597,7 @@ int main(int argc, char **argv) {
         free(s.image_ud_text);
         free(s.visits);
         free(s.outside);
+        free(s.positions);
         cJSON_Delete(s.user_data);
         cJSON_Delete(s.image_ud);
         return stop_requested ? 1 : 0;

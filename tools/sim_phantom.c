@@ -48,9 +48,9 @@
  *   main=0|1 (1) whether the main particle is there (0: small particles only;
  *   its geometry is still drawn, so the small ones land where they would)
  *
- * Fly scans (sim_scan.visits, roid-sim --fly): frame k is rendered at grid
- * point visits[k] moved by its jitter (rounded to object pixels, clamped to
- * the scanned field); the period is the number of visits.
+ * Fly scans (sim_scan.visits, roid-sim --fly or --positions): frame k is
+ * rendered at grid point visits[k] moved by its jitter (rounded to object
+ * pixels, clamped to the scanned field); the period is the number of visits.
  *
  * Ground truth (truth=PATH): a JSON object with ny, nx, snake, rows, cols,
  * beam_center [x, y], probe_radius_px (R90), step_px, pupil_radius_px,

@@ -35,7 +35,8 @@ typedef struct {
 /* A raster scan: ny rows of nx points, x fast, optionally snake (odd rows
  * reversed).  A fly scan (--fly) adds visits: image k shows the sample at
  * visits[k % nvisits], in any order, several images per point, off the grid
- * by the jitter; NULL for a step scan in grid order. */
+ * by the jitter (--positions: by up to half a step, more at the grid's edge);
+ * NULL for a step scan in grid order. */
 typedef struct {
         bool active;
         uint32_t ny, nx;
