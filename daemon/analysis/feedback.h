@@ -47,7 +47,10 @@
  *      source-RoI point and farther than 1 step from every grown-mask point;
  *   3. at least one measured point lies within 2 steps of p;
  *   4. none of the measured points within 2 steps is in the source or grown
- *      mask.
+ *      mask;
+ *   5. some modality of the RoI labels (roid_roi_centres not NaN): before a
+ *      cut stands out from noise the mask is empty for want of knowledge,
+ *      and nothing is skipped.
  * The terms overlap on purpose: source points always have a frame, so 4
  * alone keeps 2 steps around the source RoI; online with border > 0,
  * "farther than 1 from the grown mask" is "farther than border + 1 from the
