@@ -565,6 +565,24 @@ static void test_dark_frame_ids(void) {
         roid_writer_free(w);
 }
 
+/* Polls the writer's stats until done(st), for 10 s at most. */
+static void poll_stats(roid_writer *w, roid_writer_stats *st, bool (*done)(const roid_writer_stats *)) {
+        for (int t = 0; t < 1000; t++) {
+                roid_writer_get_stats(w, st);
+                if (done(st))
+                        return;
+                nanosleep(&(struct timespec){0, 10000000}, NULL);
+        }
+}
+
+static bool ten_written(const roid_writer_stats *st) {
+        return st->frames_written == 10;
+}
+
+static bool three_discarded(const roid_writer_stats *st) {
+        return st->frames_discarded == 3;
+}
+
 /* Records paced slower than the writer go out in batches: each append is
  * a few HDF5 allocations and a write per dataset, and one per frame was
  * about 17 allocations a frame.  They wait for a full batch, anything queued
@@ -604,12 +622,7 @@ static void test_batched(void) {
                 make_record(i, &rec);
                 roid_writer_append(w, &rec);
         }
-        for (int t = 0; t < 1000; t++) { /* 10 s at most */
-                roid_writer_get_stats(w, &st);
-                if (st.frames_written == 10)
-                        break;
-                nanosleep(&(struct timespec){0, 10000000}, NULL);
-        }
+        poll_stats(w, &st, ten_written);
         tap_ok(st.frames_written == 10 && st.appends == 1,
                "batched: 10 records appended by the flush timer alone, in %llu append(s)",
                (unsigned long long)st.appends);
@@ -846,12 +859,7 @@ static void test_errors(void) {
                         make_record(i, &rec);
                         roid_writer_append(w2, &rec);
                 }
-                for (int t = 0; t < 1000; t++) { /* 10 s at most */
-                        roid_writer_get_stats(w2, &st);
-                        if (st.frames_discarded == 3)
-                                break;
-                        nanosleep(&(struct timespec){0, 10000000}, NULL);
-                }
+                poll_stats(w2, &st, three_discarded);
                 tap_ok(st.frames_discarded == 3 && roid_writer_queue_depth(w2) == 0,
                        "unwritable dir: 3 records appended later are discarded without a close (%llu, depth %zu)",
                        (unsigned long long)st.frames_discarded, roid_writer_queue_depth(w2));
