@@ -508,8 +508,19 @@ int roid_feedback_update(roid_feedback *fb, const roid_roi *roi, bool final) {
                 fb->flags[i] = fl;
         }
 
+        /* Until some modality labels (a cut stands out from noise) the mask is
+         * empty because nothing is known, not because the points around are
+         * background: nothing is skipped (the next lines of a raster were
+         * offered whatever they held: object points next to measured object
+         * points at frame 88, found by a closed-loop test), and the mask is
+         * not stable (a controller stopping on it ended a raster after 39 of
+         * 576 points, found by review). */
+        bool classified = false;
+        for (unsigned m = 0; m < roid_roi_n_modalities(roi) && !classified; m++)
+                classified = !isnan(roid_roi_centres(roi, m)[0]);
+
         roid_feedback_view *v = &fb->v;
-        if (v->updates > 0 && memcmp(fb->mask, fb->prev, np) == 0)
+        if (classified && v->updates > 0 && memcmp(fb->mask, fb->prev, np) == 0)
                 v->unchanged++;
         else
                 v->unchanged = 0;
@@ -521,14 +532,6 @@ int roid_feedback_update(roid_feedback *fb, const roid_roi *roi, bool final) {
 
         compute_boxes(fb);
         compute_rescan(fb);
-        /* Nothing is skipped before some modality labels: until a cut stands
-         * out from noise the mask is empty because nothing is known, not
-         * because the points around are background, and the next lines of a
-         * raster were offered whatever they held (found by a closed-loop test:
-         * object points next to measured object points, at frame 88). */
-        bool classified = false;
-        for (unsigned m = 0; m < roid_roi_n_modalities(roi) && !classified; m++)
-                classified = !isnan(roid_roi_centres(roi, m)[0]);
         compute_skip(fb, any_measured && classified);
         compute_next(fb, roid_roi_raw_map(roi, 1));
         return 0;

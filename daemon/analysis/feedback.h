@@ -38,8 +38,11 @@
  *  - stable: the grown mask is byte-identical to the previous update's for
  *    `unchanged` consecutive updates (0 at the first), stable = unchanged >=
  *    params.stable_refits.  A final update is not stable by definition; it
- *    reports the same comparison, with final = true.  An empty mask can be
- *    stable (nothing found, and still nothing): n_boxes says so.
+ *    reports the same comparison, with final = true.  Nothing is stable
+ *    (unchanged stays 0) before some modality labels (roid_roi_centres not
+ *    NaN): until then the mask is empty for want of knowledge.  After that an
+ *    empty mask can be stable (nothing found, and still nothing): n_boxes
+ *    says so.
  *
  * Skip rule.  A point p is skipped when all of:
  *   1. p has no frame yet;

@@ -645,6 +645,12 @@ static void test_skip_next(void) {
                 tap_ok(v.n_skip == 0 && v.frames > 0,
                        "first row (%llu frames): nothing labels yet, nothing skipped (%zu)",
                        (unsigned long long)v.frames, v.n_skip);
+                for (int k = 0; k < 4; k++) /* more updates than stable_refits, the mask empty and unchanged */
+                        roid_feedback_update(fb1, r1, false);
+                roid_feedback_get(fb1, &v);
+                tap_ok(!v.stable && v.unchanged == 0 && v.updates == 5,
+                       "first row, 5 updates: an empty mask before anything labels is not stable (unchanged %u)",
+                       v.unchanged);
                 roid_feedback_free(fb1);
                 roid_roi_free(r1);
         }
