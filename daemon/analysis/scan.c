@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ingest/cborwalk.h"
+#include "service/text.h"
 
 /* What a "scan" member said, before validation; shared by the CBOR and the
  * JSON readers so that both apply the same rules. */
@@ -666,8 +667,15 @@ static int validate(const raw_scan *s, roid_scan_grid *ret, roid_err *err) {
                 g.step_x = s->step[0];
                 g.step_y = s->step[1];
         }
-        if (s->has_units)
+        if (s->has_units) {
+                /* it goes out again in every series, map and scan_here message,
+                 * as msgpack str, which clients decode as UTF-8 */
+                const size_t n = strlen(s->units), bad = roid_utf8_invalid_at(s->units, n);
+                if (bad < n)
+                        return roid_err_set(err, -EBADMSG, "user_data.scan.units: byte 0x%02x at %zu is not UTF-8",
+                                            (unsigned char)s->units[bad], bad);
                 memcpy(g.units, s->units, sizeof g.units);
+        }
         g.source = ROID_SCAN_FROM_SERIES;
         *ret = g;
         return 0;

@@ -234,6 +234,26 @@ static void test_bad(void) {
         cb c;
         roid_scan_grid g;
         roid_err err = {{0}};
+
+        /* CBOR text that is not UTF-8: units go out again as msgpack str in
+         * every series, map and scan_here message (clients decoding them
+         * failed on every message) */
+        c.n = 0;
+        cb_head(&c, 5, 1);
+        cb_text(&c, "scan");
+        cb_head(&c, 5, 2);
+        cb_text(&c, "shape");
+        cb_head(&c, 4, 2);
+        cb_head(&c, 0, 4);
+        cb_head(&c, 0, 4);
+        cb_text(&c, "units");
+        cb_text(&c, "\xff\xfe");
+        roid_scan_grid_default(&g);
+        g.ny = 99;
+        roid_user_data bu = ud_cbor(&c);
+        int br = roid_scan_from_user_data(&bu, 32, &g, &err);
+        tap_ok(br == -EBADMSG && strstr(err.msg, "units") && strstr(err.msg, "UTF-8") && g.ny == 99,
+               "CBOR units 0xff 0xfe: -EBADMSG naming units and UTF-8 (%d: %s)", br, err.msg);
         c.n = 0;
         cb_head(&c, 5, 1);
         cb_text(&c, "scan");
