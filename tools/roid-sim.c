@@ -9,6 +9,7 @@
  * Threads: one.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
@@ -26,6 +27,7 @@
 #include <zmq.h>
 
 #include "ingest/codec.h"
+#include "service/text.h"
 #include "sim_cbor.h"
 #include "sim_md5.h"
 #include "sim_source.h"
@@ -306,6 +308,8 @@ static void parse_scan_keys(const char *rest, opts *o) {
                 } else if (strcmp(kv, "units") == 0) {
                         if (strlen(v) >= sizeof o->units)
                                 die("--scan units: '%s' is longer than %zu bytes", v, sizeof o->units - 1);
+                        if (roid_utf8_invalid_at(v, strlen(v)) < strlen(v))
+                                die("--scan units: not UTF-8");
                         strcpy(o->units, v);
                 } else {
                         die("--scan: unknown key '%s' (snake, origin, step, units)", kv);
@@ -491,6 +495,13 @@ static void parse_args(int argc, char **argv, opts *o) {
                 die("--positions needs --scan (the grid the positions are taken on)");
         if (o->positions && o->fly)
                 die("--positions and --fly exclude each other");
+        if (o->scan.active && o->motor)
+                for (int a = 0; a < 2; a++) {
+                        const double last = o->origin[a] + (double)((a ? o->scan.ny : o->scan.nx) - 1) * o->step[a];
+                        if (!isfinite(last) || fabs(last) > 1e300)
+                                die("--scan: the last point's %c = %g + %u * %g is out of range", a ? 'y' : 'x',
+                                    o->origin[a], (a ? o->scan.ny : o->scan.nx) - 1, o->step[a]);
+                }
         if (o->scan.active && !o->frames_set)
                 o->frames = (uint64_t)o->scan.ny * o->scan.nx;
         if (!o->endpoint)
@@ -790,19 +801,25 @@ static void make_visits(sim *s) {
                 s->o.frames = n;
 }
 
-#define MAX_POSITIONS_BYTES ((long)16 << 20)
+/* 100000 pairs of full-precision numbers take about 4.1 MB; cJSON takes
+ * about 40 times a file's size of memory for the densest JSON. */
+#define MAX_POSITIONS_BYTES ((long)6 << 20)
 
 /* The visits of --positions: each [x, y] of FILE (motor units of the --scan
  * grid) belongs to its nearest grid point, clamped to the grid, and lies off
  * it by the rest, in steps (the phantom clamps that to its field). */
 static void load_positions(sim *s) {
         const char *path = s->o.positions;
-        FILE *f = fopen(path, "rb");
-        if (!f)
+        /* non-blocking: a FIFO must be refused, not waited on */
+        int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0)
                 die("--positions %s: %s", path, strerror(errno));
         struct stat st;
-        if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode))
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
                 die("--positions %s: not a regular file", path);
+        FILE *f = fdopen(fd, "rb");
+        if (!f)
+                die("--positions %s: %s", path, strerror(errno));
         if (st.st_size > MAX_POSITIONS_BYTES)
                 die("--positions %s: %lld bytes, at most %ld", path, (long long)st.st_size, MAX_POSITIONS_BYTES);
         long size = (long)st.st_size;

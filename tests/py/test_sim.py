@@ -517,6 +517,33 @@ class Errors(unittest.TestCase):
                 self.assertNotEqual(p.returncode, 0)
                 self.assertIn("roid-sim:", p.stderr)
 
+    def test_rejects_positions_and_motor_grid(self):
+        """--positions and --scan's motor keys: a clear error and a non-zero exit, never a hang."""
+        d = tempfile.mkdtemp(prefix="roidsim")
+        try:
+            fifo = os.path.join(d, "fifo")
+            os.mkfifo(fifo)
+            big = os.path.join(d, "big.json")
+            with open(big, "w") as f:  # over the file limit, though each element is fine
+                f.write("[" + ",".join(["[0,0]"] * 1200000) + "]")
+            flat = os.path.join(d, "flat.json")
+            with open(flat, "w") as f:
+                f.write("[0,0]")
+            iud = ["--image-user-data", '{"position":[0,0]}']
+            cases = ((["--scan", "4x4", *iud, "--positions", fifo], "not a regular file"),
+                     (["--scan", "4x4", *iud, "--positions", big], "bytes, at most"),
+                     (["--scan", "4x4", *iud, "--positions", flat], "element 0"),
+                     (["--scan", "4x4,origin=1e308:1e308,step=1e308:1e308"], "out of range"),
+                     (["--scan", "4x4,units=\udcff\udcfe"], "not UTF-8"))
+            for args, why in cases:
+                with self.subTest(args=args[:2]):
+                    p = subprocess.run([SIM, "--endpoint", "ipc:///tmp/roidsim-unused", *args], capture_output=True,
+                                       timeout=30, errors="surrogateescape", text=True)
+                    self.assertNotEqual(p.returncode, 0)
+                    self.assertIn(why, p.stderr)
+        finally:
+            shutil.rmtree(d)
+
     def test_wait_connect_times_out(self):
         d = tempfile.mkdtemp(prefix="roidsim")
         try:
