@@ -623,7 +623,8 @@ static void test_batched(void) {
                 roid_writer_append(w, &rec);
         }
         poll_stats(w, &st, ten_written);
-        tap_ok(st.frames_written == 10 && st.appends == 1,
+        /* one append, or two if this thread paused for a flush interval while pushing */
+        tap_ok(st.frames_written == 10 && st.appends >= 1 && st.appends <= 2,
                "batched: 10 records appended by the flush timer alone, in %llu append(s)",
                (unsigned long long)st.appends);
         roid_writer_free(w);
