@@ -442,6 +442,12 @@ static void parse_args(int argc, char **argv, opts *o) {
                         break;
                 case O_SCAN:
                         parse_pair("--scan", optarg, 1000000, &o->scan.ny, &o->scan.nx, &rest);
+                        /* a later --scan replaces an earlier one whole */
+                        o->scan.snake = false;
+                        o->motor = false;
+                        o->origin[0] = o->origin[1] = 0;
+                        o->step[0] = o->step[1] = 1;
+                        o->units[0] = '\0';
                         parse_scan_keys(rest, o);
                         o->scan.active = true;
                         break;
