@@ -791,10 +791,15 @@ int roid_results_write_map(roid_results *w, const roid_roi *roi, bool final, roi
                 good = write_all(w, M_CENTROIDS, T_F64, cen);
         if (good && final)
                 good = write_frame_labels(w, mask, glab);
-        /* Last, so a reader that sees final = 1 finds the final map complete
-         * (after the same flush). */
+        /* Last, so a reader that sees final = 1 finds the final map complete.
+         * A flush first: the value of final can reach the file before the next
+         * flush writes the sizes of the datasets just extended, and a reader
+         * polling for final = 1 read image_ids of extent 0 (8 of 8 runs, found
+         * by review). */
         uint64_t frames = roid_roi_frames(roi);
         uint8_t fin = final;
+        if (good && final)
+                good = ok(w, H5Fflush(w->file, H5F_SCOPE_LOCAL));
         good = good && write_all(w, M_FRAMES, T_U64, &frames) && write_all(w, M_FINAL, T_U8, &fin);
         return good ? 0 : fail(w, err, "/entry/roi");
 }
