@@ -84,6 +84,11 @@ void roid_analysis_free(roid_analysis *a) {
         free(a);
 }
 
+/* Bytes of one frame record. */
+static uint64_t record_bytes(const roid_analysis *a) {
+        return sizeof(uint64_t) + 2 * sizeof(uint32_t) + (5 + 3 * (uint64_t)a->p.roi.n_segments) * sizeof(double);
+}
+
 static void on_start(void *ctx, const roid_series *s) {
         roid_analysis *a = ctx;
         roid_err err = {{0}};
@@ -116,7 +121,7 @@ static void on_start(void *ctx, const roid_series *s) {
         size_t S = a->p.roi.n_segments;
         /* The records are part of the series' analysis state: one bound for
          * both, checked before either is allocated. */
-        const uint64_t rec_bytes = cap * (sizeof(uint64_t) + 2 * sizeof(uint32_t) + (5 + 3 * S) * sizeof(double));
+        const uint64_t rec_bytes = cap * record_bytes(a);
         const uint64_t state_bytes = roid_roi_state_bytes(&a->p.roi, a->grid.ny, a->grid.nx);
         const uint64_t max = a->p.roi.max_state_bytes;
         if (max && state_bytes <= max && state_bytes + rec_bytes > max) {
@@ -220,12 +225,61 @@ int roid_analysis_place(const roid_scan_grid *grid, uint64_t image_id, double po
         return placed;
 }
 
+/* Doubles the frame records, within max_analysis_bytes (the RoI state
+ * included) and ROID_SCAN_MAX_POINTS records a grid point of the largest
+ * grid.  A series without number_of_images (a capture edited, V1 with
+ * header_detail none, a fly scan of several frames a point) got one record a
+ * grid point, and the rest of its frames were left out of the results file
+ * while the file said final and complete (found by review: 42 RoI image ids
+ * of 68).  -EMSGSIZE at the bound, -ENOMEM; the records kept are intact. */
+static int grow_records(roid_analysis *a) {
+        const size_t S = a->p.roi.n_segments;
+        uint64_t limit = (uint64_t)16 * ROID_SCAN_MAX_POINTS;
+        const uint64_t max = a->p.roi.max_state_bytes;
+        if (max) {
+                const uint64_t state = roid_roi_state_bytes(&a->p.roi, a->grid.ny, a->grid.nx);
+                const uint64_t room = max > state ? (max - state) / record_bytes(a) : 0;
+                limit = room < limit ? room : limit;
+        }
+        if (a->cap >= limit)
+                return -EMSGSIZE;
+        uint64_t ncap = a->cap < 512 ? 1024 : (uint64_t)a->cap * 2;
+        ncap = ncap < limit ? ncap : limit;
+        /* each array on its own: one that grew and a later one that did not
+         * leave a larger buffer than cap, which is harmless */
+#define GROW(field, per)                                                                                               \
+        do {                                                                                                           \
+                void *n_ = realloc(a->field, (size_t)ncap * (per) * sizeof *a->field);                                 \
+                if (!n_)                                                                                               \
+                        return -ENOMEM;                                                                                \
+                a->field = n_;                                                                                         \
+        } while (0)
+        GROW(image_id, 1);
+        GROW(index, 2);
+        GROW(sum, 1);
+        GROW(com, 2);
+        GROW(seg_sum, S);
+        GROW(seg_com, 2 * S);
+        GROW(bf, 1);
+        GROW(df, 1);
+#undef GROW
+        a->cap = (size_t)ncap;
+        return 0;
+}
+
 static void keep_record(roid_analysis *a, const roid_frame_record *rec) {
         const roid_features *ft = &rec->f;
         roid_roi_add(a->roi, rec->row, rec->col, ft);
         if (a->n >= a->cap) {
-                a->dropped++;
-                return;
+                const int r = grow_records(a);
+                if (r < 0) {
+                        if (a->dropped++ == 0)
+                                roid_log(ROID_LOG_WARNING,
+                                         "series %" PRIu64 ": frame records beyond %zu (%s): the results file "
+                                         "leaves the rest out",
+                                         a->series_id, a->cap, r == -EMSGSIZE ? "max_analysis_bytes" : "out of memory");
+                        return;
+                }
         }
         size_t i = a->n++, S = a->p.roi.n_segments;
         a->image_id[i] = rec->image_id;

@@ -129,6 +129,37 @@ class Fly(unittest.TestCase):
             self.assertIn("outside", log, fmt)
             self.assertFalse(set(off) & set(f["/entry/scan/image_id"][()].tolist()), fmt)
 
+    def test_without_number_of_images(self):
+        """The same capture with number_of_images taken out of its start message (as a V1 series
+        with header_detail none, or an edited capture, has it): replay must keep every frame.  It
+        kept one record a grid point, and the results file lost a quarter of the RoI image ids
+        while it said final and complete."""
+        d = self.tmp.name
+        src, cap, out = os.path.join(d, "v2.cbor"), os.path.join(d, "nonum.cbor"), os.path.join(d, "nonum")
+        with open(src, "rb") as fi, open(cap, "wb") as fo:
+            dec = cbor2.CBORDecoder(fi)
+            n_start = 0
+            while fi.peek(1):
+                parts = dec.decode()
+                m = cbor2.loads(parts[0])
+                v = m.value if isinstance(m, cbor2.CBORTag) else m
+                if isinstance(v, dict) and v.get("type") == "start":
+                    del v["number_of_images"]
+                    parts = [cbor2.dumps(m)] + parts[1:]
+                    n_start += 1
+                cbor2.dump(parts, fo)
+        self.assertEqual(n_start, 1)
+        os.mkdir(out)
+        p = subprocess.run([ROID, "replay", "--output-dir", out, cap], timeout=300, capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with h5py.File(glob.glob(os.path.join(out, "*.h5"))[0], "r") as f:
+            _, ref, _ = self.runs["v2"]
+            self.assertEqual(f["/entry/scan/image_id"].shape, ref["/entry/scan/image_id"].shape)
+            self.assertGreater(f["/entry/scan/image_id"].shape[0], NY * NX)  # two frames a point
+            m = f["/entry/roi/mask"][()] == 1
+            self.assertEqual(len(f["/entry/roi/image_ids"]), f["/entry/roi/counts"][()][m].sum())
+            self.assertEqual(sorted(f["/entry/roi/image_ids"][()]), sorted(ref["/entry/roi/image_ids"][()]))
+
     def test_v1_equals_v2(self):
         a, b = self.runs["v2"][1], self.runs["v1"][1]
         for k in ("/entry/scan/image_id", "/entry/scan/index", "/entry/roi/mask", "/entry/features/sum"):
