@@ -349,7 +349,7 @@ static void on_frame_error(void *ctx, const roid_series *s, uint64_t image_id, c
         a->dropped++;
 }
 
-static int write_results(roid_analysis *a, roid_err *err) {
+static int write_results(roid_analysis *a, bool terminated, roid_err *err) {
         roid_results_meta meta = {
                 .series_unique_id = a->series_unique_id,
                 .series_id = a->series_id,
@@ -384,7 +384,7 @@ static int write_results(roid_analysis *a, roid_err *err) {
         r = roid_results_write_features(w, &f, err);
         if (r >= 0)
                 r = roid_results_write_map(w, a->roi, true, err);
-        int rc = roid_results_close(w, NULL);
+        int rc = roid_results_close(w, NULL, terminated);
         if (r >= 0 && rc < 0)
                 r = roid_err_set(err, rc, "closing %s failed", path);
         if (r >= 0)
@@ -412,7 +412,7 @@ static void on_end(void *ctx, const roid_series *s, bool terminated) {
                  "series %" PRIu64 " %s: %" PRIu64 " frames, RoI %zu of %zu points, %" PRIu64 " frames dropped",
                  s->series_id, terminated ? "ended" : "closed", roid_roi_frames(a->roi), in, np, a->dropped);
         if (a->p.output_dir[0]) {
-                int r = write_results(a, &err);
+                int r = write_results(a, terminated, &err);
                 if (r < 0) {
                         roid_log(ROID_LOG_ERR, "series %" PRIu64 ": results not written: %s", s->series_id, err.msg);
                         a->results_failed++;

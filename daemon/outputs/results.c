@@ -356,7 +356,8 @@ static bool counter_attrs(roid_results *w) {
         for (int i = 0; i < ROID_C__MAX; i++)
                 if (!attr_num(w, w->g[G_COUNTERS], roid_counter_name(i), T_U64, &zero, 1))
                         return false;
-        return attr_num(w, w->g[G_COUNTERS], "complete", T_U8, &no, 1);
+        return attr_num(w, w->g[G_COUNTERS], "terminated", T_U8, &no, 1) &&
+               attr_num(w, w->g[G_COUNTERS], "complete", T_U8, &no, 1);
 }
 
 /* After a write error (disk full) HDF5 1.10 cannot close the file: H5Fclose
@@ -817,7 +818,7 @@ int roid_results_flush(roid_results *w, roid_err *err) {
         return ok(w, H5Fflush(w->file, H5F_SCOPE_LOCAL)) ? 0 : fail(w, err, "(flush)");
 }
 
-int roid_results_close(roid_results *w, const roid_counters *ctr) {
+int roid_results_close(roid_results *w, const roid_counters *ctr, bool terminated) {
         if (!w)
                 return 0;
         int r = 0;
@@ -832,7 +833,8 @@ int roid_results_close(roid_results *w, const roid_counters *ctr) {
                         uint64_t v = roid_counter_get(ctr, i);
                         good = attr_rewrite(w, w->g[G_COUNTERS], roid_counter_name(i), T_U64, &v);
                 }
-                uint8_t yes = 1;
+                uint8_t yes = 1, term = terminated;
+                good = good && attr_rewrite(w, w->g[G_COUNTERS], "terminated", T_U8, &term);
                 if (!good || !attr_rewrite(w, w->g[G_COUNTERS], "complete", T_U8, &yes))
                         r = -EIO;
         }

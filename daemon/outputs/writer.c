@@ -33,7 +33,7 @@ typedef struct {
                 open_req *open;
                 struct {
                         roid_roi *map; /* final (or last online) snapshot, owned by the item; may be NULL */
-                        bool final, have_ctr;
+                        bool final, have_ctr, terminated;
                         uint64_t ctr[ROID_C__MAX];
                 } close;
         } u;
@@ -204,7 +204,7 @@ static void flush_now(roid_writer *w) {
         w->dirty = false;
 }
 
-static void close_file(roid_writer *w, const roid_counters *ctr) {
+static void close_file(roid_writer *w, const roid_counters *ctr, bool terminated) {
         roid_err err = {""};
         if (!w->res)
                 return;
@@ -216,7 +216,7 @@ static void close_file(roid_writer *w, const roid_counters *ctr) {
                         series_error(w, r, err.msg);
         }
         bool was_failed = w->failed;
-        int r = roid_results_close(w->res, ctr);
+        int r = roid_results_close(w->res, ctr, terminated);
         w->res = NULL;
         w->failed = false;
         w->dirty = false;
@@ -249,7 +249,7 @@ static void close_file(roid_writer *w, const roid_counters *ctr) {
 static void do_open(roid_writer *w, open_req *o) {
         roid_err err = {""};
         char path[PATH_LEN];
-        close_file(w, NULL); /* the previous series never closed */
+        close_file(w, NULL, false); /* the previous series never closed */
         w->gen++;
         w->failed = false;
         int r = roid_results_open(o->dir, &o->meta, &w->res, path, sizeof path, &err);
@@ -295,7 +295,7 @@ static void do_close(roid_writer *w, item *it) {
         roid_counters c;
         for (int i = 0; i < ROID_C__MAX; i++)
                 atomic_init(&c.v[i], it->u.close.ctr[i]);
-        close_file(w, it->u.close.have_ctr ? &c : NULL);
+        close_file(w, it->u.close.have_ctr ? &c : NULL, it->u.close.terminated);
 }
 
 /* Whether the records at the head of the queue go out now.  Each append
@@ -383,7 +383,7 @@ static void *thread_main(void *arg) {
                 }
         }
         pthread_mutex_unlock(&w->mu);
-        close_file(w, NULL);
+        close_file(w, NULL, false);
         return NULL;
 }
 
@@ -533,8 +533,9 @@ int roid_writer_set_center(roid_writer *w, double center_x, double center_y) {
         return r;
 }
 
-int roid_writer_close(roid_writer *w, const roid_counters *ctr) {
+int roid_writer_close(roid_writer *w, const roid_counters *ctr, bool terminated) {
         item it = {.kind = IT_CLOSE};
+        it.u.close.terminated = terminated;
         pthread_mutex_lock(&w->map_mu);
         if (!w->p_open) {
                 pthread_mutex_unlock(&w->map_mu);

@@ -96,9 +96,9 @@ int roid_writer_map(roid_writer *w, const roid_roi *roi, bool final);
  * written at the next flush or at the close.  -EINVAL with no open series. */
 int roid_writer_set_center(roid_writer *w, double center_x, double center_y);
 /* Ends the series: the final snapshot (if one was passed) is written, then
- * the counters (ctr may be NULL) and the file is closed.  Returns after
- * enqueuing; -EINVAL with no open series. */
-int roid_writer_close(roid_writer *w, const roid_counters *ctr);
+ * the counters (ctr may be NULL) and terminated (roid_results_close), and the
+ * file is closed.  Returns after enqueuing; -EINVAL with no open series. */
+int roid_writer_close(roid_writer *w, const roid_counters *ctr, bool terminated);
 
 /* Blocks until everything queued before the call is written and flushed (a
  * closed series' file is closed).  Returns the first error since the last

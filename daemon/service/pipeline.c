@@ -847,7 +847,7 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
                 an_heartbeat(pl);
         }
         if (ss->writing) {
-                roid_writer_close(pl->writer, pl->ctr);
+                roid_writer_close(pl->writer, pl->ctr, terminated);
         }
         size_t in = 0, np = (size_t)sc->grid.ny * sc->grid.nx;
         const uint8_t *m = ss->roi ? roid_roi_mask(ss->roi) : NULL;

@@ -855,7 +855,7 @@ static bool wopen_untouched(void *ctx) {
 /* Closes the series the open started; the writer's thread is idle after. */
 static void wopen_undo(void *ctx) {
         wopen_ctx *c = ctx;
-        int r = roid_writer_close(c->w, NULL);
+        int r = roid_writer_close(c->w, NULL, true);
         int r2 = roid_writer_wait_idle(c->w);
         roid_writer_stats st;
         roid_writer_get_stats(c->w, &st);

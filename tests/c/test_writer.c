@@ -113,7 +113,7 @@ static roid_results_meta meta_for(const char *id, const char *config) {
 typedef struct {
         bool opened;
         long rows, scan_rows[8], final, frames, mask_sum, n_image_ids, image_ids_ok, labels_ok, labels_rows;
-        long image_id_seq, complete, images_received, cen_k, cen_d, cen_finite;
+        long image_id_seq, complete, terminated, images_received, cen_k, cen_d, cen_finite;
         double sum[2048];
         long n_sum;
         char nx_class[256], config[256], open_error[512];
@@ -173,6 +173,8 @@ static void summarise(const char *path, bool plain, summary *s) {
                         s->complete = atol(v);
                 else if (!strcmp(line, "centroids"))
                         sscanf(v, "%ld %ld %ld", &s->cen_k, &s->cen_d, &s->cen_finite);
+                else if (!strcmp(line, "counter") && !strncmp(v, "terminated ", 11))
+                        s->terminated = atol(v + 11);
                 else if (!strcmp(line, "counter") && !strncmp(v, "images_received ", 16))
                         s->images_received = atol(v + 16);
                 else if (!strcmp(line, "nx_class"))
@@ -390,7 +392,7 @@ static void sweep_child(const char *path, rlim_t limit) {
         }
         roid_roi_finish(roi);
         failed |= roid_results_write_map(w, roi, true, &err) < 0;
-        r = roid_results_close(w, NULL);
+        r = roid_results_close(w, NULL, true);
         roid_roi_free(roi);
         if (failed ? r != -EIO : r != 0 && r != -EIO) /* the close itself may fail */
                 exit(SW_BAD + 5);
@@ -430,7 +432,7 @@ static void test_size_sweep(void) {
                         char got[4096];
                         roid_err err;
                         int r = roid_results_open(NULL, &m, &w, got, sizeof got, &err);
-                        exit(r < 0 || roid_results_close(w, NULL) < 0 ? 1 : 0);
+                        exit(r < 0 || roid_results_close(w, NULL, true) < 0 ? 1 : 0);
                 }
                 int st = -1;
                 struct stat sb;
@@ -550,7 +552,7 @@ static void test_dark_frame_ids(void) {
         roid_writer_map(w, roi, true);
         roid_counters ctr;
         roid_counters_reset(&ctr);
-        roid_writer_close(w, &ctr);
+        roid_writer_close(w, &ctr, true);
         tap_eq_i64(roid_writer_wait_idle(w), 0, "dark: written and closed");
         long in = 0;
         for (int q = 0; q < NP; q++)
@@ -688,7 +690,7 @@ static void test_live(void) {
         roid_counters ctr;
         roid_counters_reset(&ctr);
         roid_count(&ctr, ROID_C_images_received, NP);
-        tap_eq_i64(roid_writer_close(w, &ctr), 0, "live: close queued");
+        tap_eq_i64(roid_writer_close(w, &ctr, true), 0, "live: close queued");
         roid_count(&ctr, ROID_C_images_received, 5); /* after the close: not in the file */
         tap_eq_i64(roid_writer_wait_idle(w), 0, "live: closed without error");
         polled = started && follow_poll(&fo, &rows, &frames, &final);
@@ -730,6 +732,7 @@ static void test_live(void) {
                "live: centroids %ld x %ld, finite %ld", s.cen_k, s.cen_d, s.cen_finite);
         tap_eq_i64(s.images_received, NP, "live: counters stored at the close (snapshot)");
         tap_eq_i64(s.complete, 1, "live: counters/complete = 1");
+        tap_eq_i64(s.terminated, 1, "live: counters/terminated = 1 (closed as ended by the detector)");
         tap_ok(!strcmp(s.nx_class, "NXentry NXcollection NXcollection NXdata NXcollection NXcollection"),
                "live: NX_class attributes (%s)", s.nx_class);
         tap_ok(!strcmp(s.config, "[analysis]\\nk = 3\\n"), "live: configuration attribute (%s)", s.config);
@@ -764,11 +767,13 @@ static void test_timer(void) {
         summary s;
         summarise(path, false, &s);
         tap_eq_i64(s.rows, 10, "timer: rows visible after flush_interval without any explicit flush");
-        roid_writer_close(w, NULL);
-        roid_writer_free(w); /* finishes the queued close */
+        roid_writer_close(w, NULL, false); /* no end message came */
+        roid_writer_free(w);               /* finishes the queued close */
         summarise(path, true, &s);
-        tap_ok(s.rows == 10 && s.complete == 1, "timer: free finished the close (%ld rows, complete %ld)", s.rows,
-               s.complete);
+        tap_ok(s.rows == 10 && s.complete == 1 && s.terminated == 0,
+               "timer: free finished the close (%ld rows, complete %ld), of a series closed without its end "
+               "(terminated %ld)",
+               s.rows, s.complete, s.terminated);
 }
 
 static void test_backpressure(void) {
@@ -792,7 +797,7 @@ static void test_backpressure(void) {
                 if (d > max_seen)
                         max_seen = d;
         }
-        roid_writer_close(w, NULL);
+        roid_writer_close(w, NULL, true);
         tap_eq_i64(roid_writer_wait_idle(w), 0, "backpressure: no error");
         tap_ok(!bad && max_seen == 2, "backpressure: the queue of 2 filled (max depth %zu) and appends waited",
                max_seen);
@@ -834,7 +839,7 @@ static void test_errors(void) {
                 roid_writer_append(w, &rec);
         }
         roid_writer_map(w, roi, true);
-        roid_writer_close(w, NULL);
+        roid_writer_close(w, NULL, true);
         int r = roid_writer_wait_idle(w);
         restore_stderr();
         tap_ok(r < 0, "unwritable dir: wait_idle reports the error (%d)", r);
@@ -874,7 +879,7 @@ static void test_errors(void) {
                 make_record(i, &rec);
                 roid_writer_append(w, &rec);
         }
-        roid_writer_close(w, NULL);
+        roid_writer_close(w, NULL, true);
         tap_eq_i64(roid_writer_wait_idle(w), 0, "after the error: the next series is written");
         summary s;
         series_path(path, sizeof path, good_dir, "after-bad");
@@ -903,7 +908,7 @@ static void test_errors(void) {
         r = roid_writer_wait_idle(w); /* its flush hits the limit */
         setrlimit(RLIMIT_FSIZE, &old);
         roid_writer_map(w, roi, true);
-        roid_writer_close(w, NULL);
+        roid_writer_close(w, NULL, true);
         int r2 = roid_writer_wait_idle(w);
         restore_stderr();
         roid_writer_get_stats(w, &st);
@@ -926,7 +931,7 @@ static void test_errors(void) {
                 roid_writer_append(w, &rec);
         }
         roid_writer_map(w, roi, true);
-        roid_writer_close(w, NULL);
+        roid_writer_close(w, NULL, true);
         tap_eq_i64(roid_writer_wait_idle(w), 0, "after the size limit: the next series is written");
         series_path(path, sizeof path, good_dir, "after-full");
         summarise(path, true, &s);
@@ -948,7 +953,7 @@ static void test_bad_args(void) {
         roid_roi *roi;
         roid_err err;
         roid_roi_new(&rp, NY, NX, &roi, &err);
-        tap_ok(roid_writer_append(w, &rec) == -EINVAL && roid_writer_close(w, NULL) == -EINVAL &&
+        tap_ok(roid_writer_append(w, &rec) == -EINVAL && roid_writer_close(w, NULL, true) == -EINVAL &&
                        roid_writer_map(w, roi, false) == -EINVAL,
                "append / map / close without an open series refused");
         roid_results_meta m = meta_for("x", NULL);
@@ -977,13 +982,13 @@ static void test_no_overwrite(void) {
                 make_record(i, &rec);
                 roid_writer_append(w, &rec);
         }
-        roid_writer_close(w, NULL);
+        roid_writer_close(w, NULL, true);
         int r2 = roid_writer_open(w, dir, &m, p2, sizeof p2); /* the first open may not have run yet */
         for (uint64_t i = 0; i < 3; i++) {
                 make_record(i, &rec);
                 roid_writer_append(w, &rec);
         }
-        roid_writer_close(w, NULL);
+        roid_writer_close(w, NULL, true);
         roid_writer_wait_idle(w);
         series_path(want, sizeof want, dir, "dup");
         tap_ok(r1 == 0 && !strcmp(p1, want), "first series: %s", p1);
@@ -1001,7 +1006,7 @@ static void test_no_overwrite(void) {
         fclose(f);
         m = meta_for("other", NULL);
         int r3 = roid_writer_open(w, dir, &m, p3, sizeof p3);
-        roid_writer_close(w, NULL);
+        roid_writer_close(w, NULL, true);
         roid_writer_wait_idle(w);
         tap_ok(r3 == 0 && strstr(p3, "roid_other_2.h5") && count_in_file(want, "not ours") == 1,
                "an existing file is not replaced (%s written instead)", p3);
@@ -1019,7 +1024,7 @@ static void test_no_overwrite(void) {
         int distinct = 0, opened = 0;
         for (int i = 0; i < BURST; i++) {
                 opened += roid_writer_open(w, dir, &m, paths[i], sizeof paths[i]) == 0;
-                roid_writer_close(w, NULL);
+                roid_writer_close(w, NULL, true);
         }
         int r_idle = roid_writer_wait_idle(w);
         roid_writer_stats st;

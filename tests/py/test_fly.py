@@ -160,6 +160,32 @@ class Fly(unittest.TestCase):
             self.assertEqual(len(f["/entry/roi/image_ids"]), f["/entry/roi/counts"][()][m].sum())
             self.assertEqual(sorted(f["/entry/roi/image_ids"][()]), sorted(ref["/entry/roi/image_ids"][()]))
 
+    def test_terminated(self):
+        """counters/terminated: 1 for a series that ended with its end message, 0 for one closed
+        without it (the same capture, its end message cut off), which may lack frames."""
+        d = self.tmp.name
+        src, cap, out = os.path.join(d, "v2.cbor"), os.path.join(d, "noend.cbor"), os.path.join(d, "noend")
+        with open(src, "rb") as fi, open(cap, "wb") as fo:
+            dec = cbor2.CBORDecoder(fi)
+            ends = 0
+            while fi.peek(1):
+                parts = dec.decode()
+                m = cbor2.loads(parts[0])
+                v = m.value if isinstance(m, cbor2.CBORTag) else m
+                if isinstance(v, dict) and v.get("type") == "end":
+                    ends += 1
+                    continue
+                cbor2.dump(parts, fo)
+        self.assertEqual(ends, 1)
+        os.mkdir(out)
+        p = subprocess.run([ROID, "replay", "--output-dir", out, cap], timeout=300, capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with h5py.File(glob.glob(os.path.join(out, "*.h5"))[0], "r") as f:
+            a = f["/entry/counters"].attrs
+            self.assertEqual((int(a["terminated"]), int(a["complete"])), (0, 1))
+        a = self.runs["v2"][1]["/entry/counters"].attrs
+        self.assertEqual((int(a["terminated"]), int(a["complete"])), (1, 1))
+
     def test_v1_equals_v2(self):
         a, b = self.runs["v2"][1], self.runs["v1"][1]
         for k in ("/entry/scan/image_id", "/entry/scan/index", "/entry/roi/mask", "/entry/features/sum"):
