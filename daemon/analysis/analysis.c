@@ -365,6 +365,9 @@ static int write_results(roid_analysis *a, bool terminated, roid_err *err) {
                 .snake = a->grid.snake,
                 .fast_axis = a->grid.fast_axis == ROID_SCAN_FAST_X ? "x" : "y",
                 .scan_source = roid_scan_source_name(a->grid.source),
+                .scan_origin = {a->grid.origin_x, a->grid.origin_y},
+                .scan_step = {a->grid.step_x, a->grid.step_y},
+                .scan_units = a->grid.units,
         };
         roid_results_features f = {.n = a->n,
                                    .n_seg = a->p.roi.n_segments,

@@ -340,6 +340,9 @@ static bool entry_attrs(roid_results *w, const roid_results_meta *meta) {
                     attr_num(w, e, "scan_shape", T_I64, shape, 2) && attr_i64(w, e, "scan_snake", meta->snake) &&
                     attr_str(w, e, "scan_fast_axis", meta->fast_axis ? meta->fast_axis : "x") &&
                     attr_str(w, e, "scan_source", meta->scan_source ? meta->scan_source : "") &&
+                    attr_num(w, e, "scan_origin", T_F64, meta->scan_origin, 2) &&
+                    attr_num(w, e, "scan_step", T_F64, meta->scan_step, 2) &&
+                    attr_str(w, e, "scan_units", meta->scan_units ? meta->scan_units : "") &&
                     attr_i64(w, e, "segments", p->n_segments) && attr_i64(w, e, "k", p->k) &&
                     attr_i64(w, e, "cadence", p->cadence) && attr_i64(w, e, "border", p->border) &&
                     attr_i64(w, e, "fill_holes", p->fill_holes) && attr_i64(w, e, "use_bf", p->use_bf) &&

@@ -59,6 +59,10 @@ typedef struct {
         uint32_t ny, nx;
         int snake;
         const char *fast_axis, *scan_source;
+        /* the grid in motor units: x = origin[0] + col * step[0], y likewise;
+         * units NULL = "" (grid indices when origin 0 and step 1) */
+        double scan_origin[2], scan_step[2];
+        const char *scan_units;
         const char *config_text; /* effective configuration (INI text) or NULL */
         /* The file to create (from roid_results_unique_path); NULL: open picks
          * one the same way. */

@@ -19,7 +19,7 @@
 
 typedef struct {
         char *dir, *path;
-        char *unique_id, *center_source, *fast_axis, *scan_source, *config_text;
+        char *unique_id, *center_source, *fast_axis, *scan_source, *scan_units, *config_text;
         roid_roi_params roi;
         roid_results_meta meta; /* pointing into the copies above */
 } open_req;
@@ -108,6 +108,7 @@ static void open_req_free(open_req *o) {
         free(o->center_source);
         free(o->fast_axis);
         free(o->scan_source);
+        free(o->scan_units);
         free(o->config_text);
         free(o);
 }
@@ -454,6 +455,8 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         if (r >= 0)
                 r = dup_str(&o->scan_source, meta->scan_source, ROID_NAME_MAX);
         if (r >= 0)
+                r = dup_str(&o->scan_units, meta->scan_units, ROID_NAME_MAX);
+        if (r >= 0)
                 r = dup_str(&o->config_text, meta->config_text, ROID_WRITER_MAX_CONFIG);
         if (r < 0) {
                 open_req_free(o);
@@ -465,6 +468,7 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         o->meta.center_source = o->center_source;
         o->meta.fast_axis = o->fast_axis;
         o->meta.scan_source = o->scan_source;
+        o->meta.scan_units = o->scan_units;
         o->meta.config_text = o->config_text;
         o->meta.path = o->path;
         o->meta.roi = &o->roi;

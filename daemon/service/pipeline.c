@@ -757,6 +757,9 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                         .snake = sc->grid.snake,
                         .fast_axis = sc->grid.fast_axis == ROID_SCAN_FAST_X ? "x" : "y",
                         .scan_source = roid_scan_source_name(sc->grid.source),
+                        .scan_origin = {sc->grid.origin_x, sc->grid.origin_y},
+                        .scan_step = {sc->grid.step_x, sc->grid.step_y},
+                        .scan_units = sc->grid.units,
                         .config_text = sc->config_text,
                 };
                 /* The path is known now, though the writer thread creates the file later and

@@ -248,6 +248,11 @@ def check_fine(fine, end, R, truths, f_origin, f_step, lim):
         with h5py.File(end["results_file"], "r") as f:
             check(np.array_equal(f["/entry/roi/mask"][()].astype(bool), roi),
                   "the results file's RoI is the published one")
+            a = f["/entry"].attrs
+            units = a["scan_units"].decode() if isinstance(a["scan_units"], bytes) else a["scan_units"]
+            check(np.allclose(a["scan_origin"], f_origin) and np.allclose(a["scan_step"], f_step) and units == UNITS,
+                  f"the results file names the fine grid: origin {list(a['scan_origin'])}, step "
+                  f"{list(a['scan_step'])}, units {units!r}")
     else:
         check(False, f"the fine series has a results file ({end['results_file']})")
 
