@@ -177,10 +177,14 @@ def main():
     rs = typed(fin["rescan"])
     check(rs.shape[0] == fm.sum() * 4, f"rescan at half step: {rs.shape[0]} points for {fm.sum()} RoI points")
     check(stat["ok"] and stat["counters"]["frames_analysed"] == NY * NX, "control status counts the frames")
-    # The map interval in effect: the configured 0.1 s (a small grid never stretches it past its budget).
+    # The map interval in effect: the configured 0.1 s; stretched only when a map takes more than its
+    # budget of the analysis thread, which a small grid reaches only when the machine is loaded (the
+    # whole suite at once): never shorter, and the configured value most of the time.
     ivs = [b["map_interval_s"] for t, b in msgs if t == "status" and b.get("map_interval_s") is not None]
-    check(ivs and all(abs(v - 0.1) < 1e-9 for v in ivs) and abs(stat["map_interval_s"] - 0.1) < 1e-9,
-          f"status map_interval_s is the configured 0.1 s ({len(ivs)} status messages with it)")
+    exact = sum(abs(v - 0.1) < 1e-9 for v in ivs)
+    check(ivs and all(v > 0.1 - 1e-9 for v in ivs) and 2 * exact >= len(ivs) and stat["map_interval_s"] > 0.1 - 1e-9,
+          f"status map_interval_s is the configured 0.1 s ({exact} of {len(ivs)} status messages; the others "
+          f"stretched: {sorted(v for v in ivs if abs(v - 0.1) >= 1e-9)[:3]})")
 
     # The status topic carries the control socket's counts too: 6 requests (status, map and 4 bad ones)
     # before the stream, 5 of them errors (the map before any series, the 4 bad ones), every reply sent.
