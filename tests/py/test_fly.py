@@ -129,30 +129,43 @@ class Fly(unittest.TestCase):
             self.assertIn("outside", log, fmt)
             self.assertFalse(set(off) & set(f["/entry/scan/image_id"][()].tolist()), fmt)
 
+    def edited_replay(self, name, edit):
+        """The V2 capture with edit(message) applied to each V2 message (a dict; edit returns False
+        to leave the message out), replayed with --output-dir: (messages edited, the results file)."""
+        d = self.tmp.name
+        cap, out = os.path.join(d, name + ".cbor"), os.path.join(d, name)
+        n = 0
+        with open(os.path.join(d, "v2.cbor"), "rb") as fi, open(cap, "wb") as fo:
+            dec = cbor2.CBORDecoder(fi)
+            while fi.peek(1):
+                parts = dec.decode()
+                m = cbor2.loads(parts[0])
+                v = m.value if isinstance(m, cbor2.CBORTag) else m
+                keep = edit(v)
+                if keep is None:
+                    cbor2.dump(parts, fo)
+                    continue
+                n += 1
+                if keep:
+                    cbor2.dump([cbor2.dumps(m)] + parts[1:], fo)
+        os.mkdir(out)
+        p = subprocess.run([ROID, "replay", "--output-dir", out, cap], timeout=300, capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return n, h5py.File(glob.glob(os.path.join(out, "*.h5"))[0], "r")
+
     def test_without_number_of_images(self):
         """The same capture with number_of_images taken out of its start message (as a V1 series
         with header_detail none, or an edited capture, has it): replay must keep every frame.  It
         kept one record a grid point, and the results file lost a quarter of the RoI image ids
         while it said final and complete."""
-        d = self.tmp.name
-        src, cap, out = os.path.join(d, "v2.cbor"), os.path.join(d, "nonum.cbor"), os.path.join(d, "nonum")
-        with open(src, "rb") as fi, open(cap, "wb") as fo:
-            dec = cbor2.CBORDecoder(fi)
-            n_start = 0
-            while fi.peek(1):
-                parts = dec.decode()
-                m = cbor2.loads(parts[0])
-                v = m.value if isinstance(m, cbor2.CBORTag) else m
-                if isinstance(v, dict) and v.get("type") == "start":
-                    del v["number_of_images"]
-                    parts = [cbor2.dumps(m)] + parts[1:]
-                    n_start += 1
-                cbor2.dump(parts, fo)
-        self.assertEqual(n_start, 1)
-        os.mkdir(out)
-        p = subprocess.run([ROID, "replay", "--output-dir", out, cap], timeout=300, capture_output=True, text=True)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        with h5py.File(glob.glob(os.path.join(out, "*.h5"))[0], "r") as f:
+        def no_number(v):
+            if isinstance(v, dict) and v.get("type") == "start":
+                del v["number_of_images"]
+                return True
+            return None
+        n, f = self.edited_replay("nonum", no_number)
+        self.assertEqual(n, 1)
+        with f:
             _, ref, _ = self.runs["v2"]
             self.assertEqual(f["/entry/scan/image_id"].shape, ref["/entry/scan/image_id"].shape)
             self.assertGreater(f["/entry/scan/image_id"].shape[0], NY * NX)  # two frames a point
@@ -163,24 +176,10 @@ class Fly(unittest.TestCase):
     def test_terminated(self):
         """counters/terminated: 1 for a series that ended with its end message, 0 for one closed
         without it (the same capture, its end message cut off), which may lack frames."""
-        d = self.tmp.name
-        src, cap, out = os.path.join(d, "v2.cbor"), os.path.join(d, "noend.cbor"), os.path.join(d, "noend")
-        with open(src, "rb") as fi, open(cap, "wb") as fo:
-            dec = cbor2.CBORDecoder(fi)
-            ends = 0
-            while fi.peek(1):
-                parts = dec.decode()
-                m = cbor2.loads(parts[0])
-                v = m.value if isinstance(m, cbor2.CBORTag) else m
-                if isinstance(v, dict) and v.get("type") == "end":
-                    ends += 1
-                    continue
-                cbor2.dump(parts, fo)
-        self.assertEqual(ends, 1)
-        os.mkdir(out)
-        p = subprocess.run([ROID, "replay", "--output-dir", out, cap], timeout=300, capture_output=True, text=True)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        with h5py.File(glob.glob(os.path.join(out, "*.h5"))[0], "r") as f:
+        n, f = self.edited_replay("noend", lambda v: False if isinstance(v, dict) and v.get("type") == "end"
+                                  else None)
+        self.assertEqual(n, 1)
+        with f:
             a = f["/entry/counters"].attrs
             self.assertEqual((int(a["terminated"]), int(a["complete"])), (0, 1))
         a = self.runs["v2"][1]["/entry/counters"].attrs
