@@ -265,7 +265,7 @@ static hsize_t chunk_rows(hsize_t row_bytes) {
         return r < 16 ? 16 : r;
 }
 
-static bool create_frame_datasets(roid_results *w) {
+static bool create_frame_datasets(roid_results *w, const char *pos_units) {
         for (int i = 0; i < F__N; i++) {
                 hsize_t dims[3], maxdims[3], chunk[3];
                 int rank = frame_dims(w, i, 0, dims);
@@ -278,9 +278,19 @@ static bool create_frame_datasets(roid_results *w) {
                 memcpy(chunk, dims, sizeof dims);
                 maxdims[0] = H5S_UNLIMITED;
                 chunk[0] = chunk_rows(row);
-                double nan = NAN;
+                /* Rows the writer never wrote (a write failure) read as no frame:
+                 * image_id and index at their maximum (off the grid), position NaN,
+                 * not as image 0 at grid point (0, 0). */
+                const double nan = NAN;
+                const uint64_t no_id = UINT64_MAX;
+                const uint32_t no_index = UINT32_MAX;
+                const void *fill = i == F_POS        ? (const void *)&nan
+                                   : i == F_IMAGE_ID ? (const void *)&no_id
+                                   : i == F_INDEX    ? (const void *)&no_index
+                                                     : NULL;
+                const char *units = i == F_POS && pos_units && *pos_units ? pos_units : frame_ds[i].units;
                 w->fd[i] = dataset(w, w->g[frame_ds[i].group], frame_ds[i].name, frame_ds[i].t, rank, dims, maxdims,
-                                   chunk, i == F_POS ? &nan : NULL, frame_ds[i].units);
+                                   chunk, fill, units);
                 if (w->fd[i] < 0)
                         return false;
         }
@@ -587,7 +597,7 @@ int roid_results_open(const char *dir, const roid_results_meta *meta, roid_resul
         good = ok(w, w->entry = group(w, w->file, "entry", "NXentry")) && entry_attrs(w, meta);
         for (int i = 0; good && i < G__N; i++)
                 good = ok(w, w->g[i] = group(w, w->entry, gname[i], gclass[i]));
-        good = good && create_frame_datasets(w) && create_map_datasets(w) && counter_attrs(w);
+        good = good && create_frame_datasets(w, meta->scan_units) && create_map_datasets(w) && counter_attrs(w);
         /* From here on: no new objects or attributes (SWMR). */
         good = good && ok(w, H5Fstart_swmr_write(w->file));
         if (!good) {

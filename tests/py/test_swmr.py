@@ -87,6 +87,12 @@ def main():
         check(rows == NY * NX and ids == want,
               f"series {k}: on final = 1 the reader finds all {rows} of {NY * NX} rows and {ids} RoI image ids "
               f"(the counts at the RoI points: {want})")
+        # Rows a failed flush recorded without their data read as the fill values: no frame,
+        # off the grid, not image 0 at grid point (0, 0).
+        with h5py.File(glob.glob(os.path.join(d, "*.h5"))[0], "r") as f:
+            fills = (int(f["/entry/scan/image_id"].fillvalue), int(f["/entry/scan/index"].fillvalue))
+        check(fills == (2**64 - 1, 2**32 - 1), f"series {k}: image_id and index fill values {fills}: unwritten rows "
+              "read as no frame, off the grid")
     if not failures:
         shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failures else 0
