@@ -587,10 +587,17 @@ static void km1_partial(roid_roi *r, unsigned m) {
 }
 
 /* The two-cluster split of x[0..n) of least within-cluster sum of squares,
- * to a bin of a SPLIT_BINS histogram over [lo, hi]: the means of its two
- * sides into c.  false when every value falls in one bin. */
+ * to a bin of a SPLIT_BINS histogram over the range of x: the means of its
+ * two sides into c.  false when all values are equal or fall in one bin. */
 #define SPLIT_BINS 1024
-static bool best_split(const double *x, uint32_t n, double lo, double hi, double *c) {
+static bool best_split(const double *x, uint32_t n, double *c) {
+        double lo = INFINITY, hi = -INFINITY;
+        for (uint32_t i = 0; i < n; i++) {
+                lo = x[i] < lo ? x[i] : lo;
+                hi = x[i] > hi ? x[i] : hi;
+        }
+        if (!(hi > lo))
+                return false;
         double cnt[SPLIT_BINS] = {0}, sum[SPLIT_BINS] = {0}, sq[SPLIT_BINS] = {0};
         const double scale = SPLIT_BINS / (hi - lo);
         for (uint32_t i = 0; i < n; i++) {
@@ -632,14 +639,10 @@ static void km1_lloyd(roid_roi *r, unsigned m) {
         if (n == 0)
                 return;
         roid_kmeans *km = &r->km[m];
-        double e_online, e_split, lo = INFINITY, hi = -INFINITY, c[2];
+        double e_online, e_split, c[2];
         roid_kmeans_refine(km, x, n, r->p.max_iter, r->klab, NULL, &e_online);
         const double kept[4] = {km->centers[0], km->centers[1], km->counts[0], km->counts[1]};
-        for (uint32_t i = 0; i < n; i++) {
-                lo = x[i] < lo ? x[i] : lo;
-                hi = x[i] > hi ? x[i] : hi;
-        }
-        if (hi > lo && best_split(x, n, lo, hi, c)) {
+        if (best_split(x, n, c)) {
                 roid_kmeans_set_centers(km, c);
                 roid_kmeans_refine(km, x, n, r->p.max_iter, r->klab, NULL, &e_split);
                 if (!(e_split < e_online * (1 - 1e-12))) {

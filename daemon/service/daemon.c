@@ -39,7 +39,7 @@ typedef struct {
         uv_signal_t sig_term, sig_int, sig_hup;
         uv_timer_t status_timer, watchdog_timer, idle_timer, revive_timer;
         uv_async_t wake;
-        bool pull_polling, have_ctl, stopping, watching;
+        bool pull_polling, have_ctl, stopping;
         void *zctx;
         roid_zsource *src;
         roid_control *ctl;
@@ -85,11 +85,10 @@ static void on_pull(uv_poll_t *h, int status, int events) {
 
 static void on_revive(uv_timer_t *t);
 
-/* Connection events of the detector socket (zsource.h): closes counted, and
- * a second after one, a look whether libzmq is connecting again. */
+/* Connection events of the detector socket (zsource.h; none when it is not
+ * watched): closes counted, and a second after one, a look whether libzmq is
+ * connecting again. */
 static void watch_events(daemon_t *d) {
-        if (!d->watching)
-                return;
         int lost = roid_zsource_events(d->src);
         if (lost > 0) {
                 roid_count(&d->ctr, ROID_C_connections_lost, (uint64_t)lost);
@@ -564,7 +563,6 @@ int roid_daemon_run(const roid_daemon_params *p) {
                          err.msg[0] ? err.msg : "poll failed");
                 roid_zsource_unwatch(d->src); /* events nobody reads would pile up */
         } else {
-                d->watching = true;
                 uv_unref((uv_handle_t *)&d->mon_poll); /* it never keeps the loop alive */
         }
         uv_async_init(&d->loop, &d->wake, on_wake);
