@@ -30,6 +30,9 @@ struct roid_analysis {
         uint64_t results_failed;
         uint64_t series_id;
         char series_unique_id[ROID_NAME_MAX];
+        const char *source;        /* roid_analysis_set_source */
+        const char *series_source; /* the source when the series started */
+        roid_results_detector detector;
 };
 
 void roid_analysis_params_default(roid_analysis_params *p) {
@@ -99,6 +102,8 @@ static void on_start(void *ctx, const roid_series *s) {
         a->not_analysed = 0;
         a->series_id = s->series_id;
         memcpy(a->series_unique_id, s->series_unique_id, sizeof a->series_unique_id);
+        roid_results_detector_from_start(&a->detector, s->format, s->implicit ? NULL : &s->start, NULL);
+        a->series_source = a->source;
         const roid_scan_grid *cfg = a->p.scan.source != ROID_SCAN_FROM_NONE ? &a->p.scan : NULL;
         int r = roid_scan_resolve(&s->user_data, cfg, s->start.has_number_of_images, s->start.number_of_images,
                                   a->p.max_depth, &a->grid, &err);
@@ -300,8 +305,11 @@ static void keep_record(roid_analysis *a, const roid_frame_record *rec) {
 static void on_frame(void *ctx, const roid_frame_event *ev) {
         roid_analysis *a = ctx;
         roid_err err = {{0}};
-        if (a->channel < 0)
+        if (a->channel < 0) {
                 a->channel = (int)ev->channel;
+                roid_results_detector_from_start(&a->detector, ev->series->format,
+                                                 ev->series->implicit ? NULL : &ev->series->start, ev->channel_name);
+        }
         if ((int)ev->channel != a->channel)
                 return;
         if (!a->active) {
@@ -353,6 +361,8 @@ static int write_results(roid_analysis *a, bool terminated, roid_err *err) {
         roid_results_meta meta = {
                 .series_unique_id = a->series_unique_id,
                 .series_id = a->series_id,
+                .source = a->series_source,
+                .detector = &a->detector,
                 .center_x = a->have_geom ? a->geom.center_x : NAN,
                 .center_y = a->have_geom ? a->geom.center_y : NAN,
                 .center_source = a->have_geom ? a->center_source : "none",
@@ -431,6 +441,10 @@ void roid_analysis_sink(roid_analysis *a, roid_sink *ret) {
         ret->frame = on_frame;
         ret->frame_error = on_frame_error;
         ret->series_end = on_end;
+}
+
+void roid_analysis_set_source(roid_analysis *a, const char *source) {
+        a->source = source;
 }
 
 const roid_roi *roid_analysis_roi(const roid_analysis *a) {

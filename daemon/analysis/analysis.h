@@ -41,6 +41,10 @@ int roid_analysis_new(const roid_analysis_params *p, roid_analysis **ret, roid_e
 void roid_analysis_free(roid_analysis *a);
 void roid_analysis_sink(roid_analysis *a, roid_sink *ret);
 
+/* Where the next series come from (an input file), for their results
+ * files; the string must outlive them.  NULL = "". */
+void roid_analysis_set_source(roid_analysis *a, const char *source);
+
 /* The last series' RoI state (NULL if none). */
 const roid_roi *roid_analysis_roi(const roid_analysis *a);
 /* Path of the last results file written, "" if none. */

@@ -19,7 +19,8 @@
 #include <stdbool.h>
 
 #define ROID_MAX_CHANNELS 8
-#define ROID_NAME_MAX     64 /* channel names, series_unique_id, dates */
+#define ROID_NAME_MAX     64  /* identifiers: channel names, series_unique_id */
+#define ROID_TEXT_MAX     256 /* free text (dates, detector description): longer is cut */
 
 typedef enum {
         ROID_DT_NONE = 0,
@@ -102,10 +103,10 @@ typedef struct {
         bool countrate_correction_enabled, flatfield_enabled, pixel_mask_enabled;
         bool virtual_pixel_interpolation_enabled;
         roid_dtype image_dtype; /* NONE when the detector did not say */
-        char arm_date[ROID_NAME_MAX];
-        char detector_description[ROID_NAME_MAX];
-        char detector_serial_number[ROID_NAME_MAX];
-        char sensor_material[ROID_NAME_MAX];
+        char arm_date[ROID_TEXT_MAX];
+        char detector_description[ROID_TEXT_MAX];
+        char detector_serial_number[ROID_TEXT_MAX];
+        char sensor_material[ROID_TEXT_MAX];
         struct {
                 bool present;
                 double start, increment;

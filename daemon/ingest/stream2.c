@@ -787,7 +787,7 @@ static int start_value(s2 *p, const roid_cw_item *k) {
         };
         for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
                 if (key_is(k, texts[i].key))
-                        return get_text(p, texts[i].key, (char *)s + texts[i].off, ROID_NAME_MAX);
+                        return get_text(p, texts[i].key, (char *)s + texts[i].off, ROID_TEXT_MAX);
 
         int r;
         if (key_is(k, "arm_date"))
@@ -829,8 +829,8 @@ static int start_value(s2 *p, const roid_cw_item *k) {
         return roid_cw_skip(&p->c, p->err);
 }
 
-/* Start fields roid parses but never uses (nothing past the parser reads
- * them): a flaw in one costs that field, not the series. */
+/* Start fields the analysis does not need (at most copied to the results
+ * file): a flaw in one costs that field, not the series. */
 static const char *const unused_fields[] = {
         "arm_date",
         "count_time",
@@ -874,7 +874,7 @@ static int start_field(s2 *p, const roid_cw_item *k) {
         r = roid_cw_skip(&p->c, p->err);
         if (r < 0)
                 return r;
-        ROID_LOG_LIMITED(ROID_LOG_WARNING, "start message: field %.*s left out (roid does not use it): %s", (int)k->len,
+        ROID_LOG_LIMITED(ROID_LOG_WARNING, "start message: field %.*s left out (not needed for the analysis): %s", (int)k->len,
                          (const char *)k->ptr, e.msg);
         return 0;
 }

@@ -15,7 +15,7 @@
 /* Longest results file path (analysis.h ROID_PATH_MAX is the same). */
 #define RES_PATH_MAX 4096
 
-#define RESULTS_VERSION 2
+#define RESULTS_VERSION 3
 /* Frames converted (append) or read back (final labels) per HDF5 call. */
 #define BATCH   512
 #define MAX_MOD (2 * (1 + ROID_MAX_SEGMENTS))
@@ -335,6 +335,98 @@ static bool create_map_datasets(roid_results *w) {
         return ok(w, H5Dwrite(w->md[M_SEGMENT], H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, seg));
 }
 
+void roid_results_detector_from_start(roid_results_detector *d, roid_format format, const roid_start_info *st,
+                                      const char *channel) {
+        memset(d, 0, sizeof *d);
+        snprintf(d->stream_format, sizeof d->stream_format, "%s",
+                 format == ROID_FMT_V2   ? "stream V2"
+                 : format == ROID_FMT_V1 ? "stream V1"
+                                         : "HDF5 file");
+        snprintf(d->channel, sizeof d->channel, "%s", channel ? channel : "");
+        d->number_of_images = -1;
+        d->count_time = d->frame_time = d->x_pixel_size = d->y_pixel_size = NAN;
+        d->sensor_thickness = d->incident_energy = d->incident_wavelength = d->threshold_energy = NAN;
+        if (!st)
+                return;
+        memcpy(d->arm_date, st->arm_date, sizeof d->arm_date);
+        memcpy(d->description, st->detector_description, sizeof d->description);
+        memcpy(d->serial_number, st->detector_serial_number, sizeof d->serial_number);
+        memcpy(d->sensor_material, st->sensor_material, sizeof d->sensor_material);
+        if (st->has_number_of_images && st->number_of_images <= INT64_MAX)
+                d->number_of_images = (int64_t)st->number_of_images;
+        if (st->has_count_time)
+                d->count_time = st->count_time;
+        if (st->has_frame_time)
+                d->frame_time = st->frame_time;
+        if (st->has_pixel_size) {
+                d->x_pixel_size = st->pixel_size_x;
+                d->y_pixel_size = st->pixel_size_y;
+        }
+        if (st->sensor_thickness > 0) /* no flag: 0 when not sent */
+                d->sensor_thickness = st->sensor_thickness;
+        if (st->has_energy)
+                d->incident_energy = st->incident_energy;
+        if (st->has_wavelength)
+                d->incident_wavelength = st->incident_wavelength;
+        for (unsigned i = 0; channel && i < st->n_channels && i < ROID_MAX_CHANNELS; i++)
+                if (strcmp(st->channels[i], channel) == 0)
+                        d->threshold_energy = st->threshold_energy[i];
+}
+
+/* A scalar dataset, written now (never again: allowed before SWMR). */
+static bool scalar_f64(roid_results *w, hid_t loc, const char *name, double v, const char *units) {
+        if (isnan(v))
+                return true; /* not sent: left out, as the detector did */
+        hid_t d = dataset(w, loc, name, T_F64, 0, NULL, NULL, NULL, NULL, units);
+        bool good = d >= 0 && ok(w, H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v));
+        if (d >= 0)
+                H5Dclose(d);
+        return good;
+}
+
+static bool scalar_str(roid_results *w, hid_t loc, const char *name, const char *v) {
+        if (!v[0])
+                return true;
+        hid_t t = H5Tcopy(H5T_C_S1), s = H5Screate(H5S_SCALAR), d = H5I_INVALID_HID;
+        bool good = ok(w, t) && ok(w, s) && ok(w, H5Tset_size(t, strlen(v) + 1)) &&
+                    ok(w, H5Tset_strpad(t, H5T_STR_NULLTERM)) &&
+                    ok(w, d = H5Dcreate2(loc, name, t, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)) &&
+                    ok(w, H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, v));
+        if (d >= 0)
+                H5Dclose(d);
+        if (s >= 0)
+                H5Sclose(s);
+        if (t >= 0)
+                H5Tclose(t);
+        return good;
+}
+
+/* /entry/instrument/detector and /entry/instrument/beam, named as in an
+ * EIGER master file, holding what the start message said. */
+static bool instrument(roid_results *w, const roid_results_detector *d) {
+        hid_t ins = group(w, w->entry, "instrument", "NXinstrument");
+        hid_t det = ins >= 0 ? group(w, ins, "detector", "NXdetector") : H5I_INVALID_HID;
+        hid_t beam = det >= 0 ? group(w, ins, "beam", "NXbeam") : H5I_INVALID_HID;
+        bool good = beam >= 0 && scalar_str(w, det, "description", d->description) &&
+                    scalar_str(w, det, "detector_number", d->serial_number) &&
+                    scalar_str(w, det, "sensor_material", d->sensor_material) &&
+                    scalar_f64(w, det, "sensor_thickness", d->sensor_thickness, "m") &&
+                    scalar_f64(w, det, "count_time", d->count_time, "s") &&
+                    scalar_f64(w, det, "frame_time", d->frame_time, "s") &&
+                    scalar_f64(w, det, "x_pixel_size", d->x_pixel_size, "m") &&
+                    scalar_f64(w, det, "y_pixel_size", d->y_pixel_size, "m") &&
+                    scalar_f64(w, det, "threshold_energy", d->threshold_energy, "eV") &&
+                    scalar_f64(w, beam, "incident_energy", d->incident_energy, "eV") &&
+                    scalar_f64(w, beam, "incident_wavelength", d->incident_wavelength, "angstrom");
+        if (beam >= 0)
+                H5Gclose(beam);
+        if (det >= 0)
+                H5Gclose(det);
+        if (ins >= 0)
+                H5Gclose(ins);
+        return good;
+}
+
 static bool entry_attrs(roid_results *w, const roid_results_meta *meta) {
         hid_t e = w->entry;
         const roid_roi_params *p = meta->roi;
@@ -360,7 +452,17 @@ static bool entry_attrs(roid_results *w, const roid_results_meta *meta) {
                     attr_i64(w, e, "max_iter", p->max_iter);
         if (good && meta->config_text)
                 good = attr_str(w, e, "configuration", meta->config_text);
-        return good;
+        roid_results_detector unknown;
+        const roid_results_detector *d = meta->detector;
+        if (!d) {
+                roid_results_detector_from_start(&unknown, ROID_FMT_NONE, NULL, NULL);
+                unknown.stream_format[0] = '\0';
+                d = &unknown;
+        }
+        return good && attr_str(w, e, "source", meta->source ? meta->source : "") &&
+               attr_str(w, e, "stream_format", d->stream_format) && attr_str(w, e, "channel", d->channel) &&
+               attr_str(w, e, "arm_date", d->arm_date) && attr_i64(w, e, "number_of_images", d->number_of_images) &&
+               instrument(w, d);
 }
 
 static bool counter_attrs(roid_results *w) {

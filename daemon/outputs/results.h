@@ -36,6 +36,7 @@
 
 #include "analysis/record.h"
 #include "analysis/roi.h"
+#include "ingest/message.h"
 #include "service/counters.h"
 #include "service/err.h"
 
@@ -49,9 +50,35 @@ typedef struct {
         const double *sum, *com, *seg_sum, *seg_com, *bf, *df;
 } roid_results_features;
 
+/* What the detector's start message said of the series, kept for the link
+ * from a results file to the detector's own files (fixed size: the writer
+ * copies it by value).  A field the detector did not send is "", NaN or -1. */
+typedef struct {
+        char stream_format[16];       /* "stream V2", "stream V1", "HDF5 file" */
+        char channel[ROID_NAME_MAX];  /* the analysed channel */
+        char arm_date[ROID_TEXT_MAX]; /* as sent (ISO 8601) */
+        char description[ROID_TEXT_MAX], serial_number[ROID_TEXT_MAX], sensor_material[ROID_TEXT_MAX];
+        int64_t number_of_images;
+        double count_time, frame_time;     /* s */
+        double x_pixel_size, y_pixel_size; /* m */
+        double sensor_thickness;           /* m */
+        double incident_energy;            /* eV */
+        double incident_wavelength;        /* Angstrom */
+        double threshold_energy;           /* eV, of the analysed channel */
+} roid_results_detector;
+
+/* Fills d from a start message (NULL: everything unknown); channel = the
+ * analysed channel's name, NULL or "" when not known. */
+void roid_results_detector_from_start(roid_results_detector *d, roid_format format, const roid_start_info *st,
+                                      const char *channel);
+
 typedef struct {
         const char *series_unique_id;
         uint64_t series_id;
+        /* Where the frames came from: the detector endpoint (daemon) or the
+         * input file (replay); NULL = "". */
+        const char *source;
+        const roid_results_detector *detector; /* NULL: nothing known */
         double center_x, center_y;
         const char *center_source; /* "start", "config", "estimated" */
         double r_bf, r_df_in, r_df_out;

@@ -19,8 +19,9 @@
 
 typedef struct {
         char *dir, *path;
-        char *unique_id, *center_source, *fast_axis, *scan_source, *scan_units, *config_text;
+        char *unique_id, *source, *center_source, *fast_axis, *scan_source, *scan_units, *config_text;
         roid_roi_params roi;
+        roid_results_detector detector;
         roid_results_meta meta; /* pointing into the copies above */
 } open_req;
 
@@ -105,6 +106,7 @@ static void open_req_free(open_req *o) {
         free(o->dir);
         free(o->path);
         free(o->unique_id);
+        free(o->source);
         free(o->center_source);
         free(o->fast_axis);
         free(o->scan_source);
@@ -449,6 +451,8 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         if (r >= 0)
                 r = dup_str(&o->unique_id, meta->series_unique_id, ROID_NAME_MAX);
         if (r >= 0)
+                r = dup_str(&o->source, meta->source, PATH_LEN);
+        if (r >= 0)
                 r = dup_str(&o->center_source, meta->center_source, ROID_NAME_MAX);
         if (r >= 0)
                 r = dup_str(&o->fast_axis, meta->fast_axis, ROID_NAME_MAX);
@@ -465,6 +469,11 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         o->roi = *meta->roi;
         o->meta = *meta;
         o->meta.series_unique_id = o->unique_id;
+        o->meta.source = o->source;
+        if (meta->detector) {
+                o->detector = *meta->detector;
+                o->meta.detector = &o->detector;
+        }
         o->meta.center_source = o->center_source;
         o->meta.fast_axis = o->fast_axis;
         o->meta.scan_source = o->scan_source;

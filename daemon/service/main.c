@@ -492,6 +492,8 @@ static int cmd_replay(const options *o, int n_inputs, char **inputs) {
                 goto out;
         int failed = 0;
         for (int i = 0; i < n_inputs && !stop_requested; i++) {
+                if (an)
+                        roid_analysis_set_source(an, inputs[i]);
                 if (roid_h5_is_hdf5(inputs[i])) {
                         r = roid_h5_replay(inputs[i], in, &err);
                         if (r < 0)

@@ -80,6 +80,8 @@ typedef struct {
          * from it, for the results file: a reload before the analysis thread
          * reaches the series must not put another one beside them. */
         char config_text[8192];
+        char source[ROID_ENDPOINT_MAX]; /* the detector endpoint the series came from */
+        roid_results_detector detector;
 } series_ctx;
 
 typedef enum { JOB_FRAME, JOB_START, JOB_END, JOB_RESET } job_kind;
@@ -743,6 +745,8 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
                 roid_results_meta meta = {
                         .series_unique_id = sc->unique_id,
                         .series_id = sc->series_id,
+                        .source = sc->source,
+                        .detector = &sc->detector,
                         .center_x = sc->has_center ? sc->cx : sc->ap.center_x,
                         .center_y = sc->has_center ? sc->cy : sc->ap.center_y,
                         .center_source = sc->has_center              ? "start"
@@ -1058,6 +1062,8 @@ static void sink_start(void *ctx, const roid_series *s) {
         const char *named = roid_series_selected_channel(s, s->channel[0] ? s->channel : "#0");
         if (named)
                 snprintf(sc->channel_start, sizeof sc->channel_start, "%s", named);
+        memcpy(sc->source, pl->cfg.detector, sizeof sc->source);
+        roid_results_detector_from_start(&sc->detector, s->format, s->implicit ? NULL : &s->start, sc->channel_start);
         sc->dtype = s->dtype;
         sc->rows = s->rows;
         sc->cols = s->cols;

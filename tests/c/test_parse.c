@@ -378,6 +378,10 @@ static const uint32_t pm0[6] = {0, 1, 0, 2, 0, 0};
 static const uint32_t pm1[6] = {0, 0, 16, 0, 0, 1};
 static const uint32_t lut[5] = {0, 100, 200, 300, 400};
 
+/* Longer than an identifier (ROID_NAME_MAX): free text is kept whole. */
+#define LONG_DESCRIPTION                                                                                               \
+        "Dectris EIGER2 Si 16M, beamline X99 experimental hutch 2, 4M region of interest mode since the 2025 service"
+
 /* Every field of eiger-stream.md §2.4; [*ud0, *ud1) is the user_data item. */
 static void build_start(wbuf *w, size_t *ud0, size_t *ud1) {
         w_tag(w, 55799);
@@ -402,7 +406,7 @@ static void build_start(wbuf *w, size_t *ud0, size_t *ud1) {
         w_tag(w, 70);
         w_bytes(w, lut, sizeof lut);
         w_key(w, "detector_description");
-        w_text(w, "Dectris EIGER2 Si 16M");
+        w_text(w, LONG_DESCRIPTION);
         w_key(w, "detector_serial_number");
         w_text(w, "E-32-0117");
         w_key(w, "detector_translation");
@@ -535,7 +539,8 @@ static void test_built_start(void) {
                        s->countrate_table.cols == 5 && s->countrate_table.size == sizeof lut &&
                        memcmp(s->countrate_table.data, lut, sizeof lut) == 0,
                "countrate LUT: uint32, 5 entries, bytes as sent");
-        tap_ok(strcmp(s->detector_description, "Dectris EIGER2 Si 16M") == 0, "detector_description");
+        tap_ok(strcmp(s->detector_description, LONG_DESCRIPTION) == 0, "detector_description, %zu bytes, kept whole",
+               strlen(LONG_DESCRIPTION));
         tap_ok(strcmp(s->detector_serial_number, "E-32-0117") == 0, "detector_serial_number");
         tap_ok(s->has_detector_translation && s->detector_translation[0] == 0.1 && s->detector_translation[1] == 0 &&
                        s->detector_translation[2] == -0.125,

@@ -9,6 +9,7 @@ capture: /entry/scan/index of every image is its position binned to the
 nearest grid point (origin 0, step 1); images whose position is off the grid
 are dropped and counted, not placed; V1 and V2 give the same placement and
 RoI; the fly-scan RoI matches the step-scan RoI of the same phantom."""
+import datetime
 import glob
 import json
 import os
@@ -62,6 +63,22 @@ def positions(cap):
                 if head.get("htype") == "dimage-1.0":
                     pos[head["frame"]] = json.loads(parts[-1])["position"]
     return pos
+
+
+def start_of(cap):
+    """The captured start message: V2 the CBOR map (text keys); V1 the detector configuration part."""
+    with open(cap, "rb") as fp:
+        dec = cbor2.CBORDecoder(fp)
+        while fp.peek(1):
+            parts = dec.decode()
+            if not parts[0].startswith(b"{"):
+                m = cbor2.loads(parts[0])
+                m = m.value if isinstance(m, cbor2.CBORTag) else m
+                if isinstance(m, dict) and m.get("type") == "start":
+                    return m
+            elif json.loads(parts[0]).get("htype", "").startswith("dheader"):
+                return json.loads(parts[1])
+    return None
 
 
 def c_round(v):
@@ -128,6 +145,51 @@ class Fly(unittest.TestCase):
             self.assertEqual((int(m.group(1)), int(m.group(2))), (len(pos) - OUTSIDE, OUTSIDE), fmt)
             self.assertIn("outside", log, fmt)
             self.assertFalse(set(off) & set(f["/entry/scan/image_id"][()].tolist()), fmt)
+
+    def test_detector_link(self):
+        """/entry and /entry/instrument link the results file to the detector's own files: where
+        the frames came from, the stream format, the analysed channel, the arm date, the number of
+        images and the detector's description, as its start message said (read here from the
+        capture)."""
+        d = self.tmp.name
+        # Stream V2 start keys and Stream V1 detector configuration keys, by results-file name
+        det = {"description": ("detector_description", "description"),
+               "detector_number": ("detector_serial_number", "detector_number"),
+               "sensor_material": ("sensor_material", "sensor_material")}
+        num = {"detector/count_time": ("count_time", "count_time"), "detector/frame_time": ("frame_time", "frame_time"),
+               "detector/x_pixel_size": ("pixel_size_x", "x_pixel_size"),
+               "detector/y_pixel_size": ("pixel_size_y", "y_pixel_size"),
+               "detector/sensor_thickness": ("sensor_thickness", "sensor_thickness"),
+               "beam/incident_wavelength": ("incident_wavelength", "wavelength"),
+               "beam/incident_energy": ("incident_energy", "photon_energy")}
+        for i, fmt in enumerate(("v2", "v1")):
+            st = start_of(os.path.join(d, fmt + ".cbor"))
+            self.assertIsNotNone(st, fmt)
+            f = self.runs[fmt][1]
+            a = f["/entry"].attrs
+            text = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in a.items() if k in
+                    ("source", "stream_format", "channel", "arm_date")}
+            date = st["arm_date" if fmt == "v2" else "data_collection_date"]  # cbor2: tag 0 is a datetime
+            date = date.isoformat(timespec="milliseconds") if isinstance(date, datetime.datetime) else date
+            images = st["number_of_images"] if fmt == "v2" else st["nimages"] * st["ntrigger"]
+            self.assertEqual(text, {"source": os.path.join(d, fmt + ".cbor"),
+                                    "stream_format": "stream V2" if fmt == "v2" else "stream V1",
+                                    "channel": st["channels"][0] if fmt == "v2" else "image",
+                                    "arm_date": date}, fmt)
+            self.assertEqual(int(a["number_of_images"]), images, fmt)
+            self.assertEqual(images, 2 * NY * NX, fmt)
+            ins = f["/entry/instrument"]
+            self.assertEqual((ins.attrs["NX_class"], ins["detector"].attrs["NX_class"]),
+                             (b"NXinstrument", b"NXdetector"))
+            for name, keys in det.items():
+                self.assertEqual(ins["detector/" + name][()].decode(), st[keys[i]], (fmt, name))
+            for name, keys in num.items():
+                self.assertAlmostEqual(float(ins[name][()]), float(st[keys[i]]), delta=1e-12, msg=(fmt, name))
+            self.assertEqual(ins["detector/count_time"].attrs["units"], b"s")
+            thr = st["threshold_energy"][st["channels"][0]] if fmt == "v2" else st["threshold_energy"]
+            self.assertAlmostEqual(float(ins["detector/threshold_energy"][()]), float(thr), delta=1e-9, msg=fmt)
+            # image_id is the detector's image number, from 0 (the filewriter's image_nr - 1)
+            self.assertEqual(int(f["/entry/scan/image_id"][()].min()), 0, fmt)
 
     def edited_replay(self, name, edit):
         """The V2 capture with edit(message) applied to each V2 message (a dict; edit returns False
