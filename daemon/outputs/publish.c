@@ -17,15 +17,19 @@
  * buffer itself becomes the message and the publisher packs on into an idle
  * one.  Each buffer of a pool circulates between the two; libzmq's free
  * callback, on whichever thread drops the message, marks it idle again (or
- * frees it, when the publisher is gone).  With every buffer of its topic's
- * pool in flight (queued for a subscriber that has not read them yet), a
- * large message is dropped and counted, not copied: a slow subscriber would
- * otherwise hold publish_hwm copies of the largest maps (100 x 22 MB for a
- * scan of a million points), so memory stays within the pools.  One pool per
- * topic, so that a dashboard that stops reading maps holds up maps only, not
- * the scan_here a scan controller waits for. */
-#define ZC_MIN  65536 /* smaller messages are cheaper to copy */
-#define ZC_POOL 4
+ * frees it, when the publisher is gone).  A subscriber that stops reading
+ * holds the buffers queued for it (libzmq shares one message among all
+ * subscribers), up to publish_hwm of them: so a topic's pool grows, on
+ * demand, to publish_hwm + 2 buffers when the series' memory bound leaves
+ * room for them (roid_publisher_set_pool), and a stalled dashboard then
+ * costs the others nothing.  With every buffer of the pool in flight a large
+ * message is dropped and counted, not copied (memory stays within the
+ * bound), but for a final map or scan_here, which is copied: a controller
+ * must get the series' last word.  One pool per topic, so that a dashboard
+ * that stops reading maps holds up maps only, not the scan_here a scan
+ * controller waits for. */
+#define ZC_MIN  65536                 /* smaller messages are cheaper to copy */
+#define ZC_POOL ROID_PUBLISH_POOL_MIN /* buffers a pool starts with, and always may have */
 enum { ZC_IDLE, ZC_IN_FLIGHT, ZC_ORPHANED };
 typedef struct {
         _Atomic int state;
@@ -35,7 +39,10 @@ typedef struct {
 
 struct roid_publisher {
         void *sock;
-        zc_buf *pool[ROID_TOPIC__MAX][ZC_POOL];
+        zc_buf **pool[ROID_TOPIC__MAX]; /* n_pool[t] buffers, room for cap_pool[t] */
+        unsigned n_pool[ROID_TOPIC__MAX], cap_pool[ROID_TOPIC__MAX];
+        unsigned pool_max; /* roid_publisher_set_pool, ZC_POOL .. sndhwm + 2 */
+        int sndhwm;
         /* One buffer per topic, so that a large buffer circulates only with
          * its own topic's pool (maps would otherwise settle in the pool of the
          * small scan_here that follows them); sb is the current message's. */
@@ -560,12 +567,45 @@ static void zc_free(void *data, void *hint) {
 }
 
 /* An idle buffer of topic t's pool, or NULL.  Only this thread takes
- * buffers: one found idle stays idle until it is taken. */
+ * buffers: one found idle stays idle until it is taken.  Idle buffers beyond
+ * the pool's bound (lowered for a smaller grid's series) are freed; a pool
+ * with none idle grows by one while the bound allows. */
 static zc_buf *idle_buffer(roid_publisher *p, roid_topic t) {
-        for (unsigned k = 0; k < ZC_POOL; k++)
-                if (atomic_load_explicit(&p->pool[t][k]->state, memory_order_acquire) == ZC_IDLE)
-                        return p->pool[t][k];
-        return NULL;
+        zc_buf **pool = p->pool[t];
+        zc_buf *found = NULL;
+        for (unsigned k = 0; k < p->n_pool[t];) {
+                zc_buf *b = pool[k];
+                if (atomic_load_explicit(&b->state, memory_order_acquire) != ZC_IDLE) {
+                        k++;
+                } else if (p->n_pool[t] > p->pool_max && b != found) {
+                        free(b->data);
+                        free(b);
+                        pool[k] = pool[--p->n_pool[t]];
+                } else {
+                        if (!found)
+                                found = b;
+                        k++;
+                }
+        }
+        if (found || p->n_pool[t] >= p->pool_max)
+                return found;
+        if (p->n_pool[t] == p->cap_pool[t]) {
+                unsigned cap = p->cap_pool[t] * 2 < p->pool_max ? p->cap_pool[t] * 2 : p->pool_max;
+                zc_buf **grown = realloc(pool, cap * sizeof *grown);
+                if (!grown)
+                        return NULL;
+                p->pool[t] = pool = grown;
+                p->cap_pool[t] = cap;
+        }
+        zc_buf *b = calloc(1, sizeof *b); /* ZC_IDLE, no data: the packer grows it */
+        if (b)
+                pool[p->n_pool[t]++] = b;
+        return b;
+}
+
+void roid_publisher_set_pool(roid_publisher *p, uint64_t buffers) {
+        const uint64_t most = (uint64_t)p->sndhwm + 2;
+        p->pool_max = (unsigned)(buffers < ZC_POOL ? ZC_POOL : buffers > most ? most : buffers);
 }
 
 /* Sends the body in sb: a large one by handing its buffer to libzmq, with b
@@ -603,8 +643,9 @@ static int send_body(roid_publisher *p, zc_buf *b) {
         return r;
 }
 
-/* Sends the packed message of topic t: 0 or a negative errno. */
-static int send_message(roid_publisher *p, roid_topic t, int pairs) {
+/* Sends the packed message of topic t: 0 or a negative errno.  must: a
+ * large message goes even with its pool all in flight, copied. */
+static int send_message(roid_publisher *p, roid_topic t, int pairs, bool must) {
         const char *name = topic_names[t];
         int r;
 
@@ -613,7 +654,7 @@ static int send_message(roid_publisher *p, roid_topic t, int pairs) {
         p->sb->data[1] = (char)(pairs >> 8);
         p->sb->data[2] = (char)(pairs & 0xff);
         zc_buf *b = NULL;
-        if (p->sb->size >= ZC_MIN && !(b = idle_buffer(p, t)))
+        if (p->sb->size >= ZC_MIN && !(b = idle_buffer(p, t)) && !must)
                 return -EAGAIN;
         do {
                 r = zmq_send(p->sock, name, strlen(name), ZMQ_SNDMORE | ZMQ_DONTWAIT);
@@ -630,13 +671,17 @@ static int send_message(roid_publisher *p, roid_topic t, int pairs) {
         return 0;
 }
 
-static int finish(roid_publisher *p, roid_topic t, int pairs) {
-        const int r = send_message(p, t, pairs);
+static int finish_must(roid_publisher *p, roid_topic t, int pairs, bool must) {
+        const int r = send_message(p, t, pairs, must);
         if (r < 0)
                 p->dropped[t]++;
         else
                 p->sent[t]++;
         return r;
+}
+
+static int finish(roid_publisher *p, roid_topic t, int pairs) {
+        return finish_must(p, t, pairs, false);
 }
 
 int roid_publish_status(roid_publisher *p, const roid_status_view *v) {
@@ -656,13 +701,13 @@ int roid_publish_map(roid_publisher *p, const roid_map_view *v) {
                 finish(p, ROID_TOPIC_MAP, -1);
                 return -EINVAL;
         }
-        return finish(p, ROID_TOPIC_MAP, n + roid_pack_map(&p->pk, v));
+        return finish_must(p, ROID_TOPIC_MAP, n + roid_pack_map(&p->pk, v), v->final);
 }
 
 int roid_publish_scan_here(roid_publisher *p, const roid_series_ref *s, const roid_feedback_view *fb) {
         int n = begin(p, ROID_TOPIC_SCAN_HERE);
         n += roid_pack_series_ref(&p->pk, s);
-        return finish(p, ROID_TOPIC_SCAN_HERE, n + roid_pack_feedback(&p->pk, fb));
+        return finish_must(p, ROID_TOPIC_SCAN_HERE, n + roid_pack_feedback(&p->pk, fb), fb && fb->final);
 }
 
 int roid_publish_frame(roid_publisher *p, const roid_frame_view *v) {
@@ -698,14 +743,24 @@ int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publis
                 msgpack_sbuffer_init(&p->sbs[t]);
         p->sb = &p->sbs[0];
         msgpack_packer_init(&p->pk, p, write_cb);
-        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++)
+        p->sndhwm = sndhwm;
+        p->pool_max = ZC_POOL;
+        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++) {
+                p->pool[t] = calloc(ZC_POOL, sizeof *p->pool[t]);
+                if (!p->pool[t]) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                p->cap_pool[t] = ZC_POOL;
                 for (unsigned k = 0; k < ZC_POOL; k++) {
                         p->pool[t][k] = calloc(1, sizeof *p->pool[t][k]);
                         if (!p->pool[t][k]) {
                                 r = -ENOMEM;
                                 goto fail;
                         }
+                        p->n_pool[t]++;
                 }
+        }
         p->sock = zmq_socket(zctx, ZMQ_PUB);
         if (!p->sock) {
                 r = -errno;
@@ -748,21 +803,22 @@ void roid_publisher_free(roid_publisher *p) {
                 zmq_close(p->sock);
         /* A buffer still in flight is freed by its callback, when libzmq drops
          * the message (at the latest when the context terminates). */
-        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++)
-                for (unsigned k = 0; k < ZC_POOL; k++) {
+        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++) {
+                for (unsigned k = 0; k < p->n_pool[t]; k++) {
                         zc_buf *b = p->pool[t][k];
-                        if (b &&
-                            atomic_exchange_explicit(&b->state, ZC_ORPHANED, memory_order_acq_rel) != ZC_IN_FLIGHT) {
+                        if (atomic_exchange_explicit(&b->state, ZC_ORPHANED, memory_order_acq_rel) != ZC_IN_FLIGHT) {
                                 free(b->data);
                                 free(b);
                         }
                 }
+                free(p->pool[t]);
+        }
         for (unsigned t = 0; t < ROID_TOPIC__MAX; t++)
                 msgpack_sbuffer_destroy(&p->sbs[t]);
         free(p);
 }
 
-uint64_t roid_publish_series_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid) {
+uint64_t roid_publish_buffer_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid) {
         uint64_t points, rescan, next, boxes;
         roid_feedback_view_max(fp, grid, &points, &rescan, &next, &boxes);
         /* map: roi, clusters (1 byte a point), counts (4), total, com (8 + 8);
@@ -770,5 +826,9 @@ uint64_t roid_publish_series_bytes(const roid_feedback_params *fp, const roid_sc
          * and boxes as maps of a few numbers; 4 KiB for the keys around. */
         const uint64_t map = 22 * points + 4096;
         const uint64_t scan_here = 5 * points + 16 * rescan + 96 * next + 160 * boxes + 4096;
-        return (uint64_t)(1 + ZC_POOL) * (map + scan_here);
+        return map + scan_here;
+}
+
+uint64_t roid_publish_series_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid) {
+        return (uint64_t)(1 + ZC_POOL) * roid_publish_buffer_bytes(fp, grid);
 }

@@ -126,11 +126,21 @@ typedef struct {
         int label;                    /* online RoI label 0/1; < 0 = unknown (nil) */
 } roid_frame_view;
 
-/* The most the publisher can hold for a series on this grid: each of the
- * map and scan_here topics keeps its packing buffer and a pool of buffers in
- * flight, each as large as that topic's largest message.  Counted in the
- * series' analysis state (max_analysis_bytes). */
+/* What the publisher always may hold for a series on this grid: each of the
+ * map and scan_here topics keeps its packing buffer and a pool of four
+ * buffers in flight, each as large as that topic's largest message.  Counted
+ * in the series' analysis state (max_analysis_bytes). */
 uint64_t roid_publish_series_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid);
+#define ROID_PUBLISH_POOL_MIN 4
+/* One more buffer of each of the two topics on this grid. */
+uint64_t roid_publish_buffer_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid);
+/* Lets each topic's pool grow to `buffers` (at least the four it starts
+ * with, at most publish_hwm + 2: what one subscriber that stops reading can
+ * hold, plus one to pack into), so that it does not make the others lose
+ * large messages.  The pipeline sets it per series from the room
+ * max_analysis_bytes leaves.  Buffers are allocated only when needed and
+ * those beyond a lowered bound are freed as they come back. */
+void roid_publisher_set_pool(roid_publisher *p, uint64_t buffers);
 
 /* Binds a PUB socket (ZMQ_SNDHWM = sndhwm, ZMQ_LINGER 0).
  * -EINVAL (err names the value) or the zmq errno (err names the endpoint). */

@@ -839,6 +839,91 @@ static void test_large_maps(void *ctx) {
         roid_roi_free(r);
 }
 
+/* A dashboard subscribed to everything that stops reading (a laptop gone to
+ * sleep) holds every large message queued for it.  With the fixed pool of
+ * four the scan controller then lost every large scan_here after the fourth,
+ * the final one included, for good (found by a dashboard author's review).
+ * Now a final scan_here always goes (copied), and a pool allowed to grow
+ * (roid_publisher_set_pool, as the pipeline does from the series' memory
+ * bound) costs the reading subscriber nothing. */
+static void test_stalled_subscriber(void *ctx) {
+        enum { GY = 240, GX = 320, N1 = 12, N2 = 40, HWM = 50 };
+        roid_publisher *p = NULL;
+        roid_err err = {{0}};
+        rx_msg m;
+        roid_series_ref ref = {.known = true, .series_id = 9, .unique_id = "stall"};
+        static uint8_t mask[GY * GX];
+        for (size_t i = 0; i < sizeof mask; i++)
+                mask[i] = (uint8_t)(i % 5 == 0);
+        roid_feedback_view fb = {.ny = GY, .nx = GX, .units = "um", .step_x = 1, .step_y = 1, .mask = mask};
+        if (!tap_ok(roid_publisher_new(ctx, "inproc://stall", HWM, &p, &err) == 0, "inproc publisher (%s)", err.msg))
+                exit(1);
+        void *asleep = sub_socket(ctx, "inproc://stall", "", 1);
+        void *ctl = sub_socket(ctx, "inproc://stall", "scan_here", 1000);
+        bool joined_ctl = false, joined_asleep = false;
+        for (int i = 0; i < 500 && !(joined_ctl && joined_asleep); i++) {
+                roid_publish_scan_here(p, &ref, &fb);
+                joined_ctl = joined_ctl || rx(ctl, 10, &m);
+                rx_free(&m);
+                joined_asleep = joined_asleep || rx(asleep, 10, &m);
+                rx_free(&m);
+        }
+        if (!tap_ok(joined_ctl && joined_asleep, "both subscribers joined"))
+                exit(1);
+        while (rx(ctl, 20, &m) || rx(asleep, 20, &m))
+                rx_free(&m);
+        rx_free(&m);
+
+        unsigned got = 0, finals = 0;
+        size_t size = 0;
+        const uint64_t d0 = roid_publisher_dropped(p, ROID_TOPIC_SCAN_HERE);
+        for (unsigned k = 0; k <= N1; k++) {
+                fb.final = k == N1;
+                roid_publish_scan_here(p, &ref, &fb);
+                while (rx(ctl, 50, &m)) {
+                        got++;
+                        finals += boolean(get(&m.obj, "final")) == 1;
+                        size = m.size;
+                        rx_free(&m);
+                }
+                rx_free(&m);
+        }
+        const uint64_t dropped = roid_publisher_dropped(p, ROID_TOPIC_SCAN_HERE) - d0;
+        tap_ok(size >= 65536 && got == 5 && dropped == N1 - 4,
+               "pool of four, one subscriber asleep: %u of %u scan_here of %zu bytes reach the controller, %llu "
+               "dropped",
+               got, N1 + 1, size, (unsigned long long)dropped);
+        tap_eq_u64(finals, 1, "the final scan_here reaches the controller all the same (copied)");
+
+        fb.final = false;
+        roid_publisher_set_pool(p, 1000000); /* bounded by publish_hwm + 2 */
+        got = 0;
+        const uint64_t d1 = roid_publisher_dropped(p, ROID_TOPIC_SCAN_HERE);
+        for (unsigned k = 0; k < N2; k++) {
+                roid_publish_scan_here(p, &ref, &fb);
+                while (rx(ctl, 50, &m)) {
+                        got++;
+                        rx_free(&m);
+                }
+                rx_free(&m);
+        }
+        tap_ok(got == N2 && roid_publisher_dropped(p, ROID_TOPIC_SCAN_HERE) == d1,
+               "pool allowed to grow: every one of %u more reaches the controller (%u) while the other sleeps", N2,
+               got);
+        /* back to four: the buffers it grew are freed as they come back (the
+         * sanitizer build checks that none leaks) */
+        roid_publisher_set_pool(p, 0);
+        zmq_close(asleep);
+        for (unsigned k = 0; k < 8; k++) {
+                roid_publish_scan_here(p, &ref, &fb);
+                while (rx(ctl, 50, &m))
+                        rx_free(&m);
+                rx_free(&m);
+        }
+        zmq_close(ctl);
+        roid_publisher_free(p);
+}
+
 static void test_bad_args(void *ctx) {
         roid_publisher *p = (roid_publisher *)&p;
         roid_err err = {{0}};
@@ -860,6 +945,7 @@ int main(void) {
         test_topics(ctx);
         test_drops(ctx);
         test_large_maps(ctx);
+        test_stalled_subscriber(ctx);
         test_bad_args(ctx);
         zmq_ctx_term(ctx);
         return tap_done();
