@@ -1,12 +1,14 @@
 #include "ingest/h5source.h"
 
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "service/log.h"
+#include "service/text.h"
 
 #define H5F_BSLZ4 32008
 #define H5F_LZ4   32004
@@ -671,6 +673,406 @@ static const char *vds_frame(vds_maps *v, hsize_t i, uint32_t rows, uint32_t col
         return bad;
 }
 
+/* ---- a master file's series metadata ----
+ * The DECTRIS filewriter keeps what the stream's start message says in the
+ * master file: /entry/instrument/detector (NXdetector), its detectorSpecific
+ * group and /entry/instrument/beam (NXbeam).  All of it is optional and comes
+ * from outside: a field of the wrong type, shape or units, not finite, out of
+ * range or too long is left unknown with a warning naming it; the frames are
+ * replayed whatever the metadata says. */
+
+#define DET_PATH      "/entry/instrument/detector"
+#define DSPEC_PATH    DET_PATH "/detectorSpecific"
+#define META_TEXT_MAX 4096 /* stored bytes of a string that is read at all */
+
+typedef enum { Q_NONE, Q_PIXELS, Q_LENGTH, Q_TIME, Q_ENERGY, Q_WAVELENGTH } quantity;
+
+static const char *const quantity_name[] = {"", "pixels", "a length", "a time", "an energy", "a wavelength"};
+
+/* The units attribute's spellings seen in NeXus files, and the factor to the
+ * unit roid_start_info uses (pixels, m, s, eV, Angstrom). */
+static const struct {
+        quantity q;
+        const char *name;
+        double scale;
+} unit_table[] = {
+        {Q_PIXELS, "pixel", 1},
+        {Q_PIXELS, "pixels", 1},
+        {Q_LENGTH, "m", 1},
+        {Q_LENGTH, "mm", 1e-3},
+        {Q_LENGTH, "um", 1e-6},
+        {Q_LENGTH, "micron", 1e-6},
+        {Q_LENGTH, "microns", 1e-6},
+        {Q_TIME, "s", 1},
+        {Q_TIME, "ms", 1e-3},
+        {Q_TIME, "us", 1e-6},
+        {Q_ENERGY, "eV", 1},
+        {Q_ENERGY, "keV", 1e3},
+        {Q_WAVELENGTH, "angstrom", 1},
+        {Q_WAVELENGTH, "Angstrom", 1},
+        {Q_WAVELENGTH, "A", 1},
+        {Q_WAVELENGTH, "nm", 10},
+        {Q_WAVELENGTH, "m", 1e10},
+};
+
+/* A dataset or an attribute: the reads below serve both. */
+typedef struct {
+        hid_t id;
+        bool attr;
+} h5obj;
+
+static hid_t obj_space(h5obj o) {
+        return o.attr ? H5Aget_space(o.id) : H5Dget_space(o.id);
+}
+static hid_t obj_type(h5obj o) {
+        return o.attr ? H5Aget_type(o.id) : H5Dget_type(o.id);
+}
+static herr_t obj_read(h5obj o, hid_t mt, void *buf) {
+        return o.attr ? H5Aread(o.id, mt, buf) : H5Dread(o.id, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+}
+
+/* One value: a scalar, or an array of exactly one element (as some writers
+ * store a number).  Otherwise why says what the shape is. */
+static bool one_element(hid_t sp, char *why, size_t wn) {
+        hsize_t d[H5S_MAX_RANK];
+        H5S_class_t c = H5Sget_simple_extent_type(sp);
+        int rank = H5Sget_simple_extent_ndims(sp);
+        if (c == H5S_NULL) {
+                snprintf(why, wn, "is empty (null dataspace), one value expected");
+                return false;
+        }
+        if (c < 0 || rank < 0 || rank > H5S_MAX_RANK || H5Sget_simple_extent_dims(sp, d, NULL) != rank) {
+                snprintf(why, wn, "has a shape that cannot be read");
+                return false;
+        }
+        if (rank == 0 || (rank == 1 && d[0] == 1))
+                return true;
+        int n = snprintf(why, wn, "is %d-D (", rank);
+        for (int i = 0; i < rank && i < 3 && n > 0 && (size_t)n < wn; i++)
+                n += snprintf(why + n, wn - (size_t)n, "%s%llu", i ? " x " : "", (unsigned long long)d[i]);
+        if (n > 0 && (size_t)n < wn)
+                snprintf(why + n, wn - (size_t)n, "%s), one value expected", rank > 3 ? " x ..." : "");
+        return false;
+}
+
+/* A string of at most size - 1 bytes of UTF-8, fixed or variable length, into
+ * out.  A longer one is refused, not cut: a cut serial number or date would be
+ * a wrong one. */
+static bool read_text(h5obj o, char *out, size_t size, char *why, size_t wn) {
+        char buf[META_TEXT_MAX + 1], ts[32];
+        bool ok = false;
+        size_t len = 0;
+        hid_t sp = obj_space(o), ft = obj_type(o), mt = -1;
+        htri_t vl;
+        if (sp < 0 || ft < 0) {
+                snprintf(why, wn, "has a type or shape that cannot be read");
+                goto out;
+        }
+        if (H5Tget_class(ft) != H5T_STRING) {
+                snprintf(why, wn, "is %s, a string expected", type_str(ft, ts, sizeof ts));
+                goto out;
+        }
+        if (!one_element(sp, why, wn))
+                goto out;
+        if ((vl = H5Tis_variable_str(ft)) < 0 || (mt = H5Tcopy(H5T_C_S1)) < 0 || H5Tset_cset(mt, H5Tget_cset(ft)) < 0) {
+                snprintf(why, wn, "has a string type that cannot be read");
+                goto out;
+        }
+        if (vl) {
+                char *p = NULL;
+                /* HDF5 allocates the string as stored (H5Dvlen_get_buf_size, which
+                 * would tell its size first, crashes on a scalar in 1.10); only
+                 * META_TEXT_MAX bytes of it are looked at. */
+                if (H5Tset_size(mt, H5T_VARIABLE) < 0 || obj_read(o, mt, &p) < 0) {
+                        snprintf(why, wn, "cannot be read");
+                        goto out;
+                }
+                len = p ? strnlen(p, META_TEXT_MAX + 1) : 0;
+                if (len <= META_TEXT_MAX)
+                        memcpy(buf, p, len);
+                H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, &p);
+        } else {
+                size_t sz = H5Tget_size(ft);
+                if (sz == 0 || sz > META_TEXT_MAX) {
+                        snprintf(why, wn, "is a string of %zu bytes, at most %zu allowed", sz, size - 1);
+                        goto out;
+                }
+                if (H5Tset_size(mt, sz) < 0 || H5Tset_strpad(mt, H5T_STR_NULLPAD) < 0 || obj_read(o, mt, buf) < 0) {
+                        snprintf(why, wn, "cannot be read");
+                        goto out;
+                }
+                len = strnlen(buf, sz);
+        }
+        size_t bad;
+        if (len >= size)
+                snprintf(why, wn, "is a string of %zu bytes, at most %zu allowed", len, size - 1);
+        else if ((bad = roid_utf8_invalid_at(buf, len)) < len)
+                snprintf(why, wn, "has byte 0x%02x at %zu, not UTF-8", (unsigned char)buf[bad], bad);
+        else
+                ok = true;
+        if (ok) {
+                memcpy(out, buf, len);
+                out[len] = '\0';
+        }
+out:
+        if (mt >= 0)
+                H5Tclose(mt);
+        if (ft >= 0)
+                H5Tclose(ft);
+        if (sp >= 0)
+                H5Sclose(sp);
+        return ok;
+}
+
+/* The factor from the dataset's units attribute to roid's unit for q; 1 when
+ * it has none (the DECTRIS filewriter's units are roid's). */
+static bool units_scale(hid_t ds, quantity q, double *ret, char *why, size_t wn) {
+        *ret = 1;
+        htri_t e = H5Aexists(ds, "units");
+        if (e == 0)
+                return true;
+        char u[ROID_NAME_MAX], uwhy[128];
+        hid_t a = e > 0 ? H5Aopen(ds, "units", H5P_DEFAULT) : -1;
+        bool ok = a >= 0 && read_text((h5obj){a, true}, u, sizeof u, uwhy, sizeof uwhy);
+        if (a >= 0)
+                H5Aclose(a);
+        if (!ok) {
+                snprintf(why, wn, "has a units attribute that %s", a >= 0 ? uwhy : "cannot be read");
+                return false;
+        }
+        for (size_t i = 0; i < sizeof unit_table / sizeof unit_table[0]; i++)
+                if (unit_table[i].q == q && strcmp(unit_table[i].name, u) == 0) {
+                        *ret = unit_table[i].scale;
+                        return true;
+                }
+        snprintf(why, wn, "is in units \"%s\", not %s roid knows", u, quantity_name[q]);
+        return false;
+}
+
+static bool read_number(hid_t ds, quantity q, bool positive, double *ret, char *why, size_t wn) {
+        h5obj o = {ds, false};
+        char ts[32];
+        bool ok = false;
+        double v = 0, scale = 1;
+        hid_t sp = obj_space(o), ft = obj_type(o);
+        H5T_class_t c = ft >= 0 ? H5Tget_class(ft) : H5T_NO_CLASS;
+        if (sp < 0 || ft < 0)
+                snprintf(why, wn, "has a type or shape that cannot be read");
+        else if (c != H5T_INTEGER && c != H5T_FLOAT)
+                snprintf(why, wn, "is %s, a number expected", type_str(ft, ts, sizeof ts));
+        else if (!one_element(sp, why, wn))
+                ;
+        else if (obj_read(o, H5T_NATIVE_DOUBLE, &v) < 0)
+                snprintf(why, wn, "cannot be read");
+        else if (q != Q_NONE && !units_scale(ds, q, &scale, why, wn))
+                ;
+        else if (!isfinite(v * scale))
+                snprintf(why, wn, "is %g, not a finite number", v);
+        else if (positive && !(v > 0))
+                snprintf(why, wn, "is %g, a positive number expected", v);
+        else
+                ok = true;
+        if (ok)
+                *ret = v * scale;
+        if (ft >= 0)
+                H5Tclose(ft);
+        if (sp >= 0)
+                H5Sclose(sp);
+        return ok;
+}
+
+/* A count: a positive integer of an integer type. */
+static bool read_count(hid_t ds, uint64_t *ret, char *why, size_t wn) {
+        h5obj o = {ds, false};
+        char ts[32];
+        bool ok = false;
+        hid_t sp = obj_space(o), ft = obj_type(o);
+        if (sp < 0 || ft < 0) {
+                snprintf(why, wn, "has a type or shape that cannot be read");
+        } else if (H5Tget_class(ft) != H5T_INTEGER || H5Tget_size(ft) > 8) {
+                snprintf(why, wn, "is %s, an integer expected", type_str(ft, ts, sizeof ts));
+        } else if (one_element(sp, why, wn)) {
+                long long s = 0;
+                unsigned long long u = 0;
+                bool sgn = H5Tget_sign(ft) != H5T_SGN_NONE;
+                if (obj_read(o, sgn ? H5T_NATIVE_LLONG : H5T_NATIVE_ULLONG, sgn ? (void *)&s : (void *)&u) < 0)
+                        snprintf(why, wn, "cannot be read");
+                else if (sgn ? s <= 0 : u == 0)
+                        snprintf(why, wn, "is %lld, a positive integer expected", sgn ? s : (long long)u);
+                else
+                        ok = true;
+                if (ok)
+                        *ret = sgn ? (uint64_t)s : u;
+        }
+        if (ft >= 0)
+                H5Tclose(ft);
+        if (sp >= 0)
+                H5Sclose(sp);
+        return ok;
+}
+
+static int link_exists(hid_t f, const char *path, roid_err *err);
+
+static void meta_warn(const char *uid, const char *path, const char *why) {
+        roid_log(ROID_LOG_WARNING, "%s: %s %s: left unknown (the frames are replayed)", uid, path, why);
+}
+
+/* The dataset at path: 1 opened, 0 absent, -1 there but unusable (warned). */
+static int meta_open(hid_t f, const char *uid, const char *path, hid_t *ret) {
+        roid_err e = {""};
+        int r = link_exists(f, path, &e);
+        if (r < 0) {
+                meta_warn(uid, path, e.msg);
+                return -1;
+        }
+        if (r == 0)
+                return 0;
+        hid_t o = H5Oopen(f, path, H5P_DEFAULT);
+        if (o < 0 || H5Iget_type(o) != H5I_DATASET) {
+                meta_warn(uid, path, o < 0 ? "cannot be opened" : "is not a dataset");
+                if (o >= 0)
+                        H5Oclose(o);
+                return -1;
+        }
+        *ret = o;
+        return 1;
+}
+
+static bool meta_number(hid_t f, const char *uid, const char *path, quantity q, bool positive, double *ret) {
+        char why[160];
+        hid_t ds;
+        if (meta_open(f, uid, path, &ds) <= 0)
+                return false;
+        bool ok = read_number(ds, q, positive, ret, why, sizeof why);
+        H5Dclose(ds);
+        if (!ok)
+                meta_warn(uid, path, why);
+        return ok;
+}
+
+static bool meta_count(hid_t f, const char *uid, const char *path, uint64_t *ret) {
+        char why[160];
+        hid_t ds;
+        if (meta_open(f, uid, path, &ds) <= 0)
+                return false;
+        bool ok = read_count(ds, ret, why, sizeof why);
+        H5Dclose(ds);
+        if (!ok)
+                meta_warn(uid, path, why);
+        return ok;
+}
+
+static bool meta_text(hid_t f, const char *uid, const char *path, char *out, size_t size) {
+        char why[160];
+        hid_t ds;
+        if (meta_open(f, uid, path, &ds) <= 0)
+                return false;
+        bool ok = read_text((h5obj){ds, false}, out, size, why, sizeof why);
+        H5Dclose(ds);
+        if (!ok)
+                meta_warn(uid, path, why);
+        return ok;
+}
+
+/* Both of a pair (beam centre, pixel size) or neither. */
+static bool meta_pair(hid_t f, const char *uid, const char *px, const char *py, quantity q, bool positive, double *x,
+                      double *y) {
+        bool hx = meta_number(f, uid, px, q, positive, x), hy = meta_number(f, uid, py, q, positive, y);
+        if (hx != hy)
+                meta_warn(uid, hx ? px : py, "is there without its other coordinate");
+        return hx && hy;
+}
+
+/* The images the series was armed for.  As the V1 header (stream1.c, after
+ * LiberTEM): one image per trigger in the exte/inte modes, nimages per
+ * trigger otherwise; ntrigger is 1 when absent. */
+static void meta_number_of_images(hid_t f, const char *uid, const roid_limits *lim, roid_start_info *st) {
+        uint64_t nimages = 0, ntrigger = 1, n;
+        char mode[ROID_NAME_MAX] = "";
+        bool hn = meta_count(f, uid, DSPEC_PATH "/nimages", &nimages);
+        bool ht = meta_count(f, uid, DSPEC_PATH "/ntrigger", &ntrigger);
+        meta_text(f, uid, DSPEC_PATH "/trigger_mode", mode, sizeof mode);
+        bool per_trigger = strcmp(mode, "exte") == 0 || strcmp(mode, "inte") == 0;
+        if (per_trigger ? !ht : !hn)
+                return;
+        if (per_trigger)
+                n = ntrigger;
+        else if (__builtin_mul_overflow(nimages, ntrigger, &n))
+                n = UINT64_MAX;
+        if (n > lim->max_images) {
+                char why[160];
+                snprintf(why, sizeof why, "and ntrigger (trigger mode \"%s\") make more images than max_images %llu",
+                         mode, (unsigned long long)lim->max_images);
+                meta_warn(uid, DSPEC_PATH "/nimages", why);
+                return;
+        }
+        st->has_number_of_images = true;
+        st->number_of_images = n;
+}
+
+static void master_metadata(hid_t f, const char *uid, const roid_limits *lim, roid_start_info *st) {
+        double v;
+        st->has_beam_center = meta_pair(f, uid, DET_PATH "/beam_center_x", DET_PATH "/beam_center_y", Q_PIXELS, false,
+                                        &st->beam_center_x, &st->beam_center_y);
+        st->has_pixel_size = meta_pair(f, uid, DET_PATH "/x_pixel_size", DET_PATH "/y_pixel_size", Q_LENGTH, true,
+                                       &st->pixel_size_x, &st->pixel_size_y);
+        st->has_count_time = meta_number(f, uid, DET_PATH "/count_time", Q_TIME, true, &st->count_time);
+        st->has_frame_time = meta_number(f, uid, DET_PATH "/frame_time", Q_TIME, true, &st->frame_time);
+        if (meta_number(f, uid, DET_PATH "/sensor_thickness", Q_LENGTH, true, &v))
+                st->sensor_thickness = v;
+        if (meta_number(f, uid, DET_PATH "/threshold_energy", Q_ENERGY, true, &v))
+                st->threshold_energy[0] = v;
+        st->has_energy = meta_number(f, uid, DSPEC_PATH "/photon_energy", Q_ENERGY, true, &st->incident_energy);
+        st->has_wavelength = meta_number(f, uid, "/entry/instrument/beam/incident_wavelength", Q_WAVELENGTH, true,
+                                         &st->incident_wavelength);
+        st->has_saturation_value = meta_count(f, uid, DET_PATH "/saturation_value", &st->saturation_value);
+        meta_text(f, uid, DET_PATH "/description", st->detector_description, sizeof st->detector_description);
+        meta_text(f, uid, DET_PATH "/detector_number", st->detector_serial_number, sizeof st->detector_serial_number);
+        meta_text(f, uid, DET_PATH "/sensor_material", st->sensor_material, sizeof st->sensor_material);
+        meta_text(f, uid, DSPEC_PATH "/data_collection_date", st->arm_date, sizeof st->arm_date);
+        meta_number_of_images(f, uid, lim, st);
+}
+
+/* The pixel mask of the detector (any bit set: excluded), as uint32 rows x
+ * cols; NULL when absent or unusable (warned).  Only a mask of the frames'
+ * shape is of use: the series would refuse another. */
+static uint32_t *master_mask(hid_t f, const char *uid, uint32_t rows, uint32_t cols) {
+        static const char path[] = DSPEC_PATH "/pixel_mask";
+        char why[160] = "", ts[32], reason[128];
+        hsize_t d[2];
+        hid_t ds;
+        if (meta_open(f, uid, path, &ds) <= 0)
+                return NULL;
+        uint32_t *m = NULL;
+        hid_t sp = H5Dget_space(ds), ft = H5Dget_type(ds);
+        int rank = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+        if (sp < 0 || ft < 0)
+                snprintf(why, sizeof why, "has a type or shape that cannot be read");
+        else if (H5Tget_class(ft) != H5T_INTEGER || H5Tget_sign(ft) != H5T_SGN_NONE || H5Tget_size(ft) > 4)
+                snprintf(why, sizeof why, "is %s, uint32 expected", type_str(ft, ts, sizeof ts));
+        else if (rank != 2 || H5Sget_simple_extent_dims(sp, d, NULL) != 2)
+                snprintf(why, sizeof why, "is %d-D, 2-D expected", rank);
+        else if (d[0] != rows || d[1] != cols)
+                snprintf(why, sizeof why, "is %llu x %llu, the frames are %u x %u", (unsigned long long)d[0],
+                         (unsigned long long)d[1], rows, cols);
+        else if (!(m = malloc((size_t)rows * cols * sizeof *m)))
+                snprintf(why, sizeof why, "needs more memory than there is (%zu bytes)",
+                         (size_t)rows * cols * sizeof *m);
+        else if (H5Dread(ds, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, m) < 0)
+                snprintf(why, sizeof why, "cannot be read: %s", h5_reason(reason, sizeof reason));
+        if (why[0]) {
+                free(m);
+                m = NULL;
+                meta_warn(uid, path, why);
+        }
+        if (ft >= 0)
+                H5Tclose(ft);
+        if (sp >= 0)
+                H5Sclose(sp);
+        H5Dclose(ds);
+        return m;
+}
+
 static void send_end(roid_ingest *in, const char *uid) {
         roid_msg end = {.type = ROID_MSG_END};
         snprintf(end.series_unique_id, sizeof end.series_unique_id, "%s", uid);
@@ -679,12 +1081,13 @@ static void send_end(roid_ingest *in, const char *uid) {
 
 /* One dataset (N, rows, cols): the whole series of a data file, or one part
  * of a master file's series (start sent with the first, end by the caller). */
-static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send_start, bool whole, roid_ingest *in,
-                          roid_err *err) {
+static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send_start, bool whole, hid_t master,
+                          roid_ingest *in, roid_err *err) {
         const roid_tracker *tr = roid_ingest_tracker(in);
         const roid_limits *lim = &tr->lim;
         hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
         uint8_t *chunk = NULL, *raw = NULL;
+        uint32_t *mask = NULL;
         int r = 0;
         hsize_t dims[3], filesize = 0, vds_failed = 0;
         vds_maps vds = {0};
@@ -754,8 +1157,24 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         st->number_of_images = (uint64_t)first + dims[0];
         st->n_channels = 1;
         snprintf(st->channels[0], ROID_NAME_MAX, "data");
+        for (int c = 0; c < ROID_MAX_CHANNELS; c++)
+                st->threshold_energy[c] = NAN; /* not known, as message.h says */
+        if (send_start && master >= 0) {
+                master_metadata(master, uid, lim, st);
+                /* The series copies the mask when it opens, inside roid_ingest_msg. */
+                if ((mask = master_mask(master, uid, rows, cols)))
+                        st->pixel_mask[0] = (roid_blob){.data = (const uint8_t *)mask,
+                                                        .size = (size_t)rows * cols * sizeof *mask,
+                                                        .comp = ROID_COMP_NONE,
+                                                        .dtype = ROID_DT_U32,
+                                                        .rows = rows,
+                                                        .cols = cols};
+        }
         if (send_start) {
                 r = roid_ingest_msg(in, &m);
+                free(mask);
+                mask = NULL;
+                st->pixel_mask[0] = (roid_blob){0};
                 if (r < 0) {
                         roid_err_set(err, r, "%s: the series start was rejected (see the log)", name);
                         goto out;
@@ -864,6 +1283,7 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         }
 out:
         vds_free(&vds);
+        free(mask);
         free(chunk);
         free(raw);
         if (type >= 0)
@@ -877,7 +1297,9 @@ out:
  * missing group (0) is told apart from metadata that cannot be read (a
  * negative errno, err set). */
 static int link_exists(hid_t f, const char *path, roid_err *err) {
-        char buf[64], why[128];
+        char buf[128], why[128];
+        if (strlen(path) >= sizeof buf)
+                return roid_err_set(err, -ENAMETOOLONG, "%.60s...: path longer than %zu bytes", path, sizeof buf - 1);
         snprintf(buf, sizeof buf, "%s", path);
         for (char *p = buf + 1;; p++) {
                 if (*p && *p != '/')
@@ -907,7 +1329,7 @@ int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
         if (r > 0) {
                 r = open_dataset(f, DATA_PATH, &ds, err);
                 if (r == 0) {
-                        r = replay_dataset(ds, DATA_PATH, base, true, true, in, err);
+                        r = replay_dataset(ds, DATA_PATH, base, true, true, -1, in, err);
                         H5Dclose(ds);
                 }
                 n = 1;
@@ -922,7 +1344,7 @@ int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
                         r = open_dataset(f, name, &ds, err);
                         if (r < 0)
                                 break;
-                        r = replay_dataset(ds, name, base, i == 1, false, in, err);
+                        r = replay_dataset(ds, name, base, i == 1, false, f, in, err);
                         H5Dclose(ds);
                         n++;
                         if (r < 0)

@@ -6,7 +6,14 @@
  * A file becomes one series: a synthetic start (shape, dtype, image count,
  * the file name as series_unique_id), one image per frame with image_id
  * image_nr_low - 1 + index (EIGER numbers images from 1 in its files), and
- * an end.  A master file's external links data_000001, ... are followed.
+ * an end.  A master file's external links data_000001, ... are followed,
+ * and its start also carries the series metadata of /entry/instrument
+ * (beam centre, times, pixel size, detector description and serial, sensor,
+ * threshold, photon energy, wavelength, arm date, nimages x ntrigger as the
+ * trigger mode counts them, and the detector's pixel mask when it has the
+ * frames' shape).  Each such field is optional: a malformed one is left
+ * unknown with a warning naming it, and never stops the frames.  Unknown
+ * thresholds are NaN, as in message.h.
  *
  * A virtual dataset (VDS) is read through HDF5 from its source datasets,
  * found as HDF5 finds them (HDF5_VDS_PREFIX, the VDS file's directory, "."

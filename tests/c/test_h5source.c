@@ -6,6 +6,7 @@
  * declared frame. */
 #include <dirent.h>
 #include <hdf5.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "features/features.h"
 #include "ingest/codec.h"
 #include "ingest/h5source.h"
 #include "ingest/ingest.h"
@@ -113,14 +115,30 @@ typedef struct {
         uint64_t err_ids[MAX_IDS];
         int n_err_ids;
         char last_err[512];
+        /* Frames that came with the series' pixel mask, and those of them whose
+         * features (computed with that mask) match a sum over the unmasked
+         * pixels of the mask that was written (want_mask). */
+        int frames_masked, features_ok;
 } tally;
 
 static tally T;
 static roid_counters ctr;
+static roid_start_info S; /* the start of the last series opened */
+static uint32_t *S_mask;  /* a copy of its decoded pixel mask, NULL if none */
+static uint32_t S_rows, S_cols;
+static const uint32_t *want_mask; /* the mask the test wrote, as the frames are */
 
 static void on_start(void *ctx, const roid_series *s) {
-        (void)ctx, (void)s;
+        (void)ctx;
         T.starts++;
+        S = s->start;
+        S_rows = s->rows;
+        S_cols = s->cols;
+        free(S_mask);
+        S_mask = NULL;
+        size_t n = (size_t)s->rows * s->cols;
+        if (s->pixel_mask[0] && (S_mask = malloc(n * sizeof *S_mask)))
+                memcpy(S_mask, s->pixel_mask[0], n * sizeof *S_mask);
 }
 
 static void on_end(void *ctx, const roid_series *s, bool terminated) {
@@ -129,11 +147,50 @@ static void on_end(void *ctx, const roid_series *s, bool terminated) {
         T.ends_terminated += terminated;
 }
 
+static uint32_t px(roid_dtype dt, uint32_t cols, uint64_t image_id, size_t i);
+static uint32_t dt_max(roid_dtype dt);
+
+/* roid's features of the frame with the mask it came with, against the sum
+ * over the pixels that are neither masked in want_mask nor at the maximum. */
+static bool features_match_mask(const roid_frame_event *ev) {
+        if (!want_mask || !ev->pixels)
+                return false;
+        uint64_t sum = 0, masked = 0, n = (uint64_t)ev->rows * ev->cols;
+        for (size_t i = 0; i < n; i++) {
+                uint32_t v = px(ev->dtype, ev->cols, ev->image_id, i);
+                if (want_mask[i] || v == dt_max(ev->dtype))
+                        masked++;
+                else
+                        sum += v;
+        }
+        roid_geometry_params gp;
+        roid_geometry_params_default(&gp);
+        gp.rows = ev->rows;
+        gp.cols = ev->cols;
+        gp.dtype = ev->dtype;
+        gp.center_x = ev->cols / 2.0;
+        gp.center_y = ev->rows / 2.0;
+        gp.mask = ev->pixel_mask;
+        roid_geometry g;
+        roid_features fe;
+        roid_err e = {""};
+        roid_frame fr = {ev->dtype, ev->rows, ev->cols, ev->pixels};
+        if (roid_geometry_init(&g, &gp, &e) < 0)
+                return false;
+        int r = roid_features_compute(&g, &fr, &fe, &e);
+        roid_geometry_free(&g);
+        return r == 0 && fe.total_u64 == sum && fe.masked == masked && fe.n_pixels == n - masked;
+}
+
 static void on_frame(void *ctx, const roid_frame_event *ev) {
         (void)ctx;
         if (T.frames < MAX_IDS)
                 T.ids[T.frames] = ev->image_id;
         T.frames++;
+        if (ev->pixel_mask) {
+                T.frames_masked++;
+                T.features_ok += features_match_mask(ev);
+        }
         bool ok = true;
         for (size_t i = 0; i < (size_t)ev->rows * ev->cols && ok; i++) {
                 uint32_t got = ev->dtype == ROID_DT_U8    ? ((const uint8_t *)ev->pixels)[i]
@@ -188,6 +245,9 @@ static int id_leaks;
 /* Replays one file through a fresh ingest (as `roid replay` does). */
 static result replay_lim(const char *path, const roid_limits *lim) {
         memset(&T, 0, sizeof T);
+        memset(&S, 0, sizeof S);
+        free(S_mask);
+        S_mask = NULL;
         roid_counters_reset(&ctr);
         log_since_last();
         roid_sink sink = {
@@ -650,14 +710,21 @@ static void test_structure(void) {
 
 /* ---- master files ---- */
 
-static void master_with(const char *name, void (*add)(hid_t data_group)) {
+/* A master file: links made by add, then what meta writes (NULL: nothing). */
+static void master_meta_with(const char *name, void (*add)(hid_t data_group), void (*meta)(hid_t file)) {
         hid_t f = new_file(name, false);
         hid_t l = lcpl_mkdirs();
         hid_t g = H5Gcreate2(f, "/entry/data", l, H5P_DEFAULT, H5P_DEFAULT);
         H5Pclose(l);
         add(g);
         H5Gclose(g);
+        if (meta)
+                meta(f);
         H5Fclose(f);
+}
+
+static void master_with(const char *name, void (*add)(hid_t data_group)) {
+        master_meta_with(name, add, NULL);
 }
 
 static void links_two(hid_t g) {
@@ -699,6 +766,12 @@ static void test_master(void) {
         result res = replay(tpath("m-good_master.h5"));
         tap_ok(res.r == 0 && all_ids(0, 6) && T.frames_ok == 6 && T.starts == 1 && T.ends_terminated == 1,
                "master with two data files: 6 frames, one series (r=%d %s, %d frames)", res.r, res.err.msg, T.frames);
+        /* No /entry/instrument: the start says what the frames say, nothing more (as before). */
+        tap_ok(S.has_image_size && S.image_size_x == 40 && S.image_size_y == 24 && S.image_dtype == ROID_DT_U16 &&
+                       !S.has_number_of_images && !S.has_beam_center && !S.has_pixel_size && !S.has_count_time &&
+                       !S.has_frame_time && !S.has_energy && !S.has_wavelength && !S.detector_description[0] &&
+                       !S.arm_date[0] && !S_mask && T.frames_masked == 0,
+               "... a master without metadata: a start with the frames' shape and type only, no mask");
 
         master_with("m-second_missing.h5", links_second_missing);
         res = replay(tpath("m-second_missing.h5"));
@@ -728,6 +801,297 @@ static void test_master(void) {
         master_with("m-wrongpath.h5", links_wrong_path);
         expect_error("master linking to a missing path in a data file", replay(tpath("m-wrongpath.h5")), "data_000001",
                      "/entry/data/nothing", NULL);
+}
+
+/* ---- a master file's series metadata (/entry/instrument) ---- */
+
+#define DET   "/entry/instrument/detector"
+#define DSPEC DET "/detectorSpecific"
+#define WAVE  "/entry/instrument/beam/incident_wavelength"
+enum { MR = 24, MC = 40 }; /* the frames of m-data1.h5, m-data2.h5 */
+
+static void put_units(hid_t obj, const char *units, bool vlen) {
+        hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+        H5Tset_size(t, vlen ? H5T_VARIABLE : strlen(units) + 1);
+        hid_t a = H5Acreate2(obj, "units", t, sp, H5P_DEFAULT, H5P_DEFAULT);
+        H5Awrite(a, t, vlen ? (const void *)&units : (const void *)units);
+        H5Aclose(a);
+        H5Sclose(sp);
+        H5Tclose(t);
+}
+
+/* A dataset of rank (0: scalar) at path, intermediate groups made. */
+static void put(hid_t f, const char *path, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims, const void *v,
+                const char *units, bool vlen_units) {
+        hid_t sp = rank ? H5Screate_simple(rank, dims, NULL) : H5Screate(H5S_SCALAR), l = lcpl_mkdirs();
+        hid_t ds = H5Dcreate2(f, path, ftype, sp, l, H5P_DEFAULT, H5P_DEFAULT);
+        if (ds < 0 || H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0)
+                tap_diag("could not write %s", path);
+        if (units)
+                put_units(ds, units, vlen_units);
+        H5Dclose(ds);
+        H5Pclose(l);
+        H5Sclose(sp);
+}
+static void put_f64(hid_t f, const char *path, double v, const char *units) {
+        put(f, path, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, NULL, &v, units, false);
+}
+static void put_f32(hid_t f, const char *path, float v, const char *units) {
+        put(f, path, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 0, NULL, &v, units, false);
+}
+static void put_u32(hid_t f, const char *path, uint32_t v, const char *units) {
+        put(f, path, H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, NULL, &v, units, false);
+}
+/* fixed: the stored size of a null-padded string (as the DECTRIS filewriter
+ * writes them); 0: variable length (as h5py writes them). */
+static void put_str(hid_t f, const char *path, const char *v, size_t fixed) {
+        hid_t t = H5Tcopy(H5T_C_S1);
+        H5Tset_size(t, fixed ? fixed : H5T_VARIABLE);
+        H5Tset_strpad(t, H5T_STR_NULLPAD);
+        char *buf = calloc(1, fixed + 1);
+        if (fixed)
+                memcpy(buf, v, strlen(v) < fixed ? strlen(v) : fixed);
+        put(f, path, t, t, 0, NULL, fixed ? (const void *)buf : (const void *)&v, NULL, false);
+        free(buf);
+        H5Tclose(t);
+}
+static void put_mask(hid_t f, hid_t ftype, uint32_t rows, uint32_t cols, const uint32_t *m) {
+        hsize_t d[2] = {rows, cols};
+        put(f, DSPEC "/pixel_mask", ftype, H5T_NATIVE_UINT32, 2, d, m, NULL, false);
+}
+
+/* The detector's mask as EIGER's bits say it: a dead block where photons
+ * land (bit 0), a hot column (bit 4), scattered noisy pixels (bit 1). */
+static uint32_t mask_want[MR * MC];
+static void make_mask(void) {
+        for (uint32_t r = 0; r < MR; r++)
+                for (uint32_t c = 0; c < MC; c++) {
+                        uint32_t v = 0;
+                        if (r >= 3 && r < 11 && c >= 5 && c < 17)
+                                v |= 1;
+                        if (c == 33)
+                                v |= 16;
+                        if ((r * MC + c) % 97 == 5)
+                                v |= 2;
+                        mask_want[r * MC + c] = v;
+                }
+}
+
+static const char DATE[] = "2021-04-22T02:07:39.837+02:00";
+
+/* Values chosen here, written with the types and units of a DECTRIS master
+ * file (float32 and float64 scalars, fixed and variable length strings). */
+static void meta_good(hid_t f) {
+        put_f32(f, DET "/beam_center_x", 12.25f, "pixels");
+        put_f64(f, DET "/beam_center_y", 7.125, "pixels");
+        put_f64(f, DET "/count_time", 0.000995, "s");
+        put_f32(f, DET "/frame_time", 0.001f, "s");
+        put_f64(f, DET "/x_pixel_size", 75e-6, "m");
+        put_f64(f, DET "/y_pixel_size", 0.172, "mm"); /* converted to m */
+        put_str(f, DET "/description", "Dectris EIGER2 CdTe 1M", 24);
+        put_str(f, DET "/detector_number", "E-08-0123", 0);
+        put_str(f, DET "/sensor_material", "CdTe", 8);
+        put_f64(f, DET "/sensor_thickness", 0.00075, "m");
+        put_f64(f, DET "/threshold_energy", 6250.5, "eV");
+        put_u32(f, DET "/saturation_value", 975376, NULL);
+        put_u32(f, DSPEC "/photon_energy", 12500, "eV");
+        put(f, WAVE, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, NULL, &(double){0.9918}, "angstrom", true);
+        put_str(f, DSPEC "/data_collection_date", DATE, 30);
+        put_u32(f, DSPEC "/nimages", 3, NULL);
+        put_u32(f, DSPEC "/ntrigger", 2, NULL);
+        put_str(f, DSPEC "/trigger_mode", "exts", 4);
+        put_mask(f, H5T_STD_U32LE, MR, MC, mask_want);
+}
+
+/* Each field wrong in its own way; the wavelength and the date are right. */
+static void meta_bad(hid_t f) {
+        hsize_t d2[2] = {2, 2};
+        double bc[4] = {12, 13, 14, 15};
+        put(f, DET "/beam_center_x", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, d2, bc, "pixels", false);
+        put_f64(f, DET "/beam_center_y", 7.125, "pixels");
+        put_str(f, DET "/count_time", "0.001", 8);
+        put_f64(f, DET "/frame_time", NAN, "s");
+        put_f64(f, DET "/x_pixel_size", 75e-6, "furlong");
+        put_f64(f, DET "/y_pixel_size", 75e-6, "m");
+        char longd[301];
+        memset(longd, 'X', 300);
+        longd[300] = 0;
+        put_str(f, DET "/description", longd, 320);
+        put_str(f, DET "/detector_number", "\xff\xfe-12", 8);
+        put_u32(f, DET "/sensor_material", 14, NULL);
+        put_f64(f, DET "/sensor_thickness", -0.00045, "m");
+        put_f64(f, DET "/threshold_energy", INFINITY, "eV");
+        hid_t l = lcpl_mkdirs();
+        H5Gclose(H5Gcreate2(f, DSPEC "/photon_energy", l, H5P_DEFAULT, H5P_DEFAULT));
+        H5Pclose(l);
+        put(f, WAVE, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, NULL, &(double){0.9918}, "angstrom", true);
+        put_str(f, DSPEC "/data_collection_date", DATE, 30);
+        put_f64(f, DSPEC "/nimages", 6.0, NULL);
+        static uint32_t wide[MR * (MC + 1)];
+        put_mask(f, H5T_STD_U32LE, MR, MC + 1, wide);
+}
+
+/* More: a mask of the frames' shape but of floats, a variable-length
+ * description too long, a serial number in a string type of 10000 bytes. */
+static void meta_bad2(hid_t f) {
+        put_mask(f, H5T_IEEE_F32LE, MR, MC, mask_want);
+        char longd[401];
+        memset(longd, 'Y', 400);
+        longd[400] = 0;
+        put_str(f, DET "/description", longd, 0);
+        put_str(f, DET "/detector_number", "E-08-0123", 10000);
+        put_f32(f, DET "/beam_center_x", 12.25f, "pixels");
+        put_f32(f, DET "/beam_center_y", 7.5f, "mm"); /* not pixels */
+}
+
+static struct {
+        const char *mode;           /* NULL: no trigger_mode */
+        uint64_t nimages, ntrigger; /* 0: not written */
+        uint64_t want;              /* 0: unknown */
+} count_case;
+
+static void meta_counts(hid_t f) {
+        if (count_case.nimages)
+                put(f, DSPEC "/nimages", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, NULL, &count_case.nimages, NULL, false);
+        if (count_case.ntrigger)
+                put(f, DSPEC "/ntrigger", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, NULL, &count_case.ntrigger, NULL, false);
+        if (count_case.mode)
+                put_str(f, DSPEC "/trigger_mode", count_case.mode, 4);
+}
+
+static bool near(double got, double want) {
+        return fabs(got - want) <= 1e-12 * fabs(want);
+}
+
+static bool six_frames_right(result res) {
+        return res.r == 0 && all_ids(0, 6) && T.frames_ok == 6 && T.starts == 1 && T.ends_terminated == 1 &&
+               CNT(frames_failed) == 0;
+}
+
+static void test_master_metadata(void) {
+        make_mask();
+        master_meta_with("mm-good_master.h5", links_two, meta_good);
+        want_mask = mask_want;
+        result res = replay(tpath("mm-good_master.h5"));
+        const char *log = log_since_last();
+        tap_ok(six_frames_right(res), "master with metadata: 6 frames, one series (r=%d %s, %d frames)", res.r,
+               res.err.msg, T.frames);
+        tap_ok(S.has_beam_center && S.beam_center_x == 12.25 && S.beam_center_y == 7.125,
+               "... beam centre 12.25 (float32), 7.125 pixels (%d %g %g)", S.has_beam_center, S.beam_center_x,
+               S.beam_center_y);
+        tap_ok(S.has_count_time && S.count_time == 0.000995 && S.has_frame_time && S.frame_time == (double)0.001f,
+               "... count_time 0.000995 s, frame_time 0.001 s as float32 (%g %g)", S.count_time, S.frame_time);
+        tap_ok(S.has_pixel_size && S.pixel_size_x == 75e-6 && near(S.pixel_size_y, 172e-6),
+               "... pixel size 75e-6 m and 0.172 mm = 172e-6 m (%g %g)", S.pixel_size_x, S.pixel_size_y);
+        tap_ok(strcmp(S.detector_description, "Dectris EIGER2 CdTe 1M") == 0 &&
+                       strcmp(S.detector_serial_number, "E-08-0123") == 0 && strcmp(S.sensor_material, "CdTe") == 0 &&
+                       strcmp(S.arm_date, DATE) == 0,
+               "... description, serial number (variable length), sensor material, arm_date from "
+               "data_collection_date (\"%s\" \"%s\" \"%s\" \"%s\")",
+               S.detector_description, S.detector_serial_number, S.sensor_material, S.arm_date);
+        tap_ok(S.sensor_thickness == 0.00075 && S.threshold_energy[0] == 6250.5 && S.has_energy &&
+                       S.incident_energy == 12500 && S.has_wavelength && S.incident_wavelength == 0.9918 &&
+                       S.has_saturation_value && S.saturation_value == 975376,
+               "... sensor thickness, threshold, photon energy, wavelength (variable length units), saturation "
+               "(%g %g %g %g %llu)",
+               S.sensor_thickness, S.threshold_energy[0], S.incident_energy, S.incident_wavelength,
+               (unsigned long long)S.saturation_value);
+        tap_ok(S.has_number_of_images && S.number_of_images == 6 && CNT(images_out_of_range) == 0,
+               "... number_of_images = nimages 3 x ntrigger 2 in exts mode (%d %llu)", S.has_number_of_images,
+               (unsigned long long)S.number_of_images);
+        tap_ok(S_mask && S_rows == MR && S_cols == MC && memcmp(S_mask, mask_want, sizeof mask_want) == 0,
+               "... the series' pixel mask is the one written, %u x %u", S_rows, S_cols);
+        tap_ok(T.frames_masked == 6 && T.features_ok == 6,
+               "... every frame comes with it, and its features leave the masked pixels out (%d masked, %d right)",
+               T.frames_masked, T.features_ok);
+        tap_ok(!strstr(log, "left unknown"), "... no warning about the metadata");
+        want_mask = NULL;
+
+        master_meta_with("mm-bad_master.h5", links_two, meta_bad);
+        res = replay(tpath("mm-bad_master.h5"));
+        log = log_since_last();
+        tap_ok(six_frames_right(res) && T.frames_masked == 0,
+               "master with malformed metadata: still 6 frames, right, one series, no mask (r=%d %s, %d frames)", res.r,
+               res.err.msg, T.frames);
+        tap_ok(!S.has_beam_center && !S.has_count_time && !S.has_frame_time && !S.has_pixel_size &&
+                       !S.detector_description[0] && !S.detector_serial_number[0] && !S.sensor_material[0] &&
+                       S.sensor_thickness == 0 && isnan(S.threshold_energy[0]) && !S.has_energy &&
+                       !S.has_number_of_images && !S_mask,
+               "... every malformed field is left unknown");
+        tap_ok(S.has_wavelength && S.incident_wavelength == 0.9918 && strcmp(S.arm_date, DATE) == 0,
+               "... the well-formed wavelength and date are kept (%g \"%s\")", S.incident_wavelength, S.arm_date);
+        static const char *const named[] = {"beam_center_x is 2-D (2 x 2)",
+                                            "count_time is string, a number expected",
+                                            "frame_time is nan",
+                                            "x_pixel_size is in units \"furlong\"",
+                                            "description is a string of 300 bytes, at most 255",
+                                            "detector_number has byte 0xff at 0, not UTF-8",
+                                            "sensor_material is uint32, a string expected",
+                                            "sensor_thickness is -0.00045, a positive",
+                                            "threshold_energy is inf",
+                                            "photon_energy is not a dataset",
+                                            "nimages is float64, an integer expected",
+                                            "pixel_mask is 24 x 41, the frames are 24 x 40"};
+        const char *missing = NULL;
+        for (size_t i = 0; i < sizeof named / sizeof named[0]; i++)
+                if (!strstr(log, named[i]))
+                        missing = named[i];
+        tap_ok(!missing, "... a warning names each field and what is wrong with it%s%s", missing ? "; missing: " : "",
+               missing ? missing : "");
+        if (missing)
+                tap_diag("log: %s", log);
+
+        master_meta_with("mm-bad2_master.h5", links_two, meta_bad2);
+        res = replay(tpath("mm-bad2_master.h5"));
+        log = log_since_last();
+        tap_ok(six_frames_right(res) && T.frames_masked == 0 && !S_mask && !S.detector_description[0] &&
+                       !S.detector_serial_number[0] && !S.has_beam_center,
+               "master with a float mask, a 400-byte variable length description, a string type of 10000 bytes, a "
+               "beam centre in mm: 6 frames, those left unknown (r=%d, %d frames)",
+               res.r, T.frames);
+        tap_ok(strstr(log, "pixel_mask is float32, uint32 expected") &&
+                       strstr(log, "description is a string of 400 bytes") &&
+                       strstr(log, "detector_number is a string of 10000 bytes") &&
+                       strstr(log, "beam_center_y is in units \"mm\", not pixels") &&
+                       strstr(log, "beam_center_x is there without its other coordinate"),
+               "... each named in a warning");
+
+        /* number_of_images by trigger mode: one image per trigger in exte/inte. */
+        static const struct {
+                const char *mode;
+                uint64_t nimages, ntrigger, want;
+        } cases[] = {
+                {"exts", 3, 2, 6}, {"ints", 6, 0, 6}, {"inte", 5, 6, 6},
+                {"exte", 1, 6, 6}, {NULL, 6, 0, 6},   {"", 2, 3, 6},
+                {"exte", 3, 0, 0}, {NULL, 0, 6, 0},   {"ints", 1ull << 40, 1ull << 30, 0},
+                {"ints", 0, 0, 0},
+        };
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                count_case.mode = cases[i].mode;
+                count_case.nimages = cases[i].nimages;
+                count_case.ntrigger = cases[i].ntrigger;
+                master_meta_with("mm-count_master.h5", links_two, meta_counts);
+                res = replay(tpath("mm-count_master.h5"));
+                bool ok = six_frames_right(res) &&
+                          (cases[i].want ? S.has_number_of_images && S.number_of_images == cases[i].want
+                                         : !S.has_number_of_images);
+                tap_ok(ok,
+                       "trigger_mode \"%s\", nimages %llu, ntrigger %llu (0: absent): number_of_images %s%llu (got "
+                       "%s%llu)",
+                       cases[i].mode ? cases[i].mode : "absent", (unsigned long long)cases[i].nimages,
+                       (unsigned long long)cases[i].ntrigger, cases[i].want ? "" : "unknown ",
+                       (unsigned long long)cases[i].want, S.has_number_of_images ? "" : "unknown ",
+                       (unsigned long long)S.number_of_images);
+        }
+        log_since_last();
+
+        /* A lone data file has no metadata to read: as before. */
+        h5spec s = spec(ROID_DT_U16, MR, MC, 3, BSLZ4);
+        write_h5("mm-lone.h5", &s);
+        res = replay(tpath("mm-lone.h5"));
+        tap_ok(res.r == 0 && T.frames_ok == 3 && S.has_number_of_images && S.number_of_images == 3 &&
+                       !S.has_beam_center && !S.detector_description[0] && !S_mask && isnan(S.threshold_energy[0]),
+               "a lone data file: its 3 frames, number_of_images 3, nothing else known");
 }
 
 /* ---- declared frames that were never written ---- */
@@ -1210,6 +1574,7 @@ int main(void) {
         test_good_files();
         test_structure();
         test_master();
+        test_master_metadata();
 
         test_unwritten();
         test_corrupt_chunks();
@@ -1217,6 +1582,7 @@ int main(void) {
         test_vds();
         tap_ok(id_leaks == 0, "no replay left an HDF5 file or object open (%d did)", id_leaks);
 
+        free(S_mask);
         rm_tmpdir();
         return tap_done();
 }
