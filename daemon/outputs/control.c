@@ -445,18 +445,22 @@ static bool known_keys(roid_control *c, const msgpack_object *req, const char *c
         return true;
 }
 
-static const char *handler_error(int r) {
-        return r == -ENODATA ? "no data yet (no series has started, or the current one has no map yet)" : strerror(-r);
+static const char *handler_error(const char *cmd, int r) {
+        if (r == -ENODATA)
+                return strcmp(cmd, "series") ? "no data yet (no series has started, or the current one has no map yet: "
+                                               "the series request says whether it has an analysis_error)"
+                                             : "no series has started yet";
+        return strerror(-r);
 }
 
-/* status, map, ask: the handler packs the reply's remaining pairs. */
+/* status, map, series, ask: the handler packs the reply's remaining pairs. */
 static bool pack_handler(roid_control *c, const char *cmd, int (*fn)(void *, msgpack_packer *), unsigned n,
                          int (*ask)(void *, unsigned, msgpack_packer *)) {
         int pairs = reply_begin(c, true, cmd);
         int r = fn ? fn(c->h.ctx, &c->pk) : ask(c->h.ctx, n, &c->pk);
 
         if (r < 0) {
-                reply_error(c, cmd, "%s: %s", cmd, handler_error(r));
+                reply_error(c, cmd, "%s: %s", cmd, handler_error(cmd, r));
                 return false;
         }
         if (c->failed || pairs + r > 0xffff) {
@@ -606,7 +610,7 @@ static bool do_reset(roid_control *c, const msgpack_object *req) {
 /* One request of len bytes in parts frames; builds the reply in c->sb.
  * Returns true for an ok reply. */
 static bool handle(roid_control *c, const uint8_t *data, size_t len, size_t total, unsigned parts) {
-        static const char *const cmds[] = {"status", "map", "set", "ask", "reset"};
+        static const char *const cmds[] = {"status", "map", "series", "set", "ask", "reset"};
         walker w = {.p = data, .len = len};
         msgpack_object req;
         const msgpack_object *cmd;
@@ -646,18 +650,18 @@ static bool handle(roid_control *c, const uint8_t *data, size_t len, size_t tota
         }
         cmd = get(&req, "cmd");
         if (!cmd) {
-                reply_error(c, NULL, "request: no \"cmd\" key (status, map, set, ask or reset)");
+                reply_error(c, NULL, "request: no \"cmd\" key (status, map, series, set, ask or reset)");
                 return false;
         }
         if (cmd->type != MSGPACK_OBJECT_STR) {
-                reply_error(c, NULL, "cmd: %s, not a string (status, map, set, ask or reset)", type_name(cmd));
+                reply_error(c, NULL, "cmd: %s, not a string (status, map, series, set, ask or reset)", type_name(cmd));
                 return false;
         }
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
                 if (str_is(cmd, cmds[i]))
                         name = c->cmd = cmds[i];
         if (!name) {
-                reply_error(c, NULL, "cmd: \"%s\" is not one of status, map, set, ask, reset",
+                reply_error(c, NULL, "cmd: \"%s\" is not one of status, map, series, set, ask, reset",
                             clip(shown, sizeof(shown), cmd->via.str.ptr, cmd->via.str.size));
                 return false;
         }
@@ -666,8 +670,10 @@ static bool handle(roid_control *c, const uint8_t *data, size_t len, size_t tota
                 reply_error(c, name, "schema: %s, not a positive integer", type_name(schema));
                 return false;
         }
-        if (!strcmp(name, "status") || !strcmp(name, "map")) {
-                int (*fn)(void *, msgpack_packer *) = name[0] == 's' ? c->h.status : c->h.map;
+        if (!strcmp(name, "status") || !strcmp(name, "map") || !strcmp(name, "series")) {
+                int (*fn)(void *, msgpack_packer *) = !strcmp(name, "status") ? c->h.status
+                                                      : !strcmp(name, "map")  ? c->h.map
+                                                                              : c->h.series;
                 if (!known_keys(c, &req, name, NULL))
                         return false;
                 if (!fn) {

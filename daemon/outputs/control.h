@@ -83,6 +83,7 @@ typedef struct {
         void *ctx;
         int (*status)(void *ctx, msgpack_packer *pk);
         int (*map)(void *ctx, msgpack_packer *pk);
+        int (*series)(void *ctx, msgpack_packer *pk); /* the last series message; -ENODATA before any */
         /* value as text, as in a config file line; 0 or a negative errno
          * with err saying why (the reply carries err's text). */
         int (*set)(void *ctx, const char *section, const char *key, const char *value, roid_err *err);

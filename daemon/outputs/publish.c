@@ -689,10 +689,14 @@ int roid_publish_status(roid_publisher *p, const roid_status_view *v) {
         return finish(p, ROID_TOPIC_STATUS, n + roid_pack_status(&p->pk, v));
 }
 
+int roid_pack_series(msgpack_packer *pk, const roid_series_view *v) {
+        const int n = roid_pack_series_ref(pk, &v->series);
+        return n + pack_series(pk, v);
+}
+
 int roid_publish_series(roid_publisher *p, const roid_series_view *v) {
         int n = begin(p, ROID_TOPIC_SERIES);
-        n += roid_pack_series_ref(&p->pk, &v->series);
-        return finish(p, ROID_TOPIC_SERIES, n + pack_series(&p->pk, v));
+        return finish(p, ROID_TOPIC_SERIES, n + roid_pack_series(&p->pk, v));
 }
 
 int roid_publish_map(roid_publisher *p, const roid_map_view *v) {

@@ -165,9 +165,10 @@ int roid_publish_map(roid_publisher *p, const roid_map_view *v);
 int roid_publish_scan_here(roid_publisher *p, const roid_series_ref *s, const roid_feedback_view *fb);
 int roid_publish_frame(roid_publisher *p, const roid_frame_view *v);
 
-/* Packers (pairs only, return the number of pairs).  status and map include
- * "series_id" and "series_unique_id"; feedback does not. */
+/* Packers (pairs only, return the number of pairs).  status, series and map
+ * include "series_id" and "series_unique_id"; feedback does not. */
 int roid_pack_series_ref(msgpack_packer *pk, const roid_series_ref *s);
+int roid_pack_series(msgpack_packer *pk, const roid_series_view *v);
 int roid_pack_status(msgpack_packer *pk, const roid_status_view *v);
 int roid_pack_map(msgpack_packer *pk, const roid_map_view *v);
 int roid_pack_feedback(msgpack_packer *pk, const roid_feedback_view *fb);

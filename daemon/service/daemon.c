@@ -200,6 +200,10 @@ static int ctl_map(void *ctx, msgpack_packer *pk) {
         return roid_pipeline_pack_map(((daemon_t *)ctx)->pl, pk);
 }
 
+static int ctl_series(void *ctx, msgpack_packer *pk) {
+        return roid_pipeline_pack_series(((daemon_t *)ctx)->pl, pk);
+}
+
 static int ctl_ask(void *ctx, unsigned n, msgpack_packer *pk) {
         return roid_pipeline_pack_ask(((daemon_t *)ctx)->pl, n, pk);
 }
@@ -529,6 +533,7 @@ int roid_daemon_run(const roid_daemon_params *p) {
                                           .commit = ctl_commit,
                                           .status = ctl_status,
                                           .map = ctl_map,
+                                          .series = ctl_series,
                                           .set = ctl_set,
                                           .ask = ctl_ask,
                                           .reset = ctl_reset};

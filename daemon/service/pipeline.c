@@ -197,6 +197,13 @@ struct roid_pipeline {
         roid_fb_point *snap_next;
         size_t n_snap_next, cap_snap_next;
         double snap_p50, snap_p99, snap_fps, snap_map_iv;
+        /* the last series message, for the `series` request; its view points
+         * into the copies beside it */
+        bool snap_series_known;
+        roid_series_view snap_series;
+        char snap_series_uid[ROID_NAME_MAX], snap_series_channel[ROID_NAME_MAX];
+        char snap_series_error[ROID_ERR_MAX + 16], snap_series_path[ROID_PATH_MAX];
+        roid_scan_grid snap_series_grid;
 };
 
 static double now_mono(void) {
@@ -653,7 +660,7 @@ static void publish_status(roid_pipeline *pl, double now) {
 static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
         series_state *ss = &pl->ss;
         series_ctx *sc = ss->sc;
-        if (!pl->pub || !sc)
+        if (!sc)
                 return;
         size_t roi_points = 0;
         if (end && ss->roi) {
@@ -683,7 +690,23 @@ static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
                 .terminated = terminated,
                 .results_path = ss->writing ? ss->path : NULL,
         };
-        roid_publish_series(pl->pub, &v);
+        pthread_mutex_lock(&pl->snap_lock);
+        roid_series_view *c = &pl->snap_series;
+        *c = v;
+        memcpy(pl->snap_series_uid, sc->unique_id, sizeof pl->snap_series_uid);
+        c->series.unique_id = pl->snap_series_uid;
+        snprintf(pl->snap_series_channel, sizeof pl->snap_series_channel, "%s", v.channel ? v.channel : "");
+        c->channel = v.channel ? pl->snap_series_channel : NULL;
+        snprintf(pl->snap_series_error, sizeof pl->snap_series_error, "%s", v.analysis_error ? v.analysis_error : "");
+        c->analysis_error = v.analysis_error ? pl->snap_series_error : NULL;
+        snprintf(pl->snap_series_path, sizeof pl->snap_series_path, "%s", v.results_path ? v.results_path : "");
+        c->results_path = v.results_path ? pl->snap_series_path : NULL;
+        pl->snap_series_grid = sc->grid;
+        c->grid = &pl->snap_series_grid;
+        pl->snap_series_known = true;
+        pthread_mutex_unlock(&pl->snap_lock);
+        if (pl->pub)
+                roid_publish_series(pl->pub, &v);
 }
 
 static void an_series_free(roid_pipeline *pl) {
@@ -1230,6 +1253,13 @@ int roid_pipeline_pack_map(roid_pipeline *pl, msgpack_packer *pk) {
                 };
                 r = roid_pack_map(pk, &mv);
         }
+        pthread_mutex_unlock(&pl->snap_lock);
+        return r;
+}
+
+int roid_pipeline_pack_series(roid_pipeline *pl, msgpack_packer *pk) {
+        pthread_mutex_lock(&pl->snap_lock);
+        const int r = pl->snap_series_known ? roid_pack_series(pk, &pl->snap_series) : -ENODATA;
         pthread_mutex_unlock(&pl->snap_lock);
         return r;
 }

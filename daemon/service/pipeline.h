@@ -92,6 +92,10 @@ void roid_pipeline_wait_idle(roid_pipeline *pl);
  * with the contract of control.h: the number of key/value pairs packed, or
  * (map only) -ENODATA before the series' first map; ask then packs no points. */
 int roid_pipeline_pack_map(roid_pipeline *pl, msgpack_packer *pk);
+/* The control `series` reply: the last series message (start or end) the
+ * analysis thread published, whether or not a publisher is configured;
+ * -ENODATA before the first.  Any thread. */
+int roid_pipeline_pack_series(roid_pipeline *pl, msgpack_packer *pk);
 int roid_pipeline_pack_ask(roid_pipeline *pl, unsigned n, msgpack_packer *pk);
 int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk);
 /* The control socket's counts, for both status paths (the control reply

@@ -76,6 +76,8 @@ def main():
     check(st["ok"] and st["state"] == "idle" and st["schema"] == 1, "control status before any series: idle")
     m = ctl(cmd="map")
     check(not m["ok"] and "no data" in m["error"], f"control map before any series: error ({m.get('error')})")
+    sr = ctl(cmd="series")
+    check(not sr["ok"] and "no series has started" in sr["error"], f"control series before any: {sr.get('error')}")
     # Malformed requests are answered and counted; the daemon goes on.
     bad = [b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"cmd": "fly"}), msgpack.packb({"cmd": "ask", "n": 0})]
     answers = [ctl.raw(b) for b in bad]
@@ -94,6 +96,7 @@ def main():
                             "--quiet"])
     CHILDREN.append(sim)
     got_final = got_end = False
+    late = None
     t0 = time.time()
     while time.time() - t0 < 120 and not (got_final and got_end):
         if sub.poll(500):
@@ -101,6 +104,8 @@ def main():
             b = msgpack.unpackb(body, raw=False)
             msgs.append((topic.decode(), b))
             got_end |= topic == b"series" and b["event"] == "end"
+            if topic == b"map" and not b["final"] and late is None:
+                late = ctl(cmd="series")  # a dashboard joining while the series runs
             if topic == b"map" and b["final"]:
                 got_final = True
                 # Right after the end, the control socket serves the same final map and the ask list.
@@ -131,6 +136,13 @@ def main():
           "series start and end of the same series")
     check(end["frames_analysed"] == NY * NX and end["terminated"], f"end: {end['frames_analysed']} frames analysed")
     check(start["grid"]["ny"] == NY and start["grid"]["source"] == "series", "grid from the series' user data")
+    # The control `series` request: what a dashboard joining late missed on the topic.
+    body = ("topic", "seq", "time", "ok", "cmd", "schema")
+    check(late and late["ok"] and {k: v for k, v in late.items() if k not in body} ==
+          {k: v for k, v in start.items() if k not in body}, f"control series while acquiring == the start message")
+    now = ctl(cmd="series")
+    check(now["ok"] and {k: v for k, v in now.items() if k not in body} == {k: v for k, v in end.items() if k not in body},
+          f"control series after the end == the end message (results_file {now.get('results_file')})")
     online = [b for t, b in msgs if t == "map" and not b["final"]]
     check(len(online) >= 2, f"{len(online)} online maps while the scan ran")
     check(all(b["series_unique_id"] == uid for t, b in msgs if t in ("map", "scan_here", "frame")),
