@@ -187,7 +187,7 @@ typedef uint64_t u64x4 __attribute__((vector_size(32)));
 
 /* Sums 64-bit words, two 32-byte vectors per step, with the same AVX2 clone
  * the kernel gets, so that both read memory as fast as this core can. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(ROID_NO_CLONES)
 __attribute__((target_clones("avx2", "default")))
 #endif
 static uint64_t

@@ -726,16 +726,17 @@ static int an_series_state(roid_pipeline *pl, series_ctx *sc) {
         roid_feedback_free(ss->fb);
         ss->roi = NULL;
         ss->fb = NULL;
-        sc->ap.roi.other_state_bytes = roid_feedback_state_bytes(&sc->fp, &sc->grid) +
-                                       (pl->pub ? roid_publish_series_bytes(&sc->fp, &sc->grid) : 0);
-        int r = roid_roi_new(&sc->ap.roi, sc->grid.ny, sc->grid.nx, &ss->roi, &err);
+        /* A copy: the workers read sc->ap meanwhile (sc is theirs read-only). */
+        roid_roi_params rp = sc->ap.roi;
+        rp.other_state_bytes = roid_feedback_state_bytes(&sc->fp, &sc->grid) +
+                               (pl->pub ? roid_publish_series_bytes(&sc->fp, &sc->grid) : 0);
+        int r = roid_roi_new(&rp, sc->grid.ny, sc->grid.nx, &ss->roi, &err);
         if (r >= 0 && pl->pub) {
                 /* What max_analysis_bytes leaves beyond the state feeds the
                  * publisher's pools, so that a stalled subscriber of a large map
                  * does not starve the others (publish.h). */
-                const uint64_t max = sc->ap.roi.max_state_bytes, per = roid_publish_buffer_bytes(&sc->fp, &sc->grid);
-                const uint64_t used =
-                        roid_roi_state_bytes(&sc->ap.roi, sc->grid.ny, sc->grid.nx) + sc->ap.roi.other_state_bytes;
+                const uint64_t max = rp.max_state_bytes, per = roid_publish_buffer_bytes(&sc->fp, &sc->grid);
+                const uint64_t used = roid_roi_state_bytes(&rp, sc->grid.ny, sc->grid.nx) + rp.other_state_bytes;
                 roid_publisher_set_pool(pl->pub, !max         ? UINT64_MAX
                                                  : max > used ? ROID_PUBLISH_POOL_MIN + (max - used) / per
                                                               : ROID_PUBLISH_POOL_MIN);

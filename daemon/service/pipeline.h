@@ -72,6 +72,8 @@ void roid_pipeline_set_source(roid_pipeline *pl, roid_zsource *z);
  * called from a worker thread when space frees up while blocked. */
 bool roid_pipeline_flush(roid_pipeline *pl);
 bool roid_pipeline_blocked(roid_pipeline *pl);
+/* Before the first frame is submitted: the workers read it unlocked (the work
+ * queue's lock orders this store before any job they take). */
 void roid_pipeline_set_wakeup(roid_pipeline *pl, void (*wake)(void *ctx), void *ctx);
 
 /* Parameters for the next series (SIGHUP, control `set`). */
