@@ -765,7 +765,22 @@ static int send_reply(roid_control *c, zmq_msg_t *env, unsigned n_env, const voi
         int r = make_body(c, out, out_len, &body);
         if (r < 0)
                 return r;
-        for (unsigned i = 0; r == 0 && i < n_env; i++)
+        if (n_env) {
+                r = send_part(c->sock, &env[0], ZMQ_SNDMORE);
+                if (r == -EAGAIN) {
+                        /* libzmq learns that a client read its replies from
+                         * commands it processes at most every millisecond or so
+                         * while sending: under load the queue of a REQ with
+                         * nothing unread could look full (1 reply in 5,000
+                         * lost, found by a soak test).  ZMQ_EVENTS processes
+                         * them now; a queue still full is full. */
+                        int ev;
+                        size_t len = sizeof ev;
+                        zmq_getsockopt(c->sock, ZMQ_EVENTS, &ev, &len);
+                        r = send_part(c->sock, &env[0], ZMQ_SNDMORE);
+                }
+        }
+        for (unsigned i = 1; r == 0 && i < n_env; i++)
                 r = send_part(c->sock, &env[i], ZMQ_SNDMORE);
         if (r == 0)
                 r = send_part(c->sock, &body, 0);
