@@ -220,6 +220,13 @@ def main():
     r = ctl(cmd="set", values={"directory": os.path.join(tmp, "no-such-dir")})
     check(not r["ok"] and "[output] directory" in r["error"] and "No such file" in r["error"],
           f"set output.directory to a missing directory: refused ({r.get('error')})")
+    # A client that sets values at every step must not flood the log: 200 sets that change nothing
+    # (debug lines), then 60 that change map_interval each time (rate-limited, with a count of the rest).
+    for i in range(200):
+        ctl(cmd="set", values={"k": 3})
+    for i in range(60):
+        ctl(cmd="set", values={"map_interval": 0.1 + 0.01 * (i % 2)})
+    ctl(cmd="set", values={"map_interval": 0.1})
     # Issue 5's burst: 10,000 messages as fast as the simulator can, then nothing.
     sim = subprocess.run([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "10000", "--series-id", "2",
                           "--quiet"], timeout=120)
@@ -230,6 +237,10 @@ def main():
     err = roid.stderr.read()
     check(roid_rc == 0, f"roid exits 0 after 2 series (rc {roid_rc})")
     check("frames_analysed=" + str(NY * NX + 10000) in err, "every frame of the burst analysed")
+    sets = [l for l in err.splitlines() if "control: set" in l]
+    check(len(sets) <= 16 and any("similar lines suppressed" in l for l in sets) and
+          not any(l.endswith("control: set [analysis] k = 3 (from the next series)") for l in sets),
+          f"261 control sets logged in {len(sets)} lines, the rest counted")
     files = sorted(p for p in os.listdir(tmp) if p.endswith(".h5"))
     check(len(files) == 2, f"two results files: {files}")
     for p in files:
