@@ -230,6 +230,8 @@ int roid_pack_status(msgpack_packer *pk, const roid_status_view *v) {
         f64_or_nil(pk, v->latency_p99_ms);
         kv(pk, &n, "map_interval_s");
         f64_or_nil(pk, v->map_interval_s);
+        kv(pk, &n, "frame_age_s");
+        f64_or_nil(pk, v->frame_age_s);
         kv(pk, &n, "counters");
         if (v->ctr) {
                 msgpack_pack_map(pk, ROID_C__MAX);

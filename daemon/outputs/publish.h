@@ -89,6 +89,7 @@ typedef struct {
         double latency_p50_ms;    /* arrival of a frame -> its label in a published map; NaN = unknown */
         double latency_p99_ms;
         double map_interval_s;     /* interval between maps in effect (map_interval, or longer); NaN = unknown */
+        double frame_age_s;        /* since the open series' last frame was analysed; NaN = none */
         const roid_publisher *pub; /* NULL: "published" is nil */
         uint64_t control_requests; /* control socket counts (0 without one) */
         uint64_t control_errors;

@@ -61,6 +61,8 @@ typedef struct {
           "channel to analyse: its name, or #N for the N-th channel of the series")                                    \
         X("detector", "receive_hwm", NULL, "N", "1000", K_INT, rcvhwm, 1, 1000000, 0,                                  \
           "messages ZeroMQ queues from the detector before it pushes back, 1..1000000")                                \
+        X("detector", "series_timeout", "series-timeout", "S", "0", K_DBL, series_timeout, 0, 604800, 0,               \
+          "close an open series after this many seconds without a message; 0: never; 0..604800")                       \
         X("output", "directory", "output-dir", "DIR", "", K_STR, analysis.output_dir, 0, 0, 0,                         \
           "directory of the HDF5 results file of each series; empty: no results files")                                \
         X("output", "publish", "publish", "ENDPOINT", "", K_ENDPOINT, publish, 0, 0, 0,                                \

@@ -47,6 +47,7 @@ typedef struct {
         char detector[ROID_ENDPOINT_MAX]; /* endpoint = tcp://127.0.0.1:31001 */
         char channel[ROID_NAME_MAX];      /* channel = #0 (a name, or #N) */
         int rcvhwm;                       /* receive_hwm = 1000 messages, 1..1000000 */
+        double series_timeout;            /* series_timeout = 0 s (never): close an open series this long silent */
 
         /* [output] */
         char publish[ROID_ENDPOINT_MAX]; /* publish = "" (off); e.g. tcp://0.0.0.0:5557 */

@@ -343,7 +343,18 @@ static void on_idle_timer(uv_timer_t *h) {
          * (queues full), which may well still be sending (found by review). */
         if (!d->pull_polling || roid_pipeline_pending(d->pl) > 0)
                 d->last_msg = uv_now(&d->loop) / 1e3;
-        if (d->cfg.idle_timeout > 0 && uv_now(&d->loop) / 1e3 - d->last_msg > d->cfg.idle_timeout) {
+        const double quiet = uv_now(&d->loop) / 1e3 - d->last_msg;
+        /* A detector that died mid-series sends no end: the series is closed
+         * as without one, so that its final map, scan_here and file come. */
+        const roid_tracker *tr = roid_ingest_tracker(d->in);
+        if (d->cfg.series_timeout > 0 && quiet > d->cfg.series_timeout && tr->open) {
+                roid_log(ROID_LOG_WARNING,
+                         "series %" PRIu64 ": no message for %.1f s (series_timeout): closed without "
+                         "its end message",
+                         tr->cur.series_id, d->cfg.series_timeout);
+                roid_ingest_flush(d->in);
+        }
+        if (d->cfg.idle_timeout > 0 && quiet > d->cfg.idle_timeout) {
                 roid_log(ROID_LOG_NOTICE, "no message for %.1f s", d->cfg.idle_timeout);
                 stop(d, "idle timeout");
         }
@@ -353,19 +364,20 @@ static uint64_t status_ms(const daemon_t *d) {
         return (uint64_t)(d->cfg.status_interval * 1e3);
 }
 
-/* The loop's timers follow d->cfg: the status interval, and the idle timeout
- * (counted from now when a reload turns it on). */
+/* The loop's timers follow d->cfg: the status interval, and the idle and
+ * series timeouts (counted from now when a reload turns them on). */
 static void apply_timers(daemon_t *d, bool reloaded) {
         if (d->stopping)
                 return;
         if (uv_timer_get_repeat(&d->status_timer) != status_ms(d))
                 uv_timer_start(&d->status_timer, on_status_timer, status_ms(d), status_ms(d));
         bool idle_on = uv_is_active((uv_handle_t *)&d->idle_timer);
-        if (d->cfg.idle_timeout > 0 && !idle_on) {
+        const bool want = d->cfg.idle_timeout > 0 || d->cfg.series_timeout > 0;
+        if (want && !idle_on) {
                 if (reloaded)
                         d->last_msg = uv_now(&d->loop) / 1e3;
                 uv_timer_start(&d->idle_timer, on_idle_timer, 200, 200);
-        } else if (d->cfg.idle_timeout <= 0 && idle_on) {
+        } else if (!want && idle_on) {
                 uv_timer_stop(&d->idle_timer);
         }
 }

@@ -197,6 +197,7 @@ struct roid_pipeline {
         roid_fb_point *snap_next;
         size_t n_snap_next, cap_snap_next;
         double snap_p50, snap_p99, snap_fps, snap_map_iv;
+        double snap_t_last; /* series_state.t_last as of the last status, 0 = none */
         /* the last series message, for the `series` request; its view points
          * into the copies beside it */
         bool snap_series_known;
@@ -619,6 +620,7 @@ static void status_view(roid_pipeline *pl, roid_status_view *v, double now, doub
                 .latency_p50_ms = p50,
                 .latency_p99_ms = p99,
                 .map_interval_s = map_iv,
+                .frame_age_s = NAN,
                 .pub = pl->pub,
                 .control_requests = atomic_load_explicit(&pl->ctl_requests, memory_order_relaxed),
                 .control_errors = atomic_load_explicit(&pl->ctl_errors, memory_order_relaxed),
@@ -649,11 +651,13 @@ static void publish_status(roid_pipeline *pl, double now) {
         pl->snap_p99 = p99;
         pl->snap_fps = fps;
         pl->snap_map_iv = pl->map_iv_eff;
+        pl->snap_t_last = pl->ss.sc ? pl->ss.t_last : 0;
         pthread_mutex_unlock(&pl->snap_lock);
         if (!pl->pub)
                 return;
         roid_status_view v;
         status_view(pl, &v, now, fps, bps, p50, p99, pl->map_iv_eff, series_ref(pl->ss.sc), &pl->an_last);
+        v.frame_age_s = pl->ss.sc && pl->ss.t_last ? now - pl->ss.t_last : NAN;
         roid_publish_status(pl->pub, &v);
 }
 
@@ -1304,9 +1308,11 @@ int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk) {
         roid_series_ref ref = open_series(pl, uid);
         pthread_mutex_lock(&pl->snap_lock);
         double fps = pl->snap_fps, p50 = pl->snap_p50, p99 = pl->snap_p99, map_iv = pl->snap_map_iv;
+        const double t_last = pl->snap_t_last, now = now_mono();
         pthread_mutex_unlock(&pl->snap_lock);
         roid_status_view v;
-        status_view(pl, &v, now_mono(), fps, NAN, p50, p99, map_iv, ref, &pl->loop_last);
+        status_view(pl, &v, now, fps, NAN, p50, p99, map_iv, ref, &pl->loop_last);
+        v.frame_age_s = ref.known && t_last ? now - t_last : NAN;
         v.pub = NULL; /* the publisher belongs to the analysis thread */
         return roid_pack_status(pk, &v);
 }

@@ -123,6 +123,7 @@ static const key_case cases[] = {
         {"service", "log_level", "debug", "debug", {{"verbose", "err, warning, notice, info, debug"}}},
         {"service", "watchdog_stall", "30", "30", {{"0.5", "1..3600"}}},
         {"service", "idle_timeout", "2.5", "2.5", {{"-1", "0..604800"}}},
+        {"detector", "series_timeout", "30", "30", {{"-1", "0..604800"}}},
         {"service", "exit_after_series", "3", "3", {{"-2", "0..1000000000"}}},
 };
 #define N_CASES (sizeof cases / sizeof cases[0])

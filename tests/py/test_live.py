@@ -255,6 +255,7 @@ def main():
                       "second series: df radii, beam centre and k set over the control socket")
     budget(tmp)
     off_grid_and_after(tmp)
+    series_timeout(tmp)
     output_dir_checked(tmp)
     estimated_center(tmp)
     refused_state(tmp)
@@ -521,6 +522,56 @@ def off_grid_and_after(tmp):
           st["series_id"] == 77,
           f"after the end, status (topic and reply) names the last series while idle "
           f"({idle and idle['series_id']}, {st.get('series_id')})")
+
+
+def series_timeout(tmp):
+    """A sender killed mid-series sends no end: with [detector] series_timeout the series is closed
+    as one without its end after that long (its end message, final map, a complete file), and status
+    says meanwhile how long ago its last frame came (frame_age_s)."""
+    out = os.path.join(tmp, "timeout")
+    os.mkdir(out)
+    det, roid, ctx, sub = daemon_with_subscriber(["--scan", "20x20", "--series-timeout", "1.5", "--output-dir", out,
+                                                  "--status-interval", "0.1", "--map-interval", "0.2"])
+    sub.setsockopt(zmq.SUBSCRIBE, b"map")
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "16x16", "--scan", "20x20", "--rate", "400",
+                            "--series-id", "88", "--quiet"])
+    CHILDREN.append(sim)
+    ages, end, final, t_kill = [], None, None, None
+    t0 = time.time()
+    while time.time() - t0 < 60 and not (end and final):
+        if t_kill is None and time.time() - t0 > 0.6:
+            sim.kill()
+            t_kill = time.time()
+        if sub.poll(200):
+            topic, body = sub.recv_multipart()
+            b = msgpack.unpackb(body, raw=False)
+            if topic == b"status" and b["state"] == "acquiring" and b["frame_age_s"] is not None:
+                ages.append((time.time() - (t_kill or time.time()), b["frame_age_s"]))
+            if topic == b"series" and b["event"] == "end":
+                end = (time.time() - t_kill, b)
+            if topic == b"map" and b["final"]:
+                final = b
+    sim.wait()
+    roid.send_signal(signal.SIGTERM)
+    roid.wait(timeout=60)
+    log = roid.stderr.read()
+    sub.close(0)
+    ctx.term()
+    check(end is not None and 1.4 < end[0] < 5 and end[1]["terminated"] is False and final is not None and
+          0 < end[1]["frames_analysed"] < 400,
+          f"series closed {end and round(end[0], 2)} s after its sender died (series_timeout 1.5 s), "
+          f"not terminated, {end and end[1]['frames_analysed']} of 400 frames, final map sent")
+    check("no message for 1.5 s (series_timeout)" in log, "the closing is logged with its reason")
+    late = [a for t, a in ages if t > 1.0]
+    check(late and max(late) > 0.9, f"status frame_age_s grows while the series waits ({late[-3:]})")
+    files = os.listdir(out)
+    if files:
+        with h5py.File(os.path.join(out, files[0]), "r") as f:
+            c = f["/entry/counters"].attrs
+            check((int(c["terminated"]), int(c["complete"]), int(f["/entry/roi/final"][()])) == (0, 1, 1),
+                  "its results file is complete, final, and not terminated")
+    else:
+        check(False, "a results file")
 
 
 def budget(tmp):
