@@ -75,6 +75,7 @@ struct roid_writer {
         roid_results *res;
         uint64_t gen;
         bool failed, dirty;
+        uint64_t unflushed; /* records appended since the last successful flush */
         struct timespec deadline;
         roid_roi *work;
         roid_frame_record *batch;
@@ -144,7 +145,15 @@ static void series_error(roid_writer *w, int r, const char *msg) {
         roid_log(ROID_LOG_ERR, "results: %s; the rest of this series is not written", msg);
         w->failed = true;
         w->dirty = false;
+        /* The file keeps what the last successful flush wrote: the records
+         * appended since are lost with the rest (a soak test found them
+         * counted as written). */
+        const uint64_t lost = w->unflushed;
+        w->unflushed = 0;
+        roid_count(w->ctr, ROID_C_results_frames_discarded, lost);
         pthread_mutex_lock(&w->mu);
+        w->stats.frames_written -= lost;
+        w->stats.frames_discarded += lost;
         w->stats.series_failed++;
         roid_count(w->ctr, ROID_C_results_failed, 1);
         if (!w->first_err)
@@ -204,6 +213,8 @@ static void flush_now(roid_writer *w) {
                 r = roid_results_flush(w->res, &err);
         if (r < 0)
                 series_error(w, r, err.msg);
+        else if (w->dirty)
+                w->unflushed = 0;
         w->dirty = false;
 }
 
@@ -218,6 +229,7 @@ static void close_file(roid_writer *w, const roid_counters *ctr, bool terminated
                 if (r < 0)
                         series_error(w, r, err.msg);
         }
+        w->unflushed = 0;
         bool was_failed = w->failed;
         int r = roid_results_close(w->res, ctr, terminated);
         w->res = NULL;
@@ -282,6 +294,7 @@ static void do_append(roid_writer *w, size_t n) {
                 return;
         }
         w->dirty = true;
+        w->unflushed += n;
         pthread_mutex_lock(&w->mu);
         w->stats.frames_written += n;
         w->stats.appends++;

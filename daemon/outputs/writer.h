@@ -56,9 +56,10 @@ typedef struct {
         uint64_t series_opened;    /* files created */
         uint64_t series_written;   /* files closed without an error */
         uint64_t series_failed;    /* series whose file failed (each logged once) */
-        uint64_t frames_written;   /* frame records appended to a file */
+        uint64_t frames_written;   /* frame records appended to a file (and not lost with a failed flush) */
         uint64_t appends;          /* appends that wrote them: a batch each */
-        uint64_t frames_discarded; /* records of failed series (or with no open series) */
+        uint64_t frames_discarded; /* records of failed series (or with no open series), those appended
+                                      since the last successful flush of a file that failed included */
 } roid_writer_stats;
 
 /* queue_depth 1..ROID_WRITER_MAX_QUEUE records (the queue is allocated now),

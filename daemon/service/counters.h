@@ -39,7 +39,8 @@
         X(frames_not_analysed,                                                                                         \
           "frames of a series without RoI state or scan grid (over max_analysis_bytes, no memory)")                    \
         X(results_failed, "results files that failed (unwritable directory, disk full): logged with the reason")       \
-        X(results_frames_discarded, "frames of a failed results file that could not be written")
+        X(results_frames_discarded,                                                                                    \
+          "frames of a failed results file that could not be written (since its last good flush)")
 
 typedef enum {
 #define ROID_COUNTER_ENUM(name, doc) ROID_C_##name,

@@ -899,6 +899,8 @@ static void test_errors(void) {
         lim = old;
         lim.rlim_cur = (rlim_t)sb.st_size + 32768;
         setrlimit(RLIMIT_FSIZE, &lim);
+        roid_writer_stats before;
+        roid_writer_get_stats(w, &before);
         capture_stderr(log);
         for (uint64_t i = 0; i < 2000; i++) {
                 make_record(i % NP, &rec);
@@ -919,6 +921,13 @@ static void test_errors(void) {
                        st.frames_written + st.frames_discarded == 10 + 5 + 2000,
                "size limit: counted (failed %llu, written %llu, discarded %llu)", (unsigned long long)st.series_failed,
                (unsigned long long)st.series_written, (unsigned long long)st.frames_discarded);
+        /* None of them got past a successful flush: all are lost, none
+         * counted as written (a soak test found the rows of the failed
+         * flush among the written). */
+        tap_ok(st.frames_written == before.frames_written && st.frames_discarded - before.frames_discarded == 2000,
+               "size limit: the 2000 records of the failed flush count as discarded (%llu), none as written (%llu)",
+               (unsigned long long)(st.frames_discarded - before.frames_discarded),
+               (unsigned long long)(st.frames_written - before.frames_written));
         summarise(path, false, &s);
         tap_ok(s.opened && s.rows >= 0 && s.rows <= 2000 && s.complete == 0,
                "size limit: the failed file still opens for SWMR readers (%ld rows, %s)", s.rows, s.open_error);
