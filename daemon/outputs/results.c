@@ -156,11 +156,21 @@ static int fail(roid_results *w, roid_err *err, const char *what) {
 
 /* ---------------------------------------------------------- attributes */
 
+/* Text is stored as variable-length UTF-8 strings (everything roid writes is
+ * UTF-8, checked where it came in), which h5py reads as str, not bytes. */
+static hid_t utf8_type(roid_results *w) {
+        hid_t t = H5Tcopy(H5T_C_S1);
+        if (ok(w, t) && ok(w, H5Tset_size(t, H5T_VARIABLE)) && ok(w, H5Tset_cset(t, H5T_CSET_UTF8)))
+                return t;
+        if (t >= 0)
+                H5Tclose(t);
+        return H5I_INVALID_HID;
+}
+
 static bool attr_str(roid_results *w, hid_t loc, const char *name, const char *value) {
-        hid_t t = H5Tcopy(H5T_C_S1), s = H5Screate(H5S_SCALAR), a = H5I_INVALID_HID;
-        bool good = ok(w, t) && ok(w, s) && ok(w, H5Tset_size(t, strlen(value) + 1)) &&
-                    ok(w, H5Tset_strpad(t, H5T_STR_NULLTERM)) &&
-                    ok(w, a = H5Acreate2(loc, name, t, s, H5P_DEFAULT, H5P_DEFAULT)) && ok(w, H5Awrite(a, t, value));
+        hid_t t = utf8_type(w), s = H5Screate(H5S_SCALAR), a = H5I_INVALID_HID;
+        bool good = t >= 0 && ok(w, s) && ok(w, a = H5Acreate2(loc, name, t, s, H5P_DEFAULT, H5P_DEFAULT)) &&
+                    ok(w, H5Awrite(a, t, &value));
         if (a >= 0)
                 H5Aclose(a);
         if (s >= 0)
@@ -387,11 +397,10 @@ static bool scalar_f64(roid_results *w, hid_t loc, const char *name, double v, c
 static bool scalar_str(roid_results *w, hid_t loc, const char *name, const char *v) {
         if (!v[0])
                 return true;
-        hid_t t = H5Tcopy(H5T_C_S1), s = H5Screate(H5S_SCALAR), d = H5I_INVALID_HID;
-        bool good = ok(w, t) && ok(w, s) && ok(w, H5Tset_size(t, strlen(v) + 1)) &&
-                    ok(w, H5Tset_strpad(t, H5T_STR_NULLTERM)) &&
+        hid_t t = utf8_type(w), s = H5Screate(H5S_SCALAR), d = H5I_INVALID_HID;
+        bool good = t >= 0 && ok(w, s) &&
                     ok(w, d = H5Dcreate2(loc, name, t, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)) &&
-                    ok(w, H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, v));
+                    ok(w, H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v));
         if (d >= 0)
                 H5Dclose(d);
         if (s >= 0)

@@ -32,7 +32,8 @@ def summary(path, plain):
         return
     print("open ok")
     e = f["/entry"]
-    print("nx_class", *(f[g].attrs["NX_class"].decode() for g in
+    # text attributes are UTF-8 strings, which h5py returns as str (bytes would print as b'...')
+    print("nx_class", *(f[g].attrs["NX_class"] for g in
                         ("/entry", "/entry/features", "/entry/scan", "/entry/roi", "/entry/clusters",
                          "/entry/counters")))
     s = e["features/sum"][()]
@@ -71,7 +72,7 @@ def summary(path, plain):
         if k not in ("NX_class", "complete"):
             print("counter", k, int(v))
     cfg = e.attrs.get("configuration")
-    print("config", "none" if cfg is None else cfg.decode().replace("\n", "\\n"))
+    print("config", "none" if cfg is None else cfg.replace("\n", "\\n"))
     f.close()
 
 

@@ -92,8 +92,8 @@ def main():
         with h5py.File(glob.glob(os.path.join(d, "*.h5"))[0], "r") as f:
             fills = (int(f["/entry/scan/image_id"].fillvalue), int(f["/entry/scan/index"].fillvalue))
             a = f["/entry"].attrs
-            link = (a["source"].decode(), a["stream_format"].decode(), int(a["number_of_images"]),
-                    f["/entry/instrument/detector/detector_number"][()].decode())
+            link = (a["source"], a["stream_format"], int(a["number_of_images"]),
+                    f["/entry/instrument/detector/detector_number"].asstr()[()])
         check(link == (f"tcp://127.0.0.1:{port}", "stream V2", NY * NX, "E-00-0000-SIM"),
               f"series {k}: the file names its source, format, images and detector {link}")
         check(fills == (2**64 - 1, 2**32 - 1), f"series {k}: image_id and index fill values {fills}: unwritten rows "
