@@ -849,20 +849,39 @@ static bool units_scale(hid_t ds, quantity q, double *ret, char *why, size_t wn)
         return false;
 }
 
-static bool read_number(hid_t ds, quantity q, bool positive, double *ret, char *why, size_t wn) {
-        h5obj o = {ds, false};
+/* The type of a dataset holding one value of class want (H5T_FLOAT: any
+ * number; H5T_INTEGER: an integer of at most 8 bytes), for the caller to
+ * close; H5I_INVALID_HID with why saying what it holds instead. */
+static hid_t one_value(h5obj o, H5T_class_t want, char *why, size_t wn) {
         char ts[32];
-        bool ok = false;
-        double v = 0, scale = 1;
         hid_t sp = obj_space(o), ft = obj_type(o);
         H5T_class_t c = ft >= 0 ? H5Tget_class(ft) : H5T_NO_CLASS;
+        bool good = false;
         if (sp < 0 || ft < 0)
                 snprintf(why, wn, "has a type or shape that cannot be read");
-        else if (c != H5T_INTEGER && c != H5T_FLOAT)
-                snprintf(why, wn, "is %s, a number expected", type_str(ft, ts, sizeof ts));
-        else if (!one_element(sp, why, wn))
-                ;
-        else if (obj_read(o, H5T_NATIVE_DOUBLE, &v) < 0)
+        else if (want == H5T_FLOAT ? c != H5T_INTEGER && c != H5T_FLOAT : c != want || H5Tget_size(ft) > 8)
+                snprintf(why, wn, "is %s, %s expected", type_str(ft, ts, sizeof ts),
+                         want == H5T_FLOAT ? "a number" : "an integer");
+        else
+                good = one_element(sp, why, wn);
+        if (sp >= 0)
+                H5Sclose(sp);
+        if (!good && ft >= 0) {
+                H5Tclose(ft);
+                ft = H5I_INVALID_HID;
+        }
+        return good ? ft : H5I_INVALID_HID;
+}
+
+static bool read_number(hid_t ds, quantity q, bool positive, double *ret, char *why, size_t wn) {
+        h5obj o = {ds, false};
+        double v = 0, scale = 1;
+        hid_t ft = one_value(o, H5T_FLOAT, why, wn);
+        if (ft < 0)
+                return false;
+        H5Tclose(ft);
+        bool ok = false;
+        if (obj_read(o, H5T_NATIVE_DOUBLE, &v) < 0)
                 snprintf(why, wn, "cannot be read");
         else if (q != Q_NONE && !units_scale(ds, q, &scale, why, wn))
                 ;
@@ -874,41 +893,29 @@ static bool read_number(hid_t ds, quantity q, bool positive, double *ret, char *
                 ok = true;
         if (ok)
                 *ret = v * scale;
-        if (ft >= 0)
-                H5Tclose(ft);
-        if (sp >= 0)
-                H5Sclose(sp);
         return ok;
 }
 
 /* A count: a positive integer of an integer type. */
 static bool read_count(hid_t ds, uint64_t *ret, char *why, size_t wn) {
         h5obj o = {ds, false};
-        char ts[32];
-        bool ok = false;
-        hid_t sp = obj_space(o), ft = obj_type(o);
-        if (sp < 0 || ft < 0) {
-                snprintf(why, wn, "has a type or shape that cannot be read");
-        } else if (H5Tget_class(ft) != H5T_INTEGER || H5Tget_size(ft) > 8) {
-                snprintf(why, wn, "is %s, an integer expected", type_str(ft, ts, sizeof ts));
-        } else if (one_element(sp, why, wn)) {
-                long long s = 0;
-                unsigned long long u = 0;
-                bool sgn = H5Tget_sign(ft) != H5T_SGN_NONE;
-                if (obj_read(o, sgn ? H5T_NATIVE_LLONG : H5T_NATIVE_ULLONG, sgn ? (void *)&s : (void *)&u) < 0)
-                        snprintf(why, wn, "cannot be read");
-                else if (sgn ? s <= 0 : u == 0)
-                        snprintf(why, wn, "is %lld, a positive integer expected", sgn ? s : (long long)u);
-                else
-                        ok = true;
-                if (ok)
-                        *ret = sgn ? (uint64_t)s : u;
+        hid_t ft = one_value(o, H5T_INTEGER, why, wn);
+        if (ft < 0)
+                return false;
+        const bool sgn = H5Tget_sign(ft) != H5T_SGN_NONE;
+        H5Tclose(ft);
+        long long s = 0;
+        unsigned long long u = 0;
+        if (obj_read(o, sgn ? H5T_NATIVE_LLONG : H5T_NATIVE_ULLONG, sgn ? (void *)&s : (void *)&u) < 0) {
+                snprintf(why, wn, "cannot be read");
+                return false;
         }
-        if (ft >= 0)
-                H5Tclose(ft);
-        if (sp >= 0)
-                H5Sclose(sp);
-        return ok;
+        if (sgn ? s <= 0 : u == 0) {
+                snprintf(why, wn, "is %lld, a positive integer expected", sgn ? s : (long long)u);
+                return false;
+        }
+        *ret = sgn ? (uint64_t)s : u;
+        return true;
 }
 
 static int link_exists(hid_t f, const char *path, roid_err *err);
