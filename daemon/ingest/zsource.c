@@ -9,8 +9,9 @@
 
 struct roid_zsource {
         void *sock;
-        void *mon;     /* PAIR reading the socket's connection events, or NULL */
-        bool given_up; /* a connection closed and libzmq is not connecting again */
+        void *mon;       /* PAIR reading the socket's connection events, or NULL */
+        bool given_up;   /* a connection closed and libzmq is not connecting again */
+        bool retry_said; /* "not reachable" was logged since the last connection */
         char endpoint[256];
         roid_limits lim;
         size_t n;
@@ -196,9 +197,20 @@ int roid_zsource_events(roid_zsource *z) {
                 const char *peer = addr[0] ? addr : z->endpoint;
                 if (ev == ZMQ_EVENT_CONNECTED) {
                         z->given_up = false;
+                        z->retry_said = false;
                         roid_log(ROID_LOG_INFO, "detector %s: connected", peer);
                 } else if (ev == ZMQ_EVENT_CONNECT_RETRIED || ev == ZMQ_EVENT_CONNECT_DELAYED) {
                         z->given_up = false; /* libzmq is connecting again */
+                        /* Said once until a connection comes: the endpoint is connected
+                         * in the background, and a detector not there (yet) is
+                         * otherwise silent (found by a documentation review). */
+                        if (ev == ZMQ_EVENT_CONNECT_RETRIED && !z->retry_said) {
+                                z->retry_said = true;
+                                roid_log(ROID_LOG_WARNING,
+                                         "detector %s: not reachable (refused, no route or no such host); ZeroMQ "
+                                         "keeps trying",
+                                         z->endpoint);
+                        }
                 } else if (ev == ZMQ_EVENT_DISCONNECTED) {
                         lost++;
                         z->given_up = true; /* until libzmq says it is connecting again */

@@ -256,6 +256,7 @@ def main():
     budget(tmp)
     off_grid_and_after(tmp)
     series_timeout(tmp)
+    unreachable_detector()
     output_dir_checked(tmp)
     estimated_center(tmp)
     refused_state(tmp)
@@ -522,6 +523,15 @@ def off_grid_and_after(tmp):
           st["series_id"] == 77,
           f"after the end, status (topic and reply) names the last series while idle "
           f"({idle and idle['series_id']}, {st.get('series_id')})")
+
+
+def unreachable_detector():
+    """The detector endpoint is connected in the background: one nobody listens on is said once
+    (ZeroMQ retries every 0.1 s), not silently waited for, and is not an error."""
+    p = subprocess.run([ROID, "--detector", f"tcp://127.0.0.1:{free_port()}", "--idle-timeout", "1.5"],
+                       capture_output=True, text=True, timeout=60)
+    n = p.stderr.count("not reachable")
+    check(p.returncode == 0 and n == 1, f"a detector endpoint nobody listens on: said once ({n}), exit {p.returncode}")
 
 
 def series_timeout(tmp):
