@@ -68,7 +68,7 @@ typedef struct {
         X("output", "publish", "publish", "ENDPOINT", "", K_ENDPOINT, publish, 0, 0, 0,                                \
           "ZeroMQ PUB endpoint to bind for live maps, status and scan_here; empty: off")                               \
         X("output", "control", "control", "ENDPOINT", "", K_ENDPOINT, control, 0, 0, 0,                                \
-          "ZeroMQ endpoint to bind for control requests (REQ clients); empty: off")                                    \
+          "ZeroMQ endpoint to bind for control requests (ROUTER: REQ or DEALER clients); empty: off")                  \
         X("output", "publish_hwm", NULL, "N", "100", K_INT, sndhwm, 1, 100000, 0,                                      \
           "messages queued per subscriber before ZeroMQ drops, 1..100000")                                             \
         X("output", "map_interval", "map-interval", "S", "1", K_DBL, map_interval, 0.002, 3600, 0,                     \

@@ -21,7 +21,7 @@
         X(connections_lost, "detector connections closed (by the detector, or on a part over max_message_bytes)")      \
         X(series_started, "start / dheader messages accepted")                                                         \
         X(series_ended, "end / dseries_end messages accepted")                                                         \
-        X(series_unterminated, "series closed by a new start without an end")                                          \
+        X(series_unterminated, "series closed without an end: a new start, series_timeout, shutdown")                  \
         X(ends_without_start, "end messages with no open series")                                                      \
         X(images_received, "image messages parsed")                                                                    \
         X(images_before_start, "images with no open series (dropped)")                                                 \

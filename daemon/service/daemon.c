@@ -387,8 +387,8 @@ static void apply_timers(daemon_t *d, bool reloaded) {
  * connections, the detector socket's part arrays are sized by max_parts, the
  * PUB socket belongs to the analysis thread, the writer takes its flush
  * interval when it starts).  Each keeps the value it runs with (the one at the
- * start: a control `set` of flush_interval waits for a restart too), and is
- * named in a warning when the file changes it. */
+ * start; a control `set` of one is refused), and is named in a warning when
+ * the file changes it. */
 static void keep_restart_keys(const daemon_t *d, roid_config *c) {
         const roid_config *o = &d->p.cfg;
         char names[512] = "";
