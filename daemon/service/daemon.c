@@ -345,9 +345,11 @@ static void on_idle_timer(uv_timer_t *h) {
                 d->last_msg = uv_now(&d->loop) / 1e3;
         const double quiet = uv_now(&d->loop) / 1e3 - d->last_msg;
         /* A detector that died mid-series sends no end: the series is closed
-         * as without one, so that its final map, scan_here and file come. */
+         * as without one, so that its final map, scan_here and file come.
+         * Only once images came: a series armed for triggers may wait for
+         * its first as long as the experiment needs (found by review). */
         const roid_tracker *tr = roid_ingest_tracker(d->in);
-        if (d->cfg.series_timeout > 0 && quiet > d->cfg.series_timeout && tr->open) {
+        if (d->cfg.series_timeout > 0 && quiet > d->cfg.series_timeout && tr->open && tr->cur.images_accepted) {
                 roid_log(ROID_LOG_WARNING,
                          "series %" PRIu64 ": no message for %.1f s (series_timeout): closed without "
                          "its end message",

@@ -583,6 +583,46 @@ def series_timeout(tmp):
     else:
         check(False, "a results file")
 
+    # The wait for the first image does not count: a series armed for external triggers that come
+    # later than series_timeout is analysed whole.  A 12-image capture is sent with a pause of 2.5 s
+    # between its start and its first image.
+    cap = os.path.join(tmp, "armwait.cbor")
+    port = free_port()
+    rec = subprocess.Popen([ROID, "record", f"tcp://127.0.0.1:{port}", cap, "--series", "1"], stderr=subprocess.PIPE,
+                           text=True)
+    subprocess.run([SIM, "--endpoint", f"tcp://127.0.0.1:{port}", "--shape", "16x16", "--scan", "3x4",
+                    "--wait-connect", "10", "--quiet"], check=True, timeout=60)
+    rec.communicate(timeout=60)
+    with open(cap, "rb") as fp:
+        dec = cbor2.CBORDecoder(fp)
+        msgs = []
+        while fp.peek(1):
+            msgs.append(dec.decode())
+    det, roid, ctx, sub = daemon_with_subscriber(["--scan", "3x4", "--series-timeout", "1.5"])
+    push = ctx.socket(zmq.PUSH)
+    push.bind(det.replace("127.0.0.1", "*"))
+    push.send_multipart(msgs[0])
+    time.sleep(2.5)
+    for m in msgs[1:]:
+        push.send_multipart(m)
+    end = None
+    t0 = time.time()
+    while time.time() - t0 < 30 and end is None:
+        if sub.poll(200):
+            topic, body = sub.recv_multipart()
+            b = msgpack.unpackb(body, raw=False)
+            if topic == b"series" and b["event"] == "end":
+                end = b
+    roid.send_signal(signal.SIGTERM)
+    roid.wait(timeout=60)
+    roid.stderr.read()
+    push.close(0)
+    sub.close(0)
+    ctx.term()
+    check(end is not None and end["terminated"] and end["frames_analysed"] == 12,
+          f"a series whose first image comes 2.5 s after its start (series_timeout 1.5 s) is analysed whole "
+          f"({end and end['frames_analysed']} frames, terminated {end and end['terminated']})")
+
 
 def budget(tmp):
     """A large grid with the shortest map interval: publishing a map of
