@@ -605,9 +605,45 @@ static zc_buf *idle_buffer(roid_publisher *p, roid_topic t) {
         return b;
 }
 
-void roid_publisher_set_pool(roid_publisher *p, uint64_t buffers) {
+void roid_publisher_set_pool(roid_publisher *p, uint64_t buffers, uint64_t buffer_bytes) {
         const uint64_t most = (uint64_t)p->sndhwm + 2;
         p->pool_max = (unsigned)(buffers < ZC_POOL ? ZC_POOL : buffers > most ? most : buffers);
+        /* What a larger grid before left behind goes now, not when a large
+         * message next looks for a buffer (a small grid may never send one):
+         * idle buffers beyond the bound, and the memory of idle ones (and of
+         * the packing buffers) far larger than this grid's messages.  Those
+         * in flight go as they come back. */
+        const size_t keep = buffer_bytes > SIZE_MAX / 4 ? SIZE_MAX : (size_t)buffer_bytes * 2 + ZC_MIN;
+        for (unsigned t = 0; t < ROID_TOPIC__MAX; t++) {
+                zc_buf **pool = p->pool[t];
+                for (unsigned k = 0; k < p->n_pool[t];) {
+                        zc_buf *b = pool[k];
+                        if (atomic_load_explicit(&b->state, memory_order_acquire) != ZC_IDLE) {
+                                k++;
+                                continue;
+                        }
+                        if (p->n_pool[t] > p->pool_max) {
+                                free(b->data);
+                                free(b);
+                                pool[k] = pool[--p->n_pool[t]];
+                                continue;
+                        }
+                        if (b->cap > keep) {
+                                free(b->data);
+                                b->data = NULL;
+                                b->cap = 0;
+                        }
+                        k++;
+                }
+                if (p->sbs[t].alloc > keep) {
+                        msgpack_sbuffer_destroy(&p->sbs[t]);
+                        msgpack_sbuffer_init(&p->sbs[t]);
+                }
+        }
+}
+
+unsigned roid_publisher_pool_buffers(const roid_publisher *p, roid_topic t) {
+        return (unsigned)t < ROID_TOPIC__MAX ? p->n_pool[t] : 0;
 }
 
 /* Sends the body in sb: a large one by handing its buffer to libzmq, with b

@@ -89,7 +89,7 @@ typedef struct {
         double latency_p50_ms;    /* arrival of a frame -> its label in a published map; NaN = unknown */
         double latency_p99_ms;
         double map_interval_s;     /* interval between maps in effect (map_interval, or longer); NaN = unknown */
-        double frame_age_s;        /* since the open series' last frame was analysed; NaN = none */
+        double frame_age_s;        /* since the arrival of the open series' last frame; NaN = none */
         const roid_publisher *pub; /* NULL: "published" is nil */
         uint64_t control_requests; /* control socket counts (0 without one) */
         uint64_t control_errors;
@@ -136,12 +136,17 @@ uint64_t roid_publish_series_bytes(const roid_feedback_params *fp, const roid_sc
 /* One more buffer of each of the two topics on this grid. */
 uint64_t roid_publish_buffer_bytes(const roid_feedback_params *fp, const roid_scan_grid *grid);
 /* Lets each topic's pool grow to `buffers` (at least the four it starts
- * with, at most publish_hwm + 2: what one subscriber that stops reading can
- * hold, plus one to pack into), so that it does not make the others lose
- * large messages.  The pipeline sets it per series from the room
- * max_analysis_bytes leaves.  Buffers are allocated only when needed and
- * those beyond a lowered bound are freed as they come back. */
-void roid_publisher_set_pool(roid_publisher *p, uint64_t buffers);
+ * with, at most publish_hwm + 2: the publish_hwm messages one subscriber that
+ * stops reading can hold queued, one in libzmq's hands on its way out, and
+ * one to pack into), so that it does not make the others lose large
+ * messages.  The pipeline sets it at each series start from the room
+ * max_analysis_bytes leaves; buffer_bytes is the largest message the series
+ * can make (roid_publish_buffer_bytes), and idle buffers much larger than
+ * it are given back.  Buffers are allocated only when needed; those beyond a
+ * lowered bound are freed now when idle, else as they come back. */
+void roid_publisher_set_pool(roid_publisher *p, uint64_t buffers, uint64_t buffer_bytes);
+/* Buffers topic t's pool has now (for tests). */
+unsigned roid_publisher_pool_buffers(const roid_publisher *p, roid_topic t);
 
 /* Binds a PUB socket (ZMQ_SNDHWM = sndhwm, ZMQ_LINGER 0).
  * -EINVAL (err names the value) or the zmq errno (err names the endpoint). */

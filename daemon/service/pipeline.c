@@ -128,6 +128,7 @@ typedef struct {
         char error[ROID_ERR_MAX + 16]; /* why there is no RoI state; "" when there is */
         double t_first;                /* arrival of the series' first frame, 0 = none yet */
         double t_last;                 /* when its last frame so far was analysed */
+        double t_seen;                 /* arrival of its last frame the workers handed on, analysed or not */
         double refit_ok_at;            /* no online refit before (REFIT_BUDGET) */
         bool writing;
         char path[ROID_PATH_MAX];
@@ -197,7 +198,10 @@ struct roid_pipeline {
         roid_fb_point *snap_next;
         size_t n_snap_next, cap_snap_next;
         double snap_p50, snap_p99, snap_fps, snap_map_iv;
-        double snap_t_last; /* series_state.t_last as of the last status, 0 = none */
+        /* series_state.t_seen as of the last status (0 = none), and its series */
+        double snap_t_seen;
+        uint64_t snap_seen_id;
+        char snap_seen_uid[ROID_NAME_MAX];
         /* the last series message, for the `series` request; its view points
          * into the copies beside it */
         bool snap_series_known;
@@ -286,6 +290,7 @@ static void frame_failed(worker *w, job *j, an_item *it, const roid_err *err) {
         roid_pipeline *pl = w->pl;
         *it = (an_item){.kind = AN_FAILED, .sc = j->sc};
         it->rec.image_id = j->image_id;
+        it->rec.t_arrival = j->t_arrival;
         zmq_msg_close(&j->msg);
         roid_count(pl->ctr, ROID_C_frames_failed, 1);
         ROID_LOG_LIMITED(ROID_LOG_ERR, "series %" PRIu64 " image %" PRIu64 " channel %s: %s [frames_failed]",
@@ -651,13 +656,17 @@ static void publish_status(roid_pipeline *pl, double now) {
         pl->snap_p99 = p99;
         pl->snap_fps = fps;
         pl->snap_map_iv = pl->map_iv_eff;
-        pl->snap_t_last = pl->ss.sc ? pl->ss.t_last : 0;
+        pl->snap_t_seen = pl->ss.sc ? pl->ss.t_seen : 0;
+        if (pl->ss.sc) {
+                pl->snap_seen_id = pl->ss.sc->series_id;
+                memcpy(pl->snap_seen_uid, pl->ss.sc->unique_id, sizeof pl->snap_seen_uid);
+        }
         pthread_mutex_unlock(&pl->snap_lock);
         if (!pl->pub)
                 return;
         roid_status_view v;
         status_view(pl, &v, now, fps, bps, p50, p99, pl->map_iv_eff, series_ref(pl->ss.sc), &pl->an_last);
-        v.frame_age_s = pl->ss.sc && pl->ss.t_last ? now - pl->ss.t_last : NAN;
+        v.frame_age_s = pl->ss.sc && pl->ss.t_seen ? now - pl->ss.t_seen : NAN;
         roid_publish_status(pl->pub, &v);
 }
 
@@ -735,15 +744,21 @@ static int an_series_state(roid_pipeline *pl, series_ctx *sc) {
         rp.other_state_bytes = roid_feedback_state_bytes(&sc->fp, &sc->grid) +
                                (pl->pub ? roid_publish_series_bytes(&sc->fp, &sc->grid) : 0);
         int r = roid_roi_new(&rp, sc->grid.ny, sc->grid.nx, &ss->roi, &err);
-        if (r >= 0 && pl->pub) {
+        if (pl->pub) {
                 /* What max_analysis_bytes leaves beyond the state feeds the
                  * publisher's pools, so that a stalled subscriber of a large map
-                 * does not starve the others (publish.h). */
+                 * does not starve the others (publish.h); a series without maps
+                 * gives back what the last one's pools held. */
                 const uint64_t max = rp.max_state_bytes, per = roid_publish_buffer_bytes(&sc->fp, &sc->grid);
                 const uint64_t used = roid_roi_state_bytes(&rp, sc->grid.ny, sc->grid.nx) + rp.other_state_bytes;
-                roid_publisher_set_pool(pl->pub, !max         ? UINT64_MAX
-                                                 : max > used ? ROID_PUBLISH_POOL_MIN + (max - used) / per
-                                                              : ROID_PUBLISH_POOL_MIN);
+                if (r < 0)
+                        roid_publisher_set_pool(pl->pub, 0, 0);
+                else
+                        roid_publisher_set_pool(pl->pub,
+                                                !max         ? UINT64_MAX
+                                                : max > used ? ROID_PUBLISH_POOL_MIN + (max - used) / per
+                                                             : ROID_PUBLISH_POOL_MIN,
+                                                per);
         }
         if (r >= 0) {
                 roid_roi_hold_refits(ss->roi, true);
@@ -839,6 +854,7 @@ static void an_record(roid_pipeline *pl, an_item *it) {
         series_state *ss = &pl->ss;
         if (!ss->sc || it->sc != ss->sc)
                 return;
+        ss->t_seen = it->rec.t_arrival;
         if (it->kind == AN_FAILED) {
                 ss->failed++;
                 return;
@@ -1308,11 +1324,17 @@ int roid_pipeline_pack_status(roid_pipeline *pl, msgpack_packer *pk) {
         roid_series_ref ref = open_series(pl, uid);
         pthread_mutex_lock(&pl->snap_lock);
         double fps = pl->snap_fps, p50 = pl->snap_p50, p99 = pl->snap_p99, map_iv = pl->snap_map_iv;
-        const double t_last = pl->snap_t_last, now = now_mono();
+        const double now = now_mono();
+        /* only the series the loop has open: just after a start the analysis
+         * thread may still show the last one's */
+        const double t_seen =
+                ref.known && ref.series_id == pl->snap_seen_id && !strcmp(ref.unique_id, pl->snap_seen_uid)
+                        ? pl->snap_t_seen
+                        : 0;
         pthread_mutex_unlock(&pl->snap_lock);
         roid_status_view v;
         status_view(pl, &v, now, fps, NAN, p50, p99, map_iv, ref, &pl->loop_last);
-        v.frame_age_s = ref.known && t_last ? now - t_last : NAN;
+        v.frame_age_s = t_seen ? now - t_seen : NAN;
         v.pub = NULL; /* the publisher belongs to the analysis thread */
         return roid_pack_status(pk, &v);
 }
