@@ -781,8 +781,9 @@ static bool read_text(h5obj o, char *out, size_t size, char *why, size_t wn) {
         if (vl) {
                 char *p = NULL;
                 /* HDF5 allocates the string as stored (H5Dvlen_get_buf_size, which
-                 * would tell its size first, crashes on a scalar in 1.10); only
-                 * META_TEXT_MAX bytes of it are looked at. */
+                 * would tell its size first, crashes on a scalar in 1.10), so a
+                 * master file can make replay hold a string as large as itself
+                 * for this call; only META_TEXT_MAX bytes of it are looked at. */
                 if (H5Tset_size(mt, H5T_VARIABLE) < 0 || obj_read(o, mt, &p) < 0) {
                         snprintf(why, wn, "cannot be read");
                         goto out;
@@ -804,7 +805,9 @@ static bool read_text(h5obj o, char *out, size_t size, char *why, size_t wn) {
                 len = strnlen(buf, sz);
         }
         size_t bad;
-        if (len >= size)
+        if (len > META_TEXT_MAX)
+                snprintf(why, wn, "is a string of more than %d bytes, at most %zu allowed", META_TEXT_MAX, size - 1);
+        else if (len >= size)
                 snprintf(why, wn, "is a string of %zu bytes, at most %zu allowed", len, size - 1);
         else if ((bad = roid_utf8_invalid_at(buf, len)) < len)
                 snprintf(why, wn, "has byte 0x%02x at %zu, not UTF-8", (unsigned char)buf[bad], bad);
