@@ -187,7 +187,7 @@ static int read_event(void *mon, uint16_t *ret_event, char *addr, size_t size) {
         return 0;
 }
 
-int roid_zsource_events(roid_zsource *z) {
+int roid_zsource_events(roid_zsource *z, bool mid_series) {
         unsigned lost = 0;
         char addr[256];
         uint16_t ev = 0;
@@ -214,11 +214,21 @@ int roid_zsource_events(roid_zsource *z) {
                 } else if (ev == ZMQ_EVENT_DISCONNECTED) {
                         lost++;
                         z->given_up = true; /* until libzmq says it is connecting again */
-                        ROID_LOG_LIMITED(ROID_LOG_WARNING,
-                                         "detector %s: connection closed, by the detector or by libzmq on a message "
-                                         "part over [limits] max_message_bytes %zu; messages on their way over it "
-                                         "are lost; reconnecting [connections_lost]",
-                                         peer, z->lim.max_message_bytes);
+                        /* Between series a sender that exits closes it as a matter of
+                         * course: a notice; within one, frames may be missing. */
+                        if (mid_series)
+                                ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                                 "detector %s: connection closed during a series, by the detector or "
+                                                 "by libzmq on a message part over [limits] max_message_bytes %zu "
+                                                 "(messages on their way over it are lost); reconnecting "
+                                                 "[connections_lost]",
+                                                 peer, z->lim.max_message_bytes);
+                        else
+                                ROID_LOG_LIMITED(ROID_LOG_NOTICE,
+                                                 "detector %s: connection closed between series (by the detector, or "
+                                                 "by libzmq on a message part over [limits] max_message_bytes %zu); "
+                                                 "reconnecting [connections_lost]",
+                                                 peer, z->lim.max_message_bytes);
                 }
         }
         return (int)lost;

@@ -89,7 +89,7 @@ static void on_revive(uv_timer_t *t);
  * watched): closes counted, and a second after one, a look whether libzmq is
  * connecting again. */
 static void watch_events(daemon_t *d) {
-        int lost = roid_zsource_events(d->src);
+        int lost = roid_zsource_events(d->src, roid_ingest_tracker(d->in)->open);
         if (lost > 0) {
                 roid_count(&d->ctr, ROID_C_connections_lost, (uint64_t)lost);
                 if (!d->stopping)
