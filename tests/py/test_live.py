@@ -139,7 +139,7 @@ def main():
     # The control `series` request: what a dashboard joining late missed on the topic.
     body = ("topic", "seq", "time", "ok", "cmd", "schema")
     check(late and late["ok"] and {k: v for k, v in late.items() if k not in body} ==
-          {k: v for k, v in start.items() if k not in body}, f"control series while acquiring == the start message")
+          {k: v for k, v in start.items() if k not in body}, "control series while acquiring == the start message")
     now = ctl(cmd="series")
     check(now["ok"] and {k: v for k, v in now.items() if k not in body} == {k: v for k, v in end.items() if k not in body},
           f"control series after the end == the end message (results_file {now.get('results_file')})")
@@ -393,14 +393,7 @@ def blank_first_frame(tmp):
     sim = subprocess.Popen([SIM, "--endpoint", det, "--format", "v1", "--header-detail", "none", "--source",
                             f"file:{src}", "--shape", f"{rows}x{cols}", "--scan", "4x4", "--quiet"])
     CHILDREN.append(sim)
-    end = None
-    t0 = time.time()
-    while time.time() - t0 < 60 and end is None:
-        if sub.poll(500):
-            topic, body = sub.recv_multipart()
-            b = msgpack.unpackb(body, raw=False)
-            if topic == b"series" and b["event"] == "end":
-                end = b
+    end = series_end(sub, 60)
     sim.wait(timeout=60)
     roid.wait(timeout=60)
     err = roid.stderr.read()
@@ -447,6 +440,19 @@ def ask_after_set(tmp):
     check(fin is not None and n_next > 32 and ask["ok"] and len(ask["points"]) == n_next,
           f"ask(300) after set next_points 300: {len(ask.get('points', []))} points, final scan_here next "
           f"{n_next} (more than the start-up 32)")
+
+
+def series_end(sub, seconds):
+    """The next series end message the subscriber hears within seconds, or None."""
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        if sub.poll(200):
+            topic, body = sub.recv_multipart()
+            if topic == b"series":
+                b = msgpack.unpackb(body, raw=False)
+                if b["event"] == "end":
+                    return b
+    return None
 
 
 def daemon_with_subscriber(args):
@@ -609,14 +615,7 @@ def series_timeout(tmp):
     time.sleep(2.5)
     for m in msgs[1:]:
         push.send_multipart(m)
-    end = None
-    t0 = time.time()
-    while time.time() - t0 < 30 and end is None:
-        if sub.poll(200):
-            topic, body = sub.recv_multipart()
-            b = msgpack.unpackb(body, raw=False)
-            if topic == b"series" and b["event"] == "end":
-                end = b
+    end = series_end(sub, 30)
     roid.send_signal(signal.SIGTERM)
     roid.wait(timeout=60)
     roid.stderr.read()
