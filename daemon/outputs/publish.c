@@ -568,40 +568,53 @@ static void zc_free(void *data, void *hint) {
         }
 }
 
-/* An idle buffer of topic t's pool, or NULL.  Only this thread takes
- * buffers: one found idle stays idle until it is taken.  Idle buffers beyond
- * the pool's bound (lowered for a smaller grid's series) are freed; a pool
- * with none idle grows by one while the bound allows. */
-static zc_buf *idle_buffer(roid_publisher *p, roid_topic t) {
-        zc_buf **pool = p->pool[t];
-        zc_buf *found = NULL;
+/* Frees topic t's idle buffers beyond the pool's bound (lowered for a
+ * smaller grid's series) and the memory of idle ones larger than keep;
+ * returns an idle buffer left, or NULL.  Only this thread takes buffers: one
+ * found idle stays idle until it is taken. */
+static zc_buf *trim_pool(roid_publisher *p, roid_topic t, size_t keep) {
+        zc_buf **pool = p->pool[t], *found = NULL;
         for (unsigned k = 0; k < p->n_pool[t];) {
                 zc_buf *b = pool[k];
                 if (atomic_load_explicit(&b->state, memory_order_acquire) != ZC_IDLE) {
                         k++;
-                } else if (p->n_pool[t] > p->pool_max && b != found) {
+                        continue;
+                }
+                if (p->n_pool[t] > p->pool_max) {
                         free(b->data);
                         free(b);
                         pool[k] = pool[--p->n_pool[t]];
-                } else {
-                        if (!found)
-                                found = b;
-                        k++;
+                        continue;
                 }
+                if (b->cap > keep) {
+                        free(b->data);
+                        b->data = NULL;
+                        b->cap = 0;
+                }
+                if (!found)
+                        found = b;
+                k++;
         }
+        return found;
+}
+
+/* An idle buffer of topic t's pool, or NULL; a pool with none idle grows by
+ * one while its bound allows. */
+static zc_buf *idle_buffer(roid_publisher *p, roid_topic t) {
+        zc_buf *found = trim_pool(p, t, SIZE_MAX);
         if (found || p->n_pool[t] >= p->pool_max)
                 return found;
         if (p->n_pool[t] == p->cap_pool[t]) {
                 unsigned cap = p->cap_pool[t] * 2 < p->pool_max ? p->cap_pool[t] * 2 : p->pool_max;
-                zc_buf **grown = realloc(pool, cap * sizeof *grown);
+                zc_buf **grown = realloc(p->pool[t], cap * sizeof *grown);
                 if (!grown)
                         return NULL;
-                p->pool[t] = pool = grown;
+                p->pool[t] = grown;
                 p->cap_pool[t] = cap;
         }
         zc_buf *b = calloc(1, sizeof *b); /* ZC_IDLE, no data: the packer grows it */
         if (b)
-                pool[p->n_pool[t]++] = b;
+                p->pool[t][p->n_pool[t]++] = b;
         return b;
 }
 
@@ -615,26 +628,7 @@ void roid_publisher_set_pool(roid_publisher *p, uint64_t buffers, uint64_t buffe
          * in flight go as they come back. */
         const size_t keep = buffer_bytes > SIZE_MAX / 4 ? SIZE_MAX : (size_t)buffer_bytes * 2 + ZC_MIN;
         for (unsigned t = 0; t < ROID_TOPIC__MAX; t++) {
-                zc_buf **pool = p->pool[t];
-                for (unsigned k = 0; k < p->n_pool[t];) {
-                        zc_buf *b = pool[k];
-                        if (atomic_load_explicit(&b->state, memory_order_acquire) != ZC_IDLE) {
-                                k++;
-                                continue;
-                        }
-                        if (p->n_pool[t] > p->pool_max) {
-                                free(b->data);
-                                free(b);
-                                pool[k] = pool[--p->n_pool[t]];
-                                continue;
-                        }
-                        if (b->cap > keep) {
-                                free(b->data);
-                                b->data = NULL;
-                                b->cap = 0;
-                        }
-                        k++;
-                }
+                trim_pool(p, t, keep);
                 if (p->sbs[t].alloc > keep) {
                         msgpack_sbuffer_destroy(&p->sbs[t]);
                         msgpack_sbuffer_init(&p->sbs[t]);
