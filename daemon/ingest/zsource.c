@@ -9,9 +9,11 @@
 
 struct roid_zsource {
         void *sock;
-        void *mon;       /* PAIR reading the socket's connection events, or NULL */
-        bool given_up;   /* a connection closed and libzmq is not connecting again */
-        bool retry_said; /* "not reachable" was logged since the last connection */
+        void *mon;              /* PAIR reading the socket's connection events, or NULL */
+        bool given_up;          /* a connection closed and libzmq is not connecting again */
+        bool retry_said;        /* "not reachable" was logged since the last connection */
+        unsigned closes_unsaid; /* closes read from the monitor, for roid_zsource_say_closes */
+        char close_peer[256];
         char endpoint[256];
         roid_limits lim;
         size_t n;
@@ -187,7 +189,7 @@ static int read_event(void *mon, uint16_t *ret_event, char *addr, size_t size) {
         return 0;
 }
 
-int roid_zsource_events(roid_zsource *z, bool mid_series) {
+int roid_zsource_events(roid_zsource *z) {
         unsigned lost = 0;
         char addr[256];
         uint16_t ev = 0;
@@ -206,32 +208,41 @@ int roid_zsource_events(roid_zsource *z, bool mid_series) {
                          * otherwise silent (found by a documentation review). */
                         if (ev == ZMQ_EVENT_CONNECT_RETRIED && !z->retry_said) {
                                 z->retry_said = true;
-                                roid_log(ROID_LOG_WARNING,
-                                         "detector %s: not reachable (refused, no route or no such host); ZeroMQ "
-                                         "keeps trying",
+                                roid_log(ROID_LOG_NOTICE,
+                                         "detector %s: not reachable yet (refused, no route or no such host); "
+                                         "ZeroMQ keeps trying",
                                          z->endpoint);
                         }
                 } else if (ev == ZMQ_EVENT_DISCONNECTED) {
                         lost++;
                         z->given_up = true; /* until libzmq says it is connecting again */
-                        /* Between series a sender that exits closes it as a matter of
-                         * course: a notice; within one, frames may be missing. */
-                        if (mid_series)
-                                ROID_LOG_LIMITED(ROID_LOG_WARNING,
-                                                 "detector %s: connection closed during a series, by the detector or "
-                                                 "by libzmq on a message part over [limits] max_message_bytes %zu "
-                                                 "(messages on their way over it are lost); reconnecting "
-                                                 "[connections_lost]",
-                                                 peer, z->lim.max_message_bytes);
-                        else
-                                ROID_LOG_LIMITED(ROID_LOG_NOTICE,
-                                                 "detector %s: connection closed between series (by the detector, or "
-                                                 "by libzmq on a message part over [limits] max_message_bytes %zu); "
-                                                 "reconnecting [connections_lost]",
-                                                 peer, z->lim.max_message_bytes);
+                        z->closes_unsaid++;
+                        z->retry_said = true; /* the close is said, with "reconnecting" */
+                        snprintf(z->close_peer, sizeof z->close_peer, "%s", peer);
                 }
         }
         return (int)lost;
+}
+
+void roid_zsource_say_closes(roid_zsource *z, bool mid_series) {
+        if (!z->closes_unsaid)
+                return;
+        const unsigned n = z->closes_unsaid;
+        z->closes_unsaid = 0;
+        /* A sender that exits after its series closes as a matter of course:
+         * a notice; a series still open then may be missing frames. */
+        if (mid_series)
+                ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                 "detector %s: %u connection%s closed during a series, by the detector or by libzmq on "
+                                 "a message part over [limits] max_message_bytes %zu (messages on their way over it "
+                                 "are lost); reconnecting [connections_lost]",
+                                 z->close_peer, n, n == 1 ? "" : "s", z->lim.max_message_bytes);
+        else
+                ROID_LOG_LIMITED(ROID_LOG_NOTICE,
+                                 "detector %s: %u connection%s closed between series (by the detector, or by libzmq "
+                                 "on a message part over [limits] max_message_bytes %zu); reconnecting "
+                                 "[connections_lost]",
+                                 z->close_peer, n, n == 1 ? "" : "s", z->lim.max_message_bytes);
 }
 
 bool roid_zsource_given_up(roid_zsource *z) {

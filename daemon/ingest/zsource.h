@@ -58,8 +58,13 @@ const void *roid_zsource_take(roid_zsource *z, const void *data, zmq_msg_t *dst)
 int roid_zsource_watch(roid_zsource *z, void *ctx, roid_err *err);
 void *roid_zsource_monitor(roid_zsource *z); /* NULL until watched */
 void roid_zsource_unwatch(roid_zsource *z);  /* stops watching (free does too) */
-/* mid_series: a series is open (a close is then a warning, else a notice). */
-int roid_zsource_events(roid_zsource *z, bool mid_series);
+int roid_zsource_events(roid_zsource *z);
+/* Logs the closes roid_zsource_events read since the last call (none: no
+ * line), rate-limited: a warning when mid_series (a series is still open a
+ * moment after, so frames may be missing), else a notice.  The owner calls
+ * it a moment after a close, once the messages that came before it are
+ * handled (a sender's end message and its close arrive together). */
+void roid_zsource_say_closes(roid_zsource *z, bool mid_series);
 /* libzmq connects again after a connection closes, except after a protocol
  * error, which a part over max_message_bytes is: then it gives the endpoint
  * up and roid would hear nothing more.  True when a close was seen and no

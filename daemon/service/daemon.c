@@ -89,11 +89,13 @@ static void on_revive(uv_timer_t *t);
  * watched): closes counted, and a second after one, a look whether libzmq is
  * connecting again. */
 static void watch_events(daemon_t *d) {
-        int lost = roid_zsource_events(d->src, roid_ingest_tracker(d->in)->open);
+        int lost = roid_zsource_events(d->src);
         if (lost > 0) {
                 roid_count(&d->ctr, ROID_C_connections_lost, (uint64_t)lost);
                 if (!d->stopping)
                         uv_timer_start(&d->revive_timer, on_revive, 1000, 0);
+                else
+                        roid_zsource_say_closes(d->src, roid_ingest_tracker(d->in)->open);
         }
 }
 
@@ -103,6 +105,8 @@ static void on_revive(uv_timer_t *t) {
         daemon_t *d = t->data;
         roid_err err = {""};
         watch_events(d); /* the events up to now, counted */
+        /* a second after the close: the messages before it are handled */
+        roid_zsource_say_closes(d->src, roid_ingest_tracker(d->in)->open);
         if (roid_zsource_given_up(d->src) && roid_zsource_reconnect(d->src, &err) < 0)
                 roid_log(ROID_LOG_ERR, "%s", err.msg);
 }
@@ -626,6 +630,10 @@ int roid_daemon_run(const roid_daemon_params *p) {
         watch_events(d);
         uv_run(&d->loop, UV_RUN_DEFAULT);
         r = d->error;
+        if (d->src) { /* closes not read or not said yet (their second had not passed) */
+                watch_events(d);
+                roid_zsource_say_closes(d->src, roid_ingest_tracker(d->in)->open);
+        }
 out:
         if (d->in)
                 roid_ingest_flush(d->in); /* closes an open series: its end reaches the pipeline */
