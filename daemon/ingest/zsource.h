@@ -52,9 +52,9 @@ const void *roid_zsource_take(roid_zsource *z, const void *data, zmq_msg_t *dst)
  * the zsource owns, same thread rule).  Its events must then be read, or
  * libzmq's I/O thread may wait on them: poll roid_zsource_monitor's ZMQ_FD
  * (edge-triggered) and call roid_zsource_events until it returns.  Each
- * connect is logged; each close is logged (rate-limited) naming the
- * endpoint, and counted by the return value: the number of connections
- * closed since the last call. */
+ * connect is logged, and the first failed attempt after a start; each close
+ * is counted by the return value (the number of connections closed since
+ * the last call) and logged by roid_zsource_say_closes. */
 int roid_zsource_watch(roid_zsource *z, void *ctx, roid_err *err);
 void *roid_zsource_monitor(roid_zsource *z); /* NULL until watched */
 void roid_zsource_unwatch(roid_zsource *z);  /* stops watching (free does too) */
