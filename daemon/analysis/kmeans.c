@@ -449,6 +449,27 @@ void roid_running_stats_update(roid_running_stats *s, const double *x) {
         }
 }
 
+void roid_running_stats_add_group(roid_running_stats *s, int64_t k, const double *x) {
+        if (k == 0 || (k < 0 && (uint64_t)-k > s->n))
+                return;
+        const uint64_t n0 = s->n, n1 = k > 0 ? n0 + (uint64_t)k : n0 - (uint64_t)-k;
+        const double kd = (double)k;
+        for (unsigned j = 0; j < s->d; j++) {
+                if (n1 == 0) {
+                        s->mean[j] = s->m2[j] = 0;
+                        continue;
+                }
+                /* adding: delta from the old mean; taking back: from the new one */
+                const double mean1 = ((double)n0 * s->mean[j] + kd * x[j]) / (double)n1;
+                const double delta = x[j] - (k > 0 ? s->mean[j] : mean1);
+                const double m2 = s->m2[j] + (k > 0 ? 1 : -1) * delta * delta * (double)(k > 0 ? n0 : n1) * fabs(kd) /
+                                                     (double)(k > 0 ? n1 : n0);
+                s->mean[j] = mean1;
+                s->m2[j] = m2 > 0 ? m2 : 0;
+        }
+        s->n = n1;
+}
+
 void roid_running_stats_std(const roid_running_stats *s, double *ret_std) {
         for (unsigned j = 0; j < s->d; j++)
                 ret_std[j] = s->n < 2 ? 0 : sqrt(s->m2[j] / (double)s->n);

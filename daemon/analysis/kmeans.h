@@ -137,6 +137,10 @@ typedef struct {
 /* -EINVAL unless 1 <= d <= ROID_KMEANS_MAX_D. */
 int roid_running_stats_init(roid_running_stats *s, unsigned d);
 void roid_running_stats_update(roid_running_stats *s, const double *x);
+/* k samples of mean x in one step (Chan et al.'s merge of a group whose own
+ * variance is not known, taken as 0), or, k < 0, -k such samples taken back
+ * (at most n; the variance floored at 0): exact for k = +-1. */
+void roid_running_stats_add_group(roid_running_stats *s, int64_t k, const double *x);
 /* Population standard deviation (ddof 0, as numpy's std); 0 when n < 2. */
 void roid_running_stats_std(const roid_running_stats *s, double *ret_std);
 /* out = (x - mean) / std per dimension; 0 where std is 0.  out may be x. */

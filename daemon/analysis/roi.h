@@ -47,14 +47,25 @@
  * when none has one); online it keeps the label of the last refit; at the mean
  * in the general clustering.  T_s counts every lit frame.
  *
+ * Outliers.  A point whose mean T is far above the scan's brightest
+ * percent (twice it, and 8 times its distance from the median, or more) is
+ * no measurement of the sample: a transmitted beam brings no more photons
+ * than the beam itself, and a detector glitch (a frame near full scale) does.
+ * Judged at every refit over the points seen (from 64 on; up to 1 % of them
+ * can be outliers), it keeps its raw values, is left out of the 3 x 3 means
+ * of every modality and takes its neighbours' instead, so it is labelled as
+ * they are; online, its labels stay what the last refit gave.  Five such
+ * frames in 16,384 had made the T map's cut {them, their neighbours} against
+ * the rest, all RoI (roi.c bright_fence).
+ *
  * The clustering is kmeans.h's: per modality a two-centre roid_kmeans on the
  * line (roid_kmeans_step with decay 0.5, roid_kmeans_refine at the end), the
  * general map a roid_kmeans over D dimensions (partial_fit on at most 1024
  * sampled points per refit); the CoM statistics are roid_running_stats.
  *
- * Memory: allocated once in roid_roi_new, 8 * (3C + 2M + D + 5) + 4C + 2M + 26
+ * Memory: allocated once in roid_roi_new, 8 * (3C + 2M + D + 5) + 4C + 2M + 27
  * bytes per point (C = 1 + S for S > 1, else 1; M = 2C; D = M, + 1 each for
- * BF and DF), = 80C + 8(D - M) + 66: 786 bytes at 8 segments, 3346 at 40; plus
+ * BF and DF), = 80C + 8(D - M) + 67: 787 bytes at 8 segments, 3347 at 40; plus
  * a fixed 8 KB a dimension of D; nothing is allocated per frame or per refit.
  *
  * Ownership: the caller owns the roid_roi; accessor pointers stay valid until
@@ -104,8 +115,8 @@ void roid_roi_params_default(roid_roi_params *p);
 int roid_roi_new(const roid_roi_params *p, uint32_t ny, uint32_t nx, roid_roi **ret, roid_err *err);
 void roid_roi_free(roid_roi *r);
 /* What roid_roi_new allocates for a grid, but for a few KB of clustering
- * state (786 bytes a point at 8 segments, 3346 at 40), and the maps of
- * p->map_copies snapshots (332 bytes a point at 8 segments, 1484 at 40 each:
+ * state (787 bytes a point at 8 segments, 3347 at 40), and the maps of
+ * p->map_copies snapshots (333 bytes a point at 8 segments, 1485 at 40 each:
  * a clone kept fresh by roid_roi_copy_maps touches no more). */
 uint64_t roid_roi_state_bytes(const roid_roi_params *p, uint32_t ny, uint32_t nx);
 /* A snapshot for another thread: clone_maps allocates a copy of what the
@@ -140,6 +151,12 @@ uint32_t roid_roi_nx(const roid_roi *r);
 uint64_t roid_roi_frames(const roid_roi *r);
 /* Frames without counts roid_roi_add left out (Empty regions above). */
 uint64_t roid_roi_dark_frames(const roid_roi *r);
+/* Outliers (above) as of the last refit: their number, a map of them (1 =
+ * outlier, ny * nx) and the mean T above which a point is one (INFINITY
+ * while none can be judged). */
+uint32_t roid_roi_outlier_points(const roid_roi *r);
+const uint8_t *roid_roi_outliers(const roid_roi *r);
+double roid_roi_outlier_fence(const roid_roi *r);
 unsigned roid_roi_n_modalities(const roid_roi *r);
 /* "total", "com", "segment_total", "segment_com"; *ret_segment -1 or s. */
 const char *roid_roi_modality_name(const roid_roi *r, unsigned m, int *ret_segment);

@@ -372,6 +372,48 @@ static void validation(void) {
         tap_ok(z[0] == -1 && z[1] == 0, "standardize: (3 - 4) / 1 = -1; a constant column gives 0");
 }
 
+/* roid_running_stats_add_group: a group of k equal samples is k updates;
+ * taking them back, as a group or one by one, leaves the statistics of the
+ * others, to rounding; taking back more than there are is refused. */
+static void group_stats(void) {
+        roid_running_stats base, grp, one;
+        roid_running_stats_init(&base, 2);
+        roid_running_stats_init(&one, 2);
+        double x[2];
+        for (int i = 0; i < 500; i++) {
+                x[0] = 50 + roid_rng_unit(&rng), x[1] = 60 + 2 * roid_rng_unit(&rng);
+                roid_running_stats_update(&base, x);
+        }
+        memcpy(&grp, &base, sizeof grp);
+        memcpy(&one, &base, sizeof one);
+        const double v[2] = {5, 900}; /* a glitch's CoM, hundreds of deviations off */
+        roid_running_stats_add_group(&grp, 7, v);
+        for (int i = 0; i < 7; i++)
+                roid_running_stats_update(&one, v);
+        double s0[2], s1[2], s2[2];
+        roid_running_stats_std(&grp, s1);
+        roid_running_stats_std(&one, s2);
+        double e = 0;
+        for (int j = 0; j < 2; j++)
+                e = fmax(e, fmax(fabs(grp.mean[j] - one.mean[j]), fabs(s1[j] - s2[j])) / s2[j]);
+        tap_ok(grp.n == one.n && e < 1e-12, "a group of 7 samples is 7 updates (relative difference %.2g)", e);
+        roid_running_stats_add_group(&grp, -7, v);
+        for (int i = 0; i < 7; i++)
+                roid_running_stats_add_group(&one, -1, v);
+        roid_running_stats_std(&base, s0);
+        roid_running_stats_std(&grp, s1);
+        roid_running_stats_std(&one, s2);
+        e = 0;
+        for (int j = 0; j < 2; j++)
+                e = fmax(e, fmax(fmax(fabs(grp.mean[j] - base.mean[j]), fabs(one.mean[j] - base.mean[j])),
+                                 fmax(fabs(s1[j] - s0[j]), fabs(s2[j] - s0[j]))) /
+                                    s0[j]);
+        tap_ok(grp.n == 500 && one.n == 500 && e < 1e-9,
+               "taken back as a group or one by one, the 500 others remain (relative difference %.2g of their sd)", e);
+        roid_running_stats_add_group(&grp, -501, v);
+        tap_ok(grp.n == 500, "taking back more samples than there are is refused");
+}
+
 /* roid_kmeans_step against the update written out here: counts scaled by the
  * decay, then c <- (c n + sum) / (n + m) over the points nearest to c. */
 static void decayed_step(void) {
@@ -453,5 +495,6 @@ int main(void) {
         starved();
         empty_cluster();
         decayed_step();
+        group_stats();
         return tap_done();
 }
