@@ -422,8 +422,11 @@ static void on_end(void *ctx, const roid_series *s, bool terminated) {
         for (size_t i = 0; i < np; i++)
                 in += m[i];
         roid_log(ROID_LOG_INFO,
-                 "series %" PRIu64 " %s: %" PRIu64 " frames, RoI %zu of %zu points, %" PRIu64 " frames dropped",
-                 s->series_id, terminated ? "ended" : "closed", roid_roi_frames(a->roi), in, np, a->dropped);
+                 "series %" PRIu64 " %s: %" PRIu64 " frames, RoI %zu of %zu points, %" PRIu64
+                 " frames dropped, %" PRIu64 " without counts (left out of the maps)",
+                 s->series_id, terminated ? "ended" : "closed", roid_roi_frames(a->roi), in, np, a->dropped,
+                 roid_roi_dark_frames(a->roi));
+        roid_analysis_log_outliers(a->roi, s->series_id);
         if (a->p.output_dir[0]) {
                 int r = write_results(a, terminated, &err);
                 if (r < 0) {
@@ -461,4 +464,16 @@ uint64_t roid_analysis_frames_dropped(const roid_analysis *a) {
 
 uint64_t roid_analysis_results_failed(const roid_analysis *a) {
         return a->results_failed;
+}
+
+void roid_analysis_log_outliers(const roid_roi *roi, uint64_t series_id) {
+        const uint32_t n = roid_roi_outlier_points(roi);
+        if (n)
+                roid_log(ROID_LOG_WARNING,
+                         "series %" PRIu64 ": %" PRIu32 " point%s with a mean total above %.6g counts, twice the "
+                         "brightest percent of the scan or more: no measurement of the sample (a detector glitch?); "
+                         "left out of the RoI maps, labelled as %s neighbours, %s frames left out of image_ids "
+                         "(results: /entry/roi/outliers)",
+                         series_id, n, n == 1 ? "" : "s", roid_roi_outlier_fence(roi), n == 1 ? "its" : "their",
+                         n == 1 ? "its" : "their");
 }

@@ -294,6 +294,8 @@ int roid_pack_map(msgpack_packer *pk, const roid_map_view *v) {
         msgpack_pack_uint32(pk, nx);
         kv(pk, &n, "frames");
         msgpack_pack_uint64(pk, roid_roi_frames(r));
+        kv(pk, &n, "outlier_points");
+        msgpack_pack_uint32(pk, roid_roi_outlier_points(r));
         kv(pk, &n, "final");
         final ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
         kv(pk, &n, "k");

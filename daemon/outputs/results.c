@@ -15,7 +15,7 @@
 /* Longest results file path (analysis.h ROID_PATH_MAX is the same). */
 #define RES_PATH_MAX 4096
 
-#define RESULTS_VERSION 3
+#define RESULTS_VERSION 4
 /* Frames converted (append) or read back (final labels) per HDF5 call. */
 #define BATCH   512
 #define MAX_MOD (2 * (1 + ROID_MAX_SEGMENTS))
@@ -81,6 +81,8 @@ enum {
         M_RAW_MASK,
         M_ONLINE_MASK,
         M_COUNTS,
+        M_OUTLIERS,
+        M_FENCE,
         M_FILTERED,
         M_RAW,
         M_LABELS,
@@ -311,7 +313,7 @@ static bool create_map_datasets(roid_results *w) {
         hid_t roi = w->g[G_ROI], cl = w->g[G_CLUSTERS];
         hsize_t dm[2] = {w->ny, w->nx}, dmm[3] = {w->nmod, w->ny, w->nx}, dc[2] = {w->nmod, 2}, dn = w->nmod;
         hsize_t dk[2] = {w->k, w->d}, zero = 0, unl = H5S_UNLIMITED, ch_ids = 4096, ch_lab = 16384;
-        double nan = NAN;
+        double nan = NAN, inf = INFINITY;
         uint8_t u0 = 0, unseen = ROID_ROI_UNSEEN;
         uint32_t c0 = 0;
         uint64_t z64 = 0;
@@ -320,6 +322,9 @@ static bool create_map_datasets(roid_results *w) {
         good = good && (w->md[M_RAW_MASK] = dataset(w, roi, "raw_mask", T_U8, 2, dm, NULL, NULL, &u0, NULL)) >= 0;
         good = good && (w->md[M_ONLINE_MASK] = dataset(w, roi, "online_mask", T_U8, 2, dm, NULL, NULL, &u0, NULL)) >= 0;
         good = good && (w->md[M_COUNTS] = dataset(w, roi, "counts", T_U32, 2, dm, NULL, NULL, &c0, NULL)) >= 0;
+        good = good && (w->md[M_OUTLIERS] = dataset(w, roi, "outliers", T_U8, 2, dm, NULL, NULL, &u0, NULL)) >= 0;
+        good = good &&
+               (w->md[M_FENCE] = dataset(w, roi, "outlier_fence", T_F64, 0, NULL, NULL, NULL, &inf, "counts")) >= 0;
         good = good && (w->md[M_FILTERED] = dataset(w, roi, "filtered", T_F64, 3, dmm, NULL, NULL, &nan, NULL)) >= 0;
         good = good && (w->md[M_RAW] = dataset(w, roi, "raw", T_F64, 3, dmm, NULL, NULL, &nan, NULL)) >= 0;
         good = good && (w->md[M_LABELS] = dataset(w, roi, "labels", T_U8, 3, dmm, NULL, NULL, &unseen, NULL)) >= 0;
@@ -850,7 +855,9 @@ static bool write_plane(roid_results *w, int i, dtype t, unsigned m, const void 
  * points of the frames appended so far, read back block by block so that
  * nothing per frame is kept in memory.  A frame without counts measured
  * nothing (the RoI state left it out) and is not listed. */
-static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8_t *glab) {
+/* image_ids: the frames with counts at points of the mask, but an outlier's
+ * (roi.h): a reconstruction reading them would take in a glitch. */
+static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8_t *outlier, const uint8_t *glab) {
         hsize_t n = w->n, zero = 0, nin = 0;
         if (!ok(w, H5Dset_extent(w->md[M_CLABELS], &n)) || !ok(w, H5Dset_extent(w->md[M_IMAGE_IDS], &zero)))
                 return false;
@@ -867,7 +874,7 @@ static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8
                                 continue;
                         size_t p = (size_t)row * w->nx + col;
                         w->b_lab[i] = glab[p];
-                        if (mask[p] && w->b_sum[i] > 0) /* compacted in place: nid <= i */
+                        if (mask[p] && !outlier[p] && w->b_sum[i] > 0) /* compacted in place: nid <= i */
                                 w->b_image_id[nid++] = w->b_image_id[i];
                 }
                 if (!rows_io(w, w->md[M_CLABELS], T_U8, true, s, m, 0, w->b_lab))
@@ -900,10 +907,11 @@ int roid_results_write_map(roid_results *w, const roid_roi *roi, bool final, roi
         if (!mask)
                 return roid_err_set(err, -EINVAL, "results: the final map of an unfinished RoI state");
         const uint8_t *glab = roid_roi_cluster_labels(roi);
-        double centres[MAX_MOD][2];
+        double centres[MAX_MOD][2], fence = roid_roi_outlier_fence(roi);
         bool good = write_all(w, M_MASK, T_U8, mask) && write_all(w, M_RAW_MASK, T_U8, raw_mask) &&
                     write_all(w, M_ONLINE_MASK, T_U8, roid_roi_online_mask(roi)) &&
-                    write_all(w, M_COUNTS, T_U32, roid_roi_counts(roi)) && write_all(w, M_POINT_LABELS, T_U8, glab);
+                    write_all(w, M_COUNTS, T_U32, roid_roi_counts(roi)) && write_all(w, M_POINT_LABELS, T_U8, glab) &&
+                    write_all(w, M_OUTLIERS, T_U8, roid_roi_outliers(roi)) && write_all(w, M_FENCE, T_F64, &fence);
         for (unsigned m = 0; good && m < w->nmod; m++) {
                 memcpy(centres[m], roid_roi_centres(roi, m), sizeof centres[m]);
                 good = write_plane(w, M_FILTERED, T_F64, m, roid_roi_filtered(roi, m)) &&
@@ -915,7 +923,7 @@ int roid_results_write_map(roid_results *w, const roid_roi *roi, bool final, roi
         if (good && k)
                 good = write_all(w, M_CENTROIDS, T_F64, cen);
         if (good && final)
-                good = write_frame_labels(w, mask, glab);
+                good = write_frame_labels(w, mask, roid_roi_outliers(roi), glab);
         /* Last, so a reader that sees final = 1 finds the final map complete.
          * A flush first: the value of final can reach the file before the next
          * flush writes the sizes of the datasets just extended, and a reader

@@ -927,6 +927,8 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
                  dt > 0 ? (double)ss->frames / dt : 0.0, in, np, ss->unplaced,
                  ss->roi ? roid_roi_dark_frames(ss->roi) : 0, ss->roi ? "" : "; not analysed, ",
                  ss->roi ? "" : ss->error);
+        if (ss->roi)
+                roid_analysis_log_outliers(ss->roi, sc->series_id);
         publish_series(pl, true, terminated);
         an_series_free(pl);
 }
