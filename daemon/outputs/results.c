@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -613,6 +614,9 @@ static int versioned_path(const char *dir, const roid_results_meta *meta, unsign
                         id[i] = safe ? c : '_';
                 }
                 id[i] = '\0';
+                /* `roid replay` names a series after its file: roid_scan.h5, not roid_scan.h5.h5 */
+                if (i > 3 && strcasecmp(id + i - 3, ".h5") == 0)
+                        id[i - 3] = '\0';
         } else {
                 snprintf(id, sizeof id, "%llu", (unsigned long long)meta->series_id);
         }

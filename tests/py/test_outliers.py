@@ -42,7 +42,7 @@ class Glitches(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
-        cls.res, cls.log = {}, {}
+        cls.res, cls.log, cls.names = {}, {}, {}
         for name in ("clean", "glitches"):
             frames, cls.truth = render(name == "glitches")
             src = os.path.join(cls.tmp.name, name + ".h5")
@@ -54,8 +54,9 @@ class Glitches(unittest.TestCase):
                                 "--bf", "6", "--df", "8,15", src], capture_output=True, text=True, timeout=300)
             if p.returncode != 0:
                 raise AssertionError(f"roid replay exited {p.returncode}: {p.stderr}")
-            (res,) = [os.path.join(out, n) for n in os.listdir(out)]
-            cls.res[name], cls.log[name] = h5py.File(res, "r"), p.stderr
+            (res,) = os.listdir(out)
+            cls.names[name] = res
+            cls.res[name], cls.log[name] = h5py.File(os.path.join(out, res), "r"), p.stderr
 
     @classmethod
     def tearDownClass(cls):
@@ -102,6 +103,11 @@ class Glitches(unittest.TestCase):
         inside = [y * NX + x for y, x in GLITCH if self.res["glitches"]["/entry/roi/mask"][y, x]]
         self.assertTrue(inside, "a glitch inside the RoI")
         self.assertFalse(set(inside) & set(self.res["glitches"]["/entry/roi/image_ids"][()]))
+
+    def test_file_named_after_the_replayed_file(self):
+        # replay names the series after its file; the results file drops the .h5 (not roid_clean.h5.h5)
+        self.assertEqual(self.names, {"clean": "roid_clean.h5", "glitches": "roid_glitches.h5"})
+        self.assertEqual(self.res["clean"]["/entry"].attrs["series_unique_id"], "clean.h5")
 
     def test_roid_says_so(self):
         self.assertIn(f"{len(GLITCH)} points with a mean total above", self.log["glitches"])
