@@ -864,17 +864,19 @@ static void test_weak_object(void) {
 static const uint32_t dark_pts[][2] = {{1, 2}, {3, 27}, {20, 3}, {19, 26}, {0, 15}};
 
 /* dark: the five points; dark_rows: rows [row0, row0 + dark_rows) too. */
-static roid_roi *dark_scan(bool dark, uint32_t row0, uint32_t dark_rows) {
-        roid_roi_params p;
-        roid_roi_params_default(&p);
-        p.n_segments = S;
-        p.cadence = 16;
-        roid_roi *r = NULL;
-        roid_err err;
-        if (roid_roi_new(&p, NY, NX, &r, &err) < 0)
-                return NULL;
-        rng = 0x9E3779B97F4A7C15ull;
+/* A state for a scan of feed()'s frames, refits every 16, the draws from
+ * `seed`, the model cleared; NULL if it cannot be made. */
+static roid_roi *scan_start(uint64_t seed) {
+        roid_roi *r = state(NY, NX, S, 16);
+        rng = seed;
         reset_model();
+        return r;
+}
+
+static roid_roi *dark_scan(bool dark, uint32_t row0, uint32_t dark_rows) {
+        roid_roi *r = scan_start(0x9E3779B97F4A7C15ull);
+        if (!r)
+                return NULL;
         for (uint32_t y = 0; y < NY; y++)
                 for (uint32_t x = 0; x < NX; x++) {
                         unsigned e = 0;
@@ -1069,16 +1071,9 @@ static void test_empty_regions(void) {
 static const uint32_t glitch_pts[][2] = {{11, 14}, {9, 12}, {2, 25}, {20, 5}};
 
 static roid_roi *glitch_scan(bool glitches) {
-        roid_roi_params p;
-        roid_roi_params_default(&p);
-        p.n_segments = S;
-        p.cadence = 16;
-        roid_roi *r = NULL;
-        roid_err err;
-        if (roid_roi_new(&p, NY, NX, &r, &err) < 0)
+        roid_roi *r = scan_start(0x2545F4914F6CDD1Dull);
+        if (!r)
                 return NULL;
-        rng = 0x2545F4914F6CDD1Dull;
-        reset_model();
         for (uint32_t y = 0; y < NY; y++)
                 for (uint32_t x = 0; x < NX; x++) {
                         for (size_t k = 0; glitches && k < sizeof glitch_pts / sizeof *glitch_pts; k++)
