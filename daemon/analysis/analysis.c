@@ -26,6 +26,7 @@ struct roid_analysis {
         uint64_t *image_id;
         uint32_t *index;
         double *sum, *com, *seg_sum, *seg_com, *bf, *df;
+        uint8_t *left_out; /* roid_features_left_out per frame */
         char last_output[ROID_PATH_MAX];
         uint64_t results_failed;
         uint64_t series_id;
@@ -64,6 +65,8 @@ static void free_record(roid_analysis *a) {
         free(a->seg_com);
         free(a->bf);
         free(a->df);
+        free(a->left_out);
+        a->left_out = NULL;
         a->image_id = NULL;
         a->index = NULL;
         a->sum = a->com = a->seg_sum = a->seg_com = a->bf = a->df = NULL;
@@ -89,7 +92,7 @@ void roid_analysis_free(roid_analysis *a) {
 
 /* Bytes of one frame record. */
 static uint64_t record_bytes(const roid_analysis *a) {
-        return sizeof(uint64_t) + 2 * sizeof(uint32_t) + (5 + 3 * (uint64_t)a->p.roi.n_segments) * sizeof(double);
+        return sizeof(uint64_t) + 2 * sizeof(uint32_t) + 1 + (5 + 3 * (uint64_t)a->p.roi.n_segments) * sizeof(double);
 }
 
 static void on_start(void *ctx, const roid_series *s) {
@@ -150,7 +153,9 @@ static void on_start(void *ctx, const roid_series *s) {
         a->seg_com = malloc(cap * S * 2 * sizeof(double));
         a->bf = malloc(cap * sizeof(double));
         a->df = malloc(cap * sizeof(double));
-        if (!a->image_id || !a->index || !a->sum || !a->com || !a->seg_sum || !a->seg_com || !a->bf || !a->df) {
+        a->left_out = malloc(cap);
+        if (!a->image_id || !a->index || !a->sum || !a->com || !a->seg_sum || !a->seg_com || !a->bf || !a->df ||
+            !a->left_out) {
                 roid_log(ROID_LOG_ERR, "series %" PRIu64 ": out of memory for %" PRIu64 " frame records", s->series_id,
                          cap);
                 reset_series(a);
@@ -267,6 +272,7 @@ static int grow_records(roid_analysis *a) {
         GROW(seg_com, 2 * S);
         GROW(bf, 1);
         GROW(df, 1);
+        GROW(left_out, 1);
 #undef GROW
         a->cap = (size_t)ncap;
         return 0;
@@ -300,6 +306,7 @@ static void keep_record(roid_analysis *a, const roid_frame_record *rec) {
         }
         a->bf[i] = ft->bf;
         a->df[i] = ft->df;
+        a->left_out[i] = (uint8_t)roid_features_left_out(ft);
 }
 
 static void on_frame(void *ctx, const roid_frame_event *ev) {
@@ -388,7 +395,8 @@ static int write_results(roid_analysis *a, bool terminated, roid_err *err) {
                                    .seg_sum = a->seg_sum,
                                    .seg_com = a->seg_com,
                                    .bf = a->bf,
-                                   .df = a->df};
+                                   .df = a->df,
+                                   .left_out = a->left_out};
         roid_results *w;
         char path[ROID_PATH_MAX];
         int r = roid_results_open(a->p.output_dir, &meta, &w, path, sizeof path, err);
@@ -467,13 +475,20 @@ uint64_t roid_analysis_results_failed(const roid_analysis *a) {
 }
 
 void roid_analysis_log_outliers(const roid_roi *roi, uint64_t series_id) {
+        const uint64_t g = roid_roi_glitch_frames(roi);
         const uint32_t n = roid_roi_outlier_points(roi);
+        if (g)
+                roid_log(ROID_LOG_WARNING,
+                         "series %" PRIu64 ": %" PRIu64 " frame%s whose pixels average more than a quarter of full "
+                         "scale: no diffraction pattern (a detector glitch?); left out of the RoI maps and of "
+                         "image_ids, as frames without counts are (results: /entry/scan/left_out = 2)",
+                         series_id, g, g == 1 ? "" : "s");
         if (n)
                 roid_log(ROID_LOG_WARNING,
-                         "series %" PRIu64 ": %" PRIu32 " point%s with a mean total above %.6g counts, twice the "
-                         "brightest percent of the scan or more: no measurement of the sample (a detector glitch?); "
-                         "left out of the RoI maps, labelled as %s neighbours, %s frames left out of image_ids "
-                         "(results: /entry/roi/outliers)",
+                         "series %" PRIu64 ": %" PRIu32 " point%s with a mean total above %.6g counts, three times "
+                         "the brightest percent of the scan or more: no measurement of the sample (a detector glitch, "
+                         "a jump of the beam?); left out of the RoI maps, labelled as %s neighbours, %s frames left "
+                         "out of image_ids (results: /entry/roi/outliers)",
                          series_id, n, n == 1 ? "" : "s", roid_roi_outlier_fence(roi), n == 1 ? "its" : "their",
                          n == 1 ? "its" : "their");
 }

@@ -47,16 +47,28 @@
  * when none has one); online it keeps the label of the last refit; at the mean
  * in the general clustering.  T_s counts every lit frame.
  *
- * Outliers.  A point whose mean T is far above the scan's brightest
- * percent (twice it, and 8 times its distance from the median, or more) is
- * no measurement of the sample: a transmitted beam brings no more photons
- * than the beam itself, and a detector glitch (a frame near full scale) does.
- * Judged at every refit over the points seen (from 64 on; up to 1 % of them
- * can be outliers), it keeps its raw values, is left out of the 3 x 3 means
- * of every modality and takes its neighbours' instead, so it is labelled as
- * they are; online, its labels stay what the last refit gave.  Five such
- * frames in 16,384 had made the T map's cut {them, their neighbours} against
- * the rest, all RoI (roi.c bright_fence).
+ * Glitches and outliers.  A frame whose pixels average more than a quarter
+ * of the dtype's full scale is no diffraction pattern (a counting
+ * detector's frame near full scale; features.h roid_features_left_out):
+ * roid_roi_add leaves it out as it does a frame without counts, whatever the
+ * scan's statistics, so a burst of them or one at the first frame costs
+ * only their points, which stay unmeasured (the feedback may ask for them
+ * again).  A point whose mean T is far above the scan's brightest percent
+ * (3 times it, and 8 times its distance from the median, or more) is an
+ * outlier: with the direct beam on the detector (ptychography, 4D-STEM) a
+ * sample brings no more photons than the beam itself, and a lesser glitch (a
+ * hot module) does.  Judged at every refit over the points seen (from 64 on;
+ * one point below 200 points, up to 1 % above), it keeps its raw values, is
+ * left out of the 3 x 3 means of every modality and takes its neighbours'
+ * instead, so it is labelled as they are; its frames leave the scan-wide CoM
+ * statistics (as a group at their mean: exact for a point of one frame);
+ * online, its labels stay what the last refit gave; the centres start
+ * afresh when the outliers change.  It stays an outlier if measured again in
+ * the same series (its mean keeps the glitch).  The rule assumes the direct
+ * beam reaches the detector: behind a beamstop or in reflection (SAXS, Laue)
+ * a scatterer raises T and would be judged one.  Five frames near full scale
+ * in 16,384 had made the T map's cut {them, their neighbours} against the
+ * rest, all RoI (roi.c bright_fence).
  *
  * The clustering is kmeans.h's: per modality a two-centre roid_kmeans on the
  * line (roid_kmeans_step with decay 0.5, roid_kmeans_refine at the end), the
@@ -151,6 +163,8 @@ uint32_t roid_roi_nx(const roid_roi *r);
 uint64_t roid_roi_frames(const roid_roi *r);
 /* Frames without counts roid_roi_add left out (Empty regions above). */
 uint64_t roid_roi_dark_frames(const roid_roi *r);
+/* Frames near full scale roid_roi_add left out (Outliers above). */
+uint64_t roid_roi_glitch_frames(const roid_roi *r);
 /* Outliers (above) as of the last refit: their number, a map of them (1 =
  * outlier, ny * nx) and the mean T above which a point is one (INFINITY
  * while none can be judged). */

@@ -893,6 +893,17 @@ static void fold(const roid_geometry *g, const acc *a, const bool wide, roid_fea
         o->saturated = a->saturated;
         o->masked = g->n_static_masked + a->saturated;
         o->n_pixels = (uint64_t)g->rows * g->cols - o->masked;
+        o->full_scale = g->dtype == ROID_DT_U8    ? UINT8_MAX - 1
+                        : g->dtype == ROID_DT_U16 ? UINT16_MAX - 1
+                                                  : UINT32_MAX - 1;
+}
+
+unsigned roid_features_left_out(const roid_features *f) {
+        if (f->total == 0)
+                return ROID_FRAME_DARK;
+        if (f->full_scale && f->n_pixels && f->total > 0.25 * (double)f->n_pixels * (double)f->full_scale)
+                return ROID_FRAME_GLITCH;
+        return ROID_FRAME_USED;
 }
 
 int roid_features_compute(const roid_geometry *g, const roid_frame *f, roid_features *ret, roid_err *err) {

@@ -107,9 +107,10 @@ typedef struct {
         double com_x, com_y; /* sum(I x) / T, sum(I y) / T; the beam centre when T = 0 */
         uint64_t bf_u64, df_u64;
         double bf, df;
-        uint64_t masked;    /* excluded pixels: n_static_masked + saturated */
-        uint64_t saturated; /* pixels at the dtype's maximum outside the mask */
-        uint64_t n_pixels;  /* pixels used: rows * cols - masked */
+        uint64_t masked;     /* excluded pixels: n_static_masked + saturated */
+        uint64_t saturated;  /* pixels at the dtype's maximum outside the mask */
+        uint64_t n_pixels;   /* pixels used: rows * cols - masked */
+        uint64_t full_scale; /* the dtype's largest value that counts (254, 65534, 4294967294) */
         unsigned n_segments;
         struct {
                 uint64_t sum_u64;
@@ -117,6 +118,15 @@ typedef struct {
                 double com_x, com_y; /* the beam centre when sum = 0 */
         } seg[ROID_MAX_SEGMENTS];
 } roid_features;
+
+/* Why a frame measures nothing of the sample, which the RoI analysis leaves
+ * out (roi.h): ROID_FRAME_DARK, no counts (beam off, shutter closed);
+ * ROID_FRAME_GLITCH, its pixels average more than a quarter of full_scale,
+ * which no diffraction pattern does (a counting detector's frame near full
+ * scale: a glitch; the direct beam alone saturates long before); else
+ * ROID_FRAME_USED.  full_scale 0 (features made by hand): never a glitch. */
+enum { ROID_FRAME_USED = 0, ROID_FRAME_DARK = 1, ROID_FRAME_GLITCH = 2 };
+unsigned roid_features_left_out(const roid_features *f);
 
 /* Fills p with the defaults: 8 segments, no disks, no mask, centre NaN
  * (unknown), rows, cols and dtype 0 (must be set). */

@@ -58,7 +58,7 @@ enum { G_FEATURES, G_SCAN, G_ROI, G_CLUSTERS, G_COUNTERS, G__N };
 
 /* Per-frame datasets: N rows of `inner` shape. */
 enum { IN_1, IN_2, IN_S, IN_S2 };
-enum { F_SUM, F_COM, F_SEG_SUM, F_SEG_COM, F_BF, F_DF, F_IMAGE_ID, F_INDEX, F_POS, F__N };
+enum { F_SUM, F_COM, F_SEG_SUM, F_SEG_COM, F_BF, F_DF, F_IMAGE_ID, F_INDEX, F_POS, F_LEFT_OUT, F__N };
 static const struct {
         int group;
         const char *name;
@@ -75,6 +75,7 @@ static const struct {
         [F_IMAGE_ID] = {G_SCAN, "image_id", T_U64, IN_1, NULL},
         [F_INDEX] = {G_SCAN, "index", T_U32, IN_2, NULL},
         [F_POS] = {G_SCAN, "position", T_F64, IN_2, NULL},
+        [F_LEFT_OUT] = {G_SCAN, "left_out", T_U8, IN_1, NULL},
 };
 
 enum {
@@ -111,7 +112,7 @@ struct roid_results {
         uint64_t *b_image_id;
         uint32_t *b_index;
         double *b_pos, *b_sum, *b_com, *b_seg_sum, *b_seg_com, *b_bf, *b_df;
-        uint8_t *b_lab;
+        uint8_t *b_lab, *b_left;
 };
 
 static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
@@ -570,6 +571,7 @@ static void free_writer(roid_results *w) {
         free(w->b_bf);
         free(w->b_df);
         free(w->b_lab);
+        free(w->b_left);
         free(w);
 }
 
@@ -594,8 +596,9 @@ static roid_results *alloc_writer(unsigned S) {
         w->b_bf = malloc(BATCH * sizeof(double));
         w->b_df = malloc(BATCH * sizeof(double));
         w->b_lab = malloc(BATCH);
+        w->b_left = malloc(BATCH);
         if (!w->b_image_id || !w->b_index || !w->b_pos || !w->b_sum || !w->b_com || !w->b_seg_sum || !w->b_seg_com ||
-            !w->b_bf || !w->b_df || !w->b_lab) {
+            !w->b_bf || !w->b_df || !w->b_lab || !w->b_left) {
                 free_writer(w);
                 return NULL;
         }
@@ -764,6 +767,7 @@ int roid_results_write_features(roid_results *w, const roid_results_features *f,
                 [F_SUM] = f->sum,           [F_COM] = f->com,     [F_SEG_SUM] = f->seg_sum,
                 [F_SEG_COM] = f->seg_com,   [F_BF] = f->bf,       [F_DF] = f->df,
                 [F_IMAGE_ID] = f->image_id, [F_INDEX] = f->index, [F_POS] = f->pos,
+                [F_LEFT_OUT] = f->left_out,
         };
         for (int i = 0; i < F__N; i++) {
                 hsize_t dims[3], start[3] = {w->n, 0, 0}, count[3];
@@ -813,6 +817,7 @@ int roid_results_append(roid_results *w, const roid_frame_record *recs, size_t n
                         }
                         w->b_bf[i] = r->f.bf;
                         w->b_df[i] = r->f.df;
+                        w->b_left[i] = (uint8_t)roid_features_left_out(&r->f);
                 }
                 roid_results_features f = {.n = m,
                                            .n_seg = S,
@@ -824,7 +829,8 @@ int roid_results_append(roid_results *w, const roid_frame_record *recs, size_t n
                                            .seg_sum = w->b_seg_sum,
                                            .seg_com = w->b_seg_com,
                                            .bf = w->b_bf,
-                                           .df = w->b_df};
+                                           .df = w->b_df,
+                                           .left_out = w->b_left};
                 int r = roid_results_write_features(w, &f, err);
                 if (r < 0)
                         return r;
@@ -859,8 +865,9 @@ static bool write_plane(roid_results *w, int i, dtype t, unsigned m, const void 
  * points of the frames appended so far, read back block by block so that
  * nothing per frame is kept in memory.  A frame without counts measured
  * nothing (the RoI state left it out) and is not listed. */
-/* image_ids: the frames with counts at points of the mask, but an outlier's
- * (roi.h): a reconstruction reading them would take in a glitch. */
+/* image_ids: the frames at points of the mask that the maps took (not
+ * left_out: without counts, near full scale), but an outlier's (roi.h): a
+ * reconstruction reading them would take in a glitch. */
 static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8_t *outlier, const uint8_t *glab) {
         hsize_t n = w->n, zero = 0, nin = 0;
         if (!ok(w, H5Dset_extent(w->md[M_CLABELS], &n)) || !ok(w, H5Dset_extent(w->md[M_IMAGE_IDS], &zero)))
@@ -869,7 +876,8 @@ static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8
                 hsize_t m = n - s < BATCH ? n - s : BATCH, nid = 0;
                 if (!rows_io(w, w->fd[F_INDEX], T_U32, false, s, m, 2, w->b_index) ||
                     !rows_io(w, w->fd[F_IMAGE_ID], T_U64, false, s, m, 0, w->b_image_id) ||
-                    !rows_io(w, w->fd[F_SUM], T_F64, false, s, m, 0, w->b_sum))
+                    !rows_io(w, w->fd[F_SUM], T_F64, false, s, m, 0, w->b_sum) ||
+                    !rows_io(w, w->fd[F_LEFT_OUT], T_U8, false, s, m, 0, w->b_left))
                         return false;
                 for (hsize_t i = 0; i < m; i++) {
                         uint32_t row = w->b_index[2 * i], col = w->b_index[2 * i + 1];
@@ -878,7 +886,8 @@ static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8
                                 continue;
                         size_t p = (size_t)row * w->nx + col;
                         w->b_lab[i] = glab[p];
-                        if (mask[p] && !outlier[p] && w->b_sum[i] > 0) /* compacted in place: nid <= i */
+                        if (mask[p] && !outlier[p] && w->b_sum[i] > 0 &&
+                            !w->b_left[i]) /* compacted in place: nid <= i */
                                 w->b_image_id[nid++] = w->b_image_id[i];
                 }
                 if (!rows_io(w, w->md[M_CLABELS], T_U8, true, s, m, 0, w->b_lab))

@@ -48,6 +48,7 @@ typedef struct {
         const uint32_t *index; /* n x 2: row, column (ROID_NOT_PLACED: off the grid) */
         const double *pos;     /* n x 2: fly-scan x, y; NULL = NaN */
         const double *sum, *com, *seg_sum, *seg_com, *bf, *df;
+        const uint8_t *left_out; /* n: roid_features_left_out; NULL = 0 */
 } roid_results_features;
 
 /* What the detector's start message said of the series, kept for the link

@@ -52,6 +52,9 @@ static unsigned nf, nfc[NC];
 /* The next frame fed is a glitch: totals 2000 times, CoMs far off. */
 static bool glitch_next;
 static int last_online; /* what roid_roi_add returned for the last frame */
+/* Pixels of the frames fed, with a 16-bit full scale; 0: neither (the
+ * full-scale rule off). */
+static uint64_t frame_pixels;
 
 static void reset_model(void) {
         memset(sum_t, 0, sizeof sum_t), memset(sum_x, 0, sizeof sum_x), memset(sum_y, 0, sizeof sum_y);
@@ -72,6 +75,8 @@ static void feed_empty(roid_roi *r, uint32_t y, uint32_t x, unsigned empty) {
         roid_features f;
         memset(&f, 0, sizeof f);
         f.n_segments = S;
+        f.n_pixels = frame_pixels;
+        f.full_scale = frame_pixels ? 65534 : 0;
         bool obj = (y - 11.0) * (y - 11.0) + (x - 14.0) * (x - 14.0) < 40;
         double t = obj ? 400 + 40 * unif() : 1000 + 40 * unif();
         f.total = t;
@@ -105,7 +110,8 @@ static void feed_empty(roid_roi *r, uint32_t y, uint32_t x, unsigned empty) {
         f.df = 0.1 * f.total;
         last_online = roid_roi_add(r, y, x, &f);
         nf++;
-        if (f.total == 0) /* measured nothing: left out */
+        /* measured nothing: left out (no counts; pixels averaging over a quarter of full scale) */
+        if (f.total == 0 || (f.n_pixels && f.total > 0.25 * (double)f.n_pixels * (double)f.full_scale))
                 return;
         size_t i = (size_t)y * NX + x;
         cnt[i]++;
@@ -1070,25 +1076,34 @@ static void test_empty_regions(void) {
  * is the clean scan's. */
 static const uint32_t glitch_pts[][2] = {{11, 14}, {9, 12}, {2, 25}, {20, 5}};
 
-static roid_roi *glitch_scan(bool glitches) {
+/* A scan with glitches at the n points pts (none: NULL), online mask of the
+ * last frame into online_out (NY * NX bytes) when not NULL. */
+static roid_roi *glitch_scan_at(const uint32_t (*pts)[2], size_t n, uint8_t *online_out) {
         roid_roi *r = scan_start(0x2545F4914F6CDD1Dull);
         if (!r)
                 return NULL;
         for (uint32_t y = 0; y < NY; y++)
                 for (uint32_t x = 0; x < NX; x++) {
-                        for (size_t k = 0; glitches && k < sizeof glitch_pts / sizeof *glitch_pts; k++)
-                                glitch_next |= glitch_pts[k][0] == y && glitch_pts[k][1] == x;
+                        for (size_t k = 0; k < n; k++)
+                                glitch_next |= pts[k][0] == y && pts[k][1] == x;
                         const bool g = glitch_next;
                         feed(r, y, x);
                         /* The last glitch, fed after the fence is known: online
                          * its point keeps the refit's label (none: 0), where its
                          * far CoM gave it the RoI side of every |CoM|. */
-                        if (g && y == 20)
+                        if (g && y == 20 && pts == glitch_pts)
                                 tap_ok(last_online == 0, "a glitch fed at frame %u is labelled 0 online (%d)", nf,
                                        last_online);
                 }
+        if (online_out)
+                memcpy(online_out, roid_roi_online_mask(r), NY * NX);
         roid_roi_finish(r);
         return r;
+}
+
+static roid_roi *glitch_scan(bool glitches) {
+        return glitch_scan_at(glitches ? glitch_pts : NULL, glitches ? sizeof glitch_pts / sizeof *glitch_pts : 0,
+                              NULL);
 }
 
 /* The outliers of a scan of T(y, x, draw) with CoMs of noise; -1 if no state. */
@@ -1205,8 +1220,63 @@ out:
         rng = keep;
 }
 
+/* Frames whose pixels average more than a quarter of full scale are left
+ * out on arrival, whatever the scan's statistics: one at the third frame
+ * (before any fence: the point rule needs 64 points) and a burst over 2 % of
+ * the scan, which the point rule (at most 1 % outliers) would not judge.
+ * Their points stay unmeasured, the maps are the definitions' without them,
+ * and the masks, final and online, are the clean scan's but there. */
+static void test_glitch_frames(void) {
+        static uint32_t pts[15][2] = {{0, 2}};
+        for (uint32_t k = 1; k < 15; k++)
+                pts[k][0] = 12, pts[k][1] = k - 1;
+        const uint64_t keep = rng;
+        static uint8_t on_clean[NY * NX], on_dirty[NY * NX];
+        frame_pixels = 40; /* T 400-1040: 10-26 counts a pixel; a glitch 2000 times that */
+        roid_roi *clean = glitch_scan_at(NULL, 0, on_clean);
+        roid_roi *dirty = glitch_scan_at((const uint32_t(*)[2])pts, 15, on_dirty);
+        frame_pixels = 0;
+        if (!tap_ok(clean && dirty, "two scans with full-scale glitches or none"))
+                goto out;
+        const uint32_t *cnt_d = roid_roi_counts(dirty);
+        const uint8_t *mc = roid_roi_mask(clean), *md = roid_roi_mask(dirty);
+        size_t unmeasured = 0, elsewhere = 0, online_elsewhere = 0, online_n = 0, off_edge = 0;
+        for (size_t i = 0; i < NY * NX; i++) {
+                bool g = false;
+                for (size_t k = 0; k < 15; k++)
+                        g |= i == (size_t)pts[k][0] * NX + pts[k][1];
+                unmeasured += g && cnt_d[i] == 0;
+                /* a glitch's neighbours lose it from their 3 x 3 mean */
+                bool near = false;
+                for (size_t k = 0; k < 15; k++)
+                        near |= abs((int)(i / NX) - (int)pts[k][0]) <= 1 && abs((int)(i % NX) - (int)pts[k][1]) <= 1;
+                elsewhere += !near && mc[i] != md[i];
+                /* 15 points fewer move the cuts a little: only at the object's edge may a point flip */
+                const int dy = (int)(i / NX) - 11, dx = (int)(i % NX) - 14;
+                off_edge += !near && mc[i] != md[i] && abs(dy * dy + dx * dx - 40) > 15;
+                online_elsewhere += !near && on_clean[i] != on_dirty[i];
+                online_n += on_dirty[i];
+        }
+        tap_ok(roid_roi_glitch_frames(dirty) == 15 && roid_roi_glitch_frames(clean) == 0 && unmeasured == 15 &&
+                       roid_roi_outlier_points(dirty) == 0,
+               "15 glitch frames left out (%llu), their points unmeasured (%zu), no outliers (%u)",
+               (unsigned long long)roid_roi_glitch_frames(dirty), unmeasured, roid_roi_outlier_points(dirty));
+        unsigned b;
+        const double worst = check_maps(dirty, &b);
+        tap_ok(worst < 1e-9 && b == 0, "the maps are the definitions' without the glitch frames (worst %.3g)", worst);
+        tap_ok(elsewhere <= 4 && off_edge == 0 && online_elsewhere <= 4 && online_n > 100,
+               "final and online masks are the clean scan's away from the glitches but at the object's edge (%zu, "
+               "%zu differ, %zu off the edge; online %zu points)",
+               elsewhere, online_elsewhere, off_edge, online_n);
+out:
+        roid_roi_free(clean);
+        roid_roi_free(dirty);
+        rng = keep;
+}
+
 int main(void) {
         test_calloc_committed();
+        test_glitch_frames();
         test_outliers();
         test_phase_particles();
         test_final_independent_of_cadence();
