@@ -434,7 +434,7 @@ static void on_end(void *ctx, const roid_series *s, bool terminated) {
                  " frames dropped, %" PRIu64 " without counts (left out of the maps)",
                  s->series_id, terminated ? "ended" : "closed", roid_roi_frames(a->roi), in, np, a->dropped,
                  roid_roi_dark_frames(a->roi));
-        roid_analysis_log_outliers(a->roi, s->series_id);
+        roid_analysis_log_left_out(a->roi, s->series_id);
         if (a->p.output_dir[0]) {
                 int r = write_results(a, terminated, &err);
                 if (r < 0) {
@@ -474,7 +474,7 @@ uint64_t roid_analysis_results_failed(const roid_analysis *a) {
         return a->results_failed;
 }
 
-void roid_analysis_log_outliers(const roid_roi *roi, uint64_t series_id) {
+void roid_analysis_log_left_out(const roid_roi *roi, uint64_t series_id) {
         const uint64_t g = roid_roi_glitch_frames(roi);
         const uint32_t n = roid_roi_outlier_points(roi);
         if (g)

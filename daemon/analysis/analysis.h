@@ -55,9 +55,10 @@ uint64_t roid_analysis_frames_dropped(const roid_analysis *a);
 /* Results files that could not be written since roid_analysis_new (each
  * logged with the reason): `roid replay` then exits 1, as the daemon. */
 uint64_t roid_analysis_results_failed(const roid_analysis *a);
-/* A warning naming the finished series' outliers (roi.h), if it has any:
- * the daemon's and replay's end of a series say the same. */
-void roid_analysis_log_outliers(const roid_roi *roi, uint64_t series_id);
+/* Warnings naming what the finished series left out as glitches (roi.h):
+ * frames near full scale, outlier points; nothing when none.  The daemon's
+ * and replay's end of a series say the same. */
+void roid_analysis_log_left_out(const roid_roi *roi, uint64_t series_id);
 
 /* The pieces shared with the daemon's pipeline (service/pipeline.c), so the
  * replay and the live daemon compute exactly the same thing. */

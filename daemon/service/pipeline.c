@@ -928,7 +928,7 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
                  ss->roi ? roid_roi_dark_frames(ss->roi) : 0, ss->roi ? "" : "; not analysed, ",
                  ss->roi ? "" : ss->error);
         if (ss->roi)
-                roid_analysis_log_outliers(ss->roi, sc->series_id);
+                roid_analysis_log_left_out(ss->roi, sc->series_id);
         publish_series(pl, true, terminated);
         an_series_free(pl);
 }
