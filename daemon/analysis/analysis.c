@@ -21,10 +21,12 @@ struct roid_analysis {
         roid_scan_grid grid;
         roid_roi *roi;
         uint64_t dropped;
+        uint64_t unplaced; /* frames off the grid: kept in the results, not in the maps */
         /* per-frame record, capacity cap */
         size_t n, cap;
         uint64_t *image_id;
         uint32_t *index;
+        double *pos; /* x, y from the image's user data; NaN without */
         double *sum, *com, *seg_sum, *seg_com, *bf, *df;
         uint8_t *left_out; /* roid_features_left_out per frame */
         char last_output[ROID_PATH_MAX];
@@ -59,6 +61,7 @@ int roid_analysis_new(const roid_analysis_params *p, roid_analysis **ret, roid_e
 static void free_record(roid_analysis *a) {
         free(a->image_id);
         free(a->index);
+        free(a->pos);
         free(a->sum);
         free(a->com);
         free(a->seg_sum);
@@ -69,6 +72,7 @@ static void free_record(roid_analysis *a) {
         a->left_out = NULL;
         a->image_id = NULL;
         a->index = NULL;
+        a->pos = NULL;
         a->sum = a->com = a->seg_sum = a->seg_com = a->bf = a->df = NULL;
         a->n = a->cap = 0;
 }
@@ -92,7 +96,7 @@ void roid_analysis_free(roid_analysis *a) {
 
 /* Bytes of one frame record. */
 static uint64_t record_bytes(const roid_analysis *a) {
-        return sizeof(uint64_t) + 2 * sizeof(uint32_t) + 1 + (5 + 3 * (uint64_t)a->p.roi.n_segments) * sizeof(double);
+        return sizeof(uint64_t) + 2 * sizeof(uint32_t) + 1 + (7 + 3 * (uint64_t)a->p.roi.n_segments) * sizeof(double);
 }
 
 static void on_start(void *ctx, const roid_series *s) {
@@ -100,6 +104,7 @@ static void on_start(void *ctx, const roid_series *s) {
         roid_err err = {{0}};
         reset_series(a);
         a->dropped = 0;
+        a->unplaced = 0;
         a->channel = -1;
         a->refused = true; /* until the state is there */
         a->not_analysed = 0;
@@ -147,6 +152,7 @@ static void on_start(void *ctx, const roid_series *s) {
         }
         a->image_id = malloc(cap * sizeof(uint64_t));
         a->index = malloc(cap * 2 * sizeof(uint32_t));
+        a->pos = malloc(cap * 2 * sizeof(double));
         a->sum = malloc(cap * sizeof(double));
         a->com = malloc(cap * 2 * sizeof(double));
         a->seg_sum = malloc(cap * S * sizeof(double));
@@ -154,8 +160,8 @@ static void on_start(void *ctx, const roid_series *s) {
         a->bf = malloc(cap * sizeof(double));
         a->df = malloc(cap * sizeof(double));
         a->left_out = malloc(cap);
-        if (!a->image_id || !a->index || !a->sum || !a->com || !a->seg_sum || !a->seg_com || !a->bf || !a->df ||
-            !a->left_out) {
+        if (!a->image_id || !a->index || !a->pos || !a->sum || !a->com || !a->seg_sum || !a->seg_com || !a->bf ||
+            !a->df || !a->left_out) {
                 roid_log(ROID_LOG_ERR, "series %" PRIu64 ": out of memory for %" PRIu64 " frame records", s->series_id,
                          cap);
                 reset_series(a);
@@ -266,6 +272,7 @@ static int grow_records(roid_analysis *a) {
         } while (0)
         GROW(image_id, 1);
         GROW(index, 2);
+        GROW(pos, 2);
         GROW(sum, 1);
         GROW(com, 2);
         GROW(seg_sum, S);
@@ -280,7 +287,8 @@ static int grow_records(roid_analysis *a) {
 
 static void keep_record(roid_analysis *a, const roid_frame_record *rec) {
         const roid_features *ft = &rec->f;
-        roid_roi_add(a->roi, rec->row, rec->col, ft);
+        if (rec->row != ROID_NOT_PLACED)
+                roid_roi_add(a->roi, rec->row, rec->col, ft);
         if (a->n >= a->cap) {
                 const int r = grow_records(a);
                 if (r < 0) {
@@ -296,6 +304,8 @@ static void keep_record(roid_analysis *a, const roid_frame_record *rec) {
         a->image_id[i] = rec->image_id;
         a->index[2 * i] = rec->row;
         a->index[2 * i + 1] = rec->col;
+        a->pos[2 * i] = rec->pos_x;
+        a->pos[2 * i + 1] = rec->pos_y;
         a->sum[i] = ft->total;
         a->com[2 * i] = ft->com_x;
         a->com[2 * i + 1] = ft->com_y;
@@ -338,20 +348,35 @@ static void on_frame(void *ctx, const roid_frame_event *ev) {
                 a->have_geom = true;
         }
         double px = NAN, py = NAN;
-        if (roid_scan_position_from_user_data(ev->user_data, a->p.max_depth, &px, &py, &err) < 0) {
-                if (a->dropped++ == 0)
-                        ROID_LOG_LIMITED(ROID_LOG_WARNING, "image %" PRIu64 ": bad position in user data: %s",
-                                         ev->image_id, err.msg);
-                return;
+        const bool bad_pos = roid_scan_position_from_user_data(ev->user_data, a->p.max_depth, &px, &py, &err) < 0;
+        if (bad_pos) {
+                if (a->unplaced++ == 0)
+                        ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                         "image %" PRIu64 ": bad position in user data: %s; kept in the results with "
+                                         "index %" PRIu32 ", out of the maps (further ones are counted only)",
+                                         ev->image_id, err.msg, ROID_NOT_PLACED);
+                px = py = NAN;
         }
         roid_frame_record rec;
         int r = roid_analysis_record(&a->geom, &a->grid, ev->image_id, px, py, &f, &rec, &err);
-        if (r <= 0) {
+        if (r >= 0 && bad_pos) { /* not placed by its image_id: in a fly scan that would be wrong */
+                rec.row = rec.col = ROID_NOT_PLACED;
+                keep_record(a, &rec);
+                return;
+        }
+        if (r < 0) {
                 if (a->dropped++ == 0)
                         ROID_LOG_LIMITED(ROID_LOG_WARNING, "image %" PRIu64 ": %s (further ones are counted only)",
                                          ev->image_id, err.msg);
                 return;
         }
+        /* Off the grid: out of the maps, but its features and position go to
+         * the results file, as the daemon keeps them. */
+        if (r == 0 && a->unplaced++ == 0)
+                ROID_LOG_LIMITED(ROID_LOG_WARNING,
+                                 "image %" PRIu64 ": %s; kept in the results with index %" PRIu32
+                                 ", out of the maps (further ones are counted only)",
+                                 ev->image_id, err.msg, ROID_NOT_PLACED);
         keep_record(a, &rec);
 }
 
@@ -390,6 +415,7 @@ static int write_results(roid_analysis *a, bool terminated, roid_err *err) {
                                    .n_seg = a->p.roi.n_segments,
                                    .image_id = a->image_id,
                                    .index = a->index,
+                                   .pos = a->pos,
                                    .sum = a->sum,
                                    .com = a->com,
                                    .seg_sum = a->seg_sum,
@@ -431,9 +457,9 @@ static void on_end(void *ctx, const roid_series *s, bool terminated) {
                 in += m[i];
         roid_log(ROID_LOG_INFO,
                  "series %" PRIu64 " %s: %" PRIu64 " frames, RoI %zu of %zu points, %" PRIu64
-                 " frames dropped, %" PRIu64 " without counts (left out of the maps)",
+                 " frames dropped, %" PRIu64 " off the grid, %" PRIu64 " without counts (left out of the maps)",
                  s->series_id, terminated ? "ended" : "closed", roid_roi_frames(a->roi), in, np, a->dropped,
-                 roid_roi_dark_frames(a->roi));
+                 a->unplaced, roid_roi_dark_frames(a->roi));
         roid_analysis_log_left_out(a->roi, s->series_id);
         if (a->p.output_dir[0]) {
                 int r = write_results(a, terminated, &err);
@@ -468,6 +494,10 @@ const char *roid_analysis_last_output(const roid_analysis *a) {
 
 uint64_t roid_analysis_frames_dropped(const roid_analysis *a) {
         return a->dropped;
+}
+
+uint64_t roid_analysis_frames_unplaced(const roid_analysis *a) {
+        return a->unplaced;
 }
 
 uint64_t roid_analysis_results_failed(const roid_analysis *a) {

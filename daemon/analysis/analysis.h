@@ -49,9 +49,12 @@ void roid_analysis_set_source(roid_analysis *a, const char *source);
 const roid_roi *roid_analysis_roi(const roid_analysis *a);
 /* Path of the last results file written, "" if none. */
 const char *roid_analysis_last_output(const roid_analysis *a);
-/* Frames of the last series that could not be used (no grid point, bad
- * frame, no geometry). */
+/* Frames of the last series that could not be used (bad frame, no
+ * geometry, no room for their records): not in the results file. */
 uint64_t roid_analysis_frames_dropped(const roid_analysis *a);
+/* Frames of the last series off the grid or with a bad position: in the
+ * results file (index ROID_NOT_PLACED), out of the maps, as the daemon does. */
+uint64_t roid_analysis_frames_unplaced(const roid_analysis *a);
 /* Results files that could not be written since roid_analysis_new (each
  * logged with the reason): `roid replay` then exits 1, as the daemon. */
 uint64_t roid_analysis_results_failed(const roid_analysis *a);

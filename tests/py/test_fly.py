@@ -6,9 +6,11 @@ JSON), `roid record` captures it, `roid replay --output-dir` analyses it.
 
 Checked against what the test computes itself from the positions in the
 capture: /entry/scan/index of every image is its position binned to the
-nearest grid point (origin 0, step 1); images whose position is off the grid
-are dropped and counted, not placed; V1 and V2 give the same placement and
-RoI; the fly-scan RoI matches the step-scan RoI of the same phantom."""
+nearest grid point (origin 0, step 1), and /entry/scan/position is the
+position sent; images whose position is off the grid are counted and kept in
+/entry/scan with index UINT32_MAX (as the daemon keeps them), out of the
+maps; V1 and V2 give the same placement and RoI; the fly-scan RoI matches the
+step-scan RoI of the same phantom."""
 import datetime
 import glob
 import json
@@ -28,6 +30,7 @@ from roidtest import free_port
 ROID = os.environ["ROID"]
 SIM = os.environ["ROID_SIM"]
 NY = NX = 24
+OFF = 2**32 - 1  # /entry/scan/index of a frame off the grid
 OUTSIDE = 7
 FLY = f"repeat=2,order=shuffle,jitter=0.3,outside={OUTSIDE},seed=5"
 PHANTOM = "seed=3"
@@ -121,9 +124,11 @@ class Fly(unittest.TestCase):
             self.assertEqual(len(pos), 2 * NY * NX, fmt)
             on, off = binned(pos)
             ids, idx = f["/entry/scan/image_id"][()], f["/entry/scan/index"][()]
-            self.assertEqual(sorted(ids.tolist()), sorted(on), fmt)
-            want = np.array([on[int(i)] for i in ids])
+            self.assertEqual(sorted(ids.tolist()), sorted(pos), fmt)  # every image, on the grid or not
+            want = np.array([on.get(int(i), (OFF, OFF)) for i in ids])
             np.testing.assert_array_equal(idx, want, fmt)
+            # the position each image was sent with, in every row
+            np.testing.assert_array_equal(f["/entry/scan/position"][()], np.array([pos[int(i)] for i in ids]), fmt)
             # the acquisition order is not the grid order, and every point got its two images
             order = [on[i] for i in sorted(on)]
             self.assertNotEqual(order, sorted(order), fmt)
@@ -140,11 +145,14 @@ class Fly(unittest.TestCase):
         for fmt, (pos, f, log) in self.runs.items():
             _, off = binned(pos)
             self.assertEqual(len(off), OUTSIDE, fmt)
-            m = re.search(r"(\d+) frames, RoI \d+ of \d+ points, (\d+) frames dropped", log)
+            m = re.search(r"(\d+) frames, RoI \d+ of \d+ points, (\d+) frames dropped, (\d+) off the grid", log)
             self.assertIsNotNone(m, log)
-            self.assertEqual((int(m.group(1)), int(m.group(2))), (len(pos) - OUTSIDE, OUTSIDE), fmt)
+            self.assertEqual(tuple(int(g) for g in m.groups()), (len(pos) - OUTSIDE, 0, OUTSIDE), fmt)
             self.assertIn("outside", log, fmt)
-            self.assertFalse(set(off) & set(f["/entry/scan/image_id"][()].tolist()), fmt)
+            # kept in the results, out of the maps and of the RoI's image ids
+            ids, idx = f["/entry/scan/image_id"][()], f["/entry/scan/index"][()]
+            self.assertEqual(sorted(ids[(idx == OFF).all(axis=1)].tolist()), sorted(off), fmt)
+            self.assertFalse(set(off) & set(f["/entry/roi/image_ids"][()].tolist()), fmt)
 
     def test_detector_link(self):
         """/entry and /entry/instrument link the results file to the detector's own files: where
@@ -233,6 +241,30 @@ class Fly(unittest.TestCase):
             m = f["/entry/roi/mask"][()] == 1
             self.assertEqual(len(f["/entry/roi/image_ids"]), f["/entry/roi/counts"][()][m].sum())
             self.assertEqual(sorted(f["/entry/roi/image_ids"][()]), sorted(ref["/entry/roi/image_ids"][()]))
+
+    def test_bad_position(self):
+        """An image whose user data position is malformed is kept in /entry/scan with index
+        UINT32_MAX and position NaN, out of the maps, and counted; it was dropped from the results
+        file, where the daemon keeps it."""
+        bad = 5
+
+        def garble(v):
+            if isinstance(v, dict) and v.get("type") == "image" and v.get("image_id") == bad:
+                v["user_data"]["position"] = "here"
+                return True
+            return None
+        n, f = self.edited_replay("badpos", garble)
+        self.assertEqual(n, 1)
+        with f:
+            ids, idx = f["/entry/scan/image_id"][()].tolist(), f["/entry/scan/index"][()]
+            _, ref, _ = self.runs["v2"]
+            self.assertEqual(sorted(ids), sorted(ref["/entry/scan/image_id"][()].tolist()))
+            i = ids.index(bad)
+            self.assertEqual(idx[i].tolist(), [OFF, OFF])
+            self.assertTrue(np.isnan(f["/entry/scan/position"][i]).all())
+            self.assertNotIn(bad, f["/entry/roi/image_ids"][()].tolist())
+            counts, rc = f["/entry/roi/counts"][()], ref["/entry/roi/counts"][()]
+            self.assertEqual(int(counts.sum()), int(rc.sum()) - 1)
 
     def test_terminated(self):
         """counters/terminated: 1 for a series that ended with its end message, 0 for one closed
