@@ -510,8 +510,9 @@ void roid_analysis_log_left_out(const roid_roi *roi, uint64_t series_id) {
         if (g)
                 roid_log(ROID_LOG_WARNING,
                          "series %" PRIu64 ": %" PRIu64 " frame%s whose pixels average more than a quarter of full "
-                         "scale: no diffraction pattern (a detector glitch?); left out of the RoI maps and of "
-                         "image_ids, as frames without counts are (results: /entry/scan/left_out = 2)",
+                         "scale or are mostly at the maximum: no diffraction pattern (a detector glitch?); left out of "
+                         "the RoI maps and of image_ids, as frames without counts are (results: /entry/scan/left_out = "
+                         "2)",
                          series_id, g, g == 1 ? "" : "s");
         if (n)
                 roid_log(ROID_LOG_WARNING,

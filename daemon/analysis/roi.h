@@ -48,8 +48,9 @@
  * in the general clustering.  T_s counts every lit frame.
  *
  * Glitches and outliers.  A frame whose pixels average more than a quarter
- * of the dtype's full scale is no diffraction pattern (a counting
- * detector's frame near full scale; features.h roid_features_left_out):
+ * of the dtype's full scale, or whose pixels are mostly at the dtype's
+ * maximum, is no diffraction pattern (a counting detector's frame near full
+ * scale; features.h roid_features_left_out):
  * roid_roi_add leaves it out as it does a frame without counts, whatever the
  * scan's statistics, so a burst of them or one at the first frame costs
  * only their points, which stay unmeasured (the feedback may ask for them

@@ -95,7 +95,7 @@ int roid_scan_resolve(const roid_user_data *series_ud, const roid_scan_grid *con
 int roid_scan_index(const roid_scan_grid *g, uint64_t k, uint32_t *ret_row, uint32_t *ret_col);
 
 /* Nearest grid point of a fly-scan position.  -ERANGE (err says which) when it
- * lies more than half a step outside the grid or is not finite. */
+ * lies half a step or more outside the grid or is not finite. */
 int roid_scan_bin(const roid_scan_grid *g, double x, double y, uint32_t *ret_row, uint32_t *ret_col, roid_err *err);
 
 /* Where image k goes: its "position" if its user data has one, else its

@@ -899,6 +899,9 @@ static void fold(const roid_geometry *g, const acc *a, const bool wide, roid_fea
 }
 
 unsigned roid_features_left_out(const roid_features *f) {
+        /* Saturated pixels are not in total: a frame all at the maximum sums to 0. */
+        if (f->full_scale && f->saturated > f->n_pixels)
+                return ROID_FRAME_GLITCH;
         if (f->total == 0)
                 return ROID_FRAME_DARK;
         if (f->full_scale && f->n_pixels && f->total > 0.25 * (double)f->n_pixels * (double)f->full_scale)

@@ -120,11 +120,13 @@ typedef struct {
 } roid_features;
 
 /* Why a frame measures nothing of the sample, which the RoI analysis leaves
- * out (roi.h): ROID_FRAME_DARK, no counts (beam off, shutter closed);
- * ROID_FRAME_GLITCH, its pixels average more than a quarter of full_scale,
- * which no diffraction pattern does (a counting detector's frame near full
- * scale: a glitch; the direct beam alone saturates long before); else
- * ROID_FRAME_USED.  full_scale 0 (features made by hand): never a glitch. */
+ * out (roi.h): ROID_FRAME_GLITCH, its pixels average more than a quarter of
+ * full_scale, or more than half of the pixels outside the mask are at the
+ * dtype's maximum (saturated), which no diffraction pattern does (a counting
+ * detector's frame near full scale: a glitch; the direct beam alone
+ * saturates long before); ROID_FRAME_DARK, no counts (beam off, shutter
+ * closed); else ROID_FRAME_USED.  full_scale 0 (features made by hand):
+ * never a glitch. */
 enum { ROID_FRAME_USED = 0, ROID_FRAME_DARK = 1, ROID_FRAME_GLITCH = 2 };
 unsigned roid_features_left_out(const roid_features *f);
 

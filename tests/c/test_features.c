@@ -910,6 +910,49 @@ static void beam_center(void) {
         tap_ok(r == -ENODATA && x == -1 && y == -1, "beam centre of an empty frame: -ENODATA, outputs untouched");
 }
 
+/* roid_features_left_out on frames through the kernel: which frames measured
+ * nothing of the sample. */
+static void left_out_rule(void) {
+        enum { R = 64, C = 64, N = R * C };
+        roid_geometry_params p;
+        roid_geometry_params_default(&p);
+        p.rows = R, p.cols = C, p.dtype = ROID_DT_U16, p.center_x = 31.3, p.center_y = 32.6;
+        roid_geometry g;
+        if (roid_geometry_init(&g, &p, NULL) < 0) {
+                tap_ok(0, "left_out: geometry");
+                return;
+        }
+        static uint16_t px[N];
+        static const struct {
+                const char *what;
+                unsigned saturated_per_mille; /* pixels at 65535, in stripes */
+                double lam;                   /* Poisson mean of the others */
+                unsigned want;
+        } tc[] = {
+                {"every pixel at 65535 (the flag value): a glitch, though its total is 0", 1000, 0, ROID_FRAME_GLITCH},
+                {"60 % of the pixels at 65535, counts elsewhere", 600, 20, ROID_FRAME_GLITCH},
+                {"every pixel at 65534: a glitch by its mean", 0, -1, ROID_FRAME_GLITCH},
+                {"no counts, 3 hot pixels at 65535: dark", 1, 0, ROID_FRAME_DARK},
+                {"37 % at 65535 (gaps flagged, as EIGER's difference channel), counts elsewhere: used", 370, 20,
+                 ROID_FRAME_USED},
+                {"a diffraction pattern", 0, 20, ROID_FRAME_USED},
+        };
+        for (size_t k = 0; k < sizeof tc / sizeof tc[0]; k++) {
+                for (size_t i = 0; i < N; i++) {
+                        const bool sat = tc[k].saturated_per_mille == 1 ? i % 1000 == 7 && i < 3000
+                                                                        : i % 1000 < tc[k].saturated_per_mille;
+                        px[i] = sat ? 65535 : tc[k].lam < 0 ? 65534 : (uint16_t)rnd_poisson(tc[k].lam);
+                }
+                roid_frame f = {.dtype = ROID_DT_U16, .rows = R, .cols = C, .pixels = px};
+                roid_features ft;
+                const int r = roid_features_compute(&g, &f, &ft, NULL);
+                const unsigned got = r < 0 ? 99 : roid_features_left_out(&ft);
+                tap_ok(got == tc[k].want, "left_out: %s (%u, want %u; %llu saturated, total %g)", tc[k].what, got,
+                       tc[k].want, (unsigned long long)ft.saturated, ft.total);
+        }
+        roid_geometry_free(&g);
+}
+
 int main(void) {
         validation();
         random_shapes(1);
@@ -918,5 +961,6 @@ int main(void) {
         run_lengths();
         numpy_cases();
         beam_center();
+        left_out_rule();
         return tap_done();
 }
