@@ -1,6 +1,8 @@
 #include "ingest/h5source.h"
 
 #include <hdf5.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1089,10 +1091,22 @@ static void send_end(roid_ingest *in, const char *uid) {
         roid_ingest_msg(in, &end);
 }
 
+/* The image id of a dataset's first frame: its image_nr_low - 1 (the
+ * filewriter counts from 1), else next: where the previous data file of the
+ * master ended (a writer that leaves the attribute out would otherwise start
+ * every data file at image 0, and all but the first would be duplicates). */
+static uint64_t first_image_id(hid_t ds, uint64_t next) {
+        const long long low = read_int_attr(ds, "image_nr_low", LLONG_MIN);
+        return low == LLONG_MIN ? next : low < 1 ? 0 : (uint64_t)low - 1;
+}
+
 /* One dataset (N, rows, cols): the whole series of a data file, or one part
- * of a master file's series (start sent with the first, end by the caller). */
+ * of a master file's series (start sent with the first, end by the caller).
+ * *next_id: in, the first image id when the dataset does not say; out, the
+ * id after its last frame.  n_images: the master's data files' images, for
+ * the start when the master has no nimages (0: unknown). */
 static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send_start, bool whole, hid_t master,
-                          roid_ingest *in, roid_err *err) {
+                          uint64_t *next_id, uint64_t n_images, roid_ingest *in, roid_err *err) {
         const roid_tracker *tr = roid_ingest_tracker(in);
         const roid_limits *lim = &tr->lim;
         hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
@@ -1149,9 +1163,8 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         r = check_storage(ds, space, name, &lay, dims[0], frame_bytes, filesize, &written, err);
         if (r < 0)
                 goto out;
-        long long first = read_int_attr(ds, "image_nr_low", 1) - 1;
-        if (first < 0)
-                first = 0;
+        const uint64_t first = first_image_id(ds, *next_id);
+        *next_id = first + dims[0];
         bool is_vds = lay.layout == H5D_VIRTUAL;
         if (is_vds && (r = vds_open(ds, name, uid, first, &vds, err)) < 0)
                 goto out;
@@ -1170,7 +1183,16 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         for (int c = 0; c < ROID_MAX_CHANNELS; c++)
                 st->threshold_energy[c] = NAN; /* not known, as message.h says */
         if (send_start && master >= 0) {
+                st->has_number_of_images = false;
                 master_metadata(master, uid, lim, st);
+                if (!st->has_number_of_images && n_images) {
+                        roid_log(ROID_LOG_NOTICE,
+                                 "%s: the master does not say how many images the series has (" DSPEC_PATH
+                                 "/nimages): %" PRIu64 " images, as its data files hold",
+                                 uid, n_images);
+                        st->has_number_of_images = true;
+                        st->number_of_images = n_images;
+                }
                 /* The series copies the mask when it opens, inside roid_ingest_msg. */
                 if ((mask = master_mask(master, uid, rows, cols)))
                         st->pixel_mask[0] = (roid_blob){.data = (const uint8_t *)mask,
@@ -1325,6 +1347,37 @@ static int link_exists(hid_t f, const char *path, roid_err *err) {
         }
 }
 
+/* The images a master's data files hold, ids counted as replay_dataset
+ * counts them; 0 when a file cannot be opened or read (the replay then
+ * reports it). */
+static uint64_t master_data_images(hid_t f) {
+        uint64_t next = 0, end = 0;
+        for (int i = 1; i < 100000; i++) {
+                char name[64];
+                roid_err err = {{0}};
+                hid_t ds;
+                snprintf(name, sizeof name, "/entry/data/data_%06d", i);
+                if (link_exists(f, name, &err) <= 0)
+                        break;
+                if (open_dataset(f, name, &ds, &err) < 0)
+                        return 0;
+                hsize_t dims[3];
+                hid_t sp = H5Dget_space(ds);
+                const bool ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 3 &&
+                                H5Sget_simple_extent_dims(sp, dims, NULL) == 3;
+                if (ok) {
+                        next = first_image_id(ds, next) + dims[0];
+                        end = next > end ? next : end;
+                }
+                if (sp >= 0)
+                        H5Sclose(sp);
+                H5Dclose(ds);
+                if (!ok)
+                        return 0;
+        }
+        return end;
+}
+
 int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
         char why[128];
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* we report errors ourselves */
@@ -1339,12 +1392,15 @@ int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
         if (r > 0) {
                 r = open_dataset(f, DATA_PATH, &ds, err);
                 if (r == 0) {
-                        r = replay_dataset(ds, DATA_PATH, base, true, true, -1, in, err);
+                        uint64_t next = 0;
+                        r = replay_dataset(ds, DATA_PATH, base, true, true, -1, &next, 0, in, err);
                         H5Dclose(ds);
                 }
                 n = 1;
         } else if (r == 0) {
                 /* A master file: /entry/data/data_000001, ... (external links). */
+                const uint64_t n_images = master_data_images(f);
+                uint64_t next = 0;
                 for (int i = 1; i < 100000; i++) {
                         char name[64];
                         snprintf(name, sizeof name, "/entry/data/data_%06d", i);
@@ -1354,7 +1410,7 @@ int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
                         r = open_dataset(f, name, &ds, err);
                         if (r < 0)
                                 break;
-                        r = replay_dataset(ds, name, base, i == 1, false, f, in, err);
+                        r = replay_dataset(ds, name, base, i == 1, false, f, &next, n_images, in, err);
                         H5Dclose(ds);
                         n++;
                         if (r < 0)

@@ -282,13 +282,15 @@ static void rep_end(void *ctx, const roid_series *s, bool terminated) {
         uint64_t dec = roid_counter_get(r->ctr, ROID_C_frames_decoded) - r->decoded_at_start;
         uint64_t bad = roid_counter_get(r->ctr, ROID_C_frames_failed) - r->failed_at_start;
         double dt = now_s() - r->t_start;
+        char expected[32] = "an unknown number";
+        if (s->start.has_number_of_images)
+                snprintf(expected, sizeof expected, "%llu", (unsigned long long)s->start.number_of_images);
         roid_log(ROID_LOG_NOTICE,
-                 "series %llu%s%s %s: %llu images accepted of %llu expected, %llu frames decoded, %llu failed, "
+                 "series %llu%s%s %s: %llu images accepted of %s expected, %llu frames decoded, %llu failed, "
                  "%.1f frames/s",
                  (unsigned long long)s->series_id, s->series_unique_id[0] ? " " : "", s->series_unique_id,
-                 terminated ? "ended" : "closed without end", (unsigned long long)s->images_accepted,
-                 (unsigned long long)s->start.number_of_images, (unsigned long long)dec, (unsigned long long)bad,
-                 dt > 0 ? (double)dec / dt : 0.0);
+                 terminated ? "ended" : "closed without end", (unsigned long long)s->images_accepted, expected,
+                 (unsigned long long)dec, (unsigned long long)bad, dt > 0 ? (double)dec / dt : 0.0);
 }
 
 /* ---- several sinks behind one (jsonl and analysis in one replay) ---- */

@@ -731,6 +731,20 @@ static void links_two(hid_t g) {
         H5Lcreate_external("m-data1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
         H5Lcreate_external("m-data2.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
 }
+/* Frames written for image ids from image_nr_low - 1, the attribute then taken out. */
+static void drop_nr_low(const char *name) {
+        hid_t f = H5Fopen(tpath(name), H5F_ACC_RDWR, H5P_DEFAULT);
+        hid_t ds = H5Dopen2(f, DS, H5P_DEFAULT);
+        H5Adelete(ds, "image_nr_low");
+        H5Dclose(ds);
+        H5Fclose(f);
+}
+
+static void links_three_nolow(hid_t g) {
+        H5Lcreate_external("m-nolow1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
+        H5Lcreate_external("m-nolow2.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
+        H5Lcreate_external("m-nolow3.h5", DS, g, "data_000003", H5P_DEFAULT, H5P_DEFAULT);
+}
 static void links_second_missing(hid_t g) {
         H5Lcreate_external("m-data1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
         H5Lcreate_external("m-gone.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
@@ -768,10 +782,30 @@ static void test_master(void) {
                "master with two data files: 6 frames, one series (r=%d %s, %d frames)", res.r, res.err.msg, T.frames);
         /* No /entry/instrument: the start says what the frames say, nothing more (as before). */
         tap_ok(S.has_image_size && S.image_size_x == 40 && S.image_size_y == 24 && S.image_dtype == ROID_DT_U16 &&
-                       !S.has_number_of_images && !S.has_beam_center && !S.has_pixel_size && !S.has_count_time &&
-                       !S.has_frame_time && !S.has_energy && !S.has_wavelength && !S.detector_description[0] &&
-                       !S.arm_date[0] && !S_mask && T.frames_masked == 0,
-               "... a master without metadata: a start with the frames' shape and type only, no mask");
+                       S.has_number_of_images && S.number_of_images == 6 && !S.has_beam_center && !S.has_pixel_size &&
+                       !S.has_count_time && !S.has_frame_time && !S.has_energy && !S.has_wavelength &&
+                       !S.detector_description[0] && !S.arm_date[0] && !S_mask && T.frames_masked == 0,
+               "... a master without metadata: a start with the frames' shape and type, the images its data files "
+               "hold (6), no mask");
+
+        /* A writer that leaves image_nr_low out: each data file goes on from the previous one's end. */
+        s.nr_low = 0;
+        write_h5("m-nolow1.h5", &s);
+        s.nr_low = 4;
+        write_h5("m-nolow2.h5", &s);
+        drop_nr_low("m-nolow2.h5");
+        s.nr_low = 7;
+        s.n = 4;
+        write_h5("m-nolow3.h5", &s);
+        drop_nr_low("m-nolow3.h5");
+        master_with("m-nolow_master.h5", links_three_nolow);
+        res = replay(tpath("m-nolow_master.h5"));
+        tap_ok(res.r == 0 && all_ids(0, 10) && T.frames_ok == 10 && T.starts == 1 && CNT(images_duplicate) == 0 &&
+                       S.has_number_of_images && S.number_of_images == 10,
+               "master whose data files have no image_nr_low: ids 0..9 in link order, no duplicates, 10 images "
+               "expected (r=%d %s, %d frames, %llu duplicates, expected %llu)",
+               res.r, res.err.msg, T.frames, (unsigned long long)CNT(images_duplicate),
+               (unsigned long long)S.number_of_images);
 
         master_with("m-second_missing.h5", links_second_missing);
         res = replay(tpath("m-second_missing.h5"));
@@ -897,7 +931,7 @@ static void meta_good(hid_t f) {
         put_u32(f, DSPEC "/photon_energy", 12500, "eV");
         put(f, WAVE, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 0, NULL, &(double){0.9918}, "angstrom", true);
         put_str(f, DSPEC "/data_collection_date", DATE, 30);
-        put_u32(f, DSPEC "/nimages", 3, NULL);
+        put_u32(f, DSPEC "/nimages", 4, NULL);
         put_u32(f, DSPEC "/ntrigger", 2, NULL);
         put_str(f, DSPEC "/trigger_mode", "exts", 4);
         put_mask(f, H5T_STD_U32LE, MR, MC, mask_want);
@@ -996,8 +1030,8 @@ static void test_master_metadata(void) {
                "(%g %g %g %g %llu)",
                S.sensor_thickness, S.threshold_energy[0], S.incident_energy, S.incident_wavelength,
                (unsigned long long)S.saturation_value);
-        tap_ok(S.has_number_of_images && S.number_of_images == 6 && CNT(images_out_of_range) == 0,
-               "... number_of_images = nimages 3 x ntrigger 2 in exts mode (%d %llu)", S.has_number_of_images,
+        tap_ok(S.has_number_of_images && S.number_of_images == 8 && CNT(images_out_of_range) == 0,
+               "... number_of_images = nimages 4 x ntrigger 2 in exts mode (%d %llu)", S.has_number_of_images,
                (unsigned long long)S.number_of_images);
         tap_ok(S_mask && S_rows == MR && S_cols == MC && memcmp(S_mask, mask_want, sizeof mask_want) == 0,
                "... the series' pixel mask is the one written, %u x %u", S_rows, S_cols);
@@ -1015,9 +1049,11 @@ static void test_master_metadata(void) {
                res.err.msg, T.frames);
         tap_ok(!S.has_beam_center && !S.has_count_time && !S.has_frame_time && !S.has_pixel_size &&
                        !S.detector_description[0] && !S.detector_serial_number[0] && !S.sensor_material[0] &&
-                       S.sensor_thickness == 0 && isnan(S.threshold_energy[0]) && !S.has_energy &&
-                       !S.has_number_of_images && !S_mask,
+                       S.sensor_thickness == 0 && isnan(S.threshold_energy[0]) && !S.has_energy && !S_mask,
                "... every malformed field is left unknown");
+        tap_ok(S.has_number_of_images && S.number_of_images == 6 && strstr(log, "6 images, as its data files hold"),
+               "... number_of_images from the data files instead of the malformed nimages (%d %llu)",
+               S.has_number_of_images, (unsigned long long)S.number_of_images);
         tap_ok(S.has_wavelength && S.incident_wavelength == 0.9918 && strcmp(S.arm_date, DATE) == 0,
                "... the well-formed wavelength and date are kept (%g \"%s\")", S.incident_wavelength, S.arm_date);
         static const char *const named[] = {"beam_center_x is 2-D (2 x 2)",
@@ -1056,15 +1092,16 @@ static void test_master_metadata(void) {
                        strstr(log, "beam_center_x is there without its other coordinate"),
                "... each named in a warning");
 
-        /* number_of_images by trigger mode: one image per trigger in exte/inte. */
+        /* number_of_images by trigger mode: one image per trigger in exte/inte; when the master does
+         * not say, the 6 images its data files hold. */
         static const struct {
                 const char *mode;
                 uint64_t nimages, ntrigger, want;
         } cases[] = {
-                {"exts", 3, 2, 6}, {"ints", 6, 0, 6}, {"inte", 5, 6, 6},
-                {"exte", 1, 6, 6}, {NULL, 6, 0, 6},   {"", 2, 3, 6},
-                {"exte", 3, 0, 0}, {NULL, 0, 6, 0},   {"ints", 1ull << 40, 1ull << 30, 0},
-                {"ints", 0, 0, 0},
+                {"exts", 4, 2, 8}, {"ints", 8, 0, 8}, {"inte", 5, 8, 8},
+                {"exte", 1, 8, 8}, {NULL, 8, 0, 8},   {"", 2, 4, 8},
+                {"exte", 3, 0, 6}, {NULL, 0, 8, 6},   {"ints", 1ull << 40, 1ull << 30, 6},
+                {"ints", 0, 0, 6},
         };
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
                 count_case.mode = cases[i].mode;
@@ -1072,16 +1109,13 @@ static void test_master_metadata(void) {
                 count_case.ntrigger = cases[i].ntrigger;
                 master_meta_with("mm-count_master.h5", links_two, meta_counts);
                 res = replay(tpath("mm-count_master.h5"));
-                bool ok = six_frames_right(res) &&
-                          (cases[i].want ? S.has_number_of_images && S.number_of_images == cases[i].want
-                                         : !S.has_number_of_images);
+                bool ok = six_frames_right(res) && S.has_number_of_images && S.number_of_images == cases[i].want;
                 tap_ok(ok,
-                       "trigger_mode \"%s\", nimages %llu, ntrigger %llu (0: absent): number_of_images %s%llu (got "
+                       "trigger_mode \"%s\", nimages %llu, ntrigger %llu (0: absent): number_of_images %llu (got "
                        "%s%llu)",
                        cases[i].mode ? cases[i].mode : "absent", (unsigned long long)cases[i].nimages,
-                       (unsigned long long)cases[i].ntrigger, cases[i].want ? "" : "unknown ",
-                       (unsigned long long)cases[i].want, S.has_number_of_images ? "" : "unknown ",
-                       (unsigned long long)S.number_of_images);
+                       (unsigned long long)cases[i].ntrigger, (unsigned long long)cases[i].want,
+                       S.has_number_of_images ? "" : "unknown ", (unsigned long long)S.number_of_images);
         }
         log_since_last();
 
