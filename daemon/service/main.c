@@ -465,7 +465,13 @@ static int cmd_replay(const options *o, int n_inputs, char **inputs) {
         roid_analysis *an = NULL;
         roid_ingest *in = NULL;
         roid_err err = {""};
+        /* The input files as absolute paths, for the results files' source:
+         * a reader elsewhere can then find the data files a master links.
+         * Kept to the end: a series may end in a later input than its start. */
+        char **abs = calloc((size_t)n_inputs + 1, sizeof *abs);
         int r;
+        if (!abs)
+                return -ENOMEM;
         if (o->jsonl) {
                 if ((r = roid_jsonl_new(stdout, &j)) < 0)
                         return r;
@@ -495,8 +501,10 @@ static int cmd_replay(const options *o, int n_inputs, char **inputs) {
                 goto out;
         int failed = 0;
         for (int i = 0; i < n_inputs && !stop_requested; i++) {
-                if (an)
-                        roid_analysis_set_source(an, inputs[i]);
+                if (an) {
+                        abs[i] = realpath(inputs[i], NULL);
+                        roid_analysis_set_source(an, abs[i] ? abs[i] : inputs[i]);
+                }
                 if (roid_h5_is_hdf5(inputs[i])) {
                         r = roid_h5_replay(inputs[i], in, &err);
                         if (r < 0)
@@ -521,6 +529,9 @@ out:
         roid_ingest_free(in);
         roid_analysis_free(an);
         roid_jsonl_free(j);
+        for (int i = 0; i < n_inputs; i++)
+                free(abs[i]);
+        free(abs);
         return r;
 }
 

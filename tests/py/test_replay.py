@@ -82,6 +82,20 @@ class ReplayStream2(unittest.TestCase):
                 want = sorted(self.REF[i][name][0] for i in range(3))
                 self.assertEqual(sums, want, f"channel '{chan}' analyses {name}")
 
+    def test_source_is_absolute(self):
+        """The results file names its input by absolute path, so that a reader elsewhere finds it
+        (and the data files a master links), though replay was given a relative one."""
+        rel = [f"stream2/r500k_bslz4_16bit_00000{i}.cbor" for i in (1, 2, 3)]
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "out")
+            os.mkdir(out)
+            p = subprocess.run([ROID, "replay", "--scan", "1x3", "--output-dir", out, *rel], cwd=DATA,
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            (res,) = os.listdir(out)
+            with h5py.File(os.path.join(out, res), "r") as h:
+                self.assertEqual(h["/entry"].attrs["source"], os.path.realpath(data(rel[0])))
+
     def test_channel_selection(self):
         p, lines = replay("--channel", "difference", data("stream2/r500k_bslz4_16bit_000002.cbor"))
         got = frames(lines)
