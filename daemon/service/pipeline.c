@@ -11,6 +11,7 @@
 
 #include "ingest/codec.h"
 #include "outputs/writer.h"
+#include "service/latency.h"
 #include "service/log.h"
 #include "service/queue.h"
 
@@ -22,11 +23,9 @@
  * coalesced reset and the shutdown's end. */
 #define SUBMIT_BATCH      32
 #define MAX_PENDING       (SUBMIT_BATCH + 8)
-#define WORK_BATCH        8     /* jobs a worker takes at once (small: several workers share the queue) */
-#define AN_BATCH          64    /* records the analysis thread pops at once */
-#define LATENCY_RING      8192  /* latencies kept for the percentiles */
-#define ARRIVAL_MAX       65536 /* frames awaiting their first publication */
-#define SNAPSHOT_INTERVAL 0.25  /* s between control snapshots, at least */
+#define WORK_BATCH        8    /* jobs a worker takes at once (small: several workers share the queue) */
+#define AN_BATCH          64   /* records the analysis thread pops at once */
+#define SNAPSHOT_INTERVAL 0.25 /* s between control snapshots, at least */
 /* The share of the analysis thread the two snapshots may take: each copies
  * the maps of the whole grid (0.33 KB a point at 8 segments, 200 MB for a
  * scan of 600,000 points), so large grids are snapshot less often. */
@@ -179,11 +178,7 @@ struct roid_pipeline {
                 uint64_t series_id;
                 char unique_id[ROID_NAME_MAX];
         } loop_last, an_last;
-        double arrival[ARRIVAL_MAX];
-        size_t n_arrival;
-        double latency[LATENCY_RING];
-        double latency_tmp[LATENCY_RING]; /* reordered by the percentiles */
-        size_t n_latency, latency_pos;
+        roid_latency lat;
         uint64_t frame_seq;
         unsigned frame_every; /* copy of cfg_an's, taken under cfg_lock */
 
@@ -475,55 +470,6 @@ static void *worker_main(void *arg) {
 
 /* ------------------------------------------------------------ analysis thread */
 
-static void latency_add(roid_pipeline *pl, double v) {
-        pl->latency[pl->latency_pos] = v;
-        pl->latency_pos = (pl->latency_pos + 1) % LATENCY_RING;
-        if (pl->n_latency < LATENCY_RING)
-                pl->n_latency++;
-}
-
-double roid_select_internal(double *v, size_t n, size_t k) {
-        ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1;
-        const ptrdiff_t kk = (ptrdiff_t)k;
-        while (lo < hi) {
-                /* Hoare's partition around the median of three (Wirth's Find):
-                 * the pivot is in the range, so the scans stop inside it */
-                const double a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
-                const double pivot = a < b ? (b < c ? b : a < c ? c : a) : (a < c ? a : b < c ? c : b);
-                ptrdiff_t i = lo, j = hi;
-                while (i <= j) {
-                        while (v[i] < pivot)
-                                i++;
-                        while (v[j] > pivot)
-                                j--;
-                        if (i <= j) {
-                                const double t = v[i];
-                                v[i++] = v[j];
-                                v[j--] = t;
-                        }
-                }
-                if (kk <= j)
-                        hi = j;
-                else if (kk >= i)
-                        lo = i;
-                else
-                        break; /* v[j+1..i-1] all equal the pivot */
-        }
-        return v[kk];
-}
-
-static void latency_percentiles(roid_pipeline *pl, double *p50, double *p99) {
-        size_t n = pl->n_latency;
-        if (!n) {
-                *p50 = *p99 = NAN;
-                return;
-        }
-        double *tmp = pl->latency_tmp;
-        memcpy(tmp, pl->latency, n * sizeof(double));
-        *p50 = roid_select_internal(tmp, n, (n - 1) / 2) * 1e3;
-        *p99 = roid_select_internal(tmp, n, (size_t)ceil(0.99 * (double)(n - 1))) * 1e3;
-}
-
 static void remember(struct last_series *l, uint64_t series_id, const char *unique_id) {
         l->known = true;
         l->series_id = series_id;
@@ -591,9 +537,7 @@ static void publish_map(roid_pipeline *pl, bool final) {
                 const double cost = now_mono() - t0;
                 pl->next_snapshot = now + fmax(SNAPSHOT_INTERVAL, cost / SNAPSHOT_BUDGET);
         }
-        for (size_t i = 0; i < pl->n_arrival; i++)
-                latency_add(pl, now - pl->arrival[i]);
-        pl->n_arrival = 0;
+        roid_latency_map(&pl->lat, now);
         ss->frames_at_map = ss->frames;
         if (!pl->pub)
                 return;
@@ -650,7 +594,7 @@ static void publish_status(roid_pipeline *pl, double now) {
         pl->last_status_frames = fr;
         pl->last_status_bytes = by;
         double p50, p99;
-        latency_percentiles(pl, &p50, &p99);
+        roid_latency_percentiles(&pl->lat, &p50, &p99);
         pthread_mutex_lock(&pl->snap_lock);
         pl->snap_p50 = p50;
         pl->snap_p99 = p99;
@@ -792,8 +736,7 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
         pl->snap_roi = NULL;
         pthread_mutex_unlock(&pl->snap_lock);
         pl->next_snapshot = 0;
-        pl->n_arrival = 0;
-        pl->n_latency = pl->latency_pos = 0;
+        roid_latency_reset(&pl->lat, 1);
         an_series_state(pl, sc);
         if (pl->writer && sc->ap.output_dir[0] && ss->roi) {
                 roid_results_meta meta = {
@@ -885,8 +828,7 @@ static void an_record(roid_pipeline *pl, an_item *it) {
                                 roid_writer_set_center(pl->writer, sc->geom.center_x, sc->geom.center_y);
                 }
                 ss->t_last = now;
-                if (pl->n_arrival < ARRIVAL_MAX)
-                        pl->arrival[pl->n_arrival++] = rec->t_arrival;
+                roid_latency_arrival(&pl->lat, rec->t_arrival);
                 maybe_publish_frame(pl, rec, label);
         } else {
                 ss->not_analysed++;
@@ -984,7 +926,7 @@ static void *analysis_main(void *arg) {
                                         pl->ss.frames = pl->ss.frames_at_map = 0;
                                         pl->ss.unplaced = pl->ss.failed = pl->ss.not_analysed = 0;
                                         pl->ss.t_first = 0;
-                                        pl->n_arrival = 0;
+                                        roid_latency_reset(&pl->lat, 0);
                                 }
                                 break;
                         }
@@ -1362,6 +1304,7 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
         pl->ctr = ctr;
         pl->cfg = *cfg;
         pl->cfg_an = *cfg;
+        roid_latency_reset(&pl->lat, 1);
         pl->pub = pub;
         pthread_mutex_init(&pl->cfg_lock, NULL);
         pthread_mutex_init(&pl->snap_lock, NULL);

@@ -107,9 +107,4 @@ void roid_pipeline_set_control_counts(roid_pipeline *pl, uint64_t requests, uint
 /* One line for sd_notify STATUS=. */
 void roid_pipeline_status_line(roid_pipeline *pl, char *buf, size_t size);
 
-/* pipeline.c, for tests: the k-th smallest (0-based) of v[0..n), k < n, by
- * selection (v is reordered): the status message's latency percentiles,
- * without the scratch buffer qsort would malloc each time. */
-double roid_select_internal(double *v, size_t n, size_t k);
-
 #endif

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "service/latency.h"
 #include "service/pipeline.h"
 #include "service/queue.h"
 #include "tap.h"
