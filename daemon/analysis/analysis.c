@@ -140,9 +140,10 @@ static void on_start(void *ctx, const roid_series *s) {
         if (max && state_bytes <= max && state_bytes + rec_bytes > max) {
                 roid_log(ROID_LOG_ERR,
                          "series %" PRIu64 ": RoI state: %" PRIu64 " frame records (%.1f MiB) and the RoI state "
-                         "(%.1f MiB) need more than max_analysis_bytes (%.1f MiB)",
+                         "(%.1f MiB) need more than max_analysis_bytes (%.1f MiB; set it to %lluM or more)",
                          s->series_id, cap, (double)rec_bytes / (1u << 20), (double)state_bytes / (1u << 20),
-                         (double)max / (1u << 20));
+                         (double)max / (1u << 20),
+                         (unsigned long long)((state_bytes + rec_bytes + (1u << 20) - 1) >> 20));
                 return;
         }
         r = roid_roi_new(&a->p.roi, a->grid.ny, a->grid.nx, &a->roi, &err);

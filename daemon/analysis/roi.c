@@ -165,15 +165,21 @@ static int create(const roid_roi_params *p, uint32_t ny, uint32_t nx, bool maps_
         const uint64_t other = maps_only ? 0 : p->other_state_bytes;
         if (p->max_state_bytes && (bytes > p->max_state_bytes || other > p->max_state_bytes - bytes)) {
                 char need[32], max[32], oth[32];
+                /* the value to configure, in the config's own unit, rounded up */
+                uint64_t total;
+                const unsigned long long mib =
+                        __builtin_add_overflow(bytes, other, &total) || total > UINT64_MAX - ((1u << 20) - 1)
+                                ? UINT64_MAX >> 20
+                                : (total + (1u << 20) - 1) >> 20;
                 return roid_err_set(err, -EMSGSIZE,
                                     "scan %u x %u at %u segment%s needs %s of RoI state%s (%.0f bytes a point)%s%s%s, "
-                                    "more than max_analysis_bytes %s",
+                                    "more than max_analysis_bytes %s (set it to %lluM or more)",
                                     ny, nx, p->n_segments, p->n_segments == 1 ? "" : "s",
                                     size_text(bytes, need, sizeof need),
                                     p->map_copies ? " with snapshots of its maps" : "", (double)bytes / (double)d.np,
                                     other ? " and " : "", other ? size_text(other, oth, sizeof oth) : "",
                                     other ? " of feedback and published messages" : "",
-                                    size_text(p->max_state_bytes, max, sizeof max));
+                                    size_text(p->max_state_bytes, max, sizeof max), mib);
         }
         roid_roi *r = calloc(1, sizeof *r);
         if (!r)

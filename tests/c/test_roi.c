@@ -415,6 +415,20 @@ static void test_state_bytes(void) {
                 e = roid_roi_new(&q, 100, 100, &r, &err);
                 tap_ok(e == -EMSGSIZE && !r && strstr(err.msg, " of feedback and published messages"),
                        "one byte of other state over: refused, naming the feedback state (%s)", err.msg);
+                /* the value the message suggests is enough, a MiB less is not */
+                q.other_state_bytes = 200u << 20;
+                q.max_state_bytes = 100u << 20;
+                e = roid_roi_new(&q, 100, 100, &r, &err);
+                const char *set = e == -EMSGSIZE ? strstr(err.msg, "set it to ") : NULL;
+                const unsigned long long mib = set ? strtoull(set + strlen("set it to "), NULL, 10) : 0;
+                q.max_state_bytes = (uint64_t)(mib - 1) << 20;
+                const int below = roid_roi_new(&q, 100, 100, &r, &err);
+                q.max_state_bytes = (uint64_t)mib << 20;
+                e = roid_roi_new(&q, 100, 100, &r, &err);
+                tap_ok(set && below == -EMSGSIZE && e == 0 && mib == (roi + (200u << 20) + (1u << 20) - 1) >> 20,
+                       "the message's max_analysis_bytes (%lluM) is accepted, a MiB less is not (%s)", mib, err.msg);
+                roid_roi_free(r);
+                r = NULL;
                 q.other_state_bytes = UINT64_MAX;
                 e = roid_roi_new(&q, 100, 100, &r, &err);
                 tap_ok(e == -EMSGSIZE && !r, "other state near 2^64 does not wrap the sum (%s)", err.msg);
