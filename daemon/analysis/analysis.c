@@ -349,18 +349,18 @@ static void on_frame(void *ctx, const roid_frame_event *ev) {
                 a->have_geom = true;
         }
         double px = NAN, py = NAN;
-        const bool bad_pos = roid_scan_position_from_user_data(ev->user_data, a->p.max_depth, &px, &py, &err) < 0;
-        if (bad_pos) {
+        roid_err pos_err = {{0}};
+        const bool bad_pos = roid_scan_position_from_user_data(ev->user_data, a->p.max_depth, &px, &py, &pos_err) < 0;
+        if (bad_pos)
+                px = py = NAN;
+        roid_frame_record rec;
+        int r = roid_analysis_record(&a->geom, &a->grid, ev->image_id, px, py, &f, &rec, &err);
+        if (r >= 0 && bad_pos) { /* not placed by its image_id: in a fly scan that would be wrong */
                 if (a->unplaced++ == 0)
                         ROID_LOG_LIMITED(ROID_LOG_WARNING,
                                          "image %" PRIu64 ": bad position in user data: %s; kept in the results with "
                                          "index %" PRIu32 ", out of the maps (further ones are counted only)",
-                                         ev->image_id, err.msg, ROID_NOT_PLACED);
-                px = py = NAN;
-        }
-        roid_frame_record rec;
-        int r = roid_analysis_record(&a->geom, &a->grid, ev->image_id, px, py, &f, &rec, &err);
-        if (r >= 0 && bad_pos) { /* not placed by its image_id: in a fly scan that would be wrong */
+                                         ev->image_id, pos_err.msg, ROID_NOT_PLACED);
                 rec.row = rec.col = ROID_NOT_PLACED;
                 keep_record(a, &rec);
                 return;
