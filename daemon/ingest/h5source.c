@@ -1347,19 +1347,33 @@ static int link_exists(hid_t f, const char *path, roid_err *err) {
         }
 }
 
+#define MASTER_DATA_MAX 100000
+typedef char data_name[32];
+
+/* A master's i-th data file (i >= 1), /entry/data/data_%06d: 1 with the
+ * dataset open in *ret, 0 when there is no such link, a negative errno. */
+static int open_data_file(hid_t f, int i, data_name name, hid_t *ret, roid_err *err) {
+        snprintf(name, sizeof(data_name), "/entry/data/data_%06d", i);
+        int r = link_exists(f, name, err);
+        if (r <= 0)
+                return r;
+        r = open_dataset(f, name, ret, err);
+        return r < 0 ? r : 1;
+}
+
 /* The images a master's data files hold, ids counted as replay_dataset
  * counts them; 0 when a file cannot be opened or read (the replay then
  * reports it). */
 static uint64_t master_data_images(hid_t f) {
         uint64_t next = 0, end = 0;
-        for (int i = 1; i < 100000; i++) {
-                char name[64];
+        for (int i = 1; i < MASTER_DATA_MAX; i++) {
+                data_name name;
                 roid_err err = {{0}};
                 hid_t ds;
-                snprintf(name, sizeof name, "/entry/data/data_%06d", i);
-                if (link_exists(f, name, &err) <= 0)
+                const int r = open_data_file(f, i, name, &ds, &err);
+                if (r == 0)
                         break;
-                if (open_dataset(f, name, &ds, &err) < 0)
+                if (r < 0)
                         return 0;
                 hsize_t dims[3];
                 hid_t sp = H5Dget_space(ds);
@@ -1401,14 +1415,10 @@ int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
                 /* A master file: /entry/data/data_000001, ... (external links). */
                 const uint64_t n_images = master_data_images(f);
                 uint64_t next = 0;
-                for (int i = 1; i < 100000; i++) {
-                        char name[64];
-                        snprintf(name, sizeof name, "/entry/data/data_%06d", i);
-                        r = link_exists(f, name, err);
+                for (int i = 1; i < MASTER_DATA_MAX; i++) {
+                        data_name name;
+                        r = open_data_file(f, i, name, &ds, err);
                         if (r <= 0)
-                                break;
-                        r = open_dataset(f, name, &ds, err);
-                        if (r < 0)
                                 break;
                         r = replay_dataset(ds, name, base, i == 1, false, f, &next, n_images, in, err);
                         H5Dclose(ds);
