@@ -14,6 +14,7 @@
 #include "ingest/ingest.h"
 #include "ingest/parse.h"
 #include "ingest/zsource.h"
+#include "outputs/export.h"
 #include "outputs/jsonl.h"
 #include "outputs/writer.h"
 #include "service/config.h"
@@ -49,6 +50,8 @@ static void usage(FILE *f) {
               "       roid record ENDPOINT FILE [--count N] [--series N] [--idle-timeout S]\n"
               "       roid replay [--jsonl] [--output-dir DIR] [ANALYSIS OPTIONS] [--strict] [--channel NAME]\n"
               "            INPUT...\n"
+              "       roid export (--results RESULTS.h5 | --ids LIST) --output FILE.h5 [--deflate N]\n"
+              "            [--channel NAME] INPUT...\n"
               "\n"
               "The daemon connects a ZeroMQ PULL socket to the detector's stream endpoint (EIGER\n"
               "Stream V2 on port 31001 or V1 on port 9999; the format is recognised per message),\n"
@@ -62,6 +65,12 @@ static void usage(FILE *f) {
               "  --print-config        print the effective configuration and exit\n"
               "  --count N             record: stop after N messages\n"
               "  --jsonl               replay: one JSON object per decoded frame and channel on stdout\n"
+              "  --results FILE        export: the frames of the final RoI (/entry/roi/image_ids) of\n"
+              "                        this results file\n"
+              "  --ids LIST            export: these image ids instead (A,B-C,...)\n"
+              "  --output FILE         export: the file to create (never replaced)\n"
+              "  --deflate N           export: 0 = uncompressed, 1..9 = shuffle + deflate level\n"
+              "                        (default 1; any HDF5 reader opens it without a plugin)\n"
               "  --strict              replay: drop images that arrive without a start message\n"
               "                        (default: open an implicit series, for bare image files)\n"
               "  --df RIN,ROUT         dark-field annulus radii in pixels (= --df-inner, --df-outer)\n"
@@ -105,6 +114,8 @@ typedef struct {
         bool print_config;
         long count;
         bool jsonl, strict;
+        const char *results, *ids, *output; /* export */
+        int deflate;
         roid_config cfg;
 } options;
 
@@ -117,6 +128,10 @@ enum {
         OPT_STRICT,
         OPT_DF,
         OPT_CENTER,
+        OPT_RESULTS,
+        OPT_IDS,
+        OPT_OUTPUT,
+        OPT_DEFLATE,
         OPT_KEY = 1000, /* + index into the key table */
 };
 
@@ -160,6 +175,10 @@ static int parse_options(int argc, char **argv, options *o) {
                 {"strict", no_argument, NULL, OPT_STRICT},
                 {"df", required_argument, NULL, OPT_DF},
                 {"center", required_argument, NULL, OPT_CENTER},
+                {"results", required_argument, NULL, OPT_RESULTS},
+                {"ids", required_argument, NULL, OPT_IDS},
+                {"output", required_argument, NULL, OPT_OUTPUT},
+                {"deflate", required_argument, NULL, OPT_DEFLATE},
         };
         size_t nf = sizeof fixed / sizeof fixed[0], nk;
         const roid_config_key *keys = roid_config_keys(&nk);
@@ -214,6 +233,25 @@ static int parse_options(int argc, char **argv, options *o) {
                 case OPT_CENTER:
                         r = pair_override(o, "center", optarg, "analysis", "center_x", "center_y");
                         break;
+                case OPT_RESULTS:
+                        o->results = optarg;
+                        break;
+                case OPT_IDS:
+                        o->ids = optarg;
+                        break;
+                case OPT_OUTPUT:
+                        o->output = optarg;
+                        break;
+                case OPT_DEFLATE: {
+                        errno = 0;
+                        const long v = strtol(optarg, &end, 10);
+                        if (errno || *end || v < 0 || v > 9) {
+                                roid_log(ROID_LOG_ERR, "--deflate: '%s' is not 0 (none) .. 9", optarg);
+                                r = -EINVAL;
+                        }
+                        o->deflate = (int)v;
+                        break;
+                }
                 default:
                         if (c >= OPT_KEY && (size_t)(c - OPT_KEY) < nk) {
                                 const roid_config_key *k = &keys[c - OPT_KEY];
@@ -456,6 +494,17 @@ static int replay_capture(const char *path, const roid_limits *lim, roid_ingest 
         return r < 0 ? r : 0;
 }
 
+/* One input file of any kind replay reads; failures are logged. */
+static int replay_input(const char *path, const roid_limits *lim, roid_ingest *in) {
+        if (!roid_h5_is_hdf5(path))
+                return replay_capture(path, lim, in);
+        roid_err err = {""};
+        int r = roid_h5_replay(path, in, &err);
+        if (r < 0)
+                roid_log(ROID_LOG_ERR, "%s", err.msg);
+        return r;
+}
+
 static int cmd_replay(const options *o, int n_inputs, char **inputs) {
         const roid_config *cfg = &o->cfg;
         roid_counters ctr = {0};
@@ -505,15 +554,7 @@ static int cmd_replay(const options *o, int n_inputs, char **inputs) {
                         abs[i] = realpath(inputs[i], NULL);
                         roid_analysis_set_source(an, abs[i] ? abs[i] : inputs[i]);
                 }
-                if (roid_h5_is_hdf5(inputs[i])) {
-                        r = roid_h5_replay(inputs[i], in, &err);
-                        if (r < 0)
-                                roid_log(ROID_LOG_ERR, "%s", err.msg);
-                } else {
-                        r = replay_capture(inputs[i], &cfg->limits, in);
-                }
-                if (r < 0)
-                        failed++;
+                failed += replay_input(inputs[i], &cfg->limits, in) < 0;
         }
         roid_ingest_flush(in);
         fflush(stdout);
@@ -535,14 +576,56 @@ out:
         return r;
 }
 
+static int cmd_export(const options *o, int n_inputs, char **inputs) {
+        const roid_config *cfg = &o->cfg;
+        roid_counters ctr = {0};
+        roid_export *ex = NULL;
+        roid_ingest *in = NULL;
+        roid_err err = {""};
+        const roid_export_params ep = {
+                .output = o->output, .results = o->results, .ids = o->ids, .deflate = o->deflate};
+        int r = roid_export_new(&ep, &ex, &err);
+        if (r < 0) {
+                roid_log(ROID_LOG_ERR, "export: %s", err.msg);
+                return r;
+        }
+        roid_sink sink;
+        roid_export_sink(ex, &sink);
+        /* the channel the daemon analyses: [detector] channel, else the first */
+        roid_ingest_params ip = {
+                .limits = cfg->limits, .channel = cfg->channel[0] ? cfg->channel : "#0", .implicit_series = true};
+        if ((r = roid_ingest_new(&ip, &sink, &ctr, &in)) < 0)
+                goto out;
+        int failed = 0;
+        for (int i = 0; i < n_inputs && !stop_requested; i++)
+                failed += replay_input(inputs[i], &cfg->limits, in) < 0;
+        roid_ingest_flush(in);
+        size_t n = 0;
+        r = roid_export_finish(ex, &n, &err);
+        if (r < 0)
+                roid_log(ROID_LOG_ERR, "export: %s", err.msg);
+        if (n)
+                roid_log(ROID_LOG_NOTICE, "export: %zu frame%s written to %s", n, n == 1 ? "" : "s", o->output);
+        else
+                roid_log(ROID_LOG_NOTICE, "export: no frame selected%s, no file written",
+                         r < 0 ? " was found" : " (the final RoI is empty)");
+        if (failed && r == 0)
+                r = -EIO;
+out:
+        roid_ingest_free(in);
+        roid_export_free(ex);
+        return r;
+}
+
 int main(int argc, char **argv) {
         static options o;
+        o.deflate = 1;
         /* A file at the size limit (RLIMIT_FSIZE, systemd LimitFSIZE=) must
          * fail its write with EFBIG, which the results writer and the
          * recorder report and count like a full disk, not kill the process. */
         signal(SIGXFSZ, SIG_IGN);
-        if (argc > 1 &&
-            (strcmp(argv[1], "record") == 0 || strcmp(argv[1], "replay") == 0 || strcmp(argv[1], "run") == 0)) {
+        if (argc > 1 && (strcmp(argv[1], "record") == 0 || strcmp(argv[1], "replay") == 0 ||
+                         strcmp(argv[1], "export") == 0 || strcmp(argv[1], "run") == 0)) {
                 cmd_name = argv[1];
                 argv++;
                 argc--;
@@ -574,6 +657,14 @@ int main(int argc, char **argv) {
                 }
                 install_signals();
                 r = cmd_record(&o, argv[optind], argv[optind + 1]);
+        } else if (strcmp(cmd_name, "export") == 0) {
+                if (argc - optind < 1) {
+                        roid_log(ROID_LOG_ERR,
+                                 "export needs at least one INPUT (the series' master, data or capture files)");
+                        return 2;
+                }
+                install_signals();
+                r = cmd_export(&o, argc - optind, argv + optind);
         } else if (strcmp(cmd_name, "replay") == 0) {
                 if (argc - optind < 1) {
                         roid_log(ROID_LOG_ERR, "replay needs at least one INPUT");
