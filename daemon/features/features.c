@@ -37,6 +37,16 @@ struct roid_run {
         uint8_t pad;
 };
 
+/* A block of the AVX-512 walk: up to 16 pixels of one run (bit i of mask:
+ * pixel x0 + i), at o = y * cols + x0. */
+struct roid_block {
+        uint32_t o;
+        uint16_t mask;
+        uint8_t code;
+        uint8_t pad;
+        uint32_t x0, y;
+};
+
 typedef unsigned __int128 u128;
 
 void roid_geometry_params_default(roid_geometry_params *p) {
@@ -204,6 +214,38 @@ static bool find_row_edges(double dy, const roid_geometry_params *p, const doubl
         }
 }
 
+/* The blocks of the AVX-512 walk (see kernel_u16x4_avx512), for the frames
+ * that go through it: uint16, four at a time, at most 4096 columns (their
+ * column numbers times a 16-bit pixel, 16 of them, stay within 32 bits) and
+ * 4096 rows (a flag per row on the stack). */
+static int make_blocks(roid_geometry *g) {
+        if (g->dtype != ROID_DT_U16 || (uint64_t)g->rows * g->cols * 2 > ROID_FEATURES_MANY_BYTES ||
+            g->cols > ROID_FEATURES_BLOCK_COLS || g->rows > ROID_FEATURES_BLOCK_ROWS)
+                return 0;
+        size_t n = 0;
+        for (size_t i = 0; i < g->n_runs; i++)
+                n += (g->runs[i].len + 15u) / 16;
+        g->blocks = malloc((n ? n : 1) * sizeof *g->blocks);
+        g->columns = malloc(((size_t)g->cols + 16) * sizeof *g->columns);
+        if (!g->blocks || !g->columns)
+                return -ENOMEM;
+        for (uint32_t x = 0; x < g->cols + 16; x++)
+                g->columns[x] = (int16_t)x; /* past cols: read by a tail block, weighing zeros */
+        for (uint32_t y = 0; y < g->rows; y++)
+                for (uint32_t i = g->row_first_run[y]; i < g->row_first_run[y + 1]; i++) {
+                        const roid_run *run = &g->runs[i];
+                        for (unsigned k = 0; k < run->len; k += 16) {
+                                const unsigned len = run->len - k < 16 ? run->len - k : 16;
+                                g->blocks[g->n_blocks++] = (roid_block){.o = y * g->cols + run->x0 + k,
+                                                                        .mask = (uint16_t)((1u << len) - 1),
+                                                                        .code = run->code,
+                                                                        .x0 = run->x0 + k,
+                                                                        .y = y};
+                        }
+                }
+        return 0;
+}
+
 int roid_geometry_init(roid_geometry *g, const roid_geometry_params *p, roid_err *err) {
         memset(g, 0, sizeof *g);
         int r = validate(p, err);
@@ -271,11 +313,15 @@ int roid_geometry_init(roid_geometry *g, const roid_geometry_params *p, roid_err
                 }
         }
         ng.row_first_run[p->rows] = (uint32_t)ng.n_runs;
+        if ((r = make_blocks(&ng)) < 0)
+                goto fail;
         *g = ng;
         return 0;
 fail:
         free(ng.runs);
         free(ng.row_first_run);
+        free(ng.blocks);
+        free(ng.columns);
         return r;
 }
 
@@ -284,6 +330,8 @@ void roid_geometry_free(roid_geometry *g) {
                 return;
         free(g->runs);
         free(g->row_first_run);
+        free(g->blocks);
+        free(g->columns);
         memset(g, 0, sizeof *g);
 }
 
@@ -773,6 +821,103 @@ __attribute__((target("avx2"))) static void kernel_u16x4_avx2(const roid_geometr
                         }
         }
 }
+
+/* ---- small uint16 frames with AVX-512 (BW, VL) ---- */
+
+#define AVX512_TARGET "avx2,avx512f,avx512vl,avx512bw"
+
+/* Row y of a frame that the block walk summed with a pixel of 32768 or more,
+ * taken as a signed 16-bit value (v - 65536): adds the 65536 back, or takes
+ * the pixel out (+1) if it is saturated (65535). */
+__attribute__((target(AVX512_TARGET))) static void fix_row_high(const roid_geometry *g, const uint16_t *pix, uint32_t y,
+                                                                acc *a) {
+        const uint16_t *row = pix + (size_t)y * g->cols;
+        const roid_run *run = g->runs + g->row_first_run[y], *end = g->runs + g->row_first_run[y + 1];
+        for (; run < end; run++) {
+                const unsigned c = run->code;
+                for (unsigned k = 0; k < run->len; k += 32) {
+                        const unsigned n = run->len - k < 32 ? run->len - k : 32;
+                        const __mmask32 km = n == 32 ? ~0u : (1u << n) - 1;
+                        uint32_t m = _mm512_movepi16_mask(_mm512_maskz_loadu_epi16(km, row + run->x0 + k));
+                        while (m) {
+                                const uint32_t x = run->x0 + k + (unsigned)__builtin_ctz(m);
+                                m &= m - 1;
+                                uint64_t d = 65536;
+                                if (row[x] == UINT16_MAX) {
+                                        a->saturated++;
+                                        d = 1;
+                                }
+                                a->sum[c] += d;
+                                a->n.sx[c] += d * x;
+                                a->n.sy[c] += d * y;
+                        }
+                }
+        }
+}
+
+/* Four 16-bit frames walked over the geometry's blocks (at most 16 pixels of
+ * one run each) rather than its runs: the loop has no branch that depends on
+ * the run lengths, whose mispredictions cost the run walk more than its
+ * arithmetic at 96 x 96 (branch-free, 1.26 times the frames/s from the cache
+ * on the development machine).  Per block and frame: a masked load (which
+ * reads nothing outside the run, so no frame-end check), the pixels taken as
+ * signed 16 bits (no sign flip; a pixel of 32768 or more, which the row's OR
+ * of the four frames' sign bits shows, is put right by fix_row_high: rows
+ * with a hot pixel are rare), two vpmaddwd, by ones and by the
+ * column numbers (16 pixels times 4095 columns stay within 32 bits); then the
+ * four frames' sums and x moments are reduced together and added to the
+ * code's 64-bit sums, as in rows_u16x4_avx2.  One prefetch a block, of the
+ * four frames in turn, 1 KiB ahead. */
+__attribute__((target(AVX512_TARGET))) static void kernel_u16x4_avx512(const roid_geometry *g,
+                                                                       const uint16_t *const *pix, acc *a) {
+        acc4 e4[N_CODES];
+        for (unsigned fl = 0; fl < 4; fl++)
+                for (unsigned c = fl << 6; c < (fl << 6) + g->n_segments; c++)
+                        e4[c].sum.v = e4[c].sx.v = e4[c].sy.v = _mm256_setzero_si256();
+        const __m256i ones = _mm256_set1_epi16(1);
+        const uint16_t *const p0 = pix[0], *const p1 = pix[1], *const p2 = pix[2], *const p3 = pix[3];
+        const size_t npix = (size_t)g->rows * g->cols;
+        uint16_t high[ROID_FEATURES_BLOCK_ROWS]; /* per row: the 4 frames' sign bits, ORed */
+        memset(high, 0, g->rows * sizeof *high);
+        const roid_block *b = g->blocks, *end = g->blocks + g->n_blocks;
+        for (unsigned k = 0; b < end; b++, k = (k + 1) & 3) {
+                const size_t o = b->o;
+                const __mmask16 km = b->mask;
+                if (o + PF_AHEAD / 2 < npix)
+                        _mm_prefetch((const char *)(pix[k] + o + PF_AHEAD / 2), _MM_HINT_T0);
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(g->columns + b->x0));
+                const __m256i v0 = _mm256_maskz_loadu_epi16(km, p0 + o), v1 = _mm256_maskz_loadu_epi16(km, p1 + o);
+                const __m256i v2 = _mm256_maskz_loadu_epi16(km, p2 + o), v3 = _mm256_maskz_loadu_epi16(km, p3 + o);
+                high[b->y] |= _mm256_movepi16_mask(_mm256_or_si256(_mm256_or_si256(v0, v1), _mm256_or_si256(v2, v3)));
+                const __m256i S0 = _mm256_madd_epi16(v0, ones), S1 = _mm256_madd_epi16(v1, ones);
+                const __m256i S2 = _mm256_madd_epi16(v2, ones), S3 = _mm256_madd_epi16(v3, ones);
+                const __m256i X0 = _mm256_madd_epi16(v0, wv), X1 = _mm256_madd_epi16(v1, wv);
+                const __m256i X2 = _mm256_madd_epi16(v2, wv), X3 = _mm256_madd_epi16(v3, wv);
+                const __m256i E = _mm256_hadd_epi32(_mm256_hadd_epi32(S0, S1), _mm256_hadd_epi32(S2, S3));
+                const __m256i F = _mm256_hadd_epi32(_mm256_hadd_epi32(X0, X1), _mm256_hadd_epi32(X2, X3));
+                const __m256i G =
+                        _mm256_add_epi32(_mm256_permute2x128_si256(E, F, 0x20), _mm256_permute2x128_si256(E, F, 0x31));
+                const __m256i s = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(G));
+                const __m256i l = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(G, 1));
+                acc4 *e = &e4[b->code];
+                e->sum.v = _mm256_add_epi64(e->sum.v, s);
+                e->sx.v = _mm256_add_epi64(e->sx.v, l);
+                e->sy.v = _mm256_add_epi64(e->sy.v, _mm256_mul_epi32(s, _mm256_set1_epi32((int)b->y)));
+        }
+        for (unsigned k = 0; k < 4; k++) {
+                a[k].offset = 0;
+                for (unsigned fl = 0; fl < 4; fl++)
+                        for (unsigned c = fl << 6; c < (fl << 6) + g->n_segments; c++) {
+                                a[k].sum[c] += e4[c].sum.u[k];
+                                a[k].n.sx[c] += e4[c].sx.u[k];
+                                a[k].n.sy[c] += e4[c].sy.u[k];
+                        }
+        }
+        for (uint32_t y = 0; y < g->rows; y++)
+                if (high[y])
+                        for (unsigned k = 0; k < 4; k++)
+                                fix_row_high(g, pix[k], y, &a[k]);
+}
 #endif
 
 static int use_simd = 1;
@@ -784,6 +929,15 @@ void roid_features_use_simd(int on) {
 static bool have_avx2(void) {
 #ifdef HAVE_AVX2
         return use_simd && __builtin_cpu_supports("avx2");
+#else
+        return false;
+#endif
+}
+
+__attribute__((unused)) static bool have_avx512(void) {
+#ifdef HAVE_AVX2
+        return use_simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 #else
         return false;
 #endif
@@ -933,6 +1087,7 @@ int roid_features_compute_many(const roid_geometry *g, size_t n, const roid_fram
         const bool wide = needs_wide(g);
         size_t i = 0;
 #if defined(HAVE_AVX2) && ROID_FEATURES_MANY == 4
+        const bool avx512 = have_avx512();
         if (g->dtype == ROID_DT_U16 && !wide && (uint64_t)g->rows * g->cols * 2 <= ROID_FEATURES_MANY_BYTES &&
             have_avx2())
                 for (; i + ROID_FEATURES_MANY <= n; i += ROID_FEATURES_MANY) {
@@ -942,7 +1097,10 @@ int roid_features_compute_many(const roid_geometry *g, size_t n, const roid_fram
                                 acc_clear(g, &a[k], false);
                                 pix[k] = f[i + k].pixels;
                         }
-                        kernel_u16x4_avx2(g, pix, a);
+                        if (g->blocks && avx512)
+                                kernel_u16x4_avx512(g, pix, a);
+                        else
+                                kernel_u16x4_avx2(g, pix, a);
                         for (unsigned k = 0; k < 4; k++)
                                 fold(g, &a[k], false, &ret[i + k]);
                 }
