@@ -707,6 +707,26 @@ typedef struct {
         lanes4 sum, sx, sy;
 } acc4;
 
+/* The codes' four-frame sums, cleared; added to a[0..3] (lane k to a[k]),
+ * whose kernel offset is then `offset`. */
+AVX2_INLINE void acc4_clear(const roid_geometry *g, acc4 *e4) {
+        for (unsigned fl = 0; fl < 4; fl++)
+                for (unsigned c = fl << 6; c < (fl << 6) + g->n_segments; c++)
+                        e4[c].sum.v = e4[c].sx.v = e4[c].sy.v = _mm256_setzero_si256();
+}
+
+AVX2_INLINE void acc4_fold(const roid_geometry *g, const acc4 *e4, uint32_t offset, acc *a) {
+        for (unsigned k = 0; k < 4; k++) {
+                a[k].offset = offset;
+                for (unsigned fl = 0; fl < 4; fl++)
+                        for (unsigned c = fl << 6; c < (fl << 6) + g->n_segments; c++) {
+                                a[k].sum[c] += e4[c].sum.u[k];
+                                a[k].n.sx[c] += e4[c].sx.u[k];
+                                a[k].n.sy[c] += e4[c].sy.u[k];
+                        }
+        }
+}
+
 /* Four 16-bit frames of one geometry at once, for small frames, where a run
  * is about one block of 16 pixels and the per-run work (walking the runs,
  * reducing the lanes, adding to the code's sums) costs more than the pixels.
@@ -805,21 +825,11 @@ AVX2_INLINE void rows_u16x4_avx2(const roid_geometry *g, const uint16_t *const *
 __attribute__((target("avx2"))) static void kernel_u16x4_avx2(const roid_geometry *g, const uint16_t *const *pix,
                                                               acc *a) {
         acc4 e4[N_CODES];
-        for (unsigned fl = 0; fl < 4; fl++)
-                for (unsigned c = fl << 6; c < (fl << 6) + g->n_segments; c++)
-                        e4[c].sum.v = e4[c].sx.v = e4[c].sy.v = _mm256_setzero_si256();
+        acc4_clear(g, e4);
         const uint32_t n_check = 16 / g->cols + 1, y_check = g->rows > n_check ? g->rows - n_check : 0;
         rows_u16x4_avx2(g, pix, e4, a, 0, y_check, false);
         rows_u16x4_avx2(g, pix, e4, a, y_check, g->rows, true);
-        for (unsigned k = 0; k < 4; k++) {
-                a[k].offset = 32768;
-                for (unsigned fl = 0; fl < 4; fl++)
-                        for (unsigned c = fl << 6; c < (fl << 6) + g->n_segments; c++) {
-                                a[k].sum[c] += e4[c].sum.u[k];
-                                a[k].n.sx[c] += e4[c].sx.u[k];
-                                a[k].n.sy[c] += e4[c].sy.u[k];
-                        }
-        }
+        acc4_fold(g, e4, 32768, a);
 }
 
 /* ---- small uint16 frames with AVX-512 (BW, VL) ---- */
@@ -871,9 +881,7 @@ __attribute__((target(AVX512_TARGET))) static void fix_row_high(const roid_geome
 __attribute__((target(AVX512_TARGET))) static void kernel_u16x4_avx512(const roid_geometry *g,
                                                                        const uint16_t *const *pix, acc *a) {
         acc4 e4[N_CODES];
-        for (unsigned fl = 0; fl < 4; fl++)
-                for (unsigned c = fl << 6; c < (fl << 6) + g->n_segments; c++)
-                        e4[c].sum.v = e4[c].sx.v = e4[c].sy.v = _mm256_setzero_si256();
+        acc4_clear(g, e4);
         const __m256i ones = _mm256_set1_epi16(1);
         const uint16_t *const p0 = pix[0], *const p1 = pix[1], *const p2 = pix[2], *const p3 = pix[3];
         const size_t npix = (size_t)g->rows * g->cols;
@@ -904,15 +912,7 @@ __attribute__((target(AVX512_TARGET))) static void kernel_u16x4_avx512(const roi
                 e->sx.v = _mm256_add_epi64(e->sx.v, l);
                 e->sy.v = _mm256_add_epi64(e->sy.v, _mm256_mul_epi32(s, _mm256_set1_epi32((int)b->y)));
         }
-        for (unsigned k = 0; k < 4; k++) {
-                a[k].offset = 0;
-                for (unsigned fl = 0; fl < 4; fl++)
-                        for (unsigned c = fl << 6; c < (fl << 6) + g->n_segments; c++) {
-                                a[k].sum[c] += e4[c].sum.u[k];
-                                a[k].n.sx[c] += e4[c].sx.u[k];
-                                a[k].n.sy[c] += e4[c].sy.u[k];
-                        }
-        }
+        acc4_fold(g, e4, 0, a);
         for (uint32_t y = 0; y < g->rows; y++)
                 if (high[y])
                         for (unsigned k = 0; k < 4; k++)
