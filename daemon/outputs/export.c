@@ -422,15 +422,13 @@ static bool create_output(roid_export *e, const roid_frame_event *ev) {
 
 /* Row n of dataset d (rank 1..3, the first dimension grown to n + 1). */
 static bool put_row(hid_t d, hid_t mem_type, size_t n, const void *v) {
-        hid_t fs = H5Dget_space(d);
         hsize_t dims[3] = {0}, start[3] = {0}, count[3] = {1, 1, 1};
-        const int rank = fs >= 0 ? H5Sget_simple_extent_ndims(fs) : -1;
-        H5Sclose(fs);
+        hid_t fs = H5Dget_space(d);
+        const int rank = fs >= 0 ? H5Sget_simple_extent_dims(fs, dims, NULL) : -1;
+        if (fs >= 0)
+                H5Sclose(fs);
         if (rank < 1 || rank > 3)
                 return false;
-        hid_t s = H5Dget_space(d);
-        H5Sget_simple_extent_dims(s, dims, NULL);
-        H5Sclose(s);
         dims[0] = n + 1;
         start[0] = n;
         for (int i = 1; i < rank; i++)
