@@ -39,6 +39,7 @@ struct roid_export {
 
         /* output, created at the first selected frame */
         hid_t file, d[D__N];
+        bool created; /* the file at p.output is this run's */
         roid_dtype dtype;
         uint32_t rows, cols;
         size_t n_written;
@@ -379,6 +380,7 @@ static bool create_output(roid_export *e, const roid_frame_event *ev) {
                 fail(e, "cannot be created (it exists, or the directory is not writable)");
                 return false;
         }
+        e->created = true;
         hid_t en = H5Gcreate2(e->file, "entry", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         hid_t g = en >= 0 ? H5Gcreate2(en, "data", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : H5I_INVALID_HID;
         const hsize_t shape[2] = {ev->rows, ev->cols}, two[1] = {2};
@@ -446,17 +448,15 @@ static bool put_row(hid_t d, hid_t mem_type, size_t n, const void *v) {
         return ok;
 }
 
-/* Back to no frames: a later series is the results file's (see series_start). */
+/* Back to no frames: a later series is the results file's (see on_start),
+ * or none is (roid_export_finish).  The file is this run's own (created
+ * exclusively), and its shape, pixel mask and series attribute are another
+ * series': it is removed, and the next frame selected creates it again. */
 static void reset_output(roid_export *e) {
-        for (int i = 0; i < D__N; i++) {
-                hid_t s = H5Dget_space(e->d[i]);
-                hsize_t dims[3] = {0};
-                H5Sget_simple_extent_dims(s, dims, NULL);
-                H5Sclose(s);
-                dims[0] = 0;
-                if (H5Dset_extent(e->d[i], dims) < 0)
-                        fail(e, "cannot be emptied");
-        }
+        close_output(e);
+        if (e->created && !e->failed && unlink(e->p.output) < 0 && errno != ENOENT)
+                fail(e, "cannot be removed to start over with the results file's series");
+        e->created = false;
         for (size_t i = 0; i < e->n_sel; i++)
                 e->sel[i].done = false;
         e->n_written = 0;
@@ -530,6 +530,8 @@ void roid_export_sink(roid_export *e, roid_sink *ret) {
 
 int roid_export_finish(roid_export *e, size_t *n_written, roid_err *err) {
         close_output(e);
+        if (!e->failed && e->from_results && !e->matched && e->n_series > 1)
+                reset_output(e); /* the frames of a series the results file is not of */
         *n_written = e->n_written;
         if (e->failed)
                 return roid_err_set(err, -EIO, "%s", e->why);

@@ -645,7 +645,8 @@ int main(int argc, char **argv) {
                 return 0;
         }
         int r;
-        if (strcmp(cmd_name, "record") != 0 && o.cfg.analysis.output_dir[0] &&
+        /* record and export write no results file */
+        if (strcmp(cmd_name, "record") != 0 && strcmp(cmd_name, "export") != 0 && o.cfg.analysis.output_dir[0] &&
             roid_writer_check_dir(o.cfg.analysis.output_dir, &err) < 0) {
                 roid_log(ROID_LOG_ERR, "configuration: %s", err.msg);
                 return 2;

@@ -10,7 +10,9 @@ exported is compared with the test's own decoding of the captured message
 (test_sim's pure-Python bitshuffle-LZ4), and its grid point and position
 with the results file's /entry/scan row of that image.  On DECTRIS's data
 files, `--ids` gives the frames whose reference values the testdata README
-states.  Bad requests (an output that exists, ids missing from the input, a
+states.  With several series in the inputs the frames come from the
+results file's (another capture, of other frames whose ids overlap the RoI,
+precedes it).  Bad requests (an output that exists, ids missing from the input, a
 results file without a final map, malformed ids) fail with a message naming
 the problem."""
 import glob
@@ -61,20 +63,27 @@ class Export(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="roid-export-")
-        cls.cap, port = os.path.join(cls.tmp, "scan.cbor"), free_port()
-        rec = subprocess.Popen([ROID, "record", f"tcp://127.0.0.1:{port}", cls.cap, "--series", "1"],
-                               stderr=subprocess.PIPE, text=True)
-        subprocess.run([SIM, "--source", "phantom:seed=3", "--shape", "64x64", "--scan", f"{NY}x{NX}", "--dtype",
-                        "uint16", "--compression", "bslz4", "--endpoint", f"tcp://127.0.0.1:{port}",
-                        "--wait-connect", "10", "--quiet", "--fly", "repeat=2,order=shuffle,jitter=0.3,seed=5",
-                        "--image-user-data", '{"position":[0,0]}'], check=True, timeout=300)
-        rec.communicate(timeout=60)
+        cls.cap = cls.capture("scan.cbor", "64x64", "--fly", "repeat=2,order=shuffle,jitter=0.3,seed=5",
+                              "--image-user-data", '{"position":[0,0]}')
+        # another series (its own unique id) of other frames, whose image ids overlap the RoI's
+        cls.other = cls.capture("other.cbor", "32x32")
         out = os.path.join(cls.tmp, "results")
         os.mkdir(out)
         p = subprocess.run([ROID, "replay", "--output-dir", out, cls.cap], capture_output=True, text=True,
                            timeout=300)
         assert p.returncode == 0, p.stderr
         cls.results = glob.glob(os.path.join(out, "*.h5"))[0]
+
+    @classmethod
+    def capture(cls, name, shape, *sim_args):
+        path, port = os.path.join(cls.tmp, name), free_port()
+        rec = subprocess.Popen([ROID, "record", f"tcp://127.0.0.1:{port}", path, "--series", "1"],
+                               stderr=subprocess.PIPE, text=True)
+        subprocess.run([SIM, "--source", "phantom:seed=3", "--shape", shape, "--scan", f"{NY}x{NX}", "--dtype",
+                        "uint16", "--compression", "bslz4", "--endpoint", f"tcp://127.0.0.1:{port}",
+                        "--wait-connect", "10", "--quiet", *sim_args], check=True, timeout=300)
+        rec.communicate(timeout=60)
+        return path
 
     @classmethod
     def tearDownClass(cls):
@@ -114,6 +123,53 @@ class Export(unittest.TestCase):
                 np.testing.assert_array_equal(g["position"][k], position[row[int(i)]])
         self.assertIn(f"{len(want)} frames written", p.stderr)
 
+    def test_series_of_the_results_file(self):
+        """With --results the frames come from the results file's series.  A
+        series before it whose ids overlap the RoI is taken tentatively, then
+        dropped; a single series of another id is taken, with a notice; several
+        series none of which is the results file's is an error, with no file
+        left."""
+        with h5py.File(self.results, "r") as r:
+            uid = r["/entry"].attrs["series_unique_id"]
+            want = sorted(r["/entry/roi/image_ids"][()].tolist())
+        self.assertLess(want[0], NY * NX, "the other capture holds some RoI ids")
+
+        out = self.path("after-other.h5")
+        p = export("--results", self.results, "--output", out, self.other, self.cap)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(f"series '{uid}' is the results file's: the frames taken from", p.stderr)
+        frames = captured_frames(self.cap)
+        with h5py.File(out, "r") as f:
+            self.assertEqual(f["/entry"].attrs["series_unique_id"], uid)
+            self.assertEqual(sorted(f["/entry/data/image_id"][()].tolist()), want)
+            d = f["/entry/data/data"]
+            self.assertEqual(d.shape, (len(want), 64, 64), "the results file's frames, not the other series'")
+            for k, i in enumerate(f["/entry/data/image_id"][()]):
+                np.testing.assert_array_equal(d[k], frames[int(i)], err_msg=f"image {i}")
+
+        out = self.path("other-alone.h5")
+        p = export("--results", self.results, "--output", out, self.other)
+        self.assertEqual(p.returncode, 1, "the other series has no frame for RoI ids past its last")
+        self.assertIn(f"the results file's series is '{uid}', the input's", p.stderr)
+        self.assertIn("taken as the same", p.stderr)
+        with h5py.File(out, "r") as f:
+            ids = f["/entry/data/image_id"][()].tolist()
+            self.assertEqual(ids, [i for i in want if i < NY * NX])
+            self.assertEqual(f["/entry/data/data"].shape[1:], (32, 32))
+
+        out = self.path("none-of-it.h5")
+        p = export("--results", self.results, "--output", out, self.other, data(EIGER1))
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(f"the results file is of series '{uid}'; the inputs hold 2 series, none of it", p.stderr)
+        self.assertFalse(os.path.exists(out), "no file of another series' frames is left")
+
+        out = self.path("ids-first.h5")
+        p = export("--ids", "0-1", "--output", out, data(EIGER1), self.other)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("--ids picks from the first series", p.stderr)
+        with h5py.File(out, "r") as f:
+            self.assertEqual(f["/entry/data/data"].shape, (2, 1065, 1030))
+
     def test_real_eiger_file_by_ids(self):
         out = self.path("eiger1.h5")
         p = export("--ids", "0-1", "--deflate", "0", "--output", out, data(EIGER1))
@@ -127,6 +183,18 @@ class Export(unittest.TestCase):
             for fr in d:  # testdata README: 38164 pixels at 65535, valid sum 10401533
                 self.assertEqual(int((fr == 65535).sum()), 38164)
                 self.assertEqual(int(fr[fr != 65535].astype(np.int64).sum()), 10401533)
+
+    def test_config_results_directory_not_needed(self):
+        """The daemon's configuration may name a results directory this user
+        cannot write (/var/lib/roid under systemd): export writes none."""
+        conf = self.path("roid.conf")
+        with open(conf, "w") as fp:
+            fp.write(f"[output]\ndirectory = {self.path('no-such-dir')}\n")
+        out = self.path("with-config.h5")
+        p = export("--config", conf, "--ids", "0", "--output", out, data(EIGER1))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with h5py.File(out, "r") as f:
+            self.assertEqual(f["/entry/data/image_id"][()].tolist(), [0])
 
     def test_missing_frames_named(self):
         out = self.path("missing.h5")
