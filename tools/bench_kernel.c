@@ -541,11 +541,7 @@ int main(int argc, char **argv) {
         }
         char cpu[256];
         cpu_model(cpu, sizeof cpu);
-        const char *simd = "portable";
-#if defined(__x86_64__) && defined(__GNUC__)
-        if (__builtin_cpu_supports("avx2"))
-                simd = "avx2";
-#endif
+        const char *simd = roid_features_simd();
         printf("{\"row\": \"machine\", \"cpu\": \"%s\", \"cores\": %ld, \"llc_mib\": %.1f, \"simd\": \"%s\", "
                "\"bit_unshuffle\": \"%s\", \"liblz4\": \"%s\"}\n",
                cpu, sysconf(_SC_NPROCESSORS_ONLN), llc / 1048576.0, simd, roid_bt_impl_name(roid_bt_impl_auto()),

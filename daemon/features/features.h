@@ -156,10 +156,10 @@ int roid_features_compute(const roid_geometry *g, const roid_frame *f, roid_feat
  * ROID_FEATURES_MANY_BYTES go ROID_FEATURES_MANY at a time (with AVX2)
  * through one walk over the runs, which shares the per-run work: about 1.4
  * times the frames/s at 192 x 192, where a run is a few blocks of 16 pixels.
- * With AVX-512 (BW, VL) and at most ROID_FEATURES_BLOCK_COLS columns and
- * ROID_FEATURES_BLOCK_ROWS rows the walk
- * goes over blocks instead, without a branch per run: 1.2 times again at
- * 96 x 96.
+ * With AVX-512 (BW, VL), at most ROID_FEATURES_BLOCK_COLS columns and
+ * ROID_FEATURES_BLOCK_ROWS rows, and runs of at most two blocks of 16 pixels
+ * on average, the walk goes over blocks instead, without a branch per run:
+ * 1.1-1.2 times again at 96 x 96 and 8 segments.
  * Larger frames lose by it (four streams from memory instead of one) and go
  * one after the other, as do other dtypes.  -EINVAL, naming the frame, if any
  * frame is not the geometry's: then no ret is written.  Reentrant, no
@@ -170,6 +170,10 @@ int roid_features_compute(const roid_geometry *g, const roid_frame *f, roid_feat
 #define ROID_FEATURES_BLOCK_ROWS 4096
 int roid_features_compute_many(const roid_geometry *g, size_t n, const roid_frame *f, roid_features *ret,
                                roid_err *err);
+
+/* The kernels this CPU runs (for reports): "portable", "avx2", or "avx2,
+ * avx512bw block walk" (compute_many's small uint16 frames); a static string. */
+const char *roid_features_simd(void);
 
 /* Tests and benchmarks: 0 makes roid_features_compute use the portable
  * kernels instead of the hand-written AVX2 one; not thread-safe. */

@@ -609,6 +609,10 @@ static int check_many(const roid_geometry *g, const roid_geometry_params *p, con
         return bad;
 }
 
+/* Geometries check_many ran with blocks for the AVX-512 walk (short runs),
+ * and without (uint16 frames of longer runs, which take the run walk). */
+static int n_block_walk, n_run_walk;
+
 /* Builds the geometry of p, compares its classification with the brute
  * force and, given a frame, the features of both kernels and of frames
  * taken several at once; 0 when equal. */
@@ -639,6 +643,8 @@ static int check_brute(const roid_geometry_params *p, const void *pix, const cha
                                  simd ? "SIMD" : "portable");
                 }
         }
+        if (pix && p->dtype == ROID_DT_U16)
+                (g.blocks ? &n_block_walk : &n_run_walk)[0]++;
         if (pix && check_many(&g, p, pix)) {
                 bad++;
                 tap_diag("%s %s %ux%u centre (%.17g, %.17g) S=%u: features of frames at once differ", what,
@@ -708,6 +714,9 @@ static void geometry_brute(void) {
                "%d geometries (%zu centres x 9 S) equal a brute-force per-pixel classification, features of "
                "both kernels and of frames at once to the bit (%d bad)",
                n, nc, bad);
+        /* both walks of four uint16 frames were among them (the block walk runs where AVX-512 BW is) */
+        tap_ok(n_block_walk >= 10 && n_run_walk >= 5, "uint16 geometries of short runs (%d, block walk) and long (%d)",
+               n_block_walk, n_run_walk);
 
         /* larger frames, integer, half-integer and random centres */
         bad = 0, n = 0;
