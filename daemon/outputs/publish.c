@@ -466,6 +466,12 @@ static int pack_series(msgpack_packer *pk, const roid_series_view *v) {
                 msgpack_pack_nil(pk);
         kv(pk, &n, "results_file");
         str_or_nil(pk, end ? v->results_path : NULL);
+        kv(pk, &n, "latency_p50_ms");
+        f64_or_nil(pk, end ? v->latency_p50_ms : NAN);
+        kv(pk, &n, "latency_p99_ms");
+        f64_or_nil(pk, end ? v->latency_p99_ms : NAN);
+        kv(pk, &n, "latency_max_ms");
+        f64_or_nil(pk, end ? v->latency_max_ms : NAN);
         return n;
 }
 

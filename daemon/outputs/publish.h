@@ -77,17 +77,17 @@ typedef struct {
 } roid_queue_fill;
 
 typedef struct {
-        roid_series_ref series;   /* the current series, else the last one */
-        const char *state;        /* "idle" | "acquiring" */
-        const roid_counters *ctr; /* NULL: "counters" is nil */
-        double uptime_s;          /* since the daemon started */
-        double frames_per_s;      /* over the last status interval */
-        double bytes_per_s;       /* received, over the last status interval */
-        roid_queue_fill work;     /* decoded frames waiting for a feature worker */
-        roid_queue_fill analysis; /* records waiting for the RoI analysis */
-        roid_queue_fill writer;   /* records waiting for the results writer */
-        double latency_p50_ms;    /* arrival of a frame -> its label in a published map; NaN = unknown */
-        double latency_p99_ms;
+        roid_series_ref series;    /* the current series, else the last one */
+        const char *state;         /* "idle" | "acquiring" */
+        const roid_counters *ctr;  /* NULL: "counters" is nil */
+        double uptime_s;           /* since the daemon started */
+        double frames_per_s;       /* over the last status interval */
+        double bytes_per_s;        /* received, over the last status interval */
+        roid_queue_fill work;      /* decoded frames waiting for a feature worker */
+        roid_queue_fill analysis;  /* records waiting for the RoI analysis */
+        roid_queue_fill writer;    /* records waiting for the results writer */
+        double latency_p50_ms;     /* arrival of a frame -> its label in a published map, over the frames */
+        double latency_p99_ms;     /* published since the last status; NaN = unknown */
         double map_interval_s;     /* interval between maps in effect (map_interval, or longer); NaN = unknown */
         double frame_age_s;        /* since the arrival of the open series' last frame; NaN = none */
         const roid_publisher *pub; /* NULL: "published" is nil */
@@ -112,6 +112,8 @@ typedef struct {
         uint64_t frames_analysed, frames_dropped, roi_points;
         bool terminated;          /* ended by an end message (false: a new start, shutdown) */
         const char *results_path; /* NULL or "": nil (no results file) */
+        /* arrival of a frame -> its label in a published map, over the series' frames; NaN = nil */
+        double latency_p50_ms, latency_p99_ms, latency_max_ms;
 } roid_series_view;
 
 typedef struct {

@@ -3,12 +3,59 @@
 #include <math.h>
 #include <string.h>
 
-void roid_latency_reset(roid_latency *l, int all) {
-        l->n_arrival = l->skip = 0;
-        l->stride = 1;
-        if (all)
-                for (size_t m = 0; m < ROID_LATENCY_MAPS; m++)
-                        l->n_map[m] = 0;
+#define T_MIN  1e-6
+#define GROWTH 1.01
+
+static void hist_clear(roid_latency_hist *h) {
+        memset(h->bin, 0, sizeof h->bin);
+        h->n = 0;
+        h->min = INFINITY;
+        h->max = -INFINITY;
+}
+
+static size_t bin_of(double t) {
+        if (!(t > T_MIN)) /* and a clock that went back: the first bin */
+                return 0;
+        const double b = log(t / T_MIN) / log(GROWTH);
+        return b >= ROID_LATENCY_BINS - 1 ? ROID_LATENCY_BINS - 1 : (size_t)b;
+}
+
+static void hist_add(roid_latency_hist *h, double t, uint64_t w) {
+        h->bin[bin_of(t)] += w;
+        h->n += w;
+        if (t < h->min)
+                h->min = t;
+        if (t > h->max)
+                h->max = t;
+}
+
+/* The q-quantile: the value of rank ceil(q (n - 1)) (0-based), as the
+ * geometric centre of its bin, clamped to the exact extremes (a single
+ * frame's latency comes out exact). */
+static double hist_quantile(const roid_latency_hist *h, double q) {
+        const uint64_t rank = (uint64_t)ceil(q * (double)(h->n - 1));
+        uint64_t c = 0;
+        size_t b = 0;
+        for (; b < ROID_LATENCY_BINS - 1; b++) {
+                c += h->bin[b];
+                if (c > rank)
+                        break;
+        }
+        const double v = T_MIN * pow(GROWTH, (double)b + 0.5);
+        return v < h->min ? h->min : v > h->max ? h->max : v;
+}
+
+void roid_latency_reset(roid_latency *l, int what) {
+        if (what & ROID_LATENCY_WAITING) {
+                l->n_arrival = l->skip = 0;
+                l->stride = 1;
+        }
+        if (what & ROID_LATENCY_SERIES)
+                hist_clear(&l->series);
+        if (what & ROID_LATENCY_STATUS) {
+                hist_clear(&l->status);
+                l->last_p50 = l->last_p99 = NAN;
+        }
 }
 
 /* Every stride-th frame is kept: when the buffer fills, every other one is
@@ -30,62 +77,28 @@ void roid_latency_arrival(roid_latency *l, double t) {
         l->arrival[l->n_arrival++] = t;
 }
 
-/* An even sample of at most ROID_LATENCY_PER_MAP, from the map's first
- * frame to its last, in the slot of the oldest map: a ring of samples would
- * let the newest ones (the shortest waits) push out part of a map. */
 void roid_latency_map(roid_latency *l, double now) {
-        const size_t n = l->n_arrival, step = (n + ROID_LATENCY_PER_MAP - 1) / ROID_LATENCY_PER_MAP;
-        double *v = l->map[l->cur];
-        size_t k = 0;
-        for (size_t i = step / 2; i < n; i += step)
-                v[k++] = now - l->arrival[i];
-        roid_latency_reset(l, 0);
-        if (!k) /* no new frame (an idle detector): the last figures stand */
-                return;
-        l->n_map[l->cur] = k;
-        l->cur = (l->cur + 1) % ROID_LATENCY_MAPS;
+        for (size_t i = 0; i < l->n_arrival; i++) {
+                const double t = now - l->arrival[i];
+                hist_add(&l->status, t, l->stride);
+                hist_add(&l->series, t, l->stride);
+        }
+        roid_latency_reset(l, ROID_LATENCY_WAITING);
 }
 
-double roid_select_internal(double *v, size_t n, size_t k) {
-        ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1;
-        const ptrdiff_t kk = (ptrdiff_t)k;
-        while (lo < hi) {
-                /* Hoare's partition around the median of three (Wirth's Find):
-                 * the pivot is in the range, so the scans stop inside it */
-                const double a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
-                const double pivot = a < b ? (b < c ? b : a < c ? c : a) : (a < c ? a : b < c ? c : b);
-                ptrdiff_t i = lo, j = hi;
-                while (i <= j) {
-                        while (v[i] < pivot)
-                                i++;
-                        while (v[j] > pivot)
-                                j--;
-                        if (i <= j) {
-                                const double t = v[i];
-                                v[i++] = v[j];
-                                v[j--] = t;
-                        }
-                }
-                if (kk <= j)
-                        hi = j;
-                else if (kk >= i)
-                        lo = i;
-                else
-                        break; /* v[j+1..i-1] all equal the pivot */
+void roid_latency_status(roid_latency *l, double *ret_p50, double *ret_p99) {
+        if (l->status.n) {
+                l->last_p50 = hist_quantile(&l->status, 0.5) * 1e3;
+                l->last_p99 = hist_quantile(&l->status, 0.99) * 1e3;
+                hist_clear(&l->status);
         }
-        return v[kk];
+        *ret_p50 = l->last_p50;
+        *ret_p99 = l->last_p99;
 }
 
-void roid_latency_percentiles(roid_latency *l, double *ret_p50, double *ret_p99) {
-        size_t n = 0;
-        for (size_t m = 0; m < ROID_LATENCY_MAPS; m++) {
-                memcpy(l->tmp + n, l->map[m], l->n_map[m] * sizeof(double));
-                n += l->n_map[m];
-        }
-        if (!n) {
-                *ret_p50 = *ret_p99 = NAN;
-                return;
-        }
-        *ret_p50 = roid_select_internal(l->tmp, n, (n - 1) / 2) * 1e3;
-        *ret_p99 = roid_select_internal(l->tmp, n, (size_t)ceil(0.99 * (double)(n - 1))) * 1e3;
+void roid_latency_series(const roid_latency *l, double *ret_p50, double *ret_p99, double *ret_max) {
+        const roid_latency_hist *h = &l->series;
+        *ret_p50 = h->n ? hist_quantile(h, 0.5) * 1e3 : NAN;
+        *ret_p99 = h->n ? hist_quantile(h, 0.99) * 1e3 : NAN;
+        *ret_max = h->n ? h->max * 1e3 : NAN;
 }

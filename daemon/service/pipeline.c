@@ -425,6 +425,7 @@ static void *worker_main(void *arg) {
                         pl->wake(pl->wake_ctx);
                 bool frames = false;
                 batch bt = {0};
+                size_t pushed = 0;
                 for (int i = 0; i < n; i++) {
                         job *j = &w->jobs[i];
                         an_item *it = &w->out[i];
@@ -437,13 +438,19 @@ static void *worker_main(void *arg) {
                                 frames = true;
                                 break;
                         case JOB_START:
+                                *it = (an_item){.kind = AN_START, .sc = j->sc};
                                 if (j->sc->prebuild) {
+                                        /* The analysis thread sets up the series' RoI state (a few ms)
+                                         * while this builds the geometry (as long): the first frames
+                                         * wait for one, not both.  A barrier is taken alone: nothing
+                                         * of this batch is before it. */
+                                        roid_queue_push_many(&pl->an, w->out, (size_t)i + 1, true);
+                                        pushed = (size_t)i + 1;
                                         const roid_frame shape = {
                                                 .dtype = j->sc->dtype, .rows = j->sc->rows, .cols = j->sc->cols};
                                         roid_err err = {""};
                                         (void)series_geometry(j->sc, &shape, &err); /* logs its failure */
                                 }
-                                *it = (an_item){.kind = AN_START, .sc = j->sc};
                                 break;
                         case JOB_END:
                                 *it = (an_item){.kind = AN_END, .sc = j->sc, .terminated = j->terminated};
@@ -454,7 +461,8 @@ static void *worker_main(void *arg) {
                         }
                 }
                 batch_flush(w, &bt);
-                roid_queue_push_many(&pl->an, w->out, (size_t)n, true);
+                if ((size_t)n > pushed)
+                        roid_queue_push_many(&pl->an, w->out + pushed, (size_t)n - pushed, true);
                 roid_queue_done_many(&pl->work, (size_t)n);
                 if (atomic_load(&pl->blocked) && pl->wake) /* a barrier may have held the queue */
                         pl->wake(pl->wake_ctx);
@@ -594,7 +602,7 @@ static void publish_status(roid_pipeline *pl, double now) {
         pl->last_status_frames = fr;
         pl->last_status_bytes = by;
         double p50, p99;
-        roid_latency_percentiles(&pl->lat, &p50, &p99);
+        roid_latency_status(&pl->lat, &p50, &p99);
         pthread_mutex_lock(&pl->snap_lock);
         pl->snap_p50 = p50;
         pl->snap_p99 = p99;
@@ -647,6 +655,7 @@ static void publish_series(roid_pipeline *pl, bool end, bool terminated) {
                 .terminated = terminated,
                 .results_path = ss->writing ? ss->path : NULL,
         };
+        roid_latency_series(&pl->lat, &v.latency_p50_ms, &v.latency_p99_ms, &v.latency_max_ms);
         pthread_mutex_lock(&pl->snap_lock);
         roid_series_view *c = &pl->snap_series;
         *c = v;
@@ -736,7 +745,7 @@ static void an_start(roid_pipeline *pl, series_ctx *sc) {
         pl->snap_roi = NULL;
         pthread_mutex_unlock(&pl->snap_lock);
         pl->next_snapshot = 0;
-        roid_latency_reset(&pl->lat, 1);
+        roid_latency_reset(&pl->lat, ROID_LATENCY_ALL);
         an_series_state(pl, sc);
         if (pl->writer && sc->ap.output_dir[0] && ss->roi) {
                 roid_results_meta meta = {
@@ -845,6 +854,11 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
                 return;
         }
         if (ss->roi) {
+                /* The online labels of the frames since the last map go out now,
+                 * not after the end's refinement (5 ms at 55 x 55, seconds on
+                 * large scans). */
+                if (ss->frames != ss->frames_at_map)
+                        publish_map(pl, false);
                 roid_roi_finish(ss->roi); /* beats the watchdog's heart as it goes */
                 an_heartbeat(pl);
                 publish_map(pl, true); /* the final feedback, the snapshot, the file's copy */
@@ -860,14 +874,20 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
         /* The rate of the acquisition: first arrival to last analysis, not
          * counting the end's refinement. */
         double dt = ss->t_first ? ss->t_last - ss->t_first : 0;
+        double p50, p99, pmax;
+        roid_latency_series(&pl->lat, &p50, &p99, &pmax);
+        char lat[96] = "";
+        if (!isnan(p50))
+                snprintf(lat, sizeof lat, "; latency to a published map p50 %.2f, p99 %.2f, max %.2f ms", p50, p99,
+                         pmax);
         roid_log(ROID_LOG_NOTICE,
                  "series %" PRIu64 "%s%s %s: %" PRIu64 " frames analysed, %" PRIu64 " frames decoded, %" PRIu64
                  " failed, %" PRIu64 " lost before decoding, %.1f frames/s; RoI %zu of %zu points; %" PRIu64
-                 " off the grid; %" PRIu64 " without counts, left out of the maps%s%s",
+                 " off the grid; %" PRIu64 " without counts, left out of the maps%s%s%s",
                  sc->series_id, sc->unique_id[0] ? " " : "", sc->unique_id, terminated ? "ended" : "closed without end",
                  ss->frames, atomic_load(&sc->decoded), ss->failed, atomic_load(&sc->lost),
                  dt > 0 ? (double)ss->frames / dt : 0.0, in, np, ss->unplaced,
-                 ss->roi ? roid_roi_dark_frames(ss->roi) : 0, ss->roi ? "" : "; not analysed, ",
+                 ss->roi ? roid_roi_dark_frames(ss->roi) : 0, lat, ss->roi ? "" : "; not analysed, ",
                  ss->roi ? "" : ss->error);
         if (ss->roi)
                 roid_analysis_log_left_out(ss->roi, sc->series_id);
@@ -926,7 +946,7 @@ static void *analysis_main(void *arg) {
                                         pl->ss.frames = pl->ss.frames_at_map = 0;
                                         pl->ss.unplaced = pl->ss.failed = pl->ss.not_analysed = 0;
                                         pl->ss.t_first = 0;
-                                        roid_latency_reset(&pl->lat, 0);
+                                        roid_latency_reset(&pl->lat, ROID_LATENCY_WAITING | ROID_LATENCY_SERIES);
                                 }
                                 break;
                         }
@@ -1304,7 +1324,7 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
         pl->ctr = ctr;
         pl->cfg = *cfg;
         pl->cfg_an = *cfg;
-        roid_latency_reset(&pl->lat, 1);
+        roid_latency_reset(&pl->lat, ROID_LATENCY_ALL);
         pl->pub = pub;
         pthread_mutex_init(&pl->cfg_lock, NULL);
         pthread_mutex_init(&pl->snap_lock, NULL);

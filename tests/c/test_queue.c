@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "service/latency.h"
 #include "service/pipeline.h"
 #include "service/queue.h"
 #include "tap.h"
@@ -246,45 +245,7 @@ static void test_many(void) {
         roid_queue_destroy(&q);
 }
 
-static int cmp_double(const void *a, const void *b) {
-        const double x = *(const double *)a, y = *(const double *)b;
-        return (x > y) - (x < y);
-}
-
-/* The pipeline's latency percentiles select instead of sorting (qsort
- * mallocs a scratch buffer): every order statistic of random arrays, with
- * and without ties, against qsort's. */
-static void test_select(void) {
-        static double v[8192], w[8192], sorted[8192];
-        static const size_t sizes[] = {1, 2, 3, 7, 64, 1000, 8192};
-        uint64_t s = 12345;
-        unsigned bad = 0, checked = 0;
-        for (size_t z = 0; z < sizeof sizes / sizeof *sizes; z++)
-                for (int ties = 0; ties < 2; ties++) {
-                        const size_t n = sizes[z];
-                        for (size_t i = 0; i < n; i++) {
-                                s = s * 6364136223846793005ull + 1442695040888963407ull;
-                                v[i] = ties ? (double)((s >> 33) % 5) : (double)(s >> 11) / 9007199254740992.0;
-                        }
-                        memcpy(sorted, v, n * sizeof *v);
-                        qsort(sorted, n, sizeof *sorted, cmp_double);
-                        const size_t step = n > 100 ? n / 97 : 1;
-                        for (size_t k = 0; k < n; k += step) {
-                                memcpy(w, v, n * sizeof *v);
-                                bad += roid_select_internal(w, n, k) != sorted[k];
-                                checked++;
-                        }
-                        memcpy(w, v, n * sizeof *v); /* p50 then p99 on one array, as the status does */
-                        const size_t k50 = (n - 1) / 2, k99 = (size_t)(0.99 * (double)(n - 1) + 0.999);
-                        bad += roid_select_internal(w, n, k50) != sorted[k50];
-                        bad += roid_select_internal(w, n, k99) != sorted[k99];
-                        checked += 2;
-                }
-        tap_ok(bad == 0, "select: %u of %u order statistics differ from qsort's", bad, checked);
-}
-
 int main(void) {
-        test_select();
         test_fifo_and_bounds();
         test_blocking_push();
         test_many();

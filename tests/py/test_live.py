@@ -137,6 +137,15 @@ def main():
           "series start and end of the same series")
     check(end["frames_analysed"] == NY * NX and end["terminated"], f"end: {end['frames_analysed']} frames analysed")
     check(start["grid"]["ny"] == NY and start["grid"]["source"] == "series", "grid from the series' user data")
+    # Latency over the whole series in its end message; every status while it
+    # ran spoke of some of its frames, so none can exceed the series' maximum.
+    lat = [end.get(k) for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms")]
+    st99 = [b["latency_p99_ms"] for t, b in msgs if t == "status" and b["state"] == "acquiring"
+            and b["series_unique_id"] == uid and b["latency_p99_ms"] is not None]
+    check(all(isinstance(v, float) for v in lat) and 0 < lat[0] <= lat[1] <= lat[2] and
+          all(v <= lat[2] * 1.006 for v in st99) and
+          all(start.get(k, 0) is None for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms")),
+          f"series latency p50 <= p99 <= max {lat} ms, above the {len(st99)} status p99s; nil in the start")
     # The control `series` request: what a dashboard joining late missed on the topic.
     body = ("topic", "seq", "time", "ok", "cmd", "schema")
     check(late and late["ok"] and {k: v for k, v in late.items() if k not in body} ==
