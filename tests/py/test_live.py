@@ -268,6 +268,7 @@ def main():
                       "center_y = 16.5\n" in conf and "\nk = 3\n" in conf,
                       "second series: df radii, beam centre and k set over the control socket")
     budget(tmp)
+    feedback_follows_refits(tmp)
     off_grid_and_after(tmp)
     series_timeout(tmp)
     unreachable_detector()
@@ -663,6 +664,40 @@ def budget(tmp):
     check(end is not None and end["frames_analysed"] == 4000 and end["frames_dropped"] == 0,
           f"160,000-point grid at a 2 ms map interval: every frame analysed ({end and end['frames_analysed']})")
     check(ivs and max(ivs) > 0.002, f"the map interval in effect stretched past 2 ms: up to {max(ivs or [0]):.4f} s")
+
+
+def feedback_follows_refits(tmp):
+    """scan_here goes out at the map cadence, but its content (and the
+    `stable` count) changes with the refits, as proto/live.md says: 400 frames
+    with a refit every 64 make 6 online updates and the final one, however
+    many maps (2 ms apart here, one or two frames each) went out."""
+    det, roid, ctx, sub = daemon_with_subscriber(["--scan", "20x20", "--map-interval", "0.002", "--series", "1"])
+    sub.setsockopt(zmq.SUBSCRIBE, b"scan_here")
+    time.sleep(0.3)
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "400", "--rate", "200",
+                            "--quiet"])
+    CHILDREN.append(sim)
+    here, end = [], None
+    t0 = time.time()
+    while time.time() - t0 < 60 and end is None:
+        if sub.poll(500):
+            topic, body = sub.recv_multipart()
+            b = msgpack.unpackb(body, raw=False)
+            if topic == b"scan_here":
+                here.append(b)
+            if topic == b"series" and b["event"] == "end":
+                end = b
+    sim.wait()
+    roid.wait(timeout=60)
+    sub.close(0)
+    ctx.term()
+    online = [b for b in here if not b["final"]]
+    final = [b for b in here if b["final"]]
+    ups = sorted({b["updates"] for b in online})
+    check(end is not None and end["frames_analysed"] == 400 and len(final) == 1 and final[0]["updates"] == 7 and
+          ups == list(range(ups[0], 7)) and len(online) > 50,
+          f"scan_here: {len(online)} online messages, updates {ups[:8]}{' ...' if len(ups) > 8 else ''}, final {final and final[0]['updates']} "
+          f"(6 refits of 400 frames at cadence 64, and the final)")
 
 
 def refused_state(tmp):
