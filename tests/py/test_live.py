@@ -638,29 +638,40 @@ def series_timeout(tmp):
           f"({end and end['frames_analysed']} frames, terminated {end and end['terminated']})")
 
 
-def budget(tmp):
-    """A large grid with the shortest map interval: publishing a map of
-    160,000 points costs more than a quarter of 2 ms, so the interval in
-    effect stretches (status map_interval_s) and no frame is lost."""
-    det, roid, ctx, sub = daemon_with_subscriber(["--scan", "400x400", "--segments", "1", "--map-interval", "0.002",
-                                                  "--status-interval", "0.05", "--series", "1"])
-    sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "4000", "--rate", "2000",
-                            "--quiet"])
+def one_series(daemon_args, sim_args, topic, subscribe_topic=False):
+    """Runs roid (--series 1) and roid-sim with these arguments; returns the
+    bodies heard on `topic` (status, series, or scan_here with
+    subscribe_topic) and the series end message (None if none came)."""
+    det, roid, ctx, sub = daemon_with_subscriber(daemon_args + ["--series", "1"])
+    if subscribe_topic:
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+        time.sleep(0.3)
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "32x32", "--quiet"] + sim_args)
     CHILDREN.append(sim)
-    ivs, end = [], None
+    heard, end = [], None
     t0 = time.time()
     while time.time() - t0 < 60 and end is None:
         if sub.poll(500):
-            topic, body = sub.recv_multipart()
+            t, body = sub.recv_multipart()
             b = msgpack.unpackb(body, raw=False)
-            if topic == b"status" and b.get("map_interval_s") is not None:
-                ivs.append(b["map_interval_s"])
-            if topic == b"series" and b["event"] == "end":
+            if t == topic:
+                heard.append(b)
+            if t == b"series" and b["event"] == "end":
                 end = b
     sim.wait()
     roid.wait(timeout=60)
     sub.close(0)
     ctx.term()
+    return heard, end
+
+
+def budget(tmp):
+    """A large grid with the shortest map interval: publishing a map of
+    160,000 points costs more than a quarter of 2 ms, so the interval in
+    effect stretches (status map_interval_s) and no frame is lost."""
+    status, end = one_series(["--scan", "400x400", "--segments", "1", "--map-interval", "0.002",
+                              "--status-interval", "0.05"], ["--frames", "4000", "--rate", "2000"], b"status")
+    ivs = [b["map_interval_s"] for b in status if b.get("map_interval_s") is not None]
     check(end is not None and end["frames_analysed"] == 4000 and end["frames_dropped"] == 0,
           f"160,000-point grid at a 2 ms map interval: every frame analysed ({end and end['frames_analysed']})")
     check(ivs and max(ivs) > 0.002, f"the map interval in effect stretched past 2 ms: up to {max(ivs or [0]):.4f} s")
@@ -670,34 +681,20 @@ def feedback_follows_refits(tmp):
     """scan_here goes out at the map cadence, but its content (and the
     `stable` count) changes with the refits, as proto/live.md says: 400 frames
     with a refit every 64 make 6 online updates and the final one, however
-    many maps (2 ms apart here, one or two frames each) went out."""
-    det, roid, ctx, sub = daemon_with_subscriber(["--scan", "20x20", "--map-interval", "0.002", "--series", "1"])
-    sub.setsockopt(zmq.SUBSCRIBE, b"scan_here")
-    time.sleep(0.3)
-    sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "32x32", "--frames", "400", "--rate", "200",
-                            "--quiet"])
-    CHILDREN.append(sim)
-    here, end = [], None
-    t0 = time.time()
-    while time.time() - t0 < 60 and end is None:
-        if sub.poll(500):
-            topic, body = sub.recv_multipart()
-            b = msgpack.unpackb(body, raw=False)
-            if topic == b"scan_here":
-                here.append(b)
-            if topic == b"series" and b["event"] == "end":
-                end = b
-    sim.wait()
-    roid.wait(timeout=60)
-    sub.close(0)
-    ctx.term()
+    many maps (2 ms apart here, one or two frames each) went out (the old
+    code: 400 and 401)."""
+    here, end = one_series(["--scan", "20x20", "--map-interval", "0.002"], ["--frames", "400", "--rate", "200"],
+                           b"scan_here", subscribe_topic=True)
     online = [b for b in here if not b["final"]]
     final = [b for b in here if b["final"]]
     ups = sorted({b["updates"] for b in online})
-    check(end is not None and end["frames_analysed"] == 400 and len(final) == 1 and final[0]["updates"] == 7 and
-          ups == list(range(ups[0], 7)) and len(online) > 50,
-          f"scan_here: {len(online)} online messages, updates {ups[:8]}{' ...' if len(ups) > 8 else ''}, final {final and final[0]['updates']} "
-          f"(6 refits of 400 frames at cadence 64, and the final)")
+    # 6 refits, or 5 if the refit budget (a refit's cost x 4, which ASan on a
+    # loaded machine can stretch past a frame) held some back a frame or more
+    n = final[0]["updates"] if len(final) == 1 else -1
+    check(end is not None and end["frames_analysed"] == 400 and 6 <= n <= 7 and ups == list(range(ups[0], n)) and
+          len(online) > 50,
+          f"scan_here: {len(online)} online messages, updates {ups[:8]}{' ...' if len(ups) > 8 else ''}, "
+          f"final {final and final[0]['updates']} (6 refits of 400 frames at cadence 64, and the final)")
 
 
 def refused_state(tmp):
