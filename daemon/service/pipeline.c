@@ -868,9 +868,11 @@ static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
         if (ss->roi) {
                 /* The online labels of the frames since the last map go out now,
                  * not after the end's refinement (5 ms at 55 x 55, seconds on
-                 * large scans). */
-                if (ss->frames != ss->frames_at_map)
+                 * large scans).  Without a snapshot: the final map takes one. */
+                if (ss->frames != ss->frames_at_map) {
+                        pl->next_snapshot = INFINITY;
                         publish_map(pl, false);
+                }
                 roid_roi_finish(ss->roi); /* beats the watchdog's heart as it goes */
                 an_heartbeat(pl);
                 publish_map(pl, true); /* the final feedback, the snapshot, the file's copy */
