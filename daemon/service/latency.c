@@ -20,8 +20,8 @@ static size_t bin_of(double t) {
         return b >= ROID_LATENCY_BINS - 1 ? ROID_LATENCY_BINS - 1 : (size_t)b;
 }
 
-static void hist_add(roid_latency_hist *h, double t, uint64_t w) {
-        h->bin[bin_of(t)] += w;
+static void hist_add(roid_latency_hist *h, size_t b, double t, uint64_t w) {
+        h->bin[b] += w;
         h->n += w;
         if (t < h->min)
                 h->min = t;
@@ -80,8 +80,9 @@ void roid_latency_arrival(roid_latency *l, double t) {
 void roid_latency_map(roid_latency *l, double now) {
         for (size_t i = 0; i < l->n_arrival; i++) {
                 const double t = now - l->arrival[i];
-                hist_add(&l->status, t, l->stride);
-                hist_add(&l->series, t, l->stride);
+                const size_t b = bin_of(t);
+                hist_add(&l->status, b, t, l->stride);
+                hist_add(&l->series, b, t, l->stride);
         }
         roid_latency_reset(l, ROID_LATENCY_WAITING);
 }
