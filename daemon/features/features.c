@@ -252,6 +252,108 @@ static int make_blocks(roid_geometry *g) {
         return 0;
 }
 
+/* The columns [*ret_a, *ret_b) of row dy, within [0, cols), where d2 < r2
+ * as the per-pixel test computes it (dx = x - cx, d2 = dx dx + dy dy):
+ * rounding is monotonic, so d2 only grows with |dx| and the set is one
+ * interval.  Its ends come from a square root and are then moved onto the
+ * exact test, a step or two. */
+static void disk_span(double dy, double cx, double r2, uint32_t cols, uint32_t *ret_a, uint32_t *ret_b) {
+#define IN_DISK(x) (((double)(x)-cx) * ((double)(x)-cx) + dy * dy < r2)
+        /* the column nearest the centre: if not in the disk, none is */
+        const double near = cx <= 0 ? 0 : cx >= cols - 1 ? cols - 1 : floor(cx);
+        uint32_t m = (uint32_t)near;
+        if (!IN_DISK(m) && !(m + 1 < cols && IN_DISK(m + 1))) {
+                *ret_a = *ret_b = 0;
+                return;
+        }
+        if (!IN_DISK(m))
+                m++;
+        const double h = sqrt(fmax(r2 - dy * dy, 0.0)), lo = ceil(cx - h), hi = floor(cx + h) + 1;
+        uint32_t a = lo <= 0 ? 0 : lo >= m ? m : (uint32_t)lo;
+        uint32_t b = hi <= m + 1 ? m + 1 : hi >= cols ? cols : (uint32_t)hi;
+        while (a > 0 && IN_DISK(a - 1))
+                a--;
+        while (!IN_DISK(a)) /* stops at m */
+                a++;
+        while (b < cols && IN_DISK(b))
+                b++;
+        while (!IN_DISK(b - 1)) /* stops at m + 1 */
+                b--;
+        *ret_a = a;
+        *ret_b = b;
+#undef IN_DISK
+}
+
+/* Builds the runs of a row from the pixels' codes, one change of code (or a
+ * run of RUN_MAX) at a time. */
+typedef struct {
+        roid_geometry *g;
+        size_t *cap;
+        uint32_t y, start;
+        unsigned cur;
+} row_runs;
+
+#define EXCL 0x100u /* a code of no run: masked, or past the row */
+
+/* Column x has code `code`. */
+static int row_step(row_runs *rr, uint32_t x, unsigned code) {
+        if (code == rr->cur && x - rr->start != RUN_MAX)
+                return 0;
+        if (rr->cur != EXCL) {
+                roid_geometry *g = rr->g;
+                const uint32_t start = rr->start;
+                const int r = push_run(g, rr->cap, start, x - start, rr->cur);
+                if (r < 0)
+                        return r;
+                const uint64_t len = x - start;
+                g->seg_pixels[rr->cur & CODE_SEG] += len;
+                g->seg_sum_x[rr->cur & CODE_SEG] += len * start + len * (len - 1) / 2;
+                g->seg_sum_y[rr->cur & CODE_SEG] += len * rr->y;
+                g->bf_pixels += rr->cur & CODE_BF ? len : 0;
+                g->df_pixels += rr->cur & CODE_DF ? len : 0;
+        }
+        rr->cur = code;
+        rr->start = x;
+        return 0;
+}
+
+/* Columns [u, v) all have code `code` but where masked. */
+static int row_span(row_runs *rr, const uint32_t *mrow, uint32_t u, uint32_t v, unsigned code) {
+        int r;
+        for (uint32_t x = u; x < v;) {
+                uint32_t e = x;
+                if (mrow && mrow[x]) {
+                        while (e < v && mrow[e])
+                                e++;
+                        rr->g->n_static_masked += e - x;
+                        if ((r = row_step(rr, x, EXCL)) < 0)
+                                return r;
+                        x = e;
+                        continue;
+                }
+                if (!mrow)
+                        e = v;
+                /* eight words at a time: most of a row is not masked */
+                while (e + 8 <= v && !(mrow[e] | mrow[e + 1] | mrow[e + 2] | mrow[e + 3] | mrow[e + 4] | mrow[e + 5] |
+                                       mrow[e + 6] | mrow[e + 7]))
+                        e += 8;
+                while (e < v && !mrow[e])
+                        e++;
+                if ((r = row_step(rr, x, code)) < 0)
+                        return r;
+                while (e - rr->start > RUN_MAX) /* where the pixel walk cut a run at RUN_MAX */
+                        if ((r = row_step(rr, rr->start + RUN_MAX, code)) < 0)
+                                return r;
+                x = e;
+        }
+        return 0;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+        const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+        return (x > y) - (x < y);
+}
+
 int roid_geometry_init(roid_geometry *g, const roid_geometry_params *p, roid_err *err) {
         memset(g, 0, sizeof *g);
         int r = validate(p, err);
@@ -281,42 +383,50 @@ int roid_geometry_init(roid_geometry *g, const roid_geometry_params *p, roid_err
                 cot[k] = cos(th) / sin(th);
         }
         const double bf2 = p->r_bf * p->r_bf, in2 = p->r_df_in * p->r_df_in, out2 = p->r_df_out * p->r_df_out;
-        const unsigned EXCL = 0x100;
         row_edges e;
         for (uint32_t y = 0; y < p->rows; y++) {
                 ng.row_first_run[y] = (uint32_t)ng.n_runs;
                 const uint32_t *mrow = p->mask ? p->mask + (size_t)y * p->cols : NULL;
                 const double dy = (double)y - p->center_y;
-                const bool by_pixel = !find_row_edges(dy, p, cot, &e);
-                unsigned cur = EXCL, k = 0, seg = 0;
-                uint32_t start = 0;
-                for (uint32_t x = 0; x <= p->cols; x++) {
-                        while (!by_pixel && k < e.n && e.x[k] == x)
-                                seg = e.s[k++];
-                        unsigned code = EXCL;
-                        if (x < p->cols && !(mrow && mrow[x])) {
-                                const double dx = (double)x - p->center_x;
-                                const double d2 = dx * dx + dy * dy;
-                                code = by_pixel ? segment_of(dx, dy, p->n_segments) : seg;
-                                code |= (d2 < bf2 ? CODE_BF : 0) | (d2 >= in2 && d2 < out2 ? CODE_DF : 0);
-                        } else if (x < p->cols) {
-                                ng.n_static_masked++;
+                row_runs rr = {.g = &ng, .cap = &cap, .y = y, .start = 0, .cur = EXCL};
+                if (!find_row_edges(dy, p, cot, &e)) {
+                        /* the rare row the edges cannot be searched on: pixel by pixel */
+                        for (uint32_t x = 0; x < p->cols; x++) {
+                                const double dx = (double)x - p->center_x, d2 = dx * dx + dy * dy;
+                                const unsigned code = segment_of(dx, dy, p->n_segments) | (d2 < bf2 ? CODE_BF : 0) |
+                                                      (d2 >= in2 && d2 < out2 ? CODE_DF : 0);
+                                if ((r = row_span(&rr, mrow, x, x + 1, code)) < 0)
+                                        goto fail;
                         }
-                        if (code != cur || x - start == RUN_MAX) {
-                                if (cur != EXCL) {
-                                        if ((r = push_run(&ng, &cap, start, x - start, cur)) < 0)
-                                                goto fail;
-                                        const uint64_t len = x - start;
-                                        ng.seg_pixels[cur & CODE_SEG] += len;
-                                        ng.seg_sum_x[cur & CODE_SEG] += len * start + len * (len - 1) / 2;
-                                        ng.seg_sum_y[cur & CODE_SEG] += len * y;
-                                        ng.bf_pixels += cur & CODE_BF ? len : 0;
-                                        ng.df_pixels += cur & CODE_DF ? len : 0;
-                                }
-                                cur = code;
-                                start = x;
+                } else {
+                        /* Along the row the code changes only at a segment edge or a
+                         * circle's: between them one span of one code. */
+                        uint32_t bf[2], in[2], out[2], cut[ROID_MAX_SEGMENTS + 8];
+                        disk_span(dy, p->center_x, bf2, p->cols, &bf[0], &bf[1]);
+                        disk_span(dy, p->center_x, in2, p->cols, &in[0], &in[1]);
+                        disk_span(dy, p->center_x, out2, p->cols, &out[0], &out[1]);
+                        unsigned n = 0;
+                        for (unsigned k = 0; k < e.n; k++)
+                                cut[n++] = e.x[k];
+                        cut[n++] = bf[0], cut[n++] = bf[1], cut[n++] = in[0], cut[n++] = in[1];
+                        cut[n++] = out[0], cut[n++] = out[1], cut[n++] = p->cols;
+                        qsort(cut, n, sizeof *cut, cmp_u32);
+                        unsigned k = 0, seg = 0;
+                        for (unsigned c = 0; c + 1 < n; c++) {
+                                const uint32_t u = cut[c], v = cut[c + 1];
+                                if (u == v || u >= p->cols)
+                                        continue;
+                                while (k < e.n && e.x[k] <= u)
+                                        seg = e.s[k++];
+                                const bool in_bf = u >= bf[0] && u < bf[1];
+                                const bool in_df = u >= out[0] && u < out[1] && !(u >= in[0] && u < in[1]);
+                                const unsigned code = seg | (in_bf ? CODE_BF : 0) | (in_df ? CODE_DF : 0);
+                                if ((r = row_span(&rr, mrow, u, v, code)) < 0)
+                                        goto fail;
                         }
                 }
+                if ((r = row_step(&rr, p->cols, EXCL)) < 0)
+                        goto fail;
         }
         ng.row_first_run[p->rows] = (uint32_t)ng.n_runs;
         if ((r = make_blocks(&ng)) < 0)
