@@ -39,7 +39,7 @@ void roid_limits_default(roid_limits *l);
 uint64_t roid_limits_analysis_bytes(const roid_limits *l);
 
 /* calloc(n, size), but with every page written now: the state of a series is
- * committed when the series starts (about 0.5 ms a MiB here), where it is bounded
+ * committed when the series starts (about 0.35 ms a MiB here), where it is bounded
  * and accounted, rather than page by page during the scan.  There a page
  * first read (a map published, a neighbour looked at) maps the shared zero
  * page, and the first write to it then costs a copy-on-write fault and a TLB
