@@ -324,6 +324,16 @@ static void frame_done(worker *w, job *j, an_item *it, int placed, const roid_er
         zmq_msg_close(&j->msg);
 }
 
+static size_t frame_bytes(roid_dtype dtype, uint32_t rows, uint32_t cols) {
+        return (size_t)rows * cols * roid_dtype_size(dtype);
+}
+
+/* Whether frames of this size go through the kernel several at a time
+ * (roid_features_compute_many), each decoded into its own buffer slot. */
+static bool batched(size_t bytes) {
+        return bytes <= ROID_FEATURES_MANY_BYTES;
+}
+
 /* Buffer `slot` holds `bytes` from now on: once per larger shape, not per
  * frame.  A new one is written through, so that its pages are mapped now. */
 static int frame_buffer(worker *w, unsigned slot, size_t bytes) {
@@ -346,7 +356,7 @@ static int decode_frame(worker *w, job *j, an_item *it, unsigned slot, roid_fram
         roid_err err = {""};
         roid_blob b = j->blob;
         b.data = (const uint8_t *)zmq_msg_data(&j->msg) + j->blob_off;
-        size_t bytes = (size_t)b.rows * b.cols * roid_dtype_size(b.dtype);
+        const size_t bytes = frame_bytes(b.dtype, b.rows, b.cols);
         int r;
         if ((r = frame_buffer(w, slot, bytes)) < 0) {
                 roid_err_set(&err, r, "out of memory for a %zu-byte frame", bytes);
@@ -400,9 +410,8 @@ static bool same_shape(const roid_geometry *g, const roid_frame *f) {
         return f->dtype == g->dtype && f->rows == g->rows && f->cols == g->cols;
 }
 
-/* Whether job j's frame goes through the kernel with the next ones (roid_features_compute_many). */
 static bool is_small(const job *j) {
-        return (size_t)j->blob.rows * j->blob.cols * roid_dtype_size(j->blob.dtype) <= ROID_FEATURES_MANY_BYTES;
+        return batched(frame_bytes(j->blob.dtype, j->blob.rows, j->blob.cols));
 }
 
 /* Decodes and analyses job j's frame into *it (AN_RECORD or AN_FAILED), now
@@ -481,10 +490,8 @@ static void *worker_main(void *arg) {
                                         roid_err err = {""};
                                         (void)series_geometry(j->sc, &shape, &err); /* logs its failure */
                                         /* and the buffers its frames will be decoded into */
-                                        const size_t bytes =
-                                                (size_t)shape.rows * shape.cols * roid_dtype_size(shape.dtype);
-                                        const unsigned slots =
-                                                bytes <= ROID_FEATURES_MANY_BYTES ? ROID_FEATURES_MANY : 1;
+                                        const size_t bytes = frame_bytes(shape.dtype, shape.rows, shape.cols);
+                                        const unsigned slots = batched(bytes) ? ROID_FEATURES_MANY : 1;
                                         for (unsigned k = 0; k < slots; k++)
                                                 (void)frame_buffer(w, k, bytes); /* a frame says it again */
                                 }
