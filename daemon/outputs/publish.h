@@ -153,6 +153,11 @@ unsigned roid_publisher_pool_buffers(const roid_publisher *p, roid_topic t);
 /* Binds a PUB socket (ZMQ_SNDHWM = sndhwm, ZMQ_LINGER 0).
  * -EINVAL (err names the value) or the zmq errno (err names the endpoint). */
 int roid_publisher_new(void *zctx, const char *endpoint, int sndhwm, roid_publisher **ret, roid_err *err);
+/* Closes the socket with ZMQ_LINGER ROID_PUBLISH_LINGER_MS: the messages
+ * still queued (the last series' final map, scan_here and end, sent just
+ * before roid stops) go out to the subscribers that read them, and
+ * zmq_ctx_term waits for that at most this long for one that does not. */
+#define ROID_PUBLISH_LINGER_MS 1000
 void roid_publisher_free(roid_publisher *p);
 /* The endpoint actually bound (a wildcard port resolved), for logs and tests. */
 const char *roid_publisher_endpoint(const roid_publisher *p);

@@ -204,12 +204,18 @@ def check_coarse(fb, coarse, t, truths, border, lim):
     online = [m for m in coarse["scan_here"] if not m["final"] and m["updates"] > 0]
     skipped = set()
     measured = near_mask = near_main = on_bg = pairs = 0
+    why_main = []
     for m in online:
         sk = typed(m["skip"]).astype(int)
         meas = (rank < m["frames"]).reshape(NY, NX)
         measured += int(meas.ravel()[sk].sum())
         near_mask += int(dilate(typed(m["mask"]).astype(bool), 1).ravel()[sk].sum())
-        near_main += int(dilate(main_mask & meas, 2).ravel()[sk].sum())
+        bad = dilate(main_mask & meas, 2).ravel()[sk]
+        near_main += int(bad.sum())
+        if bad.any():  # the measured main-particle points the update's RoI left out
+            out = main_mask & meas & ~typed(m["mask"]).astype(bool)
+            why_main.append(f"update {m['updates']} at frame {m['frames']}: skip {sk[bad].tolist()}, "
+                            f"main particle's measured points outside its RoI {np.flatnonzero(out).tolist()}")
         on_bg += int((~dilate(obj, 1)).ravel()[sk].sum())
         pairs += len(sk)
         skipped.update(sk.tolist())
@@ -218,7 +224,8 @@ def check_coarse(fb, coarse, t, truths, border, lim):
     check(len(online) >= 3 and len(skipped) > 0, f"online updates offered points to skip ({len(skipped)})")
     check(measured == 0 and near_mask == 0, f"skip never lists a measured point ({measured}) nor one next to "
           f"that update's RoI ({near_mask})")
-    check(near_main == 0, f"skip never lists a point within 2 steps of the main particle measured ({near_main})")
+    check(near_main == 0, f"skip never lists a point within 2 steps of the main particle measured ({near_main})"
+          + "".join(f"\n     | {w}" for w in why_main))
     check(len(typed(fb["skip"])) == 0, "nothing left to skip once every point is measured")
     return rs, R, f_origin, f_step
 

@@ -270,6 +270,7 @@ def main():
     budget(tmp)
     preempted_maps(tmp)
     feedback_follows_refits(tmp)
+    last_word_on_exit(tmp)
     off_grid_and_after(tmp)
     series_timeout(tmp)
     unreachable_detector()
@@ -467,10 +468,11 @@ def series_end(sub, seconds):
     return None
 
 
-def daemon_with_subscriber(args, env=None):
+def daemon_with_subscriber(args, env=None, sub_opts=()):
     """roid with its own detector and publish ports, and a subscriber of its
-    status and series topics that has seen a first status (so it misses
-    nothing of the series to come)."""
+    status and series topics (socket options sub_opts, (option, value)
+    pairs) that has seen a first status (so it misses nothing of the series
+    to come)."""
     pd, pp = free_port(), free_port()
     det, pub = (f"tcp://127.0.0.1:{p}" for p in (pd, pp))
     roid = subprocess.Popen([ROID, "--detector", det, "--publish", pub] + args, stderr=subprocess.PIPE, text=True,
@@ -480,6 +482,8 @@ def daemon_with_subscriber(args, env=None):
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"status")
     sub.setsockopt(zmq.SUBSCRIBE, b"series")
+    for opt, value in sub_opts:
+        sub.setsockopt(opt, value)
     sub.connect(pub)
     t0 = time.time()
     while time.time() - t0 < 20 and not (sub.poll(200) and sub.recv_multipart()[0] == b"status"):
@@ -646,6 +650,10 @@ def one_series(daemon_args, sim_args, topic, subscribe_topic=False, env=None):
     scan_here with subscribe_topic) and the series end message (None if none
     came)."""
     det, roid, ctx, sub = daemon_with_subscriber(daemon_args + ["--series", "1"], env)
+    # read as it comes: a full pipe would block the daemon's log
+    log = []
+    reader = threading.Thread(target=lambda: log.extend(roid.stderr), daemon=True)
+    reader.start()
     if subscribe_topic:
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         time.sleep(0.3)
@@ -663,9 +671,20 @@ def one_series(daemon_args, sim_args, topic, subscribe_topic=False, env=None):
                 end = b
     sim.wait()
     roid.wait(timeout=60)
+    reader.join(timeout=10)
     sub.close(0)
     ctx.term()
+    ONE_SERIES_LOG[:] = log
     return heard, end
+
+
+# roid's stderr of the last one_series, for a failed check to show
+ONE_SERIES_LOG = []
+
+
+def show_log_if(failed, lines=12):
+    if failed:
+        print("".join("     | " + l for l in ONE_SERIES_LOG[-lines:]), end="")
 
 
 def budget(tmp):
@@ -706,13 +725,73 @@ def feedback_follows_refits(tmp):
     online = [b for b in here if not b["final"]]
     final = [b for b in here if b["final"]]
     ups = sorted({b["updates"] for b in online})
+    seqs = [b["seq"] for b in here]
+    gaps = sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1)
     # 6 refits, or 5 if the refit budget (a refit's cost x 4, which ASan on a
     # loaded machine can stretch past a frame) held some back a frame or more
     n = final[0]["updates"] if len(final) == 1 else -1
-    check(end is not None and end["frames_analysed"] == 400 and 6 <= n <= 7 and ups == list(range(ups[0], n)) and
-          len(online) > 50,
+    ok = (end is not None and end["frames_analysed"] == 400 and 6 <= n <= 7 and ups == list(range(ups[0], n)) and
+          len(online) > 50 and gaps == 0)
+    check(ok,
           f"scan_here: {len(online)} online messages, updates {ups[:8]}{' ...' if len(ups) > 8 else ''}, "
-          f"final {final and final[0]['updates']} (6 refits of 400 frames at cadence 64, and the final)")
+          f"final {[b['updates'] for b in final]} (6 refits of 400 frames at cadence 64, and the final); "
+          f"{gaps} gaps in seq; end {end and {k: v for k, v in end.items() if k.startswith('frames')}}")
+    show_log_if(not ok)
+
+
+def last_word_on_exit(tmp):
+    """roid stopping after its last series (--series 1) sends what is still
+    queued for a subscriber first: a subscriber that reads nothing while
+    maps of a 400 x 400 grid fill its queues (a receive queue of one
+    message and small socket buffers, so that roid's side holds the rest),
+    and starts reading only after roid has logged that it stops, still gets
+    the final map, the final scan_here and the series end.  The PUB socket
+    closed with linger 0 had dropped them (and, 1 run in 8, the end of a
+    series read promptly)."""
+    det, roid, ctx, sub = daemon_with_subscriber(["--scan", "400x400", "--segments", "1", "--map-interval",
+                                                  "0.02", "--series", "1"],
+                                                 sub_opts=((zmq.RCVHWM, 1), (zmq.RCVBUF, 65536)))
+    for t in (b"map", b"scan_here"):
+        sub.setsockopt(zmq.SUBSCRIBE, t)
+    time.sleep(0.3)
+    ended = threading.Event()
+    log = []
+
+    def read():
+        for line in roid.stderr:
+            log.append(line)
+            if "stopping:" in line:
+                ended.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    sim = subprocess.Popen([SIM, "--endpoint", det, "--shape", "32x32", "--quiet", "--scan", "400x400",
+                            "--frames", "600", "--rate", "2000"])
+    CHILDREN.append(sim)
+    sim.wait()
+    stopped = ended.wait(60)
+    time.sleep(0.2)  # roid is closing its sockets now
+    heard = {}
+    end = None
+    t0 = time.time()
+    while time.time() - t0 < 30 and end is None and sub.poll(3000):
+        t, body = sub.recv_multipart()
+        b = msgpack.unpackb(body, raw=False)
+        heard.setdefault(t, []).append(b)
+        if t == b"series" and b["event"] == "end":
+            end = b
+    rc = None
+    try:
+        rc = roid.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        roid.kill()
+    reader.join(timeout=10)
+    sub.close(0)
+    ctx.term()
+    finals = {t.decode(): sum(1 for b in heard.get(t, []) if b.get("final")) for t in (b"map", b"scan_here")}
+    check(stopped and rc == 0 and end is not None and end["frames_analysed"] == 600 and
+          finals == {"map": 1, "scan_here": 1},
+          f"a subscriber that reads only after roid stopped gets the final map and scan_here ({finals}) and the "
+          f"series end ({end is not None}; {len(heard.get(b'map', []))} maps in all; rc {rc})")
 
 
 def refused_state(tmp):
