@@ -224,9 +224,9 @@ int roid_zsource_events(roid_zsource *z) {
         return (int)lost;
 }
 
-void roid_zsource_say_closes(roid_zsource *z, bool mid_series) {
+unsigned roid_zsource_say_closes(roid_zsource *z, bool mid_series) {
         if (!z->closes_unsaid)
-                return;
+                return 0;
         const unsigned n = z->closes_unsaid;
         z->closes_unsaid = 0;
         /* A sender that exits after its series closes as a matter of course:
@@ -241,8 +241,9 @@ void roid_zsource_say_closes(roid_zsource *z, bool mid_series) {
                 ROID_LOG_LIMITED(ROID_LOG_NOTICE,
                                  "detector %s: %u connection%s closed between series (by the detector, or by libzmq "
                                  "on a message part over [limits] max_message_bytes %zu); reconnecting "
-                                 "[connections_lost]",
+                                 "[connections_closed]",
                                  z->close_peer, n, n == 1 ? "" : "s", z->lim.max_message_bytes);
+        return n;
 }
 
 bool roid_zsource_given_up(roid_zsource *z) {

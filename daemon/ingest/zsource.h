@@ -63,8 +63,9 @@ int roid_zsource_events(roid_zsource *z);
  * line), rate-limited: a warning when mid_series (a series is still open a
  * moment after, so frames may be missing), else a notice.  The owner calls
  * it a moment after a close, once the messages that came before it are
- * handled (a sender's end message and its close arrive together). */
-void roid_zsource_say_closes(roid_zsource *z, bool mid_series);
+ * handled (a sender's end message and its close arrive together).
+ * Returns the number of closes said. */
+unsigned roid_zsource_say_closes(roid_zsource *z, bool mid_series);
 /* libzmq connects again after a connection closes, except after a protocol
  * error, which a part over max_message_bytes is: then it gives the endpoint
  * up and roid would hear nothing more.  True when a close was seen and no

@@ -18,7 +18,8 @@
         X(messages_malformed, "messages that could not be parsed (bad CBOR/JSON/tags)")                                \
         X(messages_bad_size, "messages whose sizes disagree with their shape or exceed a limit")                       \
         X(messages_unknown, "messages of an unknown type or htype")                                                    \
-        X(connections_lost, "detector connections closed (by the detector, or on a part over max_message_bytes)")      \
+        X(connections_closed, "detector connections closed (by the detector, or on a part over max_message_bytes)")    \
+        X(connections_lost, "of those, closed while a series was open: frames on their way may be lost")               \
         X(series_started, "start / dheader messages accepted")                                                         \
         X(series_ended, "end / dseries_end messages accepted")                                                         \
         X(series_unterminated, "series closed without an end: a new start, series_timeout, shutdown")                  \

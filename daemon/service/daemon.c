@@ -85,17 +85,27 @@ static void on_pull(uv_poll_t *h, int status, int events) {
 
 static void on_revive(uv_timer_t *t);
 
+/* Logs the closes not said yet; those while a series is open (a moment
+ * after the close: a sender's end and its close come together) count as
+ * lost.  A sender that closes after its series is no loss. */
+static void say_closes(daemon_t *d) {
+        const bool open = roid_ingest_tracker(d->in)->open;
+        const unsigned n = roid_zsource_say_closes(d->src, open);
+        if (open && n)
+                roid_count(&d->ctr, ROID_C_connections_lost, n);
+}
+
 /* Connection events of the detector socket (zsource.h; none when it is not
  * watched): closes counted, and a second after one, a look whether libzmq is
  * connecting again. */
 static void watch_events(daemon_t *d) {
-        int lost = roid_zsource_events(d->src);
-        if (lost > 0) {
-                roid_count(&d->ctr, ROID_C_connections_lost, (uint64_t)lost);
+        int closed = roid_zsource_events(d->src);
+        if (closed > 0) {
+                roid_count(&d->ctr, ROID_C_connections_closed, (uint64_t)closed);
                 if (!d->stopping)
                         uv_timer_start(&d->revive_timer, on_revive, 1000, 0);
                 else
-                        roid_zsource_say_closes(d->src, roid_ingest_tracker(d->in)->open);
+                        say_closes(d);
         }
 }
 
@@ -105,8 +115,7 @@ static void on_revive(uv_timer_t *t) {
         daemon_t *d = t->data;
         roid_err err = {""};
         watch_events(d); /* the events up to now, counted */
-        /* a second after the close: the messages before it are handled */
-        roid_zsource_say_closes(d->src, roid_ingest_tracker(d->in)->open);
+        say_closes(d);   /* a second after the close: the messages before it are handled */
         if (roid_zsource_given_up(d->src) && roid_zsource_reconnect(d->src, &err) < 0)
                 roid_log(ROID_LOG_ERR, "%s", err.msg);
 }
@@ -632,7 +641,7 @@ int roid_daemon_run(const roid_daemon_params *p) {
         r = d->error;
         if (d->src) { /* closes not read or not said yet (their second had not passed) */
                 watch_events(d);
-                roid_zsource_say_closes(d->src, roid_ingest_tracker(d->in)->open);
+                say_closes(d);
         }
 out:
         if (d->in)
