@@ -410,23 +410,20 @@ static bool same_shape(const roid_geometry *g, const roid_frame *f) {
         return f->dtype == g->dtype && f->rows == g->rows && f->cols == g->cols;
 }
 
-static bool is_small(const job *j) {
-        return batched(frame_bytes(j->blob.dtype, j->blob.rows, j->blob.cols));
-}
-
 /* Decodes and analyses job j's frame into *it (AN_RECORD or AN_FAILED), now
  * or, when small, with the next frames of its series at the latest at the
- * next batch_flush. */
-static void work_frame(worker *w, job *j, an_item *it, batch *bt) {
+ * next batch_flush.  True for a large frame: *it is final, and no earlier
+ * frame waits in the batch. */
+static bool work_frame(worker *w, job *j, an_item *it, batch *bt) {
         *it = (an_item){.kind = AN_FAILED, .sc = j->sc};
         if (bt->n && bt->j[0]->sc != j->sc)
                 batch_flush(w, bt);
-        const bool small = is_small(j);
+        const bool small = batched(frame_bytes(j->blob.dtype, j->blob.rows, j->blob.cols));
         if (!small)
                 batch_flush(w, bt);
         roid_frame f;
         if (decode_frame(w, j, it, small ? bt->n : 0, &f) < 0)
-                return;
+                return !small;
         series_ctx *sc = j->sc;
         if (!small || !same_shape(&sc->geom, &f)) { /* one at a time; a wrong shape fails alone */
                 roid_err err = {""};
@@ -436,13 +433,14 @@ static void work_frame(worker *w, job *j, an_item *it, batch *bt) {
                         frame_failed(w, j, it, &err);
                 else
                         frame_done(w, j, it, r, &err);
-                return;
+                return !small;
         }
         bt->j[bt->n] = j;
         bt->it[bt->n] = it;
         bt->f[bt->n] = f;
         if (++bt->n == ROID_FEATURES_MANY)
                 batch_flush(w, bt);
+        return false;
 }
 
 /* Takes a run of frames (or one barrier) at once and hands their records to
@@ -466,12 +464,12 @@ static void *worker_main(void *arg) {
                                 batch_flush(w, &bt);
                         switch (j->kind) {
                         case JOB_FRAME:
-                                work_frame(w, j, it, &bt);
+                                const bool large = work_frame(w, j, it, &bt);
                                 w->frames++;
                                 frames = true;
                                 /* A large frame (0.2 ms and more) goes on at once: the
                                  * first of a batch of eight waited for the other seven. */
-                                if (!bt.n && !is_small(j)) {
+                                if (large) {
                                         roid_queue_push_many(&pl->an, w->out + pushed, (size_t)i + 1 - pushed, true);
                                         pushed = (size_t)i + 1;
                                 }
