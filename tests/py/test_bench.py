@@ -5,6 +5,7 @@ The numpy baseline itself checks its features against roid's before timing,
 so a kernel that computes something else fails here too."""
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,17 @@ def main():
     checked.append("kernel rows: 4 shapes x S=1,8, frames/s, GB/s, read GB/s, ratio, numpy and roid/numpy > 0")
     checked.append("decode rows: bslz4 and liblz4 for the 4 shapes, frames/s, GB/s, compression > 0")
 
+    setup = [r for r in rows if r["row"] == "e2e_setup"]
+    assert len(setup) == 1, setup
+    want = setup[0]["daemon_nice"]
+    with open(os.path.join(SRC, "deploy", "roid.service")) as fh:
+        unit_nice = re.search(r"^Nice=(-?\d+)", fh.read(), re.M)
+    if os.geteuid() == 0 and unit_nice:
+        assert want == int(unit_nice.group(1)), (setup, unit_nice.group(0))
+    assert ("the daemon at nice %d as deploy/roid.service runs it" % want if want else
+            "the daemon and the simulator at the same priority") in table, "the table says at what priority"
+    checked.append("the daemon's priority: the unit's Nice= (%d) when allowed, and the table says so" % want)
+
     for shape in E2E_SHAPES:
         e = [r for r in rows if r["row"] == "e2e" and r["shape"] == shape]
         assert [r["daemon"] for r in e] == ["roid --workers 1", "roid --workers 2"], e
@@ -97,6 +109,7 @@ def main():
             late = [ln for ln in table.splitlines() if "| %s | sender behind, ms (%s) |" % (shape, r["daemon"]) in ln]
             assert len(late) == 1 and late[0].count("|") == 3 + len(r["ladder"]), (late, r["ladder"])
             assert all(t["sender_late_ms"] >= 0 for t in r["ladder"]), r["ladder"]
+            assert all(t["nice"] == want for t in r["ladder"]), (want, r["ladder"])  # the daemon really ran so
     checked.append("end-to-end rows: 2 shapes x 1 and 2 workers, every frame decoded at a positive rate, "
                    "latency p50 <= p99 <= max from the series end message, latency and the sender's lag at every rate of the ladder")
     for c in checked:
