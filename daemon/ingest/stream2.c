@@ -564,6 +564,16 @@ static int next_key(s2 *p, const char *field, roid_cw_iter *iter, roid_cw_item *
         return r < 0 ? r : 1;
 }
 
+/* "field/name" for error messages; once a frame per channel, so no printf. */
+static void join_field(char *dst, size_t size, const char *field, const char *name) {
+        size_t n = strnlen(field, size - 2);
+        memcpy(dst, field, n);
+        dst[n++] = '/';
+        const size_t m = strnlen(name, size - 1 - n);
+        memcpy(dst + n, name, m);
+        dst[n + m] = '\0';
+}
+
 /* Channel-keyed maps of the start message (flatfield, pixel_mask). */
 static int get_channel_blobs(s2 *p, const char *field, named_blob *ret_blobs, unsigned *ret_n) {
         roid_cw_iter iter;
@@ -580,7 +590,7 @@ static int get_channel_blobs(s2 *p, const char *field, named_blob *ret_blobs, un
                 r = copy_name(p, f, &key, ret_blobs[n].name, sizeof ret_blobs[n].name);
                 if (r < 0)
                         return r;
-                snprintf(f, sizeof f, "%s/%s", field, ret_blobs[n].name);
+                join_field(f, sizeof f, field, ret_blobs[n].name);
                 r = get_mdarray(p, f, &ret_blobs[n].blob);
                 if (r < 0)
                         return r;
@@ -874,8 +884,8 @@ static int start_field(s2 *p, const roid_cw_item *k) {
         r = roid_cw_skip(&p->c, p->err);
         if (r < 0)
                 return r;
-        ROID_LOG_LIMITED(ROID_LOG_WARNING, "start message: field %.*s left out (not needed for the analysis): %s", (int)k->len,
-                         (const char *)k->ptr, e.msg);
+        ROID_LOG_LIMITED(ROID_LOG_WARNING, "start message: field %.*s left out (not needed for the analysis): %s",
+                         (int)k->len, (const char *)k->ptr, e.msg);
         return 0;
 }
 
@@ -930,7 +940,7 @@ static int get_data(s2 *p) {
                         if (strcmp(im->channel[i].name, ch->name) == 0)
                                 return roid_err_set(p->err, -EBADMSG, "data: channel '%s' appears twice", ch->name);
                 char f[FIELD_MAX];
-                snprintf(f, sizeof f, "data/%s", ch->name);
+                join_field(f, sizeof f, "data", ch->name);
                 r = get_mdarray(p, f, &ch->blob);
                 if (r < 0)
                         return r;

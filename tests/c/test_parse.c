@@ -1011,6 +1011,27 @@ static void test_v2_malformed(void) {
         expect_fail("image without data", w, -EBADMSG, "data");
         w_free(w);
 
+        /* a bad array names its channel, the longest name included */
+        static const char *const chans[] = {"threshold_1",
+                                            "a_channel_name_of_63_bytes_as_long_as_roid_keeps_them_012345678"};
+        for (unsigned k = 0; k < 2; k++) {
+                w = w_new(4096);
+                w_tag(w, 55799);
+                w_map(w, 3);
+                w_key(w, "type");
+                w_text(w, "image");
+                w_key(w, "image_id");
+                w_uint(w, 1);
+                w_key(w, "data");
+                w_map(w, 1);
+                w_text(w, chans[k]);
+                w_uint(w, 7);
+                char want[128];
+                snprintf(want, sizeof want, "data/%s", chans[k]);
+                expect_fail("data channel not an array", w, -EBADMSG, want);
+                w_free(w);
+        }
+
         w = end_with_uid("0123456789012345678901234567890123456789012345678901234567890123456789");
         expect_fail("series_unique_id of 70 bytes", w, -EMSGSIZE, "series_unique_id");
         w_free(w);
