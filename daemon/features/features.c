@@ -994,6 +994,9 @@ __attribute__((target(AVX512_TARGET))) static void fix_row_high(const roid_geome
  * four frames' sums and x moments are reduced together and added to the
  * code's 64-bit sums, as in rows_u16x4_avx2.  One prefetch a block, of the
  * four frames in turn, 1 KiB ahead. */
+/* A block's x moment in 32-bit lanes: 16 pixels of magnitude at most 32768 (signed) times a column. */
+_Static_assert((uint64_t)16 * 32768 * (ROID_FEATURES_BLOCK_COLS - 1) <= INT32_MAX,
+               "ROID_FEATURES_BLOCK_COLS too large for the block walk's 32-bit x moments");
 __attribute__((target(AVX512_TARGET))) static void kernel_u16x4_avx512(const roid_geometry *g,
                                                                        const uint16_t *const *pix, acc *a) {
         acc4 e4[N_CODES];
@@ -1036,15 +1039,15 @@ __attribute__((target(AVX512_TARGET))) static void kernel_u16x4_avx512(const roi
 }
 #endif
 
-static int use_simd = 1;
+static roid_simd_level use_simd = ROID_SIMD_BEST;
 
-void roid_features_use_simd(int on) {
-        use_simd = on;
+void roid_features_use_simd(roid_simd_level level) {
+        use_simd = level;
 }
 
 static bool have_avx2(void) {
 #ifdef HAVE_AVX2
-        return use_simd && __builtin_cpu_supports("avx2");
+        return use_simd >= ROID_SIMD_AVX2 && __builtin_cpu_supports("avx2");
 #else
         return false;
 #endif
@@ -1052,7 +1055,7 @@ static bool have_avx2(void) {
 
 static bool have_avx512(void) {
 #ifdef HAVE_AVX2
-        return use_simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+        return use_simd >= ROID_SIMD_BEST && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 #else
         return false;

@@ -175,9 +175,14 @@ int roid_features_compute_many(const roid_geometry *g, size_t n, const roid_fram
  * avx512bw block walk" (compute_many's small uint16 frames); a static string. */
 const char *roid_features_simd(void);
 
-/* Tests and benchmarks: 0 makes roid_features_compute use the portable
- * kernels instead of the hand-written AVX2 one; not thread-safe. */
-void roid_features_use_simd(int on);
+/* Tests and benchmarks: which kernels may run, so that each is tested on a
+ * CPU that would pick a faster one; not thread-safe. */
+typedef enum {
+        ROID_SIMD_NONE, /* the portable kernels */
+        ROID_SIMD_AVX2, /* the hand-written AVX2 ones, not the AVX-512 block walk */
+        ROID_SIMD_BEST, /* whatever this CPU has (the default) */
+} roid_simd_level;
+void roid_features_use_simd(roid_simd_level level);
 
 /* Estimates the beam centre from a frame with a direct beam (or a sum of a few
  * frames, passed as ROID_DT_U32), for when neither the start message nor the

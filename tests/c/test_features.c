@@ -409,7 +409,7 @@ static void numpy_cases(void) {
 /* Runs starting and ending anywhere, at every dtype, near the end of the
  * buffer (the tail path that must not read past the frame), values near the
  * maximum. */
-static void random_shapes(int simd) {
+static void random_shapes(roid_simd_level simd) {
         int bad = 0, n = 0;
         roid_features_use_simd(simd);
         for (int trial = 0; trial < 300; trial++) {
@@ -441,7 +441,7 @@ static void random_shapes(int simd) {
                 }
                 /* the other kernel must agree to the bit */
                 roid_features other;
-                roid_features_use_simd(!simd);
+                roid_features_use_simd(simd == ROID_SIMD_NONE ? ROID_SIMD_BEST : ROID_SIMD_NONE);
                 roid_features_compute(&g, &fr, &other, NULL);
                 roid_features_use_simd(simd);
                 if (memcmp(&other, &ft, sizeof ft) != 0 && bad++ < 5)
@@ -479,10 +479,13 @@ static void random_shapes(int simd) {
                 free(pix);
                 free(mask);
         }
-        roid_features_use_simd(1);
+        roid_features_use_simd(ROID_SIMD_BEST);
         tap_ok(bad == 0 && n == 300,
                "%s kernels, 300 random shapes and runs: T, masked, CoM equal a scalar loop (%d bad)",
-               simd ? "SIMD" : "portable", bad);
+               simd == ROID_SIMD_BEST   ? "SIMD"
+               : simd == ROID_SIMD_AVX2 ? "AVX2 (no AVX-512)"
+                                        : "portable",
+               bad);
 }
 
 /* ---- geometry and features against a brute-force per-pixel classification ---- */
@@ -630,25 +633,34 @@ static int check_brute(const roid_geometry_params *p, const void *pix, const cha
         if (bad)
                 tap_diag("%s %ux%u centre (%.17g, %.17g) S=%u: classification differs", what, p->rows, p->cols,
                          p->center_x, p->center_y, p->n_segments);
-        for (int simd = 1; pix && simd >= 0; simd--) {
+        for (int simd = ROID_SIMD_BEST; pix && simd >= ROID_SIMD_NONE; simd--) {
                 roid_features ft;
                 roid_frame f = {.dtype = p->dtype, .rows = p->rows, .cols = p->cols, .pixels = pix};
-                roid_features_use_simd(simd);
+                roid_features_use_simd((roid_simd_level)simd);
                 const int r = roid_features_compute(&g, &f, &ft, NULL);
-                roid_features_use_simd(1);
+                roid_features_use_simd(ROID_SIMD_BEST);
                 if (r < 0 || features_equal(&ft, p, &b)) {
                         bad++;
                         tap_diag("%s %s %ux%u centre (%.17g, %.17g) S=%u: %s features differ", what,
                                  roid_dtype_name(p->dtype), p->rows, p->cols, p->center_x, p->center_y, p->n_segments,
-                                 simd ? "SIMD" : "portable");
+                                 simd == ROID_SIMD_BEST   ? "SIMD"
+                                 : simd == ROID_SIMD_AVX2 ? "AVX2"
+                                                          : "portable");
                 }
         }
         if (pix && p->dtype == ROID_DT_U16)
                 (g.blocks ? &n_block_walk : &n_run_walk)[0]++;
-        if (pix && check_many(&g, p, pix)) {
-                bad++;
-                tap_diag("%s %s %ux%u centre (%.17g, %.17g) S=%u: features of frames at once differ", what,
-                         roid_dtype_name(p->dtype), p->rows, p->cols, p->center_x, p->center_y, p->n_segments);
+        /* at once: the block walk where it runs, and the AVX2 walk over the same runs */
+        for (int simd = ROID_SIMD_BEST; pix && simd >= ROID_SIMD_AVX2; simd--) {
+                roid_features_use_simd((roid_simd_level)simd);
+                const int r = check_many(&g, p, pix);
+                roid_features_use_simd(ROID_SIMD_BEST);
+                if (r) {
+                        bad++;
+                        tap_diag("%s %s %ux%u centre (%.17g, %.17g) S=%u: features of frames at once differ (%s)", what,
+                                 roid_dtype_name(p->dtype), p->rows, p->cols, p->center_x, p->center_y, p->n_segments,
+                                 simd == ROID_SIMD_BEST ? "SIMD" : "AVX2");
+                }
         }
         roid_geometry_free(&g);
         return bad;
@@ -711,8 +723,8 @@ static void geometry_brute(void) {
         }
         free(mask);
         tap_ok(bad == 0,
-               "%d geometries (%zu centres x 9 S) equal a brute-force per-pixel classification, features of "
-               "both kernels and of frames at once to the bit (%d bad)",
+               "%d geometries (%zu centres x 9 S) equal a brute-force per-pixel classification, features of the "
+               "portable, AVX2 and best kernels and of frames at once (block and AVX2 walks) to the bit (%d bad)",
                n, nc, bad);
         /* both walks of four uint16 frames were among them (the block walk runs where AVX-512 BW is) */
         tap_ok(n_block_walk >= 10 && n_run_walk >= 5, "uint16 geometries of short runs (%d, block walk) and long (%d)",
@@ -964,8 +976,9 @@ static void left_out_rule(void) {
 
 int main(void) {
         validation();
-        random_shapes(1);
-        random_shapes(0);
+        random_shapes(ROID_SIMD_BEST);
+        random_shapes(ROID_SIMD_AVX2);
+        random_shapes(ROID_SIMD_NONE);
         geometry_brute();
         run_lengths();
         numpy_cases();
