@@ -171,6 +171,12 @@ int roid_ingest_msg(roid_ingest *in, const roid_msg *m) {
         case ROID_TR_IGNORED:
                 ROID_LOG_LIMITED(ROID_LOG_WARNING, "%s", err.msg);
                 return 0;
+        case ROID_TR_REFUSED:
+                ROID_LOG_LIMITED(ROID_LOG_WARNING, "%s", err.msg);
+                if (in->sink.frame_error)
+                        in->sink.frame_error(in->sink.ctx, &in->tr.cur, m->u.image.image_id, in->tr.cur.channel,
+                                             err.msg);
+                return 0;
         default:
                 ROID_LOG_LIMITED(ROID_LOG_ERR, "%s message of series %llu rejected: %s", roid_msg_type_name(m->type),
                                  (unsigned long long)m->series_id, err.msg);

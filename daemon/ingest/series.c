@@ -358,7 +358,7 @@ int roid_tracker_feed(roid_tracker *t, const roid_msg *m, roid_err *err) {
                 if (check_shape(t, m, err) < 0) {
                         roid_count(t->ctr, ROID_C_images_bad_shape, 1);
                         roid_err_prefix(err, "image %llu", (unsigned long long)id);
-                        return ROID_TR_IGNORED;
+                        return ROID_TR_REFUSED;
                 }
                 r = mark_seen(t, id);
                 if (r == -EEXIST) {
@@ -368,7 +368,7 @@ int roid_tracker_feed(roid_tracker *t, const roid_msg *m, roid_err *err) {
                 }
                 if (r == -EMSGSIZE) {
                         roid_count(t->ctr, ROID_C_images_out_of_range, 1);
-                        return roid_err_set(err, ROID_TR_IGNORED, "image_id %llu is beyond max_images %llu: dropped",
+                        return roid_err_set(err, ROID_TR_REFUSED, "image_id %llu is beyond max_images %llu: dropped",
                                             (unsigned long long)id, (unsigned long long)t->lim.max_images);
                 }
                 if (r < 0) { /* the frame is still good: only the duplicate check is lost */

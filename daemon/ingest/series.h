@@ -109,6 +109,10 @@ typedef enum {
         ROID_TR_IMAGE,       /* an image of the open series, accepted */
         ROID_TR_ENDED,       /* the open series ended; tracker->cur still valid
                                 until roid_tracker_release() */
+        ROID_TR_REFUSED,     /* an image of the open series, counted and refused (its
+                                shape, or beyond max_images); err says why.  It
+                                arrived, so the series' sinks hear of it: a
+                                duplicate is IGNORED instead, its first copy counts */
 } roid_tr_result;
 
 /* The channel selection starts as "" (every channel). */

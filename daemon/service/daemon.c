@@ -74,6 +74,11 @@ static void on_frame(void *ctx, const roid_frame_event *ev) {
         d->inner.frame(d->inner.ctx, ev);
 }
 
+static void on_frame_error(void *ctx, const roid_series *s, uint64_t image_id, const char *channel, const char *msg) {
+        daemon_t *d = ctx;
+        d->inner.frame_error(d->inner.ctx, s, image_id, channel, msg);
+}
+
 static void drain_pull(daemon_t *d);
 static void resume(daemon_t *d);
 
@@ -558,7 +563,11 @@ int roid_daemon_run(const roid_daemon_params *p) {
         }
         roid_pipeline_set_config(d->pl, &d->cfg, d->config_text);
         roid_pipeline_sink(d->pl, &d->inner);
-        roid_sink sink = {.ctx = d, .series_start = on_series_start, .frame = on_frame, .series_end = on_series_end};
+        roid_sink sink = {.ctx = d,
+                          .series_start = on_series_start,
+                          .frame = on_frame,
+                          .frame_error = on_frame_error,
+                          .series_end = on_series_end};
         roid_ingest_params ip = {
                 .limits = d->cfg.limits, .channel = d->cfg.channel[0] ? d->cfg.channel : "#0", .defer_decode = true};
         if ((r = roid_ingest_new(&ip, &sink, &d->ctr, &d->in)) < 0)

@@ -157,7 +157,8 @@ struct roid_pipeline {
         roid_publisher *pub;
         roid_writer *writer;
         _Atomic uint64_t progress;
-        bool fault_stall, fault_slow, fault_preempt;
+        _Atomic uint64_t an_taken; /* items the analysis thread took and has not finished */
+        bool fault_stall, fault_slow, fault_preempt, fault_stall_end;
         pthread_mutex_t stall_lock;
         pthread_cond_t stall_cond;
         _Atomic bool stopping;
@@ -262,8 +263,13 @@ static int series_geometry(series_ctx *sc, const roid_frame *f, roid_err *err) {
                 else
                         roid_log(ROID_LOG_INFO, "series %" PRIu64 ": beam centre (%.2f, %.2f) px from %s",
                                  sc->series_id, sc->geom.center_x, sc->geom.center_y, sc->center_source);
-                if (r != -ENODATA)
+                if (r != -ENODATA) {
                         atomic_store_explicit(&sc->geom_state, r < 0 ? -1 : 1, memory_order_release);
+                        /* read only to build the geometry: series queued behind a slow
+                         * analysis would each hold 4 bytes a pixel */
+                        free(sc->mask);
+                        sc->mask = NULL;
+                }
         } else if (st < 0) {
                 r = roid_err_set(err, -EINVAL, "no detector geometry for this series");
         }
@@ -905,6 +911,8 @@ static void an_record(roid_pipeline *pl, an_item *it) {
 
 static void an_end(roid_pipeline *pl, series_ctx *sc, bool terminated) {
         series_state *ss = &pl->ss;
+        if (pl->fault_stall_end)
+                fault_stall(pl);
         if (ss->sc != sc) {
                 series_ctx_free(sc);
                 return;
@@ -985,6 +993,9 @@ static void *analysis_main(void *arg) {
                         continue;
                 if (r < 0)
                         break;
+                /* Pending for the watchdog until done: an end that blocks (a writer stuck on
+                 * its disk) must not look idle once the queues are empty. */
+                atomic_store_explicit(&pl->an_taken, (uint64_t)r, memory_order_relaxed);
                 for (int i = 0; i < r; i++) {
                         an_item *it = &pl->an_batch[i];
                         switch (it->kind) {
@@ -1013,6 +1024,7 @@ static void *analysis_main(void *arg) {
                         }
                 }
                 atomic_fetch_add_explicit(&pl->progress, (uint64_t)r, memory_order_relaxed);
+                atomic_store_explicit(&pl->an_taken, 0, memory_order_relaxed);
         }
         if (pl->ss.sc) /* only if the loop could not queue the end: close what there is */
                 an_end(pl, pl->ss.sc, false);
@@ -1229,11 +1241,23 @@ static void sink_frame(void *ctx, const roid_frame_event *ev) {
         submit(pl, &j);
 }
 
+/* A frame of the series the ingest refused (its shape, no such channel, over
+ * max_frame_bytes), counted and logged there: the series' end message counts
+ * it among its dropped frames, so that clients do not take it for one that
+ * never arrived. */
+static void sink_frame_error(void *ctx, const roid_series *s, uint64_t image_id, const char *channel, const char *msg) {
+        roid_pipeline *pl = ctx;
+        (void)s, (void)image_id, (void)channel, (void)msg;
+        if (pl->cur)
+                atomic_fetch_add_explicit(&pl->cur->lost, 1, memory_order_relaxed);
+}
+
 void roid_pipeline_sink(roid_pipeline *pl, roid_sink *ret) {
         memset(ret, 0, sizeof *ret);
         ret->ctx = pl;
         ret->series_start = sink_start;
         ret->frame = sink_frame;
+        ret->frame_error = sink_frame_error;
         ret->series_end = sink_end;
 }
 
@@ -1270,19 +1294,7 @@ uint64_t roid_pipeline_progress(roid_pipeline *pl) {
 
 uint64_t roid_pipeline_pending(roid_pipeline *pl) {
         return pl->n_pending + roid_queue_depth(&pl->work) + roid_queue_in_flight(&pl->work) +
-               roid_queue_depth(&pl->an);
-}
-
-void roid_pipeline_wait_idle(roid_pipeline *pl) {
-        while (!flush_pending(pl)) {
-                struct timespec ts = {0, 1000000};
-                nanosleep(&ts, NULL);
-        }
-        roid_queue_wait_idle(&pl->work);
-        while (roid_queue_depth(&pl->an)) {
-                struct timespec ts = {0, 1000000};
-                nanosleep(&ts, NULL);
-        }
+               roid_queue_depth(&pl->an) + atomic_load_explicit(&pl->an_taken, memory_order_relaxed);
 }
 
 /* ------------------------------------------------------------ control */
@@ -1377,11 +1389,13 @@ void roid_pipeline_status_line(roid_pipeline *pl, char *buf, size_t size) {
 
 /* ------------------------------------------------------------ lifecycle */
 
+static void pipeline_free(roid_pipeline *pl, bool free_pub);
+
 int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher *pub, roid_pipeline **ret,
                       roid_err *err) {
         roid_pipeline *pl = calloc(1, sizeof *pl);
         if (!pl)
-                return -ENOMEM;
+                return roid_err_set(err, -ENOMEM, "no memory for the pipeline");
         pl->ctr = ctr;
         pl->cfg = *cfg;
         pl->cfg_an = *cfg;
@@ -1395,6 +1409,10 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
         pl->fault_stall = fault && strcmp(fault, "stall-workers") == 0;
         pl->fault_slow = fault && strcmp(fault, "slow-workers") == 0;
         pl->fault_preempt = fault && strcmp(fault, "preempt-analysis") == 0;
+        pl->fault_stall_end = fault && strcmp(fault, "stall-end") == 0;
+        if (pl->fault_stall_end)
+                roid_log(ROID_LOG_WARNING,
+                         "fault injection: the analysis thread stalls in each series end (ROID_FAULT)");
         if (pl->fault_stall)
                 roid_log(ROID_LOG_WARNING, "fault injection: workers stall after their first frame (ROID_FAULT)");
         if (pl->fault_slow)
@@ -1406,15 +1424,18 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
         pl->map_iv_eff = pl->snap_map_iv = NAN;
         /* The most any series may ask for: next_points changes with set and SIGHUP (128 KB). */
         pl->cap_snap_next = ROID_FB_MAX_NEXT;
-        int r = -ENOMEM;
+        int r;
         pl->snap_next = calloc(pl->cap_snap_next, sizeof *pl->snap_next);
-        if (!pl->snap_next)
+        if (!pl->snap_next) {
+                r = roid_err_set(err, -ENOMEM, "no memory for the control snapshot");
                 goto fail;
+        }
         unsigned depth = cfg->queue_depth ? cfg->queue_depth : 256;
-        if ((r = roid_queue_init(&pl->work, sizeof(job), depth, job_is_barrier)) < 0)
+        if ((r = roid_queue_init(&pl->work, sizeof(job), depth, job_is_barrier)) < 0 ||
+            (r = roid_queue_init(&pl->an, sizeof(an_item), depth, NULL)) < 0) {
+                roid_err_set(err, r, "queues of %u items: %s", depth, strerror(-r));
                 goto fail;
-        if ((r = roid_queue_init(&pl->an, sizeof(an_item), depth, NULL)) < 0)
-                goto fail;
+        }
         r = roid_writer_new(depth, cfg->flush_interval, ctr, &pl->writer);
         if (r < 0) {
                 roid_err_set(err, r, "results writer: %s", strerror(-r));
@@ -1429,7 +1450,7 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
         pl->n_workers = cfg->workers ? cfg->workers : 1;
         pl->workers = calloc(pl->n_workers, sizeof *pl->workers);
         if (!pl->workers) {
-                r = -ENOMEM;
+                r = roid_err_set(err, -ENOMEM, "no memory for %u workers", pl->n_workers);
                 goto fail;
         }
         for (unsigned i = 0; i < pl->n_workers; i++) {
@@ -1446,14 +1467,12 @@ int roid_pipeline_new(const roid_config *cfg, roid_counters *ctr, roid_publisher
         *ret = pl;
         return 0;
 fail:
-        pl->pub = NULL; /* the caller keeps it on failure */
-        roid_pipeline_free(pl);
+        pipeline_free(pl, false); /* the caller keeps pub on failure */
         return r;
 }
 
-void roid_pipeline_free(roid_pipeline *pl) {
-        if (!pl)
-                return;
+/* The analysis thread may be publishing: pub is let go only after it is joined. */
+static void pipeline_free(roid_pipeline *pl, bool free_pub) {
         /* Release stalled workers (fault injection) first, then queue the jobs
          * still waiting for space, waiting now: a stop flushes what was received. */
         atomic_store(&pl->stopping, true);
@@ -1487,7 +1506,8 @@ void roid_pipeline_free(roid_pipeline *pl) {
         }
         roid_queue_destroy(&pl->work);
         roid_queue_destroy(&pl->an);
-        roid_publisher_free(pl->pub);
+        if (free_pub)
+                roid_publisher_free(pl->pub);
         roid_roi_free(pl->snap_roi);
         free(pl->snap_next);
         free(pl->workers);
@@ -1496,4 +1516,9 @@ void roid_pipeline_free(roid_pipeline *pl) {
         pthread_mutex_destroy(&pl->stall_lock);
         pthread_cond_destroy(&pl->stall_cond);
         free(pl);
+}
+
+void roid_pipeline_free(roid_pipeline *pl) {
+        if (pl)
+                pipeline_free(pl, true);
 }

@@ -83,11 +83,9 @@ void roid_pipeline_set_config(roid_pipeline *pl, const roid_config *cfg, const c
 void roid_pipeline_reset(roid_pipeline *pl);
 
 /* Watchdog inputs: items handled so far (any thread may read), and work
- * queued but not yet handled. */
+ * queued or taken but not yet handled. */
 uint64_t roid_pipeline_progress(roid_pipeline *pl);
 uint64_t roid_pipeline_pending(roid_pipeline *pl);
-/* Blocks until every queued item is handled (tests, shutdown). */
-void roid_pipeline_wait_idle(roid_pipeline *pl);
 
 /* Control replies from the latest snapshot (taken at a map publication, at
  * most every 0.25 s, and always for the final map),

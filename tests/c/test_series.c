@@ -157,6 +157,7 @@ static void test_bad_sequences(void) {
         roid_ingest_msg(in, &m);
         tap_eq_u64(CNT(images_duplicate), 1, "duplicate image_id: counted");
         tap_eq_u64((uint64_t)t.frames, 1, "duplicate image_id: ignored");
+        tap_eq_u64((uint64_t)t.errors, 0, "duplicate image_id: not a frame error (its first copy counts)");
 
         /* Same series_id, other unique id: another series (after a detector initialize). */
         m = image_msg(1, "B", 3, R, C);
@@ -168,10 +169,12 @@ static void test_bad_sequences(void) {
         roid_ingest_msg(in, &m);
         tap_eq_u64(CNT(images_bad_shape), 1, "image of the wrong shape: counted");
         tap_eq_u64((uint64_t)t.frames, 1, "image of the wrong shape: dropped");
+        tap_eq_u64((uint64_t)t.errors, 1, "image of the wrong shape: told to the sink (the series' dropped frames)");
 
         m = image_msg(1, "A", 5000, R, C);
         roid_ingest_msg(in, &m);
         tap_eq_u64(CNT(images_out_of_range), 1, "image_id beyond max_images: counted");
+        tap_eq_u64((uint64_t)t.errors, 2, "image_id beyond max_images: told to the sink");
 
         /* A new start without an end closes the open series. */
         m = start_msg(2, "C", 3);

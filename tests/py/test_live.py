@@ -284,6 +284,7 @@ def main():
     geometry_at_start(tmp)
     ask_after_set(tmp)
     blank_first_frame(tmp)
+    refused_images_counted()
     file_size_limit(tmp)
     replay_results_failed(tmp)
     if failures:
@@ -420,6 +421,51 @@ def blank_first_frame(tmp):
           f"blank first frame: {end and end['frames_analysed']} of {n} frames analysed (all but it)")
     check("no unmasked pixel above 0" in err and "tries again" in err,
           "the blank frame failed with the reason; the next one tried again")
+
+
+def refused_images_counted():
+    """Images of the series that the ingest refuses (the analysed channel
+    missing, a wrong shape) count among the series' dropped frames in its end
+    message, so that number_of_images - analysed - dropped, the images that
+    never arrived, is 0; a duplicate is not counted again."""
+    n, rows, cols, chans = 10, 32, 32, ["threshold_1", "threshold_2"]
+
+    def arr(i, c=cols):
+        a = np.random.default_rng(i).integers(1, 200, size=(rows, c), dtype=np.uint16)
+        return cbor2.CBORTag(40, [[rows, c], cbor2.CBORTag(69, a.astype("<u2").tobytes())])
+
+    def msg(m):
+        return cbor2.dumps(cbor2.CBORTag(55799, dict(m, series_id=7, series_unique_id="REFUSED7")))
+
+    msgs = [msg({"type": "start", "image_size_x": cols, "image_size_y": rows, "image_dtype": "uint16",
+                 "number_of_images": n, "channels": chans, "beam_center_x": 16.0, "beam_center_y": 16.0})]
+    for i in range(n):
+        data = ({"threshold_2": arr(i)} if i == 3 else  # no analysed channel
+                {c: arr(i, cols + 2) for c in chans} if i == 5 else  # wrong shape
+                {c: arr(i) for c in chans})
+        msgs.append(msg({"type": "image", "image_id": i, "data": data}))
+    msgs.insert(3, msgs[2])  # image 1 twice
+    msgs.append(msg({"type": "end"}))
+    det, roid, ctx, sub = daemon_with_subscriber(["--series", "1", "--idle-timeout", "30"])
+    push = ctx.socket(zmq.PUSH)
+    push.bind(det)  # the detector binds, roid connects
+    for m in msgs:  # the first send waits for roid
+        push.send(m)
+    end = series_end(sub, 60)
+    try:
+        rc = roid.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        roid.kill()
+        rc = None
+    err = roid.stderr.read()
+    push.close(0)
+    sub.close(0)
+    ctx.term()
+    got = end and (end["number_of_images"], end["frames_analysed"], end["frames_dropped"])
+    check(rc == 0 and got == (n, n - 2, 2),
+          f"2 refused images of {n}: end message (number_of_images, analysed, dropped) {got}, want ({n}, {n - 2}, 2)")
+    check("no such channel" in err and "is 32 x 34" in err and "duplicate" in err,
+          "the refused images and the duplicate are logged with their reasons")
 
 
 def ask_after_set(tmp):

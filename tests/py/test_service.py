@@ -296,9 +296,16 @@ class Service(unittest.TestCase):
         messages received used to count as progress, and pings went on)."""
         self.watchdog_stall("drop", rate=400, frames=100000)
 
-    def watchdog_stall(self, policy, rate, frames):
+    def test_watchdog_stops_when_the_end_stalls(self):
+        """The analysis thread stalls in the series end (ROID_FAULT=stall-end,
+        as behind a results disk that hangs) after every frame was handled:
+        the queues are empty, but the end it took is pending, so WATCHDOG=1
+        stops (it went on: only queued items counted as pending)."""
+        self.watchdog_stall("wait", rate=500, frames=FRAMES, fault="stall-end")
+
+    def watchdog_stall(self, policy, rate, frames, fault="stall-workers"):
         conf = BASE_CONF + f"\n[service]\nwatchdog_stall = 1\n\n[pipeline]\nqueue_depth = 4\nqueue_full = {policy}\n"
-        d = self.start(conf, watchdog_usec=500000, env={"ROID_FAULT": "stall-workers"})
+        d = self.start(conf, watchdog_usec=500000, env={"ROID_FAULT": fault})
         self.ready(d)
         idle = [f for f in self.notify.drain(1.5) if f.get("WATCHDOG") == "1"]
         self.assertGreaterEqual(len(idle), 2, "pings while idle, before the stall")
