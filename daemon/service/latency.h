@@ -9,8 +9,9 @@
  * from 1 us to 10^5 s, one cleared at every status, one at every series start.
  * A percentile is the centre of its bin, within 0.5 % of the exact one.
  *
- * Ownership: the caller owns the struct (embedded, zeroed or reset before
- * use).  Threads: not thread-safe; the pipeline's analysis thread only.
+ * Ownership: the caller owns the struct (embedded), and resets it with
+ * ROID_LATENCY_ALL before use: a zeroed one is not ready.  Threads: not
+ * thread-safe; the pipeline's analysis thread only.
  */
 #ifndef ROID_SERVICE_LATENCY_H
 #define ROID_SERVICE_LATENCY_H
