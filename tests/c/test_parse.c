@@ -1016,13 +1016,7 @@ static void test_v2_malformed(void) {
                                             "a_channel_name_of_63_bytes_as_long_as_roid_keeps_them_012345678"};
         for (unsigned k = 0; k < 2; k++) {
                 w = w_new(4096);
-                w_tag(w, 55799);
-                w_map(w, 3);
-                w_key(w, "type");
-                w_text(w, "image");
-                w_key(w, "image_id");
-                w_uint(w, 1);
-                w_key(w, "data");
+                w_image_head(w);
                 w_map(w, 1);
                 w_text(w, chans[k]);
                 w_uint(w, 7);
