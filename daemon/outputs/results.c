@@ -16,7 +16,7 @@
 /* Longest results file path (analysis.h ROID_PATH_MAX is the same). */
 #define RES_PATH_MAX 4096
 
-#define RESULTS_VERSION 4
+#define RESULTS_VERSION 5
 /* Frames converted (append) or read back (final labels) per HDF5 call. */
 #define BATCH   512
 #define MAX_MOD (2 * (1 + ROID_MAX_SEGMENTS))
@@ -93,6 +93,7 @@ enum {
         M_SEGMENT,
         M_IMAGE_IDS,
         M_FRAMES,
+        M_FIRST_ROW,
         M_FINAL,
         M_CLABELS,
         M_CENTROIDS,
@@ -105,6 +106,7 @@ struct roid_results {
         unsigned S, nmod, d, k;
         uint32_t ny, nx;
         uint64_t n;
+        uint64_t first_row; /* the maps' first row of /entry/scan: rows before a control reset are not theirs */
         bool failed, detached;
         char why[WHY_MAX]; /* HDF5's innermost reason for the first failure not yet reported */
         char path[RES_PATH_MAX];
@@ -338,6 +340,7 @@ static bool create_map_datasets(roid_results *w) {
         good = good &&
                (w->md[M_IMAGE_IDS] = dataset(w, roi, "image_ids", T_U64, 1, &zero, &unl, &ch_ids, NULL, NULL)) >= 0;
         good = good && (w->md[M_FRAMES] = dataset(w, roi, "frames", T_U64, 0, NULL, NULL, NULL, &z64, NULL)) >= 0;
+        good = good && (w->md[M_FIRST_ROW] = dataset(w, roi, "first_row", T_U64, 0, NULL, NULL, NULL, &z64, NULL)) >= 0;
         good = good && (w->md[M_FINAL] = dataset(w, roi, "final", T_U8, 0, NULL, NULL, NULL, &u0, NULL)) >= 0;
         good = good && (w->md[M_CLABELS] = dataset(w, cl, "labels", T_U8, 1, &zero, &unl, &ch_lab, &unseen, NULL)) >= 0;
         good = good && (w->md[M_CENTROIDS] = dataset(w, cl, "centroids", T_F64, 2, dk, NULL, NULL, &nan, NULL)) >= 0;
@@ -866,8 +869,8 @@ static bool write_plane(roid_results *w, int i, dtype t, unsigned m, const void 
  * nothing per frame is kept in memory.  A frame without counts measured
  * nothing (the RoI state left it out) and is not listed. */
 /* image_ids: the frames at points of the mask that the maps took (not
- * left_out: without counts, near full scale), but an outlier's (roi.h): a
- * reconstruction reading them would take in a glitch. */
+ * left_out: without counts, near full scale, nor before a control reset), but
+ * an outlier's (roi.h): a reconstruction reading them would take in a glitch. */
 static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8_t *outlier, const uint8_t *glab) {
         hsize_t n = w->n, zero = 0, nin = 0;
         if (!ok(w, H5Dset_extent(w->md[M_CLABELS], &n)) || !ok(w, H5Dset_extent(w->md[M_IMAGE_IDS], &zero)))
@@ -882,7 +885,7 @@ static bool write_frame_labels(roid_results *w, const uint8_t *mask, const uint8
                 for (hsize_t i = 0; i < m; i++) {
                         uint32_t row = w->b_index[2 * i], col = w->b_index[2 * i + 1];
                         w->b_lab[i] = ROID_ROI_UNSEEN;
-                        if (row >= w->ny || col >= w->nx)
+                        if (row >= w->ny || col >= w->nx || s + i < w->first_row)
                                 continue;
                         size_t p = (size_t)row * w->nx + col;
                         w->b_lab[i] = glab[p];
@@ -946,8 +949,13 @@ int roid_results_write_map(roid_results *w, const roid_roi *roi, bool final, roi
         uint8_t fin = final;
         if (good && final)
                 good = ok(w, H5Fflush(w->file, H5F_SCOPE_LOCAL));
-        good = good && write_all(w, M_FRAMES, T_U64, &frames) && write_all(w, M_FINAL, T_U8, &fin);
+        good = good && write_all(w, M_FRAMES, T_U64, &frames) && write_all(w, M_FIRST_ROW, T_U64, &w->first_row) &&
+               write_all(w, M_FINAL, T_U8, &fin);
         return good ? 0 : fail(w, err, "/entry/roi");
+}
+
+void roid_results_mark_reset(roid_results *w) {
+        w->first_row = w->n;
 }
 
 int roid_results_set_center(roid_results *w, double center_x, double center_y, roid_err *err) {

@@ -135,6 +135,11 @@ int roid_results_write_features(roid_results *w, const roid_results_features *f,
  * unfinished one with final. */
 int roid_results_write_map(roid_results *w, const roid_roi *roi, bool final, roid_err *err);
 
+/* A control reset: the maps written from now on are of the frames appended
+ * after this call, so image_ids and the per-frame cluster labels leave out
+ * the rows before it (/entry/roi/first_row says where they start). */
+void roid_results_mark_reset(roid_results *w);
+
 /* Rewrites /entry@beam_center, for a centre estimated from the first frame
  * after the file was opened (its source attribute says "estimated" from the
  * start).  -EIO. */

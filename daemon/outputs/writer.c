@@ -25,7 +25,7 @@ typedef struct {
         roid_results_meta meta; /* pointing into the copies above */
 } open_req;
 
-typedef enum { IT_OPEN, IT_APPEND, IT_CLOSE } item_kind;
+typedef enum { IT_OPEN, IT_APPEND, IT_RESET, IT_CLOSE } item_kind;
 
 typedef struct {
         item_kind kind;
@@ -362,8 +362,12 @@ static void *thread_main(void *arg) {
                                 if (one.kind == IT_OPEN) {
                                         do_open(w, one.u.open);
                                         pending_done(w, one.u.open->path);
-                                } else
+                                } else if (one.kind == IT_RESET) {
+                                        if (w->res) /* also a failed file: its close may still write a map */
+                                                roid_results_mark_reset(w->res);
+                                } else {
                                         do_close(w, &one);
+                                }
                                 item_release(&one);
                         }
                         if (writable(w) && past(&w->deadline)) {
@@ -557,6 +561,15 @@ int roid_writer_set_center(roid_writer *w, double center_x, double center_y) {
         }
         pthread_mutex_unlock(&w->map_mu);
         return r;
+}
+
+int roid_writer_reset(roid_writer *w) {
+        pthread_mutex_lock(&w->map_mu);
+        bool open = w->p_open;
+        pthread_mutex_unlock(&w->map_mu);
+        if (!open)
+                return -EINVAL;
+        return push(w, &(item){.kind = IT_RESET}, NULL);
 }
 
 int roid_writer_close(roid_writer *w, const roid_counters *ctr, bool terminated) {

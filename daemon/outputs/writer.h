@@ -96,6 +96,10 @@ int roid_writer_map(roid_writer *w, const roid_roi *roi, bool final);
  * (the file says "estimated" from the start and NaN until this arrives):
  * written at the next flush or at the close.  -EINVAL with no open series. */
 int roid_writer_set_center(roid_writer *w, double center_x, double center_y);
+/* A control reset of the series' RoI state, in order with the records
+ * appended: the maps written after it are of the records after it
+ * (roid_results_mark_reset).  -EINVAL with no open series. */
+int roid_writer_reset(roid_writer *w);
 /* Ends the series: the final snapshot (if one was passed) is written, then
  * the counters (ctr may be NULL) and terminated (roid_results_close), and the
  * file is closed.  Returns after enqueuing; -EINVAL with no open series. */

@@ -1014,6 +1014,8 @@ static void *analysis_main(void *arg) {
                                         roid_log(ROID_LOG_NOTICE, "series %" PRIu64 ": RoI state reset",
                                                  pl->ss.sc->series_id);
                                         an_series_state(pl, pl->ss.sc);
+                                        if (pl->ss.writing) /* its maps' image_ids: the frames since */
+                                                roid_writer_reset(pl->writer);
                                         /* the end message and log then speak of the frames since */
                                         pl->ss.frames = pl->ss.frames_at_map = 0;
                                         pl->ss.unplaced = pl->ss.failed = pl->ss.not_analysed = 0;

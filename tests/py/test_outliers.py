@@ -99,7 +99,7 @@ class Glitches(unittest.TestCase):
         fence = g["outlier_fence"][()]
         seen = ~np.isnan(t)
         self.assertTrue(t[seen & (want == 0)].max() < fence < t[want == 1].min(), (t[want == 0].max(), fence))
-        self.assertEqual(self.res["glitches"]["/entry"].attrs["results_version"], 4)
+        self.assertEqual(self.res["glitches"]["/entry"].attrs["results_version"], 5)
 
     def test_early_outliers_leave_the_online_mask_alone(self):
         c, e = self.res["clean"]["/entry/roi/online_mask"][()], self.res["early"]["/entry/roi/online_mask"][()]

@@ -591,6 +591,43 @@ class Service(unittest.TestCase):
         self.assertGreater(dropped, 0)
         self.assertEqual(end["frames_dropped"], dropped)
 
+    def test_results_after_a_reset(self):
+        """A control reset mid-series: the results file keeps every frame, and
+        its final map's image_ids and per-frame cluster labels are of the
+        frames since the reset (/entry/roi/first_row on): they listed frames
+        measured before it, at points only those frames had reached, and
+        broke len(image_ids) == counts[mask & ~outliers].sum()."""
+        d = self.start()
+        self.ready(d)
+        z = Zmq(d, topics=(b"series", b"status"))
+        try:
+            time.sleep(0.3)
+            p = self.sim(d, 1, rate=300)
+            m = z.recv(b"status", lambda b: (b.get("counters") or {}).get("frames_analysed", 0) >= 200, 60)
+            self.assertIsNotNone(m, "the series did not start")
+            self.assertTrue(z.request({"cmd": "reset"})["ok"])
+            end = z.series_end(1)
+            self.assertIsNotNone(end, "\n".join(d.stderr()))
+            self.assertEqual(finish(p)[0], 0)
+        finally:
+            z.close()
+        read_results(end["results_file"])  # once the writer has closed it
+        with h5py.File(end["results_file"], "r") as f:
+            roi, scan = f["/entry/roi"], f["/entry/scan"]
+            first, n = int(roi["first_row"][()]), scan["image_id"].shape[0]
+            ids, rows = roi["image_ids"][()], scan["image_id"][()]
+            counts, mask, outl = roi["counts"][()], roi["mask"][()], roi["outliers"][()]
+            labels = f["/entry/clusters/labels"][()]
+            final, version = roi["final"][()], f["/entry"].attrs["results_version"]
+        note(f"reset after {first} of {n} rows; {len(ids)} image_ids; {end['frames_analysed']} analysed since")
+        self.assertEqual((final, version, n), (1, 5, FRAMES))
+        self.assertTrue(200 <= first < n and n - first == end["frames_analysed"], (first, n, end["frames_analysed"]))
+        self.assertGreater(len(ids), 0, "the phantom has a region of interest")
+        self.assertEqual(len(ids), int(counts[(mask == 1) & (outl == 0)].sum()))
+        row_of = {int(i): r for r, i in enumerate(rows)}
+        self.assertTrue(all(row_of[int(i)] >= first for i in ids), "image_ids from before the reset")
+        self.assertTrue((labels[:first] == 255).all() and (labels[first:] != 255).any())
+
     def test_keys_checked_together_name_the_file(self):
         """An error between two keys (df_inner not below df_outer) names the
         file, as single-key errors name its line."""
