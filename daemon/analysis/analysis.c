@@ -432,9 +432,10 @@ static int write_results(roid_analysis *a, bool terminated, roid_err *err) {
         r = roid_results_write_features(w, &f, err);
         if (r >= 0)
                 r = roid_results_write_map(w, a->roi, true, err);
-        int rc = roid_results_close(w, NULL, terminated);
+        roid_err cerr = {""};
+        int rc = roid_results_close(w, NULL, terminated, &cerr);
         if (r >= 0 && rc < 0)
-                r = roid_err_set(err, rc, "closing %s failed", path);
+                r = roid_err_set(err, rc, "closing %s failed: %s", path, cerr.msg);
         if (r >= 0)
                 memcpy(a->last_output, path, sizeof path);
         return r;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "service/h5err.h"
 #include "service/log.h"
 #include "service/text.h"
 
@@ -25,27 +26,6 @@ bool roid_h5_is_hdf5(const char *path) {
         bool ok = fread(b, 1, 8, f) == 8 && memcmp(b, sig, 8) == 0;
         fclose(f);
         return ok;
-}
-
-typedef struct {
-        char *buf;
-        size_t size;
-} reason_buf;
-
-static herr_t innermost_internal(unsigned n, const H5E_error2_t *e, void *ctx) {
-        reason_buf *rb = ctx;
-        if (n == 0 && e->desc)
-                snprintf(rb->buf, rb->size, "%s", e->desc);
-        return 0;
-}
-
-/* HDF5's own words for the failure just seen (the innermost entry of its
- * error stack, e.g. "truncated file: eof = ..."): what broke, not where. */
-static const char *h5_reason(char *buf, size_t size) {
-        reason_buf rb = {buf, size};
-        snprintf(buf, size, "unknown HDF5 error");
-        H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_internal, &rb);
-        return buf;
 }
 
 static roid_dtype h5_dtype(hid_t type) {
@@ -122,7 +102,8 @@ static int open_dataset(hid_t f, const char *name, hid_t *ret, roid_err *err) {
         }
         hid_t o = H5Oopen(f, name, H5P_DEFAULT);
         if (o < 0)
-                return roid_err_set(err, -EIO, "%s%s cannot be opened: %s", name, target, h5_reason(why, sizeof why));
+                return roid_err_set(err, -EIO, "%s%s cannot be opened: %s", name, target,
+                                    roid_h5_reason(why, sizeof why));
         if (H5Iget_type(o) != H5I_DATASET) {
                 H5Oclose(o);
                 return roid_err_set(err, -EBADMSG, "%s%s is not a dataset", name, target);
@@ -207,7 +188,7 @@ static int check_storage(hid_t ds, hid_t space, const char *name, const h5_layou
                 hsize_t n = 0;
                 if (H5Dget_num_chunks(ds, space, &n) < 0)
                         return roid_err_set(err, -EIO, "%s: cannot read the chunk index: %s", name,
-                                            h5_reason(why, sizeof why));
+                                            roid_h5_reason(why, sizeof why));
                 *ret_written = n;
         } else if (lay->layout == H5D_CONTIGUOUS) {
                 haddr_t off = H5Dget_offset(ds);
@@ -229,7 +210,7 @@ static int check_storage(hid_t ds, hid_t space, const char *name, const h5_layou
                 hsize_t d[3], n = 0, want = 1;
                 if (H5Sget_simple_extent_dims(space, d, NULL) != 3 || H5Dget_num_chunks(ds, space, &n) < 0)
                         return roid_err_set(err, -EIO, "%s: cannot read the chunk index: %s", name,
-                                            h5_reason(why, sizeof why));
+                                            roid_h5_reason(why, sizeof why));
                 for (int k = 0; k < 3; k++)
                         want *= (d[k] + lay->chunk[k] - 1) / lay->chunk[k];
                 if (n < want)
@@ -1071,7 +1052,7 @@ static uint32_t *master_mask(hid_t f, const char *uid, uint32_t rows, uint32_t c
                 snprintf(why, sizeof why, "needs more memory than there is (%zu bytes)",
                          (size_t)rows * cols * sizeof *m);
         else if (H5Dread(ds, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, m) < 0)
-                snprintf(why, sizeof why, "cannot be read: %s", h5_reason(reason, sizeof reason));
+                snprintf(why, sizeof why, "cannot be read: %s", roid_h5_reason(reason, sizeof reason));
         if (why[0]) {
                 free(m);
                 m = NULL;
@@ -1117,7 +1098,8 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         vds_maps vds = {0};
         char why[128], ts[32];
         if (space < 0 || type < 0 || dataset_file_size(ds, &filesize) < 0) {
-                r = roid_err_set(err, -EIO, "%s: cannot read its shape and type: %s", name, h5_reason(why, sizeof why));
+                r = roid_err_set(err, -EIO, "%s: cannot read its shape and type: %s", name,
+                                 roid_h5_reason(why, sizeof why));
                 goto out;
         }
         int ndims = H5Sget_simple_extent_ndims(space);
@@ -1340,7 +1322,7 @@ static int link_exists(hid_t f, const char *path, roid_err *err) {
                 *p = '\0';
                 htri_t e = H5Lexists(f, buf, H5P_DEFAULT);
                 if (e < 0)
-                        return roid_err_set(err, -EIO, "cannot look up %s: %s", buf, h5_reason(why, sizeof why));
+                        return roid_err_set(err, -EIO, "cannot look up %s: %s", buf, roid_h5_reason(why, sizeof why));
                 if (e == 0 || !c)
                         return e > 0;
                 *p = c;
@@ -1397,7 +1379,7 @@ int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* we report errors ourselves */
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0)
-                return roid_err_set(err, -EIO, "%s: cannot open as HDF5: %s", path, h5_reason(why, sizeof why));
+                return roid_err_set(err, -EIO, "%s: cannot open as HDF5: %s", path, roid_h5_reason(why, sizeof why));
         const char *base = strrchr(path, '/');
         base = base ? base + 1 : path;
         int n = 0;

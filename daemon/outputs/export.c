@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "service/h5err.h"
 #include "service/log.h"
 
 /* Rows of a results file's /entry/scan read to find the selected frames'
@@ -303,6 +304,21 @@ int roid_export_new(const roid_export_params *p, roid_export **ret, roid_err *er
         return 0;
 }
 
+static void fail(roid_export *e, const char *what) {
+        if (!e->failed)
+                snprintf(e->why, sizeof e->why, "%s: %s", e->p.output, what);
+        e->failed = true;
+}
+
+/* After a failed HDF5 call: with HDF5's reason ("file write failed: No space
+ * left on device"). */
+static void fail_h5(roid_export *e, const char *what) {
+        char why[160];
+        if (!e->failed)
+                snprintf(e->why, sizeof e->why, "%s: %s: %s", e->p.output, what, roid_h5_reason(why, sizeof why));
+        e->failed = true;
+}
+
 static void close_output(roid_export *e) {
         for (int i = 0; i < D__N; i++)
                 if (e->d[i] >= 0) {
@@ -310,10 +326,8 @@ static void close_output(roid_export *e) {
                         e->d[i] = H5I_INVALID_HID;
                 }
         if (e->file >= 0) {
-                if (H5Fclose(e->file) < 0 && !e->failed) {
-                        e->failed = true;
-                        snprintf(e->why, sizeof e->why, "%s: cannot be closed (disk full?)", e->p.output);
-                }
+                if (H5Fclose(e->file) < 0) /* HDF5 keeps it half freed (h5err.h) */
+                        fail_h5(e, "cannot be closed");
                 e->file = H5I_INVALID_HID;
         }
 }
@@ -327,12 +341,6 @@ void roid_export_free(roid_export *e) {
 }
 
 /* ---- writing ---- */
-
-static void fail(roid_export *e, const char *what) {
-        if (!e->failed)
-                snprintf(e->why, sizeof e->why, "%s: %s", e->p.output, what);
-        e->failed = true;
-}
 
 static hid_t pixel_type(roid_dtype t) {
         return t == ROID_DT_U8 ? H5T_STD_U8LE : t == ROID_DT_U16 ? H5T_STD_U16LE : H5T_STD_U32LE;
@@ -377,7 +385,7 @@ static bool create_output(roid_export *e, const roid_frame_event *ev) {
         /* H5F_ACC_EXCL: an existing file is never replaced */
         e->file = H5Fcreate(e->p.output, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
         if (e->file < 0) {
-                fail(e, "cannot be created (it exists, or the directory is not writable)");
+                fail_h5(e, "cannot be created");
                 return false;
         }
         e->created = true;
@@ -413,7 +421,7 @@ static bool create_output(roid_export *e, const roid_frame_event *ev) {
         if (en >= 0)
                 H5Gclose(en);
         if (!ok) {
-                fail(e, "cannot write its layout");
+                fail_h5(e, "cannot write its layout");
                 return false;
         }
         e->dtype = ev->dtype;
@@ -423,10 +431,14 @@ static bool create_output(roid_export *e, const roid_frame_event *ev) {
 }
 
 /* Row n of dataset d (rank 1..3, the first dimension grown to n + 1). */
-static bool put_row(hid_t d, hid_t mem_type, size_t n, const void *v) {
+/* Row n of dataset d; on failure the export fails with HDF5's reason, taken
+ * before the closes below clear its error stack. */
+static bool put_row(roid_export *e, hid_t d, hid_t mem_type, size_t n, const void *v) {
         hsize_t dims[3] = {0}, start[3] = {0}, count[3] = {1, 1, 1};
         hid_t fs = H5Dget_space(d);
         const int rank = fs >= 0 ? H5Sget_simple_extent_dims(fs, dims, NULL) : -1;
+        if (rank < 1 || rank > 3)
+                fail_h5(e, "cannot be written");
         if (fs >= 0)
                 H5Sclose(fs);
         if (rank < 1 || rank > 3)
@@ -435,12 +447,16 @@ static bool put_row(hid_t d, hid_t mem_type, size_t n, const void *v) {
         start[0] = n;
         for (int i = 1; i < rank; i++)
                 count[i] = dims[i];
-        if (H5Dset_extent(d, dims) < 0)
+        if (H5Dset_extent(d, dims) < 0) {
+                fail_h5(e, "cannot be written");
                 return false;
+        }
         fs = H5Dget_space(d);
         hid_t ms = H5Screate_simple(rank, count, NULL);
         bool ok = fs >= 0 && ms >= 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
                   H5Dwrite(d, mem_type, ms, fs, H5P_DEFAULT, v) >= 0;
+        if (!ok)
+                fail_h5(e, "cannot be written");
         if (ms >= 0)
                 H5Sclose(ms);
         if (fs >= 0)
@@ -513,13 +529,11 @@ static void on_frame(void *ctx, const roid_frame_event *ev) {
                 return;
         }
         const size_t n = e->n_written;
-        if (!put_row(e->d[D_DATA], pixel_mem_type(ev->dtype), n, ev->pixels) ||
-            !put_row(e->d[D_ID], H5T_NATIVE_UINT64, n, &ev->image_id) ||
-            !put_row(e->d[D_INDEX], H5T_NATIVE_UINT32, n, s->index) ||
-            !put_row(e->d[D_POS], H5T_NATIVE_DOUBLE, n, s->position)) {
-                fail(e, "cannot be written (disk full?)");
+        if (!put_row(e, e->d[D_DATA], pixel_mem_type(ev->dtype), n, ev->pixels) ||
+            !put_row(e, e->d[D_ID], H5T_NATIVE_UINT64, n, &ev->image_id) ||
+            !put_row(e, e->d[D_INDEX], H5T_NATIVE_UINT32, n, s->index) ||
+            !put_row(e, e->d[D_POS], H5T_NATIVE_DOUBLE, n, s->position))
                 return;
-        }
         s->done = true;
         e->n_written++;
 }
@@ -531,7 +545,15 @@ void roid_export_sink(roid_export *e, roid_sink *ret) {
 int roid_export_finish(roid_export *e, size_t *n_written, roid_err *err) {
         close_output(e);
         if (!e->failed && e->from_results && !e->matched && e->n_series > 1)
-                reset_output(e); /* the frames of a series the results file is not of */
+                reset_output(e);       /* the frames of a series the results file is not of */
+        if (e->failed && e->created) { /* a partial file would pass for the frames asked for */
+                const bool gone = unlink(e->p.output) == 0 || errno == ENOENT;
+                e->created = false;
+                e->n_written = 0;
+                *n_written = 0;
+                return roid_err_set(err, -EIO, "%s; %s", e->why,
+                                    gone ? "the partial file is removed" : "the partial file could not be removed");
+        }
         *n_written = e->n_written;
         if (e->failed)
                 return roid_err_set(err, -EIO, "%s", e->why);

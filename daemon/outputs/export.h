@@ -54,7 +54,8 @@ void roid_export_sink(roid_export *e, roid_sink *ret);
 
 /* Closes the output and reports: 0 when every selected frame was written;
  * -ENOENT (err: how many are missing, the first of them) when some were not
- * in the inputs or did not decode; -EIO when the file could not be written;
+ * in the inputs or did not decode; -EIO when the file could not be written
+ * (err with HDF5's reason; a partial file this run created is removed);
  * -EINVAL when the inputs hold several series and none is the results
  * file's.  n_written: frames in the file. */
 int roid_export_finish(roid_export *e, size_t *n_written, roid_err *err);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "analysis/scan.h"
+#include "service/h5err.h"
 
 /* Longest results file path (analysis.h ROID_PATH_MAX is the same). */
 #define RES_PATH_MAX 4096
@@ -117,38 +118,13 @@ struct roid_results {
         uint8_t *b_lab, *b_left;
 };
 
-static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
-        (void)n;
-        char *why = data;
-        if (!e->desc || !e->desc[0])
-                return 0;
-        /* "file write failed: time = ..., filename = ..., errno = 28, error
-         * message = '...'" -> "file write failed: No space left on device" */
-        const char *en = strstr(e->desc, "errno = ");
-        int code;
-        if (en && sscanf(en, "errno = %d", &code) == 1) {
-                int head = (int)strcspn(e->desc, ":");
-                if (en - e->desc < head) /* "unable to extend file properly, errno = 27, ..." */
-                        head = (int)(en - e->desc);
-                while (head > 0 && (e->desc[head - 1] == ',' || e->desc[head - 1] == ' '))
-                        head--;
-                snprintf(why, WHY_MAX, "%.*s: %s", head, e->desc, strerror(code));
-        } else {
-                snprintf(why, WHY_MAX, "%s", e->desc);
-        }
-        for (char *c = why; *c; c++)
-                if ((unsigned char)*c < ' ')
-                        *c = ' ';
-        return 0;
-}
-
 /* Keeps the innermost message of HDF5's error stack of a failed call: the
  * stack is cleared by the next API call. */
 static bool ok(roid_results *w, int64_t r) {
         if (r >= 0)
                 return true;
         if (!w->why[0])
-                H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, w->why);
+                roid_h5_reason(w->why, sizeof w->why);
         return false;
 }
 
@@ -560,7 +536,7 @@ static void close_handles(roid_results *w, int *r) {
         if (w->file >= 0 && w->detached && !settle(w))
                 *r = -EIO; /* H5Fclose will fail as well: nothing better to do */
         if (w->file >= 0 && H5Fclose(w->file) < 0)
-                *r = -EIO;
+                *r = -EIO; /* its own last writes failed: HDF5 keeps it half freed (h5err.h) */
 }
 
 static void free_writer(roid_results *w) {
@@ -971,15 +947,14 @@ int roid_results_flush(roid_results *w, roid_err *err) {
         return ok(w, H5Fflush(w->file, H5F_SCOPE_LOCAL)) ? 0 : fail(w, err, "(flush)");
 }
 
-int roid_results_close(roid_results *w, const roid_counters *ctr, bool terminated) {
+int roid_results_close(roid_results *w, const roid_counters *ctr, bool terminated, roid_err *err) {
         if (!w)
                 return 0;
         int r = 0;
-        if (!w->failed && !ok(w, H5Fflush(w->file, H5F_SCOPE_LOCAL)))
-                w->failed = true;
         if (w->failed) {
-                detach(w);
-                r = -EIO;
+                r = roid_err_set(err, -EIO, "HDF5: %s: an earlier write failed", w->path);
+        } else if (!ok(w, H5Fflush(w->file, H5F_SCOPE_LOCAL))) {
+                r = fail(w, err, "(flush)");
         } else {
                 bool good = true;
                 for (int i = 0; good && ctr && i < ROID_C__MAX; i++) {
@@ -987,11 +962,19 @@ int roid_results_close(roid_results *w, const roid_counters *ctr, bool terminate
                         good = attr_rewrite(w, w->g[G_COUNTERS], roid_counter_name(i), T_U64, &v);
                 }
                 uint8_t yes = 1, term = terminated;
-                good = good && attr_rewrite(w, w->g[G_COUNTERS], "terminated", T_U8, &term);
-                if (!good || !attr_rewrite(w, w->g[G_COUNTERS], "complete", T_U8, &yes))
-                        r = -EIO;
+                good = good && attr_rewrite(w, w->g[G_COUNTERS], "terminated", T_U8, &term) &&
+                       attr_rewrite(w, w->g[G_COUNTERS], "complete", T_U8, &yes);
+                /* Flushed here, not by H5Fclose: a close whose writes fail leaves HDF5
+                 * with the file half open, and the library crashed at exit (found by
+                 * review, writes failing during the close). */
+                if (!good || !ok(w, H5Fflush(w->file, H5F_SCOPE_LOCAL)))
+                        r = fail(w, err, "/entry/counters");
         }
+        if (w->failed)
+                detach(w);
         close_handles(w, &r);
+        if (r < 0 && err && !err->msg[0])
+                roid_err_set(err, r, "HDF5: %s: closing failed", w->path);
         free_writer(w);
         return r;
 }

@@ -155,10 +155,11 @@ uint64_t roid_results_frames(const roid_results *w);
 /* Stores the counters (NULL: left at 0), terminated (1: the series ended with
  * the detector's end message; 0: roid closed it without one, so frames may be
  * missing) and complete = 1 as attributes of /entry/counters (unless a write
- * failed) and closes.  Returns the first error of the close (-EIO).
+ * failed) and closes.  Returns the first error of the close (-EIO, err says
+ * which write failed and why; err may be NULL).
  * After a failed write the file keeps what the last successful flush wrote,
  * readable by SWMR readers as a file whose writer died; HDF5 is left with
  * nothing open either way. */
-int roid_results_close(roid_results *w, const roid_counters *ctr, bool terminated);
+int roid_results_close(roid_results *w, const roid_counters *ctr, bool terminated, roid_err *err);
 
 #endif

@@ -45,7 +45,7 @@ struct roid_writer {
         roid_counters *ctr;
         double interval;
 
-        pthread_mutex_t mu; /* queue, idle requests, stats, last path */
+        pthread_mutex_t mu; /* queue, idle requests, stats */
         pthread_cond_t not_empty, not_full, idle;
         item *q;
         size_t cap, head;
@@ -54,7 +54,6 @@ struct roid_writer {
         uint64_t req_seq, done_seq; /* wait_idle requests and the last one served */
         int first_err;
         roid_writer_stats stats;
-        char last_path[PATH_LEN];
 
         pthread_mutex_t map_mu; /* producer state, the snapshot slot, the pending files */
         /* The files of the opens queued and not yet tried by the thread (at
@@ -231,7 +230,7 @@ static void close_file(roid_writer *w, const roid_counters *ctr, bool terminated
         }
         w->unflushed = 0;
         bool was_failed = w->failed;
-        int r = roid_results_close(w->res, ctr, terminated);
+        int r = roid_results_close(w->res, ctr, terminated, &err);
         w->res = NULL;
         w->failed = false;
         w->dirty = false;
@@ -252,12 +251,9 @@ static void close_file(roid_writer *w, const roid_counters *ctr, bool terminated
                 w->stats.series_written++;
         }
         pthread_mutex_unlock(&w->mu);
-        if (r < 0) {
-                char path[PATH_LEN];
-                pthread_mutex_lock(&w->mu);
-                memcpy(path, w->last_path, sizeof path);
-                pthread_mutex_unlock(&w->mu);
-                roid_log(ROID_LOG_ERR, "results: closing %s failed", path);
+        if (r < 0) { /* the counters and complete = 1 did not reach the file: it failed */
+                roid_count(w->ctr, ROID_C_results_failed, 1);
+                roid_log(ROID_LOG_ERR, "results: closing the file failed: %s", err.msg);
         }
 }
 
@@ -274,7 +270,6 @@ static void do_open(roid_writer *w, open_req *o) {
                 return;
         }
         pthread_mutex_lock(&w->mu);
-        memcpy(w->last_path, path, sizeof path);
         w->stats.series_opened++;
         pthread_mutex_unlock(&w->mu);
         w->dirty = true;

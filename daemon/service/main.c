@@ -606,9 +606,10 @@ static int cmd_export(const options *o, int n_inputs, char **inputs) {
                 roid_log(ROID_LOG_ERR, "export: %s", err.msg);
         if (n)
                 roid_log(ROID_LOG_NOTICE, "export: %zu frame%s written to %s", n, n == 1 ? "" : "s", o->output);
+        else if (r < 0) /* the line above says why */
+                roid_log(ROID_LOG_NOTICE, "export: no file written");
         else
-                roid_log(ROID_LOG_NOTICE, "export: no frame selected%s, no file written",
-                         r < 0 ? " was found" : " (the final RoI is empty)");
+                roid_log(ROID_LOG_NOTICE, "export: no frame selected (the final RoI is empty), no file written");
         if (failed && r == 0)
                 r = -EIO;
 out:

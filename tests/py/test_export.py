@@ -205,6 +205,24 @@ class Export(unittest.TestCase):
         with h5py.File(out, "r") as f:
             self.assertEqual(f["/entry/data/image_id"][()].tolist(), [1], "what was found is kept")
 
+    def test_output_that_cannot_be_written(self):
+        """A disk that fills mid-export (here the file-size limit, 1 MiB, on
+        two frames of 2 MiB): exit status 1, HDF5's reason named, the partial
+        file removed (it would pass for the frames asked for), no crash."""
+        import resource
+        out = self.path("full.h5")
+        lim = 1 << 20
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
+        p = subprocess.run([ROID, "export", "--ids", "0-1", "--deflate", "0", "--output", out, data(EIGER1)],
+                           capture_output=True, text=True, timeout=300, preexec_fn=limit)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("cannot be written: file write failed: File too large", p.stderr)
+        self.assertIn("the partial file is removed", p.stderr)
+        self.assertIn("export: no file written", p.stderr)
+        self.assertFalse(os.path.exists(out))
+
     def test_existing_output_never_replaced(self):
         out = self.path("exists.h5")
         with open(out, "wb") as fp:
