@@ -30,9 +30,16 @@ int roid_capture_writer_open(const char *path, roid_capture_writer **ret) {
         roid_capture_writer *w = calloc(1, sizeof *w);
         if (!w)
                 return -ENOMEM;
+        /* Never over a file that is there (a capture of an earlier run); a
+         * FIFO or a device (/dev/stdout, a pipe to gzip) is written to. */
         w->f = fopen(path, "wbx");
-        if (!w->f && errno == EEXIST)
-                w->f = fopen(path, "wb");
+        if (!w->f && errno == EEXIST) {
+                struct stat st;
+                if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+                        w->f = fopen(path, "wb");
+                else
+                        errno = EEXIST;
+        }
         if (!w->f) {
                 int r = -errno;
                 free(w);

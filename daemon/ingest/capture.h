@@ -24,6 +24,8 @@
 typedef struct roid_capture_writer roid_capture_writer;
 typedef struct roid_capture_reader roid_capture_reader;
 
+/* -EEXIST when path is a regular file already (never replaced); a FIFO or a
+ * device is written to. */
 int roid_capture_writer_open(const char *path, roid_capture_writer **ret);
 int roid_capture_write(roid_capture_writer *w, const roid_part *parts, size_t n_parts);
 /* Returns the first write/flush error, if any. */

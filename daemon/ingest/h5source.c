@@ -442,7 +442,7 @@ static void probe_source(hid_t ds, vds_map *m, hid_t srcspace) {
         char why[96] = "";
         check_source(src, srcspace, why, sizeof why);
         if (why[0])
-                snprintf(m->why, sizeof m->why, "source dataset %s", why);
+                snprintf(m->why, sizeof m->why, "source dataset %.80s", why);
 out:
         if (src >= 0)
                 H5Dclose(src);
@@ -1332,6 +1332,12 @@ static int link_exists(hid_t f, const char *path, roid_err *err) {
 #define MASTER_DATA_MAX 100000
 typedef char data_name[32];
 
+/* Whether the series of uid is the one open (this replay sent its start). */
+static bool series_open(roid_ingest *in, const char *uid) {
+        const roid_tracker *tr = roid_ingest_tracker(in);
+        return tr->open && strcmp(tr->cur.series_unique_id, uid) == 0;
+}
+
 /* A master's i-th data file (i >= 1), /entry/data/data_%06d: 1 with the
  * dataset open in *ret, 0 when there is no such link, a negative errno. */
 static int open_data_file(hid_t f, int i, data_name name, hid_t *ret, roid_err *err) {
@@ -1395,22 +1401,35 @@ int roid_h5_replay(const char *path, roid_ingest *in, roid_err *err) {
                 n = 1;
         } else if (r == 0) {
                 /* A master file: /entry/data/data_000001, ... (external links). */
+                /* A data file that cannot be read is an error once the others are
+                 * replayed: the frames of the files after it are not lost with it. */
                 const uint64_t n_images = master_data_images(f);
                 uint64_t next = 0;
+                unsigned n_bad = 0;
+                int r_bad = 0;
                 for (int i = 1; i < MASTER_DATA_MAX; i++) {
                         data_name name;
-                        r = open_data_file(f, i, name, &ds, err);
-                        if (r <= 0)
+                        roid_err e1 = {""};
+                        r = open_data_file(f, i, name, &ds, &e1);
+                        if (r == 0)
                                 break;
-                        r = replay_dataset(ds, name, base, i == 1, false, f, &next, n_images, in, err);
-                        H5Dclose(ds);
-                        n++;
-                        if (r < 0)
-                                break;
+                        if (r > 0) {
+                                r = replay_dataset(ds, name, base, !series_open(in, base), false, f, &next, n_images,
+                                                   in, &e1);
+                                H5Dclose(ds);
+                                n++;
+                        }
+                        if (r < 0 && !n_bad++) {
+                                r_bad = r;
+                                if (err)
+                                        *err = e1;
+                        }
                 }
+                r = r_bad;
+                if (n_bad > 1)
+                        roid_err_prefix(err, "%u data files not replayed, the first", n_bad);
                 /* Only a series we started: the first part may have been rejected before its start. */
-                const roid_tracker *tr = roid_ingest_tracker(in);
-                if (n && tr->open && strcmp(tr->cur.series_unique_id, base) == 0)
+                if (n && series_open(in, base))
                         send_end(in, base);
         }
         H5Fclose(f);

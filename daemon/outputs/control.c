@@ -530,7 +530,8 @@ static bool do_set(roid_control *c, const msgpack_object *req) {
                 r = c->h.set(c->h.ctx, rk.section, rk.key, text, &err);
                 if (r < 0) {
                         char msg[ROID_ERR_MAX];
-                        snprintf(msg, sizeof(msg), "values.%s: %s", name, err.msg[0] ? err.msg : strerror(-r));
+                        /* precisions: a debug build (-O0) checks that nothing can be cut */
+                        snprintf(msg, sizeof(msg), "values.%.80s: %.160s", name, err.msg[0] ? err.msg : strerror(-r));
                         if (c->h.commit) {
                                 roid_err ignored = {{0}};
                                 c->h.commit(c->h.ctx, false, &ignored);
@@ -547,7 +548,7 @@ static bool do_set(roid_control *c, const msgpack_object *req) {
                 int r = c->h.commit(c->h.ctx, true, &err);
                 if (r < 0) {
                         char msg[ROID_ERR_MAX];
-                        snprintf(msg, sizeof(msg), "values: %s", err.msg[0] ? err.msg : strerror(-r));
+                        snprintf(msg, sizeof(msg), "values: %.240s", err.msg[0] ? err.msg : strerror(-r));
                         pairs = reply_begin(c, false, "set");
                         error_pairs(c, msg);
                         pack_applied(c, values, 0);

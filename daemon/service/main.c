@@ -387,16 +387,18 @@ static int cmd_record(const options *o, const char *endpoint, const char *path) 
         roid_err err = {""};
         roid_zsource *z = NULL;
         void *zctx = NULL;
-        int r = roid_capture_writer_open(path, &rc.w);
-        if (r < 0) {
-                roid_log(ROID_LOG_ERR, "%s: cannot create: %s", path, strerror(-r));
-                return r;
-        }
+        int r;
         if ((r = roid_parser_new(&cfg->limits, &rc.parser)) < 0)
                 goto out;
         zctx = zmq_ctx_new();
         if ((r = roid_zsource_new(zctx, endpoint, &cfg->limits, 100000, &z, &err)) < 0) {
                 roid_log(ROID_LOG_ERR, "%s", err.msg);
+                goto out;
+        }
+        /* After the endpoint: a mistyped one leaves no empty capture behind. */
+        if ((r = roid_capture_writer_open(path, &rc.w)) < 0) {
+                roid_log(ROID_LOG_ERR, "%s: %s", path,
+                         r == -EEXIST ? "exists: roid record never replaces a file" : strerror(-r));
                 goto out;
         }
         roid_log(ROID_LOG_INFO, "connected to %s", endpoint);
@@ -456,7 +458,7 @@ out:
                          "recording to %s failed: of %ld messages received (%ld series ended), those after the "
                          "last complete one in the file are lost (roid replay counts them)",
                          path, rc.messages, rc.series_ended);
-        else
+        else if (rc.w)
                 roid_log(ROID_LOG_NOTICE, "recorded %ld messages (%ld series ended) to %s", rc.messages,
                          rc.series_ended, path);
         return r;

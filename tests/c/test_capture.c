@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ingest/capture.h"
@@ -108,7 +109,14 @@ static void test_malformed(void) {
  * an error naming its byte offset and the limit, and the next record is read;
  * the ingest counts it as the live path counts such a message. */
 static void test_skip_over_limit(void) {
-        roid_capture_writer *w;
+        roid_capture_writer *w = NULL;
+        /* the round trip's capture is there: never replaced, left as it was */
+        struct stat before, after;
+        const bool had = stat(path, &before) == 0;
+        tap_ok(had && roid_capture_writer_open(path, &w) == -EEXIST && !w && stat(path, &after) == 0 &&
+                       after.st_size == before.st_size && after.st_mtim.tv_nsec == before.st_mtim.tv_nsec,
+               "an existing capture file is not replaced (-EEXIST, untouched)");
+        unlink(path);
         roid_capture_writer_open(path, &w);
         static uint8_t big[200];
         roid_part many[6], one = {(const uint8_t *)"b", 1}, fat = {big, sizeof big}, last = {(const uint8_t *)"d", 1};

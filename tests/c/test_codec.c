@@ -470,8 +470,8 @@ static void test_round_trips(void) {
                                         if (r != 0 || memcmp(in, g.p, nb) || !guard_intact(&g)) {
                                                 if (!bad_bs++)
                                                         snprintf(first_bad, sizeof first_bad,
-                                                                 "bslz4 elem %zu n %zu block %zu: r=%d %s", s, n, blk,
-                                                                 r, err.msg);
+                                                                 "bslz4 elem %zu n %zu block %zu: r=%d %.160s", s, n,
+                                                                 blk, r, err.msg);
                                         }
                                         free(enc);
 
@@ -490,7 +490,7 @@ static void test_round_trips(void) {
                                         if (r != 0 || memcmp(in, g.p, nb) || !guard_intact(&g)) {
                                                 if (!bad_h5++)
                                                         snprintf(first_bad, sizeof first_bad,
-                                                                 "lz4h5 n %zu block %zu: r=%d %s", nb, hblk, r,
+                                                                 "lz4h5 n %zu block %zu: r=%d %.160s", nb, hblk, r,
                                                                  err.msg);
                                         }
                                         free(enc);
@@ -505,8 +505,8 @@ static void test_round_trips(void) {
                                         r = roid_lz4raw_decode(enc, esz, g.p, nb, &err);
                                 if (r != 0 || memcmp(in, g.p, nb) || !guard_intact(&g)) {
                                         if (!bad_raw++)
-                                                snprintf(first_bad, sizeof first_bad, "lz4raw n %zu: r=%d %s", nb, r,
-                                                         err.msg);
+                                                snprintf(first_bad, sizeof first_bad, "lz4raw n %zu: r=%d %.160s", nb,
+                                                         r, err.msg);
                                 }
                                 free(enc);
                                 free(g.mem);

@@ -894,6 +894,7 @@ static bool make_capture_seed(int kind, const char *path, cap_seed *s) {
         fuzz_msg m = {mb, 0, sizeof mb};
         roid_capture_writer *w;
         if (kind <= 2) {
+                unlink(path); /* the writer never replaces a file */
                 if (roid_capture_writer_open(path, &w) < 0)
                         return false;
                 if (kind == 0 || kind == 2) {

@@ -749,6 +749,15 @@ static void links_second_missing(hid_t g) {
         H5Lcreate_external("m-data1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
         H5Lcreate_external("m-gone.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
 }
+static void links_middle_missing(hid_t g) {
+        H5Lcreate_external("m-data1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
+        H5Lcreate_external("m-gone.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
+        H5Lcreate_external("m-data3.h5", DS, g, "data_000003", H5P_DEFAULT, H5P_DEFAULT);
+}
+static void links_first_missing(hid_t g) {
+        H5Lcreate_external("m-gone.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
+        H5Lcreate_external("m-data2.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
+}
 static void links_missing(hid_t g) {
         H5Lcreate_external("absent-data.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
 }
@@ -813,6 +822,26 @@ static void test_master(void) {
                "master whose second data file is missing: error naming the link and the file (%s)", res.err.msg);
         tap_ok(all_ids(0, 3) && T.frames_ok == 3 && T.starts == 1 && T.ends == 1,
                "... the first data file's 3 frames were delivered and the series closed (%d frames)", T.frames);
+
+        /* A missing data file between two good ones: the last one's frames are
+         * replayed, then the error (they were dropped unread, uncounted). */
+        s.nr_low = 7;
+        s.n = 3;
+        write_h5("m-data3.h5", &s);
+        master_with("m-middle_missing.h5", links_middle_missing);
+        res = replay(tpath("m-middle_missing.h5"));
+        tap_ok(res.r < 0 && strstr(res.err.msg, "data_000002") && strstr(res.err.msg, "m-gone.h5") &&
+                       T.frames_ok == 6 && T.starts == 1 && T.ends == 1 && T.ids[0] == 0 && T.ids[2] == 2 &&
+                       T.ids[3] == 6 && T.ids[5] == 8,
+               "master whose middle data file is missing: the other two files' 6 frames (ids 0-2, 6-8), one "
+               "series, then the error (r=%d %s, %d frames)",
+               res.r, res.err.msg, T.frames);
+        master_with("m-first_missing.h5", links_first_missing);
+        res = replay(tpath("m-first_missing.h5"));
+        tap_ok(res.r < 0 && strstr(res.err.msg, "data_000001") && T.frames_ok == 3 && T.starts == 1 && T.ends == 1,
+               "master whose first data file is missing: the second one starts the series, its 3 frames replayed, "
+               "then the error (r=%d %s, %d frames)",
+               res.r, res.err.msg, T.frames);
 
         master_with("m-missing.h5", links_missing);
         expect_error("master linking to a missing file", replay(tpath("m-missing.h5")), "data_000001", "absent-data.h5",

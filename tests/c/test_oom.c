@@ -607,6 +607,7 @@ static int capw_call(void *ctx, roid_err *err) {
 static void capw_undo(void *ctx) {
         capw_ctx *c = ctx;
         roid_capture_writer_close(c->ret);
+        unlink(c->path); /* the writer never replaces a file */
 }
 
 typedef struct {

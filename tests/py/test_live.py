@@ -285,6 +285,7 @@ def main():
     ask_after_set(tmp)
     blank_first_frame(tmp)
     refused_images_counted()
+    record_never_replaces(tmp)
     file_size_limit(tmp)
     replay_results_failed(tmp)
     if failures:
@@ -421,6 +422,28 @@ def blank_first_frame(tmp):
           f"blank first frame: {end and end['frames_analysed']} of {n} frames analysed (all but it)")
     check("no unmasked pixel above 0" in err and "tries again" in err,
           "the blank frame failed with the reason; the next one tried again")
+
+
+def record_never_replaces(tmp):
+    """roid record refuses a capture file that is there (an earlier run's),
+    and a mistyped endpoint leaves no empty capture behind."""
+    cap = os.path.join(tmp, "earlier.cbors")
+    with open(cap, "wb") as f:
+        f.write(b"an earlier capture")
+    p = subprocess.run([ROID, "record", "tcp://127.0.0.1:9", cap, "--count", "1"], capture_output=True, text=True,
+                       timeout=60)
+    with open(cap, "rb") as f:
+        kept = f.read()
+    check(p.returncode != 0 and "exists: roid record never replaces a file" in p.stderr and
+          kept == b"an earlier capture", f"record onto an existing file: refused, file kept ({p.stderr.strip()})")
+    new = os.path.join(tmp, "never.cbors")
+    p = subprocess.run([ROID, "record", "tcp://no-such-host-xyz:", new, "--count", "1"], capture_output=True,
+                       text=True, timeout=60)
+    check(p.returncode != 0 and not os.path.exists(new),
+          f"record from a bad endpoint: fails, no capture file made ({p.stderr.strip()})")
+    p = subprocess.run([ROID, "record", "tcp://127.0.0.1:9", "/dev/null", "--count", "1", "--idle-timeout", "1"],
+                       capture_output=True, text=True, timeout=60)
+    check("never replaces" not in p.stderr, f"record to /dev/null (a device) is allowed ({p.stderr.strip()})")
 
 
 def refused_images_counted():
