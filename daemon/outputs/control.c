@@ -887,6 +887,12 @@ static int serve_one(roid_control *c) {
         }
         for (unsigned i = 0; i < kept; i++)
                 zmq_msg_close(&f[i]);
+        /* The reply went out as a copy: a large one's buffer (a map of a large
+         * grid, 22 bytes a point) is let go instead of kept for the daemon's life. */
+        if (c->sb.alloc > ROID_CONTROL_COUNTED_REPLY) {
+                msgpack_sbuffer_destroy(&c->sb);
+                msgpack_sbuffer_init(&c->sb);
+        }
         return 1;
 }
 

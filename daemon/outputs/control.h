@@ -1,5 +1,5 @@
 /* control.h - roid's control socket: a bound ZeroMQ ROUTER socket answering
- * msgpack requests "status", "map", "set", "ask" and "reset" like a REP
+ * msgpack requests "status", "map", "series", "set", "ask" and "reset" like a REP
  * (proto/live.md is the wire specification).  ROUTER rather than REP because
  * REP drops a reply the client does not take without a word; with
  * ZMQ_ROUTER_MANDATORY each such reply is counted (roid_control_unsent).
@@ -14,7 +14,10 @@
  * more than a few dozen bytes per request byte.  Requests up to
  * 2 * max_request_bytes are read and refused with an error reply; larger
  * frames are refused by libzmq (ZMQ_MAXMSGSIZE), which closes that client's
- * connection without a reply (the client sees a timeout).
+ * connection without a reply (the client sees a timeout).  libzmq checks that
+ * frame by frame and delivers a multipart message whole: a request of many
+ * frames is held before it can be refused (bind where trusted clients alone
+ * reach the socket; proto/live.md).
  *
  * Replies: a map {"ok", "cmd", "schema", "time", ...}.  The handlers of
  * status, map and ask pack the rest of the reply's key/value pairs into the

@@ -705,6 +705,9 @@ static int send_message(roid_publisher *p, roid_topic t, int pairs, bool must) {
          * messages, so the second frame of an admitted message is not refused. */
         if (send_body(p, b) < 0) {
                 r = -errno;
+                /* Only out of memory: the topic frame is out, and the next message
+                 * would join it; an empty body ends it (a gap in seq all the same). */
+                zmq_send(p->sock, "", 0, ZMQ_DONTWAIT);
                 ROID_LOG_LIMITED(ROID_LOG_WARNING, "publish %s: second frame not sent: %s", name, zmq_strerror(-r));
                 return r;
         }

@@ -6,7 +6,7 @@
  * subscription selects exactly one topic) and one msgpack map.  Every map
  * starts with "schema", "topic", "seq", "time", "series_id",
  * "series_unique_id".  Arrays travel as typed arrays: a map {"dtype":
- * "uint8"|"uint32"|"float64", "shape": [...], "data": bin}, the data
+ * "uint8"|"uint32"|"uint64"|"float64", "shape": [...], "data": bin}, the data
  * little-endian in C order.
  *
  * Never blocks: messages are sent with ZMQ_DONTWAIT; a subscriber whose
@@ -18,9 +18,10 @@
  * attempted: seq = sent + dropped, dropped being what roid did not send).
  * The daemon's loop never waits for a client.
  *
- * Memory: one msgpack_sbuffer, cleared and reused; once it has grown to the
- * largest map nothing is allocated per message by the encoder (libzmq copies
- * the bytes into its own message).
+ * Memory: one msgpack_sbuffer per topic, cleared and reused; once each has
+ * grown to its largest message nothing is allocated per message by the
+ * encoder.  A message under 64 KiB is copied by libzmq; a larger one goes
+ * without a copy (Ownership below).
  *
  * Packers: roid_pack_* write key/value pairs (no map header) and return how
  * many pairs they wrote, so a control reply can append them after its own
@@ -29,8 +30,11 @@
  * Ownership: the publisher owns its socket and its packing buffers; views
  * are borrowed for the duration of a call.  A message of 64 KiB or more goes
  * to libzmq without a copy: its buffer is libzmq's until libzmq's free
- * callback gives it back (an atomic flag, set on libzmq's I/O thread), and at
- * most 4 are out at once (more are copied).  Threads: one thread owns a
+ * callback gives it back (an atomic flag, set on libzmq's I/O thread).  Each
+ * topic has a pool of such buffers, grown on demand up to publish_hwm + 2
+ * within the series' memory bound (roid_publisher_set_pool); with all of a
+ * pool in flight a large message is dropped and counted, but a final map or
+ * scan_here, which is copied (publish.c says why).  Threads: one thread owns a
  * publisher (the daemon's analysis thread); the zmq context may be shared,
  * and must outlive the publisher (a buffer still queued in libzmq is freed
  * when libzmq drops it).
