@@ -402,14 +402,30 @@ static int cmd_record(const options *o, const char *endpoint, const char *path) 
                 goto out;
         }
         roid_log(ROID_LOG_INFO, "connected to %s", endpoint);
-        double last = now_s();
+        /* As the daemon does: closes logged, and after a part over
+         * max_message_bytes, which makes libzmq give the endpoint up, a new
+         * connection (the recording heard nothing more, without a word). */
+        const bool watched = roid_zsource_watch(z, zctx, &err) >= 0;
+        if (!watched)
+                roid_log(ROID_LOG_WARNING, "detector connections not watched: %s", err.msg);
+        double last = now_s(), t_closed = 0;
+        bool in_series = false;
         long want_series = cfg->exit_after_series;
         while (!stop_requested && !(o->count > 0 && rc.messages >= o->count) &&
                !(want_series > 0 && rc.series_ended >= want_series)) {
-                zmq_pollitem_t it = {.socket = roid_zsource_socket(z), .events = ZMQ_POLLIN};
-                if (zmq_poll(&it, 1, 200) < 0 && errno != EINTR) {
+                zmq_pollitem_t it[2] = {{.socket = roid_zsource_socket(z), .events = ZMQ_POLLIN},
+                                        {.socket = watched ? roid_zsource_monitor(z) : NULL, .events = ZMQ_POLLIN}};
+                if (zmq_poll(it, watched ? 2 : 1, 200) < 0 && errno != EINTR) {
                         r = -errno;
                         break;
+                }
+                if (watched && roid_zsource_events(z) > 0)
+                        t_closed = now_s();
+                if (t_closed > 0 && now_s() - t_closed >= 1) { /* the messages before the close are in */
+                        t_closed = 0;
+                        roid_zsource_say_closes(z, in_series);
+                        if (roid_zsource_given_up(z) && roid_zsource_reconnect(z, &err) < 0)
+                                roid_log(ROID_LOG_ERR, "%s", err.msg);
                 }
                 for (;;) { /* drain: a wake-up may stand for many messages */
                         const roid_part *parts;
@@ -431,8 +447,10 @@ static int cmd_record(const options *o, const char *endpoint, const char *path) 
                         }
                         rc.messages++;
                         roid_msg m;
-                        if (roid_parse(rc.parser, parts, n, &m, NULL) >= 0 && m.type == ROID_MSG_END)
-                                rc.series_ended++;
+                        if (roid_parse(rc.parser, parts, n, &m, NULL) >= 0) {
+                                rc.series_ended += m.type == ROID_MSG_END;
+                                in_series = m.type == ROID_MSG_START || (in_series && m.type != ROID_MSG_END);
+                        }
                         if ((o->count > 0 && rc.messages >= o->count) ||
                             (want_series > 0 && rc.series_ended >= want_series))
                                 break;

@@ -286,6 +286,7 @@ def main():
     blank_first_frame(tmp)
     refused_images_counted()
     record_never_replaces(tmp)
+    record_after_oversized(tmp)
     file_size_limit(tmp)
     replay_results_failed(tmp)
     if failures:
@@ -444,6 +445,49 @@ def record_never_replaces(tmp):
     p = subprocess.run([ROID, "record", "tcp://127.0.0.1:9", "/dev/null", "--count", "1", "--idle-timeout", "1"],
                        capture_output=True, text=True, timeout=60)
     check("never replaces" not in p.stderr, f"record to /dev/null (a device) is allowed ({p.stderr.strip()})")
+
+
+def record_after_oversized(tmp):
+    """A part over max_message_bytes makes libzmq drop the connection and give
+    the endpoint up: roid record connects again, as the daemon does, and
+    records what the detector sends after it (it heard nothing more, without
+    a word)."""
+    conf = os.path.join(tmp, "small-messages.conf")
+    with open(conf, "w") as f:
+        f.write("[limits]\nmax_message_bytes = 4096\n")
+    cap = os.path.join(tmp, "after-oversized.cbors")
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    rec = subprocess.Popen([ROID, "record", "--config", conf, f"tcp://127.0.0.1:{port}", cap, "--count", "6",
+                            "--idle-timeout", "20"], stderr=subprocess.PIPE, text=True)
+    CHILDREN.append(rec)
+    push.send(b"small 0")
+    push.send(b"x" * 10000)
+    time.sleep(2.5)  # roid looks a second after a close whether libzmq connects again
+    deadline = time.time() + 15
+    for i in range(1, 6):  # without a peer a PUSH send waits: bounded here
+        while time.time() < deadline:
+            try:
+                push.send(b"small %d" % i, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                time.sleep(0.05)
+    try:
+        _, err = rec.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        rec.kill()
+        _, err = rec.communicate()
+    push.close(0)
+    ctx.term()
+    with open(cap, "rb") as f:
+        dec = cbor2.CBORDecoder(f)
+        got = []
+        while f.tell() < os.path.getsize(cap):
+            got.append(dec.decode()[0])
+    check(rec.returncode == 0 and got == [b"small %d" % i for i in range(6)],
+          f"record after a part over max_message_bytes: {len(got)} of the 6 small messages recorded "
+          f"(exit {rec.returncode}; {err.strip().splitlines()[-3:]})")
 
 
 def refused_images_counted():
