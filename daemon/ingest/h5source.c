@@ -394,6 +394,20 @@ static void check_source(hid_t src, hid_t srcspace, char *why, size_t size) {
                         snprintf(why, size, "does not fit in its file of %llu bytes (truncated?)",
                                  (unsigned long long)fsize);
         } else if (layout == H5D_CHUNKED) {
+                /* HDF5 decodes a virtual dataset's sources itself: a filter without its
+                 * plugin (Debian has none for bitshuffle) fails every frame */
+                for (int k = 0, nf = H5Pget_nfilters(pl); k < nf; k++) {
+                        unsigned flags = 0, fc = 0;
+                        size_t ne = 0;
+                        char fname[32] = "";
+                        const H5Z_filter_t id =
+                                H5Pget_filter2(pl, (unsigned)k, &flags, &ne, NULL, sizeof fname, fname, &fc);
+                        if (id >= 0 && H5Zfilter_avail(id) <= 0) {
+                                snprintf(why, size, "needs HDF5 filter %d%s%.20s%s (no plugin)", (int)id,
+                                         fname[0] ? " (" : "", fname, fname[0] ? ")" : "");
+                                goto out;
+                        }
+                }
                 hsize_t n = 0, want = 1;
                 if (H5Pget_chunk(pl, rank, cd) != rank || H5Dget_num_chunks(src, sp, &n) < 0) {
                         snprintf(why, size, "chunk index unreadable");
