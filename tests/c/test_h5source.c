@@ -727,9 +727,17 @@ static void master_with(const char *name, void (*add)(hid_t data_group)) {
         master_meta_with(name, add, NULL);
 }
 
+/* data_000001, data_000002, ... of a master: external links to files[i]'s DS. */
+static void link_data_files(hid_t g, const char *const *files, int n) {
+        for (int i = 0; i < n; i++) {
+                char name[32];
+                snprintf(name, sizeof name, "data_%06d", i + 1);
+                H5Lcreate_external(files[i], DS, g, name, H5P_DEFAULT, H5P_DEFAULT);
+        }
+}
+
 static void links_two(hid_t g) {
-        H5Lcreate_external("m-data1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
-        H5Lcreate_external("m-data2.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
+        link_data_files(g, (const char *const[]){"m-data1.h5", "m-data2.h5"}, 2);
 }
 /* Frames written for image ids from image_nr_low - 1, the attribute then taken out. */
 static void drop_nr_low(const char *name) {
@@ -741,25 +749,19 @@ static void drop_nr_low(const char *name) {
 }
 
 static void links_three_nolow(hid_t g) {
-        H5Lcreate_external("m-nolow1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
-        H5Lcreate_external("m-nolow2.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
-        H5Lcreate_external("m-nolow3.h5", DS, g, "data_000003", H5P_DEFAULT, H5P_DEFAULT);
+        link_data_files(g, (const char *const[]){"m-nolow1.h5", "m-nolow2.h5", "m-nolow3.h5"}, 3);
 }
 static void links_second_missing(hid_t g) {
-        H5Lcreate_external("m-data1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
-        H5Lcreate_external("m-gone.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
+        link_data_files(g, (const char *const[]){"m-data1.h5", "m-gone.h5"}, 2);
 }
 static void links_middle_missing(hid_t g) {
-        H5Lcreate_external("m-data1.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
-        H5Lcreate_external("m-gone.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
-        H5Lcreate_external("m-data3.h5", DS, g, "data_000003", H5P_DEFAULT, H5P_DEFAULT);
+        link_data_files(g, (const char *const[]){"m-data1.h5", "m-gone.h5", "m-data3.h5"}, 3);
 }
 static void links_first_missing(hid_t g) {
-        H5Lcreate_external("m-gone.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
-        H5Lcreate_external("m-data2.h5", DS, g, "data_000002", H5P_DEFAULT, H5P_DEFAULT);
+        link_data_files(g, (const char *const[]){"m-gone.h5", "m-data2.h5"}, 2);
 }
 static void links_missing(hid_t g) {
-        H5Lcreate_external("absent-data.h5", DS, g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
+        link_data_files(g, (const char *const[]){"absent-data.h5"}, 1);
 }
 static void links_self(hid_t g) {
         H5Lcreate_external("m-self.h5", "/entry/data/data_000001", g, "data_000001", H5P_DEFAULT, H5P_DEFAULT);
