@@ -427,6 +427,23 @@ static const msgpack_object *get(const msgpack_object *map, const char *k) {
         return NULL;
 }
 
+/* A string key that map holds twice, or NULL.  A map has at most
+ * ROID_CONTROL_MAX_ENTRIES entries (the bounded walk): pairs are compared. */
+static const msgpack_object *twice(const msgpack_object *map) {
+        for (uint32_t i = 0; i < map->via.map.size; i++) {
+                const msgpack_object *k = &map->via.map.ptr[i].key;
+                if (k->type != MSGPACK_OBJECT_STR)
+                        continue;
+                for (uint32_t j = i + 1; j < map->via.map.size; j++) {
+                        const msgpack_object *o = &map->via.map.ptr[j].key;
+                        if (o->type == MSGPACK_OBJECT_STR && o->via.str.size == k->via.str.size &&
+                            memcmp(o->via.str.ptr, k->via.str.ptr, k->via.str.size) == 0)
+                                return k;
+                }
+        }
+        return NULL;
+}
+
 /* Every key of the request must be one the command knows. */
 static bool known_keys(roid_control *c, const msgpack_object *req, const char *cmd, const char *extra) {
         char shown[49];
@@ -501,6 +518,13 @@ static bool do_set(roid_control *c, const msgpack_object *req) {
         if (values->type != MSGPACK_OBJECT_MAP || values->via.map.size == 0) {
                 reply_error(c, "set", "values: %s, not a non-empty map of key: value",
                             values->type == MSGPACK_OBJECT_MAP ? "empty" : type_name(values));
+                return false;
+        }
+        const msgpack_object *dup = twice(values);
+        if (dup) {
+                char shown[49];
+                reply_error(c, "set", "values: key \"%s\" given twice",
+                            clip(shown, sizeof(shown), dup->via.str.ptr, dup->via.str.size));
                 return false;
         }
         if (!c->h.set) {
@@ -647,6 +671,13 @@ static bool handle(roid_control *c, const uint8_t *data, size_t len, size_t tota
         }
         if (req.type != MSGPACK_OBJECT_MAP) {
                 reply_error(c, NULL, "request: %s, not a map with \"cmd\"", type_name(&req));
+                return false;
+        }
+        const msgpack_object *dup = twice(&req);
+        if (dup) { /* which one a reader takes is its own choice: refused */
+                char shown[49];
+                reply_error(c, NULL, "request: key \"%s\" given twice",
+                            clip(shown, sizeof(shown), dup->via.str.ptr, dup->via.str.size));
                 return false;
         }
         cmd = get(&req, "cmd");

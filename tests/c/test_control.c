@@ -901,6 +901,10 @@ static void test_bad(fake *f) {
         BAD("\x81\xa3"
             "cmd\xa6status\x00",
             "1 bytes after the first msgpack object", "trailing byte");
+        BAD("\x82\xa3"
+            "cmd\xa6status\xa3"
+            "cmd\xa3map",
+            "request: key \"cmd\" given twice", "cmd twice (which one counts is no reader's guess)");
 
         /* ask: n missing, of the wrong type, out of range */
         BAD("\x81\xa3"
@@ -1000,6 +1004,16 @@ static void test_set_errors(fake *f) {
         b_str(&b, "analysis.nosuch");
         msgpack_pack_int(&b.pk, 1);
         bad_b(&b, "values.analysis.nosuch: [analysis] nosuch: unknown key", "set analysis.nosuch");
+
+        /* a key given twice: refused, nothing applied */
+        b_init(&b);
+        set_begin(&b, 2);
+        b_str(&b, "analysis.k");
+        msgpack_pack_int(&b.pk, 3);
+        b_str(&b, "analysis.k");
+        msgpack_pack_int(&b.pk, 5);
+        bad_b(&b, "values: key \"analysis.k\" given twice", "set with a key twice");
+        tap_ok(f->n_sets == sets_before, "... nothing applied (%u sets)", f->n_sets - sets_before);
 
         /* the handler refuses the second value: the first was applied */
         b_init(&b);

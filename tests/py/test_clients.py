@@ -388,6 +388,14 @@ def check_agent_final_in_suggest():
     pts = probe.suggest(2)
     check(fb is not None and not fb["final"] and probe.latest["final"] and pts == [(5, 6), (7, 8)],
           "agent: wait_update returns the first update, the poll in suggest() takes the final one")
+    # stop() is the stable flag of the update the agent last took: true mid-scan, then the final's
+    steady = dict(first, stable=True, unchanged=3)
+    probe = Fed(publish=ep)
+    probe.sub = FakeSub([[[b"scan_here", msgpack.packb(steady)]], [[b"scan_here", msgpack.packb(last)]]])
+    probe.wait_update(5.0)
+    mid = probe.stop()
+    probe.suggest(2)
+    check(mid is True and probe.stop() is False, f"agent: stop() true on a stable update ({mid}), false on the final")
     ra.RoidAgent = Fed
     out, argv = io.StringIO(), sys.argv
     t0 = time.monotonic()
@@ -491,7 +499,10 @@ def main():
                 for s in both)
     n_stable = sum(own[s]["stable"] for s in both)
     check(len(both) >= 5 and agree, f"agent suggest(5) and stop() match {len(both)} scan_here updates")
-    check(0 < n_stable < len(both), f"stop condition true at {n_stable} of {len(both)} updates")
+    # Whether any update is stable is timing, not a property: in practice only the comparison after the
+    # last frame (the final's, or the refit just before it) can be; the agent's true branch is checked on
+    # fed updates (check_agent_final_in_suggest), the mirroring at every update above.
+    print(f"# stop condition true at {n_stable} of {len(both)} updates")
     check(agent.latest["seq"] == fin_sh["seq"], "the agent's latest scan_here is the final one")
     head = [(p["x"], p["y"]) for p in fin_sh["next"][:5]]
     req.send(msgpack.packb({"cmd": "ask", "n": 5}))
