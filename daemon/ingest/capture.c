@@ -86,7 +86,7 @@ int roid_capture_reader_open(const char *path, const roid_limits *lim, roid_capt
         roid_capture_reader *r = calloc(1, sizeof *r);
         if (!r) {
                 close(fd);
-                return -ENOMEM;
+                return roid_err_set(err, -ENOMEM, "%s: out of memory", path);
         }
         r->size = (size_t)st.st_size;
         r->lim = *lim;

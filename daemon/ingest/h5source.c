@@ -229,7 +229,10 @@ static int dataset_file_size(hid_t ds, hsize_t *ret) {
         if (f < 0)
                 return -EIO;
         herr_t e = H5Fget_filesize(f, ret);
+        const hid_t why = e < 0 ? H5Eget_current_stack() : H5I_INVALID_HID;
         H5Fclose(f);
+        if (why >= 0) /* the reason outlives the close, for the caller's roid_h5_reason */
+                H5Eset_current_stack(why);
         return e < 0 ? -EIO : 0;
 }
 
@@ -1160,6 +1163,14 @@ static int replay_dataset(hid_t ds, const char *name, const char *uid, bool send
         if (r < 0)
                 goto out;
         const uint64_t first = first_image_id(ds, *next_id);
+        /* Every frame beyond max_images: reading them all to drop each as out of
+         * range (an image_nr_low of 2^62 in a fuzzed file) would say nothing new. */
+        if (first >= lim->max_images) {
+                r = roid_err_set(err, -EMSGSIZE, "%s: image ids %llu..%llu (image_nr_low) beyond max_images %llu", name,
+                                 (unsigned long long)first, (unsigned long long)(first + dims[0] - 1),
+                                 (unsigned long long)lim->max_images);
+                goto out;
+        }
         *next_id = first + dims[0];
         bool is_vds = lay.layout == H5D_VIRTUAL;
         if (is_vds && (r = vds_open(ds, name, uid, first, &vds, err)) < 0)

@@ -31,13 +31,15 @@ int roid_zsource_new(void *ctx, const char *endpoint, const roid_limits *lim, in
                      roid_err *err) {
         roid_zsource *z = calloc(1, sizeof *z);
         if (!z)
-                return -ENOMEM;
+                return roid_err_set(err, -ENOMEM, "detector socket: out of memory");
         z->lim = *lim;
         z->msg = calloc(lim->max_parts ? lim->max_parts : 1, sizeof *z->msg);
         z->parts = calloc(lim->max_parts ? lim->max_parts : 1, sizeof *z->parts);
         int r = -ENOMEM;
-        if (!z->msg || !z->parts)
+        if (!z->msg || !z->parts) {
+                roid_err_set(err, r, "detector socket: no memory for %zu message parts (max_parts)", lim->max_parts);
                 goto fail;
+        }
         z->sock = zmq_socket(ctx, ZMQ_PULL);
         if (!z->sock) {
                 r = roid_err_set(err, -errno, "zmq_socket: %s", zmq_strerror(errno));

@@ -521,6 +521,15 @@ static void test_good_files(void) {
         s.nr_low = 11;
         test_good("bslz4 uint32, image_nr_low 11", s, 10);
 
+        /* image_nr_low far beyond max_images (a damaged or fuzzed file): refused
+         * before any frame is read, naming the ids and the limit */
+        s = spec(ROID_DT_U16, 24, 40, 3, BSLZ4);
+        s.nr_low = INT64_C(1) << 62;
+        write_h5("far-ids.h5", &s);
+        expect_error("image_nr_low 2^62", replay(tpath("far-ids.h5")), "image ids 4611686018427387903",
+                     "beyond max_images", NULL);
+        tap_ok(T.frames == 0, "... no frame read (%d)", T.frames);
+
         s = spec(ROID_DT_U16, 64, 72, 3, BSLZ4);
         s.latest = s.unlimited = true; /* the chunk index EIGER's own writer uses */
         test_good("bslz4 uint16, latest format, unlimited frames", s, 0);
