@@ -17,13 +17,22 @@
 #define H5F_LZ4   32004
 #define DATA_PATH "/entry/data/data"
 
+/* The signature is at 0, or after a user block of 512, 1024, 2048, ...
+ * bytes (the HDF5 format): as many looks as the file has doublings. */
 bool roid_h5_is_hdf5(const char *path) {
         static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
         unsigned char b[8];
         FILE *f = fopen(path, "rb");
         if (!f)
                 return false;
-        bool ok = fread(b, 1, 8, f) == 8 && memcmp(b, sig, 8) == 0;
+        bool ok = false;
+        for (long off = 0; !ok; off = off ? off * 2 : 512) {
+                if (fseek(f, off, SEEK_SET) != 0 || fread(b, 1, 8, f) != 8)
+                        break; /* past the end */
+                ok = memcmp(b, sig, 8) == 0;
+                if (off > LONG_MAX / 2)
+                        break;
+        }
         fclose(f);
         return ok;
 }

@@ -1648,6 +1648,25 @@ static void rm_tmpdir(void) {
         rmdir(tmpdir);
 }
 
+/* What roid replay takes for HDF5: the signature at 0, or after a user block
+ * (512, 1024, ... bytes), which HDF5 reads as usual; it read such a file as
+ * a bare message ("neither CBOR nor JSON"; found by review). */
+static void test_signature(void) {
+        hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+        H5Pset_userblock(fcpl, 1024);
+        hid_t f = H5Fcreate(tpath("userblock.h5"), H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+        H5Pclose(fcpl);
+        H5Fclose(f);
+        FILE *t = fopen(tpath("text.h5"), "w");
+        fputs("not HDF5: the signature is nowhere in here, however long the file\n", t);
+        for (int i = 0; i < 200; i++)
+                fputs("0123456789abcdef0123456789abcdef\n", t);
+        fclose(t);
+        tap_ok(roid_h5_is_hdf5(tpath("userblock.h5")) && !roid_h5_is_hdf5(tpath("text.h5")) &&
+                       !roid_h5_is_hdf5(tpath("no-such-file.h5")),
+               "HDF5 told by its signature, after a user block of 1024 bytes too; a text file and a missing one not");
+}
+
 int main(void) {
         snprintf(tmpdir, sizeof tmpdir, "/tmp/roid-h5-XXXXXX");
         if (!mkdtemp(tmpdir)) {
@@ -1662,6 +1681,7 @@ int main(void) {
         roid_log_set_ratelimit(ROID_LOG_RATELIMIT_INTERVAL_MS, 0);
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
 
+        test_signature();
         test_good_files();
         test_structure();
         test_master();
