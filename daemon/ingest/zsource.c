@@ -248,22 +248,23 @@ unsigned roid_zsource_say_closes(roid_zsource *z, bool mid_series) {
         return n;
 }
 
-bool roid_zsource_given_up(roid_zsource *z) {
-        return z->given_up;
-}
-
-int roid_zsource_reconnect(roid_zsource *z, roid_err *err) {
+unsigned roid_zsource_revive(roid_zsource *z, bool mid_series) {
+        const unsigned n = roid_zsource_say_closes(z, mid_series);
+        if (!z->given_up)
+                return n;
         /* The endpoint's session is gone; disconnect only forgets it. */
         zmq_disconnect(z->sock, z->endpoint);
-        if (zmq_connect(z->sock, z->endpoint) < 0)
-                return roid_err_set(err, -errno, "cannot connect to detector endpoint '%s' again: %s", z->endpoint,
-                                    zmq_strerror(errno));
+        if (zmq_connect(z->sock, z->endpoint) < 0) {
+                roid_log(ROID_LOG_ERR, "cannot connect to detector endpoint '%s' again: %s", z->endpoint,
+                         zmq_strerror(errno));
+                return n;
+        }
         z->given_up = false;
         roid_log(ROID_LOG_WARNING,
                  "detector %s: libzmq gave the connection up (a message part over max_message_bytes "
                  "%zu): connecting again",
                  z->endpoint, z->lim.max_message_bytes);
-        return 0;
+        return n;
 }
 
 void roid_zsource_unwatch(roid_zsource *z) {

@@ -66,13 +66,12 @@ int roid_zsource_events(roid_zsource *z);
  * handled (a sender's end message and its close arrive together).
  * Returns the number of closes said. */
 unsigned roid_zsource_say_closes(roid_zsource *z, bool mid_series);
-/* libzmq connects again after a connection closes, except after a protocol
- * error, which a part over max_message_bytes is: then it gives the endpoint
- * up and roid would hear nothing more.  True when a close was seen and no
- * reconnect attempt followed, as of the events roid_zsource_events has read;
- * the owner asks a moment (a second) after a close, having read the events,
- * and then calls roid_zsource_reconnect, which connects to the endpoint anew. */
-bool roid_zsource_given_up(roid_zsource *z);
-int roid_zsource_reconnect(roid_zsource *z, roid_err *err);
+/* roid_zsource_say_closes, then a new connection if libzmq gave the endpoint
+ * up.  libzmq connects again after a connection closes, except after a
+ * protocol error, which a part over max_message_bytes is: then roid would
+ * hear nothing more.  The owner calls it a moment (a second) after a close,
+ * having read the events; a failed connect is logged.  Returns the number of
+ * closes said. */
+unsigned roid_zsource_revive(roid_zsource *z, bool mid_series);
 
 #endif

@@ -435,26 +435,23 @@ static bool create_output(roid_export *e, const roid_frame_event *ev) {
  * before the closes below clear its error stack. */
 static bool put_row(roid_export *e, hid_t d, hid_t mem_type, size_t n, const void *v) {
         hsize_t dims[3] = {0}, start[3] = {0}, count[3] = {1, 1, 1};
-        hid_t fs = H5Dget_space(d);
+        hid_t fs = H5Dget_space(d), ms = H5I_INVALID_HID;
         const int rank = fs >= 0 ? H5Sget_simple_extent_dims(fs, dims, NULL) : -1;
-        if (rank < 1 || rank > 3)
-                fail_h5(e, "cannot be written");
-        if (fs >= 0)
-                H5Sclose(fs);
-        if (rank < 1 || rank > 3)
-                return false;
-        dims[0] = n + 1;
-        start[0] = n;
-        for (int i = 1; i < rank; i++)
-                count[i] = dims[i];
-        if (H5Dset_extent(d, dims) < 0) {
-                fail_h5(e, "cannot be written");
-                return false;
+        bool ok = rank >= 1 && rank <= 3;
+        if (ok) {
+                dims[0] = n + 1;
+                start[0] = n;
+                for (int i = 1; i < rank; i++)
+                        count[i] = dims[i];
+                ok = H5Dset_extent(d, dims) >= 0;
         }
-        fs = H5Dget_space(d);
-        hid_t ms = H5Screate_simple(rank, count, NULL);
-        bool ok = fs >= 0 && ms >= 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
-                  H5Dwrite(d, mem_type, ms, fs, H5P_DEFAULT, v) >= 0;
+        if (ok) { /* the extended space */
+                H5Sclose(fs);
+                fs = H5Dget_space(d);
+                ms = H5Screate_simple(rank, count, NULL);
+                ok = fs >= 0 && ms >= 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
+                     H5Dwrite(d, mem_type, ms, fs, H5P_DEFAULT, v) >= 0;
+        }
         if (!ok)
                 fail_h5(e, "cannot be written");
         if (ms >= 0)

@@ -513,13 +513,18 @@ int roid_writer_open(roid_writer *w, const char *dir, const roid_results_meta *m
         return r;
 }
 
-int roid_writer_append(roid_writer *w, const roid_frame_record *rec) {
+/* An item of the open series (a record when rec): -EINVAL with none open. */
+static int push_open(roid_writer *w, const item *it, const roid_frame_record *rec) {
         pthread_mutex_lock(&w->map_mu);
         bool open = w->p_open;
         pthread_mutex_unlock(&w->map_mu);
         if (!open)
                 return -EINVAL;
-        return push(w, NULL, rec);
+        return push(w, it, rec);
+}
+
+int roid_writer_append(roid_writer *w, const roid_frame_record *rec) {
+        return push_open(w, NULL, rec);
 }
 
 int roid_writer_map(roid_writer *w, const roid_roi *roi, bool final) {
@@ -559,12 +564,7 @@ int roid_writer_set_center(roid_writer *w, double center_x, double center_y) {
 }
 
 int roid_writer_reset(roid_writer *w) {
-        pthread_mutex_lock(&w->map_mu);
-        bool open = w->p_open;
-        pthread_mutex_unlock(&w->map_mu);
-        if (!open)
-                return -EINVAL;
-        return push(w, &(item){.kind = IT_RESET}, NULL);
+        return push_open(w, &(item){.kind = IT_RESET}, NULL);
 }
 
 int roid_writer_close(roid_writer *w, const roid_counters *ctr, bool terminated) {

@@ -93,9 +93,9 @@ static void on_revive(uv_timer_t *t);
 /* Logs the closes not said yet; those while a series is open (a moment
  * after the close: a sender's end and its close come together) count as
  * lost.  A sender that closes after its series is no loss. */
-static void say_closes(daemon_t *d) {
+static void say_closes(daemon_t *d, bool revive) {
         const bool open = roid_ingest_tracker(d->in)->open;
-        const unsigned n = roid_zsource_say_closes(d->src, open);
+        const unsigned n = revive ? roid_zsource_revive(d->src, open) : roid_zsource_say_closes(d->src, open);
         if (open && n)
                 roid_count(&d->ctr, ROID_C_connections_lost, n);
 }
@@ -110,7 +110,7 @@ static void watch_events(daemon_t *d) {
                 if (!d->stopping)
                         uv_timer_start(&d->revive_timer, on_revive, 1000, 0);
                 else
-                        say_closes(d);
+                        say_closes(d, false);
         }
 }
 
@@ -118,11 +118,8 @@ static void watch_events(daemon_t *d) {
  * again. */
 static void on_revive(uv_timer_t *t) {
         daemon_t *d = t->data;
-        roid_err err = {""};
-        watch_events(d); /* the events up to now, counted */
-        say_closes(d);   /* a second after the close: the messages before it are handled */
-        if (roid_zsource_given_up(d->src) && roid_zsource_reconnect(d->src, &err) < 0)
-                roid_log(ROID_LOG_ERR, "%s", err.msg);
+        watch_events(d);     /* the events up to now, counted */
+        say_closes(d, true); /* a second after the close: the messages before it are handled */
 }
 
 static void on_mon(uv_poll_t *h, int status, int events) {
@@ -650,7 +647,7 @@ int roid_daemon_run(const roid_daemon_params *p) {
         r = d->error;
         if (d->src) { /* closes not read or not said yet (their second had not passed) */
                 watch_events(d);
-                say_closes(d);
+                say_closes(d, false);
         }
 out:
         if (d->in)

@@ -423,9 +423,7 @@ static int cmd_record(const options *o, const char *endpoint, const char *path) 
                         t_closed = now_s();
                 if (t_closed > 0 && now_s() - t_closed >= 1) { /* the messages before the close are in */
                         t_closed = 0;
-                        roid_zsource_say_closes(z, in_series);
-                        if (roid_zsource_given_up(z) && roid_zsource_reconnect(z, &err) < 0)
-                                roid_log(ROID_LOG_ERR, "%s", err.msg);
+                        roid_zsource_revive(z, in_series);
                 }
                 for (;;) { /* drain: a wake-up may stand for many messages */
                         const roid_part *parts;
